@@ -1,0 +1,25 @@
+/* alloc.h - checked allocation with an allocation counter.
+ *
+ * All library allocations go through nnp_malloc/nnp_calloc so that a test can assert that
+ * the training step allocates nothing: nnp_alloc_count() before and after a step must be
+ * equal. A failed allocation records an NNP_ERR_NOMEM message naming the size and site.
+ */
+#ifndef NNPREC_ALLOC_H
+#define NNPREC_ALLOC_H
+#include <stddef.h>
+
+void *nnp_malloc_at(size_t bytes, const char *file, int line);
+void *nnp_calloc_at(size_t n, size_t size, const char *file, int line);
+#define nnp_malloc(bytes) nnp_malloc_at((bytes), __FILE__, __LINE__)
+#define nnp_calloc(n, size) nnp_calloc_at((n), (size), __FILE__, __LINE__)
+/* Free and set the pointer to NULL. */
+#define NNP_FREE(p) \
+    do {            \
+        free(p);    \
+        (p) = NULL; \
+    } while (0)
+
+/* Number of successful nnp_malloc/nnp_calloc calls so far in this process. */
+unsigned long nnp_alloc_count(void);
+
+#endif

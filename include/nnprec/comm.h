@@ -1,0 +1,45 @@
+/* comm.h - the only interface between nnprec and MPI (implemented in src/dist/comm_mpi.c).
+ *
+ * Every function here is COLLECTIVE over the communicator unless marked "local": all ranks
+ * must call it in the same order. nnp_comm wraps a private duplicate of MPI_COMM_WORLD with
+ * MPI_ERRORS_RETURN, so MPI failures come back as NNP_ERR_COMM instead of aborting.
+ */
+#ifndef NNPREC_COMM_H
+#define NNPREC_COMM_H
+#include <stddef.h>
+#include <stdint.h>
+#include "nnprec/status.h"
+
+typedef struct nnp_comm nnp_comm;
+
+/* MPI_Init_thread (FUNNELED, or MULTIPLE when want_threads) and dup. Call once per process. */
+nnp_status nnp_comm_init(int *argc, char ***argv, int want_threads, nnp_comm **out);
+/* Free the communicator and MPI_Finalize. */
+void nnp_comm_finalize(nnp_comm *c);
+/* Abort every rank (used only by the CLI when agreement itself failed). */
+void nnp_comm_abort(nnp_comm *c, int code);
+
+int nnp_comm_rank(const nnp_comm *c);          /* local */
+int nnp_comm_size(const nnp_comm *c);          /* local */
+int nnp_comm_local_size(const nnp_comm *c);    /* local: ranks sharing this node */
+double nnp_comm_wtime(void);                   /* local: seconds, monotonic */
+
+/* In-place element-wise sum over ranks. Large buffers are reduced in chunks of
+ * chunk_bytes (0 = default 4 MiB): Open MPI's large-message allreduce is slower per byte. */
+nnp_status nnp_comm_allreduce_sum_f32(nnp_comm *c, float *buf, size_t n, size_t chunk_bytes);
+nnp_status nnp_comm_allreduce_sum_f64(nnp_comm *c, double *buf, size_t n);
+nnp_status nnp_comm_allreduce_max_f64(nnp_comm *c, double *buf, size_t n);
+nnp_status nnp_comm_allreduce_min_f64(nnp_comm *c, double *buf, size_t n);
+nnp_status nnp_comm_allreduce_sum_i64(nnp_comm *c, int64_t *buf, size_t n);
+nnp_status nnp_comm_bcast(nnp_comm *c, void *buf, size_t bytes, int root);
+nnp_status nnp_comm_barrier(nnp_comm *c);
+
+/* Agree on failure: returns NNP_OK on every rank iff local == NNP_OK on every rank.
+ * A rank whose own status is OK but another's is not gets NNP_ERR_REMOTE (its caller
+ * stays quiet; the failing rank prints). Collective, one tiny allreduce. */
+nnp_status nnp_comm_agree(nnp_comm *c, nnp_status local);
+
+/* Gather one double per rank to every rank: out[size]. */
+nnp_status nnp_comm_allgather_f64(nnp_comm *c, double v, double *out);
+
+#endif

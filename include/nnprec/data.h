@@ -1,0 +1,66 @@
+/* data.h - datasets in memory, normalization, and the global sample order.
+ *
+ * A dataset is N samples of shape (C,H,W) as float, normalized, with uint8 labels.
+ * Readers keep only the samples [lo, hi) a rank needs (its shard) where possible.
+ *
+ * Order: the permutation of epoch e is nnp_rng_permutation with stream
+ * (seed, NNP_STREAM_SHUFFLE + (e << 8)), a function of (seed, epoch) only. The global batch
+ * b of an epoch is perm[b*G, min((b+1)*G, N)); rank r of p takes the contiguous slice
+ * nnp_split(count, p, r) of it. Every rank count therefore sees the same global batches.
+ */
+#ifndef NNPREC_DATA_H
+#define NNPREC_DATA_H
+#include <stddef.h>
+#include <stdint.h>
+#include "nnprec/status.h"
+
+/* Samples are kept as stored (uint8 pixels, or float32 from HDF5) and scaled and
+ * normalized when a batch is gathered: x = (v*scale - mean)/std, scale = 1/255 for uint8.
+ * Every rank touches every training sample over an epoch (the permutation is global), so
+ * the training set is held whole on each rank as uint8 (47 MB for Fashion-MNIST); the test
+ * set is sharded, each rank holding only its part. */
+typedef struct {
+    size_t n;            /* samples held */
+    int c, h, w;         /* per-sample shape */
+    unsigned char *pix;  /* [n, c*h*w] raw uint8, or NULL */
+    float *xf;           /* [n, c*h*w] raw float, or NULL (exactly one of pix/xf is set) */
+    unsigned char *y;    /* [n] labels */
+    int n_classes;       /* max label + 1 */
+    size_t n_total;      /* samples in the file (before limits and sharding) */
+    size_t first;        /* index in the file of sample 0 held here */
+    double mean, std;    /* normalization applied at gather time */
+} nnp_dataset;
+
+/* Copy samples idx[0..B) (indices into this dataset) into x[B, c*h*w] normalized, and their
+ * labels into y[B]. Never allocates. */
+void nnp_dataset_gather(const nnp_dataset *d, const uint32_t *idx, int B, float *x,
+                        unsigned char *y);
+/* Contiguous samples [start, start+B). */
+void nnp_dataset_slice(const nnp_dataset *d, size_t start, int B, float *x, unsigned char *y);
+/* Mean and std of the scaled values (v/255 or v) over every value held (double sums). */
+void nnp_dataset_moments(const nnp_dataset *d, double *mean, double *std);
+void nnp_dataset_free(nnp_dataset *d);
+
+/* Read an IDX pair (gzip'd .gz or raw): images (magic 0x803, N x H x W uint8) and labels
+ * (magic 0x801, N uint8). Keeps file samples [lo, hi) of the first `limit` (0 = all; hi is
+ * clamped to it). Errors name the file: missing, truncated, wrong magic, image/label count
+ * mismatch, label >= 256 impossible. mean/std are left 0/1 for the caller to set. */
+nnp_status nnp_idx_load(const char *images_path, const char *labels_path, size_t limit,
+                        size_t lo, size_t hi, nnp_dataset *out);
+
+/* Locate the Fashion-MNIST/MNIST file names in a folder: DIR/train-images-idx3-ubyte[.gz]
+ * etc. split is "train" or "t10k". Fills paths (PATH_MAX-sized buffers). */
+nnp_status nnp_idx_paths(const char *dir, const char *split, char *images, char *labels,
+                         size_t cap);
+
+/* ---- global order and sharding (pure functions, tested with simulated ranks) --------- */
+/* Contiguous share of rank r when `count` items are split over p ranks:
+ * [count*r/p, count*(r+1)/p). Shares differ by at most one item. */
+void nnp_split(size_t count, int p, int r, size_t *lo, size_t *hi);
+/* Number of global batches in an epoch of N samples with global batch G (the last one
+ * may be partial; it is kept and its gradient weighted by its true size). */
+size_t nnp_batches_per_epoch(size_t N, size_t G);
+/* The permutation of epoch `epoch`: perm[N]. */
+void nnp_epoch_permutation(uint64_t seed, int epoch, uint32_t *perm, size_t N);
+
+#endif

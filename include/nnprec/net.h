@@ -1,0 +1,112 @@
+/* net.h - a sequential network built from a model spec, with flat parameter buffers.
+ *
+ * A network is a list of layers. Trainable layers (dense, conv2d) own two parameter
+ * tensors, weight then bias, stored contiguously in ONE flat float buffer in forward order
+ * (w1, b1, w2, b2, ... as PyTorch's named_parameters()). Gradients live in a second flat
+ * buffer with the same offsets, so a gradient allreduce is one call and the backward pass
+ * finishes the buffer from its END to its start (last layer first).
+ *
+ * nnp_net_create() sizes and allocates everything once for a maximum batch; forward and
+ * backward never allocate.
+ *
+ * Model specs (docs/models.md):
+ *   lenet                         the seed's network (PyTorch tutorial net, 28x28 input)
+ *   mlp:784-256x12-10             dense stack; "WxN" repeats width W N times; --act between
+ *   seq:1x28x28/conv:6:3:1:2/relu/maxpool:2/flatten/dense:10
+ *                                 any sequential network; the optional first item is the
+ *                                 input shape CxHxW (or F); items are
+ *                                 dense:OUT, conv:COUT:K[:STRIDE[:PAD]], maxpool:K[:S],
+ *                                 avgpool:K[:S], flatten, relu, leaky-relu[:ALPHA], tanh,
+ *                                 sigmoid.
+ */
+#ifndef NNPREC_NET_H
+#define NNPREC_NET_H
+#include <stddef.h>
+#include "nnprec/layers.h"
+#include "nnprec/status.h"
+
+typedef enum {
+    NNP_L_DENSE,
+    NNP_L_CONV2D,
+    NNP_L_MAXPOOL,
+    NNP_L_AVGPOOL,
+    NNP_L_FLATTEN,
+    NNP_L_ACT, /* element-wise activation, see act/alpha */
+} nnp_layer_kind;
+
+typedef struct {
+    int c, h, w; /* per-sample shape; dense features are c with h = w = 1 */
+} nnp_shape;
+
+/* A view of one parameter tensor inside the flat buffers. */
+typedef struct {
+    size_t off, n;   /* offset and element count in params/grads */
+    int layer;       /* index into net->layers */
+    int is_bias;
+    int ndim;        /* 2 (dense weight), 4 (conv weight), 1 (bias) */
+    int shape[4];    /* PyTorch orientation */
+    int fan_in;      /* dense: in; conv: C_in*k*k; bias: that of its weight */
+    int fan_out;     /* dense: out; conv: C_out*k*k; bias: that of its weight */
+    char name[24];   /* "fc1.weight", "conv2.bias", "layers.3.weight" */
+} nnp_tensor;
+
+typedef struct {
+    nnp_layer_kind kind;
+    nnp_shape in, out;
+    nnp_act act;     /* NNP_L_ACT */
+    float alpha;     /* leaky-relu slope */
+    int k, s, p;     /* conv/pool kernel, stride, padding */
+    nnp_conv_geom conv;
+    nnp_pool_geom pool;
+    int tensor;      /* trainable: index of its weight tensor (bias is tensor+1); else -1 */
+    nnp_act next_act; /* trainable: activation that follows (for init gains), IDENTITY if none */
+} nnp_layer;
+
+typedef struct {
+    int n_layers;
+    nnp_layer *layers;
+    int n_tensors;        /* 2 per trainable layer */
+    nnp_tensor *tensors;
+    int n_trainable;      /* trainable layers */
+    nnp_shape input;      /* per-sample input shape */
+    int n_classes;        /* output features */
+    size_t n_params;
+    float *params;        /* [n_params] */
+    float *grads;         /* [n_params] */
+    int max_batch;
+    /* activations: act[i] is the input of layer i, act[n_layers] the logits; each holds
+     * max_batch * size(shape) floats. dact[i] likewise for gradients. */
+    float **act, **dact;
+    int **argmax;         /* per maxpool layer, else NULL */
+    float *ws;            /* shared conv workspace */
+    char spec[256];       /* the model spec it was built from */
+} nnp_net;
+
+/* Parse spec for input shape `input` (used when the spec gives none) and n_classes outputs
+ * (checked against the last layer), with activation `act` for mlp specs. Allocates all
+ * buffers for batches up to max_batch. Errors: NNP_ERR_ARG with a message naming the
+ * offending item. */
+nnp_status nnp_net_create(const char *spec, nnp_shape input, nnp_act act, int max_batch,
+                          nnp_net **out);
+void nnp_net_free(nnp_net *net);
+
+/* Forward a batch x[B, input] (B <= max_batch). Returns the logits act[n_layers]. */
+const float *nnp_net_forward(nnp_net *net, int B, const float *x);
+/* Backward from dlogits (already in net->dact[n_layers]), filling net->grads.
+ * Requires the forward of the same batch. If on_tensor_done is non-NULL it is called with
+ * the index of the lowest tensor whose gradient is final, after each trainable layer (used
+ * to start gradient buckets during backward). */
+typedef void (*nnp_grad_ready_fn)(void *ctx, int first_final_tensor);
+void nnp_net_backward(nnp_net *net, int B, nnp_grad_ready_fn on_ready, void *ctx);
+
+/* Elements per sample of a shape. */
+static inline size_t nnp_shape_size(nnp_shape s) { return (size_t)s.c * s.h * s.w; }
+
+/* Parse an activation name: relu, leaky-relu, tanh, sigmoid, identity/linear. */
+nnp_status nnp_act_parse(const char *name, nnp_act *out);
+const char *nnp_act_name(nnp_act a);
+
+/* One-line-per-layer summary into buf. */
+void nnp_net_describe(const nnp_net *net, char *buf, size_t cap);
+
+#endif
