@@ -1,1 +1,32 @@
-/* placeholder */
+/* alloc.c - checked allocation with a process-wide counter (see alloc.h). */
+#include "nnprec/alloc.h"
+#include <stdatomic.h>
+#include <stdlib.h>
+#include "nnprec/status.h"
+
+static atomic_ulong n_allocs;
+
+void *nnp_malloc_at(size_t bytes, const char *file, int line)
+{
+    void *p = malloc(bytes ? bytes : 1);
+    if (!p) {
+        nnp_error(NNP_ERR_NOMEM, "out of memory allocating %zu bytes (%s:%d)", bytes, file, line);
+        return NULL;
+    }
+    atomic_fetch_add(&n_allocs, 1);
+    return p;
+}
+
+void *nnp_calloc_at(size_t n, size_t size, const char *file, int line)
+{
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p) {
+        nnp_error(NNP_ERR_NOMEM, "out of memory allocating %zu x %zu bytes (%s:%d)", n, size,
+                  file, line);
+        return NULL;
+    }
+    atomic_fetch_add(&n_allocs, 1);
+    return p;
+}
+
+unsigned long nnp_alloc_count(void) { return atomic_load(&n_allocs); }
