@@ -1,1 +1,564 @@
-/* placeholder */
+/* net.c - build a sequential network from a model spec, run forward and backward.
+ *
+ * Building is two passes: parse the spec into layers with their shapes (nothing allocated
+ * but the layer list), then size the flat parameter buffer, the tensor views and the
+ * activation buffers for max_batch and allocate each once. Forward and backward only walk
+ * the layer list and call the kernels of layers.h.
+ */
+#include "nnprec/net.h"
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "nnprec/alloc.h"
+
+#define NNP_MAX_LAYERS 1024
+
+/* The seed's network: the PyTorch CIFAR tutorial net on 1-channel input, conv1 padded by 2
+ * so 28x28 behaves like the 32x32 it expects (flatten 16*6*6 = 576). */
+static const char *LENET_SPEC =
+    "conv:6:3:1:2/relu/maxpool:2/conv:16:3/relu/maxpool:2/flatten/"
+    "dense:120/relu/dense:84/relu/dense:10";
+
+nnp_status nnp_act_parse(const char *name, nnp_act *out)
+{
+    static const struct { const char *name; nnp_act a; } map[] = {
+        {"relu", NNP_ACT_RELU},       {"leaky-relu", NNP_ACT_LEAKY_RELU},
+        {"tanh", NNP_ACT_TANH},       {"sigmoid", NNP_ACT_SIGMOID},
+        {"identity", NNP_ACT_IDENTITY}, {"linear", NNP_ACT_IDENTITY},
+    };
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+        if (strcmp(name, map[i].name) == 0) {
+            *out = map[i].a;
+            return NNP_OK;
+        }
+    return nnp_error(NNP_ERR_ARG,
+                     "unknown activation '%s' (expected relu, leaky-relu, tanh, sigmoid, identity)",
+                     name);
+}
+
+const char *nnp_act_name(nnp_act a)
+{
+    switch (a) {
+    case NNP_ACT_RELU: return "relu";
+    case NNP_ACT_LEAKY_RELU: return "leaky-relu";
+    case NNP_ACT_TANH: return "tanh";
+    case NNP_ACT_SIGMOID: return "sigmoid";
+    case NNP_ACT_IDENTITY: return "identity";
+    }
+    return "?";
+}
+
+/* ---- spec parsing ---------------------------------------------------------------------- */
+
+/* Parse a positive int; the whole token must be consumed. */
+static int parse_pos_int(const char *s, int *v)
+{
+    char *end;
+    errno = 0;
+    long x = strtol(s, &end, 10);
+    if (errno || end == s || *end || x <= 0 || x > 1 << 24)
+        return -1;
+    *v = (int)x;
+    return 0;
+}
+
+typedef struct {
+    nnp_layer *layers;
+    int n;
+    nnp_shape cur;
+    const char *spec;
+} builder;
+
+static nnp_status push(builder *b, nnp_layer L)
+{
+    if (b->n >= NNP_MAX_LAYERS)
+        return nnp_error(NNP_ERR_ARG, "model spec '%s' has more than %d layers", b->spec,
+                         NNP_MAX_LAYERS);
+    L.in = b->cur;
+    L.tensor = -1;
+    L.next_act = NNP_ACT_IDENTITY;
+    b->layers[b->n++] = L;
+    return NNP_OK;
+}
+
+static nnp_status add_dense(builder *b, int out)
+{
+    nnp_layer L = {.kind = NNP_L_DENSE};
+    NNP_CALL(push(b, L));
+    /* dense consumes the flattened input (same memory layout) */
+    b->cur = (nnp_shape){out, 1, 1};
+    b->layers[b->n - 1].out = b->cur;
+    return NNP_OK;
+}
+
+static nnp_status add_act(builder *b, nnp_act a, float alpha)
+{
+    nnp_layer L = {.kind = NNP_L_ACT, .act = a, .alpha = alpha};
+    NNP_CALL(push(b, L));
+    b->layers[b->n - 1].out = b->cur;
+    return NNP_OK;
+}
+
+/* One item of a seq spec: "conv:6:3:1:2", "relu", ... (item is modified). */
+static nnp_status parse_item(builder *b, char *item)
+{
+    char *args[6] = {0};
+    int na = 0;
+    char *save = NULL;
+    for (char *t = strtok_r(item, ":", &save); t && na < 6; t = strtok_r(NULL, ":", &save))
+        args[na++] = t;
+    if (na == 0)
+        return nnp_error(NNP_ERR_ARG, "empty item in model spec '%s'", b->spec);
+    const char *kind = args[0];
+    int v[5] = {0};
+    for (int i = 1; i < na; i++)
+        if (strcmp(kind, "leaky-relu") != 0 && parse_pos_int(args[i], &v[i - 1]) != 0 &&
+            !(i >= 3 && strcmp(args[i], "0") == 0))
+            return nnp_error(NNP_ERR_ARG, "bad number '%s' in item '%s' of model spec '%s'",
+                             args[i], kind, b->spec);
+
+    if (strcmp(kind, "dense") == 0 || strcmp(kind, "linear") == 0) {
+        if (na != 2)
+            return nnp_error(NNP_ERR_ARG, "dense takes one argument (dense:OUT) in '%s'", b->spec);
+        return add_dense(b, v[0]);
+    }
+    if (strcmp(kind, "conv") == 0) {
+        if (na < 3 || na > 5)
+            return nnp_error(NNP_ERR_ARG, "conv is conv:COUT:K[:STRIDE[:PAD]] in '%s'", b->spec);
+        int s = na >= 4 ? v[2] : 1, p = na >= 5 ? v[3] : 0;
+        nnp_layer L = {.kind = NNP_L_CONV2D, .k = v[1], .s = s, .p = p};
+        if (s <= 0)
+            return nnp_error(NNP_ERR_ARG, "conv stride must be >= 1 in '%s'", b->spec);
+        if (nnp_conv_geom_init(&L.conv, b->cur.c, b->cur.h, b->cur.w, v[0], v[1], s, p) != 0)
+            return nnp_error(NNP_ERR_ARG,
+                             "conv:%d:%d:%d:%d does not fit input %dx%dx%d in model spec '%s'",
+                             v[0], v[1], s, p, b->cur.c, b->cur.h, b->cur.w, b->spec);
+        NNP_CALL(push(b, L));
+        b->cur = (nnp_shape){v[0], L.conv.OH, L.conv.OW};
+        b->layers[b->n - 1].out = b->cur;
+        return NNP_OK;
+    }
+    if (strcmp(kind, "maxpool") == 0 || strcmp(kind, "avgpool") == 0) {
+        if (na < 2 || na > 3)
+            return nnp_error(NNP_ERR_ARG, "%s is %s:K[:STRIDE] in '%s'", kind, kind, b->spec);
+        int s = na == 3 ? v[1] : v[0];
+        nnp_layer L = {.kind = kind[0] == 'm' ? NNP_L_MAXPOOL : NNP_L_AVGPOOL, .k = v[0], .s = s};
+        if (nnp_pool_geom_init(&L.pool, b->cur.c, b->cur.h, b->cur.w, v[0], s) != 0)
+            return nnp_error(NNP_ERR_ARG, "%s:%d:%d does not fit input %dx%dx%d in '%s'", kind,
+                             v[0], s, b->cur.c, b->cur.h, b->cur.w, b->spec);
+        NNP_CALL(push(b, L));
+        b->cur = (nnp_shape){b->cur.c, L.pool.OH, L.pool.OW};
+        b->layers[b->n - 1].out = b->cur;
+        return NNP_OK;
+    }
+    if (strcmp(kind, "flatten") == 0) {
+        nnp_layer L = {.kind = NNP_L_FLATTEN};
+        NNP_CALL(push(b, L));
+        b->cur = (nnp_shape){(int)nnp_shape_size(b->cur), 1, 1};
+        b->layers[b->n - 1].out = b->cur;
+        return NNP_OK;
+    }
+    float alpha = 0.01f;
+    if (strcmp(kind, "leaky-relu") == 0 && na == 2) {
+        char *end;
+        alpha = strtof(args[1], &end);
+        if (*end || end == args[1] || !(alpha >= 0))
+            return nnp_error(NNP_ERR_ARG, "bad leaky-relu slope '%s' in '%s'", args[1], b->spec);
+    } else if (na != 1) {
+        return nnp_error(NNP_ERR_ARG, "item '%s' takes no arguments in model spec '%s'", kind,
+                         b->spec);
+    }
+    nnp_act a;
+    if (nnp_act_parse(kind, &a) != NNP_OK) {
+        nnp_error_clear();
+        return nnp_error(NNP_ERR_ARG,
+                         "unknown item '%s' in model spec '%s' (expected dense, conv, maxpool, "
+                         "avgpool, flatten, relu, leaky-relu, tanh, sigmoid)",
+                         kind, b->spec);
+    }
+    return add_act(b, a, alpha);
+}
+
+/* "1x28x28" or "784" → shape; returns -1 if the token is not a shape. */
+static int parse_shape(const char *tok, nnp_shape *s)
+{
+    int d[3], n = 0;
+    char buf[64];
+    if (strlen(tok) >= sizeof buf || !isdigit((unsigned char)tok[0]))
+        return -1;
+    strcpy(buf, tok);
+    char *save = NULL;
+    for (char *t = strtok_r(buf, "x", &save); t; t = strtok_r(NULL, "x", &save)) {
+        if (n == 3 || parse_pos_int(t, &d[n]) != 0)
+            return -1;
+        n++;
+    }
+    if (n == 1)
+        *s = (nnp_shape){d[0], 1, 1};
+    else if (n == 3)
+        *s = (nnp_shape){d[0], d[1], d[2]};
+    else
+        return -1;
+    return 0;
+}
+
+static nnp_status parse_seq(builder *b, const char *body)
+{
+    char buf[1024];
+    if (strlen(body) >= sizeof buf)
+        return nnp_error(NNP_ERR_ARG, "model spec too long (%zu characters)", strlen(body));
+    strcpy(buf, body);
+    char *save = NULL;
+    int first = 1;
+    for (char *item = strtok_r(buf, "/,", &save); item; item = strtok_r(NULL, "/,", &save)) {
+        nnp_shape s;
+        if (first && parse_shape(item, &s) == 0) {
+            b->cur = s;
+        } else {
+            NNP_CALL(parse_item(b, item));
+        }
+        first = 0;
+    }
+    return NNP_OK;
+}
+
+/* "784-256x12-10": widths separated by '-', "WxN" repeats W N times. */
+static nnp_status parse_mlp(builder *b, const char *body, nnp_act act)
+{
+    int widths[NNP_MAX_LAYERS], nw = 0;
+    char buf[512];
+    if (strlen(body) >= sizeof buf || !*body)
+        return nnp_error(NNP_ERR_ARG, "bad mlp spec '%s'", b->spec);
+    strcpy(buf, body);
+    char *save = NULL;
+    for (char *t = strtok_r(buf, "-", &save); t; t = strtok_r(NULL, "-", &save)) {
+        char *x = strchr(t, 'x');
+        int w, rep = 1;
+        if (x)
+            *x = '\0';
+        if (parse_pos_int(t, &w) != 0 || (x && parse_pos_int(x + 1, &rep) != 0))
+            return nnp_error(NNP_ERR_ARG,
+                             "bad width in mlp spec '%s' (expected e.g. mlp:784-256x12-10)",
+                             b->spec);
+        for (int i = 0; i < rep; i++) {
+            if (nw >= NNP_MAX_LAYERS / 2)
+                return nnp_error(NNP_ERR_ARG, "mlp spec '%s' is too deep", b->spec);
+            widths[nw++] = w;
+        }
+    }
+    if (nw < 2)
+        return nnp_error(NNP_ERR_ARG, "mlp spec '%s' needs an input and an output width",
+                         b->spec);
+    b->cur = (nnp_shape){widths[0], 1, 1};
+    for (int i = 1; i < nw; i++) {
+        NNP_CALL(add_dense(b, widths[i]));
+        if (i + 1 < nw)
+            NNP_CALL(add_act(b, act, act == NNP_ACT_LEAKY_RELU ? 0.01f : 0.0f));
+    }
+    return NNP_OK;
+}
+
+/* ---- construction ---------------------------------------------------------------------- */
+
+static void name_tensor(nnp_tensor *t, const char *prefix, int idx, int is_bias)
+{
+    snprintf(t->name, sizeof t->name, "%s%d.%s", prefix, idx, is_bias ? "bias" : "weight");
+}
+
+/* Assign tensor views: weight then bias per trainable layer, in forward order. */
+static nnp_status plan_tensors(nnp_net *net)
+{
+    int nt = 0;
+    for (int i = 0; i < net->n_layers; i++)
+        if (net->layers[i].kind == NNP_L_DENSE || net->layers[i].kind == NNP_L_CONV2D)
+            nt += 2;
+    net->n_tensors = nt;
+    net->n_trainable = nt / 2;
+    if (nt == 0)
+        return nnp_error(NNP_ERR_ARG, "model spec '%s' has no trainable layer", net->spec);
+    net->tensors = nnp_calloc((size_t)nt, sizeof(nnp_tensor));
+    if (!net->tensors)
+        return NNP_ERR_NOMEM;
+    size_t off = 0;
+    int j = 0, n_conv = 0, n_fc = 0;
+    for (int i = 0; i < net->n_layers; i++) {
+        nnp_layer *L = &net->layers[i];
+        if (L->kind != NNP_L_DENSE && L->kind != NNP_L_CONV2D)
+            continue;
+        nnp_tensor *w = &net->tensors[j], *b = &net->tensors[j + 1];
+        L->tensor = j;
+        w->layer = b->layer = i;
+        b->is_bias = 1;
+        b->ndim = 1;
+        if (L->kind == NNP_L_DENSE) {
+            int in = (int)nnp_shape_size(L->in), out = L->out.c;
+            w->ndim = 2;
+            w->shape[0] = out;
+            w->shape[1] = in;
+            w->n = (size_t)out * in;
+            w->fan_in = in;
+            w->fan_out = out;
+            b->shape[0] = out;
+            b->n = (size_t)out;
+            name_tensor(w, "fc", ++n_fc, 0);
+            name_tensor(b, "fc", n_fc, 1);
+        } else {
+            const nnp_conv_geom *g = &L->conv;
+            w->ndim = 4;
+            w->shape[0] = g->K;
+            w->shape[1] = g->C;
+            w->shape[2] = w->shape[3] = g->k;
+            w->n = (size_t)g->K * g->C * g->k * g->k;
+            w->fan_in = g->C * g->k * g->k;   /* PyTorch: C_in * kh * kw */
+            w->fan_out = g->K * g->k * g->k;  /* PyTorch: C_out * kh * kw */
+            b->shape[0] = g->K;
+            b->n = (size_t)g->K;
+            name_tensor(w, "conv", ++n_conv, 0);
+            name_tensor(b, "conv", n_conv, 1);
+        }
+        b->fan_in = w->fan_in;
+        b->fan_out = w->fan_out;
+        w->off = off;
+        off += w->n;
+        b->off = off;
+        off += b->n;
+        /* activation that follows this layer (skipping shape-only layers), for init gains */
+        for (int k = i + 1; k < net->n_layers; k++) {
+            nnp_layer_kind kk = net->layers[k].kind;
+            if (kk == NNP_L_ACT) {
+                L->next_act = net->layers[k].act;
+                L->alpha = net->layers[k].alpha;
+                break;
+            }
+            if (kk == NNP_L_DENSE || kk == NNP_L_CONV2D)
+                break;
+        }
+        j += 2;
+    }
+    net->n_params = off;
+    return NNP_OK;
+}
+
+static nnp_status alloc_buffers(nnp_net *net)
+{
+    size_t B = (size_t)net->max_batch;
+    int n = net->n_layers;
+    net->params = nnp_calloc(net->n_params, sizeof(float));
+    net->grads = nnp_calloc(net->n_params, sizeof(float));
+    net->act = nnp_calloc((size_t)n + 1, sizeof(float *));
+    net->dact = nnp_calloc((size_t)n + 1, sizeof(float *));
+    net->argmax = nnp_calloc((size_t)n, sizeof(int *));
+    if (!net->params || !net->grads || !net->act || !net->dact || !net->argmax)
+        return NNP_ERR_NOMEM;
+    size_t ws = 0;
+    for (int i = 0; i <= n; i++) {
+        nnp_shape s = i < n ? net->layers[i].in : net->layers[n - 1].out;
+        /* flatten moves no data: its output aliases its input */
+        if (i > 0 && net->layers[i - 1].kind == NNP_L_FLATTEN) {
+            net->act[i] = net->act[i - 1];
+            net->dact[i] = net->dact[i - 1];
+            continue;
+        }
+        net->act[i] = nnp_calloc(B * nnp_shape_size(s), sizeof(float));
+        net->dact[i] = nnp_calloc(B * nnp_shape_size(s), sizeof(float));
+        if (!net->act[i] || !net->dact[i])
+            return NNP_ERR_NOMEM;
+    }
+    for (int i = 0; i < n; i++) {
+        nnp_layer *L = &net->layers[i];
+        if (L->kind == NNP_L_MAXPOOL) {
+            net->argmax[i] = nnp_calloc(B * nnp_shape_size(L->out), sizeof(int));
+            if (!net->argmax[i])
+                return NNP_ERR_NOMEM;
+        }
+        if (L->kind == NNP_L_CONV2D) {
+            size_t w = nnp_conv2d_workspace(&L->conv, net->max_batch);
+            if (w > ws)
+                ws = w;
+        }
+    }
+    if (ws) {
+        net->ws = nnp_calloc(ws, sizeof(float));
+        if (!net->ws)
+            return NNP_ERR_NOMEM;
+    }
+    return NNP_OK;
+}
+
+nnp_status nnp_net_create(const char *spec, nnp_shape input, nnp_act act, int max_batch,
+                          nnp_net **out)
+{
+    *out = NULL;
+    if (max_batch <= 0)
+        return nnp_error(NNP_ERR_ARG, "batch size must be positive (got %d)", max_batch);
+    if (strlen(spec) >= sizeof(((nnp_net *)0)->spec))
+        return nnp_error(NNP_ERR_ARG, "model spec too long");
+    nnp_net *net = nnp_calloc(1, sizeof *net);
+    if (!net)
+        return NNP_ERR_NOMEM;
+    strcpy(net->spec, spec);
+    net->max_batch = max_batch;
+    nnp_layer *layers = nnp_calloc(NNP_MAX_LAYERS, sizeof(nnp_layer));
+    if (!layers) {
+        free(net);
+        return NNP_ERR_NOMEM;
+    }
+    builder b = {.layers = layers, .n = 0, .cur = input, .spec = spec};
+    nnp_status s;
+    if (strcmp(spec, "lenet") == 0)
+        s = parse_seq(&b, LENET_SPEC);
+    else if (strncmp(spec, "mlp:", 4) == 0)
+        s = parse_mlp(&b, spec + 4, act);
+    else if (strncmp(spec, "seq:", 4) == 0)
+        s = parse_seq(&b, spec + 4);
+    else
+        s = nnp_error(NNP_ERR_ARG,
+                      "unknown model '%s' (expected lenet, mlp:784-256x12-10 or seq:...; see "
+                      "docs/models.md)",
+                      spec);
+    net->layers = layers;
+    net->n_layers = b.n;
+    if (s == NNP_OK && b.n == 0)
+        s = nnp_error(NNP_ERR_ARG, "model spec '%s' has no layers", spec);
+    if (s == NNP_OK) {
+        net->input = layers[0].in;
+        net->n_classes = (int)nnp_shape_size(layers[b.n - 1].out);
+        s = plan_tensors(net);
+    }
+    if (s == NNP_OK)
+        s = alloc_buffers(net);
+    if (s != NNP_OK) {
+        nnp_net_free(net);
+        return s;
+    }
+    *out = net;
+    return NNP_OK;
+}
+
+void nnp_net_free(nnp_net *net)
+{
+    if (!net)
+        return;
+    for (int i = 0; net->act && i <= net->n_layers; i++) {
+        if (i > 0 && net->layers[i - 1].kind == NNP_L_FLATTEN)
+            continue; /* aliased */
+        free(net->act[i]);
+        if (net->dact)
+            free(net->dact[i]);
+    }
+    for (int i = 0; net->argmax && i < net->n_layers; i++)
+        free(net->argmax[i]);
+    free(net->act);
+    free(net->dact);
+    free(net->argmax);
+    free(net->ws);
+    free(net->params);
+    free(net->grads);
+    free(net->tensors);
+    free(net->layers);
+    free(net);
+}
+
+/* ---- forward / backward ---------------------------------------------------------------- */
+
+const float *nnp_net_forward(nnp_net *net, int B, const float *x)
+{
+    if (x != net->act[0])
+        memcpy(net->act[0], x, (size_t)B * nnp_shape_size(net->input) * sizeof(float));
+    for (int i = 0; i < net->n_layers; i++) {
+        const nnp_layer *L = &net->layers[i];
+        const float *in = net->act[i];
+        float *out = net->act[i + 1];
+        switch (L->kind) {
+        case NNP_L_DENSE: {
+            const nnp_tensor *w = &net->tensors[L->tensor];
+            nnp_dense_forward(B, w->fan_in, w->fan_out, in, net->params + w->off,
+                              net->params + w[1].off, out);
+            break;
+        }
+        case NNP_L_CONV2D: {
+            const nnp_tensor *w = &net->tensors[L->tensor];
+            nnp_conv2d_forward(&L->conv, B, in, net->params + w->off, net->params + w[1].off,
+                               out, net->ws);
+            break;
+        }
+        case NNP_L_MAXPOOL: nnp_maxpool_forward(&L->pool, B, in, out, net->argmax[i]); break;
+        case NNP_L_AVGPOOL: nnp_avgpool_forward(&L->pool, B, in, out); break;
+        case NNP_L_FLATTEN: break; /* aliased buffers */
+        case NNP_L_ACT:
+            nnp_act_forward(L->act, L->alpha, (size_t)B * nnp_shape_size(L->in), in, out);
+            break;
+        }
+    }
+    return net->act[net->n_layers];
+}
+
+void nnp_net_backward(nnp_net *net, int B, nnp_grad_ready_fn on_ready, void *ctx)
+{
+    for (int i = net->n_layers - 1; i >= 0; i--) {
+        const nnp_layer *L = &net->layers[i];
+        const float *dy = net->dact[i + 1];
+        /* the first layer's input gradient is never needed */
+        float *dx = i > 0 ? net->dact[i] : NULL;
+        switch (L->kind) {
+        case NNP_L_DENSE: {
+            const nnp_tensor *w = &net->tensors[L->tensor];
+            nnp_dense_backward(B, w->fan_in, w->fan_out, net->act[i], net->params + w->off, dy,
+                               dx, net->grads + w->off, net->grads + w[1].off);
+            break;
+        }
+        case NNP_L_CONV2D: {
+            const nnp_tensor *w = &net->tensors[L->tensor];
+            nnp_conv2d_backward(&L->conv, B, net->act[i], net->params + w->off, dy, dx,
+                                net->grads + w->off, net->grads + w[1].off, net->ws);
+            break;
+        }
+        case NNP_L_MAXPOOL:
+            if (dx)
+                nnp_maxpool_backward(&L->pool, B, dy, net->argmax[i], dx);
+            break;
+        case NNP_L_AVGPOOL:
+            if (dx)
+                nnp_avgpool_backward(&L->pool, B, dy, dx);
+            break;
+        case NNP_L_FLATTEN: break;
+        case NNP_L_ACT:
+            if (dx)
+                nnp_act_backward(L->act, L->alpha, (size_t)B * nnp_shape_size(L->in),
+                                 net->act[i], net->act[i + 1], dy, dx);
+            break;
+        }
+        if (on_ready && L->tensor >= 0)
+            on_ready(ctx, L->tensor);
+    }
+}
+
+void nnp_net_describe(const nnp_net *net, char *buf, size_t cap)
+{
+    size_t len = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < net->n_layers && len + 1 < cap; i++) {
+        const nnp_layer *L = &net->layers[i];
+        char what[96];
+        switch (L->kind) {
+        case NNP_L_DENSE:
+            snprintf(what, sizeof what, "dense %d->%d", (int)nnp_shape_size(L->in), L->out.c);
+            break;
+        case NNP_L_CONV2D:
+            snprintf(what, sizeof what, "conv %d->%d k%d s%d p%d", L->conv.C, L->conv.K, L->k,
+                     L->s, L->p);
+            break;
+        case NNP_L_MAXPOOL: snprintf(what, sizeof what, "maxpool k%d s%d", L->k, L->s); break;
+        case NNP_L_AVGPOOL: snprintf(what, sizeof what, "avgpool k%d s%d", L->k, L->s); break;
+        case NNP_L_FLATTEN: snprintf(what, sizeof what, "flatten"); break;
+        case NNP_L_ACT: snprintf(what, sizeof what, "%s", nnp_act_name(L->act)); break;
+        }
+        int w = snprintf(buf + len, cap - len, "  %2d %-24s %dx%dx%d -> %dx%dx%d\n", i, what,
+                         L->in.c, L->in.h, L->in.w, L->out.c, L->out.h, L->out.w);
+        if (w < 0)
+            break;
+        len += (size_t)w;
+    }
+}
