@@ -1,0 +1,79 @@
+/* precond.h - the statistical diagonal gradient preconditioner (docs/preconditioner.md).
+ *
+ * Each parameter tensor j gets one multiplier m_j; the optimizer multiplies tensor j's
+ * (allreduced) gradient by m_j before its update. With s_k the standard deviation of the
+ * weights of trainable layer k and g_k the factor by which layer k scales a unit-variance
+ * gradient passed back through it:
+ *     prec_j = prod over tensors k after j of 1/g_k   (the last tensor gets 1)
+ *     m_j    = prec_j * s_j
+ * static : s_k are the initialization prior's standard deviations, fixed for the run.
+ * dynamic: s_k are the CURRENT population standard deviations of the tensors, recomputed
+ *          every K steps from per-tensor sums reduced over all ranks.
+ *
+ * Formulas (--precond-formula):
+ *   seed      exactly seed 000's code, quirks included: fan-out of a tensor of shape s is
+ *             prod(s[:-1]) (for a conv weight C_out*C_in*kh, not C_out*kh*kw), and the relu
+ *             factor enters dense (2-D) weights only.
+ *   corrected the default: fan-out C_out*kh*kw for conv weights (the number of outputs each
+ *             input feeds), and the relu factor enters every weight layer followed by relu.
+ * Bias tensors: prior std bias_std (0.2), gain bias_gain (1); in dynamic mode their current
+ * std replaces bias_std unless bias_prior is set.
+ */
+#ifndef NNPREC_PRECOND_H
+#define NNPREC_PRECOND_H
+#include <stddef.h>
+#include <stdint.h>
+#include "nnprec/net.h"
+#include "nnprec/status.h"
+
+typedef enum { NNP_PRECOND_NONE, NNP_PRECOND_STATIC, NNP_PRECOND_DYNAMIC } nnp_precond_mode;
+typedef enum { NNP_PFORM_CORRECTED, NNP_PFORM_SEED } nnp_precond_formula;
+
+typedef struct {
+    nnp_precond_mode mode;
+    nnp_precond_formula formula;
+    int every;            /* dynamic: recompute every K steps (K >= 1) */
+    double relu_factor;   /* Var(relu(z)) for z ~ N(0,1) as the seed rounds it: 0.34 */
+    double prior_num;     /* prior weight variance numerator: 0.96 (sigma^2 = 0.96/fan_in) */
+    double bias_std;      /* prior bias std: 0.2 */
+    double bias_gain;     /* g of a bias tensor: 1 */
+    int bias_prior;       /* dynamic: keep bias_std for biases instead of their current std */
+    double floor;         /* lower bound on a measured std (guards division by zero): 1e-12 */
+} nnp_precond_cfg;
+
+typedef struct {
+    nnp_precond_cfg cfg;
+    int n;                /* tensors */
+    double *sigma;        /* [n] std used for each tensor (prior or current) */
+    double *gain;         /* [n] g of each tensor */
+    double *prec;         /* [n] product of 1/g over the tensors after it */
+    double *scale;        /* [n] m_j = prec_j * sigma_j: what the optimizer applies */
+    double *sums;         /* [2n] workspace: (sum w, sum w^2) per tensor for the allreduce */
+    int64_t updated_at;   /* step of the last dynamic update, -1 before the first */
+} nnp_precond;
+
+nnp_status nnp_precond_parse_mode(const char *s, nnp_precond_mode *out);      /* none|static|dynamic */
+nnp_status nnp_precond_parse_formula(const char *s, nnp_precond_formula *out); /* corrected|seed */
+const char *nnp_precond_mode_name(nnp_precond_mode m);
+const char *nnp_precond_formula_name(nnp_precond_formula f);
+/* Fill the seed's defaults (mode none, formula corrected, every 1, 0.34, 0.96, 0.2, 1, 0, 1e-12). */
+void nnp_precond_defaults(nnp_precond_cfg *cfg);
+
+/* Allocate for net's tensors and, for static and dynamic, compute the prior multipliers
+ * (for mode none every scale is 1). Errors: NNP_ERR_ARG for bad constants or K < 1. */
+nnp_status nnp_precond_init(nnp_precond *p, const nnp_precond_cfg *cfg, const nnp_net *net);
+void nnp_precond_free(nnp_precond *p);
+
+/* Rank-local part of the dynamic update: for rank r of `size`, the share [lo, hi) of the flat
+ * parameter buffer from nnp_split(n_params, size, r); adds sum w and sum w^2 of every tensor's
+ * elements that fall in that share into p->sums (zeroed first). Pure; tested with simulated
+ * ranks (the shares' sums add up to the global sums). */
+void nnp_precond_local_sums(nnp_precond *p, const nnp_net *net, int rank, int size);
+/* From GLOBAL sums in p->sums (after the caller's allreduce of 2n doubles): population
+ * std of each tensor, floored; recompute gain/prec/scale. Errors: NNP_ERR_NUMERIC naming the
+ * tensor if a sum is not finite. */
+nnp_status nnp_precond_from_sums(nnp_precond *p, const nnp_net *net, int64_t step);
+/* Recompute gain/prec/scale from p->sigma (used by both modes). */
+void nnp_precond_recompute(nnp_precond *p, const nnp_net *net);
+
+#endif
