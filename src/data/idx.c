@@ -1,1 +1,245 @@
-/* placeholder */
+/* idx.c - IDX (MNIST / Fashion-MNIST) reader, gzip'd or raw.
+ *
+ * gzopen/gzread read both compressed and plain files, so one code path serves both. The
+ * images file is magic 0x00000803 followed by N, H, W (big-endian uint32) and N*H*W bytes;
+ * the labels file is magic 0x00000801, N and N bytes. Only the samples [lo, hi) of the
+ * first `limit` are kept; the images before lo are read and discarded. The labels file is
+ * small and is read whole, so truncation anywhere in it is caught and n_classes is the
+ * same on every rank whatever its shard.
+ */
+#include "nnprec/data.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+#include "nnprec/alloc.h"
+
+#define IDX_MAGIC_IMAGES 0x00000803u
+#define IDX_MAGIC_LABELS 0x00000801u
+/* Largest accepted image side and area: far above any IDX image set, small enough that a
+ * corrupt header is reported as such rather than as a failed huge allocation. */
+#define IDX_MAX_SIDE 65536u
+#define IDX_MAX_AREA (1u << 24)
+
+static const char *open_errstr(void)
+{
+    return errno ? strerror(errno) : "cannot open";
+}
+
+/* Read exactly `len` bytes. Returns NNP_OK, or an error naming the path and `what`. */
+static nnp_status read_exact(gzFile f, const char *path, void *buf, size_t len,
+                             const char *what)
+{
+    unsigned char *p = buf;
+    size_t done = 0;
+    while (done < len) {
+        size_t want = len - done;
+        if (want > (1u << 30))
+            want = 1u << 30;
+        int got = gzread(f, p + done, (unsigned)want);
+        if (got < 0) {
+            int zerr = 0;
+            const char *msg = gzerror(f, &zerr);
+            if (zerr == Z_ERRNO)
+                return nnp_error(NNP_ERR_IO, "%s: read error in %s: %s", path, what,
+                                 strerror(errno));
+            return nnp_error(NNP_ERR_FORMAT, "%s: corrupt data in %s: %s", path, what,
+                             msg ? msg : "gzip error");
+        }
+        if (got == 0)
+            return nnp_error(NNP_ERR_FORMAT,
+                             "%s: truncated %s: expected %zu bytes, found only %zu", path,
+                             what, len, done);
+        done += (size_t)got;
+    }
+    return NNP_OK;
+}
+
+static uint32_t be32(const unsigned char *b)
+{
+    return ((uint32_t)b[0] << 24) | ((uint32_t)b[1] << 16) | ((uint32_t)b[2] << 8) |
+           (uint32_t)b[3];
+}
+
+static nnp_status open_idx(const char *path, const char *kind, gzFile *out)
+{
+    errno = 0;
+    gzFile f = gzopen(path, "rb");
+    if (!f)
+        return nnp_error(NNP_ERR_IO, "cannot open %s file %s: %s", kind, path,
+                         open_errstr());
+    gzbuffer(f, 1u << 17);
+    *out = f;
+    return NNP_OK;
+}
+
+/* Discard `len` bytes (the images before lo), in chunks. */
+static nnp_status skip_bytes(gzFile f, const char *path, size_t len)
+{
+    unsigned char buf[16384];
+    while (len > 0) {
+        size_t k = len < sizeof buf ? len : sizeof buf;
+        NNP_CALL(read_exact(f, path, buf, k, "image data"));
+        len -= k;
+    }
+    return NNP_OK;
+}
+
+static nnp_status load(gzFile fi, gzFile fl, const char *images_path, const char *labels_path,
+                       size_t limit, size_t lo, size_t hi, nnp_dataset *out)
+{
+    unsigned char hdr[16];
+
+    /* Images header. */
+    NNP_CALL(read_exact(fi, images_path, hdr, 4, "images magic"));
+    uint32_t magic = be32(hdr);
+    if (magic != IDX_MAGIC_IMAGES)
+        return nnp_error(NNP_ERR_FORMAT,
+                         "%s: wrong magic 0x%08x, expected 0x%08x (IDX uint8 images N x H x W)",
+                         images_path, (unsigned)magic, IDX_MAGIC_IMAGES);
+    NNP_CALL(read_exact(fi, images_path, hdr + 4, 12, "images header"));
+    uint32_t N = be32(hdr + 4), H = be32(hdr + 8), W = be32(hdr + 12);
+    if (H == 0 || W == 0 || H > IDX_MAX_SIDE || W > IDX_MAX_SIDE ||
+        (uint64_t)H * W > IDX_MAX_AREA)
+        return nnp_error(NNP_ERR_FORMAT,
+                         "%s: bad image size %u x %u, expected 1..%u per side and at most %u "
+                         "pixels",
+                         images_path, (unsigned)H, (unsigned)W, IDX_MAX_SIDE, IDX_MAX_AREA);
+
+    /* Labels header. */
+    NNP_CALL(read_exact(fl, labels_path, hdr, 4, "labels magic"));
+    magic = be32(hdr);
+    if (magic != IDX_MAGIC_LABELS)
+        return nnp_error(NNP_ERR_FORMAT,
+                         "%s: wrong magic 0x%08x, expected 0x%08x (IDX uint8 labels N)",
+                         labels_path, (unsigned)magic, IDX_MAGIC_LABELS);
+    NNP_CALL(read_exact(fl, labels_path, hdr + 4, 4, "labels header"));
+    uint32_t NL = be32(hdr + 4);
+    if (NL != N)
+        return nnp_error(NNP_ERR_FORMAT, "%s: %u labels, expected %u to match images in %s",
+                         labels_path, (unsigned)NL, (unsigned)N, images_path);
+
+    /* All labels (N bytes): catches truncation anywhere and fixes n_classes file-wide. */
+    unsigned char *labels = N ? nnp_malloc(N) : NULL;
+    if (N && !labels)
+        return NNP_ERR_NOMEM;
+    nnp_status s = read_exact(fl, labels_path, labels, N, "label data");
+    if (s != NNP_OK) {
+        free(labels);
+        return s;
+    }
+    int maxl = -1;
+    for (uint32_t i = 0; i < N; i++)
+        if (labels[i] > maxl)
+            maxl = labels[i];
+
+    /* Samples kept: [lo, end) with end = min(N, limit, hi). */
+    size_t end = N;
+    if (limit && limit < end)
+        end = limit;
+    if (hi < end)
+        end = hi;
+    size_t first = lo < end ? lo : end;
+    size_t n = end - first;
+    size_t D = (size_t)H * W;
+
+    out->c = 1;
+    out->h = (int)H;
+    out->w = (int)W;
+    out->n_total = N;
+    out->first = first;
+    out->n_classes = maxl + 1;
+    out->mean = 0.0;
+    out->std = 1.0;
+    out->xf = NULL;
+    out->n = 0;
+
+    if (n == 0) {
+        free(labels);
+        return NNP_OK;
+    }
+    if (n > SIZE_MAX / D) {
+        free(labels);
+        return nnp_error(NNP_ERR_FORMAT, "%s: %zu images of %zu pixels do not fit in memory",
+                         images_path, n, D);
+    }
+    out->pix = nnp_malloc(n * D);
+    out->y = nnp_malloc(n);
+    if (!out->pix || !out->y) {
+        free(labels);
+        return NNP_ERR_NOMEM;
+    }
+    memcpy(out->y, labels + first, n);
+    free(labels);
+
+    NNP_CALL(skip_bytes(fi, images_path, first * D));
+    NNP_CALL(read_exact(fi, images_path, out->pix, n * D, "image data"));
+    out->n = n;
+    return NNP_OK;
+}
+
+nnp_status nnp_idx_load(const char *images_path, const char *labels_path, size_t limit,
+                        size_t lo, size_t hi, nnp_dataset *out)
+{
+    memset(out, 0, sizeof *out);
+    gzFile fi = NULL, fl = NULL;
+    nnp_status s = open_idx(images_path, "images", &fi);
+    if (s == NNP_OK)
+        s = open_idx(labels_path, "labels", &fl);
+    if (s == NNP_OK)
+        s = load(fi, fl, images_path, labels_path, limit, lo, hi, out);
+    if (fi)
+        gzclose(fi);
+    if (fl)
+        gzclose(fl);
+    if (s != NNP_OK)
+        nnp_dataset_free(out);
+    return s;
+}
+
+static int readable(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return 0;
+    fclose(f);
+    return 1;
+}
+
+/* First existing DIR/SPLIT-KIND<suffix> among the IDX naming variants, into buf. */
+static nnp_status find_one(const char *dir, const char *split, const char *kind, int idxdim,
+                           char *buf, size_t cap)
+{
+    const char *sep = "/";
+    size_t dl = strlen(dir);
+    if (dl > 0 && dir[dl - 1] == '/')
+        sep = "";
+    /* Fashion-MNIST ships SPLIT-KIND-idxD-ubyte.gz; MNIST mirrors also use the raw
+     * form and the SPLIT-KIND.idxD-ubyte spelling. */
+    static const char *const pats[] = {"%s%s%s-%s-idx%d-ubyte.gz", "%s%s%s-%s-idx%d-ubyte",
+                                       "%s%s%s-%s.idx%d-ubyte.gz", "%s%s%s-%s.idx%d-ubyte"};
+    for (size_t i = 0; i < sizeof pats / sizeof pats[0]; i++) {
+        int k = snprintf(buf, cap, pats[i], dir, sep, split, kind, idxdim);
+        if (k < 0 || (size_t)k >= cap)
+            return nnp_error(NNP_ERR_ARG, "data directory path too long: %s", dir);
+        if (readable(buf))
+            return NNP_OK;
+    }
+    if (cap)
+        buf[0] = '\0';
+    return nnp_error(NNP_ERR_IO,
+                     "no %s %s file in %s: expected %s-%s-idx%d-ubyte[.gz] or "
+                     "%s-%s.idx%d-ubyte[.gz]",
+                     split, kind, dir, split, kind, idxdim, split, kind, idxdim);
+}
+
+nnp_status nnp_idx_paths(const char *dir, const char *split, char *images, char *labels,
+                         size_t cap)
+{
+    NNP_CALL(find_one(dir, split, "images", 3, images, cap));
+    NNP_CALL(find_one(dir, split, "labels", 1, labels, cap));
+    return NNP_OK;
+}

@@ -1,0 +1,530 @@
+/* test_data.c - IDX reading (raw and gzip'd), slicing, normalization, moments, error
+ * reporting, file discovery, and the global order with simulated ranks.
+ *
+ * Tiny IDX files are written into a fresh directory under /tmp and removed at the end.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "nnprec/data.h"
+#include "nnprec/rng.h"
+#include "test_util.h"
+
+#define NIMG 7
+#define IH 3
+#define IW 4
+#define ID (IH * IW)
+
+static char g_dir[64];
+/* Temp file paths handed out by tmp_path, removed at exit. */
+static char g_files[64][512];
+static int g_nfiles = 0;
+
+/* Path of `name` in the temp directory; each distinct name gets its own stable buffer,
+ * which is also the list of files removed at exit. */
+static const char *tmp_path(const char *name)
+{
+    char p[512];
+    snprintf(p, sizeof p, "%s/%s", g_dir, name);
+    for (int i = 0; i < g_nfiles; i++)
+        if (strcmp(g_files[i], p) == 0)
+            return g_files[i];
+    if (g_nfiles == (int)(sizeof g_files / sizeof g_files[0])) {
+        fprintf(stderr, "too many temp files\n");
+        exit(1);
+    }
+    snprintf(g_files[g_nfiles], sizeof g_files[0], "%s", p);
+    return g_files[g_nfiles++];
+}
+
+static void put_be32(unsigned char *b, uint32_t v)
+{
+    b[0] = (unsigned char)(v >> 24);
+    b[1] = (unsigned char)(v >> 16);
+    b[2] = (unsigned char)(v >> 8);
+    b[3] = (unsigned char)v;
+}
+
+/* Write header words then `len` bytes of body, raw or gzip'd. */
+static void write_file(const char *path, int gz, const uint32_t *hdr, int nhdr,
+                       const unsigned char *body, size_t len)
+{
+    unsigned char h[16];
+    for (int i = 0; i < nhdr; i++)
+        put_be32(h + 4 * i, hdr[i]);
+    if (gz) {
+        gzFile f = gzopen(path, "wb");
+        ASSERT_TRUE(f != NULL);
+        if (!f)
+            return;
+        ASSERT_EQ_INT(gzwrite(f, h, (unsigned)(4 * nhdr)), 4 * nhdr);
+        if (len)
+            ASSERT_EQ_INT(gzwrite(f, body, (unsigned)len), (long long)len);
+        ASSERT_EQ_INT(gzclose(f), Z_OK);
+    } else {
+        FILE *f = fopen(path, "wb");
+        ASSERT_TRUE(f != NULL);
+        if (!f)
+            return;
+        ASSERT_EQ_INT(fwrite(h, 1, (size_t)(4 * nhdr), f), 4 * nhdr);
+        if (len)
+            ASSERT_EQ_INT(fwrite(body, 1, len, f), (long long)len);
+        ASSERT_EQ_INT(fclose(f), 0);
+    }
+}
+
+static unsigned char g_pix[NIMG * ID];
+/* The largest label (8) sits on the last sample, outside most slices below. */
+static const unsigned char g_lab[NIMG] = {3, 0, 5, 1, 2, 4, 8};
+
+static void write_images(const char *path, int gz, uint32_t magic, uint32_t n, uint32_t h,
+                         uint32_t w, size_t body_len)
+{
+    uint32_t hdr[4] = {magic, n, h, w};
+    write_file(path, gz, hdr, 4, g_pix, body_len);
+}
+
+static void write_labels(const char *path, int gz, uint32_t magic, uint32_t n, size_t body_len)
+{
+    uint32_t hdr[2] = {magic, n};
+    write_file(path, gz, hdr, 2, g_lab, body_len);
+}
+
+static void check_samples(const nnp_dataset *d, size_t first, size_t n)
+{
+    ASSERT_EQ_INT(d->n, n);
+    ASSERT_EQ_INT(d->first, first);
+    ASSERT_EQ_INT(d->n_total, NIMG);
+    ASSERT_EQ_INT(d->c, 1);
+    ASSERT_EQ_INT(d->h, IH);
+    ASSERT_EQ_INT(d->w, IW);
+    ASSERT_EQ_INT(d->n_classes, 9);
+    ASSERT_TRUE(d->xf == NULL);
+    ASSERT_TRUE(d->mean == 0.0 && d->std == 1.0);
+    if (n == 0)
+        return;
+    ASSERT_TRUE(d->pix != NULL && d->y != NULL);
+    if (!d->pix || !d->y || d->n != n)
+        return;
+    ASSERT_TRUE(memcmp(d->pix, g_pix + first * ID, n * ID) == 0);
+    ASSERT_TRUE(memcmp(d->y, g_lab + first, n) == 0);
+}
+
+static void test_read(void)
+{
+    for (int gz = 0; gz < 2; gz++) {
+        const char *im = tmp_path(gz ? "ok-images.gz" : "ok-images");
+        const char *lb = tmp_path(gz ? "ok-labels.gz" : "ok-labels");
+        write_images(im, gz, 0x803, NIMG, IH, IW, sizeof g_pix);
+        write_labels(lb, gz, 0x801, NIMG, NIMG);
+        nnp_dataset d;
+
+        ASSERT_OK(nnp_idx_load(im, lb, 0, 0, SIZE_MAX, &d));
+        check_samples(&d, 0, NIMG);
+        nnp_dataset_free(&d);
+
+        /* limit 5, lo 2: samples [2, 5). */
+        ASSERT_OK(nnp_idx_load(im, lb, 5, 2, 100, &d));
+        check_samples(&d, 2, 3);
+        nnp_dataset_free(&d);
+
+        /* hi below the limit: [1, 3). */
+        ASSERT_OK(nnp_idx_load(im, lb, 6, 1, 3, &d));
+        check_samples(&d, 1, 2);
+        nnp_dataset_free(&d);
+
+        /* Last sample only, no limit. */
+        ASSERT_OK(nnp_idx_load(im, lb, 0, 6, 7, &d));
+        check_samples(&d, 6, 1);
+        nnp_dataset_free(&d);
+
+        /* Limit above N is clamped to N. */
+        ASSERT_OK(nnp_idx_load(im, lb, 1000, 4, SIZE_MAX, &d));
+        check_samples(&d, 4, 3);
+        nnp_dataset_free(&d);
+
+        /* lo at or past the clamp: empty, not an error. */
+        ASSERT_OK(nnp_idx_load(im, lb, 3, 3, 10, &d));
+        check_samples(&d, 3, 0);
+        nnp_dataset_free(&d);
+        ASSERT_OK(nnp_idx_load(im, lb, 0, 9, 12, &d));
+        ASSERT_EQ_INT(d.n, 0);
+        nnp_dataset_free(&d);
+    }
+}
+
+/* Expect status `want` and a message naming `path`; the output dataset is left empty. */
+static void expect_error(const char *im, const char *lb, nnp_status want, const char *path)
+{
+    nnp_dataset d;
+    nnp_error_clear();
+    nnp_status s = nnp_idx_load(im, lb, 0, 0, SIZE_MAX, &d);
+    if (s != want)
+        TEST_FAIL_("load(%s, %s) returned %s, want %s (msg: %s)", im, lb, nnp_status_str(s),
+                   nnp_status_str(want), nnp_error_msg());
+    nnp_test_checks++;
+    const char *msg = nnp_error_msg();
+    ASSERT_TRUE(strstr(msg, path) != NULL);
+    ASSERT_TRUE(strchr(msg, '\n') == NULL);
+    ASSERT_TRUE(d.n == 0 && d.pix == NULL && d.y == NULL);
+    fprintf(stderr, "  expected error: %s\n", msg);
+    nnp_error_clear();
+    nnp_dataset_free(&d);
+}
+
+static void test_errors(void)
+{
+    const char *im = tmp_path("good-images"), *lb = tmp_path("good-labels");
+    write_images(im, 0, 0x803, NIMG, IH, IW, sizeof g_pix);
+    write_labels(lb, 0, 0x801, NIMG, NIMG);
+
+    const char *missing = tmp_path("no-such-file");
+    expect_error(missing, lb, NNP_ERR_IO, missing);
+    expect_error(im, missing, NNP_ERR_IO, missing);
+
+    for (int gz = 0; gz < 2; gz++) {
+        const char *p = tmp_path(gz ? "bad-magic.gz" : "bad-magic");
+        write_images(p, gz, 0x801, NIMG, IH, IW, sizeof g_pix);
+        expect_error(p, lb, NNP_ERR_FORMAT, p);
+        /* A labels file given as images, and images given as labels. */
+        expect_error(lb, lb, NNP_ERR_FORMAT, lb);
+        expect_error(im, im, NNP_ERR_FORMAT, im);
+
+        p = tmp_path(gz ? "short-images.gz" : "short-images");
+        write_images(p, gz, 0x803, NIMG, IH, IW, sizeof g_pix - 5);
+        expect_error(p, lb, NNP_ERR_FORMAT, p);
+
+        p = tmp_path(gz ? "short-header.gz" : "short-header");
+        write_labels(p, gz, 0x803, NIMG, 0); /* 8 of the 16 header bytes */
+        expect_error(p, lb, NNP_ERR_FORMAT, p);
+
+        p = tmp_path(gz ? "short-labels.gz" : "short-labels");
+        write_labels(p, gz, 0x801, NIMG, NIMG - 2);
+        expect_error(im, p, NNP_ERR_FORMAT, p);
+
+        p = tmp_path(gz ? "count-labels.gz" : "count-labels");
+        write_labels(p, gz, 0x801, NIMG - 1, NIMG - 1);
+        expect_error(im, p, NNP_ERR_FORMAT, p);
+
+        p = tmp_path(gz ? "zero-h.gz" : "zero-h");
+        write_images(p, gz, 0x803, NIMG, 0, IW, 0);
+        expect_error(p, lb, NNP_ERR_FORMAT, p);
+
+        p = tmp_path(gz ? "huge-w.gz" : "huge-w");
+        write_images(p, gz, 0x803, NIMG, IH, 0x40000000u, sizeof g_pix);
+        expect_error(p, lb, NNP_ERR_FORMAT, p);
+    }
+
+    /* A gzip stream cut in the middle: reported as a format error naming the file. */
+    const char *full = tmp_path("cut.gz");
+    write_images(full, 1, 0x803, NIMG, IH, IW, sizeof g_pix);
+    FILE *f = fopen(full, "rb");
+    unsigned char buf[1024];
+    size_t len = f ? fread(buf, 1, sizeof buf, f) : 0;
+    if (f)
+        fclose(f);
+    ASSERT_TRUE(len > 30);
+    f = fopen(full, "wb");
+    ASSERT_TRUE(f != NULL);
+    if (f) {
+        fwrite(buf, 1, len - 12, f); /* drop the trailer and part of the stream */
+        fclose(f);
+    }
+    expect_error(full, lb, NNP_ERR_FORMAT, full);
+}
+
+static void test_paths(void)
+{
+    char im[4096], lb[4096];
+    nnp_error_clear();
+    ASSERT_STATUS(nnp_idx_paths(g_dir, "train", im, lb, sizeof im), NNP_ERR_IO);
+    nnp_status s = nnp_idx_paths(g_dir, "train", im, lb, sizeof im);
+    ASSERT_TRUE(s == NNP_ERR_IO && strstr(nnp_error_msg(), g_dir) != NULL);
+    nnp_error_clear();
+
+    /* Fashion-MNIST naming, gzip'd. */
+    const char *a = tmp_path("train-images-idx3-ubyte.gz");
+    const char *b = tmp_path("train-labels-idx1-ubyte.gz");
+    write_images(a, 1, 0x803, NIMG, IH, IW, sizeof g_pix);
+    write_labels(b, 1, 0x801, NIMG, NIMG);
+    ASSERT_OK(nnp_idx_paths(g_dir, "train", im, lb, sizeof im));
+    ASSERT_TRUE(strcmp(im, a) == 0 && strcmp(lb, b) == 0);
+    nnp_dataset d;
+    ASSERT_OK(nnp_idx_load(im, lb, 0, 0, SIZE_MAX, &d));
+    check_samples(&d, 0, NIMG);
+    nnp_dataset_free(&d);
+
+    /* A trailing slash on the directory gives the same paths. */
+    char dir_slash[128];
+    snprintf(dir_slash, sizeof dir_slash, "%s/", g_dir);
+    ASSERT_OK(nnp_idx_paths(dir_slash, "train", im, lb, sizeof im));
+    ASSERT_TRUE(strcmp(im, a) == 0 && strcmp(lb, b) == 0);
+
+    /* Images present, labels missing: error naming the directory. */
+    a = tmp_path("t10k-images-idx3-ubyte");
+    write_images(a, 0, 0x803, NIMG, IH, IW, sizeof g_pix);
+    s = nnp_idx_paths(g_dir, "t10k", im, lb, sizeof im);
+    ASSERT_TRUE(s == NNP_ERR_IO && strstr(nnp_error_msg(), g_dir) != NULL);
+    nnp_error_clear();
+
+    /* MNIST-style spelling for the labels, raw. */
+    b = tmp_path("t10k-labels.idx1-ubyte");
+    write_labels(b, 0, 0x801, NIMG, NIMG);
+    ASSERT_OK(nnp_idx_paths(g_dir, "t10k", im, lb, sizeof im));
+    ASSERT_TRUE(strcmp(im, a) == 0 && strcmp(lb, b) == 0);
+
+    /* A buffer too small for the path is an argument error, not an overflow. */
+    char small[8];
+    ASSERT_STATUS(nnp_idx_paths(g_dir, "t10k", small, small, sizeof small), NNP_ERR_ARG);
+}
+
+static void test_normalize(void)
+{
+    const char *im = tmp_path("ok-images"), *lb = tmp_path("ok-labels");
+    nnp_dataset d;
+    ASSERT_OK(nnp_idx_load(im, lb, 0, 0, SIZE_MAX, &d));
+    if (d.n != NIMG) {
+        nnp_dataset_free(&d);
+        return;
+    }
+
+    /* Moments of v/255 over all values held, population std. */
+    double s = 0, ss = 0;
+    for (int k = 0; k < NIMG * ID; k++)
+        s += g_pix[k] / 255.0;
+    double m = s / (NIMG * ID);
+    for (int k = 0; k < NIMG * ID; k++)
+        ss += (g_pix[k] / 255.0 - m) * (g_pix[k] / 255.0 - m);
+    double sd = sqrt(ss / (NIMG * ID)), gm, gs;
+    nnp_dataset_moments(&d, &gm, &gs);
+    ASSERT_NEAR(gm, m, 1e-12);
+    ASSERT_NEAR(gs, sd, 1e-12);
+
+    d.mean = 0.25;
+    d.std = 0.5;
+    const uint32_t idx[3] = {6, 0, 3};
+    float x[3 * ID];
+    unsigned char y[3];
+    memset(y, 0xff, sizeof y);
+    nnp_dataset_gather(&d, idx, 3, x, y);
+    for (int j = 0; j < 3; j++) {
+        ASSERT_EQ_INT(y[j], g_lab[idx[j]]);
+        for (int k = 0; k < ID; k++) {
+            double want = (g_pix[idx[j] * ID + k] / 255.0 - 0.25) / 0.5;
+            ASSERT_NEAR(x[j * ID + k], want, 1e-6);
+        }
+    }
+    /* Spot values: pixel 0 -> -0.5, pixel 255 -> 1.5. */
+    unsigned char save0 = d.pix[0], save1 = d.pix[1];
+    d.pix[0] = 0;
+    d.pix[1] = 255;
+    const uint32_t i0 = 0;
+    nnp_dataset_gather(&d, &i0, 1, x, NULL);
+    ASSERT_NEAR(x[0], -0.5, 1e-7);
+    ASSERT_NEAR(x[1], 1.5, 2e-7);
+    d.pix[0] = save0;
+    d.pix[1] = save1;
+
+    nnp_dataset_slice(&d, 2, 3, x, y);
+    for (int j = 0; j < 3; j++) {
+        ASSERT_EQ_INT(y[j], g_lab[2 + j]);
+        for (int k = 0; k < ID; k++) {
+            double want = (g_pix[(2 + j) * ID + k] / 255.0 - 0.25) / 0.5;
+            ASSERT_NEAR(x[j * ID + k], want, 1e-6);
+        }
+    }
+    nnp_dataset_free(&d);
+    ASSERT_TRUE(d.pix == NULL && d.y == NULL && d.n == 0);
+    nnp_dataset_free(&d); /* twice is fine */
+
+    /* Float samples: scale 1. */
+    nnp_dataset f;
+    memset(&f, 0, sizeof f);
+    nnp_dataset_free(&f); /* zeroed struct is fine */
+    float xf[2 * 2] = {1.0f, -3.0f, 10.0f, 0.5f};
+    unsigned char yf[2] = {1, 0};
+    f.n = 2;
+    f.c = 1;
+    f.h = 1;
+    f.w = 2;
+    f.xf = xf;
+    f.y = yf;
+    nnp_dataset_moments(&f, &gm, &gs);
+    double fm = (1.0 - 3.0 + 10.0 + 0.5) / 4;
+    double fv = ((1 - fm) * (1 - fm) + (-3 - fm) * (-3 - fm) + (10 - fm) * (10 - fm) +
+                 (0.5 - fm) * (0.5 - fm)) / 4;
+    ASSERT_NEAR(gm, fm, 1e-12);
+    ASSERT_NEAR(gs, sqrt(fv), 1e-12);
+    f.mean = 2.0;
+    f.std = 4.0;
+    const uint32_t fi[2] = {1, 0};
+    float xo[4];
+    nnp_dataset_gather(&f, fi, 2, xo, y);
+    ASSERT_NEAR(xo[0], (10.0 - 2.0) / 4.0, 1e-7);
+    ASSERT_NEAR(xo[1], (0.5 - 2.0) / 4.0, 1e-7);
+    ASSERT_NEAR(xo[2], (1.0 - 2.0) / 4.0, 1e-7);
+    ASSERT_NEAR(xo[3], (-3.0 - 2.0) / 4.0, 1e-7);
+    ASSERT_EQ_INT(y[0], 0);
+    ASSERT_EQ_INT(y[1], 1);
+
+    /* Empty dataset: moments 0, 0. */
+    f.n = 0;
+    nnp_dataset_moments(&f, &gm, &gs);
+    ASSERT_TRUE(gm == 0.0 && gs == 0.0);
+}
+
+static void test_split(void)
+{
+    for (int p = 1; p <= 5; p++)
+        for (size_t count = 0; count <= 50; count++) {
+            size_t prev = 0, mn = SIZE_MAX, mx = 0;
+            int ok = 1;
+            for (int r = 0; r < p; r++) {
+                size_t lo, hi;
+                nnp_split(count, p, r, &lo, &hi);
+                ok &= lo == prev && hi >= lo;
+                prev = hi;
+                if (hi - lo < mn)
+                    mn = hi - lo;
+                if (hi - lo > mx)
+                    mx = hi - lo;
+            }
+            ok &= prev == count && mx - mn <= 1;
+            if (!ok)
+                TEST_FAIL_("nnp_split(%zu, %d, .) does not partition evenly", count, p);
+            nnp_test_checks++;
+        }
+    /* No overflow for counts near SIZE_MAX. */
+    size_t lo, hi;
+    nnp_split(SIZE_MAX, 3, 2, &lo, &hi);
+    ASSERT_TRUE(hi == SIZE_MAX && lo == SIZE_MAX - SIZE_MAX / 3);
+    nnp_split(SIZE_MAX, 7, 3, &lo, &hi);
+    ASSERT_TRUE(hi - lo == SIZE_MAX / 7 || hi - lo == SIZE_MAX / 7 + 1);
+
+    ASSERT_EQ_INT(nnp_batches_per_epoch(0, 10), 0);
+    ASSERT_EQ_INT(nnp_batches_per_epoch(1, 10), 1);
+    ASSERT_EQ_INT(nnp_batches_per_epoch(10, 10), 1);
+    ASSERT_EQ_INT(nnp_batches_per_epoch(11, 10), 2);
+    ASSERT_EQ_INT(nnp_batches_per_epoch(103, 10), 11);
+    ASSERT_EQ_INT(nnp_batches_per_epoch(60000, 128), 469);
+    ASSERT_TRUE(nnp_batches_per_epoch(SIZE_MAX, 2) == SIZE_MAX / 2 + 1);
+}
+
+/* The sample sequence an epoch visits when p ranks each take their nnp_split slice of
+ * every global batch, concatenated rank by rank within each batch. */
+static void epoch_sequence(const uint32_t *perm, size_t N, size_t G, int p, uint32_t *seq)
+{
+    size_t nb = nnp_batches_per_epoch(N, G), k = 0;
+    for (size_t b = 0; b < nb; b++) {
+        size_t start = b * G, count = (start + G <= N ? G : N - start);
+        for (int r = 0; r < p; r++) {
+            size_t lo, hi;
+            nnp_split(count, p, r, &lo, &hi);
+            for (size_t i = lo; i < hi; i++)
+                seq[k++] = perm[start + i];
+        }
+    }
+    ASSERT_EQ_INT(k, N);
+}
+
+static void test_order(void)
+{
+    enum { N = 103, G = 10 };
+    uint32_t perm[N], perm2[N], ref[N], seq[N];
+    const uint64_t seed = 12345;
+
+    for (int epoch = 0; epoch < 3; epoch++) {
+        nnp_epoch_permutation(seed, epoch, perm, N);
+        epoch_sequence(perm, N, G, 1, ref);
+        int seen[N] = {0}, once = 1;
+        for (int i = 0; i < N; i++) {
+            if (ref[i] >= N || seen[ref[i]]++)
+                once = 0;
+        }
+        ASSERT_TRUE(once);
+        for (int p = 2; p <= 4; p++) {
+            epoch_sequence(perm, N, G, p, seq);
+            ASSERT_TRUE(memcmp(seq, ref, sizeof seq) == 0);
+        }
+    }
+
+    /* Depends on (seed, epoch) only. */
+    nnp_epoch_permutation(seed, 5, perm, N);
+    nnp_epoch_permutation(seed, 5, perm2, N);
+    ASSERT_TRUE(memcmp(perm, perm2, sizeof perm) == 0);
+    nnp_epoch_permutation(seed, 6, perm2, N);
+    ASSERT_TRUE(memcmp(perm, perm2, sizeof perm) != 0);
+    nnp_epoch_permutation(seed + 1, 5, perm2, N);
+    ASSERT_TRUE(memcmp(perm, perm2, sizeof perm) != 0);
+
+    /* It is the documented stream: (seed, NNP_STREAM_SHUFFLE + (epoch << 8)). */
+    nnp_rng r;
+    nnp_rng_seed(&r, seed, NNP_STREAM_SHUFFLE + ((uint64_t)5 << 8));
+    nnp_rng_permutation(&r, perm2, N);
+    ASSERT_TRUE(memcmp(perm, perm2, sizeof perm) == 0);
+}
+
+static void test_fashion_mnist(void)
+{
+    const char *dir = "/usr/share/datasets/fashion-mnist";
+    if (access(dir, F_OK) != 0) {
+        fprintf(stderr, "skipped: %s does not exist\n", dir);
+        return;
+    }
+    char im[4096], lb[4096];
+    ASSERT_OK(nnp_idx_paths(dir, "train", im, lb, sizeof im));
+    nnp_dataset d;
+    ASSERT_OK(nnp_idx_load(im, lb, 100, 0, SIZE_MAX, &d));
+    ASSERT_EQ_INT(d.n, 100);
+    ASSERT_EQ_INT(d.h, 28);
+    ASSERT_EQ_INT(d.w, 28);
+    ASSERT_EQ_INT(d.c, 1);
+    ASSERT_EQ_INT(d.n_total, 60000);
+    ASSERT_EQ_INT(d.n_classes, 10);
+    int ok = d.y != NULL;
+    for (size_t i = 0; ok && i < d.n; i++)
+        ok &= d.y[i] < 10;
+    ASSERT_TRUE(ok);
+    nnp_dataset_free(&d);
+
+    ASSERT_OK(nnp_idx_paths(dir, "t10k", im, lb, sizeof im));
+    ASSERT_OK(nnp_idx_load(im, lb, 0, 9990, SIZE_MAX, &d));
+    ASSERT_EQ_INT(d.n, 10);
+    ASSERT_EQ_INT(d.first, 9990);
+    ASSERT_EQ_INT(d.n_total, 10000);
+    nnp_dataset_free(&d);
+}
+
+int main(void)
+{
+    for (int k = 0; k < NIMG * ID; k++)
+        g_pix[k] = (unsigned char)((k * 37 + 11) & 255);
+    g_pix[5] = 0;
+    g_pix[6] = 255;
+
+    snprintf(g_dir, sizeof g_dir, "/tmp/nnp_test_data_XXXXXX");
+    if (!mkdtemp(g_dir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    test_read();
+    test_errors();
+    test_paths();
+    test_normalize();
+    test_split();
+    test_order();
+    test_fashion_mnist();
+
+    for (int i = 0; i < g_nfiles; i++)
+        (void)remove(g_files[i]); /* some names were never created */
+    if (rmdir(g_dir) != 0) {
+        perror(g_dir);
+        nnp_test_failures++;
+    }
+    TEST_MAIN_END();
+}
