@@ -35,8 +35,9 @@ nnp_status nnp_comm_bcast(nnp_comm *c, void *buf, size_t bytes, int root);
 nnp_status nnp_comm_barrier(nnp_comm *c);
 
 /* Agree on failure: returns NNP_OK on every rank iff local == NNP_OK on every rank.
- * A rank whose own status is OK but another's is not gets NNP_ERR_REMOTE (its caller
- * stays quiet; the failing rank prints). Collective, one tiny allreduce. */
+ * Otherwise the lowest-numbered failing rank gets its own status back (and should print
+ * its message) and every other rank gets NNP_ERR_REMOTE (and stays quiet), so the user
+ * sees one message. Collective, one tiny allreduce. */
 nnp_status nnp_comm_agree(nnp_comm *c, nnp_status local);
 
 /* Gather one double per rank to every rank: out[size]. */

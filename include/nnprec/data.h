@@ -32,10 +32,10 @@ typedef struct {
 } nnp_dataset;
 
 /* Copy samples idx[0..B) (indices into this dataset) into x[B, c*h*w] normalized, and their
- * labels into y[B]. Never allocates. */
+ * labels into y[B] (y may be NULL: labels not copied). Never allocates. */
 void nnp_dataset_gather(const nnp_dataset *d, const uint32_t *idx, int B, float *x,
                         unsigned char *y);
-/* Contiguous samples [start, start+B). */
+/* Contiguous samples [start, start+B); y may be NULL. */
 void nnp_dataset_slice(const nnp_dataset *d, size_t start, int B, float *x, unsigned char *y);
 /* Mean and std of the scaled values (v/255 or v) over every value held (double sums). */
 void nnp_dataset_moments(const nnp_dataset *d, double *mean, double *std);

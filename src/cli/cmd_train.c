@@ -1,1 +1,329 @@
-/* placeholder */
+/* cmd_train.c - `nnprec train`: options -> data -> network -> nnp_train.
+ *
+ * Every rank parses the same command line, so option errors are found identically on all
+ * ranks before any collective; data and allocation errors are agreed on (nnp_comm_agree)
+ * so no rank is left waiting in a collective.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include "cli.h"
+#include "nnprec/data.h"
+#include "nnprec/init.h"
+#include "nnprec/net.h"
+#include "nnprec/optim.h"
+#include "nnprec/options.h"
+#include "nnprec/precond.h"
+#include "nnprec/trainer.h"
+
+/* OpenBLAS's runtime thread control (declared by its cblas.h, which only linalg code uses). */
+void openblas_set_num_threads(int n);
+
+#define DEFAULT_DATA "/usr/share/datasets/fashion-mnist"
+
+typedef struct {
+    char model[NNP_OPT_STRLEN], act[NNP_OPT_STRLEN], loss[NNP_OPT_STRLEN], init[NNP_OPT_STRLEN];
+    char optim[NNP_OPT_STRLEN], schedule[NNP_OPT_STRLEN], data[NNP_OPT_STRLEN];
+    char normalize[NNP_OPT_STRLEN], out[NNP_OPT_STRLEN], precond[NNP_OPT_STRLEN];
+    char pformula[NNP_OPT_STRLEN], pbias[NNP_OPT_STRLEN], allreduce[NNP_OPT_STRLEN];
+    double lr, momentum, dampening, wd, beta1, beta2, eps, gamma, min_lr, bucket_mb;
+    double prelu, pprior, pbias_std, pbias_gain, pfloor;
+    int nesterov, epochs, batch, global_batch, step_epochs, precond_every, threads, quiet;
+    int64_t steps, warmup, eval_every, log_every, stats_every, check_replicas;
+    int64_t seed, train_limit, test_limit;
+} train_opts;
+
+static train_opts O;
+
+#define S(name, field, def, help) {name, NNP_OPTT_STR, O.field, def, help, 0}
+#define D(name, field, def, help) {name, NNP_OPTT_DOUBLE, &O.field, def, help, 0}
+#define I(name, field, def, help) {name, NNP_OPTT_INT, &O.field, def, help, 0}
+#define L(name, field, def, help) {name, NNP_OPTT_I64, &O.field, def, help, 0}
+#define F(name, field, def, help) {name, NNP_OPTT_FLAG, &O.field, def, help, 0}
+
+static nnp_option opts[] = {
+    S("model", model, "lenet", "lenet | mlp:784-256x12-10 | seq:... (docs/models.md)"),
+    S("act", act, "relu", "activation between mlp layers: relu|leaky-relu|tanh|sigmoid"),
+    S("loss", loss, "ce", "loss: ce (softmax cross-entropy) | mse (one-hot targets)"),
+    S("init", init, "pytorch",
+      "pytorch|xavier-uniform|xavier-normal|kaiming-uniform|kaiming-normal|lecun-normal|"
+      "orthogonal|normal:STD|uniform:A|constant:C|seed"),
+    S("optim", optim, "sgd", "optimizer: sgd | adam | adamw"),
+    D("lr", lr, "0.01", "learning rate"),
+    D("momentum", momentum, "0.9", "SGD momentum (0 = plain SGD)"),
+    D("dampening", dampening, "0", "SGD momentum dampening"),
+    F("nesterov", nesterov, "0", "Nesterov momentum"),
+    D("weight-decay", wd, "0", "L2 weight decay (decoupled for adamw)"),
+    D("beta1", beta1, "0.9", "Adam beta1"),
+    D("beta2", beta2, "0.999", "Adam beta2"),
+    D("eps", eps, "1e-8", "Adam epsilon"),
+    S("schedule", schedule, "constant", "LR schedule: constant | step | cosine"),
+    I("step-epochs", step_epochs, "1", "step schedule: multiply the LR by --gamma every N epochs"),
+    D("gamma", gamma, "0.1", "step schedule factor"),
+    D("min-lr", min_lr, "0", "cosine schedule floor"),
+    L("warmup", warmup, "0", "linear warmup steps"),
+    I("epochs", epochs, "1", "epochs to train (ignored when --steps is given)"),
+    L("steps", steps, "0", "global steps to train (0: use --epochs)"),
+    I("batch", batch, "64", "samples per rank per step"),
+    I("global-batch", global_batch, "0",
+      "samples per step over all ranks, split as evenly as possible (0: batch x ranks)"),
+    L("seed", seed, "1", "random seed (initialization and data order)"),
+    S("data", data, DEFAULT_DATA, "folder with the IDX files (train-*/t10k-*, .gz or raw)"),
+    S("normalize", normalize, "", "MEAN,STD applied to pixels in [0,1] (default: training set's)"),
+    L("train-limit", train_limit, "0", "use only the first N training samples (0: all)"),
+    L("test-limit", test_limit, "0", "use only the first N test samples (0: all)"),
+    L("eval-every", eval_every, "0", "steps between evaluations on the test set (0: every epoch)"),
+    L("log-every", log_every, "100", "steps between log rows and progress lines"),
+    L("stats-every", stats_every, "0", "steps between per-tensor rows in OUT/layers.csv (0: off)"),
+    S("out", out, "", "output folder for train.csv, eval.csv, timing.csv, layers.csv"),
+    S("precond", precond, "none", "gradient preconditioner: none | static | dynamic"),
+    S("precond-formula", pformula, "corrected", "corrected | seed (seed 000's exact formulas)"),
+    I("precond-every", precond_every, "1", "dynamic: recompute the multipliers every K steps"),
+    D("precond-relu-factor", prelu, "0.34", "relu variance factor of the prior"),
+    D("precond-prior", pprior, "0.96", "prior weight variance numerator (var = X/fan_in)"),
+    D("precond-bias-std", pbias_std, "0.2", "prior bias std"),
+    D("precond-bias-gain", pbias_gain, "1", "gradient gain of a bias tensor"),
+    S("precond-bias", pbias, "current", "dynamic: bias std from current values or the prior"),
+    D("precond-floor", pfloor, "1e-12", "floor on a measured std"),
+    L("check-replicas", check_replicas, "1000", "steps between replica checksums (0: off)"),
+    S("allreduce", allreduce, "fused", "gradient allreduce: fused"),
+    D("bucket-mb", bucket_mb, "4", "allreduce chunk size in MiB"),
+    I("threads", threads, "0",
+      "BLAS threads per rank (0: OPENBLAS_NUM_THREADS, else 1 when ranks share a node)"),
+    F("quiet", quiet, "0", "no progress lines"),
+};
+#define N_OPTS ((int)(sizeof opts / sizeof opts[0]))
+
+static nnp_status parse_normalize(const char *s, double *mean, double *std)
+{
+    char *end;
+    *mean = strtod(s, &end);
+    if (end == s || *end != ',')
+        return nnp_error(NNP_ERR_ARG, "--normalize expects MEAN,STD, got '%s'", s);
+    const char *p = end + 1;
+    *std = strtod(p, &end);
+    if (end == p || *end || !isfinite(*mean) || !(*std > 0) || !isfinite(*std))
+        return nnp_error(NNP_ERR_ARG, "--normalize expects MEAN,STD with STD > 0, got '%s'", s);
+    return NNP_OK;
+}
+
+/* Validate and translate the options into the trainer's configuration. */
+static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *act, int size)
+{
+    memset(cfg, 0, sizeof *cfg);
+    NNP_CALL(nnp_act_parse(O.act, act));
+    NNP_CALL(nnp_init_parse(O.init, init));
+    if (strcmp(O.loss, "ce") == 0)
+        cfg->loss = NNP_LOSS_CE;
+    else if (strcmp(O.loss, "mse") == 0)
+        cfg->loss = NNP_LOSS_MSE;
+    else
+        return nnp_error(NNP_ERR_ARG, "--loss must be ce or mse, got '%s'", O.loss);
+    NNP_CALL(nnp_opt_parse(O.optim, &cfg->optim.kind));
+    cfg->optim.momentum = O.momentum;
+    cfg->optim.dampening = O.dampening;
+    cfg->optim.nesterov = O.nesterov;
+    cfg->optim.weight_decay = O.wd;
+    cfg->optim.beta1 = O.beta1;
+    cfg->optim.beta2 = O.beta2;
+    cfg->optim.eps = O.eps;
+    if (!(O.lr > 0))
+        return nnp_error(NNP_ERR_ARG, "--lr must be positive, got %g", O.lr);
+    NNP_CALL(nnp_sched_parse(O.schedule, &cfg->sched.kind));
+    cfg->sched.lr = O.lr;
+    cfg->sched.gamma = O.gamma;
+    cfg->sched.step_epochs = O.step_epochs;
+    cfg->sched.min_lr = O.min_lr;
+    cfg->sched.warmup = O.warmup;
+    if (O.step_epochs < 1)
+        return nnp_error(NNP_ERR_ARG, "--step-epochs must be >= 1");
+    if (O.warmup < 0)
+        return nnp_error(NNP_ERR_ARG, "--warmup must be >= 0");
+    nnp_precond_defaults(&cfg->precond);
+    NNP_CALL(nnp_precond_parse_mode(O.precond, &cfg->precond.mode));
+    NNP_CALL(nnp_precond_parse_formula(O.pformula, &cfg->precond.formula));
+    cfg->precond.every = O.precond_every;
+    cfg->precond.relu_factor = O.prelu;
+    cfg->precond.prior_num = O.pprior;
+    cfg->precond.bias_std = O.pbias_std;
+    cfg->precond.bias_gain = O.pbias_gain;
+    cfg->precond.floor = O.pfloor;
+    if (strcmp(O.pbias, "current") == 0)
+        cfg->precond.bias_prior = 0;
+    else if (strcmp(O.pbias, "prior") == 0)
+        cfg->precond.bias_prior = 1;
+    else
+        return nnp_error(NNP_ERR_ARG, "--precond-bias must be current or prior, got '%s'", O.pbias);
+    if (O.epochs < 1 && O.steps <= 0)
+        return nnp_error(NNP_ERR_ARG, "--epochs must be >= 1 (or give --steps)");
+    if (O.steps < 0)
+        return nnp_error(NNP_ERR_ARG, "--steps must be >= 0");
+    cfg->epochs = O.epochs;
+    cfg->steps = O.steps;
+    if (O.batch < 1)
+        return nnp_error(NNP_ERR_ARG, "--batch must be >= 1, got %d", O.batch);
+    if (O.global_batch < 0)
+        return nnp_error(NNP_ERR_ARG, "--global-batch must be >= 0");
+    cfg->global_batch = O.global_batch > 0 ? O.global_batch : O.batch * size;
+    if (O.global_batch > 0 && O.global_batch < size)
+        return nnp_error(NNP_ERR_ARG, "--global-batch %d is smaller than the %d ranks",
+                         O.global_batch, size);
+    cfg->seed = (uint64_t)O.seed;
+    if (O.eval_every < 0 || O.log_every < 1 || O.stats_every < 0 || O.check_replicas < 0)
+        return nnp_error(NNP_ERR_ARG,
+                         "--eval-every, --stats-every, --check-replicas must be >= 0 and "
+                         "--log-every >= 1");
+    cfg->eval_every = O.eval_every;
+    cfg->log_every = O.log_every;
+    cfg->stats_every = O.stats_every;
+    cfg->check_replicas = O.check_replicas;
+    if (strcmp(O.allreduce, "fused") == 0)
+        cfg->allreduce = NNP_AR_FUSED;
+    else
+        return nnp_error(NNP_ERR_ARG, "--allreduce must be fused, got '%s'", O.allreduce);
+    if (!(O.bucket_mb > 0) || O.bucket_mb > 1024)
+        return nnp_error(NNP_ERR_ARG, "--bucket-mb must be in (0, 1024]");
+    cfg->bucket_mb = O.bucket_mb;
+    if (O.train_limit < 0 || O.test_limit < 0)
+        return nnp_error(NNP_ERR_ARG, "--train-limit and --test-limit must be >= 0");
+    if (O.threads < 0)
+        return nnp_error(NNP_ERR_ARG, "--threads must be >= 0");
+    cfg->out_dir = O.out;
+    cfg->quiet = O.quiet;
+    return NNP_OK;
+}
+
+/* BLAS threads: --threads N, else OPENBLAS_NUM_THREADS, else 1 when ranks share a node. */
+static void setup_threads(nnp_comm *comm)
+{
+    int rank0 = nnp_comm_rank(comm) == 0, local = nnp_comm_local_size(comm);
+    if (O.threads > 0) {
+        openblas_set_num_threads(O.threads);
+        if (rank0 && !O.quiet)
+            printf("[setup] %d BLAS thread%s per rank (--threads)\n", O.threads,
+                   O.threads > 1 ? "s" : "");
+    } else if (getenv("OPENBLAS_NUM_THREADS")) {
+        if (rank0 && !O.quiet)
+            printf("[setup] BLAS threads from OPENBLAS_NUM_THREADS=%s\n",
+                   getenv("OPENBLAS_NUM_THREADS"));
+    } else if (local > 1) {
+        openblas_set_num_threads(1);
+        if (rank0 && !O.quiet)
+            printf("[setup] OPENBLAS_NUM_THREADS unset and %d ranks share this node: 1 BLAS "
+                   "thread per rank\n",
+                   local);
+    }
+}
+
+/* Load the whole (limited) training set and this rank's shard of the test set. */
+static nnp_status load_data(nnp_comm *comm, nnp_dataset *train, nnp_dataset *test)
+{
+    char img[4096], lab[4096];
+    NNP_CALL(nnp_idx_paths(O.data, "train", img, lab, sizeof img));
+    NNP_CALL(nnp_idx_load(img, lab, (size_t)O.train_limit, 0, (size_t)-1, train));
+    NNP_CALL(nnp_idx_paths(O.data, "t10k", img, lab, sizeof img));
+    /* a header-only read gives the test count, then each rank reads only its share */
+    nnp_dataset probe = {0};
+    NNP_CALL(nnp_idx_load(img, lab, (size_t)O.test_limit, 0, 0, &probe));
+    size_t nt = probe.n_total;
+    nnp_dataset_free(&probe);
+    if (O.test_limit > 0 && (size_t)O.test_limit < nt)
+        nt = (size_t)O.test_limit;
+    size_t lo, hi;
+    nnp_split(nt, nnp_comm_size(comm), nnp_comm_rank(comm), &lo, &hi);
+    NNP_CALL(nnp_idx_load(img, lab, nt, lo, hi, test));
+    if (train->n == 0)
+        return nnp_error(NNP_ERR_ARG, "the training set in %s is empty", O.data);
+    return NNP_OK;
+}
+
+static nnp_status make_out_dir(const char *dir)
+{
+    if (!dir[0])
+        return NNP_OK;
+    if (mkdir(dir, 0777) != 0 && errno != EEXIST)
+        return nnp_error(NNP_ERR_IO, "cannot create output folder %s: %s", dir, strerror(errno));
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        return nnp_error(NNP_ERR_IO, "output path %s is not a folder", dir);
+    return NNP_OK;
+}
+
+nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
+{
+    int help = 0, rank = nnp_comm_rank(comm), size = nnp_comm_size(comm);
+    nnp_status s = nnp_options_parse(opts, N_OPTS, argc, argv, &help);
+    if (help) {
+        if (rank == 0)
+            nnp_options_help(stdout, "usage: mpirun -np P nnprec train [options]", opts, N_OPTS);
+        return NNP_OK;
+    }
+    nnp_train_cfg cfg;
+    nnp_init_cfg init;
+    nnp_act act = NNP_ACT_RELU;
+    double mean = 0, std = 1;
+    if (s == NNP_OK)
+        s = build_config(&cfg, &init, &act, size);
+    if (s == NNP_OK && O.normalize[0])
+        s = parse_normalize(O.normalize, &mean, &std);
+    /* identical on every rank: only rank 0 reports */
+    if (s != NNP_OK)
+        return rank == 0 ? s : NNP_ERR_REMOTE;
+
+    setup_threads(comm);
+    nnp_dataset train = {0}, test = {0};
+    nnp_net *net = NULL;
+    s = load_data(comm, &train, &test);
+    if (s == NNP_OK && !O.normalize[0]) {
+        nnp_dataset_moments(&train, &mean, &std);
+        if (!(std > 0))
+            s = nnp_error(NNP_ERR_NUMERIC, "training images have zero variance; give --normalize");
+    }
+    train.mean = test.mean = mean;
+    train.std = test.std = std;
+    int max_batch = (cfg.global_batch + size - 1) / size;
+    if (s == NNP_OK)
+        s = nnp_net_create(O.model, (nnp_shape){train.c, train.h, train.w}, act, max_batch, &net);
+    if (s == NNP_OK && nnp_shape_size(net->input) != (size_t)train.c * train.h * train.w)
+        s = nnp_error(NNP_ERR_ARG, "model %s expects %zu input values per sample, data has %dx%dx%d",
+                      O.model, nnp_shape_size(net->input), train.c, train.h, train.w);
+    if (s == NNP_OK && net->n_classes < train.n_classes)
+        s = nnp_error(NNP_ERR_ARG, "model %s has %d outputs but the data has %d classes", O.model,
+                      net->n_classes, train.n_classes);
+    if (s == NNP_OK)
+        s = nnp_init_net(net, &init, cfg.seed);
+    if (s == NNP_OK && rank == 0)
+        s = make_out_dir(O.out);
+    s = nnp_comm_agree(comm, s);
+    if (s == NNP_OK && rank == 0 && !O.quiet) {
+        char desc[8192];
+        nnp_net_describe(net, desc, sizeof desc);
+        printf("[setup] nnprec on %d rank%s; model %s (%zu parameters):\n%s", size,
+               size > 1 ? "s" : "", O.model, net->n_params, desc);
+        printf("[setup] data %s: %zu training samples, %zu test samples (%zu on rank 0), "
+               "%dx%dx%d, %d classes\n",
+               O.data, train.n, test.n_total && O.test_limit ? (size_t)O.test_limit : test.n_total,
+               test.n, train.c, train.h, train.w, train.n_classes);
+        printf("[setup] normalize: mean %.6f std %.6f (%s)\n", mean, std,
+               O.normalize[0] ? "--normalize" : "computed from the training set");
+        printf("[setup] init %s, optim %s lr %g momentum %g, precond %s, global batch %d\n",
+               O.init, O.optim, O.lr, O.momentum, O.precond, cfg.global_batch);
+        fflush(stdout);
+    }
+    if (s == NNP_OK) {
+        nnp_train_result res;
+        s = nnp_train(comm, &cfg, net, &train, &test, &res);
+        if (s == NNP_OK && rank == 0 && !O.quiet)
+            printf("[done]  %lld steps in %.1f s (%.0f samples/s); final test loss %.4f "
+                   "accuracy %.2f%%\n",
+                   (long long)res.steps, res.wall_s, res.samples_per_s, res.final_test_loss,
+                   100.0 * res.final_test_acc);
+    }
+    nnp_net_free(net);
+    nnp_dataset_free(&train);
+    nnp_dataset_free(&test);
+    return s;
+}

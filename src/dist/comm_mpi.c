@@ -124,16 +124,18 @@ nnp_status nnp_comm_barrier(nnp_comm *c) { return mpi_check(MPI_Barrier(c->comm)
 
 nnp_status nnp_comm_agree(nnp_comm *c, nnp_status local)
 {
-    int bad = local != NNP_OK, any = bad;
+    /* the lowest failing rank keeps its status (and prints); every other rank, failing or
+     * not, gets NNP_ERR_REMOTE, so one message reaches the user, not one per rank */
+    int mine = local != NNP_OK ? c->rank : c->size, lowest = mine;
     if (c->size > 1) {
-        nnp_status s = mpi_check(
-            MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, c->comm), "MPI_Allreduce(agree)");
+        nnp_status s = mpi_check(MPI_Allreduce(&mine, &lowest, 1, MPI_INT, MPI_MIN, c->comm),
+                                 "MPI_Allreduce(agree)");
         if (s != NNP_OK)
             return s;
     }
-    if (bad)
-        return local;
-    return any ? NNP_ERR_REMOTE : NNP_OK;
+    if (lowest == c->size)
+        return NNP_OK;
+    return lowest == c->rank ? local : NNP_ERR_REMOTE;
 }
 
 nnp_status nnp_comm_allgather_f64(nnp_comm *c, double v, double *out)

@@ -170,7 +170,7 @@ static nnp_status parse_item(builder *b, char *item)
         return nnp_error(NNP_ERR_ARG, "item '%s' takes no arguments in model spec '%s'", kind,
                          b->spec);
     }
-    nnp_act a;
+    nnp_act a = NNP_ACT_IDENTITY;
     if (nnp_act_parse(kind, &a) != NNP_OK) {
         nnp_error_clear();
         return nnp_error(NNP_ERR_ARG,

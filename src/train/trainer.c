@@ -1,1 +1,415 @@
-/* placeholder */
+/* trainer.c - the data-parallel training loop and sharded evaluation (see trainer.h).
+ *
+ * Step anatomy (every rank, in lock step):
+ *   data      gather this rank's slice of the global batch into net->act[0]
+ *   forward   logits; the loss of each sample is scaled by 1/(global batch count) so that
+ *             the SUM over ranks of the local gradients is the global mean gradient
+ *   backward  net->grads (one flat buffer)
+ *   allreduce in-place sum of net->grads over ranks (timed: wait for the slowest rank via a
+ *             barrier, then the transfer itself)
+ *   precond   dynamic: local per-tensor sums over this rank's 1/p of the parameters, one
+ *             allreduce of 2T doubles, new multipliers (every K steps)
+ *   optim     fused multiply-by-m_j and update
+ * Metrics are accumulated locally and reduced over ranks only at log and eval points.
+ */
+#include "nnprec/trainer.h"
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "nnprec/alloc.h"
+
+enum { T_DATA, T_FWD, T_BWD, T_WAIT, T_AR, T_PREC, T_OPT, T_N };
+static const char *timer_names[T_N] = {"data", "forward", "backward", "ar_wait",
+                                       "allreduce", "precond", "optimizer"};
+
+typedef struct {
+    FILE *train_csv, *eval_csv, *timing_csv, *layers_csv;
+} outputs;
+
+static nnp_status open_csv(const char *dir, const char *name, const char *header, FILE **f)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    *f = fopen(path, "w");
+    if (!*f)
+        return nnp_error(NNP_ERR_IO, "cannot write %s: %s", path, strerror(errno));
+    fprintf(*f, "%s\n", header);
+    return NNP_OK;
+}
+
+static nnp_status open_outputs(const nnp_train_cfg *cfg, outputs *o)
+{
+    if (!cfg->out_dir || !cfg->out_dir[0])
+        return NNP_OK;
+    NNP_CALL(open_csv(cfg->out_dir, "train.csv",
+                      "step,epoch,train_loss,train_acc,lr,samples_per_s,wall_s", &o->train_csv));
+    NNP_CALL(open_csv(cfg->out_dir, "eval.csv", "step,epoch,test_loss,test_acc,wall_s",
+                      &o->eval_csv));
+    NNP_CALL(open_csv(cfg->out_dir, "timing.csv",
+                      "step,phase,min_s,mean_s,max_s", &o->timing_csv));
+    if (cfg->stats_every > 0)
+        NNP_CALL(open_csv(cfg->out_dir, "layers.csv",
+                          "step,tensor,name,w_mean,w_std,act_mean,act_std,grad_std,"
+                          "grad_std_precond,factor",
+                          &o->layers_csv));
+    return NNP_OK;
+}
+
+static void close_outputs(outputs *o)
+{
+    FILE **fs[] = {&o->train_csv, &o->eval_csv, &o->timing_csv, &o->layers_csv};
+    for (size_t i = 0; i < sizeof fs / sizeof fs[0]; i++)
+        if (*fs[i]) {
+            fclose(*fs[i]);
+            *fs[i] = NULL;
+        }
+}
+
+/* Loss of a local batch; fills net->dact[n_layers] with scale * dloss/dlogits. */
+static double batch_loss(nnp_net *net, nnp_loss_kind loss, int B, const unsigned char *y,
+                         float scale, int want_grad, int *correct)
+{
+    const float *logits = net->act[net->n_layers];
+    float *dl = want_grad ? net->dact[net->n_layers] : NULL;
+    if (loss == NNP_LOSS_MSE)
+        return nnp_mse_onehot(B, net->n_classes, logits, y, scale, dl, correct);
+    return nnp_softmax_ce(B, net->n_classes, logits, y, scale, dl, correct);
+}
+
+nnp_status nnp_evaluate(nnp_comm *comm, nnp_net *net, nnp_loss_kind loss,
+                        const nnp_dataset *test, double *mean_loss, double *acc)
+{
+    double tot[3] = {0, 0, 0}; /* loss sum, correct, count */
+    for (size_t i = 0; i < test->n; i += (size_t)net->max_batch) {
+        int B = (int)(test->n - i < (size_t)net->max_batch ? test->n - i : (size_t)net->max_batch);
+        /* labels are read in place from test->y; only the inputs are copied */
+        nnp_dataset_slice(test, i, B, net->act[0], NULL);
+        nnp_net_forward(net, B, net->act[0]);
+        int correct = 0;
+        tot[0] += batch_loss(net, loss, B, test->y + i, 1.0f, 0, &correct);
+        tot[1] += correct;
+        tot[2] += B;
+    }
+    NNP_CALL(nnp_comm_allreduce_sum_f64(comm, tot, 3));
+    *mean_loss = tot[2] > 0 ? tot[0] / tot[2] : NAN;
+    *acc = tot[2] > 0 ? tot[1] / tot[2] : NAN;
+    return NNP_OK;
+}
+
+/* Mean and population std of x[0..n) in double. */
+static void moments(const float *x, size_t n, double *mean, double *std)
+{
+    double s = 0, s2 = 0;
+    for (size_t i = 0; i < n; i++) {
+        s += x[i];
+        s2 += (double)x[i] * x[i];
+    }
+    double m = n ? s / (double)n : 0, v = n ? s2 / (double)n - m * m : 0;
+    *mean = m;
+    *std = v > 0 ? sqrt(v) : 0;
+}
+
+/* One layers.csv row per tensor (rank 0; local batch of B samples for activations). */
+static void write_layer_stats(FILE *f, int64_t step, const nnp_net *net, const nnp_precond *pc,
+                              int B)
+{
+    for (int j = 0; j < net->n_tensors; j++) {
+        const nnp_tensor *t = &net->tensors[j];
+        const nnp_layer *L = &net->layers[t->layer];
+        double wm, ws, am, as, gm, gs;
+        moments(net->params + t->off, t->n, &wm, &ws);
+        moments(net->act[t->layer], (size_t)B * nnp_shape_size(L->in), &am, &as);
+        moments(net->grads + t->off, t->n, &gm, &gs);
+        double m = pc->scale ? pc->scale[j] : 1.0;
+        fprintf(f, "%lld,%d,%s,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g\n", (long long)step, j,
+                t->name, wm, ws, am, as, gs, gs * fabs(m), m);
+    }
+}
+
+static void fmt_duration(double s, char *buf, size_t cap)
+{
+    if (!(s >= 0) || s > 1e7)
+        snprintf(buf, cap, "?");
+    else if (s >= 3600)
+        snprintf(buf, cap, "%dh%02dm", (int)(s / 3600), (int)(fmod(s, 3600) / 60));
+    else if (s >= 60)
+        snprintf(buf, cap, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
+    else
+        snprintf(buf, cap, "%.0fs", s);
+}
+
+/* Reduce the interval timers to min/mean/max over ranks and write timing.csv rows. */
+static nnp_status reduce_timers(nnp_comm *comm, const double *t, double *mn, double *mean,
+                                double *mx)
+{
+    for (int i = 0; i < T_N; i++)
+        mn[i] = mean[i] = mx[i] = t[i];
+    NNP_CALL(nnp_comm_allreduce_min_f64(comm, mn, T_N));
+    NNP_CALL(nnp_comm_allreduce_max_f64(comm, mx, T_N));
+    NNP_CALL(nnp_comm_allreduce_sum_f64(comm, mean, T_N));
+    for (int i = 0; i < T_N; i++)
+        mean[i] /= nnp_comm_size(comm);
+    return NNP_OK;
+}
+
+/* Weighted checksum of the parameters; identical replicas give identical bits. */
+static double param_checksum(const nnp_net *net)
+{
+    double s = 0;
+    for (size_t i = 0; i < net->n_params; i++)
+        s += (double)net->params[i] * (double)(1 + (i & 15));
+    return s;
+}
+
+typedef struct {
+    uint32_t *perm;
+    uint32_t *idx;     /* this step's local sample indices */
+    unsigned char *y;  /* this step's local labels */
+} train_bufs;
+
+nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
+                     const nnp_dataset *train, const nnp_dataset *test, nnp_train_result *res)
+{
+    const int rank = nnp_comm_rank(comm), size = nnp_comm_size(comm);
+    const size_t N = train->n, G = (size_t)cfg->global_batch;
+    memset(res, 0, sizeof *res);
+
+    /* ---- setup: every allocation happens here, then all ranks agree ------------------ */
+    nnp_status st = NNP_OK;
+    train_bufs b = {0};
+    nnp_optim opt = {0};
+    nnp_precond pc = {0};
+    outputs out = {0};
+    const size_t spe = nnp_batches_per_epoch(N, G); /* steps per epoch */
+    int64_t total = cfg->steps > 0 ? cfg->steps : (int64_t)cfg->epochs * (int64_t)spe;
+    if (N == 0 || G == 0)
+        st = nnp_error(NNP_ERR_ARG, "empty training set or zero global batch");
+    else if ((size_t)net->max_batch * (size_t)size < G)
+        st = nnp_error(NNP_ERR_ARG, "global batch %zu does not fit %d ranks x batch %d", G, size,
+                       net->max_batch);
+    if (st == NNP_OK) {
+        b.perm = nnp_malloc(N * sizeof(uint32_t));
+        b.idx = nnp_malloc((size_t)net->max_batch * sizeof(uint32_t));
+        b.y = nnp_malloc((size_t)net->max_batch);
+        if (!b.perm || !b.idx || !b.y)
+            st = NNP_ERR_NOMEM;
+    }
+    if (st == NNP_OK)
+        st = nnp_optim_init(&opt, &cfg->optim, net->n_params);
+    if (st == NNP_OK)
+        st = nnp_precond_init(&pc, &cfg->precond, net);
+    if (st == NNP_OK && rank == 0)
+        st = open_outputs(cfg, &out);
+    st = nnp_comm_agree(comm, st);
+    if (st != NNP_OK)
+        goto done;
+
+    nnp_sched sched = cfg->sched;
+    if (sched.kind == NNP_SCHED_COSINE && sched.total_steps <= 0)
+        sched.total_steps = total;
+    const int64_t eval_every = cfg->eval_every > 0 ? cfg->eval_every : (int64_t)spe;
+    const int64_t log_every = cfg->log_every > 0 ? cfg->log_every : 100;
+    const int dynamic = cfg->precond.mode == NNP_PRECOND_DYNAMIC;
+    const double *scale = cfg->precond.mode == NNP_PRECOND_NONE ? NULL : pc.scale;
+
+    double timers[T_N] = {0}, tot_timers[T_N] = {0};
+    double loss_acc[3] = {0, 0, 0}; /* loss sum (already /G-scaled), correct, samples */
+    const double t_start = nnp_comm_wtime();
+    double t_log = t_start;
+    int64_t samples_since_log = 0;
+    int cur_epoch = -1;
+
+    if (rank == 0 && !cfg->quiet)
+        printf("[train] %lld steps (%zu per epoch), global batch %zu over %d rank%s, %zu "
+               "parameters\n",
+               (long long)total, spe, G, size, size > 1 ? "s" : "", net->n_params);
+
+    for (int64_t step = 0; step < total; step++) {
+        const int epoch = (int)(step / (int64_t)spe);
+        const size_t bi = (size_t)(step % (int64_t)spe);
+        double t0 = nnp_comm_wtime();
+        if (epoch != cur_epoch) {
+            nnp_epoch_permutation(cfg->seed, epoch, b.perm, N);
+            cur_epoch = epoch;
+        }
+        /* global batch bi is perm[bi*G, min((bi+1)*G, N)); this rank takes its slice */
+        size_t g0 = bi * G, gc = (g0 + G <= N ? G : N - g0), lo, hi;
+        nnp_split(gc, size, rank, &lo, &hi);
+        int B = (int)(hi - lo);
+        for (int i = 0; i < B; i++)
+            b.idx[i] = b.perm[g0 + lo + (size_t)i];
+        nnp_dataset_gather(train, b.idx, B, net->act[0], b.y);
+        double t1 = nnp_comm_wtime();
+        timers[T_DATA] += t1 - t0;
+
+        int correct = 0;
+        if (B > 0) {
+            nnp_net_forward(net, B, net->act[0]);
+            loss_acc[0] += batch_loss(net, cfg->loss, B, b.y, 1.0f / (float)gc, 1, &correct) / (double)gc;
+        }
+        double t2 = nnp_comm_wtime();
+        timers[T_FWD] += t2 - t1;
+        if (B > 0)
+            nnp_net_backward(net, B, NULL, NULL);
+        else
+            memset(net->grads, 0, net->n_params * sizeof(float));
+        double t3 = nnp_comm_wtime();
+        timers[T_BWD] += t3 - t2;
+        loss_acc[1] += correct;
+        loss_acc[2] += B;
+
+        /* the loss was scaled by 1/gc per sample, so the sum over ranks is the mean */
+        if (size > 1) {
+            st = nnp_comm_barrier(comm);
+            double t4 = nnp_comm_wtime();
+            timers[T_WAIT] += t4 - t3;
+            if (st == NNP_OK)
+                st = nnp_comm_allreduce_sum_f32(comm, net->grads, net->n_params,
+                                                (size_t)(cfg->bucket_mb * 1048576.0));
+            if (st != NNP_OK)
+                goto done;
+            t3 = nnp_comm_wtime();
+            timers[T_AR] += t3 - t4;
+        }
+
+        if (dynamic && step % cfg->precond.every == 0) {
+            nnp_precond_local_sums(&pc, net, rank, size);
+            st = nnp_comm_allreduce_sum_f64(comm, pc.sums, 2 * (size_t)pc.n);
+            if (st == NNP_OK)
+                st = nnp_precond_from_sums(&pc, net, step);
+            st = nnp_comm_agree(comm, st);
+            if (st != NNP_OK)
+                goto done;
+        }
+        double t5 = nnp_comm_wtime();
+        timers[T_PREC] += t5 - t3;
+
+        if (out.layers_csv && step % cfg->stats_every == 0)
+            write_layer_stats(out.layers_csv, step, net, &pc, B);
+
+        double lr = nnp_sched_lr(&sched, step, epoch);
+        nnp_optim_step(&opt, net, lr, scale);
+        double t6 = nnp_comm_wtime();
+        timers[T_OPT] += t6 - t5;
+        samples_since_log += (int64_t)gc;
+
+        const int64_t done_steps = step + 1;
+        if (cfg->check_replicas > 0 && done_steps % cfg->check_replicas == 0 && size > 1) {
+            double cs[2];
+            cs[0] = param_checksum(net);
+            cs[1] = -cs[0];
+            st = nnp_comm_allreduce_max_f64(comm, cs, 2);
+            if (st != NNP_OK)
+                goto done;
+            if (cs[0] != -cs[1]) {
+                st = nnp_error(NNP_ERR_COMM,
+                               "replicas diverged at step %lld: parameter checksums range "
+                               "from %.17g to %.17g",
+                               (long long)done_steps, -cs[1], cs[0]);
+                goto done;
+            }
+        }
+
+        int is_last = done_steps == total;
+        if (done_steps % log_every == 0 || is_last) {
+            double m[3] = {loss_acc[0], loss_acc[1], loss_acc[2]};
+            double mn[T_N], mean[T_N], mx[T_N];
+            st = nnp_comm_allreduce_sum_f64(comm, m, 3);
+            if (st == NNP_OK)
+                st = reduce_timers(comm, timers, mn, mean, mx);
+            if (st != NNP_OK)
+                goto done;
+            double now = nnp_comm_wtime();
+            /* loss_acc[0] holds sum over steps of the per-step mean loss */
+            int64_t steps_in = (done_steps - 1) % log_every + 1;
+            double tl = m[0] / (double)steps_in, ta = m[2] > 0 ? m[1] / m[2] : 0;
+            double sps = (double)samples_since_log / (now - t_log);
+            double fe = (double)done_steps / (double)spe;
+            res->last_train_loss = tl;
+            if (rank == 0) {
+                if (out.train_csv) {
+                    fprintf(out.train_csv, "%lld,%.6f,%.9g,%.6f,%.9g,%.1f,%.3f\n",
+                            (long long)done_steps, fe, tl, ta, lr, sps, now - t_start);
+                    fflush(out.train_csv);
+                }
+                if (out.timing_csv) {
+                    for (int i = 0; i < T_N; i++)
+                        fprintf(out.timing_csv, "%lld,%s,%.6f,%.6f,%.6f\n", (long long)done_steps,
+                                timer_names[i], mn[i], mean[i], mx[i]);
+                    fflush(out.timing_csv);
+                }
+                if (!cfg->quiet) {
+                    char eta[32];
+                    double elapsed = now - t_start;
+                    fmt_duration(elapsed / (double)done_steps * (double)(total - done_steps), eta,
+                                 sizeof eta);
+                    printf("[train] epoch %.2f step %lld/%lld loss %.4f acc %.2f%% lr %.3g "
+                           "%.0f samples/s ETA %s\n",
+                           fe, (long long)done_steps, (long long)total, tl, 100.0 * ta, lr, sps,
+                           eta);
+                    fflush(stdout);
+                }
+            }
+            for (int i = 0; i < T_N; i++) {
+                tot_timers[i] += timers[i];
+                timers[i] = 0;
+            }
+            loss_acc[0] = loss_acc[1] = loss_acc[2] = 0;
+            samples_since_log = 0;
+            t_log = nnp_comm_wtime();
+        }
+
+        if (done_steps % eval_every == 0 || is_last) {
+            double tl, ta;
+            st = nnp_evaluate(comm, net, cfg->loss, test, &tl, &ta);
+            if (st != NNP_OK)
+                goto done;
+            res->final_test_loss = tl;
+            res->final_test_acc = ta;
+            double now = nnp_comm_wtime();
+            if (rank == 0) {
+                if (out.eval_csv) {
+                    fprintf(out.eval_csv, "%lld,%.6f,%.9g,%.6f,%.3f\n", (long long)done_steps,
+                            (double)done_steps / (double)spe, tl, ta, now - t_start);
+                    fflush(out.eval_csv);
+                }
+                if (!cfg->quiet) {
+                    printf("[eval]  epoch %.2f step %lld test loss %.4f test acc %.2f%%\n",
+                           (double)done_steps / (double)spe, (long long)done_steps, tl,
+                           100.0 * ta);
+                    fflush(stdout);
+                }
+            }
+            t_log += nnp_comm_wtime() - now; /* evaluation does not count as training time */
+        }
+        res->steps = done_steps;
+    }
+
+    res->wall_s = nnp_comm_wtime() - t_start;
+    res->samples_per_s = res->wall_s > 0 ? (double)res->steps * (double)G / res->wall_s : 0;
+    {
+        double mn[T_N], mean[T_N], mx[T_N];
+        st = reduce_timers(comm, tot_timers, mn, mean, mx);
+        if (st == NNP_OK && rank == 0 && !cfg->quiet) {
+            printf("[time]  %-10s %10s %10s %10s %7s\n", "phase", "min_s", "mean_s", "max_s",
+                   "share");
+            double sum = 0;
+            for (int i = 0; i < T_N; i++)
+                sum += mean[i];
+            for (int i = 0; i < T_N; i++)
+                printf("[time]  %-10s %10.3f %10.3f %10.3f %6.1f%%\n", timer_names[i], mn[i],
+                       mean[i], mx[i], sum > 0 ? 100.0 * mean[i] / sum : 0);
+        }
+    }
+
+done:
+    close_outputs(&out);
+    nnp_optim_free(&opt);
+    nnp_precond_free(&pc);
+    free(b.perm);
+    free(b.idx);
+    free(b.y);
+    return st;
+}

@@ -1,0 +1,59 @@
+/* trainer.h - the data-parallel training loop (collective over the communicator).
+ *
+ * One step: gather this rank's slice of the global batch -> forward -> loss (scaled by
+ * 1/global count) -> backward -> allreduce of the flat gradient buffer (sum = global mean)
+ * -> preconditioner multipliers (dynamic: one allreduce of 2T doubles every K steps) ->
+ * optimizer. Metrics are reduced over ranks at log and eval points. Every buffer is
+ * allocated before the first step; a step allocates nothing and opens no file.
+ */
+#ifndef NNPREC_TRAINER_H
+#define NNPREC_TRAINER_H
+#include <stdint.h>
+#include "nnprec/comm.h"
+#include "nnprec/data.h"
+#include "nnprec/init.h"
+#include "nnprec/net.h"
+#include "nnprec/optim.h"
+#include "nnprec/precond.h"
+
+typedef enum { NNP_LOSS_CE, NNP_LOSS_MSE } nnp_loss_kind;
+typedef enum { NNP_AR_FUSED, NNP_AR_BUCKETED } nnp_allreduce_mode;
+
+typedef struct {
+    nnp_loss_kind loss;
+    nnp_optim_cfg optim;
+    nnp_sched sched;
+    nnp_precond_cfg precond;
+    int epochs;            /* used when steps == 0 */
+    int64_t steps;         /* total global steps (0: epochs * steps per epoch) */
+    int global_batch;      /* samples per global step, split over ranks */
+    uint64_t seed;
+    int64_t eval_every;    /* steps between evaluations; 0 = once per epoch */
+    int64_t log_every;     /* steps between log rows / progress lines */
+    int64_t stats_every;   /* steps between per-layer rows in layers.csv; 0 = off */
+    int64_t check_replicas;/* steps between replica checksums; 0 = off */
+    nnp_allreduce_mode allreduce;
+    double bucket_mb;
+    const char *out_dir;   /* where train.csv, eval.csv, timing.csv, layers.csv go ("" = none) */
+    int quiet;             /* no progress lines */
+} nnp_train_cfg;
+
+typedef struct {
+    int64_t steps;          /* steps run */
+    double final_test_loss, final_test_acc;
+    double last_train_loss;
+    double wall_s;
+    double samples_per_s;
+} nnp_train_result;
+
+/* Train net (already initialized identically on every rank) on `train` (the whole training
+ * set on every rank) and evaluate on `test` (this rank's shard of the test set). */
+nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
+                     const nnp_dataset *train, const nnp_dataset *test, nnp_train_result *res);
+
+/* Evaluate net on this rank's shard `test` in batches of up to net->max_batch; loss and
+ * accuracy are reduced over ranks (collective). */
+nnp_status nnp_evaluate(nnp_comm *comm, nnp_net *net, nnp_loss_kind loss,
+                        const nnp_dataset *test, double *mean_loss, double *acc);
+
+#endif

@@ -1,0 +1,22 @@
+/* cli.h - internal interface between main.c and the subcommands. */
+#ifndef NNPREC_CLI_H
+#define NNPREC_CLI_H
+#include "nnprec/comm.h"
+#include "nnprec/status.h"
+
+/* Exit codes of the nnprec executable (documented in README.md). */
+enum {
+    NNP_EXIT_OK = 0,
+    NNP_EXIT_ERROR = 1,      /* runtime failure (file, numerics, MPI) */
+    NNP_EXIT_USAGE = 2,      /* bad command line */
+    NNP_EXIT_REQUEUE = 75,   /* stopped by a signal after writing a checkpoint: resume me */
+};
+
+/* Each subcommand parses argv (its options only) and returns a status; main maps it to
+ * an exit code after all ranks agreed. */
+nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv);
+
+/* Print the error of this rank if it is the reporting one (see nnp_comm_agree). */
+void nnp_cli_report(nnp_comm *comm, nnp_status s);
+
+#endif

@@ -1,0 +1,201 @@
+/* test_net.c - model specs, parameter layout, whole-network gradients, and a training step
+ * that allocates nothing.
+ *
+ * The whole-network check complements the per-kernel checks of test_gradcheck.c: it
+ * verifies that net.c wires the kernels together correctly (offsets, aliasing of flatten,
+ * activation buffers, weight/bias order) by comparing nnp_net_backward with central finite
+ * differences of the loss through nnp_net_forward.
+ */
+#include <string.h>
+#include "nnprec/alloc.h"
+#include "nnprec/init.h"
+#include "nnprec/net.h"
+#include "nnprec/optim.h"
+#include "nnprec/rng.h"
+#include "test_util.h"
+
+static void test_lenet_layout(void)
+{
+    nnp_net *net = NULL;
+    ASSERT_OK(nnp_net_create("lenet", (nnp_shape){1, 28, 28}, NNP_ACT_RELU, 4, &net));
+    if (!net)
+        return;
+    /* conv1 1->6 3x3 pad 2: 30x30, pool 15x15, conv2 6->16 3x3: 13x13, pool floor 6x6 */
+    ASSERT_EQ_INT(net->n_tensors, 10);
+    ASSERT_EQ_INT(net->n_classes, 10);
+    size_t want = (6 * 9 + 6) + (16 * 54 + 16) + (576 * 120 + 120) + (120 * 84 + 84) + (84 * 10 + 10);
+    ASSERT_EQ_INT(net->n_params, want);
+    const nnp_tensor *fc1 = &net->tensors[4];
+    ASSERT_TRUE(strcmp(fc1->name, "fc1.weight") == 0);
+    ASSERT_EQ_INT(fc1->shape[0], 120);
+    ASSERT_EQ_INT(fc1->shape[1], 576);
+    ASSERT_TRUE(strcmp(net->tensors[0].name, "conv1.weight") == 0);
+    ASSERT_EQ_INT(net->tensors[0].fan_in, 9);
+    ASSERT_EQ_INT(net->tensors[2].fan_out, 16 * 9);
+    ASSERT_EQ_INT(net->layers[0].out.h, 30);
+    ASSERT_EQ_INT(net->layers[2].out.h, 15);
+    ASSERT_EQ_INT(net->layers[3].out.h, 13);
+    ASSERT_EQ_INT(net->layers[5].out.h, 6);
+    /* tensors are contiguous, weight then bias, in forward order */
+    size_t off = 0;
+    for (int j = 0; j < net->n_tensors; j++) {
+        ASSERT_EQ_INT(net->tensors[j].off, off);
+        ASSERT_EQ_INT(net->tensors[j].is_bias, j % 2);
+        off += net->tensors[j].n;
+    }
+    ASSERT_EQ_INT(net->layers[0].next_act, NNP_ACT_RELU);
+    nnp_net_free(net);
+}
+
+static void test_specs(void)
+{
+    nnp_net *net = NULL;
+    ASSERT_OK(nnp_net_create("mlp:784-256x12-10", (nnp_shape){1, 28, 28}, NNP_ACT_TANH, 2, &net));
+    if (net) {
+        ASSERT_EQ_INT(net->n_trainable, 13);
+        ASSERT_EQ_INT(net->n_params, 784 * 256 + 256 + 11 * (256 * 256 + 256) + 256 * 10 + 10);
+        ASSERT_EQ_INT(net->layers[1].act, NNP_ACT_TANH);
+        ASSERT_EQ_INT(net->layers[net->n_layers - 1].kind, NNP_L_DENSE); /* no act on logits */
+        nnp_net_free(net);
+    }
+    ASSERT_OK(nnp_net_create("seq:3x8x8/conv:4:3:2:1/leaky-relu:0.1/avgpool:2/flatten/dense:5",
+                             (nnp_shape){1, 1, 1}, NNP_ACT_RELU, 2, &net));
+    if (net) {
+        ASSERT_EQ_INT(net->input.c, 3);
+        ASSERT_EQ_INT(net->layers[0].out.h, 4); /* (8 + 2 - 3)/2 + 1 */
+        ASSERT_EQ_INT(net->layers[2].out.h, 2);
+        ASSERT_NEAR(net->layers[1].alpha, 0.1, 1e-7);
+        ASSERT_EQ_INT(net->n_classes, 5);
+        nnp_net_free(net);
+    }
+    const char *bad[] = {"resnet", "mlp:", "mlp:784", "mlp:784-0-10", "mlp:784-abc-10",
+                         "seq:1x28x28/conv:6", "seq:1x4x4/conv:6:9", "seq:1x28x28/softmax",
+                         "seq:1x28x28/relu", "seq:1x28x28/dense:10:3", "seq:1x4x4/maxpool:8"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        net = NULL;
+        ASSERT_STATUS(nnp_net_create(bad[i], (nnp_shape){1, 28, 28}, NNP_ACT_RELU, 2, &net),
+                      NNP_ERR_ARG);
+        ASSERT_TRUE(net == NULL);
+    }
+    ASSERT_STATUS(nnp_net_create("lenet", (nnp_shape){1, 28, 28}, NNP_ACT_RELU, 0, &net),
+                  NNP_ERR_ARG);
+}
+
+/* Loss of the whole network on a fixed batch, in double. */
+static double net_loss(nnp_net *net, int B, const float *x, const unsigned char *y)
+{
+    nnp_net_forward(net, B, x);
+    return nnp_softmax_ce(B, net->n_classes, net->act[net->n_layers], y, 1.0f, NULL, NULL);
+}
+
+/* Central differences of the loss w.r.t. a sample of parameters of every tensor. */
+static void gradcheck_net(const char *spec, nnp_shape in, nnp_act act)
+{
+    const int B = 3;
+    nnp_net *net = NULL;
+    ASSERT_OK(nnp_net_create(spec, in, act, B, &net));
+    if (!net)
+        return;
+    nnp_init_cfg ic;
+    ASSERT_OK(nnp_init_parse("kaiming-normal", &ic));
+    ASSERT_OK(nnp_init_net(net, &ic, 7));
+    /* nonzero biases so their gradients are exercised off the kink of relu */
+    nnp_rng r;
+    nnp_rng_seed(&r, 11, NNP_STREAM_DATA);
+    for (int j = 1; j < net->n_tensors; j += 2)
+        nnp_rng_fill_normal(&r, net->params + net->tensors[j].off, net->tensors[j].n, 0, 0.1);
+    size_t nx = (size_t)B * nnp_shape_size(net->input);
+    float *x = malloc(nx * sizeof(float));
+    nnp_rng_fill_normal(&r, x, nx, 0, 1);
+    unsigned char y[3] = {1, 0, 2};
+
+    nnp_net_forward(net, B, x);
+    nnp_softmax_ce(B, net->n_classes, net->act[net->n_layers], y, 1.0f, net->dact[net->n_layers],
+                   NULL);
+    nnp_net_backward(net, B, NULL, NULL);
+    float *g = malloc(net->n_params * sizeof(float));
+    memcpy(g, net->grads, net->n_params * sizeof(float));
+
+    /* float32 forward: eps 1e-2 on O(0.1-1) weights; tolerance absorbs O(eps^2) curvature and
+     * rounding (1e-7 relative of a loss of O(1) divided by 2 eps -> ~1e-5). Points whose
+     * perturbation crosses a relu/maxpool kink would differ by O(1): none are expected for
+     * these random draws, and any that do fail loudly. */
+    const float eps = 1e-2f;
+    int checked = 0;
+    double worst = 0;
+    for (int j = 0; j < net->n_tensors; j++) {
+        const nnp_tensor *t = &net->tensors[j];
+        for (int k = 0; k < 6; k++) {
+            size_t i = t->off + (size_t)(nnp_rng_below(&r, t->n));
+            float keep = net->params[i];
+            net->params[i] = keep + eps;
+            double lp = net_loss(net, B, x, y);
+            net->params[i] = keep - eps;
+            double lm = net_loss(net, B, x, y);
+            net->params[i] = keep;
+            double fd = (lp - lm) / (2.0 * eps), err = fabs(fd - g[i]);
+            double tol = 2e-3 + 2e-2 * fabs(fd);
+            if (err > worst)
+                worst = err;
+            checked++;
+            if (!(err <= tol))
+                TEST_FAIL_("%s %s[%zu]: backward %.6g vs finite difference %.6g", spec, t->name,
+                           i - t->off, g[i], fd);
+        }
+    }
+    ASSERT_TRUE(checked == 6 * net->n_tensors);
+    fprintf(stderr, "  gradcheck %s: %d parameters, max |err| %.2e\n", spec, checked, worst);
+    free(g);
+    free(x);
+    nnp_net_free(net);
+}
+
+/* A full step (forward, loss, backward, optimizer) performs no allocation. */
+static void test_step_allocates_nothing(void)
+{
+    nnp_net *net = NULL;
+    ASSERT_OK(nnp_net_create("lenet", (nnp_shape){1, 28, 28}, NNP_ACT_RELU, 8, &net));
+    if (!net)
+        return;
+    nnp_init_cfg ic;
+    ASSERT_OK(nnp_init_parse("pytorch", &ic));
+    ASSERT_OK(nnp_init_net(net, &ic, 1));
+    nnp_optim o;
+    nnp_optim_cfg oc = {.kind = NNP_OPT_ADAM, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8};
+    ASSERT_OK(nnp_optim_init(&o, &oc, net->n_params));
+    float *x = malloc(8 * 784 * sizeof(float));
+    unsigned char y[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    nnp_rng r;
+    nnp_rng_seed(&r, 3, NNP_STREAM_DATA);
+    nnp_rng_fill_normal(&r, x, 8 * 784, 0, 1);
+    double l0 = 0, l1 = 0;
+    unsigned long before = nnp_alloc_count();
+    for (int step = 0; step < 20; step++) {
+        nnp_net_forward(net, 8, x);
+        double l = nnp_softmax_ce(8, 10, net->act[net->n_layers], y, 1.0f / 8,
+                                  net->dact[net->n_layers], NULL);
+        if (step == 0)
+            l0 = l;
+        l1 = l;
+        nnp_net_backward(net, 8, NULL, NULL);
+        nnp_optim_step(&o, net, 1e-3, NULL);
+    }
+    ASSERT_EQ_INT(nnp_alloc_count(), before);
+    /* and the steps do train: 20 Adam steps on one batch reduce its loss */
+    ASSERT_TRUE(l1 < 0.5 * l0);
+    nnp_optim_free(&o);
+    free(x);
+    nnp_net_free(net);
+}
+
+int main(void)
+{
+    test_lenet_layout();
+    test_specs();
+    gradcheck_net("lenet", (nnp_shape){1, 12, 12}, NNP_ACT_RELU);
+    gradcheck_net("mlp:20-16x3-5", (nnp_shape){20, 1, 1}, NNP_ACT_TANH);
+    gradcheck_net("seq:2x9x9/conv:3:3:2:1/sigmoid/avgpool:2/flatten/dense:7/leaky-relu/dense:4",
+                  (nnp_shape){1, 1, 1}, NNP_ACT_RELU);
+    test_step_allocates_nothing();
+    TEST_MAIN_END();
+}
