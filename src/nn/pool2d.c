@@ -1,1 +1,114 @@
-/* placeholder */
+/* pool2d.c - max and average pooling, square window k, stride s, no padding, floor output.
+ *
+ * argmax convention: for output (n, c, oh, ow) the max-pooling forward stores the index
+ * ih*W + iw of the chosen input WITHIN ITS OWN (n, c) PLANE, as PyTorch's return_indices.
+ * The window is scanned row-major and only a strictly larger value replaces the current
+ * one, so the first maximum wins on ties; a NaN is taken as the maximum (as PyTorch).
+ * Backward zeroes dx and accumulates (+=), so overlapping windows (s < k) add up.
+ */
+#include <string.h>
+
+#include "nnprec/layers.h"
+
+int nnp_pool_geom_init(nnp_pool_geom *g, int C, int H, int W, int k, int s)
+{
+    memset(g, 0, sizeof *g);
+    if (C <= 0 || H <= 0 || W <= 0 || k <= 0 || s <= 0 || H < k || W < k)
+        return -1;
+    g->C = C;
+    g->H = H;
+    g->W = W;
+    g->k = k;
+    g->s = s;
+    g->OH = (H - k) / s + 1;
+    g->OW = (W - k) / s + 1;
+    return 0;
+}
+
+void nnp_maxpool_forward(const nnp_pool_geom *g, int B, const float *x, float *y, int *argmax)
+{
+    const int H = g->H, W = g->W, k = g->k, s = g->s, OH = g->OH, OW = g->OW;
+    const size_t planes = (size_t)(B > 0 ? B : 0) * g->C;
+    for (size_t pl = 0; pl < planes; pl++) {
+        const float *xp = x + pl * H * W;
+        float *yp = y + pl * OH * OW;
+        int *ap = argmax + pl * OH * OW;
+        for (int oh = 0; oh < OH; oh++) {
+            for (int ow = 0; ow < OW; ow++) {
+                int best = oh * s * W + ow * s; /* top-left corner of the window */
+                float m = xp[best];
+                for (int i = 0; i < k; i++) {
+                    const int row = (oh * s + i) * W + ow * s;
+                    for (int j = 0; j < k; j++) {
+                        const float v = xp[row + j];
+                        if (v > m || (v != v && m == m)) {
+                            m = v;
+                            best = row + j;
+                        }
+                    }
+                }
+                yp[oh * OW + ow] = m;
+                ap[oh * OW + ow] = best;
+            }
+        }
+    }
+}
+
+void nnp_maxpool_backward(const nnp_pool_geom *g, int B, const float *dy, const int *argmax,
+                          float *dx)
+{
+    const size_t HW = (size_t)g->H * g->W, OHW = (size_t)g->OH * g->OW;
+    const size_t planes = (size_t)(B > 0 ? B : 0) * g->C;
+    memset(dx, 0, planes * HW * sizeof *dx);
+    for (size_t pl = 0; pl < planes; pl++) {
+        float *dxp = dx + pl * HW;
+        const float *dyp = dy + pl * OHW;
+        const int *ap = argmax + pl * OHW; /* indices are relative to the plane dxp */
+        for (size_t j = 0; j < OHW; j++)
+            dxp[ap[j]] += dyp[j];
+    }
+}
+
+void nnp_avgpool_forward(const nnp_pool_geom *g, int B, const float *x, float *y)
+{
+    const int H = g->H, W = g->W, k = g->k, s = g->s, OH = g->OH, OW = g->OW;
+    const size_t planes = (size_t)(B > 0 ? B : 0) * g->C;
+    const float inv = 1.0f / (float)(k * k);
+    for (size_t pl = 0; pl < planes; pl++) {
+        const float *xp = x + pl * H * W;
+        float *yp = y + pl * OH * OW;
+        for (int oh = 0; oh < OH; oh++) {
+            for (int ow = 0; ow < OW; ow++) {
+                float acc = 0.0f;
+                for (int i = 0; i < k; i++) {
+                    const float *r = xp + (size_t)(oh * s + i) * W + ow * s;
+                    for (int j = 0; j < k; j++)
+                        acc += r[j];
+                }
+                yp[oh * OW + ow] = acc * inv;
+            }
+        }
+    }
+}
+
+void nnp_avgpool_backward(const nnp_pool_geom *g, int B, const float *dy, float *dx)
+{
+    const int H = g->H, W = g->W, k = g->k, s = g->s, OH = g->OH, OW = g->OW;
+    const size_t planes = (size_t)(B > 0 ? B : 0) * g->C;
+    const float inv = 1.0f / (float)(k * k);
+    memset(dx, 0, planes * H * W * sizeof *dx);
+    for (size_t pl = 0; pl < planes; pl++) {
+        float *dxp = dx + pl * H * W;
+        const float *dyp = dy + pl * OH * OW;
+        for (int oh = 0; oh < OH; oh++) {
+            for (int ow = 0; ow < OW; ow++) {
+                const float d = dyp[oh * OW + ow] * inv;
+                for (int i = 0; i < k; i++) {
+                    float *r = dxp + (size_t)(oh * s + i) * W + ow * s;
+                    for (int j = 0; j < k; j++)
+                        r[j] += d;
+                }
+            }
+        }
+    }
+}
