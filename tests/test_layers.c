@@ -1,0 +1,568 @@
+/* test_layers.c - forward (and exact backward) of every layer kernel against naive loops.
+ *
+ * References are written here as direct loops accumulated in double; the kernels are
+ * float32 with sgemm, so sums are compared with |got - want| <= 1e-5 |want| + 1e-6 mag,
+ * where mag is the sum of the absolute terms that formed the value (for element-wise
+ * results mag = 1 and the constants are stated at each call).
+ */
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nnprec/layers.h"
+#include "test_util.h"
+
+/* ---- tiny deterministic generator (64-bit LCG, top bits) ---------------------------- */
+static uint64_t lcg_state = 0x9E3779B97F4A7C15ull;
+static double urand(void) /* uniform in [0, 1) */
+{
+    lcg_state = lcg_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (double)(lcg_state >> 11) * (1.0 / 9007199254740992.0);
+}
+static float frand(float lo, float hi) { return lo + (hi - lo) * (float)urand(); }
+static void fill(float *v, size_t n, float lo, float hi)
+{
+    for (size_t i = 0; i < n; i++)
+        v[i] = frand(lo, hi);
+}
+static float *falloc(size_t n)
+{
+    float *p = malloc((n ? n : 1) * sizeof *p);
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
+    return p;
+}
+
+/* Worst violation of |got - want| <= rtol*|want| + atol*mag[i] over n values; reports the
+ * first index that fails with ASSERT_NEAR so the message shows both numbers. */
+static void expect_close(const char *what, const float *got, const double *want,
+                         const double *mag, size_t n, double rtol, double atol)
+{
+    size_t bad = n;
+    for (size_t i = 0; i < n; i++) {
+        double tol = rtol * fabs(want[i]) + atol * (mag ? mag[i] : 1.0);
+        if (!(fabs((double)got[i] - want[i]) <= tol)) {
+            bad = i;
+            break;
+        }
+    }
+    if (bad < n) {
+        fprintf(stderr, "  %s: mismatch at index %zu\n", what, bad);
+        ASSERT_NEAR(got[bad], want[bad], rtol * fabs(want[bad]) + atol * (mag ? mag[bad] : 1.0));
+    } else {
+        ASSERT_TRUE(1);
+    }
+}
+
+/* ---- dense ---------------------------------------------------------------------------- */
+static void test_dense(void)
+{
+    const int shapes[][3] = {{1, 1, 1}, {1, 7, 3}, {3, 5, 4}, {5, 17, 10}, {4, 64, 33}};
+    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
+        const int B = shapes[t][0], in = shapes[t][1], out = shapes[t][2];
+        float *x = falloc((size_t)B * in), *W = falloc((size_t)out * in), *b = falloc(out);
+        float *y = falloc((size_t)B * out), *dy = falloc((size_t)B * out);
+        float *dx = falloc((size_t)B * in), *dW = falloc((size_t)out * in), *db = falloc(out);
+        float *dW2 = falloc((size_t)out * in), *db2 = falloc(out);
+        double *ref = malloc(sizeof(double) * (size_t)(B * in + out * in + B * out + out));
+        double *mag = malloc(sizeof(double) * (size_t)(B * in + out * in + B * out + out));
+        fill(x, (size_t)B * in, -1, 1);
+        fill(W, (size_t)out * in, -1, 1);
+        fill(b, out, -1, 1);
+        fill(dy, (size_t)B * out, -1, 1);
+        fill(y, (size_t)B * out, 1e3f, 2e3f); /* garbage: forward must overwrite */
+
+        nnp_dense_forward(B, in, out, x, W, b, y);
+        for (int n = 0; n < B; n++)
+            for (int o = 0; o < out; o++) {
+                double s = b[o], m = fabs(b[o]);
+                for (int i = 0; i < in; i++) {
+                    s += (double)x[n * in + i] * W[o * in + i];
+                    m += fabs((double)x[n * in + i] * W[o * in + i]);
+                }
+                ref[n * out + o] = s;
+                mag[n * out + o] = m;
+            }
+        expect_close("dense y", y, ref, mag, (size_t)B * out, 1e-5, 1e-6);
+
+        /* Backward against naive loops; the outputs start as garbage (overwrite). */
+        fill(dx, (size_t)B * in, 1e3f, 2e3f);
+        fill(dW, (size_t)out * in, 1e3f, 2e3f);
+        fill(db, out, 1e3f, 2e3f);
+        nnp_dense_backward(B, in, out, x, W, dy, dx, dW, db);
+        for (int o = 0; o < out; o++)
+            for (int i = 0; i < in; i++) {
+                double s = 0, m = 0;
+                for (int n = 0; n < B; n++) {
+                    s += (double)dy[n * out + o] * x[n * in + i];
+                    m += fabs((double)dy[n * out + o] * x[n * in + i]);
+                }
+                ref[o * in + i] = s;
+                mag[o * in + i] = m;
+            }
+        expect_close("dense dW", dW, ref, mag, (size_t)out * in, 1e-5, 1e-6);
+        for (int o = 0; o < out; o++) {
+            double s = 0, m = 0;
+            for (int n = 0; n < B; n++) {
+                s += dy[n * out + o];
+                m += fabs(dy[n * out + o]);
+            }
+            ref[o] = s;
+            mag[o] = m;
+        }
+        expect_close("dense db", db, ref, mag, out, 1e-5, 1e-6);
+        for (int n = 0; n < B; n++)
+            for (int i = 0; i < in; i++) {
+                double s = 0, m = 0;
+                for (int o = 0; o < out; o++) {
+                    s += (double)dy[n * out + o] * W[o * in + i];
+                    m += fabs((double)dy[n * out + o] * W[o * in + i]);
+                }
+                ref[n * in + i] = s;
+                mag[n * in + i] = m;
+            }
+        expect_close("dense dx", dx, ref, mag, (size_t)B * in, 1e-5, 1e-6);
+
+        /* dx may be NULL: same dW and db. */
+        nnp_dense_backward(B, in, out, x, W, dy, NULL, dW2, db2);
+        ASSERT_TRUE(memcmp(dW, dW2, sizeof(float) * (size_t)out * in) == 0);
+        ASSERT_TRUE(memcmp(db, db2, sizeof(float) * (size_t)out) == 0);
+
+        free(x); free(W); free(b); free(y); free(dy); free(dx); free(dW); free(db);
+        free(dW2); free(db2); free(ref); free(mag);
+    }
+}
+
+/* ---- conv2d --------------------------------------------------------------------------- */
+/* Value of x[n, c, ih, iw] with zero padding outside the image. */
+static double xat(const nnp_conv_geom *g, const float *x, int n, int c, int ih, int iw)
+{
+    if (ih < 0 || ih >= g->H || iw < 0 || iw >= g->W)
+        return 0.0;
+    return x[(((size_t)n * g->C + c) * g->H + ih) * g->W + iw];
+}
+
+static void test_conv_geom(void)
+{
+    nnp_conv_geom g;
+    ASSERT_EQ_INT(nnp_conv_geom_init(&g, 1, 28, 28, 6, 3, 1, 2), 0);
+    ASSERT_EQ_INT(g.OH, 30);
+    ASSERT_EQ_INT(g.OW, 30);
+    ASSERT_EQ_INT(nnp_conv_geom_init(&g, 3, 7, 8, 4, 3, 2, 1), 0);
+    ASSERT_EQ_INT(g.OH, 4); /* (7 + 2 - 3)/2 + 1 */
+    ASSERT_EQ_INT(g.OW, 4); /* (8 + 2 - 3)/2 + 1, floor */
+    ASSERT_EQ_INT(nnp_conv_geom_init(&g, 1, 2, 2, 1, 3, 1, 0), -1); /* kernel too large */
+    ASSERT_EQ_INT(nnp_conv_geom_init(&g, 1, 5, 5, 1, 3, 0, 0), -1); /* zero stride */
+    ASSERT_EQ_INT(nnp_conv_geom_init(&g, 0, 5, 5, 1, 3, 1, 0), -1);
+    ASSERT_EQ_INT(nnp_conv_geom_init(&g, 1, 5, 5, 1, 3, 1, -1), -1);
+}
+
+static void test_conv(void)
+{
+    /* C, H, W, K, k, s, p */
+    const int geoms[][7] = {
+        {1, 28, 28, 6, 3, 1, 2}, /* LeNet conv1 */
+        {6, 15, 15, 16, 3, 1, 0}, /* LeNet conv2 */
+        {3, 7, 9, 4, 3, 2, 1},    /* stride 2, rectangular */
+        {2, 8, 8, 3, 5, 2, 2},    /* stride 2, padding 2 */
+        {4, 9, 7, 5, 3, 2, 2},    /* stride 2, padding 2, odd sizes */
+        {2, 5, 6, 3, 1, 1, 0},    /* 1x1 */
+        {3, 6, 6, 2, 4, 3, 1},    /* stride 3 */
+        {2, 3, 3, 2, 3, 1, 2},    /* padding larger than the image border */
+    };
+    for (size_t t = 0; t < sizeof geoms / sizeof geoms[0]; t++) {
+        for (int B = 1; B <= 5; B++) {
+            const int *q = geoms[t];
+            nnp_conv_geom g;
+            ASSERT_EQ_INT(nnp_conv_geom_init(&g, q[0], q[1], q[2], q[3], q[4], q[5], q[6]), 0);
+            const int C = g.C, K = g.K, k = g.k, s = g.s, p = g.p, OH = g.OH, OW = g.OW;
+            const size_t nx = (size_t)B * C * g.H * g.W, nw = (size_t)K * C * k * k;
+            const size_t ny = (size_t)B * K * OH * OW, nws = nnp_conv2d_workspace(&g, B);
+            float *x = falloc(nx), *W = falloc(nw), *b = falloc(K), *y = falloc(ny);
+            float *dy = falloc(ny), *dx = falloc(nx), *dW = falloc(nw), *db = falloc(K);
+            float *dW2 = falloc(nw), *db2 = falloc(K), *ws = falloc(nws);
+            size_t nmax = nx > nw ? nx : nw;
+            nmax = nmax > ny ? nmax : ny;
+            double *ref = malloc(sizeof(double) * nmax), *mag = malloc(sizeof(double) * nmax);
+            fill(x, nx, -1, 1);
+            fill(W, nw, -1, 1);
+            fill(b, K, -1, 1);
+            fill(dy, ny, -1, 1);
+            for (size_t i = 0; i < nws; i++)
+                ws[i] = NAN; /* the kernels must not read workspace they did not write */
+            fill(y, ny, 1e3f, 2e3f);
+
+            nnp_conv2d_forward(&g, B, x, W, b, y, ws);
+            for (int n = 0; n < B; n++)
+                for (int o = 0; o < K; o++)
+                    for (int oh = 0; oh < OH; oh++)
+                        for (int ow = 0; ow < OW; ow++) {
+                            double acc = b[o], m = fabs(b[o]);
+                            for (int c = 0; c < C; c++)
+                                for (int i = 0; i < k; i++)
+                                    for (int j = 0; j < k; j++) {
+                                        double v = W[((o * C + c) * k + i) * k + j] *
+                                                   xat(&g, x, n, c, oh * s - p + i, ow * s - p + j);
+                                        acc += v;
+                                        m += fabs(v);
+                                    }
+                            size_t yi = (((size_t)n * K + o) * OH + oh) * OW + ow;
+                            ref[yi] = acc;
+                            mag[yi] = m;
+                        }
+            expect_close("conv y", y, ref, mag, ny, 1e-5, 1e-6);
+
+            /* Backward, exact against naive loops (the finite-difference check is in
+             * test_gradcheck). Outputs start as garbage: backward overwrites. */
+            for (size_t i = 0; i < nws; i++)
+                ws[i] = NAN;
+            fill(dx, nx, 1e3f, 2e3f);
+            fill(dW, nw, 1e3f, 2e3f);
+            fill(db, K, 1e3f, 2e3f);
+            nnp_conv2d_backward(&g, B, x, W, dy, dx, dW, db, ws);
+            memset(ref, 0, sizeof(double) * nmax);
+            memset(mag, 0, sizeof(double) * nmax);
+            for (int n = 0; n < B; n++)
+                for (int o = 0; o < K; o++)
+                    for (int oh = 0; oh < OH; oh++)
+                        for (int ow = 0; ow < OW; ow++) {
+                            double d = dy[(((size_t)n * K + o) * OH + oh) * OW + ow];
+                            for (int c = 0; c < C; c++)
+                                for (int i = 0; i < k; i++)
+                                    for (int j = 0; j < k; j++) {
+                                        double v = d * xat(&g, x, n, c, oh * s - p + i, ow * s - p + j);
+                                        ref[((o * C + c) * k + i) * k + j] += v;
+                                        mag[((o * C + c) * k + i) * k + j] += fabs(v);
+                                    }
+                        }
+            expect_close("conv dW", dW, ref, mag, nw, 1e-5, 1e-6);
+            memset(ref, 0, sizeof(double) * nmax);
+            memset(mag, 0, sizeof(double) * nmax);
+            for (int n = 0; n < B; n++)
+                for (int o = 0; o < K; o++)
+                    for (size_t j = 0; j < (size_t)OH * OW; j++) {
+                        ref[o] += dy[((size_t)n * K + o) * OH * OW + j];
+                        mag[o] += fabs(dy[((size_t)n * K + o) * OH * OW + j]);
+                    }
+            expect_close("conv db", db, ref, mag, K, 1e-5, 1e-6);
+            memset(ref, 0, sizeof(double) * nmax);
+            memset(mag, 0, sizeof(double) * nmax);
+            for (int n = 0; n < B; n++)
+                for (int o = 0; o < K; o++)
+                    for (int oh = 0; oh < OH; oh++)
+                        for (int ow = 0; ow < OW; ow++) {
+                            double d = dy[(((size_t)n * K + o) * OH + oh) * OW + ow];
+                            for (int c = 0; c < C; c++)
+                                for (int i = 0; i < k; i++)
+                                    for (int j = 0; j < k; j++) {
+                                        int ih = oh * s - p + i, iw = ow * s - p + j;
+                                        if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W)
+                                            continue;
+                                        size_t xi = (((size_t)n * C + c) * g.H + ih) * g.W + iw;
+                                        double v = d * W[((o * C + c) * k + i) * k + j];
+                                        ref[xi] += v;
+                                        mag[xi] += fabs(v);
+                                    }
+                        }
+            expect_close("conv dx", dx, ref, mag, nx, 1e-5, 1e-6);
+
+            /* dx may be NULL: identical dW and db. */
+            nnp_conv2d_backward(&g, B, x, W, dy, NULL, dW2, db2, ws);
+            ASSERT_TRUE(memcmp(dW, dW2, sizeof(float) * nw) == 0);
+            ASSERT_TRUE(memcmp(db, db2, sizeof(float) * (size_t)K) == 0);
+
+            free(x); free(W); free(b); free(y); free(dy); free(dx); free(dW); free(db);
+            free(dW2); free(db2); free(ws); free(ref); free(mag);
+        }
+    }
+}
+
+/* ---- pooling -------------------------------------------------------------------------- */
+static void test_pool(void)
+{
+    /* C, H, W, k, s */
+    const int geoms[][5] = {
+        {3, 8, 8, 2, 2},  /* exact */
+        {2, 7, 9, 2, 2},  /* odd sizes: floor drops the last row / column */
+        {2, 7, 7, 3, 2},  /* overlapping windows */
+        {1, 6, 5, 3, 1},  /* stride 1 */
+        {2, 11, 10, 3, 3},
+    };
+    for (size_t t = 0; t < sizeof geoms / sizeof geoms[0]; t++) {
+        for (int B = 1; B <= 3; B++) {
+            const int *q = geoms[t];
+            nnp_pool_geom g;
+            ASSERT_EQ_INT(nnp_pool_geom_init(&g, q[0], q[1], q[2], q[3], q[4]), 0);
+            ASSERT_EQ_INT(g.OH, (q[1] - q[3]) / q[4] + 1);
+            ASSERT_EQ_INT(g.OW, (q[2] - q[3]) / q[4] + 1);
+            const int H = g.H, Wd = g.W, k = g.k, s = g.s, OH = g.OH, OW = g.OW;
+            const size_t planes = (size_t)B * g.C, nx = planes * H * Wd, ny = planes * OH * OW;
+            float *x = falloc(nx), *y = falloc(ny), *dy = falloc(ny), *dx = falloc(nx);
+            int *am = malloc(sizeof(int) * ny);
+            double *ref = malloc(sizeof(double) * nx);
+            fill(x, nx, -1, 1);
+            fill(dy, ny, -1, 1);
+            /* quantise to force ties inside windows */
+            for (size_t i = 0; i < nx; i++)
+                x[i] = floorf(x[i] * 2.0f) * 0.5f;
+
+            nnp_maxpool_forward(&g, B, x, y, am);
+            int ok_val = 1, ok_idx = 1;
+            for (size_t pl = 0; pl < planes; pl++)
+                for (int oh = 0; oh < OH; oh++)
+                    for (int ow = 0; ow < OW; ow++) {
+                        float m = -INFINITY;
+                        int bi = -1;
+                        for (int i = 0; i < k; i++)
+                            for (int j = 0; j < k; j++) {
+                                int idx = (oh * s + i) * Wd + ow * s + j;
+                                if (x[pl * H * Wd + idx] > m) {
+                                    m = x[pl * H * Wd + idx];
+                                    bi = idx;
+                                }
+                            }
+                        size_t yi = pl * OH * OW + (size_t)oh * OW + ow;
+                        ok_val &= y[yi] == m;
+                        ok_idx &= am[yi] == bi; /* within-plane index, first max */
+                    }
+            ASSERT_TRUE(ok_val);
+            ASSERT_TRUE(ok_idx);
+
+            fill(dx, nx, 1e3f, 2e3f);
+            nnp_maxpool_backward(&g, B, dy, am, dx);
+            memset(ref, 0, sizeof(double) * nx);
+            for (size_t pl = 0; pl < planes; pl++)
+                for (size_t j = 0; j < (size_t)OH * OW; j++)
+                    ref[pl * H * Wd + am[pl * OH * OW + j]] += dy[pl * OH * OW + j];
+            expect_close("maxpool dx", dx, ref, NULL, nx, 1e-6, 1e-6);
+
+            nnp_avgpool_forward(&g, B, x, y);
+            double *refy = malloc(sizeof(double) * ny);
+            for (size_t pl = 0; pl < planes; pl++)
+                for (int oh = 0; oh < OH; oh++)
+                    for (int ow = 0; ow < OW; ow++) {
+                        double acc = 0;
+                        for (int i = 0; i < k; i++)
+                            for (int j = 0; j < k; j++)
+                                acc += x[pl * H * Wd + (size_t)(oh * s + i) * Wd + ow * s + j];
+                        refy[pl * OH * OW + (size_t)oh * OW + ow] = acc / (k * k);
+                    }
+            expect_close("avgpool y", y, refy, NULL, ny, 1e-5, 1e-6);
+            fill(dx, nx, 1e3f, 2e3f);
+            nnp_avgpool_backward(&g, B, dy, dx);
+            memset(ref, 0, sizeof(double) * nx);
+            for (size_t pl = 0; pl < planes; pl++)
+                for (int oh = 0; oh < OH; oh++)
+                    for (int ow = 0; ow < OW; ow++)
+                        for (int i = 0; i < k; i++)
+                            for (int j = 0; j < k; j++)
+                                ref[pl * H * Wd + (size_t)(oh * s + i) * Wd + ow * s + j] +=
+                                    dy[pl * OH * OW + (size_t)oh * OW + ow] / (double)(k * k);
+            expect_close("avgpool dx", dx, ref, NULL, nx, 1e-5, 1e-6);
+            free(x); free(y); free(dy); free(dx); free(am); free(ref); free(refy);
+        }
+    }
+
+    /* Ties: all-equal window picks its top-left element; a later equal maximum loses. */
+    nnp_pool_geom g;
+    ASSERT_EQ_INT(nnp_pool_geom_init(&g, 1, 2, 4, 2, 2), 0);
+    const float xt[8] = {5, 5, 1, 7,
+                         5, 5, 7, 7};
+    float yt[2], dyt[2] = {1.5f, -2.0f}, dxt[8];
+    int at[2];
+    nnp_maxpool_forward(&g, 1, xt, yt, at);
+    ASSERT_EQ_INT(at[0], 0);
+    ASSERT_EQ_INT(at[1], 3);
+    ASSERT_NEAR(yt[0], 5.0, 0);
+    ASSERT_NEAR(yt[1], 7.0, 0);
+    nnp_maxpool_backward(&g, 1, dyt, at, dxt);
+    ASSERT_NEAR(dxt[0], 1.5, 0);
+    ASSERT_NEAR(dxt[3], -2.0, 0);
+    ASSERT_NEAR(dxt[1] + dxt[2] + dxt[4] + dxt[5] + dxt[6] + dxt[7], 0.0, 0);
+
+    /* Overlap (k=2, s=1 on 3x4, OH=2, OW=3): the 9 at index 5 is the maximum of the four
+     * windows with top-left (0,0), (0,1), (1,0), (1,1), so its gradients accumulate; the
+     * all-zero windows (0,2) and (1,2) pick their top-left cells 2 and 6. */
+    ASSERT_EQ_INT(nnp_pool_geom_init(&g, 1, 3, 4, 2, 1), 0);
+    ASSERT_EQ_INT(g.OH, 2);
+    ASSERT_EQ_INT(g.OW, 3);
+    const float xo[12] = {0, 0, 0, 0,
+                          0, 9, 0, 0,
+                          0, 0, 0, 0};
+    float yo[6], dyo[6] = {1, 1, 1, 1, 1, 1}, dxo[12];
+    int ao[6];
+    nnp_maxpool_forward(&g, 1, xo, yo, ao);
+    nnp_maxpool_backward(&g, 1, dyo, ao, dxo);
+    ASSERT_NEAR(dxo[5], 4.0, 0);
+    ASSERT_NEAR(dxo[2], 1.0, 0);
+    ASSERT_NEAR(dxo[6], 1.0, 0);
+    ASSERT_NEAR(dxo[0] + dxo[1] + dxo[3] + dxo[4] + dxo[7] + dxo[8] + dxo[9] + dxo[10] + dxo[11],
+                0.0, 0);
+
+    /* invalid geometries */
+    ASSERT_EQ_INT(nnp_pool_geom_init(&g, 1, 1, 4, 2, 2), -1);
+    ASSERT_EQ_INT(nnp_pool_geom_init(&g, 1, 4, 4, 2, 0), -1);
+}
+
+/* ---- activations ---------------------------------------------------------------------- */
+static double act_ref(nnp_act a, double alpha, double x)
+{
+    switch (a) {
+    case NNP_ACT_RELU: return x > 0 ? x : 0;
+    case NNP_ACT_LEAKY_RELU: return x > 0 ? x : alpha * x;
+    case NNP_ACT_TANH: return tanh(x);
+    case NNP_ACT_SIGMOID: return 1.0 / (1.0 + exp(-x));
+    default: return x;
+    }
+}
+static double dact_ref(nnp_act a, double alpha, double x)
+{
+    switch (a) {
+    case NNP_ACT_RELU: return x > 0 ? 1 : 0;
+    case NNP_ACT_LEAKY_RELU: return x > 0 ? 1 : alpha;
+    case NNP_ACT_TANH: return 1 - tanh(x) * tanh(x);
+    case NNP_ACT_SIGMOID: { double s = 1.0 / (1.0 + exp(-x)); return s * (1 - s); }
+    default: return 1;
+    }
+}
+
+static void test_activations(void)
+{
+    const nnp_act acts[] = {NNP_ACT_RELU, NNP_ACT_LEAKY_RELU, NNP_ACT_TANH, NNP_ACT_SIGMOID,
+                            NNP_ACT_IDENTITY};
+    const size_t n = 257;
+    float *x = falloc(n), *y = falloc(n), *dy = falloc(n), *dx = falloc(n), *buf = falloc(n);
+    double *ref = malloc(sizeof(double) * n);
+    fill(x, n, -4, 4);
+    x[0] = 0.0f;
+    x[1] = -0.0f;
+    x[2] = 90.0f;  /* sigmoid/tanh saturate without overflow */
+    x[3] = -90.0f;
+    fill(dy, n, -1, 1);
+    for (size_t ai = 0; ai < sizeof acts / sizeof acts[0]; ai++) {
+        const nnp_act a = acts[ai];
+        const float alpha = 0.1f;
+        nnp_act_forward(a, alpha, n, x, y);
+        for (size_t i = 0; i < n; i++)
+            ref[i] = act_ref(a, alpha, x[i]);
+        expect_close("act y", y, ref, NULL, n, 2e-6, 1e-7);
+        /* in place */
+        memcpy(buf, x, sizeof(float) * n);
+        nnp_act_forward(a, alpha, n, buf, buf);
+        ASSERT_TRUE(memcmp(buf, y, sizeof(float) * n) == 0);
+
+        nnp_act_backward(a, alpha, n, x, y, dy, dx);
+        for (size_t i = 0; i < n; i++)
+            ref[i] = dy[i] * dact_ref(a, alpha, x[i]);
+        expect_close("act dx", dx, ref, NULL, n, 1e-5, 1e-6);
+        /* dx aliasing dy */
+        memcpy(buf, dy, sizeof(float) * n);
+        nnp_act_backward(a, alpha, n, x, y, buf, buf);
+        ASSERT_TRUE(memcmp(buf, dx, sizeof(float) * n) == 0);
+        if (a == NNP_ACT_RELU || a == NNP_ACT_LEAKY_RELU) {
+            ASSERT_NEAR(dx[0], (a == NNP_ACT_RELU ? 0.0 : alpha * dy[0]), 0); /* x == 0 */
+            /* after an in-place forward, y passed as x gives the same derivative */
+            nnp_act_backward(a, alpha, n, y, y, dy, buf);
+            ASSERT_TRUE(memcmp(buf, dx, sizeof(float) * n) == 0);
+        }
+    }
+    free(x); free(y); free(dy); free(dx); free(buf); free(ref);
+}
+
+/* ---- losses --------------------------------------------------------------------------- */
+static void test_softmax_ce(void)
+{
+    const int B = 5, C = 7;
+    float lg[35], d[35];
+    unsigned char lab[5] = {0, 6, 3, 3, 2};
+    fill(lg, (size_t)B * C, -3, 3);
+    lg[0 * C + 1] = 10.0f; /* samples 0 and 1 miss */
+    lg[1 * C + 0] = 10.0f;
+    lg[2 * C + 3] = 10.0f; /* sample 2 predicts its label */
+    lg[4 * C + 1] = 500.0f; /* huge logits: stable */
+    lg[4 * C + 2] = 499.0f;
+    for (int c = 0; c < C; c++)
+        lg[3 * C + c] = 1.0f; /* all tied: argmax is class 0 != label 3 */
+    const float scale = 0.25f;
+    int correct = -1;
+    double L = nnp_softmax_ce(B, C, lg, lab, scale, d, &correct);
+    double want = 0;
+    int want_correct = 0;
+    for (int n = 0; n < B; n++) {
+        double m = -INFINITY;
+        int am = 0;
+        for (int c = 0; c < C; c++)
+            if (lg[n * C + c] > m) {
+                m = lg[n * C + c];
+                am = c;
+            }
+        want_correct += am == lab[n];
+        double s = 0;
+        for (int c = 0; c < C; c++)
+            s += exp((double)lg[n * C + c] - m);
+        double lse = m + log(s);
+        want += lse - lg[n * C + lab[n]];
+        double ref[7];
+        for (int c = 0; c < C; c++)
+            ref[c] = scale * (exp(lg[n * C + c] - lse) - (c == lab[n]));
+        expect_close("softmax dlogits", d + n * C, ref, NULL, C, 1e-6, 1e-7);
+    }
+    ASSERT_TRUE(isfinite(L));
+    ASSERT_CLOSE(L, want, 1e-12, 1e-12);
+    ASSERT_EQ_INT(correct, want_correct);
+    ASSERT_EQ_INT(correct, 1); /* sample 2 only; sample 4 predicts class 1 */
+    /* the huge-logit sample: loss = lse - 499 = 1 + log(1 + e^-1 + ...) */
+    double L4 = nnp_softmax_ce(1, C, lg + 4 * C, lab + 4, 1.0f, NULL, NULL);
+    ASSERT_TRUE(L4 > 1.0 && L4 < 1.32);
+    /* uniform logits: loss log C per sample */
+    float u[14] = {0};
+    unsigned char lu[2] = {1, 5};
+    ASSERT_CLOSE(nnp_softmax_ce(2, C, u, lu, 1.0f, NULL, NULL), 2 * log(7.0), 1e-12, 0);
+}
+
+static void test_mse(void)
+{
+    const int B = 4, C = 6;
+    float y[24], d[24];
+    unsigned char lab[4] = {5, 0, 2, 2};
+    fill(y, (size_t)B * C, -1, 1);
+    y[0 * C + 5] = 3.0f; /* hit */
+    y[2 * C + 1] = 3.0f; /* miss */
+    y[3 * C + 2] = 2.0f; /* tie at the top: first (class 2) wins -> hit */
+    y[3 * C + 4] = 2.0f;
+    const float scale = 0.5f;
+    int correct = -1;
+    double L = nnp_mse_onehot(B, C, y, lab, scale, d, &correct);
+    double want = 0;
+    for (int n = 0; n < B; n++) {
+        double s = 0, ref[6];
+        for (int c = 0; c < C; c++) {
+            double e = (double)y[n * C + c] - (c == lab[n]);
+            s += e * e;
+            ref[c] = scale * 2.0 * e / C;
+        }
+        want += s / C;
+        expect_close("mse dy", d + n * C, ref, NULL, C, 1e-6, 1e-7);
+    }
+    ASSERT_CLOSE(L, want, 1e-12, 1e-12);
+    ASSERT_EQ_INT(correct, 2);
+    int c2 = -1;
+    ASSERT_CLOSE(nnp_mse_onehot(B, C, y, lab, 1.0f, NULL, &c2), want, 1e-12, 1e-12);
+    ASSERT_EQ_INT(c2, 2);
+}
+
+int main(void)
+{
+    test_dense();
+    test_conv_geom();
+    test_conv();
+    test_pool();
+    test_activations();
+    test_softmax_ce();
+    test_mse();
+    TEST_MAIN_END();
+}
