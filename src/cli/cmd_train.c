@@ -222,6 +222,11 @@ static void setup_threads(nnp_comm *comm)
 static nnp_status load_data(nnp_comm *comm, nnp_dataset *train, nnp_dataset *test)
 {
     char img[4096], lab[4096];
+    /* test hook: make one rank fail its data load, to check that every rank stops cleanly */
+    const char *fault = getenv("NNPREC_FAULT_LOAD_RANK");
+    if (fault && atoi(fault) == nnp_comm_rank(comm))
+        return nnp_error(NNP_ERR_IO, "injected data-load failure on rank %d "
+                                     "(NNPREC_FAULT_LOAD_RANK)", nnp_comm_rank(comm));
     NNP_CALL(nnp_idx_paths(O.data, "train", img, lab, sizeof img));
     NNP_CALL(nnp_idx_load(img, lab, (size_t)O.train_limit, 0, (size_t)-1, train));
     NNP_CALL(nnp_idx_paths(O.data, "t10k", img, lab, sizeof img));

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Command-line behaviour of `nnprec train`: help, option errors, data errors, failures on
+# one rank of several, and the files a run writes.
+# usage: cli_train.sh NNPREC MPIEXEC
+set -uo pipefail
+nnprec=$1 mpiexec=$2
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fails=0 passes=0
+ok()   { passes=$((passes + 1)); }
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+
+# expect CODE PATTERN cmd...: exit code CODE and stderr matching PATTERN in ONE line
+expect() {
+  local code=$1 pat=$2; shift 2
+  timeout 60 "$@" > "$tmp/out" 2> "$tmp/err"
+  local rc=$?
+  # mpiexec adds its own notice when a rank exits non-zero; count nnprec's lines only
+  local n; n=$(grep -c '^nnprec' "$tmp/err")
+  if [ "$rc" != "$code" ]; then fail "$* -> exit $rc, want $code; stderr: $(head -3 "$tmp/err")"; return; fi
+  if ! grep -q -- "$pat" "$tmp/err"; then fail "$* -> stderr lacks '$pat': $(head -3 "$tmp/err")"; return; fi
+  if [ "$n" != 1 ]; then fail "$* -> $n stderr lines, want 1: $(cat "$tmp/err")"; return; fi
+  ok
+}
+
+# --help lists every option with its default, and exits 0
+"$nnprec" train --help > "$tmp/help" || fail "train --help exit code"
+for o in model act loss init optim lr momentum nesterov weight-decay schedule warmup epochs steps \
+         batch global-batch seed data normalize train-limit test-limit eval-every log-every out \
+         precond precond-every stats-every check-replicas; do
+  grep -q -- "--$o " "$tmp/help" || fail "--help does not list --$o"
+done
+grep -q -- '--lr X .*\[0.01\]' "$tmp/help" && ok || fail "--help does not show the --lr default"
+"$nnprec" --help | grep -q train && ok || fail "nnprec --help does not list train"
+
+expect 2 "unknown option '--bogus'" "$nnprec" train --bogus 1
+expect 2 "needs a value" "$nnprec" train --lr
+expect 2 "expects a finite number" "$nnprec" train --lr abc
+expect 2 "--lr must be positive" "$nnprec" train --lr -1
+expect 2 "--batch must be >= 1" "$nnprec" train --batch 0
+expect 2 "unknown model 'resnet'" "$nnprec" train --model resnet
+expect 2 "init" "$nnprec" train --init bogus
+expect 2 "optimizer" "$nnprec" train --optim rmsprop
+expect 2 "--normalize expects MEAN,STD" "$nnprec" train --normalize 0.5
+expect 2 "unknown command" "$nnprec" fly
+expect 1 "$tmp/nowhere" "$nnprec" train --data "$tmp/nowhere"
+# a model whose input does not match the data
+expect 2 "expects 100 input values" "$nnprec" train --model mlp:100-10 --train-limit 64 --test-limit 10
+# bad data on every rank of 2: one message, every rank exits non-zero, nobody hangs
+expect 1 "$tmp/nowhere" "$mpiexec" -n 2 --oversubscribe "$nnprec" train --data "$tmp/nowhere"
+# a failure on rank 1 only: rank 1 reports it, rank 0 stops too
+NNPREC_FAULT_LOAD_RANK=1 expect 1 "rank 1.*injected" "$mpiexec" -n 2 --oversubscribe "$nnprec" train --train-limit 64
+# truncated data file: a clear message naming the file
+mkdir -p "$tmp/trunc"
+for f in /usr/share/datasets/fashion-mnist/*; do cp "$f" "$tmp/trunc/"; done
+head -c 100000 /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz > "$tmp/trunc/train-images-idx3-ubyte.gz"
+expect 1 "train-images-idx3-ubyte.gz" "$nnprec" train --data "$tmp/trunc"
+
+# a short real run writes its CSV files with the documented columns
+timeout 120 "$mpiexec" -n 2 --oversubscribe "$nnprec" train --train-limit 640 --test-limit 200 \
+  --epochs 2 --log-every 2 --out "$tmp/run" > "$tmp/run.log" 2>&1 || fail "short run failed: $(tail -3 "$tmp/run.log")"
+head -1 "$tmp/run/train.csv" | grep -q '^step,epoch,train_loss,train_acc,lr,samples_per_s,wall_s$' && ok || fail "train.csv header"
+head -1 "$tmp/run/eval.csv" | grep -q '^step,epoch,test_loss,test_acc,wall_s$' && ok || fail "eval.csv header"
+# 640 samples / (64 per rank x 2 ranks) = 5 steps per epoch, 10 steps, a row every 2
+[ "$(tail -n +2 "$tmp/run/train.csv" | wc -l)" = 5 ] && ok || fail "train.csv rows: $(cat "$tmp/run/train.csv")"
+[ "$(tail -n +2 "$tmp/run/eval.csv" | wc -l)" = 2 ] && ok || fail "eval.csv should have one row per epoch"
+grep -q 'allreduce' "$tmp/run/timing.csv" && ok || fail "timing.csv"
+grep -q '^\[train\] epoch .* samples/s ETA' "$tmp/run.log" && ok || fail "progress lines"
+grep -q '1 BLAS thread per rank\|OPENBLAS_NUM_THREADS' "$tmp/run.log" && ok || fail "BLAS thread note"
+
+echo "$passes passed, $fails failed"
+[ "$fails" = 0 ]
