@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install what nnprec needs on Debian 12 (run as root): compiler, CMake, Open MPI, OpenBLAS,
+# HDF5, zlib, the Fashion-MNIST data set, and Debian's Python with matplotlib, h5py and
+# PyTorch for the plots and reference benchmarks. Safe to run again.
+set -euo pipefail
+pkgs=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libopenblas-dev
+      libhdf5-dev hdf5-tools zlib1g-dev dataset-fashion-mnist
+      python3 python3-numpy python3-matplotlib python3-h5py python3-torch)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "[deps] all ${#pkgs[@]} packages already installed"
+  exit 0
+fi
+echo "[deps] installing: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${missing[@]}"
