@@ -12,7 +12,8 @@
 
 typedef struct nnp_comm nnp_comm;
 
-/* MPI_Init_thread (FUNNELED, or MULTIPLE when want_threads) and dup. Call once per process. */
+/* MPI_Init_thread (SERIALIZED: see nnp_comm_async) and dup. Call once per process.
+ * want_threads is unused and kept for callers that ask for thread support explicitly. */
 nnp_status nnp_comm_init(int *argc, char ***argv, int want_threads, nnp_comm **out);
 /* Free the communicator and MPI_Finalize. */
 void nnp_comm_finalize(nnp_comm *c);
@@ -39,6 +40,26 @@ nnp_status nnp_comm_barrier(nnp_comm *c);
  * its message) and every other rank gets NNP_ERR_REMOTE (and stays quiet), so the user
  * sees one message. Collective, one tiny allreduce. */
 nnp_status nnp_comm_agree(nnp_comm *c, nnp_status local);
+
+/* ---- background allreduce (overlap with backward) ------------------------------------
+ * A communication thread that sums float ranges over ranks while the caller keeps
+ * computing. Open MPI 4.1 has no asynchronous progress, so a bare MPI_Iallreduce does not
+ * advance during a GEMM; a thread that sits in a blocking MPI_Allreduce does. MPI is
+ * initialized with MPI_THREAD_SERIALIZED: between nnp_comm_async_submit and
+ * nnp_comm_async_wait the caller must make NO other nnp_comm call. Ranges are reduced in
+ * submission order, which must be the same on every rank. */
+typedef struct nnp_comm_async nnp_comm_async;
+
+/* Start the thread; at most max_jobs submissions between two waits. Collective only in
+ * the sense that every rank must use it the same way. */
+nnp_status nnp_comm_async_start(nnp_comm *c, int max_jobs, size_t chunk_bytes,
+                                nnp_comm_async **out);
+/* Queue an in-place sum of buf[0..n) (local, returns at once). */
+void nnp_comm_async_submit(nnp_comm_async *a, float *buf, size_t n);
+/* Block until every queued range is reduced. *busy_s receives the time the thread spent in
+ * MPI for them (to measure how much of it was hidden behind computation). */
+nnp_status nnp_comm_async_wait(nnp_comm_async *a, double *busy_s);
+void nnp_comm_async_stop(nnp_comm_async *a);
 
 /* Gather one double per rank to every rank: out[size]. */
 nnp_status nnp_comm_allgather_f64(nnp_comm *c, double v, double *out);

@@ -89,8 +89,9 @@ static nnp_option opts[] = {
     S("precond-bias", pbias, "current", "dynamic: bias std from current values or the prior"),
     D("precond-floor", pfloor, "1e-12", "floor on a measured std"),
     L("check-replicas", check_replicas, "1000", "steps between replica checksums (0: off)"),
-    S("allreduce", allreduce, "fused", "gradient allreduce: fused"),
-    D("bucket-mb", bucket_mb, "4", "allreduce chunk size in MiB"),
+    S("allreduce", allreduce, "fused",
+      "gradient allreduce: fused (after backward) | bucketed (overlapped with backward)"),
+    D("bucket-mb", bucket_mb, "4", "allreduce chunk / bucket size in MiB"),
     I("threads", threads, "0",
       "BLAS threads per rank (0: OPENBLAS_NUM_THREADS, else 1 when ranks share a node)"),
     F("quiet", quiet, "0", "no progress lines"),
@@ -182,8 +183,11 @@ static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *
     cfg->check_replicas = O.check_replicas;
     if (strcmp(O.allreduce, "fused") == 0)
         cfg->allreduce = NNP_AR_FUSED;
+    else if (strcmp(O.allreduce, "bucketed") == 0)
+        cfg->allreduce = NNP_AR_BUCKETED;
     else
-        return nnp_error(NNP_ERR_ARG, "--allreduce must be fused, got '%s'", O.allreduce);
+        return nnp_error(NNP_ERR_ARG, "--allreduce must be fused or bucketed, got '%s'",
+                         O.allreduce);
     if (!(O.bucket_mb > 0) || O.bucket_mb > 1024)
         return nnp_error(NNP_ERR_ARG, "--bucket-mb must be in (0, 1024]");
     cfg->bucket_mb = O.bucket_mb;

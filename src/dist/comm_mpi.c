@@ -5,6 +5,7 @@
  */
 #include "nnprec/comm.h"
 #include <mpi.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <time.h>
 #include "nnprec/alloc.h"
@@ -12,6 +13,7 @@
 struct nnp_comm {
     MPI_Comm comm;
     int rank, size, local_size;
+    int thread_level; /* provided by MPI_Init_thread */
 };
 
 static nnp_status mpi_check(int rc, const char *what)
@@ -26,7 +28,7 @@ static nnp_status mpi_check(int rc, const char *what)
 
 nnp_status nnp_comm_init(int *argc, char ***argv, int want_threads, nnp_comm **out)
 {
-    int provided = 0, required = want_threads ? MPI_THREAD_MULTIPLE : MPI_THREAD_FUNNELED;
+    int provided = 0, required = MPI_THREAD_SERIALIZED;
     *out = NULL;
     int inited = 0;
     MPI_Initialized(&inited);
@@ -35,6 +37,7 @@ nnp_status nnp_comm_init(int *argc, char ***argv, int want_threads, nnp_comm **o
     nnp_comm *c = nnp_calloc(1, sizeof *c);
     if (!c)
         return NNP_ERR_NOMEM;
+    MPI_Query_thread(&c->thread_level);
     MPI_Comm_dup(MPI_COMM_WORLD, &c->comm);
     MPI_Comm_set_errhandler(c->comm, MPI_ERRORS_RETURN);
     MPI_Comm_rank(c->comm, &c->rank);
@@ -146,4 +149,123 @@ nnp_status nnp_comm_allgather_f64(nnp_comm *c, double v, double *out)
     }
     return mpi_check(MPI_Allgather(&v, 1, MPI_DOUBLE, out, 1, MPI_DOUBLE, c->comm),
                      "MPI_Allgather");
+}
+
+/* ---- background allreduce --------------------------------------------------------------- */
+
+typedef struct {
+    float *buf;
+    size_t n;
+} async_job;
+
+struct nnp_comm_async {
+    nnp_comm *c;
+    size_t chunk;           /* floats per MPI_Allreduce */
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    async_job *jobs;        /* [max_jobs] queue, reset at every wait */
+    int max_jobs, n_jobs, n_done, stop;
+    int rc;                 /* first MPI error code seen by the thread */
+    double busy_s;          /* time in MPI since the last wait */
+};
+
+static void *async_main(void *arg)
+{
+    nnp_comm_async *a = arg;
+    pthread_mutex_lock(&a->mu);
+    for (;;) {
+        while (!a->stop && a->n_done == a->n_jobs)
+            pthread_cond_wait(&a->cv, &a->mu);
+        if (a->stop)
+            break;
+        async_job j = a->jobs[a->n_done];
+        pthread_mutex_unlock(&a->mu);
+        double t0 = nnp_comm_wtime();
+        int rc = MPI_SUCCESS;
+        for (size_t off = 0; off < j.n && rc == MPI_SUCCESS; off += a->chunk) {
+            size_t m = j.n - off < a->chunk ? j.n - off : a->chunk;
+            rc = MPI_Allreduce(MPI_IN_PLACE, j.buf + off, (int)m, MPI_FLOAT, MPI_SUM, a->c->comm);
+        }
+        double dt = nnp_comm_wtime() - t0;
+        pthread_mutex_lock(&a->mu);
+        a->busy_s += dt;
+        if (rc != MPI_SUCCESS && a->rc == MPI_SUCCESS)
+            a->rc = rc;
+        a->n_done++;
+        pthread_cond_broadcast(&a->cv);
+    }
+    pthread_mutex_unlock(&a->mu);
+    return NULL;
+}
+
+nnp_status nnp_comm_async_start(nnp_comm *c, int max_jobs, size_t chunk_bytes,
+                                nnp_comm_async **out)
+{
+    *out = NULL;
+    if (c->thread_level < MPI_THREAD_SERIALIZED)
+        return nnp_error(NNP_ERR_COMM,
+                         "this MPI library does not provide MPI_THREAD_SERIALIZED, which the "
+                         "bucketed allreduce needs (use --allreduce fused)");
+    nnp_comm_async *a = nnp_calloc(1, sizeof *a);
+    if (!a)
+        return NNP_ERR_NOMEM;
+    a->jobs = nnp_calloc((size_t)max_jobs, sizeof(async_job));
+    if (!a->jobs) {
+        free(a);
+        return NNP_ERR_NOMEM;
+    }
+    a->c = c;
+    a->max_jobs = max_jobs;
+    a->chunk = (chunk_bytes ? chunk_bytes : (size_t)4 << 20) / sizeof(float);
+    if (a->chunk == 0)
+        a->chunk = 1;
+    pthread_mutex_init(&a->mu, NULL);
+    pthread_cond_init(&a->cv, NULL);
+    if (pthread_create(&a->thread, NULL, async_main, a) != 0) {
+        free(a->jobs);
+        free(a);
+        return nnp_error(NNP_ERR_COMM, "cannot start the communication thread");
+    }
+    *out = a;
+    return NNP_OK;
+}
+
+void nnp_comm_async_submit(nnp_comm_async *a, float *buf, size_t n)
+{
+    pthread_mutex_lock(&a->mu);
+    if (a->n_jobs < a->max_jobs) /* the trainer sizes max_jobs to its bucket count */
+        a->jobs[a->n_jobs++] = (async_job){buf, n};
+    pthread_cond_broadcast(&a->cv);
+    pthread_mutex_unlock(&a->mu);
+}
+
+nnp_status nnp_comm_async_wait(nnp_comm_async *a, double *busy_s)
+{
+    pthread_mutex_lock(&a->mu);
+    while (a->n_done < a->n_jobs)
+        pthread_cond_wait(&a->cv, &a->mu);
+    int rc = a->rc;
+    if (busy_s)
+        *busy_s = a->busy_s;
+    a->busy_s = 0;
+    a->n_jobs = a->n_done = 0;
+    a->rc = MPI_SUCCESS;
+    pthread_mutex_unlock(&a->mu);
+    return mpi_check(rc, "MPI_Allreduce(gradient bucket)");
+}
+
+void nnp_comm_async_stop(nnp_comm_async *a)
+{
+    if (!a)
+        return;
+    pthread_mutex_lock(&a->mu);
+    a->stop = 1;
+    pthread_cond_broadcast(&a->cv);
+    pthread_mutex_unlock(&a->mu);
+    pthread_join(a->thread, NULL);
+    pthread_mutex_destroy(&a->mu);
+    pthread_cond_destroy(&a->cv);
+    free(a->jobs);
+    free(a);
 }
