@@ -16,12 +16,11 @@ typedef struct {
     uint64_t counter; /* number of 64-bit outputs drawn */
 } nnp_rng;
 
-/* Stream ids used by the library (any uint64 works; these keep streams apart). */
-enum {
-    NNP_STREAM_INIT = 1,    /* + layer index: parameter initialization */
-    NNP_STREAM_SHUFFLE = 2, /* + epoch << 8: per-epoch permutation */
-    NNP_STREAM_DATA = 3,    /* synthetic inputs in tests and `nnprec stats` */
-};
+/* Stream ids used by the library: the kind in the top byte, an index below it, so no two
+ * kinds can ever share a stream (e.g. the init of layer 1 and the shuffle of epoch 0). */
+#define NNP_STREAM_INIT ((uint64_t)1 << 56)    /* + trainable-layer index */
+#define NNP_STREAM_SHUFFLE ((uint64_t)2 << 56) /* + (epoch << 8): per-epoch permutation */
+#define NNP_STREAM_DATA ((uint64_t)3 << 56)    /* + index: synthetic inputs (tests, stats) */
 
 void nnp_rng_seed(nnp_rng *r, uint64_t seed, uint64_t stream);
 uint64_t nnp_rng_u64(nnp_rng *r);

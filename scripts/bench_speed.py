@@ -1,0 +1,77 @@
+#!/usr/bin/python3
+"""Single-rank training speed: nnprec vs PyTorch on CPU, same model, batch and thread count.
+
+For each case (LeNet batch 64, mlp:784-1024x4-10 batch 256) it alternates nnprec and
+PyTorch runs --rounds times (the machine is shared, so interleaving keeps both under the
+same load) and reports the median samples/s of each, and their ratio. For the MLP it also
+prints the GFLOP/s nnprec achieves as a fraction of what cblas_sgemm reaches on exactly the
+same GEMM shapes in the same run (`nnprec bench`), and which OpenBLAS kernel ran.
+
+  scripts/bench_speed.py [--nnprec build/nnprec] [--rounds 3]
+"""
+import argparse
+import csv
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CASES = [("lenet", 64, 400), ("mlp:784-1024x4-10", 256, 60)]
+
+
+def nnprec_sps(nnprec, model, batch, steps, threads):
+    with tempfile.TemporaryDirectory() as d:
+        log_every = max(steps // 5, 1)
+        cmd = [nnprec, "train", "--model", model, "--batch", str(batch), "--steps", str(steps),
+               "--threads", str(threads), "--log-every", str(log_every), "--eval-every",
+               str(10 ** 9), "--test-limit", "100", "--check-replicas", "0", "--quiet", "--out", d]
+        subprocess.run(cmd, check=True)
+        rows = list(csv.DictReader(open(os.path.join(d, "train.csv"))))
+        # the first interval includes warm-up (page faults, OpenBLAS buffers)
+        return statistics.median(float(r["samples_per_s"]) for r in rows[1:])
+
+
+def torch_sps(model, batch, steps, threads):
+    out = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "scripts", "torch_ref.py"), "bench",
+                          "--model", model, "--batch", str(batch), "--steps", str(steps),
+                          "--threads", str(threads)], check=True, capture_output=True, text=True).stdout
+    return float(re.search(r"samples_per_s: ([\d.]+)", out).group(1)), out.splitlines()[0]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nnprec", default=os.path.join(ROOT, "build", "nnprec"))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args()
+    if not os.access(a.nnprec, os.X_OK):
+        sys.exit(f"bench_speed.py: error: {a.nnprec} is not an executable (build first)")
+    env_core = os.environ.get("OPENBLAS_CORETYPE", "(unset)")
+    print(f"OPENBLAS_CORETYPE={env_core}; threads per process: {a.threads}")
+    gemm = subprocess.run([a.nnprec, "bench", "--model", CASES[1][0], "--batch", str(CASES[1][1]),
+                           "--threads", str(a.threads)], check=True, capture_output=True, text=True).stdout
+    print(gemm.splitlines()[0])
+    total = re.search(r"total: ([\d.]+) ms per step of batch (\d+), ([\d.]+) GFLOP, ([\d.]+) GFLOP/s", gemm)
+    gflop_step, gemm_rate = float(total.group(3)), float(total.group(4))
+    print(f"{'model':<20} {'batch':>5} {'nnprec samples/s':>17} {'torch samples/s':>16} {'ratio':>6}")
+    for model, batch, steps in CASES:
+        ours, theirs, tver = [], [], ""
+        for _ in range(a.rounds):
+            ours.append(nnprec_sps(a.nnprec, model, batch, steps, a.threads))
+            t, tver = torch_sps(model, batch, steps, a.threads)
+            theirs.append(t)
+        o, t = statistics.median(ours), statistics.median(theirs)
+        print(f"{model:<20} {batch:>5} {o:>17.0f} {t:>16.0f} {o / t:>6.2f}x", flush=True)
+        if model.startswith("mlp"):
+            achieved = o / batch * gflop_step
+            print(f"  MLP: nnprec {achieved:.1f} GFLOP/s = {100 * achieved / gemm_rate:.0f}% of "
+                  f"cblas_sgemm on the same shapes ({gemm_rate:.1f} GFLOP/s); PyTorch "
+                  f"{t / batch * gflop_step:.1f} GFLOP/s = {100 * t / batch * gflop_step / gemm_rate:.0f}%")
+    print(f"({tver}; medians of {a.rounds} interleaved rounds)")
+
+
+if __name__ == "__main__":
+    main()

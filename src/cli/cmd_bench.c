@@ -1,0 +1,146 @@
+/* cmd_bench.c - `nnprec bench`: the GEMM ceiling of a model's dense layers.
+ *
+ * For every dense layer of the model (out x in, batch B) a training step does three
+ * products: forward y = x W^T (B x out x in), weight gradient dW = dy^T x (out x in x B)
+ * and input gradient dx = dy W (B x in x out; skipped for the first layer, as the trainer
+ * does). This command times exactly those cblas_sgemm calls, alone, with the BLAS threads
+ * in force, and prints their GFLOP/s and the step time they would take. The speed
+ * benchmark (scripts/bench_speed.py) divides the trainer's achieved GFLOP/s by this figure.
+ */
+#include <cblas.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "cli.h"
+#include "nnprec/alloc.h"
+#include "nnprec/net.h"
+#include "nnprec/options.h"
+
+char *openblas_get_corename(void);
+char *openblas_get_config(void);
+int openblas_get_num_threads(void);
+
+static struct {
+    char model[NNP_OPT_STRLEN], act[NNP_OPT_STRLEN];
+    int batch, reps, threads;
+} B;
+
+static nnp_option bench_opts[] = {
+    {"model", NNP_OPTT_STR, B.model, "mlp:784-1024x4-10", "model spec (docs/models.md)", 0},
+    {"act", NNP_OPTT_STR, B.act, "relu", "activation for mlp specs", 0},
+    {"batch", NNP_OPTT_INT, &B.batch, "256", "batch size", 0},
+    {"reps", NNP_OPTT_INT, &B.reps, "20", "timed repetitions of each product", 0},
+    {"threads", NNP_OPTT_INT, &B.threads, "1", "BLAS threads (0: leave OpenBLAS's setting)", 0},
+};
+#define N_BENCH ((int)(sizeof bench_opts / sizeof bench_opts[0]))
+
+void openblas_set_num_threads(int n);
+
+/* Median of reps timings of one sgemm C[M,N] = A[M,K] op B. */
+static double time_gemm(int M, int N, int K, int transA, int transB, const float *A,
+                        const float *Bm, float *C, int reps)
+{
+    double best[64];
+    if (reps > 64)
+        reps = 64;
+    for (int r = -2; r < reps; r++) { /* two warm-up calls */
+        double t0 = nnp_comm_wtime();
+        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans,
+                    transB ? CblasTrans : CblasNoTrans, M, N, K, 1.0f, A, transA ? M : K, Bm,
+                    transB ? K : N, 0.0f, C, N);
+        if (r >= 0)
+            best[r] = nnp_comm_wtime() - t0;
+    }
+    /* median by insertion sort (reps is small) */
+    for (int i = 1; i < reps; i++)
+        for (int j = i; j > 0 && best[j] < best[j - 1]; j--) {
+            double t = best[j];
+            best[j] = best[j - 1];
+            best[j - 1] = t;
+        }
+    return best[reps / 2];
+}
+
+nnp_status nnp_cmd_bench(nnp_comm *comm, int argc, char **argv)
+{
+    int help = 0;
+    NNP_CALL(nnp_options_parse(bench_opts, N_BENCH, argc, argv, &help));
+    if (nnp_comm_rank(comm) != 0)
+        return NNP_OK;
+    if (help) {
+        nnp_options_help(stdout, "usage: nnprec bench [options]\n\nTimes the cblas_sgemm calls "
+                                 "of one training step of the model's dense layers.",
+                         bench_opts, N_BENCH);
+        return NNP_OK;
+    }
+    if (B.batch < 1 || B.reps < 1 || B.threads < 0)
+        return nnp_error(NNP_ERR_ARG, "--batch and --reps must be >= 1, --threads >= 0");
+    if (B.threads > 0)
+        openblas_set_num_threads(B.threads);
+    nnp_act act;
+    NNP_CALL(nnp_act_parse(B.act, &act));
+    nnp_net *net = NULL;
+    NNP_CALL(nnp_net_create(B.model, (nnp_shape){1, 28, 28}, act, 1, &net));
+    int maxdim = 0;
+    for (int j = 0; j < net->n_tensors; j += 2) {
+        const nnp_tensor *t = &net->tensors[j];
+        if (t->fan_in > maxdim)
+            maxdim = t->fan_in;
+        if (t->fan_out > maxdim)
+            maxdim = t->fan_out;
+    }
+    size_t big = (size_t)maxdim * (size_t)(maxdim > B.batch ? maxdim : B.batch);
+    float *A = nnp_calloc(big, sizeof(float)), *Bm = nnp_calloc(big, sizeof(float)),
+          *C = nnp_calloc(big, sizeof(float));
+    if (!A || !Bm || !C) {
+        free(A);
+        free(Bm);
+        free(C);
+        nnp_net_free(net);
+        return NNP_ERR_NOMEM;
+    }
+    for (size_t i = 0; i < big; i++) {
+        A[i] = (float)((i * 7919) % 1000) * 1e-3f - 0.5f;
+        Bm[i] = (float)((i * 104729) % 1000) * 1e-3f - 0.5f;
+    }
+    printf("openblas: core %s, config %s, %d thread(s)\n", openblas_get_corename(),
+           openblas_get_config(), openblas_get_num_threads());
+    printf("%-12s %-8s %6s %6s %6s %10s %9s\n", "layer", "product", "M", "N", "K", "ms",
+           "GFLOP/s");
+    double total_s = 0, total_flop = 0;
+    int first = 1;
+    for (int j = 0; j < net->n_tensors; j += 2) {
+        const nnp_tensor *t = &net->tensors[j];
+        if (t->ndim != 2)
+            continue; /* conv layers are not plain GEMMs */
+        int in = t->fan_in, out = t->fan_out, Bt = B.batch;
+        struct { const char *name; int M, N, K, ta, tb; } prods[3] = {
+            {"forward", Bt, out, in, 0, 1},  /* y[B,out] = x[B,in] W[out,in]^T */
+            {"dW", out, in, Bt, 1, 0},       /* dW[out,in] = dy[B,out]^T x[B,in] */
+            {"dx", Bt, in, out, 0, 0},       /* dx[B,in] = dy[B,out] W[out,in] */
+        };
+        for (int p = 0; p < 3; p++) {
+            if (p == 2 && first)
+                continue; /* the first layer's input gradient is never computed */
+            double s = time_gemm(prods[p].M, prods[p].N, prods[p].K, prods[p].ta, prods[p].tb, A,
+                                 Bm, C, B.reps);
+            double flop = 2.0 * prods[p].M * prods[p].N * prods[p].K;
+            total_s += s;
+            total_flop += flop;
+            char lname[16];
+            snprintf(lname, sizeof lname, "%.11s", t->name);
+            printf("%-12s %-8s %6d %6d %6d %10.3f %9.2f\n", lname, prods[p].name, prods[p].M,
+                   prods[p].N, prods[p].K, 1e3 * s, flop / s * 1e-9);
+        }
+        first = 0;
+    }
+    printf("total: %.3f ms per step of batch %d, %.3f GFLOP, %.2f GFLOP/s, %.0f samples/s "
+           "(GEMM ceiling)\n",
+           1e3 * total_s, B.batch, total_flop * 1e-9, total_flop / total_s * 1e-9,
+           B.batch / total_s);
+    free(A);
+    free(Bm);
+    free(C);
+    nnp_net_free(net);
+    return NNP_OK;
+}
