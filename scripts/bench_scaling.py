@@ -1,0 +1,102 @@
+#!/usr/bin/python3
+"""Data-parallel scaling of nnprec, with PyTorch DDP (gloo, 1 thread per process) alongside.
+
+Weak scaling: fixed batch per rank (LeNet 64, mlp:784-1024x4-10 256), 1..P ranks;
+efficiency(p) = samples/s(p) / (p * samples/s(1)). Strong scaling: a fixed global batch
+(LeNet 256, MLP 1024) split over the ranks. For every nnprec run it also reports the share
+of step time spent in the allreduce (including the wait for the slowest rank) and, with
+--allreduce bucketed, how much of the communication thread's allreduce time was hidden
+behind backward (1 - exposed / thread time).
+
+  scripts/bench_scaling.py [--ranks 1 2] [--models lenet mlp] [--no-torch]
+
+Each rank is bound to a core (--bind-to core) with one BLAS thread.
+"""
+import argparse
+import csv
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = {"lenet": ("lenet", 64, 256, 300), "mlp": ("mlp:784-1024x4-10", 256, 1024, 40)}
+ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+           OPENBLAS_NUM_THREADS="1")
+
+
+def run_nnprec(a, model, np_, batch_args, steps, allreduce):
+    with tempfile.TemporaryDirectory() as d:
+        log_every = max(steps // 5, 1)
+        cmd = ["mpirun", "-np", str(np_), "--bind-to", "core", "--oversubscribe", a.nnprec, "train",
+               "--model", model, *batch_args, "--steps", str(steps), "--log-every", str(log_every),
+               "--eval-every", str(10 ** 9), "--test-limit", "100", "--check-replicas", "0",
+               "--allreduce", allreduce, "--quiet", "--out", d]
+        subprocess.run(cmd, check=True, env=ENV, stdout=subprocess.DEVNULL)
+        rows = list(csv.DictReader(open(os.path.join(d, "train.csv"))))
+        sps = statistics.median(float(r["samples_per_s"]) for r in rows[1:])
+        t = {}
+        for r in csv.DictReader(open(os.path.join(d, "timing.csv"))):
+            if int(r["step"]) > log_every:  # skip the warm-up interval
+                t[r["phase"]] = t.get(r["phase"], 0.0) + float(r["mean_s"])
+        step_time = sum(v for k, v in t.items() if k != "ar_thread")
+        ar_share = (t.get("allreduce", 0) + t.get("ar_wait", 0)) / step_time if step_time else 0
+        hidden = None
+        if t.get("ar_thread", 0) > 0:
+            hidden = 1 - t["allreduce"] / t["ar_thread"]
+        return sps, ar_share, hidden
+
+
+def run_torch(model, np_, batch, steps):
+    out = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "scripts", "torch_ref.py"), "ddp",
+                          "--model", model, "--nproc", str(np_), "--batch", str(batch),
+                          "--steps", str(steps), "--pin"], check=True, capture_output=True,
+                         text=True).stdout
+    return float(re.search(r"samples_per_s: ([\d.]+)", out).group(1))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nnprec", default=os.path.join(ROOT, "build", "nnprec"))
+    ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--models", nargs="+", default=["lenet", "mlp"], choices=sorted(MODELS))
+    ap.add_argument("--no-torch", action="store_true", help="skip PyTorch DDP")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat and keep the median")
+    a = ap.parse_args()
+    if not os.access(a.nnprec, os.X_OK):
+        sys.exit(f"bench_scaling.py: error: {a.nnprec} is not an executable (build first)")
+    print(f"{'model':<6} {'mode':<6} {'ranks':>5} {'allreduce':>9} {'samples/s':>10} {'eff':>6} "
+          f"{'AR share':>8} {'hidden':>6} {'torch DDP':>10} {'torch eff':>9}")
+    for m in a.models:
+        model, b, gb, steps = MODELS[m]
+        for mode in ("weak", "strong"):
+            base = {}
+            for allreduce in ("fused", "bucketed"):
+                for p in a.ranks:
+                    if allreduce == "bucketed" and p == 1:
+                        continue
+                    batch_args = ["--batch", str(b)] if mode == "weak" else ["--global-batch", str(gb)]
+                    res = [run_nnprec(a, model, p, batch_args, steps, allreduce) for _ in range(a.rounds)]
+                    sps = statistics.median(r[0] for r in res)
+                    share, hidden = res[0][1], res[0][2]
+                    if p == 1:
+                        base["nnprec"] = sps
+                    ideal = base["nnprec"] * (p if mode == "weak" else 1) if mode == "weak" else base["nnprec"] * p
+                    eff = sps / ideal
+                    tsps = teff = None
+                    if not a.no_torch and allreduce == "fused" and mode == "weak":
+                        tsps = run_torch(model, p, b, steps)
+                        if p == 1:
+                            base["torch"] = tsps
+                        teff = tsps / (p * base["torch"])
+                    print(f"{m:<6} {mode:<6} {p:>5} {allreduce:>9} {sps:>10.0f} {100 * eff:>5.0f}% "
+                          f"{100 * share:>7.1f}% "
+                          f"{'' if hidden is None else f'{100 * hidden:.0f}%':>6} "
+                          f"{'' if tsps is None else f'{tsps:.0f}':>10} "
+                          f"{'' if teff is None else f'{100 * teff:.0f}%':>9}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
