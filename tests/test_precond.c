@@ -435,7 +435,8 @@ static void backward_stats(const char *spec, int B, int R, int seed_must_fail, d
     ASSERT_OK(nnp_precond_init(&pc, &cc, net));
     ASSERT_OK(nnp_precond_init(&ps, &cs, net));
     int n = pc.n;
-    double *T = calloc((size_t)R * MAXT, sizeof(double)), A[MAXT], sd_meas[MAXT] = {0};
+    double *T = calloc((size_t)R * MAXT, sizeof(double)), A[MAXT], sd_meas[MAXT] = {0},
+           sd_pred[MAXT] = {0};
     for (int r = 0; r < R; r++) {
         ASSERT_OK(nnp_init_net(net, &ic, 200 + (uint64_t)r));
         nnp_rng g;
@@ -456,6 +457,7 @@ static void backward_stats(const char *spec, int B, int R, int seed_must_fail, d
             double g2 = mean_sq(net->grads + t->off, t->n);
             T[j * R + r] = pc.prec[j] * pc.prec[j] * g2 / A[j];
             sd_meas[j] += pc.scale[j] * sqrt(g2) / R;
+            sd_pred[j] += pc.sigma[j] * sqrt(A[j]) / R;
         }
     }
     int seed_off = 0;
@@ -470,7 +472,7 @@ static void backward_stats(const char *spec, int B, int R, int seed_must_fail, d
         int seed_ok = ts >= lo && ts <= hi;
         seed_off += !seed_ok;
         printf("    %-14s %10.4g %10.4g %8.4f [%7.4f,%7.4f] %8.3g %9.4f%s%s\n",
-               net->tensors[j].name, pc.sigma[j] * sqrt(A[j]), sd_meas[j], m, lo, hi, ts, rs,
+               net->tensors[j].name, sd_pred[j], sd_meas[j], m, lo, hi, ts, rs,
                seed_ok ? "" : " (seed out)", ok ? "" : model_tol > 0 ? " (model tol)" : "  <-- FAIL");
         ASSERT_TRUE(ok || (model_tol > 0 && m >= lo * (1 - model_tol) && m <= hi * (1 + model_tol)));
         if (j == 0 && seed_must_fail)
@@ -645,6 +647,46 @@ static void test_corrected_lenet(void)
     nnp_net_free(net);
 }
 
+/* Backward factor d = g^2/(fan_out sigma^2) of the second layer of small nets: one per
+ * activation / pooling kind. The tanh and sigmoid values are E[f'(z)^2], z ~ N(0,1), from an
+ * independent 200001-point quadrature on [-12, 12]. */
+static double second_layer_d(const char *spec, nnp_shape in)
+{
+    nnp_net *net = NULL;
+    if (nnp_net_create(spec, in, NNP_ACT_RELU, 2, &net) != NNP_OK) {
+        fprintf(stderr, "cannot build %s: %s\n", spec, nnp_error_msg());
+        exit(2);
+    }
+    nnp_precond_cfg c = cfg_of(NNP_PRECOND_STATIC, NNP_PFORM_CORRECTED);
+    nnp_precond p;
+    ASSERT_OK(nnp_precond_init(&p, &c, net));
+    const nnp_tensor *t = &net->tensors[2];
+    double d = p.gain[2] * p.gain[2] / (t->fan_out * p.sigma[2] * p.sigma[2]);
+    nnp_precond_free(&p);
+    nnp_net_free(net);
+    return d;
+}
+
+static void test_corrected_factors(void)
+{
+    nnp_shape f8 = {8, 1, 1}, im = {1, 8, 8};
+    ASSERT_CLOSE(second_layer_d("seq:8/dense:8/relu/dense:3", f8), 0.5, 1e-15, 0);
+    ASSERT_CLOSE(second_layer_d("seq:8/dense:8/leaky-relu:0.1/dense:3", f8), 0.505, 1e-7, 0);
+    ASSERT_CLOSE(second_layer_d("seq:8/dense:8/dense:3", f8), 1.0, 1e-15, 0);
+    ASSERT_CLOSE(second_layer_d("seq:8/dense:8/tanh/dense:3", f8), 0.4644029024482378, 1e-9, 0);
+    ASSERT_CLOSE(second_layer_d("seq:8/dense:8/sigmoid/dense:3", f8), 0.044836241350191895,
+                 1e-9, 0);
+    /* conv 8x8 pad 2 -> 10x10; 2x2 average pool -> 5x5: (25/100)/4 times relu's 1/2 */
+    ASSERT_CLOSE(second_layer_d("seq:1x8x8/conv:2:3:1:2/relu/avgpool:2/flatten/dense:3", im),
+                 0.5 * 0.25 / 4, 1e-15, 0);
+    /* 2x2 max pool after relu: the window maximum is positive w.p. 15/16 */
+    ASSERT_CLOSE(second_layer_d("seq:1x8x8/conv:2:3:1:2/relu/maxpool:2/flatten/dense:3", im),
+                 15.0 / 16 * 0.25, 1e-15, 0);
+    ASSERT_CLOSE(second_layer_d("seq:1x8x8/conv:2:3:1:2/maxpool:2/leaky-relu:0.1/flatten/dense:3",
+                                im),
+                 (15.0 / 16 + 0.01 / 16) * 0.25, 1e-7, 0);
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "--trials") == 0) {
@@ -659,6 +701,7 @@ int main(int argc, char **argv)
     test_dynamic_step0();
     test_errors();
     test_corrected_lenet();
+    test_corrected_factors();
     test_statistics();
     fflush(stdout);
     TEST_MAIN_END();
