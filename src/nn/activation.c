@@ -52,12 +52,16 @@ void nnp_act_backward(nnp_act a, float alpha, size_t n, const float *x, const fl
 {
     switch (a) {
     case NNP_ACT_RELU:
-        for (size_t i = 0; i < n; i++)
-            dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
+        for (size_t i = 0; i < n; i++) {
+            const float d = dy[i]; /* loaded unconditionally so the select vectorizes */
+            dx[i] = x[i] > 0.0f ? d : 0.0f;
+        }
         break;
     case NNP_ACT_LEAKY_RELU:
-        for (size_t i = 0; i < n; i++)
-            dx[i] = x[i] > 0.0f ? dy[i] : alpha * dy[i];
+        for (size_t i = 0; i < n; i++) {
+            const float d = dy[i];
+            dx[i] = d * (x[i] > 0.0f ? 1.0f : alpha);
+        }
         break;
     case NNP_ACT_TANH:
         for (size_t i = 0; i < n; i++)

@@ -41,10 +41,11 @@ void nnp_maxpool_forward(const nnp_pool_geom *g, int B, const float *x, float *y
                     const int row = (oh * s + i) * W + ow * s;
                     for (int j = 0; j < k; j++) {
                         const float v = xp[row + j];
-                        if (v > m || (v != v && m == m)) {
-                            m = v;
-                            best = row + j;
-                        }
+                        /* branch-free select (random data mispredicts half the branches);
+                         * a NaN wins over a number, as in PyTorch */
+                        const int take = (v > m) | ((v != v) & (m == m));
+                        m = take ? v : m;
+                        best = take ? row + j : best;
                     }
                 }
                 yp[oh * OW + ow] = m;
