@@ -19,7 +19,8 @@ static void usage(FILE *f)
             "preconditioner\n\n"
             "usage: mpirun -np P nnprec <command> [options]\n\n"
             "commands:\n"
-            "  train     train a model (nnprec train --help lists every option)\n\n"
+            "  train     train a model (nnprec train --help lists every option)\n"
+            "  stats     per-layer activation and gradient statistics at initialization\n\n"
             "  nnprec --version   print the version\n"
             "  nnprec --help      this text\n",
             NNP_VERSION);
@@ -52,6 +53,8 @@ int main(int argc, char **argv)
     nnp_status (*cmd)(nnp_comm *, int, char **) = NULL;
     if (strcmp(argv[1], "train") == 0)
         cmd = nnp_cmd_train;
+    else if (strcmp(argv[1], "stats") == 0)
+        cmd = nnp_cmd_stats;
     if (!cmd) {
         fprintf(stderr, "nnprec: error: unknown command '%s' (see nnprec --help)\n", argv[1]);
         return NNP_EXIT_USAGE;

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Command-line behaviour of `nnprec stats`: help, a synthetic run with --csv, collapse mode,
+# option errors (exit 2, one line), and a launch under mpiexec.
+# usage: cli_stats.sh NNPREC [MPIEXEC]
+set -uo pipefail
+nnprec=$1 mpiexec=${2:-}
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fails=0 passes=0
+ok()   { passes=$((passes + 1)); }
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+
+# expect CODE PATTERN cmd...: exit code CODE and stderr matching PATTERN in ONE line
+expect() {
+  local code=$1 pat=$2; shift 2
+  timeout 60 "$@" > "$tmp/out" 2> "$tmp/err"
+  local rc=$?
+  local n; n=$(grep -c '^nnprec' "$tmp/err")
+  if [ "$rc" != "$code" ]; then fail "$* -> exit $rc, want $code; stderr: $(head -3 "$tmp/err")"; return; fi
+  if ! grep -q -- "$pat" "$tmp/err"; then fail "$* -> stderr lacks '$pat': $(head -3 "$tmp/err")"; return; fi
+  if [ "$n" != 1 ] || [ "$(wc -l < "$tmp/err")" != 1 ]; then
+    fail "$* -> stderr is not one line: $(cat "$tmp/err")"; return; fi
+  ok
+}
+
+# --help lists every option with its default, and exits 0
+"$nnprec" stats --help > "$tmp/help" || fail "stats --help exit code"
+for o in model depth width init act batch synthetic data grad precond repeat seed collapse \
+         inits collapse-ratio csv; do
+  grep -q -- "--$o " "$tmp/help" || fail "--help does not list --$o"
+done
+grep -q -- '--batch N .*\[256\]' "$tmp/help" && ok || fail "--help does not show the --batch default"
+"$nnprec" --help | grep -q stats && ok || fail "nnprec --help does not list stats"
+
+# a synthetic run: one CSV row per trainable layer under the header
+if "$nnprec" stats --depth 5 --width 32 --batch 16 --init kaiming-normal --synthetic \
+     --precond static --csv "$tmp/s.csv" > "$tmp/out" 2> "$tmp/err"; then
+  head -1 "$tmp/s.csv" | grep -qx 'layer,name,in_mean,in_std,pre_std,post_std,wgrad_std,dx_std,pgrad_std' \
+    && ok || fail "CSV header: $(head -1 "$tmp/s.csv")"
+  [ "$(wc -l < "$tmp/s.csv")" = 6 ] && ok || fail "CSV has $(wc -l < "$tmp/s.csv") lines, want 6"
+  [ "$(grep -c '^ *[0-9]\+  fc' "$tmp/out")" = 5 ] && ok || fail "stdout rows: $(cat "$tmp/out")"
+else
+  fail "synthetic run failed: $(cat "$tmp/err")"
+fi
+# repeats add a spread column per value
+"$nnprec" stats --model mlp:16-8-4 --repeat 3 --batch 8 --csv "$tmp/r.csv" > /dev/null 2>&1 \
+  && head -1 "$tmp/r.csv" | grep -q 'in_std,in_std_sd' && ok || fail "--repeat CSV lacks _sd columns"
+# collapse mode: normal:0.01 collapses, kaiming-normal does not
+if "$nnprec" stats --collapse --depth 30 --width 64 --batch 32 \
+     --inits kaiming-normal,normal:0.01 --csv "$tmp/c.csv" > "$tmp/out" 2> "$tmp/err"; then
+  grep -q '^kaiming-normal,none,' "$tmp/c.csv" && ok || fail "kaiming collapsed: $(cat "$tmp/c.csv")"
+  grep -q '^normal:0.01,[0-9]' "$tmp/c.csv" && ok || fail "normal:0.01 did not collapse: $(cat "$tmp/c.csv")"
+else
+  fail "collapse run failed: $(cat "$tmp/err")"
+fi
+
+expect 2 "unknown option '--bogus'" "$nnprec" stats --bogus 1
+expect 2 "give --model SPEC or --depth D" "$nnprec" stats
+expect 2 "--grad must be normal or loss" "$nnprec" stats --depth 3 --grad foo
+expect 2 "--batch must be" "$nnprec" stats --depth 3 --batch 0
+expect 2 "not both" "$nnprec" stats --depth 3 --synthetic --data /nonexistent
+expect 1 "cannot open" "$nnprec" stats --depth 3 --width 8 --batch 4 --csv /nonexistent/dir/x.csv
+
+# under mpiexec every rank starts; rank 0 alone prints the table
+if [ -n "$mpiexec" ]; then
+  if timeout 120 "$mpiexec" -n 2 --oversubscribe "$nnprec" stats --depth 4 --width 16 --batch 8 \
+       > "$tmp/out" 2> "$tmp/err"; then
+    [ "$(grep -c '^# nnprec stats' "$tmp/out")" = 1 ] && ok || fail "mpiexec -n 2: $(cat "$tmp/out")"
+  else
+    fail "mpiexec -n 2 run failed: $(cat "$tmp/err")"
+  fi
+fi
+
+echo "cli_stats: $passes passed, $fails failed"
+[ "$fails" = 0 ]
