@@ -1207,9 +1207,15 @@ nnp_status nnp_ckpt_info(const char *path, FILE *out)
         if (H5Lexists(f, "optimizer", H5P_DEFAULT) > 0) {
             hid_t g = H5Gopen2(f, "optimizer", H5P_DEFAULT);
             fprintf(out, "optimizer:\n");
-            const char *an[] = {"kind", "t", "momentum", "dampening", "weight_decay",
-                                "nesterov", "beta1", "beta2", "eps"};
-            for (size_t i = 0; i < sizeof an / sizeof an[0]; i++) {
+            char kind[32] = "";
+            if (attr_string(path, g, "/optimizer:", "kind", kind, sizeof kind) != 0)
+                nnp_error_clear();
+            int sgd = strcmp(kind, "sgd") == 0;
+            const char *an_sgd[] = {"kind", "t", "momentum", "dampening", "nesterov",
+                                    "weight_decay"};
+            const char *an_adam[] = {"kind", "t", "beta1", "beta2", "eps", "weight_decay"};
+            const char **an = sgd ? an_sgd : an_adam;
+            for (size_t i = 0; i < 6; i++) {
                 char label[40];
                 snprintf(label, sizeof label, "  %s", an[i]);
                 print_attr_line(path, g, "/optimizer:", an[i], label, out);
