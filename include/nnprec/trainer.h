@@ -36,7 +36,19 @@ typedef struct {
     double bucket_mb;
     const char *out_dir;   /* where train.csv, eval.csv, timing.csv, layers.csv go ("" = none) */
     int quiet;             /* no progress lines */
+    /* checkpoints (rank 0 writes OUT_DIR/ckpt-STEP.h5, see docs/checkpoint.md) */
+    int64_t checkpoint_every; /* steps between checkpoints; 0 = only at the end */
+    int keep;              /* checkpoints kept (older ones deleted); 0 = all */
+    const char *resume;    /* checkpoint to resume from (already resolved), "" = fresh start */
+    const char *options;   /* "name=value" lines of every option, stored in checkpoints */
+    double norm_mean, norm_std; /* input normalization, stored in checkpoints */
+    const char *stop_file; /* rank 0 stops (checkpoint, exit 75) when this file exists; "" = none */
 } nnp_train_cfg;
+
+/* Install SIGTERM/SIGUSR1 handlers: the first signal asks the training loop to finish its
+ * step, checkpoint and return NNP_ERR_INTERRUPTED on every rank; a second one exits the
+ * process at once (status 128 + signal). */
+void nnp_train_install_signals(void);
 
 typedef struct {
     int64_t steps;          /* steps run */

@@ -15,6 +15,7 @@ enum {
 /* Each subcommand parses argv (its options only) and returns a status; main maps it to
  * an exit code after all ranks agreed. */
 nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv);
+nnp_status nnp_cmd_bench(nnp_comm *comm, int argc, char **argv);
 nnp_status nnp_cmd_stats(nnp_comm *comm, int argc, char **argv);
 
 /* Print the error of this rank if it is the reporting one (see nnp_comm_agree). */

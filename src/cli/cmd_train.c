@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include "cli.h"
+#include "nnprec/ckpt.h"
 #include "nnprec/data.h"
 #include "nnprec/init.h"
 #include "nnprec/net.h"
@@ -29,11 +30,12 @@ typedef struct {
     char optim[NNP_OPT_STRLEN], schedule[NNP_OPT_STRLEN], data[NNP_OPT_STRLEN];
     char normalize[NNP_OPT_STRLEN], out[NNP_OPT_STRLEN], precond[NNP_OPT_STRLEN];
     char pformula[NNP_OPT_STRLEN], pbias[NNP_OPT_STRLEN], allreduce[NNP_OPT_STRLEN];
+    char resume[NNP_OPT_STRLEN], stop_file[NNP_OPT_STRLEN];
     double lr, momentum, dampening, wd, beta1, beta2, eps, gamma, min_lr, bucket_mb;
     double prelu, pprior, pbias_std, pbias_gain, pfloor;
-    int nesterov, epochs, batch, global_batch, step_epochs, precond_every, threads, quiet;
+    int nesterov, epochs, batch, global_batch, step_epochs, precond_every, threads, quiet, keep;
     int64_t steps, warmup, eval_every, log_every, stats_every, check_replicas;
-    int64_t seed, train_limit, test_limit;
+    int64_t seed, train_limit, test_limit, checkpoint_every;
 } train_opts;
 
 static train_opts O;
@@ -94,6 +96,11 @@ static nnp_option opts[] = {
     D("bucket-mb", bucket_mb, "4", "allreduce chunk / bucket size in MiB"),
     I("threads", threads, "0",
       "BLAS threads per rank (0: OPENBLAS_NUM_THREADS, else 1 when ranks share a node)"),
+    L("checkpoint-every", checkpoint_every, "0",
+      "steps between checkpoints in --out (0: only at the end and on SIGTERM/SIGUSR1)"),
+    I("keep", keep, "3", "checkpoints to keep in --out (0: all)"),
+    S("resume", resume, "", "checkpoint FILE to resume from, or auto (latest in --out, if any)"),
+    S("stop-file", stop_file, "", "checkpoint and exit 75 when this file appears (rank 0 polls)"),
     F("quiet", quiet, "0", "no progress lines"),
 };
 #define N_OPTS ((int)(sizeof opts / sizeof opts[0]))
@@ -195,6 +202,16 @@ static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *
         return nnp_error(NNP_ERR_ARG, "--train-limit and --test-limit must be >= 0");
     if (O.threads < 0)
         return nnp_error(NNP_ERR_ARG, "--threads must be >= 0");
+    if (O.checkpoint_every < 0 || O.keep < 0)
+        return nnp_error(NNP_ERR_ARG, "--checkpoint-every and --keep must be >= 0");
+    if ((O.checkpoint_every > 0 || O.resume[0] || O.stop_file[0]) && !O.out[0] &&
+        strcmp(O.resume, "auto") == 0)
+        return nnp_error(NNP_ERR_ARG, "--resume auto needs --out (where the checkpoints are)");
+    if (O.checkpoint_every > 0 && !O.out[0])
+        return nnp_error(NNP_ERR_ARG, "--checkpoint-every needs --out");
+    cfg->checkpoint_every = O.checkpoint_every;
+    cfg->keep = O.keep;
+    cfg->stop_file = O.stop_file;
     cfg->out_dir = O.out;
     cfg->quiet = O.quiet;
     return NNP_OK;
@@ -283,10 +300,48 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
         return rank == 0 ? s : NNP_ERR_REMOTE;
 
     setup_threads(comm);
+    /* resolve --resume on rank 0 (auto: the latest checkpoint in --out, if any) and share */
+    static char resume[4096];
+    static nnp_ckpt_meta meta;
+    resume[0] = '\0';
+    if (rank == 0 && O.resume[0]) {
+        if (strcmp(O.resume, "auto") == 0) {
+            int found = 0;
+            struct stat sb;
+            if (stat(O.out, &sb) == 0)
+                s = nnp_ckpt_latest(O.out, resume, sizeof resume, &found);
+            if (s == NNP_OK && !found)
+                resume[0] = '\0';
+            if (s == NNP_OK && !O.quiet)
+                printf("[ckpt]  --resume auto: %s\n", found ? resume : "no checkpoint, starting fresh");
+        } else {
+            snprintf(resume, sizeof resume, "%s", O.resume);
+        }
+    }
+    s = nnp_comm_agree(comm, s);
+    if (s == NNP_OK)
+        s = nnp_comm_bcast(comm, resume, sizeof resume, 0);
+    if (s != NNP_OK)
+        return s;
+    /* every rank reads the checkpoint's metadata: the run continues with its normalization */
+    if (resume[0]) {
+        s = nnp_comm_agree(comm, nnp_ckpt_read_meta(resume, &meta));
+        if (s != NNP_OK)
+            return s;
+        if (strcmp(meta.model, O.model) != 0)
+            s = nnp_error(NNP_ERR_ARG, "checkpoint %s holds model '%s', --model is '%s'", resume,
+                          meta.model, O.model);
+        s = nnp_comm_agree(comm, s);
+        if (s != NNP_OK)
+            return s;
+    }
     nnp_dataset train = {0}, test = {0};
     nnp_net *net = NULL;
     s = load_data(comm, &train, &test);
-    if (s == NNP_OK && !O.normalize[0]) {
+    if (s == NNP_OK && resume[0]) {
+        mean = meta.norm_mean;
+        std = meta.norm_std;
+    } else if (s == NNP_OK && !O.normalize[0]) {
         nnp_dataset_moments(&train, &mean, &std);
         if (!(std > 0))
             s = nnp_error(NNP_ERR_NUMERIC, "training images have zero variance; give --normalize");
@@ -317,12 +372,20 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
                O.data, train.n, test.n_total && O.test_limit ? (size_t)O.test_limit : test.n_total,
                test.n, train.c, train.h, train.w, train.n_classes);
         printf("[setup] normalize: mean %.6f std %.6f (%s)\n", mean, std,
-               O.normalize[0] ? "--normalize" : "computed from the training set");
+               resume[0]        ? "from the checkpoint"
+               : O.normalize[0] ? "--normalize"
+                                : "computed from the training set");
         printf("[setup] init %s, optim %s lr %g momentum %g, precond %s, global batch %d\n",
                O.init, O.optim, O.lr, O.momentum, O.precond, cfg.global_batch);
         fflush(stdout);
     }
     if (s == NNP_OK) {
+        static char dump[8192];
+        nnp_options_dump(opts, N_OPTS, dump, sizeof dump);
+        cfg.options = dump;
+        cfg.norm_mean = mean;
+        cfg.norm_std = std;
+        cfg.resume = resume;
         nnp_train_result res;
         s = nnp_train(comm, &cfg, net, &train, &test, &res);
         if (s == NNP_OK && rank == 0 && !O.quiet)

@@ -7,6 +7,7 @@
 #include <string.h>
 #include "cli.h"
 #include "nnprec/comm.h"
+#include "nnprec/trainer.h"
 
 #ifndef NNP_VERSION
 #define NNP_VERSION "unknown"
@@ -20,6 +21,7 @@ static void usage(FILE *f)
             "usage: mpirun -np P nnprec <command> [options]\n\n"
             "commands:\n"
             "  train     train a model (nnprec train --help lists every option)\n"
+            "  bench     time the GEMMs of a model's dense layers (the speed ceiling)\n"
             "  stats     per-layer activation and gradient statistics at initialization\n\n"
             "  nnprec --version   print the version\n"
             "  nnprec --help      this text\n",
@@ -53,12 +55,17 @@ int main(int argc, char **argv)
     nnp_status (*cmd)(nnp_comm *, int, char **) = NULL;
     if (strcmp(argv[1], "train") == 0)
         cmd = nnp_cmd_train;
+    else if (strcmp(argv[1], "bench") == 0)
+        cmd = nnp_cmd_bench;
     else if (strcmp(argv[1], "stats") == 0)
         cmd = nnp_cmd_stats;
     if (!cmd) {
         fprintf(stderr, "nnprec: error: unknown command '%s' (see nnprec --help)\n", argv[1]);
         return NNP_EXIT_USAGE;
     }
+    /* before MPI starts, so a SIGUSR1/SIGTERM that arrives during start-up is not fatal */
+    if (cmd == nnp_cmd_train)
+        nnp_train_install_signals();
     nnp_comm *comm = NULL;
     nnp_status s = nnp_comm_init(&argc, &argv, 0, &comm);
     if (s != NNP_OK) {

@@ -15,10 +15,36 @@
 #include "nnprec/trainer.h"
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "nnprec/alloc.h"
+#include "nnprec/ckpt.h"
+
+/* ---- signals ------------------------------------------------------------------------------
+ * SLURM sends SIGUSR1 (--signal) or SIGTERM before a job's time limit. The handler only
+ * records the signal; the loop turns it into a stop agreed by every rank (one tiny
+ * allreduce per step), so all ranks finish the same step and rank 0 checkpoints it. */
+static volatile sig_atomic_t stop_signal = 0;
+
+static void on_signal(int sig)
+{
+    if (stop_signal)
+        _exit(128 + sig); /* second signal: leave at once */
+    stop_signal = sig;
+}
+
+void nnp_train_install_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+}
 
 /* Phases timed per log interval. ar_wait is the time spent waiting for the slowest rank
  * before the fused allreduce (a barrier); allreduce is the allreduce time the step
@@ -32,32 +58,56 @@ typedef struct {
     FILE *train_csv, *eval_csv, *timing_csv, *layers_csv;
 } outputs;
 
-static nnp_status open_csv(const char *dir, const char *name, const char *header, FILE **f)
+/* Open OUT/name for writing. A fresh run starts the file with its header; a run resumed at
+ * step `keep_upto` keeps the rows of steps <= keep_upto (rows written after the checkpoint
+ * by the interrupted run would be repeated) and appends after them. */
+static nnp_status open_csv(const char *dir, const char *name, const char *header,
+                           int64_t keep_upto, FILE **f)
 {
-    char path[4096];
+    char path[4096], tmp[4200], line[4096];
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    *f = fopen(path, "w");
+    FILE *old = keep_upto > 0 ? fopen(path, "r") : NULL;
+    if (old) {
+        snprintf(tmp, sizeof tmp, "%s.tmp", path);
+        FILE *t = fopen(tmp, "w");
+        if (!t) {
+            fclose(old);
+            return nnp_error(NNP_ERR_IO, "cannot write %s: %s", tmp, strerror(errno));
+        }
+        fprintf(t, "%s\n", header);
+        while (fgets(line, sizeof line, old))
+            if (line[0] >= '0' && line[0] <= '9' && strtoll(line, NULL, 10) <= keep_upto)
+                fputs(line, t);
+        fclose(old);
+        if (fclose(t) != 0 || rename(tmp, path) != 0)
+            return nnp_error(NNP_ERR_IO, "cannot rewrite %s: %s", path, strerror(errno));
+        *f = fopen(path, "a");
+    } else {
+        *f = fopen(path, "w");
+        if (*f)
+            fprintf(*f, "%s\n", header);
+    }
     if (!*f)
         return nnp_error(NNP_ERR_IO, "cannot write %s: %s", path, strerror(errno));
-    fprintf(*f, "%s\n", header);
     return NNP_OK;
 }
 
-static nnp_status open_outputs(const nnp_train_cfg *cfg, outputs *o)
+static nnp_status open_outputs(const nnp_train_cfg *cfg, int64_t resume_step, outputs *o)
 {
     if (!cfg->out_dir || !cfg->out_dir[0])
         return NNP_OK;
     NNP_CALL(open_csv(cfg->out_dir, "train.csv",
-                      "step,epoch,train_loss,train_acc,lr,samples_per_s,wall_s", &o->train_csv));
+                      "step,epoch,train_loss,train_acc,lr,samples_per_s,wall_s", resume_step,
+                      &o->train_csv));
     NNP_CALL(open_csv(cfg->out_dir, "eval.csv", "step,epoch,test_loss,test_acc,wall_s",
-                      &o->eval_csv));
+                      resume_step, &o->eval_csv));
     NNP_CALL(open_csv(cfg->out_dir, "timing.csv",
-                      "step,phase,min_s,mean_s,max_s", &o->timing_csv));
+                      "step,phase,min_s,mean_s,max_s", resume_step, &o->timing_csv));
     if (cfg->stats_every > 0)
         NNP_CALL(open_csv(cfg->out_dir, "layers.csv",
                           "step,tensor,name,w_mean,w_std,act_mean,act_std,grad_std,"
                           "grad_std_precond,factor",
-                          &o->layers_csv));
+                          resume_step, &o->layers_csv));
     return NNP_OK;
 }
 
@@ -213,6 +263,42 @@ static void buckets_ready(void *ctx, int j)
     }
 }
 
+/* Rank 0 writes the checkpoint of `step` into cfg->out_dir and publishes it; every rank
+ * then agrees on the outcome (the other ranks wait for the write, and no longer). */
+static nnp_status checkpoint(nnp_comm *comm, const nnp_train_cfg *cfg, const nnp_net *net,
+                             const nnp_optim *opt, const nnp_precond *pc, int64_t step,
+                             size_t spe, double wall_s)
+{
+    nnp_status st = NNP_OK;
+    if (nnp_comm_rank(comm) == 0) {
+        static nnp_ckpt_meta meta; /* 8 KB of options: not on the stack */
+        memset(&meta, 0, sizeof meta);
+        meta.step = step;
+        meta.epoch = (int)(step / (int64_t)spe);
+        meta.pos_in_epoch = step % (int64_t)spe;
+        meta.seed = cfg->seed;
+        meta.norm_mean = cfg->norm_mean;
+        meta.norm_std = cfg->norm_std;
+        meta.global_batch = cfg->global_batch;
+        meta.world_size = nnp_comm_size(comm);
+        meta.wall_s = wall_s;
+        snprintf(meta.options, sizeof meta.options, "%s", cfg->options ? cfg->options : "");
+        char path[4096];
+        st = nnp_ckpt_path(cfg->out_dir, step, path, sizeof path);
+        double t0 = nnp_comm_wtime();
+        if (st == NNP_OK)
+            st = nnp_ckpt_write(path, net, opt, pc, &meta);
+        if (st == NNP_OK)
+            st = nnp_ckpt_publish(cfg->out_dir, path, cfg->keep);
+        if (st == NNP_OK && !cfg->quiet) {
+            printf("[ckpt]  step %lld -> %s (%.2f s)\n", (long long)step, path,
+                   nnp_comm_wtime() - t0);
+            fflush(stdout);
+        }
+    }
+    return nnp_comm_agree(comm, st);
+}
+
 typedef struct {
     uint32_t *perm;
     uint32_t *idx;     /* this step's local sample indices */
@@ -251,13 +337,43 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         st = nnp_optim_init(&opt, &cfg->optim, net->n_params);
     if (st == NNP_OK)
         st = nnp_precond_init(&pc, &cfg->precond, net);
-    if (st == NNP_OK && rank == 0)
-        st = open_outputs(cfg, &out);
     const int bucketed = cfg->allreduce == NNP_AR_BUCKETED && size > 1;
     if (st == NNP_OK && bucketed)
         st = buckets_plan(&bk, net, cfg->bucket_mb);
     if (st == NNP_OK && bucketed)
         st = nnp_comm_async_start(comm, bk.n, (size_t)(cfg->bucket_mb * 1048576.0), &bk.async);
+    st = nnp_comm_agree(comm, st);
+    if (st != NNP_OK)
+        goto done;
+
+    /* resume: every rank reads and validates the same checkpoint */
+    int64_t first_step = 0;
+    double wall_before = 0;
+    if (cfg->resume && cfg->resume[0]) {
+        static nnp_ckpt_meta meta;
+        st = nnp_ckpt_read(cfg->resume, net, &opt, &pc, &meta);
+        if (st == NNP_OK && meta.global_batch != cfg->global_batch)
+            st = nnp_error(NNP_ERR_ARG,
+                           "checkpoint %s was written with global batch %d, this run has %d "
+                           "(the sample order depends on it)",
+                           cfg->resume, meta.global_batch, cfg->global_batch);
+        if (st == NNP_OK && meta.seed != cfg->seed)
+            st = nnp_error(NNP_ERR_ARG, "checkpoint %s was written with --seed %llu, this run has %llu",
+                           cfg->resume, (unsigned long long)meta.seed,
+                           (unsigned long long)cfg->seed);
+        st = nnp_comm_agree(comm, st);
+        if (st != NNP_OK)
+            goto done;
+        first_step = meta.step;
+        wall_before = meta.wall_s;
+        if (rank == 0 && !cfg->quiet)
+            printf("[ckpt]  resumed from %s at step %lld (epoch %d, written by %d rank%s)\n",
+                   cfg->resume, (long long)first_step, meta.epoch, meta.world_size,
+                   meta.world_size > 1 ? "s" : "");
+    }
+
+    if (rank == 0)
+        st = open_outputs(cfg, first_step, &out);
     st = nnp_comm_agree(comm, st);
     if (st != NNP_OK)
         goto done;
@@ -282,7 +398,8 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
                "parameters\n",
                (long long)total, spe, G, size, size > 1 ? "s" : "", net->n_params);
 
-    for (int64_t step = 0; step < total; step++) {
+    res->steps = first_step;
+    for (int64_t step = first_step; step < total; step++) {
         const int epoch = (int)(step / (int64_t)spe);
         const size_t bi = (size_t)(step % (int64_t)spe);
         double t0 = nnp_comm_wtime();
@@ -453,6 +570,33 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             t_log += nnp_comm_wtime() - now; /* evaluation does not count as training time */
         }
         res->steps = done_steps;
+
+        /* stop request: a signal on any rank, or the stop file seen by rank 0 */
+        double stop = stop_signal;
+        if (rank == 0 && cfg->stop_file && cfg->stop_file[0] && access(cfg->stop_file, F_OK) == 0)
+            stop = stop > 0 ? stop : 1;
+        if (size > 1 && (st = nnp_comm_allreduce_max_f64(comm, &stop, 1)) != NNP_OK)
+            goto done;
+        int want_ckpt = cfg->out_dir && cfg->out_dir[0] &&
+                        (is_last || stop > 0 ||
+                         (cfg->checkpoint_every > 0 && done_steps % cfg->checkpoint_every == 0));
+        if (want_ckpt) {
+            double t_ck = nnp_comm_wtime();
+            st = checkpoint(comm, cfg, net, &opt, &pc, done_steps, spe,
+                            wall_before + t_ck - t_start);
+            if (st != NNP_OK)
+                goto done;
+            t_log += nnp_comm_wtime() - t_ck; /* nor does checkpointing */
+        }
+        if (stop > 0 && !is_last) {
+            if (rank == 0) /* printed even with --quiet: the exit code needs explaining */
+                printf("[stop]  stop request (%s) after step %lld: checkpointed, exit code 75 "
+                       "means resume with --resume auto\n",
+                       stop == SIGUSR1 ? "SIGUSR1" : stop == SIGTERM ? "SIGTERM" : "stop file",
+                       (long long)done_steps);
+            st = NNP_ERR_INTERRUPTED;
+            goto done;
+        }
     }
 
     res->wall_s = nnp_comm_wtime() - t_start;

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Checkpoint/resume end to end, under mpiexec:
+#  1. kill -9 a 2-rank run at a random step, three times, resuming with --resume auto each
+#     time: the final parameters equal those of an uninterrupted run bit for bit, and so do
+#     the per-step losses;
+#  2. a 2-rank checkpoint resumed on 1 and on 3 ranks follows the same trajectory within
+#     the data-parallel tolerance (1e-5 relative);
+#  3. SIGUSR1 during a run: checkpoint, exit code 75, and resuming finishes the run; the
+#     stop file does the same;
+#  4. resuming with a different model or global batch is refused with a clear message.
+# usage: ckpt_resume.sh NNPREC MPIEXEC
+set -uo pipefail
+nnprec=$1 mpiexec=$2
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
+tmp=$(mktemp -d)
+trap 'pkill -9 -f -- "$tmp" 2>/dev/null; rm -rf "$tmp"' EXIT
+fails=0 passes=0
+ok()   { passes=$((passes + 1)); }
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+# 240 steps of LeNet on 1000 samples, global batch 16; a checkpoint every 20 steps
+args=(train --train-limit 1000 --test-limit 200 --steps 240 --global-batch 16 --log-every 1
+      --eval-every 80 --checkpoint-every 20 --keep 2 --seed 3 --lr 0.003 --quiet)
+run() { local np=$1 out=$2; shift 2; timeout 120 "$mpiexec" -n "$np" --oversubscribe "$nnprec" "${args[@]}" --out "$out" "$@"; }
+same_params() { # same_params A.h5 B.h5: every parameter dataset identical
+  for g in conv1 conv2 fc1 fc2 fc3; do
+    for d in weight bias; do
+      h5diff -q "$1" "$2" "/$g/$d" "/$g/$d" > /dev/null || return 1
+    done
+  done
+}
+final() { echo "$1/ckpt-00000240.h5"; }
+
+run 2 "$tmp/ref" > "$tmp/ref.log" 2>&1 || { cat "$tmp/ref.log"; exit 1; }
+[ -f "$(final "$tmp/ref")" ] && ok || fail "uninterrupted run wrote no final checkpoint"
+n=$(ls "$tmp/ref"/ckpt-*.h5 | wc -l)
+[ "$n" = 2 ] && ok || fail "--keep 2 left $n checkpoints"
+
+# 1. kill -9 at random points, resume each time
+mkdir -p "$tmp/killed"
+kills=0
+for attempt in 1 2 3 4 5 6; do
+  [ -f "$(final "$tmp/killed")" ] && break
+  resume=(); [ $attempt -gt 1 ] && resume=(--resume auto)
+  run 2 "$tmp/killed" "${resume[@]}" > "$tmp/k$attempt.log" 2>&1 &
+  pid=$!
+  if [ $attempt -le 3 ]; then
+    sleep "$(awk -v s=$RANDOM 'BEGIN { printf "%.2f", 0.6 + (s % 100) / 100.0 }')"
+    pkill -9 -f -- "--out $tmp/killed" && kills=$((kills + 1))
+  fi
+  wait $pid 2>/dev/null
+done
+echo "killed $kills times; last checkpoint: $(cat "$tmp/killed/latest" 2>/dev/null)"
+if [ -f "$(final "$tmp/killed")" ] && same_params "$(final "$tmp/ref")" "$(final "$tmp/killed")"; then
+  ok
+else
+  fail "killed-and-resumed run does not end with the reference parameters"
+fi
+cmp -s <(cut -d, -f1,3 "$tmp/ref/train.csv") <(cut -d, -f1,3 "$tmp/killed/train.csv") && ok \
+  || fail "per-step losses of the resumed run differ from the reference"
+
+# 2. a 2-rank checkpoint (step 120) resumed on 1 and 3 ranks
+for np in 1 3; do
+  mkdir -p "$tmp/np$np"
+  cp "$tmp/ref/train.csv" "$tmp/np$np/"
+  run 2 "$tmp/half" --steps 120 > /dev/null 2>&1
+  run "$np" "$tmp/np$np" --resume "$tmp/half/ckpt-00000120.h5" > "$tmp/np$np.log" 2>&1 \
+    || { fail "resume on $np ranks: $(tail -2 "$tmp/np$np.log")"; continue; }
+  worst=$(paste -d, "$tmp/ref/train.csv" "$tmp/np$np/train.csv" | awk -F, 'NR > 121 {
+      d = $3 - $10; if (d < 0) d = -d; r = d / $3; if (r > w) w = r } END { printf "%.3e", w }')
+  echo "2-rank checkpoint resumed on $np rank(s): max relative loss difference $worst"
+  awk -v r="$worst" 'BEGIN { exit !(r <= 1e-5) }' && ok || fail "resume on $np ranks diverged ($worst)"
+done
+
+# 3. SIGUSR1 and the stop file
+run 2 "$tmp/sig" --lr 0.003 > "$tmp/sig.log" 2>&1 &
+pid=$!
+sleep 1
+# to the ranks themselves (as SLURM's --signal does), not to timeout/mpiexec
+pkill -USR1 -f -- "^$nnprec train .*--out $tmp/sig"
+wait $pid
+rc=$?
+[ "$rc" = 75 ] && ok || fail "SIGUSR1: exit code $rc, want 75 ($(tail -2 "$tmp/sig.log"))"
+grep -q "stop request (SIGUSR1)" "$tmp/sig.log" && ok || fail "SIGUSR1: no stop message"
+run 2 "$tmp/sig" --resume auto > "$tmp/sig2.log" 2>&1 && ok || fail "resume after SIGUSR1 failed"
+same_params "$(final "$tmp/ref")" "$(final "$tmp/sig")" && ok || fail "SIGUSR1 + resume does not reproduce the reference"
+touch "$tmp/stop"
+run 2 "$tmp/stopf" --stop-file "$tmp/stop" > "$tmp/stop.log" 2>&1
+rc=$?
+[ "$rc" = 75 ] && [ -f "$tmp/stopf/ckpt-00000001.h5" ] && ok || fail "stop file: exit $rc, files: $(ls "$tmp/stopf")"
+
+# 4. refused resumes
+out=$(run 1 "$tmp/np1" --resume "$(final "$tmp/ref")" --global-batch 32 2>&1)
+[ $? = 2 ] && grep -q "global batch 16" <<< "$out" && ok || fail "different global batch: $out"
+out=$(run 1 "$tmp/np1" --resume "$(final "$tmp/ref")" --model mlp:784-10 2>&1)
+[ $? = 2 ] && grep -q "holds model 'lenet'" <<< "$out" && ok || fail "different model: $out"
+head -c 3000 "$(final "$tmp/ref")" > "$tmp/trunc.h5"
+out=$(run 1 "$tmp/np1" --resume "$tmp/trunc.h5" 2>&1)
+[ $? = 1 ] && grep -q "trunc.h5" <<< "$out" && ok || fail "truncated checkpoint: $out"
+
+echo "$passes passed, $fails failed"
+[ "$fails" = 0 ]
