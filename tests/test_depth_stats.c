@@ -77,8 +77,8 @@ static void test_moments(void)
  * so the infinite-width activation std after every relu is sqrt(2 * 0.3408) = 0.826 times
  * the input std. At width 256 the log-variance does a random walk over depth (each layer
  * multiplies the second moment by a random factor near 1), so single draws spread: over 300
- * seeds the extremes of post-relu std over layers 1..49 were 0.155 and 2.56, and of the
- * pre-activation std over all 50 layers 0.20 and 4.7. Band: post in [0.1, 4], pre in
+ * seeds the extremes of post-relu std over layers 1..49 were 0.138 and 2.48, and of the
+ * pre-activation std over all 50 layers 0.19 and 4.4. Band: post in [0.1, 4], pre in
  * [0.15, 6.5] times the input std - wide, yet far from vanishing (normal:0.01 reaches 1e-40)
  * and from exploding (the seed prior reaches 6800 at layer 50). */
 static void test_kaiming_relu(void)
@@ -234,7 +234,7 @@ static void test_constant_identical_units(void)
  *     Effective degrees of freedom: the estimate pools fan_in feature variances, each from
  *     B samples of relu(z) whose kurtosis is 5.41, i.e. 2(B-1)/(5.41-1) dof per feature;
  *     halved for the shared inputs across units: 256*255/4.41 = 14800 (400 seeds: sd of the
- *     ratio 0.0095, i.e. 22000 dof - the bound is conservative). z = 4.
+ *     ratio 0.0094, i.e. 22600 dof - the bound is conservative). z = 4.
  *  2. adding the bias prior's variance gives 1 (a standard normal pre-activation) within the
  *     same bounds widened by the weights' own chi-square(fan_in*fan_out) spread.
  * (Across units the pre-activations also carry offsets w_i . E[relu z] that the prior does not
