@@ -12,13 +12,15 @@ shift 2
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-# lr 0.003 with momentum 0.9: large enough that the run really trains (loss falls from
-# 2.3 to about 0.8), small enough that float32 reordering is not amplified past 1e-5 in 250
-# steps (measured: about 2e-7). The global batch 18 does not divide by 4 (shares 5,5,4,4),
+# The learning rate comes from the caller (CMake passes one per regime): large enough that
+# the run really trains (checked at the end), small enough that float32 reordering is not
+# amplified past 1e-5 in 250 steps; at a few times that rate this small-batch recipe turns
+# chaotic after ~150 steps and rank counts part ways (docs/results.md).
+# The global batch 18 does not divide by 4 (shares 5,5,4,4),
 # and 2000 samples / 18 leaves a last partial batch of 2 samples, so uneven and empty
 # shares are exercised too.
 common=(train --train-limit 2000 --test-limit 500 --steps 250 --global-batch 18
-        --log-every 1 --eval-every 125 --lr 0.003 --momentum 0.9 --seed 5 --quiet
+        --log-every 1 --eval-every 125 --lr 0.001 --momentum 0.9 --seed 5 --quiet
         --check-replicas 10 "$@")
 for np in 1 2 3 4; do
   "$mpiexec" -n "$np" --oversubscribe "$nnprec" "${common[@]}" --out "$tmp/np$np" \
@@ -43,5 +45,5 @@ done
 first=$(sed -n 2p "$tmp/np1/train.csv" | cut -d, -f3)
 last=$(tail -n 1 "$tmp/np1/train.csv" | cut -d, -f3)
 echo "loss at step 1: $first, at step 250: $last"
-awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < 0.6 * a) }' || { echo "FAIL: the run did not train"; status=1; }
+awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < 0.7 * a) }' || { echo "FAIL: the run did not train"; status=1; }
 exit $status

@@ -170,7 +170,7 @@ static void test_step_allocates_nothing(void)
     nnp_rng_fill_normal(&r, x, 8 * 784, 0, 1);
     double l0 = 0, l1 = 0;
     unsigned long before = nnp_alloc_count();
-    for (int step = 0; step < 20; step++) {
+    for (int step = 0; step < 40; step++) {
         nnp_net_forward(net, 8, x);
         double l = nnp_softmax_ce(8, 10, net->act[net->n_layers], y, 1.0f / 8,
                                   net->dact[net->n_layers], NULL);
@@ -181,8 +181,9 @@ static void test_step_allocates_nothing(void)
         nnp_optim_step(&o, net, 1e-3, NULL);
     }
     ASSERT_EQ_INT(nnp_alloc_count(), before);
-    /* and the steps do train: 20 Adam steps on one batch reduce its loss */
-    ASSERT_TRUE(l1 < 0.5 * l0);
+    /* and the steps do train: 40 Adam steps on one batch halve its loss */
+    if (!(l1 < 0.5 * l0))
+        TEST_FAIL_("40 Adam steps on one batch: loss %.4f -> %.4f, expected below half", l0, l1);
     nnp_optim_free(&o);
     free(x);
     nnp_net_free(net);
