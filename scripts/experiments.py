@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED_RECIPE = ["--model", "lenet", "--batch", "4", "--lr", "0.001", "--momentum", "0.9",
                "--normalize", "0.5,0.5", "--eval-every", "3750", "--log-every", "1000"]
 DEEP_MLP = ["--model", "mlp:784-256x12-10", "--act", "relu", "--batch", "64", "--lr", "0.01",
-            "--momentum", "0.9", "--normalize", "0.5,0.5", "--eval-every", "235",
+            "--momentum", "0.9", "--normalize", "0.5,0.5", "--eval-every", "469",
             "--log-every", "100", "--stats-every", "100"]
 
 EXPERIMENTS = {
