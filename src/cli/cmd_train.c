@@ -204,8 +204,7 @@ static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *
         return nnp_error(NNP_ERR_ARG, "--threads must be >= 0");
     if (O.checkpoint_every < 0 || O.keep < 0)
         return nnp_error(NNP_ERR_ARG, "--checkpoint-every and --keep must be >= 0");
-    if ((O.checkpoint_every > 0 || O.resume[0] || O.stop_file[0]) && !O.out[0] &&
-        strcmp(O.resume, "auto") == 0)
+    if (strcmp(O.resume, "auto") == 0 && !O.out[0])
         return nnp_error(NNP_ERR_ARG, "--resume auto needs --out (where the checkpoints are)");
     if (O.checkpoint_every > 0 && !O.out[0])
         return nnp_error(NNP_ERR_ARG, "--checkpoint-every needs --out");
