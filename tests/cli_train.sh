@@ -68,6 +68,8 @@ head -1 "$tmp/run/eval.csv" | grep -q '^step,epoch,test_loss,test_acc,wall_s$' &
 grep -q 'allreduce' "$tmp/run/timing.csv" && ok || fail "timing.csv"
 grep -q '^\[train\] epoch .* samples/s ETA' "$tmp/run.log" && ok || fail "progress lines"
 grep -q '1 BLAS thread per rank\|OPENBLAS_NUM_THREADS' "$tmp/run.log" && ok || fail "BLAS thread note"
+# the allocation counter (nnp_malloc/nnp_calloc) does not move during training steps
+grep -q '^\[check\] 0 allocations inside 10 training steps' "$tmp/run.log" && ok || fail "allocations in the step: $(grep check "$tmp/run.log")"
 
 echo "$passes passed, $fails failed"
 [ "$fails" = 0 ]

@@ -392,6 +392,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     double t_log = t_start;
     int64_t samples_since_log = 0;
     int cur_epoch = -1;
+    unsigned long step_allocs = 0;
 
     if (rank == 0 && !cfg->quiet)
         printf("[train] %lld steps (%zu per epoch), global batch %zu over %d rank%s, %zu "
@@ -402,6 +403,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     for (int64_t step = first_step; step < total; step++) {
         const int epoch = (int)(step / (int64_t)spe);
         const size_t bi = (size_t)(step % (int64_t)spe);
+        const unsigned long allocs_before = nnp_alloc_count();
         double t0 = nnp_comm_wtime();
         if (epoch != cur_epoch) {
             nnp_epoch_permutation(cfg->seed, epoch, b.perm, N);
@@ -476,6 +478,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
 
         double lr = nnp_sched_lr(&sched, step, epoch);
         nnp_optim_step(&opt, net, lr, scale);
+        step_allocs += nnp_alloc_count() - allocs_before; /* the step must allocate nothing */
         double t6 = nnp_comm_wtime();
         timers[T_OPT] += t6 - t5;
         samples_since_log += (int64_t)gc;
@@ -613,6 +616,8 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             for (int i = 0; i < T_N; i++)
                 printf("[time]  %-10s %10.3f %10.3f %10.3f %6.1f%%\n", timer_names[i], mn[i],
                        mean[i], mx[i], sum > 0 ? 100.0 * mean[i] / sum : 0);
+            printf("[check] %lu allocations inside %lld training steps on rank 0\n", step_allocs,
+                   (long long)(res->steps - first_step));
         }
     }
 
