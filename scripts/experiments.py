@@ -32,7 +32,7 @@ DEEP_MLP = ["--model", "mlp:784-256x12-10", "--act", "relu", "--batch", "64", "-
 
 EXPERIMENTS = {
     "seed-precond": {
-        "epochs": 4, "seeds": [1, 2, 3], "base": SEED_RECIPE,
+        "epochs": 4, "seeds": [1, 2, 3, 4, 5], "base": SEED_RECIPE,
         "configs": {
             "default": ["--init", "pytorch", "--precond", "none"],
             "seed-init": ["--init", "seed", "--precond", "none"],
