@@ -1,7 +1,10 @@
 /* cli.h - internal interface between main.c and the subcommands. */
 #ifndef NNPREC_CLI_H
 #define NNPREC_CLI_H
+#include <stddef.h>
+#include <stdint.h>
 #include "nnprec/comm.h"
+#include "nnprec/data.h"
 #include "nnprec/status.h"
 
 /* Exit codes of the nnprec executable (documented in README.md). */
@@ -17,6 +20,14 @@ enum {
 nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv);
 nnp_status nnp_cmd_bench(nnp_comm *comm, int argc, char **argv);
 nnp_status nnp_cmd_stats(nnp_comm *comm, int argc, char **argv);
+nnp_status nnp_cmd_eval(nnp_comm *comm, int argc, char **argv);
+nnp_status nnp_cmd_info(nnp_comm *comm, int argc, char **argv);
+
+/* This rank's shard (nnp_split of the count) of the first `limit` (0 = all) test samples of
+ * `data`, an IDX folder or an HDF5 file (FILE.h5); *count (may be NULL) receives the count
+ * over all ranks. mean/std are left for the caller to set. Defined in cmd_train.c. */
+nnp_status nnp_cli_load_test(nnp_comm *comm, const char *data, int64_t limit, nnp_dataset *test,
+                             size_t *count);
 
 /* Print the error of this rank if it is the reporting one (see nnp_comm_agree). */
 void nnp_cli_report(nnp_comm *comm, nnp_status s);

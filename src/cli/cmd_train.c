@@ -13,6 +13,7 @@
 #include "cli.h"
 #include "nnprec/ckpt.h"
 #include "nnprec/data.h"
+#include "nnprec/h5data.h"
 #include "nnprec/init.h"
 #include "nnprec/net.h"
 #include "nnprec/optim.h"
@@ -73,7 +74,8 @@ static nnp_option opts[] = {
     I("global-batch", global_batch, "0",
       "samples per step over all ranks, split as evenly as possible (0: batch x ranks)"),
     L("seed", seed, "1", "random seed (initialization and data order)"),
-    S("data", data, DEFAULT_DATA, "folder with the IDX files (train-*/t10k-*, .gz or raw)"),
+    S("data", data, DEFAULT_DATA,
+      "folder with the IDX files (train-*/t10k-*, .gz or raw), or an HDF5 file FILE.h5"),
     S("normalize", normalize, "", "MEAN,STD applied to pixels in [0,1] (default: training set's)"),
     L("train-limit", train_limit, "0", "use only the first N training samples (0: all)"),
     L("test-limit", test_limit, "0", "use only the first N test samples (0: all)"),
@@ -238,6 +240,42 @@ static void setup_threads(nnp_comm *comm)
     }
 }
 
+/* --data names an HDF5 dataset file (docs/checkpoint.md) rather than an IDX folder: it ends
+ * in .h5 or is a regular file. */
+static int data_is_h5(const char *data)
+{
+    size_t n = strlen(data);
+    struct stat st;
+    return (n >= 3 && strcmp(data + n - 3, ".h5") == 0) ||
+           (stat(data, &st) == 0 && S_ISREG(st.st_mode));
+}
+
+/* This rank's shard of the first `limit` (0 = all) test samples of `data` (an IDX folder or
+ * an HDF5 file): nnp_split of the test count. *count (may be NULL) gets that count. */
+nnp_status nnp_cli_load_test(nnp_comm *comm, const char *data, int64_t limit, nnp_dataset *test,
+                             size_t *count)
+{
+    char img[4096], lab[4096];
+    int h5 = data_is_h5(data);
+    if (!h5)
+        NNP_CALL(nnp_idx_paths(data, "t10k", img, lab, sizeof img));
+    /* a header-only read gives the test count, then each rank reads only its share */
+    nnp_dataset probe = {0};
+    NNP_CALL(h5 ? nnp_h5_load(data, "test", (size_t)limit, 0, 0, &probe)
+                : nnp_idx_load(img, lab, (size_t)limit, 0, 0, &probe));
+    size_t nt = probe.n_total;
+    nnp_dataset_free(&probe);
+    if (limit > 0 && (size_t)limit < nt)
+        nt = (size_t)limit;
+    size_t lo, hi;
+    nnp_split(nt, nnp_comm_size(comm), nnp_comm_rank(comm), &lo, &hi);
+    NNP_CALL(h5 ? nnp_h5_load(data, "test", nt, lo, hi, test)
+                : nnp_idx_load(img, lab, nt, lo, hi, test));
+    if (count)
+        *count = nt;
+    return NNP_OK;
+}
+
 /* Load the whole (limited) training set and this rank's shard of the test set. */
 static nnp_status load_data(nnp_comm *comm, nnp_dataset *train, nnp_dataset *test)
 {
@@ -247,19 +285,13 @@ static nnp_status load_data(nnp_comm *comm, nnp_dataset *train, nnp_dataset *tes
     if (fault && atoi(fault) == nnp_comm_rank(comm))
         return nnp_error(NNP_ERR_IO, "injected data-load failure on rank %d "
                                      "(NNPREC_FAULT_LOAD_RANK)", nnp_comm_rank(comm));
-    NNP_CALL(nnp_idx_paths(O.data, "train", img, lab, sizeof img));
-    NNP_CALL(nnp_idx_load(img, lab, (size_t)O.train_limit, 0, (size_t)-1, train));
-    NNP_CALL(nnp_idx_paths(O.data, "t10k", img, lab, sizeof img));
-    /* a header-only read gives the test count, then each rank reads only its share */
-    nnp_dataset probe = {0};
-    NNP_CALL(nnp_idx_load(img, lab, (size_t)O.test_limit, 0, 0, &probe));
-    size_t nt = probe.n_total;
-    nnp_dataset_free(&probe);
-    if (O.test_limit > 0 && (size_t)O.test_limit < nt)
-        nt = (size_t)O.test_limit;
-    size_t lo, hi;
-    nnp_split(nt, nnp_comm_size(comm), nnp_comm_rank(comm), &lo, &hi);
-    NNP_CALL(nnp_idx_load(img, lab, nt, lo, hi, test));
+    if (data_is_h5(O.data)) {
+        NNP_CALL(nnp_h5_load(O.data, "train", (size_t)O.train_limit, 0, (size_t)-1, train));
+    } else {
+        NNP_CALL(nnp_idx_paths(O.data, "train", img, lab, sizeof img));
+        NNP_CALL(nnp_idx_load(img, lab, (size_t)O.train_limit, 0, (size_t)-1, train));
+    }
+    NNP_CALL(nnp_cli_load_test(comm, O.data, O.test_limit, test, NULL));
     if (train->n == 0)
         return nnp_error(NNP_ERR_ARG, "the training set in %s is empty", O.data);
     return NNP_OK;

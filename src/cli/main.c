@@ -22,7 +22,9 @@ static void usage(FILE *f)
             "commands:\n"
             "  train     train a model (nnprec train --help lists every option)\n"
             "  bench     time the GEMMs of a model's dense layers (the speed ceiling)\n"
-            "  stats     per-layer activation and gradient statistics at initialization\n\n"
+            "  stats     per-layer activation and gradient statistics at initialization\n"
+            "  eval      evaluate a checkpoint on the test set (nnprec eval --checkpoint FILE)\n"
+            "  info      print a checkpoint's summary (nnprec info FILE)\n\n"
             "  nnprec --version   print the version\n"
             "  nnprec --help      this text\n",
             NNP_VERSION);
@@ -59,6 +61,10 @@ int main(int argc, char **argv)
         cmd = nnp_cmd_bench;
     else if (strcmp(argv[1], "stats") == 0)
         cmd = nnp_cmd_stats;
+    else if (strcmp(argv[1], "eval") == 0)
+        cmd = nnp_cmd_eval;
+    else if (strcmp(argv[1], "info") == 0)
+        cmd = nnp_cmd_info;
     if (!cmd) {
         fprintf(stderr, "nnprec: error: unknown command '%s' (see nnprec --help)\n", argv[1]);
         return NNP_EXIT_USAGE;

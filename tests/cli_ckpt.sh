@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# `nnprec info` and `nnprec eval` on a checkpoint, and HDF5 datasets as input, under mpiexec:
+#  1. a short 2-rank LeNet run with --out writes its final checkpoint; `nnprec info` shows
+#     the model and the step;
+#  2. `nnprec eval --checkpoint` on 1 and 2 ranks prints the same accuracy, equal to the
+#     run's final test accuracy in eval.csv (same test set);
+#  3. errors: missing file, truncated file, a non-checkpoint (CSV and HDF5), no --checkpoint;
+#     each one line, every rank exits non-zero;
+#  4. scripts/idx_to_h5.py converts the IDX files and `nnprec train --data FILE.h5` gives the
+#     same train.csv as the IDX run, bit for bit; eval reads the .h5 test set too;
+#  5. scripts/ckpt_to_torch.py (PyTorch, /usr/bin/python3) on the final checkpoint prints an
+#     accuracy within 0.1 points of `nnprec eval`.
+# usage: cli_ckpt.sh NNPREC MPIEXEC
+set -uo pipefail
+nnprec=$1 mpiexec=$2
+here=$(cd "$(dirname "$0")/.." && pwd)
+py=/usr/bin/python3
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fails=0 passes=0
+ok()   { passes=$((passes + 1)); }
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+mpi() { local np=$1; shift; timeout 120 "$mpiexec" -n "$np" --oversubscribe "$nnprec" "$@"; }
+
+# expect CODE PATTERN cmd...: exit code CODE and stderr matching PATTERN in ONE line
+expect() {
+  local code=$1 pat=$2; shift 2
+  timeout 60 "$@" > "$tmp/out" 2> "$tmp/err"
+  local rc=$?
+  # mpiexec adds its own notice when a rank exits non-zero; count nnprec's lines only
+  local n; n=$(grep -c '^nnprec' "$tmp/err")
+  if [ "$rc" != "$code" ]; then fail "$* -> exit $rc, want $code; stderr: $(head -3 "$tmp/err")"; return; fi
+  if ! grep -q -- "$pat" "$tmp/err"; then fail "$* -> stderr lacks '$pat': $(head -3 "$tmp/err")"; return; fi
+  if [ "$n" != 1 ]; then fail "$* -> $n stderr lines, want 1: $(cat "$tmp/err")"; return; fi
+  ok
+}
+# accuracy printed by nnprec eval ("test loss X accuracy Y% ...") -> Y
+eval_acc() { sed -n 's/^test loss [^ ]* accuracy \([0-9.]*\)%.*/\1/p' "$1"; }
+
+# 1. a short run: 60 steps of LeNet, global batch 64, evaluated once at the end on the full
+#    test set (the set eval and the PyTorch script use by default)
+args=(train --train-limit 2000 --steps 60 --batch 32 --lr 0.02 --log-every 5 --eval-every 1000
+      --seed 5 --quiet)
+mpi 2 "${args[@]}" --out "$tmp/run" > "$tmp/run.log" 2>&1 || { cat "$tmp/run.log"; exit 1; }
+ck=$tmp/run/ckpt-00000060.h5
+[ -f "$ck" ] && ok || fail "the run wrote no final checkpoint"
+
+"$nnprec" info "$ck" > "$tmp/info" 2>&1 || fail "nnprec info exit code: $(cat "$tmp/info")"
+grep -q '^model  *lenet$' "$tmp/info" && ok || fail "info does not show the model: $(head -5 "$tmp/info")"
+grep -q '^step  *60 ' "$tmp/info" && ok || fail "info does not show the step: $(head -6 "$tmp/info")"
+grep -q '/fc3/weight' "$tmp/info" && ok || fail "info does not list the parameters"
+mpi 2 info "$ck" > "$tmp/info2" 2>&1 && cmp -s "$tmp/info" "$tmp/info2" && ok \
+  || fail "info on 2 ranks differs from 1 rank: $(head -3 "$tmp/info2")"
+
+# 2. eval on 1 and 2 ranks, against eval.csv
+mpi 1 eval --checkpoint "$ck" > "$tmp/e1" 2>&1 || fail "eval on 1 rank: $(cat "$tmp/e1")"
+mpi 2 eval --checkpoint "$ck" > "$tmp/e2" 2>&1 || fail "eval on 2 ranks: $(cat "$tmp/e2")"
+a1=$(eval_acc "$tmp/e1") a2=$(eval_acc "$tmp/e2")
+csv=$(tail -1 "$tmp/run/eval.csv" | awk -F, '$1 == 60 { printf "%.2f", 100 * $4 }')
+echo "eval accuracy: 1 rank $a1%, 2 ranks $a2%, eval.csv $csv%"
+[ -n "$a1" ] && [ "$a1" = "$a2" ] && ok || fail "eval on 1 and 2 ranks: '$a1' vs '$a2'"
+[ -n "$csv" ] && [ "$a1" = "$csv" ] && ok || fail "eval $a1% differs from eval.csv's $csv%"
+grep -q 'step 60 (epoch' "$tmp/e1" && ok || fail "eval does not name the checkpoint's step"
+# a run folder stands for its latest checkpoint
+mpi 1 eval --checkpoint "$tmp/run" > "$tmp/e3" 2>&1 && [ "$(eval_acc "$tmp/e3")" = "$a1" ] && ok \
+  || fail "eval --checkpoint RUNDIR: $(cat "$tmp/e3")"
+
+# 3. errors
+expect 1 "cannot open checkpoint $tmp/missing.h5: No such file" "$nnprec" eval --checkpoint "$tmp/missing.h5"
+expect 1 "cannot open checkpoint $tmp/missing.h5" "$mpiexec" -n 2 --oversubscribe "$nnprec" eval --checkpoint "$tmp/missing.h5"
+head -c 50000 "$ck" > "$tmp/trunc.h5"
+expect 1 "checkpoint $tmp/trunc.h5: not a valid HDF5 file (truncated" "$nnprec" eval --checkpoint "$tmp/trunc.h5"
+expect 1 "checkpoint $tmp/trunc.h5: not a valid HDF5 file" "$mpiexec" -n 2 --oversubscribe "$nnprec" eval --checkpoint "$tmp/trunc.h5"
+expect 1 "checkpoint $tmp/trunc.h5: not a valid HDF5 file" "$nnprec" info "$tmp/trunc.h5"
+expect 1 "checkpoint $tmp/run/train.csv: not a valid HDF5 file" "$nnprec" info "$tmp/run/train.csv"
+expect 1 "cannot open checkpoint $tmp/missing.h5" "$mpiexec" -n 2 --oversubscribe "$nnprec" info "$tmp/missing.h5"
+expect 2 "eval needs --checkpoint" "$nnprec" eval
+expect 2 "usage: nnprec info FILE" "$nnprec" info
+expect 1 "$tmp/nowhere" "$nnprec" eval --checkpoint "$ck" --data "$tmp/nowhere"
+
+# 4. the same data as HDF5: the same run, the same losses bit for bit
+timeout 60 $py "$here/scripts/idx_to_h5.py" /usr/share/datasets/fashion-mnist "$tmp/fm.h5" > "$tmp/conv.log" 2>&1 \
+  || fail "idx_to_h5.py: $(tail -3 "$tmp/conv.log")"
+expect 1 "not an nnprec checkpoint" "$nnprec" info "$tmp/fm.h5"
+mpi 2 "${args[@]}" --data "$tmp/fm.h5" --out "$tmp/runh5" > "$tmp/runh5.log" 2>&1 \
+  || fail "train --data FILE.h5: $(tail -3 "$tmp/runh5.log")"
+n=$(tail -n +2 "$tmp/run/train.csv" | wc -l)
+[ "$n" = 12 ] && cmp -s <(cut -d, -f1-4 "$tmp/run/train.csv") <(cut -d, -f1-4 "$tmp/runh5/train.csv") && ok \
+  || fail "train.csv from --data FILE.h5 differs from the IDX run ($n rows)"
+cmp -s <(cut -d, -f1-4 "$tmp/run/eval.csv") <(cut -d, -f1-4 "$tmp/runh5/eval.csv") && ok \
+  || fail "eval.csv from --data FILE.h5 differs from the IDX run"
+mpi 2 eval --checkpoint "$ck" --data "$tmp/fm.h5" > "$tmp/e4" 2>&1 && [ "$(eval_acc "$tmp/e4")" = "$a1" ] && ok \
+  || fail "eval --data FILE.h5: $(cat "$tmp/e4")"
+
+# 5. PyTorch: the same checkpoint in torch.nn, the same accuracy within 0.1 points
+if ! $py -c 'import torch, h5py' 2> "$tmp/torch.err"; then
+  fail "$py cannot import torch and h5py (scripts/install-deps.sh installs python3-torch): $(tail -1 "$tmp/torch.err")"
+else
+  timeout 120 $py "$here/scripts/ckpt_to_torch.py" "$ck" > "$tmp/torch.log" 2>&1 \
+    || fail "ckpt_to_torch.py: $(tail -3 "$tmp/torch.log")"
+  at=$(sed -n 's/^accuracy: \([0-9.]*\)%$/\1/p' "$tmp/torch.log")
+  echo "PyTorch accuracy $at%, nnprec eval $a1%"
+  [ -n "$at" ] && [ -n "$a1" ] && awk -v a="$at" -v b="$a1" 'BEGIN { d = a - b; exit !(d <= 0.1 && d >= -0.1) }' \
+    && ok || fail "PyTorch accuracy '$at%' vs nnprec eval '$a1%'"
+fi
+
+echo "$passes passed, $fails failed"
+[ "$fails" = 0 ]
