@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checkpoint/resume end to end, under mpiexec:
-#  1. kill -9 a 2-rank run at a random step, three times, resuming with --resume auto each
+#  1. kill -9 a 2-rank run at three random steps, resuming with --resume auto each
 #     time: the final parameters equal those of an uninterrupted run bit for bit, and so do
 #     the per-step losses;
 #  2. a 2-rank checkpoint resumed on 1 and on 3 ranks follows the same trajectory within
@@ -17,9 +17,9 @@ trap 'pkill -9 -f -- "$tmp" 2>/dev/null; rm -rf "$tmp"' EXIT
 fails=0 passes=0
 ok()   { passes=$((passes + 1)); }
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
-# 240 steps of LeNet on 1000 samples, global batch 16; a checkpoint every 20 steps
-args=(train --train-limit 1000 --test-limit 200 --steps 240 --global-batch 16 --log-every 1
-      --eval-every 80 --checkpoint-every 20 --keep 2 --seed 3 --lr 0.003 --quiet)
+# 600 steps of LeNet on 1000 samples, global batch 16; a checkpoint every 20 steps
+args=(train --train-limit 1000 --test-limit 200 --steps 600 --global-batch 16 --log-every 1
+      --eval-every 200 --checkpoint-every 20 --keep 2 --seed 3 --lr 0.003 --quiet)
 run() { local np=$1 out=$2; shift 2; timeout 120 "$mpiexec" -n "$np" --oversubscribe "$nnprec" "${args[@]}" --out "$out" "$@"; }
 same_params() { # same_params A.h5 B.h5: every parameter dataset identical
   for g in conv1 conv2 fc1 fc2 fc3; do
@@ -28,27 +28,35 @@ same_params() { # same_params A.h5 B.h5: every parameter dataset identical
     done
   done
 }
-final() { echo "$1/ckpt-00000240.h5"; }
+# last_step DIR: the last step logged in DIR/train.csv (rows are flushed every step)
+last_step() { tail -n 1 "$1/train.csv" 2>/dev/null | cut -d, -f1 | grep -E '^[0-9]+$' || echo 0; }
+# wait_step DIR PID N: wait until the run PID in DIR has logged step N (or has ended)
+wait_step() { while kill -0 "$2" 2> /dev/null && [ "$(last_step "$1")" -lt "$3" ]; do sleep 0.01; done; }
+final() { echo "$1/ckpt-00000600.h5"; }
 
 run 2 "$tmp/ref" > "$tmp/ref.log" 2>&1 || { cat "$tmp/ref.log"; exit 1; }
 [ -f "$(final "$tmp/ref")" ] && ok || fail "uninterrupted run wrote no final checkpoint"
 n=$(ls "$tmp/ref"/ckpt-*.h5 | wc -l)
 [ "$n" = 2 ] && ok || fail "--keep 2 left $n checkpoints"
 
-# 1. kill -9 at random points, resume each time
+# 1. kill -9 at three random steps, resume each time. The targets lie in disjoint windows
+# 200 steps apart, so each lies beyond what the previous (killed) run had logged.
 mkdir -p "$tmp/killed"
-kills=0
-for attempt in 1 2 3 4 5 6; do
-  [ -f "$(final "$tmp/killed")" ] && break
+targets="$((30 + RANDOM % 150)) $((230 + RANDOM % 150)) $((430 + RANDOM % 150))"
+echo "kill targets: $targets"
+kills=0 attempt=0
+for target in $targets end; do
+  attempt=$((attempt + 1))
   resume=(); [ $attempt -gt 1 ] && resume=(--resume auto)
   run 2 "$tmp/killed" "${resume[@]}" > "$tmp/k$attempt.log" 2>&1 &
   pid=$!
-  if [ $attempt -le 3 ]; then
-    sleep "$(awk -v s=$RANDOM 'BEGIN { printf "%.2f", 0.6 + (s % 100) / 100.0 }')"
-    pkill -9 -f -- "--out $tmp/killed" && kills=$((kills + 1))
+  if [ "$target" != end ]; then
+    wait_step "$tmp/killed" $pid "$target"
+    pkill -9 -f -- "^$nnprec train .*--out $tmp/killed" && kills=$((kills + 1))
   fi
   wait $pid 2>/dev/null
 done
+[ "$kills" = 3 ] && ok || fail "only $kills of 3 kills hit a running job"
 echo "killed $kills times; last checkpoint: $(cat "$tmp/killed/latest" 2>/dev/null)"
 if [ -f "$(final "$tmp/killed")" ] && same_params "$(final "$tmp/ref")" "$(final "$tmp/killed")"; then
   ok
@@ -58,23 +66,23 @@ fi
 cmp -s <(cut -d, -f1,3 "$tmp/ref/train.csv") <(cut -d, -f1,3 "$tmp/killed/train.csv") && ok \
   || fail "per-step losses of the resumed run differ from the reference"
 
-# 2. a 2-rank checkpoint (step 120) resumed on 1 and 3 ranks
+# 2. a 2-rank checkpoint (step 300) resumed on 1 and 3 ranks
 for np in 1 3; do
   mkdir -p "$tmp/np$np"
   cp "$tmp/ref/train.csv" "$tmp/np$np/"
-  run 2 "$tmp/half" --steps 120 > /dev/null 2>&1
-  run "$np" "$tmp/np$np" --resume "$tmp/half/ckpt-00000120.h5" > "$tmp/np$np.log" 2>&1 \
+  run 2 "$tmp/half" --steps 300 > /dev/null 2>&1
+  run "$np" "$tmp/np$np" --resume "$tmp/half/ckpt-00000300.h5" > "$tmp/np$np.log" 2>&1 \
     || { fail "resume on $np ranks: $(tail -2 "$tmp/np$np.log")"; continue; }
-  worst=$(paste -d, "$tmp/ref/train.csv" "$tmp/np$np/train.csv" | awk -F, 'NR > 121 {
+  worst=$(paste -d, "$tmp/ref/train.csv" "$tmp/np$np/train.csv" | awk -F, 'NR > 301 {
       d = $3 - $10; if (d < 0) d = -d; r = d / $3; if (r > w) w = r } END { printf "%.3e", w }')
   echo "2-rank checkpoint resumed on $np rank(s): max relative loss difference $worst"
   awk -v r="$worst" 'BEGIN { exit !(r <= 1e-5) }' && ok || fail "resume on $np ranks diverged ($worst)"
 done
 
 # 3. SIGUSR1 and the stop file
-run 2 "$tmp/sig" --lr 0.003 > "$tmp/sig.log" 2>&1 &
+run 2 "$tmp/sig" > "$tmp/sig.log" 2>&1 &
 pid=$!
-sleep 1
+wait_step "$tmp/sig" $pid 100
 # to the ranks themselves (as SLURM's --signal does), not to timeout/mpiexec
 pkill -USR1 -f -- "^$nnprec train .*--out $tmp/sig"
 wait $pid
