@@ -197,7 +197,7 @@ down() {
             # shellcheck disable=SC2086
             scancel $jobs 2>/dev/null || true
             for _ in $(seq 100); do [ -z "$(squeue -h -o %A)" ] && break; sleep 0.2; done
-            # shellcheck disable=SC2086
+            # shellcheck disable=SC2046
             [ -z "$(squeue -h -o %A)" ] || scancel --full --signal=KILL $(squeue -h -o %A) 2>/dev/null || true
         fi
         # wait until no slurmstepd is left on the node
