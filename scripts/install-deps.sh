@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Install what nnprec needs on Debian 12 (run as root): compiler, CMake, Open MPI, OpenBLAS,
-# HDF5, zlib, the Fashion-MNIST data set, and Debian's Python with matplotlib, h5py and
-# PyTorch for the plots and reference benchmarks. Safe to run again.
+# HDF5, zlib, the Fashion-MNIST data set, Debian's Python with matplotlib, h5py and
+# PyTorch for the plots and reference benchmarks, and Slurm + munge for the batch-script
+# test (tests/slurm_requeue.sh runs a real one-node Slurm). Safe to run again: the
+# package scripts start no daemon.
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libopenblas-dev
       libhdf5-dev hdf5-tools zlib1g-dev dataset-fashion-mnist
-      python3 python3-numpy python3-matplotlib python3-h5py python3-torch)
+      python3 python3-numpy python3-matplotlib python3-h5py python3-torch
+      slurmctld slurmd slurm-client munge)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
