@@ -41,6 +41,7 @@
 #include "nnprec/data.h"
 #include "nnprec/init.h"
 #include "nnprec/net.h"
+#include "nnprec/optim.h"
 #include "nnprec/precond.h"
 #include "nnprec/rng.h"
 #include "test_util.h"
@@ -687,6 +688,55 @@ static void test_corrected_factors(void)
                  (15.0 / 16 + 0.01 / 16) * 0.25, 1e-7, 0);
 }
 
+/* The optimizer can produce the next step's per-tensor sums in its update pass
+ * (nnp_optim_want_sums); they must equal nnp_precond_local_sums of the updated parameters
+ * exactly, for every rank's share, with SGD-momentum and with Adam. */
+static void test_fused_sums(void)
+{
+    const nnp_opt_kind kinds[2] = {NNP_OPT_SGD, NNP_OPT_ADAM};
+    for (int kk = 0; kk < 2; kk++)
+        for (int size = 1; size <= 3; size++)
+            for (int rank = 0; rank < size; rank++) {
+                nnp_net *net = NULL;
+                ASSERT_OK(nnp_net_create("mlp:37-29x3-7", (nnp_shape){37, 1, 1}, NNP_ACT_RELU,
+                                         2, &net));
+                if (!net)
+                    return;
+                nnp_init_cfg ic;
+                ASSERT_OK(nnp_init_parse("seed", &ic));
+                ASSERT_OK(nnp_init_net(net, &ic, 9));
+                nnp_rng r;
+                nnp_rng_seed(&r, 77, NNP_STREAM_DATA);
+                nnp_rng_fill_normal(&r, net->grads, net->n_params, 0, 1);
+                nnp_precond_cfg pcfg;
+                nnp_precond_defaults(&pcfg);
+                pcfg.mode = NNP_PRECOND_DYNAMIC;
+                nnp_precond pc;
+                ASSERT_OK(nnp_precond_init(&pc, &pcfg, net));
+                nnp_optim_cfg oc = {.kind = kinds[kk], .momentum = 0.9, .beta1 = 0.9,
+                                    .beta2 = 0.999, .eps = 1e-8};
+                nnp_optim o;
+                ASSERT_OK(nnp_optim_init(&o, &oc, net->n_params));
+                double *fused = calloc(2 * (size_t)pc.n, sizeof(double));
+                size_t lo, hi;
+                nnp_split(net->n_params, size, rank, &lo, &hi);
+                nnp_optim_step(&o, net, 0.01, pc.scale); /* a step without the request */
+                nnp_optim_want_sums(&o, fused, lo, hi);
+                nnp_optim_step(&o, net, 0.01, pc.scale);
+                ASSERT_TRUE(o.sums == NULL); /* the request is one-shot */
+                nnp_precond_local_sums(&pc, net, rank, size);
+                for (int j = 0; j < 2 * pc.n; j++)
+                    if (fused[j] != pc.sums[j])
+                        TEST_FAIL_("fused sums differ: kind %d rank %d/%d entry %d: %.17g vs %.17g",
+                                   kk, rank, size, j, fused[j], pc.sums[j]);
+                nnp_test_checks++;
+                free(fused);
+                nnp_optim_free(&o);
+                nnp_precond_free(&pc);
+                nnp_net_free(net);
+            }
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "--trials") == 0) {
@@ -698,6 +748,7 @@ int main(int argc, char **argv)
     }
     test_seed_reference();
     test_simulated_ranks();
+    test_fused_sums();
     test_dynamic_step0();
     test_errors();
     test_corrected_lenet();

@@ -32,6 +32,12 @@ typedef struct {
     float *buf1;   /* momentum buffer or Adam m (NULL for plain SGD) */
     float *buf2;   /* Adam v */
     int64_t t;     /* steps taken */
+    /* when sums != NULL, the next nnp_optim_step also adds, per tensor j, the sum and the
+     * sum of squares of its UPDATED parameters that lie in [sums_lo, sums_hi) into
+     * sums[2j], sums[2j+1] (zeroed first), then clears the request: the dynamic
+     * preconditioner's statistics for the next step, without another pass */
+    double *sums;
+    size_t sums_lo, sums_hi;
 } nnp_optim;
 
 nnp_status nnp_opt_parse(const char *name, nnp_opt_kind *out); /* sgd | adam | adamw */
@@ -39,6 +45,8 @@ const char *nnp_opt_name(nnp_opt_kind k);
 /* Allocate state for n parameters. Errors: NNP_ERR_ARG (nesterov without momentum, ...). */
 nnp_status nnp_optim_init(nnp_optim *o, const nnp_optim_cfg *cfg, size_t n);
 void nnp_optim_free(nnp_optim *o);
+/* Ask the next step to produce per-tensor parameter sums over [lo, hi) (see nnp_optim). */
+void nnp_optim_want_sums(nnp_optim *o, double *sums, size_t lo, size_t hi);
 /* One step with learning rate lr over every tensor of net: params -= update(scale[j]*grad). */
 void nnp_optim_step(nnp_optim *o, nnp_net *net, double lr, const double *scale);
 

@@ -69,6 +69,10 @@ void nnp_precond_free(nnp_precond *p);
  * elements that fall in that share into p->sums (zeroed first). Pure; tested with simulated
  * ranks (the shares' sums add up to the global sums). */
 void nnp_precond_local_sums(nnp_precond *p, const nnp_net *net, int rank, int size);
+/* Sum and sum of squares (double) of w[a..b), added into *s1 and *s2. The kernel of
+ * nnp_precond_local_sums, also called by the optimizer to produce the next step's sums in
+ * the same pass that writes the parameters (nnp_optim_want_sums). */
+void nnp_precond_range_sums(const float *w, size_t a, size_t b, double *s1, double *s2);
 /* From GLOBAL sums in p->sums (after the caller's allreduce of 2n doubles): population
  * std of each tensor, floored; recompute gain/prec/scale. Errors: NNP_ERR_NUMERIC naming the
  * tensor if a sum is not finite. */

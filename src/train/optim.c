@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "nnprec/alloc.h"
+#include "nnprec/precond.h"
 
 nnp_status nnp_opt_parse(const char *name, nnp_opt_kind *out)
 {
@@ -175,6 +176,24 @@ static void adam_update(size_t n, float *restrict p, const float *restrict g, fl
     }
 }
 
+void nnp_optim_want_sums(nnp_optim *o, double *sums, size_t lo, size_t hi)
+{
+    o->sums = sums;
+    o->sums_lo = lo;
+    o->sums_hi = hi;
+}
+
+/* The requested sums of tensor T right after its update, while it is still in cache. */
+static void tensor_sums(nnp_optim *o, const nnp_net *net, int j)
+{
+    const nnp_tensor *T = &net->tensors[j];
+    size_t a = T->off > o->sums_lo ? T->off : o->sums_lo;
+    size_t b = T->off + T->n < o->sums_hi ? T->off + T->n : o->sums_hi;
+    o->sums[2 * j] = o->sums[2 * j + 1] = 0.0;
+    if (a < b)
+        nnp_precond_range_sums(net->params, a, b, &o->sums[2 * j], &o->sums[2 * j + 1]);
+}
+
 void nnp_optim_step(nnp_optim *o, nnp_net *net, double lr, const double *scale)
 {
     const nnp_optim_cfg *c = &o->cfg;
@@ -195,7 +214,10 @@ void nnp_optim_step(nnp_optim *o, nnp_net *net, double lr, const double *scale)
             else
                 sgd_mom(T->n, p, g, o->buf1 + T->off, s, wd, flr, mom, one_m_damp,
                         c->nesterov);
+            if (o->sums)
+                tensor_sums(o, net, j);
         }
+        o->sums = NULL;
         return;
     }
     double b1 = c->beta1, b2 = c->beta2;
@@ -210,5 +232,8 @@ void nnp_optim_step(nnp_optim *o, nnp_net *net, double lr, const double *scale)
         adam_update(T->n, net->params + T->off, net->grads + T->off, o->buf1 + T->off,
                     o->buf2 + T->off, s, wd, keep, (float)b1, (float)(1.0 - b1), (float)b2,
                     (float)(1.0 - b2), step, inv_sqrt_bc2, (float)c->eps);
+        if (o->sums)
+            tensor_sums(o, net, j);
     }
+    o->sums = NULL;
 }

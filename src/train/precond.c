@@ -173,6 +173,33 @@ void nnp_precond_free(nnp_precond *p)
     p->n = 0;
 }
 
+void nnp_precond_range_sums(const float *w, size_t a, size_t b, double *s1, double *s2)
+{
+    /* eight independent double accumulators: a single running sum is one long chain of
+     * dependent additions (about 4 cycles per element); eight lanes vectorize and keep the
+     * pass near memory speed */
+    double l1[8] = {0}, l2[8] = {0};
+    size_t i = a;
+    for (; i + 8 <= b; i += 8)
+        for (int k = 0; k < 8; k++) {
+            const double v = w[i + (size_t)k];
+            l1[k] += v;
+            l2[k] += v * v;
+        }
+    double t1 = 0.0, t2 = 0.0;
+    for (; i < b; i++) {
+        const double v = w[i];
+        t1 += v;
+        t2 += v * v;
+    }
+    for (int k = 0; k < 8; k++) {
+        t1 += l1[k];
+        t2 += l2[k];
+    }
+    *s1 += t1;
+    *s2 += t2;
+}
+
 void nnp_precond_local_sums(nnp_precond *p, const nnp_net *net, int rank, int size)
 {
     size_t lo, hi;
@@ -183,11 +210,7 @@ void nnp_precond_local_sums(nnp_precond *p, const nnp_net *net, int rank, int si
         size_t a = t->off > lo ? t->off : lo;
         size_t b = t->off + t->n < hi ? t->off + t->n : hi;
         double s1 = 0.0, s2 = 0.0;
-        for (size_t i = a; i < b; i++) {
-            double w = net->params[i];
-            s1 += w;
-            s2 += w * w;
-        }
+        nnp_precond_range_sums(net->params, a, b, &s1, &s2);
         p->sums[2 * j] = s1;
         p->sums[2 * j + 1] = s2;
     }

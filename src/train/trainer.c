@@ -393,6 +393,9 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     int64_t samples_since_log = 0;
     int cur_epoch = -1;
     unsigned long step_allocs = 0;
+    int sums_ready = 0;   /* pc.sums already hold this rank's sums of the current params */
+    size_t sum_lo, sum_hi; /* this rank's share of the parameters for those sums */
+    nnp_split(net->n_params, size, rank, &sum_lo, &sum_hi);
 
     if (rank == 0 && !cfg->quiet)
         printf("[train] %lld steps (%zu per epoch), global batch %zu over %d rank%s, %zu "
@@ -462,7 +465,11 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         }
 
         if (dynamic && step % cfg->precond.every == 0) {
-            nnp_precond_local_sums(&pc, net, rank, size);
+            /* the previous step's optimizer pass left this rank's sums in pc.sums, except
+             * on the first step of a run (or of a resumed run) */
+            if (!sums_ready)
+                nnp_precond_local_sums(&pc, net, rank, size);
+            sums_ready = 0;
             st = nnp_comm_allreduce_sum_f64(comm, pc.sums, 2 * (size_t)pc.n);
             if (st == NNP_OK)
                 st = nnp_precond_from_sums(&pc, net, step);
@@ -477,6 +484,12 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             write_layer_stats(out.layers_csv, step, net, &pc, B);
 
         double lr = nnp_sched_lr(&sched, step, epoch);
+        if (dynamic && (step + 1) % cfg->precond.every == 0) {
+            /* the next step updates the multipliers: sum this rank's share of the new
+             * parameters in the optimizer's own pass */
+            nnp_optim_want_sums(&opt, pc.sums, sum_lo, sum_hi);
+            sums_ready = 1;
+        }
         nnp_optim_step(&opt, net, lr, scale);
         step_allocs += nnp_alloc_count() - allocs_before; /* the step must allocate nothing */
         double t6 = nnp_comm_wtime();
