@@ -49,6 +49,26 @@ def run_nnprec(a, model, np_, batch_args, steps, allreduce):
         return sps, ar_share, hidden
 
 
+def run_independent(a, model, np_, batch, steps):
+    """p single-rank runs at once, each pinned to its own core: what p ranks could reach
+    with no communication at all (shared caches, memory bandwidth, clock)."""
+    with tempfile.TemporaryDirectory() as d:
+        procs = []
+        for r in range(np_):
+            out = os.path.join(d, str(r))
+            cmd = ["taskset", "-c", str(r % os.cpu_count()), a.nnprec, "train", "--model", model,
+                   "--batch", str(batch), "--steps", str(steps), "--log-every", str(max(steps // 5, 1)),
+                   "--eval-every", str(10 ** 9), "--test-limit", "100", "--quiet", "--out", out]
+            procs.append(subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL))
+        total = 0.0
+        for r, p in enumerate(procs):
+            if p.wait() != 0:
+                sys.exit("bench_scaling.py: error: an independent run failed")
+            rows = list(csv.DictReader(open(os.path.join(d, str(r), "train.csv"))))
+            total += statistics.median(float(x["samples_per_s"]) for x in rows[1:])
+        return total
+
+
 def run_torch(model, np_, batch, steps):
     out = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "scripts", "torch_ref.py"), "ddp",
                           "--model", model, "--nproc", str(np_), "--batch", str(batch),
@@ -67,12 +87,22 @@ def main():
     a = ap.parse_args()
     if not os.access(a.nnprec, os.X_OK):
         sys.exit(f"bench_scaling.py: error: {a.nnprec} is not an executable (build first)")
-    print(f"{'model':<6} {'mode':<6} {'ranks':>5} {'allreduce':>9} {'samples/s':>10} {'eff':>6} "
+    print("eff: samples/s over ranks x samples/s of 1 rank. AR share: allreduce + wait for the\n"
+          "slowest rank, share of step time. hidden: bucketed allreduce time overlapped with\n"
+          "backward. 'independent': the ranks run alone at once (no communication), the\n"
+          "machine's own ceiling for that many concurrent processes.")
+    print(f"{'model':<6} {'mode':<6} {'ranks':>5} {'allreduce':>11} {'samples/s':>10} {'eff':>6} "
           f"{'AR share':>8} {'hidden':>6} {'torch DDP':>10} {'torch eff':>9}")
     for m in a.models:
         model, b, gb, steps = MODELS[m]
         for mode in ("weak", "strong"):
             base = {}
+            if mode == "weak":
+                for p in a.ranks:
+                    if p > 1:
+                        ind = run_independent(a, model, p, b, steps)
+                        print(f"{m:<6} {mode:<6} {p:>5} {'independent':>11} {ind:>10.0f} "
+                              f"{'':>6} (ceiling)", flush=True)
             for allreduce in ("fused", "bucketed"):
                 for p in a.ranks:
                     if allreduce == "bucketed" and p == 1:
@@ -83,15 +113,14 @@ def main():
                     share, hidden = res[0][1], res[0][2]
                     if p == 1:
                         base["nnprec"] = sps
-                    ideal = base["nnprec"] * (p if mode == "weak" else 1) if mode == "weak" else base["nnprec"] * p
-                    eff = sps / ideal
+                    eff = sps / (base["nnprec"] * p)
                     tsps = teff = None
                     if not a.no_torch and allreduce == "fused" and mode == "weak":
                         tsps = run_torch(model, p, b, steps)
                         if p == 1:
                             base["torch"] = tsps
                         teff = tsps / (p * base["torch"])
-                    print(f"{m:<6} {mode:<6} {p:>5} {allreduce:>9} {sps:>10.0f} {100 * eff:>5.0f}% "
+                    print(f"{m:<6} {mode:<6} {p:>5} {allreduce:>11} {sps:>10.0f} {100 * eff:>5.0f}% "
                           f"{100 * share:>7.1f}% "
                           f"{'' if hidden is None else f'{100 * hidden:.0f}%':>6} "
                           f"{'' if tsps is None else f'{tsps:.0f}':>10} "

@@ -17,6 +17,12 @@ import struct
 import sys
 import time
 
+# one BLAS/OpenMP thread per process unless told otherwise; set before torch loads its
+# thread pools (spawned DDP workers re-import this module and inherit the environment)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 import numpy as np
 import torch
 import torch.nn as nn
