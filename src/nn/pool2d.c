@@ -25,10 +25,67 @@ int nnp_pool_geom_init(nnp_pool_geom *g, int C, int H, int W, int k, int s)
     return 0;
 }
 
+/* take v over the running maximum m? (a NaN wins over a number, as in PyTorch; on ties
+ * the earlier element stays) */
+static inline int pool_take(float v, float m) { return (v > m) | ((v != v) & (m == m)); }
+
+/* The common 2x2, stride 2 window. Plain compares (v > m) select the first maximum and
+ * compile to branch-free max/blend code; a window that holds a NaN (rare) is redone with
+ * pool_take so the NaN wins, as in PyTorch. */
+static void maxpool_2x2(const nnp_pool_geom *g, size_t planes, const float *x, float *y,
+                        int *argmax)
+{
+    const int H = g->H, W = g->W, OH = g->OH, OW = g->OW;
+    for (size_t pl = 0; pl < planes; pl++) {
+        const float *xp = x + pl * H * W;
+        float *yp = y + pl * OH * OW;
+        int *ap = argmax + pl * OH * OW;
+        for (int oh = 0; oh < OH; oh++) {
+            const float *r0 = xp + 2 * oh * W, *r1 = r0 + W; /* the window's two rows */
+            float *yr = yp + oh * OW;
+            int *ar = ap + oh * OW;
+            const int base = 2 * oh * W;
+            int nan = 0;
+            for (int ow = 0; ow < OW; ow++) {
+                const float a = r0[2 * ow], b = r0[2 * ow + 1], c = r1[2 * ow], d = r1[2 * ow + 1];
+                float m = a;
+                int off = 0;
+                off = b > m ? 1 : off;
+                m = b > m ? b : m;
+                off = c > m ? W : off;
+                m = c > m ? c : m;
+                off = d > m ? W + 1 : off;
+                m = d > m ? d : m;
+                yr[ow] = m;
+                ar[ow] = base + 2 * ow + off;
+                nan |= (a != a) | (b != b) | (c != c) | (d != d);
+            }
+            if (!nan)
+                continue;
+            for (int ow = 0; ow < OW; ow++) { /* NaN present: redo the row exactly */
+                const int i0 = base + 2 * ow, idx[4] = {i0, i0 + 1, i0 + W, i0 + W + 1};
+                float m = xp[i0];
+                int best = i0;
+                for (int q = 1; q < 4; q++)
+                    if (pool_take(xp[idx[q]], m)) {
+                        m = xp[idx[q]];
+                        best = idx[q];
+                    }
+                yr[ow] = m;
+                ar[ow] = best;
+            }
+        }
+    }
+}
+
 void nnp_maxpool_forward(const nnp_pool_geom *g, int B, const float *x, float *y, int *argmax)
 {
     const int H = g->H, W = g->W, k = g->k, s = g->s, OH = g->OH, OW = g->OW;
     const size_t planes = (size_t)(B > 0 ? B : 0) * g->C;
+    if (k == 2 && s == 2) {
+        maxpool_2x2(g, planes, x, y, argmax);
+        return;
+    }
     for (size_t pl = 0; pl < planes; pl++) {
         const float *xp = x + pl * H * W;
         float *yp = y + pl * OH * OW;
@@ -41,9 +98,8 @@ void nnp_maxpool_forward(const nnp_pool_geom *g, int B, const float *x, float *y
                     const int row = (oh * s + i) * W + ow * s;
                     for (int j = 0; j < k; j++) {
                         const float v = xp[row + j];
-                        /* branch-free select (random data mispredicts half the branches);
-                         * a NaN wins over a number, as in PyTorch */
-                        const int take = (v > m) | ((v != v) & (m == m));
+                        /* branch-free select (random data mispredicts half the branches) */
+                        const int take = pool_take(v, m);
                         m = take ? v : m;
                         best = take ? row + j : best;
                     }
