@@ -291,6 +291,8 @@ static void test_pool(void)
         {2, 7, 7, 3, 2},  /* overlapping windows */
         {1, 6, 5, 3, 1},  /* stride 1 */
         {2, 11, 10, 3, 3},
+        {6, 30, 30, 2, 2}, /* LeNet's pools: the vectorized 2x2 path plus its scalar tail */
+        {16, 13, 13, 2, 2},
     };
     for (size_t t = 0; t < sizeof geoms / sizeof geoms[0]; t++) {
         for (int B = 1; B <= 3; B++) {
@@ -383,6 +385,20 @@ static void test_pool(void)
     ASSERT_NEAR(dxt[0], 1.5, 0);
     ASSERT_NEAR(dxt[3], -2.0, 0);
     ASSERT_NEAR(dxt[1] + dxt[2] + dxt[4] + dxt[5] + dxt[6] + dxt[7], 0.0, 0);
+
+    /* NaN wins its window (PyTorch semantics), in the vectorized 2x2 path (W = 16) and in
+     * the scalar tail: a NaN in window 1 (second element) and in window 7 (last element). */
+    ASSERT_EQ_INT(nnp_pool_geom_init(&g, 1, 2, 16, 2, 2), 0);
+    float xn[32], yn[8];
+    int an[8];
+    for (int i = 0; i < 32; i++)
+        xn[i] = (float)(i % 7);
+    xn[3] = NAN;       /* row 0, column 3: window 1 */
+    xn[16 + 15] = NAN; /* row 1, column 15: window 7 */
+    nnp_maxpool_forward(&g, 1, xn, yn, an);
+    ASSERT_TRUE(isnan(yn[1]) && an[1] == 3);
+    ASSERT_TRUE(isnan(yn[7]) && an[7] == 31);
+    ASSERT_TRUE(!isnan(yn[0]) && !isnan(yn[2]) && !isnan(yn[6]));
 
     /* Overlap (k=2, s=1 on 3x4, OH=2, OW=3): the 9 at index 5 is the maximum of the four
      * windows with top-left (0,0), (0,1), (1,0), (1,1), so its gradients accumulate; the
@@ -531,6 +547,7 @@ static void test_mse(void)
     unsigned char lab[4] = {5, 0, 2, 2};
     fill(y, (size_t)B * C, -1, 1);
     y[0 * C + 5] = 3.0f; /* hit */
+    y[1 * C + 3] = 3.0f; /* miss (label 0) */
     y[2 * C + 1] = 3.0f; /* miss */
     y[3 * C + 2] = 2.0f; /* tie at the top: first (class 2) wins -> hit */
     y[3 * C + 4] = 2.0f;

@@ -7,6 +7,9 @@
  * Backward zeroes dx and accumulates (+=), so overlapping windows (s < k) add up.
  */
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "nnprec/layers.h"
 
@@ -45,8 +48,46 @@ static void maxpool_2x2(const nnp_pool_geom *g, size_t planes, const float *x, f
             float *yr = yp + oh * OW;
             int *ar = ap + oh * OW;
             const int base = 2 * oh * W;
-            int nan = 0;
-            for (int ow = 0; ow < OW; ow++) {
+            int nan = 0, ow = 0;
+#if defined(__SSE2__)
+            /* four windows at a time: deinterleave the even and odd columns of each row,
+             * then the same compare-and-select as the scalar loop, in lanes */
+            const __m128i vW = _mm_set1_epi32(W), vW1 = _mm_set1_epi32(W + 1),
+                          v1 = _mm_set1_epi32(1);
+            __m128 anynan = _mm_setzero_ps();
+            for (; ow + 4 <= OW && 2 * ow + 8 <= W; ow += 4) {
+                const __m128 p0 = _mm_loadu_ps(r0 + 2 * ow), p1 = _mm_loadu_ps(r0 + 2 * ow + 4);
+                const __m128 q0 = _mm_loadu_ps(r1 + 2 * ow), q1 = _mm_loadu_ps(r1 + 2 * ow + 4);
+                const __m128 a = _mm_shuffle_ps(p0, p1, _MM_SHUFFLE(2, 0, 2, 0));
+                const __m128 b = _mm_shuffle_ps(p0, p1, _MM_SHUFFLE(3, 1, 3, 1));
+                const __m128 c = _mm_shuffle_ps(q0, q1, _MM_SHUFFLE(2, 0, 2, 0));
+                const __m128 d = _mm_shuffle_ps(q0, q1, _MM_SHUFFLE(3, 1, 3, 1));
+                __m128 m = a;
+                __m128i off = _mm_setzero_si128();
+                __m128 t = _mm_cmpgt_ps(b, m);
+                m = _mm_or_ps(_mm_and_ps(t, b), _mm_andnot_ps(t, m));
+                off = _mm_or_si128(_mm_and_si128(_mm_castps_si128(t), v1),
+                                   _mm_andnot_si128(_mm_castps_si128(t), off));
+                t = _mm_cmpgt_ps(c, m);
+                m = _mm_or_ps(_mm_and_ps(t, c), _mm_andnot_ps(t, m));
+                off = _mm_or_si128(_mm_and_si128(_mm_castps_si128(t), vW),
+                                   _mm_andnot_si128(_mm_castps_si128(t), off));
+                t = _mm_cmpgt_ps(d, m);
+                m = _mm_or_ps(_mm_and_ps(t, d), _mm_andnot_ps(t, m));
+                off = _mm_or_si128(_mm_and_si128(_mm_castps_si128(t), vW1),
+                                   _mm_andnot_si128(_mm_castps_si128(t), off));
+                _mm_storeu_ps(yr + ow, m);
+                /* flat index: base + 2*ow + {0, 2, 4, 6} + off */
+                const __m128i idx = _mm_add_epi32(
+                    _mm_set_epi32(base + 2 * ow + 6, base + 2 * ow + 4, base + 2 * ow + 2,
+                                  base + 2 * ow),
+                    off);
+                _mm_storeu_si128((__m128i *)(ar + ow), idx);
+                anynan = _mm_or_ps(anynan, _mm_or_ps(_mm_cmpunord_ps(a, b), _mm_cmpunord_ps(c, d)));
+            }
+            nan = _mm_movemask_ps(anynan) != 0;
+#endif
+            for (; ow < OW; ow++) {
                 const float a = r0[2 * ow], b = r0[2 * ow + 1], c = r1[2 * ow], d = r1[2 * ow + 1];
                 float m = a;
                 int off = 0;
@@ -62,7 +103,7 @@ static void maxpool_2x2(const nnp_pool_geom *g, size_t planes, const float *x, f
             }
             if (!nan)
                 continue;
-            for (int ow = 0; ow < OW; ow++) { /* NaN present: redo the row exactly */
+            for (ow = 0; ow < OW; ow++) { /* NaN present: redo the row exactly */
                 const int i0 = base + 2 * ow, idx[4] = {i0, i0 + 1, i0 + W, i0 + W + 1};
                 float m = xp[i0];
                 int best = i0;
