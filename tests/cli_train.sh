@@ -51,6 +51,9 @@ expect 2 "expects 100 input values" "$nnprec" train --model mlp:100-10 --train-l
 expect 1 "$tmp/nowhere" "$mpiexec" -n 2 --oversubscribe "$nnprec" train --data "$tmp/nowhere"
 # a failure on rank 1 only: rank 1 reports it, rank 0 stops too
 NNPREC_FAULT_LOAD_RANK=1 expect 1 "rank 1.*injected" "$mpiexec" -n 2 --oversubscribe "$nnprec" train --train-limit 64
+# replicas that drift apart are caught at the next check, naming the step, on every rank
+NNPREC_FAULT_DRIFT=1:12 expect 1 "replicas diverged at step 15" "$mpiexec" -n 2 --oversubscribe \
+  "$nnprec" train --train-limit 640 --test-limit 100 --steps 40 --check-replicas 5
 # truncated data file: a clear message naming the file
 mkdir -p "$tmp/trunc"
 for f in /usr/share/datasets/fashion-mnist/*; do cp "$f" "$tmp/trunc/"; done

@@ -299,6 +299,16 @@ static nnp_status checkpoint(nnp_comm *comm, const nnp_train_cfg *cfg, const nnp
     return nnp_comm_agree(comm, st);
 }
 
+/* Test hook: NNPREC_FAULT_DRIFT=RANK:STEP makes rank RANK nudge one parameter after step
+ * STEP, so tests can check that --check-replicas catches diverged replicas. */
+static void fault_from_env(int *rank, int64_t *step)
+{
+    const char *f = getenv("NNPREC_FAULT_DRIFT");
+    long long st;
+    if (f && sscanf(f, "%d:%lld", rank, &st) == 2)
+        *step = (int64_t)st;
+}
+
 typedef struct {
     uint32_t *perm;
     uint32_t *idx;     /* this step's local sample indices */
@@ -393,6 +403,9 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     int64_t samples_since_log = 0;
     int cur_epoch = -1;
     unsigned long step_allocs = 0;
+    int fault_rank = -1;
+    int64_t fault_step = -1;
+    fault_from_env(&fault_rank, &fault_step);
     int sums_ready = 0;   /* pc.sums already hold this rank's sums of the current params */
     size_t sum_lo, sum_hi; /* this rank's share of the parameters for those sums */
     nnp_split(net->n_params, size, rank, &sum_lo, &sum_hi);
@@ -497,6 +510,8 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         samples_since_log += (int64_t)gc;
 
         const int64_t done_steps = step + 1;
+        if (fault_step == done_steps && fault_rank == rank)
+            net->params[0] += 1e-3f; /* test hook: a replica drifts (see fault_from_env) */
         if (cfg->check_replicas > 0 && done_steps % cfg->check_replicas == 0 && size > 1) {
             double cs[2];
             cs[0] = param_checksum(net);
@@ -505,7 +520,8 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             if (st != NNP_OK)
                 goto done;
             if (cs[0] != -cs[1]) {
-                st = nnp_error(NNP_ERR_COMM,
+                /* every rank sees it and stops; rank 0 alone reports */
+                st = rank != 0 ? NNP_ERR_REMOTE : nnp_error(NNP_ERR_COMM,
                                "replicas diverged at step %lld: parameter checksums range "
                                "from %.17g to %.17g",
                                (long long)done_steps, -cs[1], cs[0]);
