@@ -15,6 +15,15 @@ enum {
     NNP_EXIT_REQUEUE = 75,   /* stopped by a signal after writing a checkpoint: resume me */
 };
 
+/* Rows of a command's option table (options.h), for a command that keeps its parsed
+ * values in a file-scope struct named O: OPT_S string, OPT_D double, OPT_I int, OPT_L
+ * int64, OPT_F flag. */
+#define OPT_S(name, field, def, help) {name, NNP_OPTT_STR, O.field, def, help, 0}
+#define OPT_D(name, field, def, help) {name, NNP_OPTT_DOUBLE, &O.field, def, help, 0}
+#define OPT_I(name, field, def, help) {name, NNP_OPTT_INT, &O.field, def, help, 0}
+#define OPT_L(name, field, def, help) {name, NNP_OPTT_I64, &O.field, def, help, 0}
+#define OPT_F(name, field, def, help) {name, NNP_OPTT_FLAG, &O.field, def, help, 0}
+
 /* Each subcommand parses argv (its options only) and returns a status; main maps it to
  * an exit code after all ranks agreed. */
 nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv);

@@ -41,34 +41,28 @@ typedef struct {
 
 static stats_opts O;
 
-#define S(name, field, def, help) {name, NNP_OPTT_STR, O.field, def, help, 0}
-#define D(name, field, def, help) {name, NNP_OPTT_DOUBLE, &O.field, def, help, 0}
-#define I(name, field, def, help) {name, NNP_OPTT_INT, &O.field, def, help, 0}
-#define L(name, field, def, help) {name, NNP_OPTT_I64, &O.field, def, help, 0}
-#define F(name, field, def, help) {name, NNP_OPTT_FLAG, &O.field, def, help, 0}
-
 static nnp_option opts[] = {
-    S("model", model, "", "lenet | mlp:784-256x12-10 | seq:... (docs/models.md); or use --depth"),
-    I("depth", depth, "0", "build D square dense layers of width --width (mlp:W-WxD)"),
-    I("width", width, "256", "width of the --depth stack"),
-    S("init", init, "pytorch",
+    OPT_S("model", model, "", "lenet | mlp:784-256x12-10 | seq:... (docs/models.md); or use --depth"),
+    OPT_I("depth", depth, "0", "build D square dense layers of width --width (mlp:W-WxD)"),
+    OPT_I("width", width, "256", "width of the --depth stack"),
+    OPT_S("init", init, "pytorch",
       "pytorch|xavier-uniform|xavier-normal|kaiming-uniform|kaiming-normal|lecun-normal|"
       "orthogonal|normal:STD|uniform:A|constant:C|seed"),
-    S("act", act, "relu", "activation between mlp layers: relu|leaky-relu|tanh|sigmoid|identity"),
-    I("batch", batch, "256", "samples per draw"),
-    F("synthetic", synthetic, "0", "standard normal input (the default without --data)"),
-    S("data", data, "", "folder with Fashion-MNIST IDX files: use its first training images, "
+    OPT_S("act", act, "relu", "activation between mlp layers: relu|leaky-relu|tanh|sigmoid|identity"),
+    OPT_I("batch", batch, "256", "samples per draw"),
+    OPT_F("synthetic", synthetic, "0", "standard normal input (the default without --data)"),
+    OPT_S("data", data, "", "folder with Fashion-MNIST IDX files: use its first training images, "
                         "normalized with the training set's moments"),
-    S("grad", grad, "normal", "loss gradient: normal (standard normal) | loss (softmax "
+    OPT_S("grad", grad, "normal", "loss gradient: normal (standard normal) | loss (softmax "
                               "cross-entropy with the labels; random labels if synthetic)"),
-    S("precond", precond, "none", "also report the preconditioned gradient: none|static|dynamic"),
-    S("precond-formula", pformula, "corrected", "corrected | seed"),
-    I("repeat", repeat, "1", "independent draws (init seed and input); report mean and spread"),
-    L("seed", seed, "1", "random seed; draw r uses seed + r"),
-    F("collapse", collapse, "0", "depth-until-collapse mode for every initializer in --inits"),
-    S("inits", inits, DEFAULT_INITS, "initializers compared by --collapse"),
-    D("collapse-ratio", ratio, "1e-6", "collapse: activation std below RATIO x input std"),
-    S("csv", csv, "", "also write the rows to this CSV file"),
+    OPT_S("precond", precond, "none", "also report the preconditioned gradient: none|static|dynamic"),
+    OPT_S("precond-formula", pformula, "corrected", "corrected | seed"),
+    OPT_I("repeat", repeat, "1", "independent draws (init seed and input); report mean and spread"),
+    OPT_L("seed", seed, "1", "random seed; draw r uses seed + r"),
+    OPT_F("collapse", collapse, "0", "depth-until-collapse mode for every initializer in --inits"),
+    OPT_S("inits", inits, DEFAULT_INITS, "initializers compared by --collapse"),
+    OPT_D("collapse-ratio", ratio, "1e-6", "collapse: activation std below RATIO x input std"),
+    OPT_S("csv", csv, "", "also write the rows to this CSV file"),
 };
 #define N_OPTS ((int)(sizeof opts / sizeof opts[0]))
 
