@@ -15,26 +15,8 @@ set -uo pipefail
 nnprec=$1 mpiexec=$2
 here=$(cd "$(dirname "$0")/.." && pwd)
 py=/usr/bin/python3
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0 passes=0
-ok()   { passes=$((passes + 1)); }
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+source "$(dirname "$0")/cli_lib.sh"
 mpi() { local np=$1; shift; timeout 120 "$mpiexec" -n "$np" --oversubscribe "$nnprec" "$@"; }
-
-# expect CODE PATTERN cmd...: exit code CODE and stderr matching PATTERN in ONE line
-expect() {
-  local code=$1 pat=$2; shift 2
-  timeout 60 "$@" > "$tmp/out" 2> "$tmp/err"
-  local rc=$?
-  # mpiexec adds its own notice when a rank exits non-zero; count nnprec's lines only
-  local n; n=$(grep -c '^nnprec' "$tmp/err")
-  if [ "$rc" != "$code" ]; then fail "$* -> exit $rc, want $code; stderr: $(head -3 "$tmp/err")"; return; fi
-  if ! grep -q -- "$pat" "$tmp/err"; then fail "$* -> stderr lacks '$pat': $(head -3 "$tmp/err")"; return; fi
-  if [ "$n" != 1 ]; then fail "$* -> $n stderr lines, want 1: $(cat "$tmp/err")"; return; fi
-  ok
-}
 # accuracy printed by nnprec eval ("test loss X accuracy Y% ...") -> Y
 eval_acc() { sed -n 's/^test loss [^ ]* accuracy \([0-9.]*\)%.*/\1/p' "$1"; }
 
@@ -105,5 +87,4 @@ else
     && ok || fail "PyTorch accuracy '$at%' vs nnprec eval '$a1%'"
 fi
 
-echo "$passes passed, $fails failed"
-[ "$fails" = 0 ]
+finish

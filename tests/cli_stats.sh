@@ -4,25 +4,7 @@
 # usage: cli_stats.sh NNPREC [MPIEXEC]
 set -uo pipefail
 nnprec=$1 mpiexec=${2:-}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0 passes=0
-ok()   { passes=$((passes + 1)); }
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
-
-# expect CODE PATTERN cmd...: exit code CODE and stderr matching PATTERN in ONE line
-expect() {
-  local code=$1 pat=$2; shift 2
-  timeout 60 "$@" > "$tmp/out" 2> "$tmp/err"
-  local rc=$?
-  local n; n=$(grep -c '^nnprec' "$tmp/err")
-  if [ "$rc" != "$code" ]; then fail "$* -> exit $rc, want $code; stderr: $(head -3 "$tmp/err")"; return; fi
-  if ! grep -q -- "$pat" "$tmp/err"; then fail "$* -> stderr lacks '$pat': $(head -3 "$tmp/err")"; return; fi
-  if [ "$n" != 1 ] || [ "$(wc -l < "$tmp/err")" != 1 ]; then
-    fail "$* -> stderr is not one line: $(cat "$tmp/err")"; return; fi
-  ok
-}
+source "$(dirname "$0")/cli_lib.sh"
 
 # --help lists every option with its default, and exits 0
 "$nnprec" stats --help > "$tmp/help" || fail "stats --help exit code"
@@ -72,5 +54,4 @@ if [ -n "$mpiexec" ]; then
   fi
 fi
 
-echo "cli_stats: $passes passed, $fails failed"
-[ "$fails" = 0 ]
+finish cli_stats

@@ -4,25 +4,7 @@
 # usage: cli_train.sh NNPREC MPIEXEC
 set -uo pipefail
 nnprec=$1 mpiexec=$2
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0 passes=0
-ok()   { passes=$((passes + 1)); }
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
-
-# expect CODE PATTERN cmd...: exit code CODE and stderr matching PATTERN in ONE line
-expect() {
-  local code=$1 pat=$2; shift 2
-  timeout 60 "$@" > "$tmp/out" 2> "$tmp/err"
-  local rc=$?
-  # mpiexec adds its own notice when a rank exits non-zero; count nnprec's lines only
-  local n; n=$(grep -c '^nnprec' "$tmp/err")
-  if [ "$rc" != "$code" ]; then fail "$* -> exit $rc, want $code; stderr: $(head -3 "$tmp/err")"; return; fi
-  if ! grep -q -- "$pat" "$tmp/err"; then fail "$* -> stderr lacks '$pat': $(head -3 "$tmp/err")"; return; fi
-  if [ "$n" != 1 ]; then fail "$* -> $n stderr lines, want 1: $(cat "$tmp/err")"; return; fi
-  ok
-}
+source "$(dirname "$0")/cli_lib.sh"
 
 # --help lists every option with its default, and exits 0
 "$nnprec" train --help > "$tmp/help" || fail "train --help exit code"
@@ -74,5 +56,4 @@ grep -q '1 BLAS thread per rank\|OPENBLAS_NUM_THREADS' "$tmp/run.log" && ok || f
 # the allocation counter (nnp_malloc/nnp_calloc) does not move during training steps
 grep -q '^\[check\] 0 allocations inside 10 training steps' "$tmp/run.log" && ok || fail "allocations in the step: $(grep check "$tmp/run.log")"
 
-echo "$passes passed, $fails failed"
-[ "$fails" = 0 ]
+finish
