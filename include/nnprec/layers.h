@@ -37,6 +37,10 @@ void nnp_conv2d_forward(const nnp_conv_geom *g, int B, const float *x, const flo
 /* dW, db, dx (nullable) from dy[B,K,OH,OW]. Recomputes im2col of x into ws. */
 void nnp_conv2d_backward(const nnp_conv_geom *g, int B, const float *x, const float *W,
                          const float *dy, float *dx, float *dW, float *db, float *ws);
+/* The same when ws still holds what nnp_conv2d_forward of the same x and B left in it (the
+ * im2col matrix, its first C*k*k*B*OH*OW floats): skips recomputing it. ws is overwritten. */
+void nnp_conv2d_backward_cached(const nnp_conv_geom *g, int B, const float *W, const float *dy,
+                                float *dx, float *dW, float *db, float *ws);
 
 /* ---- pooling (square window k, stride s, no padding, floor output) ------------------- */
 typedef struct {

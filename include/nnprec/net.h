@@ -78,7 +78,8 @@ typedef struct {
      * max_batch * size(shape) floats. dact[i] likewise for gradients. */
     float **act, **dact;
     int **argmax;         /* per maxpool layer, else NULL */
-    float *ws;            /* shared conv workspace */
+    float **ws;           /* per conv layer (else NULL): its workspace, which keeps the
+                           * im2col matrix of its input from forward to backward */
     char spec[256];       /* the model spec it was built from */
 } nnp_net;
 

@@ -191,8 +191,9 @@ void nnp_conv2d_forward(const nnp_conv_geom *g, int B, const float *x, const flo
     }
 }
 
-void nnp_conv2d_backward(const nnp_conv_geom *g, int B, const float *x, const float *W,
-                         const float *dy, float *dx, float *dW, float *db, float *ws)
+/* Backward with col = im2col(x) either in ws already (x == NULL) or computed here. */
+static void conv2d_backward(const nnp_conv_geom *g, int B, const float *x, const float *W,
+                            const float *dy, float *dx, float *dW, float *db, float *ws)
 {
     const int K = g->K, R = g->C * g->k * g->k;
     if (B <= 0) {
@@ -226,7 +227,8 @@ void nnp_conv2d_backward(const nnp_conv_geom *g, int B, const float *x, const fl
         }
     }
     if (dW) {
-        im2col(g, B, x, col);
+        if (x)
+            im2col(g, B, x, col);
         /* dW[K, R] = dY'[K, N] col^T[N, R] */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, K, R, (int)N, 1.0f, dyk, (int)N,
                     col, (int)N, 0.0f, dW, R);
@@ -238,4 +240,16 @@ void nnp_conv2d_backward(const nnp_conv_geom *g, int B, const float *x, const fl
         memset(dx, 0, (size_t)B * g->C * g->H * g->W * sizeof *dx);
         col2im(g, B, col, dx);
     }
+}
+
+void nnp_conv2d_backward(const nnp_conv_geom *g, int B, const float *x, const float *W,
+                         const float *dy, float *dx, float *dW, float *db, float *ws)
+{
+    conv2d_backward(g, B, x, W, dy, dx, dW, db, ws);
+}
+
+void nnp_conv2d_backward_cached(const nnp_conv_geom *g, int B, const float *W, const float *dy,
+                                float *dx, float *dW, float *db, float *ws)
+{
+    conv2d_backward(g, B, NULL, W, dy, dx, dW, db, ws);
 }

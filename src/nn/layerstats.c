@@ -98,7 +98,7 @@ static nnp_status first_layer_dx(nnp_net *net, int B, int i, double *std)
     if (L->kind == NNP_L_DENSE)
         nnp_dense_backward(B, w->fan_in, w->fan_out, net->act[i], W, dy, dx, dw, dw + w->n);
     else
-        nnp_conv2d_backward(&L->conv, B, net->act[i], W, dy, dx, dw, dw + w->n, net->ws);
+        nnp_conv2d_backward(&L->conv, B, net->act[i], W, dy, dx, dw, dw + w->n, net->ws[i]);
     double m;
     nnp_moments(dx, nin, &m, std);
     free(dx);

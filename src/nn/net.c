@@ -352,7 +352,9 @@ static nnp_status alloc_buffers(nnp_net *net)
     net->argmax = nnp_calloc((size_t)n, sizeof(int *));
     if (!net->params || !net->grads || !net->act || !net->dact || !net->argmax)
         return NNP_ERR_NOMEM;
-    size_t ws = 0;
+    net->ws = nnp_calloc((size_t)n, sizeof(float *));
+    if (!net->ws)
+        return NNP_ERR_NOMEM;
     for (int i = 0; i <= n; i++) {
         nnp_shape s = i < n ? net->layers[i].in : net->layers[n - 1].out;
         /* flatten moves no data: its output aliases its input */
@@ -374,15 +376,11 @@ static nnp_status alloc_buffers(nnp_net *net)
                 return NNP_ERR_NOMEM;
         }
         if (L->kind == NNP_L_CONV2D) {
-            size_t w = nnp_conv2d_workspace(&L->conv, net->max_batch);
-            if (w > ws)
-                ws = w;
+            net->ws[i] = nnp_calloc(nnp_conv2d_workspace(&L->conv, net->max_batch),
+                                    sizeof(float));
+            if (!net->ws[i])
+                return NNP_ERR_NOMEM;
         }
-    }
-    if (ws) {
-        net->ws = nnp_calloc(ws, sizeof(float));
-        if (!net->ws)
-            return NNP_ERR_NOMEM;
     }
     return NNP_OK;
 }
@@ -450,6 +448,8 @@ void nnp_net_free(nnp_net *net)
     }
     for (int i = 0; net->argmax && i < net->n_layers; i++)
         free(net->argmax[i]);
+    for (int i = 0; net->ws && i < net->n_layers; i++)
+        free(net->ws[i]);
     free(net->act);
     free(net->dact);
     free(net->argmax);
@@ -481,7 +481,7 @@ const float *nnp_net_forward(nnp_net *net, int B, const float *x)
         case NNP_L_CONV2D: {
             const nnp_tensor *w = &net->tensors[L->tensor];
             nnp_conv2d_forward(&L->conv, B, in, net->params + w->off, net->params + w[1].off,
-                               out, net->ws);
+                               out, net->ws[i]);
             break;
         }
         case NNP_L_MAXPOOL: nnp_maxpool_forward(&L->pool, B, in, out, net->argmax[i]); break;
@@ -511,8 +511,9 @@ void nnp_net_backward(nnp_net *net, int B, nnp_grad_ready_fn on_ready, void *ctx
         }
         case NNP_L_CONV2D: {
             const nnp_tensor *w = &net->tensors[L->tensor];
-            nnp_conv2d_backward(&L->conv, B, net->act[i], net->params + w->off, dy, dx,
-                                net->grads + w->off, net->grads + w[1].off, net->ws);
+            /* the forward pass of this batch left im2col(input) in this layer's ws */
+            nnp_conv2d_backward_cached(&L->conv, B, net->params + w->off, dy, dx,
+                                       net->grads + w->off, net->grads + w[1].off, net->ws[i]);
             break;
         }
         case NNP_L_MAXPOOL:
