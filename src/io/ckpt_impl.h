@@ -1,0 +1,57 @@
+/* ckpt_impl.h - private to the checkpoint module (src/io/ckpt_*.c); see ckpt.h.
+ *
+ * The helpers the atomic write (ckpt_write.c), the validating read (ckpt_read.c) and the
+ * file rotation (ckpt_files.c) share: HDF5 error handling, closing HDF5 ids of any kind,
+ * file access properties, the tensor-name split and the file-system syncing.
+ */
+#ifndef NNPREC_CKPT_IMPL_H
+#define NNPREC_CKPT_IMPL_H
+#include <stddef.h>
+
+#include <hdf5.h>
+
+#include "nnprec/ckpt.h"
+
+#define NNP__CKPT_PATH_CAP 4096
+
+/* ---- HDF5 error handling (ckpt_write.c) ------------------------------------------------ */
+
+/* HDF5's automatic error printing, saved by nnp__ckpt_quiet_on and restored by
+ * nnp__ckpt_quiet_off around the body of every public function that calls HDF5. */
+typedef struct {
+    H5E_auto2_t func;
+    void *data;
+} nnp__ckpt_h5_quiet;
+
+void nnp__ckpt_quiet_on(nnp__ckpt_h5_quiet *q);
+void nnp__ckpt_quiet_off(const nnp__ckpt_h5_quiet *q);
+
+/* The reason for the last failure: errno if set, else HDF5's innermost message (buf holds
+ * 512 bytes). */
+const char *nnp__ckpt_h5_reason(int err, char *buf);
+
+/* Close an HDF5 id of any kind; negative ids are ignored. */
+void nnp__ckpt_close_id(hid_t id);
+
+/* File access properties for every checkpoint file (close degree strong, no locking). */
+hid_t nnp__ckpt_make_fapl(void);
+
+/* Split "conv1.weight" into group "conv1" and dataset "weight". */
+void nnp__ckpt_split_name(const char *name, char *group, char *leaf, size_t cap);
+
+/* PyTorch's state names: SGD "momentum_buffer", Adam/AdamW "exp_avg" and "exp_avg_sq". */
+static inline const char *nnp__ckpt_buf1_name(nnp_opt_kind k)
+{
+    return k == NNP_OPT_SGD ? "momentum_buffer" : "exp_avg";
+}
+
+/* ---- file system (ckpt_files.c) -------------------------------------------------------- */
+
+/* fsync a file (opened for writing) or a directory; a directory that cannot be synced
+ * (EINVAL, ENOTSUP, EROFS) counts as synced. Returns 0 or -1 with errno. */
+int nnp__ckpt_fsync_path(const char *path, int directory);
+
+/* The directory part of path into buf ("." without a slash, "/" for the root). */
+void nnp__ckpt_dir_of(const char *path, char *buf, size_t cap);
+
+#endif
