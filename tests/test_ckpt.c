@@ -823,7 +823,7 @@ int main(void)
         perror("mkdtemp");
         return 1;
     }
-    H5dont_atexit(); /* as the library does before its first HDF5 call (see ckpt.c) */
+    H5dont_atexit(); /* as the library does before its first HDF5 call (see src/io/ckpt_write.c) */
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* the tests provoke HDF5 errors on purpose */
 
     test_round_trip("lenet", NNP_ACT_RELU, NNP_OPT_SGD, 0.9, NNP_PRECOND_DYNAMIC, "lenet_sgd.h5");

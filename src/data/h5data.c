@@ -246,7 +246,7 @@ nnp_status nnp_h5_load(const char *path, const char *split, size_t limit, size_t
     if (!path || !split)
         return nnp_error(NNP_ERR_ARG, "nnp_h5_load: NULL argument");
     h5_quiet q;
-    H5dont_atexit(); /* as in ckpt.c: HDF5's exit handler is not needed and not safe */
+    H5dont_atexit(); /* as in the checkpoint code: HDF5's exit handler is not needed and not safe */
     H5Eget_auto2(H5E_DEFAULT, &q.func, &q.data);
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     h5_ids h = {-1, -1, -1, -1, -1, -1, -1, -1};
