@@ -57,6 +57,9 @@ nnp_status nnp_idx_paths(const char *dir, const char *split, char *images, char 
 /* Contiguous share of rank r when `count` items are split over p ranks:
  * [count*r/p, count*(r+1)/p). Shares differ by at most one item. */
 void nnp_split(size_t count, int p, int r, size_t *lo, size_t *hi);
+/* The rows a reader keeps of a file of N samples: [first, first + n) with
+ * first = min(lo, end), end = min(N, limit (0 = none), hi). */
+void nnp_keep_range(size_t N, size_t limit, size_t lo, size_t hi, size_t *first, size_t *n);
 /* Number of global batches in an epoch of N samples with global batch G (the last one
  * may be partial; it is kept and its gradient weighted by its true size). */
 size_t nnp_batches_per_epoch(size_t N, size_t G);

@@ -175,13 +175,8 @@ static nnp_status load(const char *path, const char *split, size_t limit, size_t
             maxl = labels[i];
     }
 
-    size_t end = N;
-    if (limit && limit < end)
-        end = limit;
-    if (hi < end)
-        end = hi;
-    size_t first = lo < end ? lo : end;
-    size_t n = end - first;
+    size_t first, n;
+    nnp_keep_range(N, limit, lo, hi, &first, &n);
     size_t D = (size_t)(dims[1] * dims[2] * dims[3]);
 
     out->c = (int)dims[1];
@@ -228,12 +223,12 @@ static nnp_status load(const char *path, const char *split, size_t limit, size_t
     if (H5Sselect_hyperslab(h->si, H5S_SELECT_SET, start, NULL, count, NULL) < 0 ||
         (h->ms = H5Screate_simple(1, mdims, NULL)) < 0)
         return nnp_error(NNP_ERR_FORMAT, "%s: cannot select rows %zu..%zu of /%s/images", path,
-                         first, end, split);
+                         first, first + n, split);
     errno = 0;
     if (H5Dread(h->di, is_u8 ? H5T_NATIVE_UCHAR : H5T_NATIVE_FLOAT, h->ms, h->si, H5P_DEFAULT,
                 dst) < 0)
         return nnp_error(NNP_ERR_IO, "%s: cannot read rows %zu..%zu of /%s/images%s%s", path,
-                         first, end, split, errno ? ": " : " (truncated or corrupt file)",
+                         first, first + n, split, errno ? ": " : " (truncated or corrupt file)",
                          errno ? strerror(errno) : "");
     out->n = n;
     return NNP_OK;

@@ -136,14 +136,8 @@ static nnp_status load(gzFile fi, gzFile fl, const char *images_path, const char
         if (labels[i] > maxl)
             maxl = labels[i];
 
-    /* Samples kept: [lo, end) with end = min(N, limit, hi). */
-    size_t end = N;
-    if (limit && limit < end)
-        end = limit;
-    if (hi < end)
-        end = hi;
-    size_t first = lo < end ? lo : end;
-    size_t n = end - first;
+    size_t first, n;
+    nnp_keep_range(N, limit, lo, hi, &first, &n);
     size_t D = (size_t)H * W;
 
     out->c = 1;

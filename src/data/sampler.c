@@ -39,3 +39,14 @@ void nnp_epoch_permutation(uint64_t seed, int epoch, uint32_t *perm, size_t N)
     nnp_rng_seed(&r, seed, (uint64_t)NNP_STREAM_SHUFFLE + ((uint64_t)epoch << 8));
     nnp_rng_permutation(&r, perm, N);
 }
+
+void nnp_keep_range(size_t N, size_t limit, size_t lo, size_t hi, size_t *first, size_t *n)
+{
+    size_t end = N;
+    if (limit && limit < end)
+        end = limit;
+    if (hi < end)
+        end = hi;
+    *first = lo < end ? lo : end;
+    *n = end - *first;
+}
