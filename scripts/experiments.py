@@ -194,6 +194,22 @@ def cmd_summary(args):
                 m, sd = mean_std(diffs)
                 cells.append("–" if m is None else f"{m:+.2f} ± {sd:.2f}")
             print(f"| {cfg} | " + " | ".join(cells) + " |")
+    target = args.target
+    print(f"\nTime to {target:g}% test accuracy (first evaluation at or above it): epochs and "
+          f"training wall seconds, mean ± std over the seeds that reach it.\n")
+    print("| config | reached | epochs | wall s |")
+    print("|---|---|---|---|")
+    for cfg, runs in data.items():
+        eps, walls = [], []
+        for ev, _ in runs:
+            hit = next((r for r in ev if 100 * r["test_acc"] >= target), None)
+            if hit:
+                eps.append(hit["epoch"])
+                walls.append(hit["wall_s"])
+        me, se = mean_std(eps)
+        mw, sw = mean_std(walls)
+        cell = lambda m, sd, f: "–" if m is None else f"{m:{f}} ± {sd:{f}}"
+        print(f"| {cfg} | {len(eps)}/{len(runs)} | {cell(me, se, '.2f')} | {cell(mw, sw, '.1f')} |")
     plot(args, e, data)
 
 
@@ -242,6 +258,8 @@ def main():
     ap.add_argument("--epochs", type=int, help="override the epochs")
     ap.add_argument("--only", nargs="*", help="run only these configs")
     ap.add_argument("--plot", help="PNG path for the summary plot")
+    ap.add_argument("--target", type=float, default=85.0,
+                    help="summary: test accuracy (%%) for the time-to-accuracy table [85]")
     args = ap.parse_args()
     if args.action == "run":
         if not os.access(args.nnprec, os.X_OK):
