@@ -8,7 +8,7 @@ of step time spent in the allreduce (including the wait for the slowest rank) an
 --allreduce bucketed, how much of the communication thread's allreduce time was hidden
 behind backward (1 - exposed / thread time).
 
-  scripts/bench_scaling.py [--ranks 1 2] [--models lenet mlp] [--no-torch]
+  scripts/bench_scaling.py [--ranks 1 2] [--models lenet mlp] [--no-torch] [--plot PNG]
 
 Each rank is bound to a core (--bind-to core) with one BLAS thread.
 """
@@ -84,6 +84,7 @@ def main():
     ap.add_argument("--models", nargs="+", default=["lenet", "mlp"], choices=sorted(MODELS))
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch DDP")
     ap.add_argument("--rounds", type=int, default=1, help="repeat and keep the median")
+    ap.add_argument("--plot", help="PNG: samples/s and efficiency against ranks")
     a = ap.parse_args()
     if not os.access(a.nnprec, os.X_OK):
         sys.exit(f"bench_scaling.py: error: {a.nnprec} is not an executable (build first)")
@@ -93,6 +94,7 @@ def main():
           "machine's own ceiling for that many concurrent processes.")
     print(f"{'model':<6} {'mode':<6} {'ranks':>5} {'allreduce':>11} {'samples/s':>10} {'eff':>6} "
           f"{'AR share':>8} {'hidden':>6} {'torch DDP':>10} {'torch eff':>9}")
+    rows = []  # (model, mode, who, ranks, samples/s, efficiency)
     for m in a.models:
         model, b, gb, steps = MODELS[m]
         for mode in ("weak", "strong"):
@@ -120,11 +122,48 @@ def main():
                         if p == 1:
                             base["torch"] = tsps
                         teff = tsps / (p * base["torch"])
+                    rows.append((m, mode, f"nnprec {allreduce}", p, sps, eff))
+                    if tsps is not None:
+                        rows.append((m, mode, "PyTorch DDP", p, tsps, teff))
                     print(f"{m:<6} {mode:<6} {p:>5} {allreduce:>11} {sps:>10.0f} {100 * eff:>5.0f}% "
                           f"{100 * share:>7.1f}% "
                           f"{'' if hidden is None else f'{100 * hidden:.0f}%':>6} "
                           f"{'' if tsps is None else f'{tsps:.0f}':>10} "
                           f"{'' if teff is None else f'{100 * teff:.0f}%':>9}", flush=True)
+
+    if a.plot:
+        plot(rows, a.plot)
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    panels = sorted({(r[0], r[1]) for r in rows})
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.5 * len(panels), 7), squeeze=False)
+    for col, (m, mode) in enumerate(panels):
+        for who, color in (("nnprec fused", "C0"), ("nnprec bucketed", "C1"), ("PyTorch DDP", "C2")):
+            pts = sorted((r[3], r[4], r[5]) for r in rows if (r[0], r[1], r[2]) == (m, mode, who))
+            if not pts:
+                continue
+            ranks = [x[0] for x in pts]
+            # bucketed has no 1-rank run of its own (it is measured against fused's)
+            style = dict(marker="s", ls="none") if who == "nnprec bucketed" else dict(marker="o")
+            axes[0][col].plot(ranks, [x[1] for x in pts], color=color, label=who, **style)
+            axes[1][col].plot(ranks, [100 * x[2] for x in pts], color=color, label=who, **style)
+        axes[1][col].set_ylim(0, 115)
+        axes[0][col].set_title(f"{m}, {mode} scaling")
+        axes[0][col].set_ylabel("samples/s")
+        axes[1][col].set_ylabel("efficiency (%)")
+        axes[1][col].axhline(100, color="grey", lw=0.8, ls=":")
+        for ax in (axes[0][col], axes[1][col]):
+            ax.set_xlabel("ranks")
+            ax.set_xticks(sorted({r[3] for r in rows}))
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    print(f"plot: {path}")
 
 
 if __name__ == "__main__":
