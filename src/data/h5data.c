@@ -18,24 +18,7 @@
 #include <hdf5.h>
 
 #include "nnprec/alloc.h"
-
-typedef struct {
-    H5E_auto2_t func;
-    void *data;
-} h5_quiet;
-
-static void dtype_str(hid_t t, char *buf, size_t cap)
-{
-    size_t sz = H5Tget_size(t);
-    switch (H5Tget_class(t)) {
-    case H5T_FLOAT: snprintf(buf, cap, "float%zu", 8 * sz); break;
-    case H5T_INTEGER:
-        snprintf(buf, cap, "%s%zu", H5Tget_sign(t) == H5T_SGN_NONE ? "uint" : "int", 8 * sz);
-        break;
-    case H5T_STRING: snprintf(buf, cap, "string"); break;
-    default: snprintf(buf, cap, "non-numeric type"); break;
-    }
-}
+#include "../io/h5util.h"
 
 /* Open /split/name as a dataset; error names file and dataset. */
 static nnp_status open_dset(const char *path, hid_t f, const char *split, const char *name,
@@ -106,7 +89,7 @@ static nnp_status load(const char *path, const char *split, size_t limit, size_t
     int is_f32 = cls == H5T_FLOAT && esz == 4;
     if (!is_u8 && !is_f32) {
         char ts[32];
-        dtype_str(h->ti, ts, sizeof ts);
+        nnp__h5_dtype_str(h->ti, ts, sizeof ts);
         return nnp_error(NNP_ERR_FORMAT, "%s: /%s/images has dtype %s, expected uint8 or float32",
                          path, split, ts);
     }
@@ -140,7 +123,7 @@ static nnp_status load(const char *path, const char *split, size_t limit, size_t
         return nnp_error(NNP_ERR_FORMAT, "%s: cannot read the type of /%s/labels", path, split);
     if (H5Tget_class(h->tl) != H5T_INTEGER) {
         char ts[32];
-        dtype_str(h->tl, ts, sizeof ts);
+        nnp__h5_dtype_str(h->tl, ts, sizeof ts);
         return nnp_error(NNP_ERR_FORMAT, "%s: /%s/labels has dtype %s, expected an integer type",
                          path, split, ts);
     }
@@ -240,14 +223,12 @@ nnp_status nnp_h5_load(const char *path, const char *split, size_t limit, size_t
     memset(out, 0, sizeof *out);
     if (!path || !split)
         return nnp_error(NNP_ERR_ARG, "nnp_h5_load: NULL argument");
-    h5_quiet q;
-    H5dont_atexit(); /* as in the checkpoint code: HDF5's exit handler is not needed and not safe */
-    H5Eget_auto2(H5E_DEFAULT, &q.func, &q.data);
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    nnp__h5_quiet q;
+    nnp__h5_quiet_on(&q);
     h5_ids h = {-1, -1, -1, -1, -1, -1, -1, -1};
     nnp_status s = load(path, split, limit, lo, hi, out, &h);
     close_all(&h);
-    H5Eset_auto2(H5E_DEFAULT, q.func, q.data);
+    nnp__h5_quiet_off(&q);
     if (s != NNP_OK)
         nnp_dataset_free(out);
     return s;

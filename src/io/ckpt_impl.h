@@ -9,22 +9,13 @@
 #include <stddef.h>
 
 #include <hdf5.h>
+#include "h5util.h"
 
 #include "nnprec/ckpt.h"
 
 #define NNP__CKPT_PATH_CAP 4096
 
-/* ---- HDF5 error handling (ckpt_write.c) ------------------------------------------------ */
-
-/* HDF5's automatic error printing, saved by nnp__ckpt_quiet_on and restored by
- * nnp__ckpt_quiet_off around the body of every public function that calls HDF5. */
-typedef struct {
-    H5E_auto2_t func;
-    void *data;
-} nnp__ckpt_h5_quiet;
-
-void nnp__ckpt_quiet_on(nnp__ckpt_h5_quiet *q);
-void nnp__ckpt_quiet_off(const nnp__ckpt_h5_quiet *q);
+/* ---- HDF5 error handling (ckpt_write.c; quiet on/off in h5util.h) ---------------------- */
 
 /* The reason for the last failure: errno if set, else HDF5's innermost message (buf holds
  * 512 bytes). */

@@ -36,21 +36,6 @@ static void shape_str(int ndim, const hsize_t *d, char *buf, size_t cap)
     }
 }
 
-static void dtype_str(hid_t t, char *buf, size_t cap)
-{
-    size_t sz = H5Tget_size(t);
-    switch (H5Tget_class(t)) {
-    case H5T_FLOAT: snprintf(buf, cap, "float%zu", 8 * sz); break;
-    case H5T_INTEGER:
-        snprintf(buf, cap, "%s%zu", H5Tget_sign(t) == H5T_SGN_NONE ? "uint" : "int", 8 * sz);
-        break;
-    case H5T_STRING: snprintf(buf, cap, "string"); break;
-    case H5T_COMPOUND: snprintf(buf, cap, "compound"); break;
-    default: snprintf(buf, cap, "non-numeric type"); break;
-    }
-}
-
-
 /* ---- read ------------------------------------------------------------------------------ */
 
 /* Read a scalar attribute of any numeric type, converted to mtype. Returns 0, or -1 with an
@@ -69,7 +54,7 @@ static int attr_num(const char *path, hid_t loc, const char *where, const char *
     H5T_class_t cls = t >= 0 ? H5Tget_class(t) : H5T_NO_CLASS;
     if (ok && cls != H5T_INTEGER && cls != H5T_FLOAT) {
         char ts[32];
-        dtype_str(t, ts, sizeof ts);
+        nnp__h5_dtype_str(t, ts, sizeof ts);
         nnp__ckpt_close_id(t);
         nnp__ckpt_close_id(sp);
         nnp__ckpt_close_id(a);
@@ -253,7 +238,7 @@ static hid_t check_dset(const char *path, hid_t f, const char *name, size_t esiz
     snprintf(want_t, sizeof want_t, "float%zu", 8 * esize);
     if (t < 0 || H5Tget_class(t) != H5T_FLOAT || H5Tget_size(t) != esize) {
         if (t >= 0)
-            dtype_str(t, got_t, sizeof got_t);
+            nnp__h5_dtype_str(t, got_t, sizeof got_t);
         else
             snprintf(got_t, sizeof got_t, "unknown");
         nnp__ckpt_close_id(t);
@@ -422,12 +407,12 @@ nnp_status nnp_ckpt_read(const char *path, nnp_net *net, nnp_optim *opt, nnp_pre
 {
     if (!path || !net)
         return nnp_error(NNP_ERR_ARG, "nnp_ckpt_read: NULL argument");
-    nnp__ckpt_h5_quiet q;
-    nnp__ckpt_quiet_on(&q);
+    nnp__h5_quiet q;
+    nnp__h5_quiet_on(&q);
     hid_t f;
     nnp_status s = open_ckpt(path, &f);
     if (s != NNP_OK) {
-        nnp__ckpt_quiet_off(&q);
+        nnp__h5_quiet_off(&q);
         return s;
     }
     nnp_ckpt_meta *m = nnp_malloc(sizeof *m);
@@ -467,14 +452,14 @@ done:
     free(rd);
     free(m);
     H5Fclose(f);
-    nnp__ckpt_quiet_off(&q);
+    nnp__h5_quiet_off(&q);
     return s;
 }
 
 nnp_status nnp_ckpt_read_meta(const char *path, nnp_ckpt_meta *meta)
 {
-    nnp__ckpt_h5_quiet q;
-    nnp__ckpt_quiet_on(&q);
+    nnp__h5_quiet q;
+    nnp__h5_quiet_on(&q);
     hid_t f;
     nnp_status s = open_ckpt(path, &f);
     if (s == NNP_OK) {
@@ -483,7 +468,7 @@ nnp_status nnp_ckpt_read_meta(const char *path, nnp_ckpt_meta *meta)
             s = read_meta_attrs(path, f, meta);
         H5Fclose(f);
     }
-    nnp__ckpt_quiet_off(&q);
+    nnp__h5_quiet_off(&q);
     return s;
 }
 
@@ -527,7 +512,7 @@ static void print_dset(hid_t loc, const char *name, const char *label, info_ctx 
     if (nd >= 0)
         shape_str(nd, dims, ss, sizeof ss);
     if (t >= 0)
-        dtype_str(t, ts, sizeof ts);
+        nnp__h5_dtype_str(t, ts, sizeof ts);
     hssize_t np = sp >= 0 ? H5Sget_simple_extent_npoints(sp) : 0;
     fprintf(c->out, "  %-28s %-8s %-16s %lld\n", label, ts, ss, (long long)np);
     c->total += np > 0 ? (size_t)np : 0;
@@ -584,18 +569,18 @@ static void print_attr_line(const char *path, hid_t loc, const char *where, cons
 
 nnp_status nnp_ckpt_info(const char *path, FILE *out)
 {
-    nnp__ckpt_h5_quiet q;
-    nnp__ckpt_quiet_on(&q);
+    nnp__h5_quiet q;
+    nnp__h5_quiet_on(&q);
     hid_t f;
     nnp_status s = open_ckpt(path, &f);
     if (s != NNP_OK) {
-        nnp__ckpt_quiet_off(&q);
+        nnp__h5_quiet_off(&q);
         return s;
     }
     nnp_ckpt_meta *m = nnp_malloc(sizeof *m);
     if (!m) {
         H5Fclose(f);
-        nnp__ckpt_quiet_off(&q);
+        nnp__h5_quiet_off(&q);
         return NNP_ERR_NOMEM;
     }
     s = check_format(path, f);
@@ -700,6 +685,6 @@ nnp_status nnp_ckpt_info(const char *path, FILE *out)
     }
     free(m);
     H5Fclose(f);
-    nnp__ckpt_quiet_off(&q);
+    nnp__h5_quiet_off(&q);
     return s;
 }

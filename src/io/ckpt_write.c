@@ -38,22 +38,6 @@
 
 /* ---- HDF5 error handling --------------------------------------------------------------- */
 
-void nnp__ckpt_quiet_on(nnp__ckpt_h5_quiet *q)
-{
-    /* HDF5's exit handler crashes on a file whose H5Fclose failed (HDF5 1.10: the file
-     * stays half-closed). Our files are always closed before we return, so the handler has
-     * nothing to do; it is turned off before the library initializes (the ckpt_*.c files
-     * and h5data.c are the only HDF5 users and all do this first). */
-    H5dont_atexit();
-    H5Eget_auto2(H5E_DEFAULT, &q->func, &q->data);
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-}
-
-void nnp__ckpt_quiet_off(const nnp__ckpt_h5_quiet *q)
-{
-    H5Eset_auto2(H5E_DEFAULT, q->func, q->data);
-}
-
 static herr_t walk_innermost(unsigned n, const H5E_error2_t *e, void *data)
 {
     if (n == 0 && e->desc)
@@ -495,10 +479,10 @@ nnp_status nnp_ckpt_write(const char *path, const nnp_net *net, const nnp_optim 
     w.plan = nnp_calloc((size_t)w.cap, sizeof *w.plan);
     if (!w.plan)
         return NNP_ERR_NOMEM;
-    nnp__ckpt_h5_quiet q;
-    nnp__ckpt_quiet_on(&q);
+    nnp__h5_quiet q;
+    nnp__h5_quiet_on(&q);
     nnp_status s = write_structure(tmp, net, opt, pc, meta, &w);
-    nnp__ckpt_quiet_off(&q);
+    nnp__h5_quiet_off(&q);
     if (s != NNP_OK)
         goto fail;
 
