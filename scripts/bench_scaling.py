@@ -16,6 +16,7 @@ import argparse
 import csv
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,6 +36,11 @@ def run_nnprec(a, model, np_, batch_args, steps, allreduce):
                "--eval-every", str(10 ** 9), "--test-limit", "100", "--check-replicas", "0",
                "--allreduce", allreduce, "--quiet", "--out", d]
         subprocess.run(cmd, check=True, env=ENV, stdout=subprocess.DEVNULL)
+        if a.logs:
+            os.makedirs(a.logs, exist_ok=True)
+            tag = f"{model.split(':')[0]}_{batch_args[0].strip('-')}{batch_args[1]}_{allreduce}_{np_}"
+            for f in ("train.csv", "timing.csv"):
+                shutil.copy(os.path.join(d, f), os.path.join(a.logs, f"{tag}_{f}"))
         rows = list(csv.DictReader(open(os.path.join(d, "train.csv"))))
         sps = statistics.median(float(r["samples_per_s"]) for r in rows[1:])
         t = {}
@@ -69,8 +75,8 @@ def run_independent(a, model, np_, batch, steps):
         return total
 
 
-def run_torch(model, np_, batch, steps):
-    out = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "scripts", "torch_ref.py"), "ddp",
+def run_torch(a, model, np_, batch, steps):
+    out = subprocess.run([a.torch_python, os.path.join(ROOT, "scripts", "torch_ref.py"), "ddp",
                           "--model", model, "--nproc", str(np_), "--batch", str(batch),
                           "--steps", str(steps), "--pin"], check=True, capture_output=True,
                          text=True).stdout
@@ -85,6 +91,10 @@ def main():
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch DDP")
     ap.add_argument("--rounds", type=int, default=1, help="repeat and keep the median")
     ap.add_argument("--plot", help="PNG: samples/s and efficiency against ranks")
+    ap.add_argument("--csv", help="also write the rows to this CSV file")
+    ap.add_argument("--logs", help="keep every nnprec run's train.csv and timing.csv here")
+    ap.add_argument("--torch-python", default="/usr/bin/python3",
+                    help="Python that imports torch (default: Debian's /usr/bin/python3)")
     a = ap.parse_args()
     if not os.access(a.nnprec, os.X_OK):
         sys.exit(f"bench_scaling.py: error: {a.nnprec} is not an executable (build first)")
@@ -94,17 +104,11 @@ def main():
           "machine's own ceiling for that many concurrent processes.")
     print(f"{'model':<6} {'mode':<6} {'ranks':>5} {'allreduce':>11} {'samples/s':>10} {'eff':>6} "
           f"{'AR share':>8} {'hidden':>6} {'torch DDP':>10} {'torch eff':>9}")
-    rows = []  # (model, mode, who, ranks, samples/s, efficiency)
+    rows = []  # (model, mode, who, ranks, samples/s, efficiency, AR share, hidden)
     for m in a.models:
         model, b, gb, steps = MODELS[m]
         for mode in ("weak", "strong"):
             base = {}
-            if mode == "weak":
-                for p in a.ranks:
-                    if p > 1:
-                        ind = run_independent(a, model, p, b, steps)
-                        print(f"{m:<6} {mode:<6} {p:>5} {'independent':>11} {ind:>10.0f} "
-                              f"{'':>6} (ceiling)", flush=True)
             for allreduce in ("fused", "bucketed"):
                 for p in a.ranks:
                     if allreduce == "bucketed" and p == 1:
@@ -118,19 +122,33 @@ def main():
                     eff = sps / (base["nnprec"] * p)
                     tsps = teff = None
                     if not a.no_torch and allreduce == "fused" and mode == "weak":
-                        tsps = run_torch(model, p, b, steps)
+                        tsps = run_torch(a, model, p, b, steps)
                         if p == 1:
                             base["torch"] = tsps
                         teff = tsps / (p * base["torch"])
-                    rows.append((m, mode, f"nnprec {allreduce}", p, sps, eff))
+                    rows.append((m, mode, f"nnprec {allreduce}", p, sps, eff, share, hidden))
                     if tsps is not None:
-                        rows.append((m, mode, "PyTorch DDP", p, tsps, teff))
+                        rows.append((m, mode, "PyTorch DDP", p, tsps, teff, None, None))
                     print(f"{m:<6} {mode:<6} {p:>5} {allreduce:>11} {sps:>10.0f} {100 * eff:>5.0f}% "
                           f"{100 * share:>7.1f}% "
                           f"{'' if hidden is None else f'{100 * hidden:.0f}%':>6} "
                           f"{'' if tsps is None else f'{tsps:.0f}':>10} "
                           f"{'' if teff is None else f'{100 * teff:.0f}%':>9}", flush=True)
+            if mode == "weak":
+                for p in a.ranks:
+                    if p > 1:
+                        ind = run_independent(a, model, p, b, steps)
+                        eff = ind / (p * base["nnprec"])
+                        rows.append((m, mode, "independent", p, ind, eff, None, None))
+                        print(f"{m:<6} {mode:<6} {p:>5} {'independent':>11} {ind:>10.0f} "
+                              f"{100 * eff:>5.0f}% (ceiling)", flush=True)
 
+    if a.csv:
+        with open(a.csv, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["model", "mode", "who", "ranks", "samples_per_s", "efficiency",
+                        "allreduce_share", "hidden"])
+            w.writerows(rows)
     if a.plot:
         plot(rows, a.plot)
 
@@ -142,13 +160,16 @@ def plot(rows, path):
     panels = sorted({(r[0], r[1]) for r in rows})
     fig, axes = plt.subplots(2, len(panels), figsize=(4.5 * len(panels), 7), squeeze=False)
     for col, (m, mode) in enumerate(panels):
-        for who, color in (("nnprec fused", "C0"), ("nnprec bucketed", "C1"), ("PyTorch DDP", "C2")):
+        for who, color in (("nnprec fused", "C0"), ("nnprec bucketed", "C1"), ("PyTorch DDP", "C2"),
+                           ("independent", "grey")):
             pts = sorted((r[3], r[4], r[5]) for r in rows if (r[0], r[1], r[2]) == (m, mode, who))
             if not pts:
                 continue
             ranks = [x[0] for x in pts]
             # bucketed has no 1-rank run of its own (it is measured against fused's)
             style = dict(marker="s", ls="none") if who == "nnprec bucketed" else dict(marker="o")
+            if who == "independent":  # no communication: the machine's ceiling
+                style = dict(marker="x", ls="--")
             axes[0][col].plot(ranks, [x[1] for x in pts], color=color, label=who, **style)
             axes[1][col].plot(ranks, [100 * x[2] for x in pts], color=color, label=who, **style)
         axes[1][col].set_ylim(0, 115)

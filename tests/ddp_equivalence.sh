@@ -6,6 +6,7 @@
 # slice of the batch, then the allreduce sums the ranks).
 #
 # usage: ddp_equivalence.sh NNPREC MPIEXEC [extra nnprec train options...]
+# (NNP_EXPECT_SLOW_RANK=R: also check that --balance gave the slowed rank R fewer samples)
 set -euo pipefail
 nnprec=$1 mpiexec=$2
 shift 2
@@ -42,6 +43,18 @@ for np in 2 3 4; do
   if awk -v r="$rel" 'BEGIN { exit !(r > 1e-5) }'; then echo "FAIL: difference above 1e-5"; status=1; fi
   if [ "$acc1" != "$accn" ]; then echo "FAIL: final test accuracy differs"; status=1; fi
 done
+# With --balance and a rank slowed down (NNPREC_FAULT_SLOW), that rank must have computed
+# under half the mean of the others' samples (ranks.csv) at every rank count.
+if [ -n "${NNP_EXPECT_SLOW_RANK:-}" ]; then
+  for np in 2 3 4; do
+    awk -F, -v s="$NNP_EXPECT_SLOW_RANK" -v np="$np" '
+      NR == 1 { for (i = 1; i <= NF; i++) if ($i == "samples") c = i; next }
+      $1 == s { slow = $c; next } { sum += $c; n++ }
+      END { printf "np=%d: slow rank %d computed %d samples, the others %.0f on average\n",
+                   np, s, slow, sum / n; exit !(c && slow < 0.5 * sum / n) }' "$tmp/np$np/ranks.csv" ||
+      { echo "FAIL: --balance did not move samples away from the slow rank"; status=1; }
+  done
+fi
 first=$(sed -n 2p "$tmp/np1/train.csv" | cut -d, -f3)
 last=$(tail -n 1 "$tmp/np1/train.csv" | cut -d, -f3)
 echo "loss at step 1: $first, at step 250: $last"

@@ -500,6 +500,81 @@ static void test_fashion_mnist(void)
     nnp_dataset_free(&d);
 }
 
+/* Speed-weighted shares: a partition of G into [1, cap] pieces whose largest finishing
+ * time share/speed cannot be lowered by moving one item, and contiguous slices of any
+ * (partial) batch under them. */
+static void test_split_weighted(void)
+{
+    size_t share[8];
+    /* equal speeds: the even split */
+    double eq[5] = {3, 3, 3, 3, 3};
+    nnp_split_weighted(64, 5, eq, 64, share);
+    for (int r = 0; r < 5; r++)
+        ASSERT_TRUE(share[r] == 12 || share[r] == 13);
+    /* 2:1 speeds take 2:1 shares */
+    double two[2] = {2000.0, 1000.0};
+    nnp_split_weighted(300, 2, two, 300, share);
+    ASSERT_TRUE(share[0] == 200 && share[1] == 100);
+    /* the cap binds: the fast rank gets cap, the rest is shared by the others */
+    double capd[3] = {100, 1, 1};
+    nnp_split_weighted(30, 3, capd, 12, share);
+    ASSERT_TRUE(share[0] == 12 && share[1] == 9 && share[2] == 9);
+    /* a rank that is nearly stopped still gets one item */
+    double stall[3] = {1e-9, 5, 5};
+    nnp_split_weighted(10, 3, stall, 10, share);
+    ASSERT_TRUE(share[0] == 1 && share[1] + share[2] == 9);
+
+    nnp_rng rng;
+    nnp_rng_seed(&rng, 7, NNP_STREAM_SHUFFLE);
+    for (int trial = 0; trial < 300; trial++) {
+        int p = 1 + trial % 8;
+        size_t G = (size_t)p + (size_t)(nnp_rng_below(&rng, 200));
+        size_t cap = (G + (size_t)p - 1) / (size_t)p * 2;
+        double sp[8];
+        for (int r = 0; r < p; r++)
+            sp[r] = 0.2 + (nnp_rng_below(&rng, 1000)) * 1e-2;
+        nnp_split_weighted(G, p, sp, cap, share);
+        size_t sum = 0;
+        double tmax = 0;
+        int ok = 1;
+        for (int r = 0; r < p; r++) {
+            ok &= share[r] >= 1 && share[r] <= cap;
+            sum += share[r];
+            if (share[r] / sp[r] > tmax)
+                tmax = share[r] / sp[r];
+        }
+        ok &= sum == G;
+        /* no single move lowers the makespan: unless the slowest rank is down to its one
+         * item, every rank that could take one more would then finish no earlier */
+        int slowest = 0;
+        for (int r = 0; r < p; r++)
+            if (share[r] / sp[r] >= tmax)
+                slowest = r;
+        for (int r = 0; r < p; r++)
+            if (share[r] < cap && share[slowest] > 1)
+                ok &= (share[r] + 1) / sp[r] >= tmax * (1 - 1e-12);
+        /* slices of every batch size up to G partition it, and the full batch is the shares */
+        for (size_t count = 0; count <= G && ok; count += 1 + G / 7) {
+            size_t prev = 0;
+            for (int r = 0; r < p; r++) {
+                size_t lo, hi;
+                nnp_split_shares(count, G, share, r, &lo, &hi);
+                ok &= lo == prev && hi >= lo && hi - lo <= share[r];
+                prev = hi;
+            }
+            ok &= prev == count;
+        }
+        for (int r = 0; r < p; r++) {
+            size_t lo, hi;
+            nnp_split_shares(G, G, share, r, &lo, &hi);
+            ok &= hi - lo == share[r];
+        }
+        if (!ok)
+            TEST_FAIL_("nnp_split_weighted(G=%zu, p=%d) trial %d", G, p, trial);
+        nnp_test_checks++;
+    }
+}
+
 int main(void)
 {
     for (int k = 0; k < NIMG * ID; k++)
@@ -517,6 +592,7 @@ int main(void)
     test_paths();
     test_normalize();
     test_split();
+    test_split_weighted();
     test_order();
     test_fashion_mnist();
 

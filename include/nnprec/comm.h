@@ -63,5 +63,7 @@ void nnp_comm_async_stop(nnp_comm_async *a);
 
 /* Gather one double per rank to every rank: out[size]. */
 nnp_status nnp_comm_allgather_f64(nnp_comm *c, double v, double *out);
+/* Gather n doubles per rank to rank 0: out[rank * n + i] (out is used on rank 0 only). */
+nnp_status nnp_comm_gather_f64(nnp_comm *c, const double *in, size_t n, double *out);
 
 #endif

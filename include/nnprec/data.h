@@ -57,6 +57,15 @@ nnp_status nnp_idx_paths(const char *dir, const char *split, char *images, char 
 /* Contiguous share of rank r when `count` items are split over p ranks:
  * [count*r/p, count*(r+1)/p). Shares differ by at most one item. */
 void nnp_split(size_t count, int p, int r, size_t *lo, size_t *hi);
+/* Shares of a global batch of G items in proportion to each rank's speed (items per
+ * second, > 0): every share is in [1, cap], they sum to G, and the largest finishing time
+ * share[r] / speed[r] is as small as whole items allow. Requires p <= G <= p * cap.
+ * Deterministic: equal inputs give equal shares on every rank. */
+void nnp_split_weighted(size_t G, int p, const double *speed, size_t cap, size_t *share);
+/* Rank r's contiguous slice of a batch of `count` <= G items under shares summing to G:
+ * [floor(count * W_r / G), floor(count * W_{r+1} / G)), W_r = share[0] + ... + share[r-1]. */
+void nnp_split_shares(size_t count, size_t G, const size_t *share, int r, size_t *lo,
+                      size_t *hi);
 /* The rows a reader keeps of a file of N samples: [first, first + n) with
  * first = min(lo, end), end = min(N, limit (0 = none), hi). */
 void nnp_keep_range(size_t N, size_t limit, size_t lo, size_t hi, size_t *first, size_t *n);

@@ -34,6 +34,7 @@ typedef struct {
     int64_t check_replicas;/* steps between replica checksums; 0 = off */
     nnp_allreduce_mode allreduce;
     double bucket_mb;
+    int64_t balance_every; /* steps between re-splits of the global batch by rank speed; 0 = even */
     const char *out_dir;   /* where train.csv, eval.csv, timing.csv, layers.csv go ("" = none) */
     int quiet;             /* no progress lines */
     /* checkpoints (rank 0 writes OUT_DIR/ckpt-STEP.h5, see docs/checkpoint.md) */

@@ -1,4 +1,5 @@
-/* cmd_bench.c - `nnprec bench`: the GEMM ceiling of a model's dense layers.
+/* cmd_bench.c - `nnprec bench`: the GEMM ceiling of a model's dense layers, and the
+ * gradient allreduce alone (--allreduce-mb).
  *
  * For every dense layer of the model (out x in, batch B) a training step does three
  * products: forward y = x W^T (B x out x in), weight gradient dW = dy^T x (out x in x B)
@@ -21,8 +22,9 @@ char *openblas_get_config(void);
 int openblas_get_num_threads(void);
 
 static struct {
-    char model[NNP_OPT_STRLEN], act[NNP_OPT_STRLEN];
+    char model[NNP_OPT_STRLEN], act[NNP_OPT_STRLEN], allreduce[NNP_OPT_STRLEN];
     int batch, reps, threads;
+    double chunk_mb;
 } B;
 
 static nnp_option bench_opts[] = {
@@ -31,6 +33,11 @@ static nnp_option bench_opts[] = {
     {"batch", NNP_OPTT_INT, &B.batch, "256", "batch size", 0},
     {"reps", NNP_OPTT_INT, &B.reps, "20", "timed repetitions of each product", 0},
     {"threads", NNP_OPTT_INT, &B.threads, "1", "BLAS threads (0: leave OpenBLAS's setting)", 0},
+    {"allreduce-mb", NNP_OPTT_STR, B.allreduce, "",
+     "instead: time the gradient allreduce for these sizes in MiB (e.g. 0.25,1,4,16), all ranks",
+     0},
+    {"chunk-mb", NNP_OPTT_DOUBLE, &B.chunk_mb, "4", "allreduce chunk size in MiB (as --bucket-mb)",
+     0},
 };
 #define N_BENCH ((int)(sizeof bench_opts / sizeof bench_opts[0]))
 
@@ -61,18 +68,85 @@ static double time_gemm(int M, int N, int K, int transA, int transB, const float
     return best[reps / 2];
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* --allreduce-mb: the trainer's gradient allreduce (nnp_comm_allreduce_sum_f32, in place,
+ * in chunks) for each size; a repetition's time is the slowest rank's, after a barrier. */
+static nnp_status bench_allreduce(nnp_comm *comm)
+{
+    const int rank = nnp_comm_rank(comm), p = nnp_comm_size(comm);
+    double mb[32];
+    int nsz = 0;
+    for (char *s = B.allreduce, *end; *s && nsz < 32; s = *end ? end + 1 : end) {
+        mb[nsz] = strtod(s, &end);
+        if (end == s || !(mb[nsz] > 0) || (*end && *end != ','))
+            return nnp_error(NNP_ERR_ARG, "--allreduce-mb: expected sizes in MiB like 0.25,1,4, "
+                                          "got '%s'", B.allreduce);
+        nsz++;
+    }
+    if (B.reps < 1 || B.reps > 1000 || !(B.chunk_mb > 0))
+        return nnp_error(NNP_ERR_ARG, "--reps must be in 1..1000 and --chunk-mb > 0");
+    double maxmb = 0;
+    for (int i = 0; i < nsz; i++)
+        maxmb = mb[i] > maxmb ? mb[i] : maxmb;
+    size_t nmax = (size_t)(maxmb * 1048576.0 / sizeof(float));
+    float *buf = nnp_malloc(nmax * sizeof(float));
+    double *t = nnp_malloc((size_t)B.reps * sizeof(double));
+    nnp_status st = buf && t ? NNP_OK : NNP_ERR_NOMEM;
+    st = nnp_comm_agree(comm, st);
+    if (rank == 0 && st == NNP_OK)
+        printf("allreduce over %d rank%s, chunks of %.3g MiB, median of %d (slowest rank each)\n"
+               "%10s %10s %12s %12s\n",
+               p, p > 1 ? "s" : "", B.chunk_mb, B.reps, "MiB", "ms", "algbw GB/s", "busbw GB/s");
+    for (int i = 0; i < nsz && st == NNP_OK; i++) {
+        size_t n = (size_t)(mb[i] * 1048576.0 / sizeof(float));
+        for (int r = -2; r < B.reps && st == NNP_OK; r++) { /* two warm-ups */
+            for (size_t k = 0; k < n; k++)
+                buf[k] = (float)((k + (size_t)rank) % 7) * 0.125f;
+            st = nnp_comm_barrier(comm);
+            double t0 = nnp_comm_wtime();
+            if (st == NNP_OK)
+                st = nnp_comm_allreduce_sum_f32(comm, buf, n, (size_t)(B.chunk_mb * 1048576.0));
+            double dt = nnp_comm_wtime() - t0;
+            if (st == NNP_OK)
+                st = nnp_comm_allreduce_max_f64(comm, &dt, 1);
+            if (r >= 0)
+                t[r] = dt;
+        }
+        if (st != NNP_OK)
+            break;
+        qsort(t, (size_t)B.reps, sizeof(double), cmp_double);
+        double s = t[B.reps / 2], bytes = (double)n * sizeof(float);
+        if (rank == 0)
+            printf("%10.3f %10.3f %12.2f %12.2f\n", mb[i], 1e3 * s, bytes / s * 1e-9,
+                   bytes / s * 1e-9 * 2.0 * (p - 1) / p);
+    }
+    free(buf);
+    free(t);
+    return st;
+}
+
 nnp_status nnp_cmd_bench(nnp_comm *comm, int argc, char **argv)
 {
     int help = 0;
     NNP_CALL(nnp_options_parse(bench_opts, N_BENCH, argc, argv, &help));
-    if (nnp_comm_rank(comm) != 0)
-        return NNP_OK;
     if (help) {
-        nnp_options_help(stdout, "usage: nnprec bench [options]\n\nTimes the cblas_sgemm calls "
-                                 "of one training step of the model's dense layers.",
-                         bench_opts, N_BENCH);
+        if (nnp_comm_rank(comm) == 0)
+            nnp_options_help(stdout, "usage: nnprec bench [options]\n\nTimes the cblas_sgemm "
+                                     "calls of one training step of the model's dense layers,\n"
+                                     "or with --allreduce-mb the gradient allreduce over all "
+                                     "ranks (run it under mpirun).",
+                             bench_opts, N_BENCH);
         return NNP_OK;
     }
+    if (B.allreduce[0])
+        return bench_allreduce(comm);
+    if (nnp_comm_rank(comm) != 0)
+        return NNP_OK;
     if (B.batch < 1 || B.reps < 1 || B.threads < 0)
         return nnp_error(NNP_ERR_ARG, "--batch and --reps must be >= 1, --threads >= 0");
     if (B.threads > 0)

@@ -35,7 +35,7 @@ typedef struct {
     double lr, momentum, dampening, wd, beta1, beta2, eps, gamma, min_lr, bucket_mb;
     double prelu, pprior, pbias_std, pbias_gain, pfloor;
     int nesterov, epochs, batch, global_batch, step_epochs, precond_every, threads, quiet, keep;
-    int64_t steps, warmup, eval_every, log_every, stats_every, check_replicas;
+    int64_t steps, warmup, eval_every, log_every, stats_every, check_replicas, balance;
     int64_t seed, train_limit, test_limit, checkpoint_every;
 } train_opts;
 
@@ -90,6 +90,9 @@ static nnp_option opts[] = {
     OPT_S("allreduce", allreduce, "fused",
       "gradient allreduce: fused (after backward) | bucketed (overlapped with backward)"),
     OPT_D("bucket-mb", bucket_mb, "4", "allreduce chunk / bucket size in MiB"),
+    OPT_L("balance", balance, "0",
+          "every N steps re-split the global batch in proportion to each rank's measured speed, "
+          "up to 2x an even share (0: even shares; same gradient, not bitwise reproducible)"),
     OPT_I("threads", threads, "0",
       "BLAS threads per rank (0: OPENBLAS_NUM_THREADS, else 1 when ranks share a node)"),
     OPT_L("checkpoint-every", checkpoint_every, "0",
@@ -184,6 +187,9 @@ static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *
     cfg->log_every = O.log_every;
     cfg->stats_every = O.stats_every;
     cfg->check_replicas = O.check_replicas;
+    if (O.balance < 0)
+        return nnp_error(NNP_ERR_ARG, "--balance must be >= 0 steps, got %lld", (long long)O.balance);
+    cfg->balance_every = O.balance;
     if (strcmp(O.allreduce, "fused") == 0)
         cfg->allreduce = NNP_AR_FUSED;
     else if (strcmp(O.allreduce, "bucketed") == 0)
@@ -374,6 +380,8 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
     train.mean = test.mean = mean;
     train.std = test.std = std;
     int max_batch = (cfg.global_batch + size - 1) / size;
+    if (cfg.balance_every > 0 && size > 1) /* room for a fast rank to take up to twice as much */
+        max_batch = 2 * max_batch < cfg.global_batch ? 2 * max_batch : cfg.global_batch;
     if (s == NNP_OK)
         s = nnp_net_create(O.model, (nnp_shape){train.c, train.h, train.w}, act, max_batch, &net);
     if (s == NNP_OK && nnp_shape_size(net->input) != (size_t)train.c * train.h * train.w)

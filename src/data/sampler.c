@@ -6,6 +6,8 @@
  */
 #include "nnprec/data.h"
 
+#include <math.h>
+
 #include "nnprec/rng.h"
 
 /* floor(count * k / p) without forming count * k: count = q*p + rem, so
@@ -24,6 +26,50 @@ void nnp_split(size_t count, int p, int r, size_t *lo, size_t *hi)
     }
     *lo = split_point(count, (size_t)p, (size_t)r);
     *hi = split_point(count, (size_t)p, (size_t)r + 1);
+}
+
+void nnp_split_weighted(size_t G, int p, const double *speed, size_t cap, size_t *share)
+{
+    double S = 0;
+    for (int r = 0; r < p; r++)
+        S += speed[r];
+    /* A lower bound on every rank's share in an optimal split: the optimum makespan T*
+     * (items finish at share/speed) satisfies sum_r (T* speed_r + 1) >= G, so
+     * T* >= T0 = (G - p) / S, and floor(T0 speed_r) (at least 1, at most cap) never
+     * exceeds the rank's share in that optimum. The shares sum to at most G. ... */
+    const double T0 = S > 0 ? (double)(G - (size_t)p) / S : 0;
+    size_t sum = 0;
+    for (int r = 0; r < p; r++) {
+        double x = floor(T0 * speed[r]);
+        size_t k = x < 1 ? 1 : (size_t)x;
+        share[r] = k < cap ? k : cap;
+        sum += share[r];
+    }
+    /* ... then each remaining item to the rank that would finish it first */
+    for (; sum < G; sum++) {
+        int best = -1;
+        double tbest = 0;
+        for (int r = 0; r < p; r++) {
+            if (share[r] >= cap)
+                continue;
+            double t = (double)(share[r] + 1) / (speed[r] > 0 ? speed[r] : 1e-300);
+            if (best < 0 || t < tbest)
+                best = r, tbest = t;
+        }
+        if (best < 0)
+            break; /* G > p * cap: excluded by the caller */
+        share[best]++;
+    }
+}
+
+void nnp_split_shares(size_t count, size_t G, const size_t *share, int r, size_t *lo, size_t *hi)
+{
+    size_t W = 0;
+    for (int q = 0; q < r; q++)
+        W += share[q];
+    /* count, W <= G: the products fit in 64 bits for any realistic batch */
+    *lo = count * W / G;
+    *hi = count * (W + share[r]) / G;
 }
 
 size_t nnp_batches_per_epoch(size_t N, size_t G)

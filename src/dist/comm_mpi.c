@@ -7,6 +7,7 @@
 #include <mpi.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include "nnprec/alloc.h"
 
@@ -149,6 +150,16 @@ nnp_status nnp_comm_allgather_f64(nnp_comm *c, double v, double *out)
     }
     return mpi_check(MPI_Allgather(&v, 1, MPI_DOUBLE, out, 1, MPI_DOUBLE, c->comm),
                      "MPI_Allgather");
+}
+
+nnp_status nnp_comm_gather_f64(nnp_comm *c, const double *in, size_t n, double *out)
+{
+    if (c->size == 1) {
+        memcpy(out, in, n * sizeof(double));
+        return NNP_OK;
+    }
+    return mpi_check(MPI_Gather(in, (int)n, MPI_DOUBLE, out, (int)n, MPI_DOUBLE, 0, c->comm),
+                     "MPI_Gather");
 }
 
 /* ---- background allreduce --------------------------------------------------------------- */

@@ -15,6 +15,7 @@
 #include "nnprec/trainer.h"
 #include <errno.h>
 #include <math.h>
+#include <time.h>
 #include <signal.h>
 #include <unistd.h>
 #include <stdio.h>
@@ -50,9 +51,9 @@ void nnp_train_install_signals(void)
  * before the fused allreduce (a barrier); allreduce is the allreduce time the step
  * actually waits for; ar_thread is the time the communication thread spent in MPI in
  * bucketed mode (1 - allreduce/ar_thread is the share hidden behind backward). */
-enum { T_DATA, T_FWD, T_BWD, T_WAIT, T_AR, T_ARTHREAD, T_PREC, T_OPT, T_N };
-static const char *timer_names[T_N] = {"data",      "forward",   "backward", "ar_wait",
-                                       "allreduce", "ar_thread", "precond",  "optimizer"};
+enum { T_DATA, T_FWD, T_BWD, T_WAIT, T_AR, T_ARTHREAD, T_PREC, T_OPT, T_BAL, T_N };
+static const char *timer_names[T_N] = {"data",      "forward",   "backward",  "ar_wait", "allreduce",
+                                       "ar_thread", "precond",   "optimizer", "balance"};
 
 typedef struct {
     FILE *train_csv, *eval_csv, *timing_csv, *layers_csv;
@@ -208,6 +209,53 @@ static nnp_status reduce_timers(nnp_comm *comm, const double *t, double *mn, dou
     return NNP_OK;
 }
 
+/* Every rank's phase totals, gathered on rank 0: OUT/ranks.csv, and a line naming the
+ * slowest rank, since in synchronous training every step waits for it (ar_wait). */
+static nnp_status report_ranks(nnp_comm *comm, const nnp_train_cfg *cfg, const double *t,
+                               double samples, double *all)
+{
+    const int size = nnp_comm_size(comm);
+    enum { W = T_N + 1 }; /* the phases, then the samples this rank computed */
+    double mine[W];
+    memcpy(mine, t, T_N * sizeof(double));
+    mine[T_N] = samples;
+    NNP_CALL(nnp_comm_gather_f64(comm, mine, W, all));
+    if (nnp_comm_rank(comm) != 0)
+        return NNP_OK;
+    int slow = 0, fast = 0;
+    double work[2] = {-HUGE_VAL, HUGE_VAL}; /* slowest, fastest */
+    for (int r = 0; r < size; r++) {
+        const double *x = all + (size_t)r * W;
+        double w = x[T_DATA] + x[T_FWD] + x[T_BWD] + x[T_PREC] + x[T_OPT];
+        if (w > work[0])
+            slow = r, work[0] = w;
+        if (w < work[1])
+            fast = r, work[1] = w;
+    }
+    if (size > 1 && !cfg->quiet)
+        printf("[time]  local work (data+forward+backward+precond+optimizer): slowest rank %d "
+               "%.3f s, fastest rank %d %.3f s (%+.1f%%)\n",
+               slow, work[0], fast, work[1], work[1] > 0 ? 100.0 * (work[0] / work[1] - 1) : 0);
+    if (!cfg->out_dir || !cfg->out_dir[0])
+        return NNP_OK;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/ranks.csv", cfg->out_dir);
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return nnp_error(NNP_ERR_IO, "cannot write %s", path);
+    fprintf(f, "rank");
+    for (int i = 0; i < T_N; i++)
+        fprintf(f, ",%s_s", timer_names[i]);
+    fprintf(f, ",samples\n");
+    for (int r = 0; r < size; r++) {
+        fprintf(f, "%d", r);
+        for (int i = 0; i < T_N; i++)
+            fprintf(f, ",%.6f", all[(size_t)r * W + i]);
+        fprintf(f, ",%.0f\n", all[(size_t)r * W + T_N]);
+    }
+    return fclose(f) == 0 ? NNP_OK : nnp_error(NNP_ERR_IO, "cannot write %s", path);
+}
+
 /* Weighted checksum of the parameters; identical replicas give identical bits. */
 static double param_checksum(const nnp_net *net)
 {
@@ -309,11 +357,44 @@ static void fault_from_env(int *rank, int64_t *step)
         *step = (int64_t)st;
 }
 
+/* Test hook: NNPREC_FAULT_SLOW=RANK:USEC makes rank RANK sleep USEC microseconds per sample
+ * of every step, a slow core for the --balance tests. */
+static void slow_from_env(int *rank, long *usec)
+{
+    const char *f = getenv("NNPREC_FAULT_SLOW");
+    if (!f || sscanf(f, "%d:%ld", rank, usec) != 2)
+        *rank = -1;
+}
+
 typedef struct {
     uint32_t *perm;
     uint32_t *idx;     /* this step's local sample indices */
     unsigned char *y;  /* this step's local labels */
+    double *rank_t;    /* rank 0: every rank's phase totals and samples, [size][T_N + 1] */
+    size_t *share;     /* --balance: every rank's samples of a full global batch */
+    double *speed;     /* --balance: every rank's smoothed samples/s of local work */
 } train_bufs;
+
+/* --balance: every rank shares its samples/s of local work since the last call; each keeps
+ * the same smoothed speeds and computes the same new shares of the global batch. The
+ * gradient is still the mean over the same global batch: only which rank computes which
+ * sample, and so the order of the floating-point sums, changes. */
+static nnp_status rebalance(nnp_comm *comm, train_bufs *b, double n, double t, size_t G,
+                            size_t cap)
+{
+    const int size = nnp_comm_size(comm);
+    double *rate = b->rank_t; /* scratch until the end-of-run report */
+    NNP_CALL(nnp_comm_allgather_f64(comm, t > 0 ? n / t : 0, rate));
+    int known = 1;
+    for (int r = 0; r < size; r++) {
+        if (rate[r] > 0 && isfinite(rate[r]))
+            b->speed[r] = b->speed[r] > 0 ? 0.5 * b->speed[r] + 0.5 * rate[r] : rate[r];
+        known &= b->speed[r] > 0;
+    }
+    if (known)
+        nnp_split_weighted(G, size, b->speed, cap, b->share);
+    return NNP_OK;
+}
 
 nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
                      const nnp_dataset *train, const nnp_dataset *test, nnp_train_result *res)
@@ -340,7 +421,10 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         b.perm = nnp_malloc(N * sizeof(uint32_t));
         b.idx = nnp_malloc((size_t)net->max_batch * sizeof(uint32_t));
         b.y = nnp_malloc((size_t)net->max_batch);
-        if (!b.perm || !b.idx || !b.y)
+        b.rank_t = nnp_malloc((size_t)size * (T_N + 1) * sizeof(double));
+        b.share = nnp_malloc((size_t)size * sizeof(size_t));
+        b.speed = nnp_malloc((size_t)size * sizeof(double));
+        if (!b.perm || !b.idx || !b.y || !b.rank_t || !b.share || !b.speed)
             st = NNP_ERR_NOMEM;
     }
     if (st == NNP_OK)
@@ -406,9 +490,21 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     int fault_rank = -1;
     int64_t fault_step = -1;
     fault_from_env(&fault_rank, &fault_step);
+    int slow_rank = -1;
+    long slow_usec = 0;
+    slow_from_env(&slow_rank, &slow_usec);
     int sums_ready = 0;   /* pc.sums already hold this rank's sums of the current params */
     size_t sum_lo, sum_hi; /* this rank's share of the parameters for those sums */
     nnp_split(net->n_params, size, rank, &sum_lo, &sum_hi);
+    /* --balance: shares start even and follow each rank's measured speed */
+    const int balance = cfg->balance_every > 0 && size > 1;
+    double bal_t = 0, bal_n = 0, my_samples = 0;
+    for (int r = 0; r < size; r++) {
+        size_t lo, hi;
+        nnp_split(G, size, r, &lo, &hi);
+        b.share[r] = hi - lo;
+        b.speed[r] = 0;
+    }
 
     if (rank == 0 && !cfg->quiet)
         printf("[train] %lld steps (%zu per epoch), global batch %zu over %d rank%s, %zu "
@@ -427,11 +523,19 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         }
         /* global batch bi is perm[bi*G, min((bi+1)*G, N)); this rank takes its slice */
         size_t g0 = bi * G, gc = (g0 + G <= N ? G : N - g0), lo, hi;
-        nnp_split(gc, size, rank, &lo, &hi);
+        if (balance)
+            nnp_split_shares(gc, G, b.share, rank, &lo, &hi);
+        else
+            nnp_split(gc, size, rank, &lo, &hi);
         int B = (int)(hi - lo);
         for (int i = 0; i < B; i++)
             b.idx[i] = b.perm[g0 + lo + (size_t)i];
         nnp_dataset_gather(train, b.idx, B, net->act[0], b.y);
+        if (slow_rank == rank && B > 0) {
+            long us = slow_usec * B;
+            struct timespec ts = {us / 1000000, (us % 1000000) * 1000};
+            nanosleep(&ts, NULL);
+        }
         double t1 = nnp_comm_wtime();
         timers[T_DATA] += t1 - t0;
 
@@ -449,6 +553,9 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             memset(net->grads, 0, net->n_params * sizeof(float));
         double t3 = nnp_comm_wtime();
         timers[T_BWD] += t3 - t2;
+        bal_t += t3 - t0; /* local work that grows with the batch: data, forward, backward */
+        bal_n += B;
+        my_samples += B;
         loss_acc[1] += correct;
         loss_acc[2] += B;
 
@@ -510,6 +617,13 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         samples_since_log += (int64_t)gc;
 
         const int64_t done_steps = step + 1;
+        if (balance && done_steps % cfg->balance_every == 0) {
+            st = rebalance(comm, &b, bal_n, bal_t, G, (size_t)net->max_batch);
+            if (st != NNP_OK)
+                goto done;
+            bal_t = bal_n = 0;
+            timers[T_BAL] += nnp_comm_wtime() - t6;
+        }
         if (fault_step == done_steps && fault_rank == rank)
             net->params[0] += 1e-3f; /* test hook: a replica drifts (see fault_from_env) */
         if (cfg->check_replicas > 0 && done_steps % cfg->check_replicas == 0 && size > 1) {
@@ -648,6 +762,8 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             printf("[check] %lu allocations inside %lld training steps on rank 0\n", step_allocs,
                    (long long)(res->steps - first_step));
         }
+        if (st == NNP_OK)
+            st = report_ranks(comm, cfg, tot_timers, my_samples, b.rank_t);
     }
 
 done:
@@ -659,5 +775,8 @@ done:
     free(b.perm);
     free(b.idx);
     free(b.y);
+    free(b.rank_t);
+    free(b.share);
+    free(b.speed);
     return st;
 }
