@@ -6,9 +6,13 @@ efficiency(p) = samples/s(p) / (p * samples/s(1)). Strong scaling: a fixed globa
 (LeNet 256, MLP 1024) split over the ranks. For every nnprec run it also reports the share
 of step time spent in the allreduce (including the wait for the slowest rank) and, with
 --allreduce bucketed, how much of the communication thread's allreduce time was hidden
-behind backward (1 - exposed / thread time).
+behind backward (1 - exposed / thread time), and how much slower per sample its slowest
+rank was than the mean rank (ranks.csv). Three variants: fused allreduce, fused with
+--balance 10 (global batch re-split by rank speed), bucketed. Weak scaling also runs P
+independent single-rank processes at once: the machine's ceiling with no communication.
 
-  scripts/bench_scaling.py [--ranks 1 2] [--models lenet mlp] [--no-torch] [--plot PNG]
+  scripts/bench_scaling.py [--ranks 1 2] [--models lenet mlp] [--no-torch] [--rounds N]
+                           [--plot PNG] [--csv FILE] [--logs DIR] [--torch-python PY]
 
 Each rank is bound to a core (--bind-to core) with one BLAS thread.
 """
@@ -28,18 +32,22 @@ ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIR
            OPENBLAS_NUM_THREADS="1")
 
 
-def run_nnprec(a, model, np_, batch_args, steps, allreduce):
+VARIANTS = {"fused": ["--allreduce", "fused"], "balanced": ["--allreduce", "fused", "--balance", "10"],
+            "bucketed": ["--allreduce", "bucketed"]}
+
+
+def run_nnprec(a, model, np_, batch_args, steps, variant):
     with tempfile.TemporaryDirectory() as d:
         log_every = max(steps // 5, 1)
         cmd = ["mpirun", "-np", str(np_), "--bind-to", "core", "--oversubscribe", a.nnprec, "train",
                "--model", model, *batch_args, "--steps", str(steps), "--log-every", str(log_every),
                "--eval-every", str(10 ** 9), "--test-limit", "100", "--check-replicas", "0",
-               "--allreduce", allreduce, "--quiet", "--out", d]
+               *VARIANTS[variant], "--quiet", "--out", d]
         subprocess.run(cmd, check=True, env=ENV, stdout=subprocess.DEVNULL)
         if a.logs:
             os.makedirs(a.logs, exist_ok=True)
-            tag = f"{model.split(':')[0]}_{batch_args[0].strip('-')}{batch_args[1]}_{allreduce}_{np_}"
-            for f in ("train.csv", "timing.csv"):
+            tag = f"{model.split(':')[0]}_{batch_args[0].strip('-')}{batch_args[1]}_{variant}_{np_}"
+            for f in ("train.csv", "timing.csv", "ranks.csv"):
                 shutil.copy(os.path.join(d, f), os.path.join(a.logs, f"{tag}_{f}"))
         rows = list(csv.DictReader(open(os.path.join(d, "train.csv"))))
         sps = statistics.median(float(r["samples_per_s"]) for r in rows[1:])
@@ -52,7 +60,12 @@ def run_nnprec(a, model, np_, batch_args, steps, allreduce):
         hidden = None
         if t.get("ar_thread", 0) > 0:
             hidden = 1 - t["allreduce"] / t["ar_thread"]
-        return sps, ar_share, hidden
+        # straggling: the slowest rank's local work over the mean rank's, per sample
+        work = [sum(float(r[k]) for k in ("data_s", "forward_s", "backward_s", "precond_s",
+                                          "optimizer_s")) / max(float(r["samples"]), 1)
+                for r in csv.DictReader(open(os.path.join(d, "ranks.csv")))]
+        spread = max(work) / (sum(work) / len(work)) - 1
+        return sps, ar_share, hidden, spread
 
 
 def run_independent(a, model, np_, batch, steps):
@@ -92,7 +105,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=1, help="repeat and keep the median")
     ap.add_argument("--plot", help="PNG: samples/s and efficiency against ranks")
     ap.add_argument("--csv", help="also write the rows to this CSV file")
-    ap.add_argument("--logs", help="keep every nnprec run's train.csv and timing.csv here")
+    ap.add_argument("--logs", help="keep every nnprec run's train.csv, timing.csv and ranks.csv here")
     ap.add_argument("--torch-python", default="/usr/bin/python3",
                     help="Python that imports torch (default: Debian's /usr/bin/python3)")
     a = ap.parse_args()
@@ -100,38 +113,41 @@ def main():
         sys.exit(f"bench_scaling.py: error: {a.nnprec} is not an executable (build first)")
     print("eff: samples/s over ranks x samples/s of 1 rank. AR share: allreduce + wait for the\n"
           "slowest rank, share of step time. hidden: bucketed allreduce time overlapped with\n"
-          "backward. 'independent': the ranks run alone at once (no communication), the\n"
-          "machine's own ceiling for that many concurrent processes.")
-    print(f"{'model':<6} {'mode':<6} {'ranks':>5} {'allreduce':>11} {'samples/s':>10} {'eff':>6} "
-          f"{'AR share':>8} {'hidden':>6} {'torch DDP':>10} {'torch eff':>9}")
+          "backward. slow: the slowest rank's local work per sample over the mean rank's.\n"
+          "balanced: --balance 10 (shares of the global batch follow rank speed).\n"
+          "'independent': the ranks run alone at once (no communication), the machine's own\n"
+          "ceiling for that many concurrent processes.")
+    print(f"{'model':<6} {'mode':<6} {'ranks':>5} {'variant':>11} {'samples/s':>10} {'eff':>6} "
+          f"{'AR share':>8} {'hidden':>6} {'slow':>6} {'torch DDP':>10} {'torch eff':>9}")
     rows = []  # (model, mode, who, ranks, samples/s, efficiency, AR share, hidden)
     for m in a.models:
         model, b, gb, steps = MODELS[m]
         for mode in ("weak", "strong"):
             base = {}
-            for allreduce in ("fused", "bucketed"):
+            for variant in VARIANTS:
                 for p in a.ranks:
-                    if allreduce == "bucketed" and p == 1:
+                    if variant != "fused" and p == 1:
                         continue
                     batch_args = ["--batch", str(b)] if mode == "weak" else ["--global-batch", str(gb)]
-                    res = [run_nnprec(a, model, p, batch_args, steps, allreduce) for _ in range(a.rounds)]
+                    res = [run_nnprec(a, model, p, batch_args, steps, variant) for _ in range(a.rounds)]
                     sps = statistics.median(r[0] for r in res)
-                    share, hidden = res[0][1], res[0][2]
+                    share, hidden, spread = res[0][1], res[0][2], res[0][3]
                     if p == 1:
                         base["nnprec"] = sps
                     eff = sps / (base["nnprec"] * p)
                     tsps = teff = None
-                    if not a.no_torch and allreduce == "fused" and mode == "weak":
+                    if not a.no_torch and variant == "fused" and mode == "weak":
                         tsps = run_torch(a, model, p, b, steps)
                         if p == 1:
                             base["torch"] = tsps
                         teff = tsps / (p * base["torch"])
-                    rows.append((m, mode, f"nnprec {allreduce}", p, sps, eff, share, hidden))
+                    rows.append((m, mode, f"nnprec {variant}", p, sps, eff, share, hidden))
                     if tsps is not None:
                         rows.append((m, mode, "PyTorch DDP", p, tsps, teff, None, None))
-                    print(f"{m:<6} {mode:<6} {p:>5} {allreduce:>11} {sps:>10.0f} {100 * eff:>5.0f}% "
+                    print(f"{m:<6} {mode:<6} {p:>5} {variant:>11} {sps:>10.0f} {100 * eff:>5.0f}% "
                           f"{100 * share:>7.1f}% "
                           f"{'' if hidden is None else f'{100 * hidden:.0f}%':>6} "
+                          f"{f'{100 * spread:+.0f}%' if p > 1 else '':>6} "
                           f"{'' if tsps is None else f'{tsps:.0f}':>10} "
                           f"{'' if teff is None else f'{100 * teff:.0f}%':>9}", flush=True)
             if mode == "weak":
@@ -160,14 +176,15 @@ def plot(rows, path):
     panels = sorted({(r[0], r[1]) for r in rows})
     fig, axes = plt.subplots(2, len(panels), figsize=(4.5 * len(panels), 7), squeeze=False)
     for col, (m, mode) in enumerate(panels):
-        for who, color in (("nnprec fused", "C0"), ("nnprec bucketed", "C1"), ("PyTorch DDP", "C2"),
-                           ("independent", "grey")):
+        for who, color in (("nnprec fused", "C0"), ("nnprec balanced", "C3"), ("nnprec bucketed", "C1"),
+                           ("PyTorch DDP", "C2"), ("independent", "grey")):
             pts = sorted((r[3], r[4], r[5]) for r in rows if (r[0], r[1], r[2]) == (m, mode, who))
             if not pts:
                 continue
             ranks = [x[0] for x in pts]
-            # bucketed has no 1-rank run of its own (it is measured against fused's)
-            style = dict(marker="s", ls="none") if who == "nnprec bucketed" else dict(marker="o")
+            # bucketed and balanced have no 1-rank runs of their own (measured against fused's)
+            style = dict(marker="s", ls="none") if who in ("nnprec bucketed", "nnprec balanced") \
+                else dict(marker="o")
             if who == "independent":  # no communication: the machine's ceiling
                 style = dict(marker="x", ls="--")
             axes[0][col].plot(ranks, [x[1] for x in pts], color=color, label=who, **style)
