@@ -21,6 +21,8 @@ expect 2 "needs a value" "$nnprec" train --lr
 expect 2 "expects a finite number" "$nnprec" train --lr abc
 expect 2 "--lr must be positive" "$nnprec" train --lr -1
 expect 2 "--batch must be >= 1" "$nnprec" train --batch 0
+expect 2 "--balance must be >= 0" "$nnprec" train --balance -1
+expect 2 "--allreduce-mb: expected sizes" "$nnprec" bench --allreduce-mb 1,x
 expect 2 "unknown model 'resnet'" "$nnprec" train --model resnet
 expect 2 "init" "$nnprec" train --init bogus
 expect 2 "optimizer" "$nnprec" train --optim rmsprop
@@ -51,6 +53,11 @@ head -1 "$tmp/run/eval.csv" | grep -q '^step,epoch,test_loss,test_acc,wall_s$' &
 [ "$(tail -n +2 "$tmp/run/train.csv" | wc -l)" = 5 ] && ok || fail "train.csv rows: $(cat "$tmp/run/train.csv")"
 [ "$(tail -n +2 "$tmp/run/eval.csv" | wc -l)" = 2 ] && ok || fail "eval.csv should have one row per epoch"
 grep -q 'allreduce' "$tmp/run/timing.csv" && ok || fail "timing.csv"
+# ranks.csv: one row per rank; together they computed every sample of the 10 steps
+awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == "samples") c = i; next }
+         { n++; s += $c } END { exit !(c && n == 2 && s == 1280) }' "$tmp/run/ranks.csv" &&
+  ok || fail "ranks.csv: $(cat "$tmp/run/ranks.csv")"
+grep -q '^\[time\]  local work .* slowest rank [01] ' "$tmp/run.log" && ok || fail "slowest-rank line"
 grep -q '^\[train\] epoch .* samples/s ETA' "$tmp/run.log" && ok || fail "progress lines"
 grep -q '1 BLAS thread per rank\|OPENBLAS_NUM_THREADS' "$tmp/run.log" && ok || fail "BLAS thread note"
 # the allocation counter (nnp_malloc/nnp_calloc) does not move during training steps
