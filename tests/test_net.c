@@ -150,6 +150,67 @@ static void gradcheck_net(const char *spec, nnp_shape in, nnp_act act)
     nnp_net_free(net);
 }
 
+/* The gradient of a batch equals the sum of the gradients of its pieces, whatever their
+ * sizes and order: pieces of 5, 7, 1, 0 and 5 samples computed one after another on the same
+ * network (buffers still holding the previous, larger pieces) against one pass over all 18.
+ * This is what --balance relies on when it changes every rank's share between steps. */
+static void test_split_batches(const char *spec, nnp_shape in)
+{
+    enum { B = 18 };
+    nnp_net *net = NULL;
+    ASSERT_OK(nnp_net_create(spec, in, NNP_ACT_RELU, B, &net));
+    if (!net)
+        return;
+    nnp_init_cfg ic;
+    ASSERT_OK(nnp_init_parse("pytorch", &ic));
+    ASSERT_OK(nnp_init_net(net, &ic, 3));
+    nnp_rng r;
+    nnp_rng_seed(&r, 5, NNP_STREAM_DATA);
+    size_t d = nnp_shape_size(net->input);
+    float *x = malloc((size_t)B * d * sizeof(float));
+    float *whole = malloc(net->n_params * sizeof(float));
+    double *sum = calloc(net->n_params, sizeof(double));
+    nnp_rng_fill_normal(&r, x, (size_t)B * d, 0, 1);
+    unsigned char y[B];
+    for (int i = 0; i < B; i++)
+        y[i] = (unsigned char)nnp_rng_below(&r, (uint64_t)net->n_classes);
+
+    nnp_net_forward(net, B, x);
+    nnp_softmax_ce(B, net->n_classes, net->act[net->n_layers], y, 1.0f / B,
+                   net->dact[net->n_layers], NULL);
+    nnp_net_backward(net, B, NULL, NULL);
+    memcpy(whole, net->grads, net->n_params * sizeof(float));
+
+    const int pieces[] = {5, 7, 1, 0, 5};
+    int at = 0;
+    for (size_t k = 0; k < sizeof pieces / sizeof pieces[0]; k++) {
+        int b = pieces[k];
+        if (b == 0)
+            continue; /* a rank with no samples contributes a zero gradient */
+        nnp_net_forward(net, b, x + (size_t)at * d);
+        nnp_softmax_ce(b, net->n_classes, net->act[net->n_layers], y + at, 1.0f / B,
+                       net->dact[net->n_layers], NULL);
+        nnp_net_backward(net, b, NULL, NULL);
+        for (size_t i = 0; i < net->n_params; i++)
+            sum[i] += net->grads[i];
+        at += b;
+    }
+    ASSERT_TRUE(at == B);
+    double num = 0, den = 0;
+    for (size_t i = 0; i < net->n_params; i++) {
+        num += (sum[i] - whole[i]) * (sum[i] - whole[i]);
+        den += (double)whole[i] * whole[i];
+    }
+    double rel = sqrt(num / den);
+    fprintf(stderr, "  split batches %s: |sum of pieces - whole| / |whole| = %.2e\n", spec, rel);
+    if (!(rel < 1e-5))
+        TEST_FAIL_("%s: gradient of the pieces differs from the whole batch's by %.2e", spec, rel);
+    free(x);
+    free(whole);
+    free(sum);
+    nnp_net_free(net);
+}
+
 /* A full step (forward, loss, backward, optimizer) performs no allocation. */
 static void test_step_allocates_nothing(void)
 {
@@ -198,5 +259,7 @@ int main(void)
     gradcheck_net("seq:2x9x9/conv:3:3:2:1/sigmoid/avgpool:2/flatten/dense:7/leaky-relu/dense:4",
                   (nnp_shape){1, 1, 1}, NNP_ACT_RELU);
     test_step_allocates_nothing();
+    test_split_batches("lenet", (nnp_shape){1, 28, 28});
+    test_split_batches("mlp:784-32x2-10", (nnp_shape){784, 1, 1});
     TEST_MAIN_END();
 }
