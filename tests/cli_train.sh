@@ -58,6 +58,13 @@ awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == "samples") c = i; next }
          { n++; s += $c } END { exit !(c && n == 2 && s == 1280) }' "$tmp/run/ranks.csv" &&
   ok || fail "ranks.csv: $(cat "$tmp/run/ranks.csv")"
 grep -q '^\[time\]  local work .* slowest rank [01] ' "$tmp/run.log" && ok || fail "slowest-rank line"
+
+# nnprec bench --allreduce-mb: every rank takes part, rank 0 prints one row per size
+timeout 60 "$mpiexec" -n 2 --oversubscribe "$nnprec" bench --allreduce-mb 0.25,1 --reps 3 \
+  > "$tmp/arbench.log" 2>&1 || fail "bench --allreduce-mb failed: $(tail -3 "$tmp/arbench.log")"
+grep -q '^allreduce over 2 ranks' "$tmp/arbench.log" && ok || fail "bench --allreduce-mb header"
+[ "$(grep -cE '^ +(0\.250|1\.000) +[0-9.]+ +[0-9.]+ +[0-9.]+$' "$tmp/arbench.log")" = 2 ] && ok ||
+  fail "bench --allreduce-mb rows: $(cat "$tmp/arbench.log")"
 grep -q '^\[train\] epoch .* samples/s ETA' "$tmp/run.log" && ok || fail "progress lines"
 grep -q '1 BLAS thread per rank\|OPENBLAS_NUM_THREADS' "$tmp/run.log" && ok || fail "BLAS thread note"
 # the allocation counter (nnp_malloc/nnp_calloc) does not move during training steps
