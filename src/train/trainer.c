@@ -50,7 +50,8 @@ void nnp_train_install_signals(void)
 /* Phases timed per log interval. ar_wait is the time spent waiting for the slowest rank
  * before the fused allreduce (a barrier); allreduce is the allreduce time the step
  * actually waits for; ar_thread is the time the communication thread spent in MPI in
- * bucketed mode (1 - allreduce/ar_thread is the share hidden behind backward). */
+ * bucketed mode (1 - allreduce/ar_thread is the share hidden behind backward); balance is
+ * the exchange of rank speeds for --balance. */
 enum { T_DATA, T_FWD, T_BWD, T_WAIT, T_AR, T_ARTHREAD, T_PREC, T_OPT, T_BAL, T_N };
 static const char *timer_names[T_N] = {"data",      "forward",   "backward",  "ar_wait", "allreduce",
                                        "ar_thread", "precond",   "optimizer", "balance"};
@@ -370,7 +371,8 @@ typedef struct {
     uint32_t *perm;
     uint32_t *idx;     /* this step's local sample indices */
     unsigned char *y;  /* this step's local labels */
-    double *rank_t;    /* rank 0: every rank's phase totals and samples, [size][T_N + 1] */
+    double *rank_t;    /* every rank's phase totals and samples at the end, [size][T_N + 1]
+                          (filled on rank 0; --balance's scratch before that) */
     size_t *share;     /* --balance: every rank's samples of a full global batch */
     double *speed;     /* --balance: every rank's smoothed samples/s of local work */
 } train_bufs;
