@@ -9,4 +9,4 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 mkdir -p results
 mpirun -np 2 --bind-to core ./build/nnprec train --model lenet --epochs 2 --batch 32 \
   --lr 0.01 --momentum 0.9 --eval-every 500 --out results/demo "$@"
-echo "[demo] wrote results/demo/{train,eval,timing}.csv"
+echo "[demo] wrote results/demo/{train,eval,timing,ranks}.csv and its checkpoints"
