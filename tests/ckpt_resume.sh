@@ -65,6 +65,10 @@ else
 fi
 cmp -s <(cut -d, -f1,3 "$tmp/ref/train.csv") <(cut -d, -f1,3 "$tmp/killed/train.csv") && ok \
   || fail "per-step losses of the resumed run differ from the reference"
+# wall_s counts from the run's first start, across the resumes (time-to-accuracy needs it)
+back=$(awk -F, 'NR > 2 && $7 < prev { print "step " $1 ": " prev " -> " $7; exit } { prev = $7 }' \
+  "$tmp/killed/train.csv")
+[ -z "$back" ] && ok || fail "wall_s of the resumed run goes back at $back"
 
 # 2. a 2-rank checkpoint (step 300) resumed on 1 and 3 ranks
 for np in 1 3; do

@@ -664,7 +664,8 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             if (rank == 0) {
                 if (out.train_csv) {
                     fprintf(out.train_csv, "%lld,%.6f,%.9g,%.6f,%.9g,%.1f,%.3f\n",
-                            (long long)done_steps, fe, tl, ta, lr, sps, now - t_start);
+                            (long long)done_steps, fe, tl, ta, lr, sps,
+                            wall_before + now - t_start);
                     fflush(out.train_csv);
                 }
                 if (out.timing_csv) {
@@ -705,7 +706,8 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             if (rank == 0) {
                 if (out.eval_csv) {
                     fprintf(out.eval_csv, "%lld,%.6f,%.9g,%.6f,%.3f\n", (long long)done_steps,
-                            (double)done_steps / (double)spe, tl, ta, now - t_start);
+                            (double)done_steps / (double)spe, tl, ta,
+                            wall_before + now - t_start);
                     fflush(out.eval_csv);
                 }
                 if (!cfg->quiet) {
