@@ -421,10 +421,86 @@ static void test_schedules(void)
     ASSERT_NEAR(nnp_sched_lr(&s, 1, 0), 0.0, 1e-15);
 }
 
+/* --allreduce sharded: p "ranks", each with its own optimizer, update only their ranges
+ * [16k/p, 16(k+1)/p) of the hand-built net (ranges cut through tensors); stitched together,
+ * parameters, state and the requested per-tensor sums equal one full step's, bit for bit,
+ * over NSTEPS steps, for every update rule. */
+static void test_range_steps(void)
+{
+    struct {
+        const char *name;
+        nnp_optim_cfg cfg;
+    } cases[] = {
+        {"sgd+wd", sgd_cfg(0, 0, 0.01, 0)},
+        {"sgd+momentum+dampening", sgd_cfg(0.9, 0.3, 0, 0)},
+        {"sgd+nesterov+wd", sgd_cfg(0.7, 0, 0.02, 1)},
+        {"adam+wd", adam_cfg(NNP_OPT_ADAM, 0.8, 0.99, 1e-3, 0.1)},
+        {"adamw", adam_cfg(NNP_OPT_ADAMW, 0.9, 0.999, 1e-8, 0.01)},
+    };
+    const double scale[4] = {0.5, 2.0, 1.25, 3.0};
+    enum { P = 3 };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        fake_net full, part[P];
+        fake_net_make(&full);
+        nnp_optim of, op[P];
+        ASSERT_OK(nnp_optim_init(&of, &cases[c].cfg, full.net.n_params));
+        size_t n = full.net.n_params, lo[P], hi[P];
+        for (int k = 0; k < P; k++) {
+            fake_net_make(&part[k]);
+            ASSERT_OK(nnp_optim_init(&op[k], &cases[c].cfg, n));
+            lo[k] = n * (size_t)k / P;
+            hi[k] = n * (size_t)(k + 1) / P;
+        }
+        for (size_t i = 0; i < n; i++) {
+            full.params[i] = (float)(0.1 * (double)i - 0.7);
+            for (int k = 0; k < P; k++)
+                part[k].params[i] = full.params[i];
+        }
+        int same = 1;
+        for (int t = 1; t <= NSTEPS; t++) {
+            double sf[8], sp[P][8];
+            for (size_t i = 0; i < n; i++) {
+                full.grads[i] = grad_at(i, t);
+                for (int k = 0; k < P; k++)
+                    part[k].grads[i] = full.grads[i];
+            }
+            nnp_optim_want_sums(&of, sf, lo[1], hi[1]);
+            nnp_optim_step(&of, &full.net, 0.01 * t, scale);
+            for (int k = 0; k < P; k++) {
+                nnp_optim_want_sums(&op[k], sp[k], lo[k], hi[k]);
+                nnp_optim_step_range(&op[k], &part[k].net, 0.01 * t, scale, lo[k], hi[k]);
+            }
+            /* the allgather: every part takes the others' ranges */
+            for (int k = 0; k < P; k++)
+                for (int q = 0; q < P; q++)
+                    memcpy(part[k].params + lo[q], part[q].params + lo[q],
+                           (hi[q] - lo[q]) * sizeof(float));
+            for (int k = 0; k < P; k++) {
+                same &= memcmp(part[k].params, full.params, n * sizeof(float)) == 0;
+                same &= op[k].t == of.t;
+                if (of.buf1)
+                    same &= memcmp(op[k].buf1 + lo[k], of.buf1 + lo[k],
+                                   (hi[k] - lo[k]) * sizeof(float)) == 0;
+                if (of.buf2)
+                    same &= memcmp(op[k].buf2 + lo[k], of.buf2 + lo[k],
+                                   (hi[k] - lo[k]) * sizeof(float)) == 0;
+            }
+            same &= memcmp(sp[1], sf, sizeof sf) == 0;
+        }
+        if (!same)
+            TEST_FAIL_("%s: range steps over %d parts differ from the full step", cases[c].name, P);
+        nnp_test_checks++;
+        nnp_optim_free(&of);
+        for (int k = 0; k < P; k++)
+            nnp_optim_free(&op[k]);
+    }
+}
+
 int main(void)
 {
     test_hand_worked();
     test_reference_sequences();
+    test_range_steps();
     test_state_buffers();
     test_bad_configs();
     test_schedules();

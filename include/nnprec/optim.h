@@ -49,6 +49,12 @@ void nnp_optim_free(nnp_optim *o);
 void nnp_optim_want_sums(nnp_optim *o, double *sums, size_t lo, size_t hi);
 /* One step with learning rate lr over every tensor of net: params -= update(scale[j]*grad). */
 void nnp_optim_step(nnp_optim *o, nnp_net *net, double lr, const double *scale);
+/* The same step for the parameters in [lo, hi) only (the optimizer state outside the range
+ * is left alone): with --allreduce sharded each rank updates its 1/p of the parameters. The
+ * step counter advances as for a full step; the requested sums (nnp_optim_want_sums) are
+ * taken as usual, and must lie inside [lo, hi) to see updated values. */
+void nnp_optim_step_range(nnp_optim *o, nnp_net *net, double lr, const double *scale,
+                          size_t lo, size_t hi);
 
 /* ---- learning-rate schedules ---------------------------------------------------------- */
 typedef enum { NNP_SCHED_CONSTANT, NNP_SCHED_STEP, NNP_SCHED_COSINE } nnp_sched_kind;

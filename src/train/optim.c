@@ -196,42 +196,43 @@ static void tensor_sums(nnp_optim *o, const nnp_net *net, int j)
 
 void nnp_optim_step(nnp_optim *o, nnp_net *net, double lr, const double *scale)
 {
+    nnp_optim_step_range(o, net, lr, scale, 0, net->n_params);
+}
+
+void nnp_optim_step_range(nnp_optim *o, nnp_net *net, double lr, const double *scale,
+                          size_t lo, size_t hi)
+{
     const nnp_optim_cfg *c = &o->cfg;
     int64_t t = ++o->t;
     float flr = (float)lr;
-    if (c->kind == NNP_OPT_SGD) {
-        float wd = (float)c->weight_decay, mom = (float)c->momentum;
-        float one_m_damp = (float)(1.0 - c->dampening);
-        for (int j = 0; j < net->n_tensors; j++) {
-            const nnp_tensor *T = &net->tensors[j];
-            float s = scale ? (float)scale[j] : 1.0f;
-            float *p = net->params + T->off;
-            const float *g = net->grads + T->off;
-            if (!o->buf1)
-                sgd_plain(T->n, p, g, s, wd, flr);
-            else if (t == 1)
-                sgd_mom_first(T->n, p, g, o->buf1 + T->off, s, wd, flr, mom, c->nesterov);
-            else
-                sgd_mom(T->n, p, g, o->buf1 + T->off, s, wd, flr, mom, one_m_damp,
-                        c->nesterov);
-            if (o->sums)
-                tensor_sums(o, net, j);
-        }
-        o->sums = NULL;
-        return;
-    }
+    float wd = (float)c->weight_decay, mom = (float)c->momentum;
+    float one_m_damp = (float)(1.0 - c->dampening);
     double b1 = c->beta1, b2 = c->beta2;
     double bc1 = 1.0 - pow(b1, (double)t), bc2 = 1.0 - pow(b2, (double)t);
     int adamw = c->kind == NNP_OPT_ADAMW;
-    float wd = adamw ? 0.0f : (float)c->weight_decay;
+    float awd = adamw ? 0.0f : wd;
     float keep = adamw ? (float)(1.0 - lr * c->weight_decay) : 1.0f;
     float step = (float)(lr / bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
     for (int j = 0; j < net->n_tensors; j++) {
         const nnp_tensor *T = &net->tensors[j];
-        float s = scale ? (float)scale[j] : 1.0f;
-        adam_update(T->n, net->params + T->off, net->grads + T->off, o->buf1 + T->off,
-                    o->buf2 + T->off, s, wd, keep, (float)b1, (float)(1.0 - b1), (float)b2,
-                    (float)(1.0 - b2), step, inv_sqrt_bc2, (float)c->eps);
+        /* the part [a, b) of tensor j inside [lo, hi) */
+        size_t a = T->off > lo ? T->off : lo, b = T->off + T->n < hi ? T->off + T->n : hi;
+        if (a < b) {
+            size_t n = b - a;
+            float s = scale ? (float)scale[j] : 1.0f;
+            float *p = net->params + a;
+            const float *g = net->grads + a;
+            if (c->kind != NNP_OPT_SGD)
+                adam_update(n, p, g, o->buf1 + a, o->buf2 + a, s, awd, keep, (float)b1,
+                            (float)(1.0 - b1), (float)b2, (float)(1.0 - b2), step, inv_sqrt_bc2,
+                            (float)c->eps);
+            else if (!o->buf1)
+                sgd_plain(n, p, g, s, wd, flr);
+            else if (t == 1)
+                sgd_mom_first(n, p, g, o->buf1 + a, s, wd, flr, mom, c->nesterov);
+            else
+                sgd_mom(n, p, g, o->buf1 + a, s, wd, flr, mom, one_m_damp, c->nesterov);
+        }
         if (o->sums)
             tensor_sums(o, net, j);
     }
