@@ -7,8 +7,9 @@ efficiency(p) = samples/s(p) / (p * samples/s(1)). Strong scaling: a fixed globa
 of step time spent in the allreduce (including the wait for the slowest rank) and, with
 --allreduce bucketed, how much of the communication thread's allreduce time was hidden
 behind backward (1 - exposed / thread time), and how much slower per sample its slowest
-rank was than the mean rank (ranks.csv). Three variants: fused allreduce, fused with
---balance 10 (global batch re-split by rank speed), bucketed. Weak scaling also runs P
+rank was than the mean rank (ranks.csv). Four variants: fused allreduce, fused with
+--balance 10 (global batch re-split by rank speed), bucketed, sharded (reduce-scatter,
+each rank updates its 1/P of the parameters, allgather). Weak scaling also runs P
 independent single-rank processes at once: the machine's ceiling with no communication.
 
   scripts/bench_scaling.py [--ranks 1 2] [--models lenet mlp] [--no-torch] [--rounds N]
@@ -33,7 +34,7 @@ ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIR
 
 
 VARIANTS = {"fused": ["--allreduce", "fused"], "balanced": ["--allreduce", "fused", "--balance", "10"],
-            "bucketed": ["--allreduce", "bucketed"]}
+            "bucketed": ["--allreduce", "bucketed"], "sharded": ["--allreduce", "sharded"]}
 
 
 def run_nnprec(a, model, np_, batch_args, steps, variant):
@@ -115,6 +116,7 @@ def main():
           "slowest rank, share of step time. hidden: bucketed allreduce time overlapped with\n"
           "backward. slow: the slowest rank's local work per sample over the mean rank's.\n"
           "balanced: --balance 10 (shares of the global batch follow rank speed).\n"
+          "sharded: --allreduce sharded (each rank runs the optimizer on 1/P of the parameters).\n"
           "'independent': the ranks run alone at once (no communication), the machine's own\n"
           "ceiling for that many concurrent processes.")
     print(f"{'model':<6} {'mode':<6} {'ranks':>5} {'variant':>11} {'samples/s':>10} {'eff':>6} "
@@ -177,13 +179,14 @@ def plot(rows, path):
     fig, axes = plt.subplots(2, len(panels), figsize=(4.5 * len(panels), 7), squeeze=False)
     for col, (m, mode) in enumerate(panels):
         for who, color in (("nnprec fused", "C0"), ("nnprec balanced", "C3"), ("nnprec bucketed", "C1"),
-                           ("PyTorch DDP", "C2"), ("independent", "grey")):
+                           ("nnprec sharded", "C4"), ("PyTorch DDP", "C2"), ("independent", "grey")):
             pts = sorted((r[3], r[4], r[5]) for r in rows if (r[0], r[1], r[2]) == (m, mode, who))
             if not pts:
                 continue
             ranks = [x[0] for x in pts]
-            # bucketed and balanced have no 1-rank runs of their own (measured against fused's)
-            style = dict(marker="s", ls="none") if who in ("nnprec bucketed", "nnprec balanced") \
+            # the variants have no 1-rank runs of their own (measured against fused's)
+            style = dict(marker="s", ls="none") if who in ("nnprec bucketed", "nnprec balanced",
+                                                           "nnprec sharded") \
                 else dict(marker="o")
             if who == "independent":  # no communication: the machine's ceiling
                 style = dict(marker="x", ls="--")

@@ -88,7 +88,8 @@ static nnp_option opts[] = {
     OPT_D("precond-floor", pfloor, "1e-12", "floor on a measured std"),
     OPT_L("check-replicas", check_replicas, "1000", "steps between replica checksums (0: off)"),
     OPT_S("allreduce", allreduce, "fused",
-      "gradient allreduce: fused (after backward) | bucketed (overlapped with backward)"),
+      "gradient allreduce: fused (after backward) | bucketed (overlapped with backward) | "
+      "sharded (reduce-scatter, each rank updates 1/P of the parameters, allgather)"),
     OPT_D("bucket-mb", bucket_mb, "4", "allreduce chunk / bucket size in MiB"),
     OPT_L("balance", balance, "0",
           "every N steps re-split the global batch in proportion to each rank's measured speed, "
@@ -194,8 +195,10 @@ static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *
         cfg->allreduce = NNP_AR_FUSED;
     else if (strcmp(O.allreduce, "bucketed") == 0)
         cfg->allreduce = NNP_AR_BUCKETED;
+    else if (strcmp(O.allreduce, "sharded") == 0)
+        cfg->allreduce = NNP_AR_SHARDED;
     else
-        return nnp_error(NNP_ERR_ARG, "--allreduce must be fused or bucketed, got '%s'",
+        return nnp_error(NNP_ERR_ARG, "--allreduce must be fused, bucketed or sharded, got '%s'",
                          O.allreduce);
     if (!(O.bucket_mb > 0) || O.bucket_mb > 1024)
         return nnp_error(NNP_ERR_ARG, "--bucket-mb must be in (0, 1024]");

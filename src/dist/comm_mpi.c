@@ -4,17 +4,20 @@
  * MPI call becomes NNP_ERR_COMM with MPI's error string instead of a silent abort.
  */
 #include "nnprec/comm.h"
+#include <limits.h>
 #include <mpi.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include "nnprec/alloc.h"
+#include "nnprec/data.h"
 
 struct nnp_comm {
     MPI_Comm comm;
     int rank, size, local_size;
     int thread_level; /* provided by MPI_Init_thread */
+    int *counts, *displs; /* [size]: the shares of the sharded collectives */
 };
 
 static nnp_status mpi_check(int rc, const char *what)
@@ -43,6 +46,14 @@ nnp_status nnp_comm_init(int *argc, char ***argv, int want_threads, nnp_comm **o
     MPI_Comm_set_errhandler(c->comm, MPI_ERRORS_RETURN);
     MPI_Comm_rank(c->comm, &c->rank);
     MPI_Comm_size(c->comm, &c->size);
+    c->counts = nnp_malloc((size_t)c->size * sizeof(int));
+    c->displs = nnp_malloc((size_t)c->size * sizeof(int));
+    if (!c->counts || !c->displs) {
+        free(c->counts);
+        free(c->displs);
+        free(c);
+        return NNP_ERR_NOMEM;
+    }
     /* ranks that share a node (shared-memory domain) */
     MPI_Comm node;
     MPI_Comm_split_type(c->comm, MPI_COMM_TYPE_SHARED, c->rank, MPI_INFO_NULL, &node);
@@ -56,6 +67,8 @@ void nnp_comm_finalize(nnp_comm *c)
 {
     if (c) {
         MPI_Comm_free(&c->comm);
+        free(c->counts);
+        free(c->displs);
         free(c);
     }
     int fin = 0;
@@ -150,6 +163,44 @@ nnp_status nnp_comm_allgather_f64(nnp_comm *c, double v, double *out)
     }
     return mpi_check(MPI_Allgather(&v, 1, MPI_DOUBLE, out, 1, MPI_DOUBLE, c->comm),
                      "MPI_Allgather");
+}
+
+/* counts/displs of the shares nnp_split(n, size, r); their sizes must fit an int */
+static nnp_status share_counts(nnp_comm *c, size_t n)
+{
+    for (int r = 0; r < c->size; r++) {
+        size_t lo, hi;
+        nnp_split(n, c->size, r, &lo, &hi);
+        if (hi > (size_t)INT_MAX)
+            return nnp_error(NNP_ERR_ARG, "%zu values are too many for the sharded collectives "
+                                          "(at most %d)", n, INT_MAX);
+        c->counts[r] = (int)(hi - lo);
+        c->displs[r] = (int)lo;
+    }
+    return NNP_OK;
+}
+
+nnp_status nnp_comm_reduce_scatter_f32(nnp_comm *c, float *buf, size_t n)
+{
+    if (c->size == 1)
+        return NNP_OK;
+    NNP_CALL(share_counts(c, n));
+    /* in place: the input is the whole buf, the sum of this rank's share lands at buf[0] */
+    NNP_CALL(mpi_check(MPI_Reduce_scatter(MPI_IN_PLACE, buf, c->counts, MPI_FLOAT, MPI_SUM,
+                                          c->comm),
+                       "MPI_Reduce_scatter"));
+    memmove(buf + c->displs[c->rank], buf, (size_t)c->counts[c->rank] * sizeof(float));
+    return NNP_OK;
+}
+
+nnp_status nnp_comm_allgather_shares_f32(nnp_comm *c, float *buf, size_t n)
+{
+    if (c->size == 1)
+        return NNP_OK;
+    NNP_CALL(share_counts(c, n));
+    return mpi_check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, c->counts, c->displs,
+                                    MPI_FLOAT, c->comm),
+                     "MPI_Allgatherv");
 }
 
 nnp_status nnp_comm_gather_f64(nnp_comm *c, const double *in, size_t n, double *out)

@@ -434,6 +434,9 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     if (st == NNP_OK)
         st = nnp_precond_init(&pc, &cfg->precond, net);
     const int bucketed = cfg->allreduce == NNP_AR_BUCKETED && size > 1;
+    /* sharded: reduce-scatter the gradients, each rank updates its share of the parameters
+     * (the same share as the preconditioner's sums), then allgather the parameters */
+    const int sharded = cfg->allreduce == NNP_AR_SHARDED && size > 1;
     if (st == NNP_OK && bucketed)
         st = buckets_plan(&bk, net, cfg->bucket_mb);
     if (st == NNP_OK && bucketed)
@@ -577,7 +580,9 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             st = nnp_comm_barrier(comm);
             double t4 = nnp_comm_wtime();
             timers[T_WAIT] += t4 - t3;
-            if (st == NNP_OK)
+            if (st == NNP_OK && sharded)
+                st = nnp_comm_reduce_scatter_f32(comm, net->grads, net->n_params);
+            else if (st == NNP_OK)
                 st = nnp_comm_allreduce_sum_f32(comm, net->grads, net->n_params,
                                                 (size_t)(cfg->bucket_mb * 1048576.0));
             if (st != NNP_OK)
@@ -602,8 +607,14 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         double t5 = nnp_comm_wtime();
         timers[T_PREC] += t5 - t3;
 
-        if (out.layers_csv && step % cfg->stats_every == 0)
-            write_layer_stats(out.layers_csv, step, net, &pc, B);
+        if (cfg->stats_every > 0 && step % cfg->stats_every == 0) {
+            /* rank 0 writes every tensor's gradient statistics: it needs all of them */
+            if (sharded && cfg->out_dir && cfg->out_dir[0] &&
+                (st = nnp_comm_allgather_shares_f32(comm, net->grads, net->n_params)) != NNP_OK)
+                goto done;
+            if (out.layers_csv)
+                write_layer_stats(out.layers_csv, step, net, &pc, B);
+        }
 
         double lr = nnp_sched_lr(&sched, step, epoch);
         if (dynamic && (step + 1) % cfg->precond.every == 0) {
@@ -612,10 +623,20 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             nnp_optim_want_sums(&opt, pc.sums, sum_lo, sum_hi);
             sums_ready = 1;
         }
-        nnp_optim_step(&opt, net, lr, scale);
+        if (sharded)
+            nnp_optim_step_range(&opt, net, lr, scale, sum_lo, sum_hi);
+        else
+            nnp_optim_step(&opt, net, lr, scale);
         step_allocs += nnp_alloc_count() - allocs_before; /* the step must allocate nothing */
         double t6 = nnp_comm_wtime();
         timers[T_OPT] += t6 - t5;
+        if (sharded) {
+            if ((st = nnp_comm_allgather_shares_f32(comm, net->params, net->n_params)) != NNP_OK)
+                goto done;
+            double t7 = nnp_comm_wtime();
+            timers[T_AR] += t7 - t6;
+            t6 = t7;
+        }
         samples_since_log += (int64_t)gc;
 
         const int64_t done_steps = step + 1;
@@ -732,6 +753,13 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
                          (cfg->checkpoint_every > 0 && done_steps % cfg->checkpoint_every == 0));
         if (want_ckpt) {
             double t_ck = nnp_comm_wtime();
+            /* sharded: each rank holds the optimizer state of its share only */
+            if (sharded && opt.buf1)
+                st = nnp_comm_allgather_shares_f32(comm, opt.buf1, net->n_params);
+            if (sharded && opt.buf2 && st == NNP_OK)
+                st = nnp_comm_allgather_shares_f32(comm, opt.buf2, net->n_params);
+            if (st != NNP_OK)
+                goto done;
             st = checkpoint(comm, cfg, net, &opt, &pc, done_steps, spe,
                             wall_before + t_ck - t_start);
             if (st != NNP_OK)
