@@ -23,6 +23,8 @@ expect 2 "--lr must be positive" "$nnprec" train --lr -1
 expect 2 "--batch must be >= 1" "$nnprec" train --batch 0
 expect 2 "--balance must be >= 0" "$nnprec" train --balance -1
 expect 2 "--allreduce-mb: expected sizes" "$nnprec" bench --allreduce-mb 1,x
+expect 2 "--collective must be" "$nnprec" bench --allreduce-mb 1 --collective bcast
+expect 2 "--allreduce must be fused, bucketed or sharded" "$nnprec" train --allreduce ring
 expect 2 "unknown model 'resnet'" "$nnprec" train --model resnet
 expect 2 "init" "$nnprec" train --init bogus
 expect 2 "optimizer" "$nnprec" train --optim rmsprop
@@ -59,10 +61,16 @@ awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == "samples") c = i; next }
   ok || fail "ranks.csv: $(cat "$tmp/run/ranks.csv")"
 grep -q '^\[time\]  local work .* slowest rank [01] ' "$tmp/run.log" && ok || fail "slowest-rank line"
 
-# nnprec bench --allreduce-mb: every rank takes part, rank 0 prints one row per size
+# nnprec bench --allreduce-mb: every rank takes part, rank 0 prints one row per size; the
+# bench checks each collective's result (exact sums), so the 3-rank runs test the ring too
 timeout 60 "$mpiexec" -n 2 --oversubscribe "$nnprec" bench --allreduce-mb 0.25,1 --reps 3 \
   > "$tmp/arbench.log" 2>&1 || fail "bench --allreduce-mb failed: $(tail -3 "$tmp/arbench.log")"
 grep -q '^allreduce over 2 ranks' "$tmp/arbench.log" && ok || fail "bench --allreduce-mb header"
+for c in reduce-scatter allgather; do
+  timeout 60 "$mpiexec" -n 3 --oversubscribe "$nnprec" bench --allreduce-mb 0.1,0.5 --reps 2 \
+    --collective "$c" 2>&1 | grep -cE '^ +(0\.100|0\.500) ' | grep -q '^2$' && ok ||
+    fail "bench --collective $c on 3 ranks"
+done
 [ "$(grep -cE '^ +(0\.250|1\.000) +[0-9.]+ +[0-9.]+ +[0-9.]+$' "$tmp/arbench.log")" = 2 ] && ok ||
   fail "bench --allreduce-mb rows: $(cat "$tmp/arbench.log")"
 grep -q '^\[train\] epoch .* samples/s ETA' "$tmp/run.log" && ok || fail "progress lines"

@@ -67,6 +67,9 @@ nnp_status nnp_comm_allgather_f64(nnp_comm *c, double v, double *out);
  * reduce_scatter sums buf over ranks into this rank's share only (the rest of buf is left
  * undefined); allgather_shares copies every rank's share of buf to every rank. */
 nnp_status nnp_comm_reduce_scatter_f32(nnp_comm *c, float *buf, size_t n);
+/* Allocate reduce_scatter's receive buffer for vectors of n values (local, not collective;
+ * call before the first collective of the training loop, which must not allocate). */
+nnp_status nnp_comm_shard_setup(nnp_comm *c, size_t n);
 nnp_status nnp_comm_allgather_shares_f32(nnp_comm *c, float *buf, size_t n);
 /* Gather n doubles per rank to rank 0: out[rank * n + i] (out is used on rank 0 only). */
 nnp_status nnp_comm_gather_f64(nnp_comm *c, const double *in, size_t n, double *out);

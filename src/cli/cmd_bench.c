@@ -14,6 +14,7 @@
 #include <string.h>
 #include "cli.h"
 #include "nnprec/alloc.h"
+#include "nnprec/data.h"
 #include "nnprec/net.h"
 #include "nnprec/options.h"
 
@@ -23,6 +24,7 @@ int openblas_get_num_threads(void);
 
 static struct {
     char model[NNP_OPT_STRLEN], act[NNP_OPT_STRLEN], allreduce[NNP_OPT_STRLEN];
+    char collective[NNP_OPT_STRLEN];
     int batch, reps, threads;
     double chunk_mb;
 } B;
@@ -38,6 +40,9 @@ static nnp_option bench_opts[] = {
      0},
     {"chunk-mb", NNP_OPTT_DOUBLE, &B.chunk_mb, "4", "allreduce chunk size in MiB (as --bucket-mb)",
      0},
+    {"collective", NNP_OPTT_STR, B.collective, "allreduce",
+     "with --allreduce-mb: allreduce | reduce-scatter | allgather (the two halves of "
+     "--allreduce sharded)", 0},
 };
 #define N_BENCH ((int)(sizeof bench_opts / sizeof bench_opts[0]))
 
@@ -90,6 +95,13 @@ static nnp_status bench_allreduce(nnp_comm *comm)
     }
     if (B.reps < 1 || B.reps > 1000 || !(B.chunk_mb > 0))
         return nnp_error(NNP_ERR_ARG, "--reps must be in 1..1000 and --chunk-mb > 0");
+    int coll = strcmp(B.collective, "allreduce") == 0        ? 0
+               : strcmp(B.collective, "reduce-scatter") == 0 ? 1
+               : strcmp(B.collective, "allgather") == 0      ? 2
+                                                             : -1;
+    if (coll < 0)
+        return nnp_error(NNP_ERR_ARG, "--collective must be allreduce, reduce-scatter or "
+                                      "allgather, got '%s'", B.collective);
     double maxmb = 0;
     for (int i = 0; i < nsz; i++)
         maxmb = mb[i] > maxmb ? mb[i] : maxmb;
@@ -97,11 +109,17 @@ static nnp_status bench_allreduce(nnp_comm *comm)
     float *buf = nnp_malloc(nmax * sizeof(float));
     double *t = nnp_malloc((size_t)B.reps * sizeof(double));
     nnp_status st = buf && t ? NNP_OK : NNP_ERR_NOMEM;
+    if (st == NNP_OK)
+        st = nnp_comm_shard_setup(comm, nmax);
     st = nnp_comm_agree(comm, st);
-    if (rank == 0 && st == NNP_OK)
-        printf("allreduce over %d rank%s, chunks of %.3g MiB, median of %d (slowest rank each)\n"
-               "%10s %10s %12s %12s\n",
-               p, p > 1 ? "s" : "", B.chunk_mb, B.reps, "MiB", "ms", "algbw GB/s", "busbw GB/s");
+    if (rank == 0 && st == NNP_OK) {
+        char chunks[64] = "";
+        if (coll == 0)
+            snprintf(chunks, sizeof chunks, ", chunks of %.3g MiB", B.chunk_mb);
+        printf("%s over %d rank%s%s, median of %d (slowest rank each)\n%10s %10s %12s %12s\n",
+               B.collective, p, p > 1 ? "s" : "", chunks, B.reps, "MiB", "ms", "algbw GB/s",
+               "busbw GB/s");
+    }
     for (int i = 0; i < nsz && st == NNP_OK; i++) {
         size_t n = (size_t)(mb[i] * 1048576.0 / sizeof(float));
         for (int r = -2; r < B.reps && st == NNP_OK; r++) { /* two warm-ups */
@@ -109,8 +127,12 @@ static nnp_status bench_allreduce(nnp_comm *comm)
                 buf[k] = (float)((k + (size_t)rank) % 7) * 0.125f;
             st = nnp_comm_barrier(comm);
             double t0 = nnp_comm_wtime();
-            if (st == NNP_OK)
+            if (st == NNP_OK && coll == 0)
                 st = nnp_comm_allreduce_sum_f32(comm, buf, n, (size_t)(B.chunk_mb * 1048576.0));
+            else if (st == NNP_OK && coll == 1)
+                st = nnp_comm_reduce_scatter_f32(comm, buf, n);
+            else if (st == NNP_OK)
+                st = nnp_comm_allgather_shares_f32(comm, buf, n);
             double dt = nnp_comm_wtime() - t0;
             if (st == NNP_OK)
                 st = nnp_comm_allreduce_max_f64(comm, &dt, 1);
@@ -119,11 +141,39 @@ static nnp_status bench_allreduce(nnp_comm *comm)
         }
         if (st != NNP_OK)
             break;
+        /* the last repetition's result, checked: every value is a multiple of 1/8 below 1
+         * and sums of up to 2^20 of them are exact in float */
+        size_t lo = 0, hi = n, bad = 0;
+        if (coll == 1)
+            nnp_split(n, p, rank, &lo, &hi); /* reduce-scatter: this rank's share only */
+        for (size_t k = lo; k < hi; k++) {
+            double want = 0;
+            if (coll == 2) { /* allgather: the owner's own values */
+                for (int q = 0; q < p; q++) {
+                    size_t a, b;
+                    nnp_split(n, p, q, &a, &b);
+                    if (k >= a && k < b)
+                        want = (double)((k + (size_t)q) % 7) * 0.125;
+                }
+            } else {
+                for (int q = 0; q < p; q++)
+                    want += (double)((k + (size_t)q) % 7) * 0.125;
+            }
+            bad += (double)buf[k] != want;
+        }
+        double nbad = (double)bad;
+        st = nnp_comm_allreduce_max_f64(comm, &nbad, 1);
+        if (st == NNP_OK && nbad > 0)
+            st = rank != 0 ? NNP_ERR_REMOTE
+                           : nnp_error(NNP_ERR_COMM, "%s of %g MiB: %.0f wrong values on a rank",
+                                       B.collective, mb[i], nbad);
+        if (st != NNP_OK)
+            break;
         qsort(t, (size_t)B.reps, sizeof(double), cmp_double);
         double s = t[B.reps / 2], bytes = (double)n * sizeof(float);
         if (rank == 0)
             printf("%10.3f %10.3f %12.2f %12.2f\n", mb[i], 1e3 * s, bytes / s * 1e-9,
-                   bytes / s * 1e-9 * 2.0 * (p - 1) / p);
+                   bytes / s * 1e-9 * (coll ? 1.0 : 2.0) * (p - 1) / p);
     }
     free(buf);
     free(t);

@@ -18,6 +18,8 @@ struct nnp_comm {
     int rank, size, local_size;
     int thread_level; /* provided by MPI_Init_thread */
     int *counts, *displs; /* [size]: the shares of the sharded collectives */
+    float *scratch;        /* nnp_comm_shard_setup: one share, received in the ring */
+    size_t scratch_n;
 };
 
 static nnp_status mpi_check(int rc, const char *what)
@@ -69,6 +71,7 @@ void nnp_comm_finalize(nnp_comm *c)
         MPI_Comm_free(&c->comm);
         free(c->counts);
         free(c->displs);
+        free(c->scratch);
         free(c);
     }
     int fin = 0;
@@ -180,16 +183,50 @@ static nnp_status share_counts(nnp_comm *c, size_t n)
     return NNP_OK;
 }
 
+nnp_status nnp_comm_shard_setup(nnp_comm *c, size_t n)
+{
+    NNP_CALL(share_counts(c, n));
+    size_t most = 0;
+    for (int r = 0; r < c->size; r++)
+        most = (size_t)c->counts[r] > most ? (size_t)c->counts[r] : most;
+    if (most > c->scratch_n) {
+        float *s = nnp_malloc(most * sizeof(float));
+        if (!s)
+            return NNP_ERR_NOMEM;
+        free(c->scratch);
+        c->scratch = s;
+        c->scratch_n = most;
+    }
+    return NNP_OK;
+}
+
+/* Ring reduce-scatter: in step s = 0 .. p-2 rank r sends its running sum of share
+ * (r - s - 1) mod p to rank r + 1 and adds what rank r - 1 sends, share (r - s - 2) mod p,
+ * into its own copy; the last share it completes is its own. Each rank moves (p-1)/p of
+ * the vector, the least any reduce-scatter can. (Open MPI 4.1's MPI_Reduce_scatter took
+ * longer on 2 ranks than a whole MPI_Allreduce of the same buffer.) */
 nnp_status nnp_comm_reduce_scatter_f32(nnp_comm *c, float *buf, size_t n)
 {
-    if (c->size == 1)
+    const int p = c->size, r = c->rank;
+    if (p == 1)
         return NNP_OK;
     NNP_CALL(share_counts(c, n));
-    /* in place: the input is the whole buf, the sum of this rank's share lands at buf[0] */
-    NNP_CALL(mpi_check(MPI_Reduce_scatter(MPI_IN_PLACE, buf, c->counts, MPI_FLOAT, MPI_SUM,
-                                          c->comm),
-                       "MPI_Reduce_scatter"));
-    memmove(buf + c->displs[c->rank], buf, (size_t)c->counts[c->rank] * sizeof(float));
+    for (int q = 0; q < p; q++)
+        if ((size_t)c->counts[q] > c->scratch_n)
+            return nnp_error(NNP_ERR_ARG, "nnp_comm_reduce_scatter_f32: call nnp_comm_shard_setup "
+                                          "for %zu values first", n);
+    const int next = (r + 1) % p, prev = (r + p - 1) % p;
+    for (int step = 0; step < p - 1; step++) {
+        int sb = ((r - step - 1) % p + p) % p, rb = ((r - step - 2) % p + p) % p;
+        NNP_CALL(mpi_check(MPI_Sendrecv(buf + c->displs[sb], c->counts[sb], MPI_FLOAT, next, 71,
+                                        c->scratch, c->counts[rb], MPI_FLOAT, prev, 71, c->comm,
+                                        MPI_STATUS_IGNORE),
+                           "MPI_Sendrecv"));
+        float *dst = buf + c->displs[rb];
+        const float *src = c->scratch;
+        for (int i = 0; i < c->counts[rb]; i++)
+            dst[i] += src[i];
+    }
     return NNP_OK;
 }
 

@@ -439,6 +439,8 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     const int sharded = cfg->allreduce == NNP_AR_SHARDED && size > 1;
     if (st == NNP_OK && bucketed)
         st = buckets_plan(&bk, net, cfg->bucket_mb);
+    if (st == NNP_OK && sharded)
+        st = nnp_comm_shard_setup(comm, net->n_params);
     if (st == NNP_OK && bucketed)
         st = nnp_comm_async_start(comm, bk.n, (size_t)(cfg->bucket_mb * 1048576.0), &bk.async);
     st = nnp_comm_agree(comm, st);
