@@ -67,6 +67,12 @@ def time_to(ev, target):
     return (hit["wall_s"], hit["epoch"]) if hit else None
 
 
+def throughput(run):
+    """Median samples/s of a run's logged intervals after the first (warm-up), or None."""
+    rows = run["tr"][1:] or run["tr"]
+    return statistics.median(x["samples_per_s"] for x in rows) if rows else None
+
+
 def fmt(m, s, f):
     return "–" if m is None else f"{m:{f}} ± {s:{f}}"
 
@@ -86,9 +92,7 @@ def report(runs, target):
             done = [r for r in rs if r["done"] and r["ev"]]
             acc = mean_std([100 * r["ev"][-1]["test_acc"] for r in done])
             w = mean_std([r["ev"][-1]["wall_s"] for r in done])
-            # throughput: median of the logged intervals after the first (warm-up)
-            sps = [statistics.median(x["samples_per_s"] for x in r["tr"][1:] or r["tr"])
-                   for r in done if r["tr"]]
+            sps = [throughput(r) for r in done if r["tr"]]
             wall[c, p] = w[0]
             base = next((wall[c, q] for q in ranks if wall.get((c, q))), None)
             up = f"{base / w[0]:.2f}×" if base and w[0] else "–"
@@ -135,8 +139,7 @@ def plot(runs, configs, ranks, tta, target, path):
                            marker="o", capsize=3, color=color, label=c)
         sps = []
         for p in ranks:
-            v = [statistics.median(x["samples_per_s"] for x in r["tr"][1:] or r["tr"])
-                 for r in runs.get((c, p), []) if r["tr"]]
+            v = [throughput(r) for r in runs.get((c, p), []) if r["tr"]]
             if v:
                 sps.append((p, statistics.mean(v)))
         if sps:
