@@ -103,63 +103,84 @@ def main():
     ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--models", nargs="+", default=["lenet", "mlp"], choices=sorted(MODELS))
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch DDP")
-    ap.add_argument("--rounds", type=int, default=1, help="repeat and keep the median")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat every measurement, rounds interleaved, and keep the medians")
     ap.add_argument("--plot", help="PNG: samples/s and efficiency against ranks")
     ap.add_argument("--csv", help="also write the rows to this CSV file")
-    ap.add_argument("--logs", help="keep every nnprec run's train.csv, timing.csv and ranks.csv here")
+    ap.add_argument("--logs", help="keep every nnprec run's train.csv, timing.csv and ranks.csv "
+                    "here (the last round's)")
     ap.add_argument("--torch-python", default="/usr/bin/python3",
                     help="Python that imports torch (default: Debian's /usr/bin/python3)")
     a = ap.parse_args()
     if not os.access(a.nnprec, os.X_OK):
         sys.exit(f"bench_scaling.py: error: {a.nnprec} is not an executable (build first)")
+    if a.rounds < 1 or min(a.ranks) < 1 or 1 not in a.ranks:
+        sys.exit("bench_scaling.py: error: --rounds must be >= 1 and --ranks must include 1 "
+                 "(the baseline of every efficiency)")
     print("eff: samples/s over ranks x samples/s of 1 rank. AR share: allreduce + wait for the\n"
           "slowest rank, share of step time. hidden: bucketed allreduce time overlapped with\n"
           "backward. slow: the slowest rank's local work per sample over the mean rank's.\n"
           "balanced: --balance 10 (shares of the global batch follow rank speed).\n"
           "sharded: --allreduce sharded (each rank runs the optimizer on 1/P of the parameters).\n"
           "'independent': the ranks run alone at once (no communication), the machine's own\n"
-          "ceiling for that many concurrent processes.")
+          "ceiling for that many concurrent processes.", flush=True)
+    # Every measurement of a round is taken before the next round starts, so a slow drift of
+    # the machine's load spreads over all of them; each figure is the median over rounds.
+    jobs = []  # (model key, mode, who, ranks)
+    for m in a.models:
+        for mode in ("weak", "strong"):
+            for variant in VARIANTS:
+                jobs += [(m, mode, variant, p) for p in a.ranks if variant == "fused" or p > 1]
+            if mode == "weak":
+                if not a.no_torch:
+                    jobs += [(m, mode, "torch", p) for p in a.ranks]
+                jobs += [(m, mode, "independent", p) for p in a.ranks if p > 1]
+    got = {j: [] for j in jobs}
+    for rnd in range(a.rounds):
+        for j in jobs:
+            m, mode, who, p = j
+            model, b, gb, steps = MODELS[m]
+            if who == "torch":
+                r = (run_torch(a, model, p, b, steps), None, None, None)
+            elif who == "independent":
+                r = (run_independent(a, model, p, b, steps), None, None, None)
+            else:
+                batch_args = ["--batch", str(b)] if mode == "weak" else ["--global-batch", str(gb)]
+                r = run_nnprec(a, model, p, batch_args, steps, who)
+            got[j].append(r)
+            print(f"[{rnd + 1}/{a.rounds}] {m} {mode} {who} {p} rank(s): {r[0]:.0f} samples/s",
+                  file=sys.stderr, flush=True)
+
+    def med(j, k):
+        v = [r[k] for r in got.get(j, []) if r[k] is not None]
+        return statistics.median(v) if v else None
+
     print(f"{'model':<6} {'mode':<6} {'ranks':>5} {'variant':>11} {'samples/s':>10} {'eff':>6} "
           f"{'AR share':>8} {'hidden':>6} {'slow':>6} {'torch DDP':>10} {'torch eff':>9}")
     rows = []  # (model, mode, who, ranks, samples/s, efficiency, AR share, hidden)
-    for m in a.models:
-        model, b, gb, steps = MODELS[m]
-        for mode in ("weak", "strong"):
-            base = {}
-            for variant in VARIANTS:
-                for p in a.ranks:
-                    if variant != "fused" and p == 1:
-                        continue
-                    batch_args = ["--batch", str(b)] if mode == "weak" else ["--global-batch", str(gb)]
-                    res = [run_nnprec(a, model, p, batch_args, steps, variant) for _ in range(a.rounds)]
-                    sps = statistics.median(r[0] for r in res)
-                    share, hidden, spread = res[0][1], res[0][2], res[0][3]
-                    if p == 1:
-                        base["nnprec"] = sps
-                    eff = sps / (base["nnprec"] * p)
-                    tsps = teff = None
-                    if not a.no_torch and variant == "fused" and mode == "weak":
-                        tsps = run_torch(a, model, p, b, steps)
-                        if p == 1:
-                            base["torch"] = tsps
-                        teff = tsps / (p * base["torch"])
-                    rows.append((m, mode, f"nnprec {variant}", p, sps, eff, share, hidden))
-                    if tsps is not None:
-                        rows.append((m, mode, "PyTorch DDP", p, tsps, teff, None, None))
-                    print(f"{m:<6} {mode:<6} {p:>5} {variant:>11} {sps:>10.0f} {100 * eff:>5.0f}% "
-                          f"{100 * share:>7.1f}% "
-                          f"{'' if hidden is None else f'{100 * hidden:.0f}%':>6} "
-                          f"{f'{100 * spread:+.0f}%' if p > 1 else '':>6} "
-                          f"{'' if tsps is None else f'{tsps:.0f}':>10} "
-                          f"{'' if teff is None else f'{100 * teff:.0f}%':>9}", flush=True)
-            if mode == "weak":
-                for p in a.ranks:
-                    if p > 1:
-                        ind = run_independent(a, model, p, b, steps)
-                        eff = ind / (p * base["nnprec"])
-                        rows.append((m, mode, "independent", p, ind, eff, None, None))
-                        print(f"{m:<6} {mode:<6} {p:>5} {'independent':>11} {ind:>10.0f} "
-                              f"{100 * eff:>5.0f}% (ceiling)", flush=True)
+    for m, mode, who, p in jobs:
+        if who == "torch":
+            continue
+        sps, base = med((m, mode, who, p), 0), med((m, mode, "fused", 1), 0)
+        eff = sps / (p * base) if base else float("nan")
+        if who == "independent":
+            rows.append((m, mode, "independent", p, sps, eff, None, None))
+            print(f"{m:<6} {mode:<6} {p:>5} {'independent':>11} {sps:>10.0f} {100 * eff:>5.0f}% "
+                  f"(ceiling)")
+            continue
+        share, hidden, spread = (med((m, mode, who, p), k) for k in (1, 2, 3))
+        tsps = med((m, mode, "torch", p), 0) if who == "fused" else None
+        tbase = med((m, mode, "torch", 1), 0)
+        teff = tsps / (p * tbase) if tsps and tbase else None
+        rows.append((m, mode, f"nnprec {who}", p, sps, eff, share, hidden))
+        if tsps is not None:
+            rows.append((m, mode, "PyTorch DDP", p, tsps, teff, None, None))
+        print(f"{m:<6} {mode:<6} {p:>5} {who:>11} {sps:>10.0f} {100 * eff:>5.0f}% "
+              f"{100 * share:>7.1f}% "
+              f"{'' if hidden is None else f'{100 * hidden:.0f}%':>6} "
+              f"{f'{100 * spread:+.0f}%' if p > 1 else '':>6} "
+              f"{'' if tsps is None else f'{tsps:.0f}':>10} "
+              f"{'' if teff is None else f'{100 * teff:.0f}%':>9}", flush=True)
 
     if a.csv:
         with open(a.csv, "w", newline="") as f:
