@@ -37,17 +37,21 @@ VARIANTS = {"fused": ["--allreduce", "fused"], "balanced": ["--allreduce", "fuse
             "bucketed": ["--allreduce", "bucketed"], "sharded": ["--allreduce", "sharded"]}
 
 
-def run_nnprec(a, model, np_, batch_args, steps, variant):
+def run_nnprec(a, model, np_, batch_args, steps, variant, threads=1):
+    """np_ ranks of `threads` BLAS threads each, every rank bound to `threads` cores."""
     with tempfile.TemporaryDirectory() as d:
         log_every = max(steps // 5, 1)
-        cmd = ["mpirun", "-np", str(np_), "--bind-to", "core", "--oversubscribe", a.nnprec, "train",
-               "--model", model, *batch_args, "--steps", str(steps), "--log-every", str(log_every),
-               "--eval-every", str(10 ** 9), "--test-limit", "100", "--check-replicas", "0",
-               *VARIANTS[variant], "--quiet", "--out", d]
+        mapping = ["--map-by", f"slot:PE={threads}"] if threads > 1 else []
+        cmd = ["mpirun", "-np", str(np_), *mapping, "--bind-to", "core", "--oversubscribe", a.nnprec,
+               "train", "--model", model, *batch_args, "--steps", str(steps), "--log-every",
+               str(log_every), "--eval-every", str(10 ** 9), "--test-limit", "100",
+               "--check-replicas", "0", *VARIANTS.get(variant, VARIANTS["fused"]),
+               "--threads", str(threads), "--quiet", "--out", d]
         subprocess.run(cmd, check=True, env=ENV, stdout=subprocess.DEVNULL)
         if a.logs:
             os.makedirs(a.logs, exist_ok=True)
-            tag = f"{model.split(':')[0]}_{batch_args[0].strip('-')}{batch_args[1]}_{variant}_{np_}"
+            tag = (f"{model.split(':')[0]}_{batch_args[0].strip('-')}{batch_args[1]}_"
+                   f"{variant.replace('/', '-')}_{np_}")
             for f in ("train.csv", "timing.csv", "ranks.csv"):
                 shutil.copy(os.path.join(d, f), os.path.join(a.logs, f"{tag}_{f}"))
         rows = list(csv.DictReader(open(os.path.join(d, "train.csv"))))
@@ -109,11 +113,16 @@ def main():
     ap.add_argument("--csv", help="also write the rows to this CSV file")
     ap.add_argument("--logs", help="keep every nnprec run's train.csv, timing.csv and ranks.csv "
                     "here (the last round's)")
+    ap.add_argument("--threads-per-rank", type=int, default=0, metavar="T",
+                    help="also run P/T ranks of T BLAS threads on P cores (variant 'Tthr/rank'; "
+                    "weak scaling: T times the batch per rank)")
     ap.add_argument("--torch-python", default="/usr/bin/python3",
                     help="Python that imports torch (default: Debian's /usr/bin/python3)")
     a = ap.parse_args()
     if not os.access(a.nnprec, os.X_OK):
         sys.exit(f"bench_scaling.py: error: {a.nnprec} is not an executable (build first)")
+    if a.threads_per_rank < 0 or a.threads_per_rank == 1:
+        sys.exit("bench_scaling.py: error: --threads-per-rank must be 2 or more")
     if a.rounds < 1 or min(a.ranks) < 1 or 1 not in a.ranks:
         sys.exit("bench_scaling.py: error: --rounds must be >= 1 and --ranks must include 1 "
                  "(the baseline of every efficiency)")
@@ -123,7 +132,8 @@ def main():
           "balanced: --balance 10 (shares of the global batch follow rank speed).\n"
           "sharded: --allreduce sharded (each rank runs the optimizer on 1/P of the parameters).\n"
           "'independent': the ranks run alone at once (no communication), the machine's own\n"
-          "ceiling for that many concurrent processes.", flush=True)
+          "ceiling for that many concurrent processes. Tthr/rank: ranks/T ranks of T BLAS\n"
+          "threads (the 'ranks' column counts cores).", flush=True)
     # Every measurement of a round is taken before the next round starts, so a slow drift of
     # the machine's load spreads over all of them; each figure is the median over rounds.
     jobs = []  # (model key, mode, who, ranks)
@@ -131,6 +141,9 @@ def main():
         for mode in ("weak", "strong"):
             for variant in VARIANTS:
                 jobs += [(m, mode, variant, p) for p in a.ranks if variant == "fused" or p > 1]
+            T = a.threads_per_rank
+            if T > 1:
+                jobs += [(m, mode, f"{T}thr/rank", p) for p in a.ranks if p >= T and p % T == 0]
             if mode == "weak":
                 if not a.no_torch:
                     jobs += [(m, mode, "torch", p) for p in a.ranks]
@@ -144,6 +157,10 @@ def main():
                 r = (run_torch(a, model, p, b, steps), None, None, None)
             elif who == "independent":
                 r = (run_independent(a, model, p, b, steps), None, None, None)
+            elif who.endswith("thr/rank"):
+                T = a.threads_per_rank
+                batch_args = ["--batch", str(b * T)] if mode == "weak" else ["--global-batch", str(gb)]
+                r = run_nnprec(a, model, p // T, batch_args, steps, who, threads=T)
             else:
                 batch_args = ["--batch", str(b)] if mode == "weak" else ["--global-batch", str(gb)]
                 r = run_nnprec(a, model, p, batch_args, steps, who)
@@ -199,8 +216,10 @@ def plot(rows, path):
     panels = sorted({(r[0], r[1]) for r in rows})
     fig, axes = plt.subplots(2, len(panels), figsize=(4.5 * len(panels), 7), squeeze=False)
     for col, (m, mode) in enumerate(panels):
+        whos = sorted({r[2] for r in rows if r[2].endswith("thr/rank")})
         for who, color in (("nnprec fused", "C0"), ("nnprec balanced", "C3"), ("nnprec bucketed", "C1"),
-                           ("nnprec sharded", "C4"), ("PyTorch DDP", "C2"), ("independent", "grey")):
+                           ("nnprec sharded", "C4"), ("PyTorch DDP", "C2"), ("independent", "grey"),
+                           *((w, "C5") for w in whos)):
             pts = sorted((r[3], r[4], r[5]) for r in rows if (r[0], r[1], r[2]) == (m, mode, who))
             if not pts:
                 continue
