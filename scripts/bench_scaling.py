@@ -7,12 +7,14 @@ efficiency(p) = samples/s(p) / (p * samples/s(1)). Strong scaling: a fixed globa
 of step time spent in the allreduce (including the wait for the slowest rank) and, with
 --allreduce bucketed, how much of the communication thread's allreduce time was hidden
 behind backward (1 - exposed / thread time), and how much slower per sample its slowest
-rank was than the mean rank (ranks.csv). Four variants: fused allreduce, fused with
+rank was than the mean rank (ranks.csv). Five variants: fused allreduce, fused with
 --balance 10 (global batch re-split by rank speed), bucketed, sharded (reduce-scatter,
-each rank updates its 1/P of the parameters, allgather). Weak scaling also runs P
-independent single-rank processes at once: the machine's ceiling with no communication.
+each rank updates its 1/P of the parameters, allgather), shm (the sharded step through a
+node-local shared window). Weak scaling also runs P independent single-rank processes at
+once: the machine's ceiling with no communication.
 
-  scripts/bench_scaling.py [--ranks 1 2] [--models lenet mlp] [--no-torch] [--rounds N]
+  scripts/bench_scaling.py [--ranks 1 2] [--models lenet mlp] [--modes weak strong]
+                           [--variants fused shm ...] [--no-torch] [--rounds N]
                            [--plot PNG] [--csv FILE] [--logs DIR] [--torch-python PY]
 
 Each rank is bound to a core (--bind-to core) with one BLAS thread.
@@ -34,7 +36,8 @@ ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIR
 
 
 VARIANTS = {"fused": ["--allreduce", "fused"], "balanced": ["--allreduce", "fused", "--balance", "10"],
-            "bucketed": ["--allreduce", "bucketed"], "sharded": ["--allreduce", "sharded"]}
+            "bucketed": ["--allreduce", "bucketed"], "sharded": ["--allreduce", "sharded"],
+            "shm": ["--allreduce", "shm"]}
 
 
 def run_nnprec(a, model, np_, batch_args, steps, variant, threads=1):
@@ -106,6 +109,9 @@ def main():
     ap.add_argument("--nnprec", default=os.path.join(ROOT, "build", "nnprec"))
     ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--models", nargs="+", default=["lenet", "mlp"], choices=sorted(MODELS))
+    ap.add_argument("--modes", nargs="+", default=["weak", "strong"], choices=["weak", "strong"])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                    help="nnprec variants to run (fused always runs: it is the baseline)")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch DDP")
     ap.add_argument("--rounds", type=int, default=1,
                     help="repeat every measurement, rounds interleaved, and keep the medians")
@@ -131,6 +137,7 @@ def main():
           "backward. slow: the slowest rank's local work per sample over the mean rank's.\n"
           "balanced: --balance 10 (shares of the global batch follow rank speed).\n"
           "sharded: --allreduce sharded (each rank runs the optimizer on 1/P of the parameters).\n"
+          "shm: --allreduce shm (sharded through a node-local shared window, no message copies).\n"
           "'independent': the ranks run alone at once (no communication), the machine's own\n"
           "ceiling for that many concurrent processes. Tthr/rank: ranks/T ranks of T BLAS\n"
           "threads (the 'ranks' column counts cores).", flush=True)
@@ -138,9 +145,10 @@ def main():
     # the machine's load spreads over all of them; each figure is the median over rounds.
     jobs = []  # (model key, mode, who, ranks)
     for m in a.models:
-        for mode in ("weak", "strong"):
+        for mode in a.modes:
             for variant in VARIANTS:
-                jobs += [(m, mode, variant, p) for p in a.ranks if variant == "fused" or p > 1]
+                if variant == "fused" or variant in a.variants:
+                    jobs += [(m, mode, variant, p) for p in a.ranks if variant == "fused" or p > 1]
             T = a.threads_per_rank
             if T > 1:
                 jobs += [(m, mode, f"{T}thr/rank", p) for p in a.ranks if p >= T and p % T == 0]
@@ -218,7 +226,7 @@ def plot(rows, path):
     for col, (m, mode) in enumerate(panels):
         whos = sorted({r[2] for r in rows if r[2].endswith("thr/rank")})
         for who, color in (("nnprec fused", "C0"), ("nnprec balanced", "C3"), ("nnprec bucketed", "C1"),
-                           ("nnprec sharded", "C4"), ("PyTorch DDP", "C2"), ("independent", "grey"),
+                           ("nnprec sharded", "C4"), ("nnprec shm", "C6"), ("PyTorch DDP", "C2"), ("independent", "grey"),
                            *((w, "C5") for w in whos)):
             pts = sorted((r[3], r[4], r[5]) for r in rows if (r[0], r[1], r[2]) == (m, mode, who))
             if not pts:
@@ -226,7 +234,7 @@ def plot(rows, path):
             ranks = [x[0] for x in pts]
             # the variants have no 1-rank runs of their own (measured against fused's)
             style = dict(marker="s", ls="none") if who in ("nnprec bucketed", "nnprec balanced",
-                                                           "nnprec sharded") \
+                                                           "nnprec sharded", "nnprec shm") \
                 else dict(marker="o")
             if who == "independent":  # no communication: the machine's ceiling
                 style = dict(marker="x", ls="--")

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The bucketed (overlapped) and sharded allreduce must give exactly the fused result: at 2
-# ranks every element is a + b in every mode, so the per-step losses must be bitwise
+# The bucketed (overlapped), sharded and shm allreduce must give exactly the fused result:
+# at 2 ranks every element is a + b in every mode, so the per-step losses must be bitwise
 # identical. Small buckets (0.05 MiB) split LeNet's 325 KB of gradients into several
 # buckets. Sharded (each rank updates half of the parameters with Adam and the dynamic
 # preconditioner, whose sums are sharded the same way) must also write the same per-layer
 # statistics and, after gathering the optimizer state, the same checkpoint, and resume
-# from a mid-run checkpoint to the same end.
+# from a mid-run checkpoint to the same end; so must shm, on one node and across nodes.
 # usage: allreduce_modes.sh NNPREC MPIEXEC
 set -euo pipefail
 nnprec=$1 mpiexec=$2
@@ -33,21 +33,46 @@ sharded_run() { # OUT [extra options]
     { cat "$out.log"; exit 1; }
 }
 sharded_run "$tmp/af" --allreduce fused
-sharded_run "$tmp/as" --allreduce sharded
-cmp -s <(cut -d, -f1,3,4 "$tmp/af/train.csv") <(cut -d, -f1,3,4 "$tmp/as/train.csv") ||
-  { echo "FAIL: sharded and fused losses differ"; exit 1; }
-cmp -s "$tmp/af/layers.csv" "$tmp/as/layers.csv" || { echo "FAIL: sharded layers.csv differs"; exit 1; }
-for d in /conv1/weight /fc3/bias /optimizer/exp_avg /optimizer/exp_avg_sq /precond/scale; do
-  h5diff -q "$tmp/af/ckpt-00000060.h5" "$tmp/as/ckpt-00000060.h5" "$d" "$d" > /dev/null ||
-    { echo "FAIL: sharded checkpoint differs from fused in $d"; exit 1; }
+# sharded: MPI reduce-scatter + allgather; shm: through a shared window on the node;
+# shm1: shm with every rank a node of its own (NNPREC_SHM_NODE_RANKS=1), so the sum goes
+# through the across-nodes allreduce and each "node" updates every parameter itself.
+for v in sharded shm shm1; do
+  mode=${v%1}
+  node_ranks=; [ "$v" = shm1 ] && node_ranks=1
+  NNPREC_SHM_NODE_RANKS=$node_ranks sharded_run "$tmp/a_$v" --allreduce "$mode"
+  cmp -s <(cut -d, -f1,3,4 "$tmp/af/train.csv") <(cut -d, -f1,3,4 "$tmp/a_$v/train.csv") ||
+    { echo "FAIL: $v and fused losses differ"; exit 1; }
+  cmp -s "$tmp/af/layers.csv" "$tmp/a_$v/layers.csv" || { echo "FAIL: $v layers.csv differs"; exit 1; }
+  for d in /conv1/weight /fc3/bias /optimizer/exp_avg /optimizer/exp_avg_sq /precond/scale; do
+    # shm1 sums each weight tensor in one pass, not in two halves: the multipliers (double)
+    # may differ in the last bits (1e-12 relative), the float updates did not
+    tol=(); [ "$v" = shm1 ] && [ "$d" = /precond/scale ] && tol=(-p 1e-12)
+    h5diff -q "${tol[@]}" "$tmp/af/ckpt-00000060.h5" "$tmp/a_$v/ckpt-00000060.h5" "$d" "$d" > /dev/null ||
+      { echo "FAIL: $v checkpoint differs from fused in $d"; exit 1; }
+  done
+  mkdir -p "$tmp/r_$v"
+  NNPREC_SHM_NODE_RANKS=$node_ranks sharded_run "$tmp/r_$v" --allreduce "$mode" \
+    --resume "$tmp/a_$v/ckpt-00000030.h5"
+  for d in /conv1/weight /fc1/weight /fc3/bias /optimizer/exp_avg_sq; do
+    h5diff -q "$tmp/a_$v/ckpt-00000060.h5" "$tmp/r_$v/ckpt-00000060.h5" "$d" "$d" > /dev/null ||
+      { echo "FAIL: $v run resumed at step 30 differs in $d"; exit 1; }
+  done
+  echo "$v == fused (losses, layers.csv, checkpoint) and resumes exactly: 1 passed, 0 failed"
 done
-mkdir -p "$tmp/ar"
-sharded_run "$tmp/ar" --allreduce sharded --resume "$tmp/as/ckpt-00000030.h5"
-for d in /conv1/weight /fc1/weight /fc3/bias /optimizer/exp_avg_sq; do
-  h5diff -q "$tmp/as/ckpt-00000060.h5" "$tmp/ar/ckpt-00000060.h5" "$d" "$d" > /dev/null ||
-    { echo "FAIL: sharded run resumed at step 30 differs in $d"; exit 1; }
-done
-echo "sharded == fused (losses, layers.csv, checkpoint) and resumes exactly: 1 passed, 0 failed"
+
+# shm across "nodes" of unequal size, or a bad NNPREC_SHM_NODE_RANKS: one clear error
+expect_error() { # PATTERN NODE_RANKS NP
+  local out
+  if out=$(NNPREC_SHM_NODE_RANKS=$2 "$mpiexec" -n "$3" --oversubscribe "$nnprec" train \
+             --train-limit 100 --test-limit 50 --steps 2 --batch 4 --quiet --allreduce shm 2>&1); then
+    echo "FAIL: NNPREC_SHM_NODE_RANKS=$2 on $3 ranks did not fail"; exit 1
+  fi
+  grep -q "$1" <<< "$out" || { echo "FAIL: expected '$1', got:"; echo "$out"; exit 1; }
+  [ "$(grep -c "error" <<< "$out")" = 1 ] || { echo "FAIL: not exactly one error line:"; echo "$out"; exit 1; }
+}
+expect_error "same number of ranks on every node (found 1 to 2)" 2 3
+expect_error "NNPREC_SHM_NODE_RANKS must be a positive integer, got 'x'" x 2
+echo "shm on unequal nodes and a bad NNPREC_SHM_NODE_RANKS fail with one message: 1 passed, 0 failed"
 
 # the bucketed run really used the communication thread
 awk -F, '$2 == "ar_thread" && $4 > 0 { found = 1 } END { exit !found }' "$tmp/bucketed/timing.csv" \

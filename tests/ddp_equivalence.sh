@@ -6,7 +6,8 @@
 # slice of the batch, then the allreduce sums the ranks).
 #
 # usage: ddp_equivalence.sh NNPREC MPIEXEC [extra nnprec train options...]
-# (NNP_EXPECT_SLOW_RANK=R: also check that --balance gave the slowed rank R fewer samples)
+# (NNP_EXPECT_SLOW_RANK=R: also check that --balance gave the slowed rank R fewer samples;
+#  NNP_EQ_RANKS="2 4": the rank counts compared with 1 rank, default "2 3 4")
 set -euo pipefail
 nnprec=$1 mpiexec=$2
 shift 2
@@ -23,12 +24,13 @@ trap 'rm -rf "$tmp"' EXIT
 common=(train --train-limit 2000 --test-limit 500 --steps 250 --global-batch 18
         --log-every 1 --eval-every 125 --lr 0.001 --momentum 0.9 --seed 5 --quiet
         --check-replicas 10 "$@")
-for np in 1 2 3 4; do
+ranks=${NNP_EQ_RANKS:-2 3 4}
+for np in 1 $ranks; do
   "$mpiexec" -n "$np" --oversubscribe "$nnprec" "${common[@]}" --out "$tmp/np$np" \
     > "$tmp/np$np.log" 2>&1 || { echo "run with $np ranks failed:"; cat "$tmp/np$np.log"; exit 1; }
 done
 status=0
-for np in 2 3 4; do
+for np in $ranks; do
   worst=$(paste -d, "$tmp/np1/train.csv" "$tmp/np$np/train.csv" | awk -F, '
     NR == 1 { next }
     { rows++; a = $3; b = $10; if ($1 != $8) { print "step mismatch"; exit }
@@ -46,7 +48,7 @@ done
 # With --balance and a rank slowed down (NNPREC_FAULT_SLOW), that rank must have computed
 # under half the mean of the others' samples (ranks.csv) at every rank count.
 if [ -n "${NNP_EXPECT_SLOW_RANK:-}" ]; then
-  for np in 2 3 4; do
+  for np in $ranks; do
     awk -F, -v s="$NNP_EXPECT_SLOW_RANK" -v np="$np" '
       NR == 1 { for (i = 1; i <= NF; i++) if ($i == "samples") c = i; next }
       $1 == s { slow = $c; next } { sum += $c; n++ }

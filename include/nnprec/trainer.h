@@ -17,7 +17,7 @@
 #include "nnprec/precond.h"
 
 typedef enum { NNP_LOSS_CE, NNP_LOSS_MSE } nnp_loss_kind;
-typedef enum { NNP_AR_FUSED, NNP_AR_BUCKETED, NNP_AR_SHARDED } nnp_allreduce_mode;
+typedef enum { NNP_AR_FUSED, NNP_AR_BUCKETED, NNP_AR_SHARDED, NNP_AR_SHM } nnp_allreduce_mode;
 
 typedef struct {
     nnp_loss_kind loss;

@@ -89,7 +89,8 @@ static nnp_option opts[] = {
     OPT_L("check-replicas", check_replicas, "1000", "steps between replica checksums (0: off)"),
     OPT_S("allreduce", allreduce, "fused",
       "gradient allreduce: fused (after backward) | bucketed (overlapped with backward) | "
-      "sharded (reduce-scatter, each rank updates 1/P of the parameters, allgather)"),
+      "sharded (reduce-scatter, each rank updates 1/P of the parameters, allgather) | "
+      "shm (sharded through node-local shared memory: no message copies)"),
     OPT_D("bucket-mb", bucket_mb, "4", "allreduce chunk / bucket size in MiB"),
     OPT_L("balance", balance, "0",
           "every N steps re-split the global batch in proportion to each rank's measured speed, "
@@ -197,8 +198,10 @@ static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *
         cfg->allreduce = NNP_AR_BUCKETED;
     else if (strcmp(O.allreduce, "sharded") == 0)
         cfg->allreduce = NNP_AR_SHARDED;
+    else if (strcmp(O.allreduce, "shm") == 0)
+        cfg->allreduce = NNP_AR_SHM;
     else
-        return nnp_error(NNP_ERR_ARG, "--allreduce must be fused, bucketed or sharded, got '%s'",
+        return nnp_error(NNP_ERR_ARG, "--allreduce must be fused, bucketed, sharded or shm, got '%s'",
                          O.allreduce);
     if (!(O.bucket_mb > 0) || O.bucket_mb > 1024)
         return nnp_error(NNP_ERR_ARG, "--bucket-mb must be in (0, 1024]");

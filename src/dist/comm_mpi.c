@@ -368,3 +368,226 @@ void nnp_comm_async_stop(nnp_comm_async *a)
     free(a->jobs);
     free(a);
 }
+
+/* ---- --allreduce shm: node-local shared memory ------------------------------------------ */
+
+struct nnp_comm_shm {
+    MPI_Comm node;   /* the ranks of this node (or of a NNPREC_SHM_NODE_RANKS group) */
+    MPI_Comm cross;  /* the ranks with this node-local rank on every node; NULL on one node */
+    MPI_Win win;
+    int lrank, lsize;
+    size_t n, lo, hi;
+    float **params, **grads; /* [lsize]: every node rank's buffers, mapped here */
+    int *counts, *displs;    /* [lsize]: the node shares */
+};
+
+/* Every rank makes every collective call below whatever failed locally before it, so that
+ * no rank is left waiting; the caller agrees on the status afterwards. */
+nnp_status nnp_comm_shm_start(nnp_comm *c, size_t n, nnp_comm_shm **out)
+{
+    *out = NULL;
+    nnp_comm_shm *s = nnp_calloc(1, sizeof *s);
+    if (!s)
+        return NNP_ERR_NOMEM; /* before any collective: the caller's agree catches it */
+    s->node = s->cross = MPI_COMM_NULL;
+    s->win = MPI_WIN_NULL;
+    s->n = n;
+    nnp_status st = mpi_check(MPI_Comm_split_type(c->comm, MPI_COMM_TYPE_SHARED, c->rank,
+                                                  MPI_INFO_NULL, &s->node),
+                              "MPI_Comm_split_type");
+    if (st != NNP_OK)
+        goto fail;
+    long group = 0; /* NNPREC_SHM_NODE_RANKS: pretend nodes of this many ranks */
+    const char *e = getenv("NNPREC_SHM_NODE_RANKS");
+    if (e && e[0]) {
+        char *end;
+        group = strtol(e, &end, 10);
+        if (*end || group < 1 || group > INT_MAX) {
+            st = nnp_error(NNP_ERR_ARG, "NNPREC_SHM_NODE_RANKS must be a positive integer, got '%s'",
+                           e);
+            group = 0;
+        }
+    }
+    if (group > 0) {
+        MPI_Comm sub;
+        int lr;
+        MPI_Comm_rank(s->node, &lr);
+        nnp_status s2 = mpi_check(MPI_Comm_split(s->node, lr / (int)group, lr, &sub),
+                                  "MPI_Comm_split");
+        if (s2 != NNP_OK) {
+            st = s2;
+            goto fail;
+        }
+        MPI_Comm_free(&s->node);
+        s->node = sub;
+    }
+    MPI_Comm_set_errhandler(s->node, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(s->node, &s->lrank);
+    MPI_Comm_size(s->node, &s->lsize);
+    /* the cross-node sum pairs shares by node-local rank: every node needs the same count */
+    int mm[2] = {-s->lsize, s->lsize};
+    nnp_status s2 = mpi_check(MPI_Allreduce(MPI_IN_PLACE, mm, 2, MPI_INT, MPI_MAX, c->comm),
+                              "MPI_Allreduce(node sizes)");
+    if (s2 != NNP_OK) {
+        st = s2;
+        goto fail;
+    }
+    if (st == NNP_OK && -mm[0] != mm[1])
+        st = nnp_error(NNP_ERR_ARG, "--allreduce shm needs the same number of ranks on every node "
+                                    "(found %d to %d); use --allreduce fused", -mm[0], mm[1]);
+    if (s->lsize < c->size) {
+        s2 = mpi_check(MPI_Comm_split(c->comm, s->lrank, c->rank, &s->cross), "MPI_Comm_split");
+        if (s2 != NNP_OK) {
+            st = s2;
+            goto fail;
+        }
+        MPI_Comm_set_errhandler(s->cross, MPI_ERRORS_RETURN);
+    }
+    s->params = nnp_calloc((size_t)s->lsize, sizeof(float *));
+    s->grads = nnp_calloc((size_t)s->lsize, sizeof(float *));
+    s->counts = nnp_calloc((size_t)s->lsize, sizeof(int));
+    s->displs = nnp_calloc((size_t)s->lsize, sizeof(int));
+    if (st == NNP_OK && (!s->params || !s->grads || !s->counts || !s->displs))
+        st = NNP_ERR_NOMEM;
+    for (int q = 0; q < s->lsize && st == NNP_OK; q++) {
+        size_t lo, hi;
+        nnp_split(n, s->lsize, q, &lo, &hi);
+        if (hi > (size_t)INT_MAX)
+            st = nnp_error(NNP_ERR_ARG, "%zu values are too many for --allreduce shm (at most %d)",
+                           n, INT_MAX);
+        else {
+            s->counts[q] = (int)(hi - lo);
+            s->displs[q] = (int)lo;
+        }
+    }
+    nnp_split(n, s->lsize, s->lrank, &s->lo, &s->hi);
+    /* gradients start on a 64-byte boundary after the parameters; every rank's segment on
+     * its own pages (noncontig), first touched by its owner */
+    const size_t stride = (n + 15) & ~(size_t)15;
+    MPI_Info info;
+    MPI_Info_create(&info);
+    MPI_Info_set(info, "alloc_shared_noncontig", "true");
+    float *mine = NULL;
+    s2 = mpi_check(MPI_Win_allocate_shared((MPI_Aint)(2 * stride * sizeof(float)),
+                                           (int)sizeof(float), info, s->node, &mine, &s->win),
+                   "MPI_Win_allocate_shared");
+    MPI_Info_free(&info);
+    if (s2 != NNP_OK) {
+        s->win = MPI_WIN_NULL;
+        st = s2;
+        goto fail;
+    }
+    memset(mine, 0, 2 * stride * sizeof(float));
+    for (int q = 0; q < s->lsize && s->params; q++) {
+        MPI_Aint bytes;
+        int unit;
+        float *base = NULL;
+        MPI_Win_shared_query(s->win, q, &bytes, &unit, &base);
+        s->params[q] = base;
+        s->grads[q] = base + stride;
+    }
+    MPI_Win_lock_all(MPI_MODE_NOCHECK, s->win);
+    *out = s;
+    return st;
+fail:
+    *out = s; /* freed collectively by nnp_comm_shm_stop */
+    return st;
+}
+
+void nnp_comm_shm_buffers(const nnp_comm_shm *s, float **params, float **grads)
+{
+    *params = s->params[s->lrank];
+    *grads = s->grads[s->lrank];
+}
+
+void nnp_comm_shm_share(const nnp_comm_shm *s, size_t *lo, size_t *hi, int *local_rank,
+                        int *local_size)
+{
+    *lo = s->lo;
+    *hi = s->hi;
+    *local_rank = s->lrank;
+    *local_size = s->lsize;
+}
+
+nnp_status nnp_comm_shm_fence(nnp_comm_shm *s)
+{
+    MPI_Win_sync(s->win);
+    NNP_CALL(mpi_check(MPI_Barrier(s->node), "MPI_Barrier(node)"));
+    MPI_Win_sync(s->win);
+    return NNP_OK;
+}
+
+nnp_status nnp_comm_shm_reduce(nnp_comm_shm *s)
+{
+    enum { BLK = 2048 }; /* 8 KiB: the running sum stays in L1 */
+    float tmp[BLK];
+    float *own = s->grads[s->lrank];
+    for (size_t b = s->lo; b < s->hi; b += BLK) {
+        const size_t m = s->hi - b < BLK ? s->hi - b : BLK;
+        /* rank order, as a left fold: on two ranks the same sum as MPI_Allreduce's */
+        float *acc = s->lrank == 0 ? own + b : tmp;
+        if (acc == tmp)
+            memcpy(tmp, s->grads[0] + b, m * sizeof(float));
+        for (int q = 1; q < s->lsize; q++) {
+            const float *src = s->grads[q] + b;
+            for (size_t i = 0; i < m; i++)
+                acc[i] += src[i];
+        }
+        if (acc == tmp)
+            memcpy(own + b, tmp, m * sizeof(float));
+    }
+    if (s->cross != MPI_COMM_NULL) {
+        const size_t chunk = ((size_t)4 << 20) / sizeof(float);
+        for (size_t off = s->lo; off < s->hi; off += chunk) {
+            size_t m = s->hi - off < chunk ? s->hi - off : chunk;
+            NNP_CALL(mpi_check(MPI_Allreduce(MPI_IN_PLACE, own + off, (int)m, MPI_FLOAT, MPI_SUM,
+                                             s->cross),
+                               "MPI_Allreduce(gradients across nodes)"));
+        }
+    }
+    return NNP_OK;
+}
+
+void nnp_comm_shm_publish(nnp_comm_shm *s)
+{
+    const float *own = s->params[s->lrank];
+    for (int q = 0; q < s->lsize; q++)
+        if (q != s->lrank)
+            memcpy(s->params[q] + s->lo, own + s->lo, (s->hi - s->lo) * sizeof(float));
+}
+
+nnp_status nnp_comm_shm_allreduce_sum_f64(nnp_comm_shm *s, double *buf, size_t n)
+{
+    if (s->lsize == 1)
+        return NNP_OK;
+    return mpi_check(MPI_Allreduce(MPI_IN_PLACE, buf, (int)n, MPI_DOUBLE, MPI_SUM, s->node),
+                     "MPI_Allreduce(node)");
+}
+
+nnp_status nnp_comm_shm_allgather(nnp_comm_shm *s, float *buf)
+{
+    if (s->lsize == 1)
+        return NNP_OK;
+    return mpi_check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, s->counts, s->displs,
+                                    MPI_FLOAT, s->node),
+                     "MPI_Allgatherv(node)");
+}
+
+void nnp_comm_shm_stop(nnp_comm_shm *s)
+{
+    if (!s)
+        return;
+    if (s->win != MPI_WIN_NULL) {
+        MPI_Win_unlock_all(s->win);
+        MPI_Win_free(&s->win);
+    }
+    if (s->cross != MPI_COMM_NULL)
+        MPI_Comm_free(&s->cross);
+    if (s->node != MPI_COMM_NULL)
+        MPI_Comm_free(&s->node);
+    free(s->params);
+    free(s->grads);
+    free(s->counts);
+    free(s->displs);
+    free(s);
+}

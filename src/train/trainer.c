@@ -398,6 +398,12 @@ static nnp_status rebalance(nnp_comm *comm, train_bufs *b, double n, double t, s
     return NNP_OK;
 }
 
+/* --allreduce sharded/shm: every rank's share of buf to every rank */
+static nnp_status gather_shares(nnp_comm *comm, nnp_comm_shm *sh, float *buf, size_t n)
+{
+    return sh ? nnp_comm_shm_allgather(sh, buf) : nnp_comm_allgather_shares_f32(comm, buf, n);
+}
+
 nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
                      const nnp_dataset *train, const nnp_dataset *test, nnp_train_result *res)
 {
@@ -436,14 +442,32 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     const int bucketed = cfg->allreduce == NNP_AR_BUCKETED && size > 1;
     /* sharded: reduce-scatter the gradients, each rank updates its share of the parameters
      * (the same share as the preconditioner's sums), then allgather the parameters */
-    const int sharded = cfg->allreduce == NNP_AR_SHARDED && size > 1;
+    const int sharded = (cfg->allreduce == NNP_AR_SHARDED || cfg->allreduce == NNP_AR_SHM) &&
+                        size > 1;
+    /* shm: the same sharded step, but the gradients and parameters of a node's ranks live in
+     * one shared window: the reduction reads the other ranks' gradients in place and the
+     * update is written straight into their parameters (comm.h) */
+    const int shm = cfg->allreduce == NNP_AR_SHM && size > 1;
+    nnp_comm_shm *sh = NULL;
+    float *own_params = net->params, *own_grads = net->grads; /* restored at the end */
     if (st == NNP_OK && bucketed)
         st = buckets_plan(&bk, net, cfg->bucket_mb);
-    if (st == NNP_OK && sharded)
+    if (st == NNP_OK && sharded && !shm)
         st = nnp_comm_shard_setup(comm, net->n_params);
     if (st == NNP_OK && bucketed)
         st = nnp_comm_async_start(comm, bk.n, (size_t)(cfg->bucket_mb * 1048576.0), &bk.async);
     st = nnp_comm_agree(comm, st);
+    if (st == NNP_OK && shm) {
+        /* collective: after the agreement, so that every rank takes part */
+        st = nnp_comm_agree(comm, nnp_comm_shm_start(comm, net->n_params, &sh));
+        if (st == NNP_OK) {
+            float *p, *g;
+            nnp_comm_shm_buffers(sh, &p, &g);
+            memcpy(p, net->params, net->n_params * sizeof(float));
+            net->params = p;
+            net->grads = g;
+        }
+    }
     if (st != NNP_OK)
         goto done;
 
@@ -502,7 +526,11 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     slow_from_env(&slow_rank, &slow_usec);
     int sums_ready = 0;   /* pc.sums already hold this rank's sums of the current params */
     size_t sum_lo, sum_hi; /* this rank's share of the parameters for those sums */
-    nnp_split(net->n_params, size, rank, &sum_lo, &sum_hi);
+    int share_rank = rank, share_size = size; /* shm: shares within the node */
+    if (sh)
+        nnp_comm_shm_share(sh, &sum_lo, &sum_hi, &share_rank, &share_size);
+    else
+        nnp_split(net->n_params, size, rank, &sum_lo, &sum_hi);
     /* --balance: shares start even and follow each rank's measured speed */
     const int balance = cfg->balance_every > 0 && size > 1;
     double bal_t = 0, bal_n = 0, my_samples = 0;
@@ -579,10 +607,12 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             timers[T_ARTHREAD] += busy;
             t3 = t4;
         } else if (size > 1) {
-            st = nnp_comm_barrier(comm);
+            st = shm ? nnp_comm_shm_fence(sh) : nnp_comm_barrier(comm);
             double t4 = nnp_comm_wtime();
             timers[T_WAIT] += t4 - t3;
-            if (st == NNP_OK && sharded)
+            if (st == NNP_OK && shm)
+                st = nnp_comm_shm_reduce(sh);
+            else if (st == NNP_OK && sharded)
                 st = nnp_comm_reduce_scatter_f32(comm, net->grads, net->n_params);
             else if (st == NNP_OK)
                 st = nnp_comm_allreduce_sum_f32(comm, net->grads, net->n_params,
@@ -597,9 +627,11 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             /* the previous step's optimizer pass left this rank's sums in pc.sums, except
              * on the first step of a run (or of a resumed run) */
             if (!sums_ready)
-                nnp_precond_local_sums(&pc, net, rank, size);
+                nnp_precond_local_sums(&pc, net, share_rank, share_size);
             sums_ready = 0;
-            st = nnp_comm_allreduce_sum_f64(comm, pc.sums, 2 * (size_t)pc.n);
+            /* shm: every node holds every share, so the sums are over the node's ranks */
+            st = sh ? nnp_comm_shm_allreduce_sum_f64(sh, pc.sums, 2 * (size_t)pc.n)
+                    : nnp_comm_allreduce_sum_f64(comm, pc.sums, 2 * (size_t)pc.n);
             if (st == NNP_OK)
                 st = nnp_precond_from_sums(&pc, net, step);
             st = nnp_comm_agree(comm, st);
@@ -612,10 +644,14 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         if (cfg->stats_every > 0 && step % cfg->stats_every == 0) {
             /* rank 0 writes every tensor's gradient statistics: it needs all of them */
             if (sharded && cfg->out_dir && cfg->out_dir[0] &&
-                (st = nnp_comm_allgather_shares_f32(comm, net->grads, net->n_params)) != NNP_OK)
+                (st = gather_shares(comm, sh, net->grads, net->n_params)) != NNP_OK)
                 goto done;
             if (out.layers_csv)
                 write_layer_stats(out.layers_csv, step, net, &pc, B);
+            /* shm: the other ranks write their updated shares into these parameters as soon
+             * as they have stepped; they must wait until rank 0 has read the old ones */
+            if (shm && (st = nnp_comm_shm_fence(sh)) != NNP_OK)
+                goto done;
         }
 
         double lr = nnp_sched_lr(&sched, step, epoch);
@@ -632,7 +668,14 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         step_allocs += nnp_alloc_count() - allocs_before; /* the step must allocate nothing */
         double t6 = nnp_comm_wtime();
         timers[T_OPT] += t6 - t5;
-        if (sharded) {
+        if (shm) {
+            nnp_comm_shm_publish(sh);
+            if ((st = nnp_comm_shm_fence(sh)) != NNP_OK)
+                goto done;
+            double t7 = nnp_comm_wtime();
+            timers[T_AR] += t7 - t6;
+            t6 = t7;
+        } else if (sharded) {
             if ((st = nnp_comm_allgather_shares_f32(comm, net->params, net->n_params)) != NNP_OK)
                 goto done;
             double t7 = nnp_comm_wtime();
@@ -757,9 +800,9 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             double t_ck = nnp_comm_wtime();
             /* sharded: each rank holds the optimizer state of its share only */
             if (sharded && opt.buf1)
-                st = nnp_comm_allgather_shares_f32(comm, opt.buf1, net->n_params);
+                st = gather_shares(comm, sh, opt.buf1, net->n_params);
             if (sharded && opt.buf2 && st == NNP_OK)
-                st = nnp_comm_allgather_shares_f32(comm, opt.buf2, net->n_params);
+                st = gather_shares(comm, sh, opt.buf2, net->n_params);
             if (st != NNP_OK)
                 goto done;
             st = checkpoint(comm, cfg, net, &opt, &pc, done_steps, spe,
@@ -801,6 +844,15 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     }
 
 done:
+    if (sh) {
+        if (net->params != own_params) {
+            memcpy(own_params, net->params, net->n_params * sizeof(float));
+            memcpy(own_grads, net->grads, net->n_params * sizeof(float));
+            net->params = own_params;
+            net->grads = own_grads;
+        }
+        nnp_comm_shm_stop(sh);
+    }
     nnp_comm_async_stop(bk.async);
     free(bk.start);
     close_outputs(&out);
