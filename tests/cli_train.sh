@@ -24,7 +24,7 @@ expect 2 "--batch must be >= 1" "$nnprec" train --batch 0
 expect 2 "--balance must be >= 0" "$nnprec" train --balance -1
 expect 2 "--allreduce-mb: expected sizes" "$nnprec" bench --allreduce-mb 1,x
 expect 2 "--collective must be" "$nnprec" bench --allreduce-mb 1 --collective bcast
-expect 2 "--allreduce must be fused, bucketed or sharded" "$nnprec" train --allreduce ring
+expect 2 "--allreduce must be fused, bucketed, sharded or shm" "$nnprec" train --allreduce ring
 expect 2 "unknown model 'resnet'" "$nnprec" train --model resnet
 expect 2 "init" "$nnprec" train --init bogus
 expect 2 "optimizer" "$nnprec" train --optim rmsprop
@@ -66,10 +66,12 @@ grep -q '^\[time\]  local work .* slowest rank [01] ' "$tmp/run.log" && ok || fa
 timeout 60 "$mpiexec" -n 2 --oversubscribe "$nnprec" bench --allreduce-mb 0.25,1 --reps 3 \
   > "$tmp/arbench.log" 2>&1 || fail "bench --allreduce-mb failed: $(tail -3 "$tmp/arbench.log")"
 grep -q '^allreduce over 2 ranks' "$tmp/arbench.log" && ok || fail "bench --allreduce-mb header"
-for c in reduce-scatter allgather; do
-  timeout 60 "$mpiexec" -n 3 --oversubscribe "$nnprec" bench --allreduce-mb 0.1,0.5 --reps 2 \
-    --collective "$c" 2>&1 | grep -cE '^ +(0\.100|0\.500) ' | grep -q '^2$' && ok ||
-    fail "bench --collective $c on 3 ranks"
+# (shm1: shm with every rank a "node" of its own, summed by the across-nodes allreduce)
+for c in reduce-scatter allgather shm shm1; do
+  node_ranks=; [ "$c" = shm1 ] && node_ranks=1
+  NNPREC_SHM_NODE_RANKS=$node_ranks timeout 60 "$mpiexec" -n 3 --oversubscribe "$nnprec" bench \
+    --allreduce-mb 0.1,0.5 --reps 2 --collective "${c%1}" 2>&1 |
+    grep -cE '^ +(0\.100|0\.500) ' | grep -q '^2$' && ok || fail "bench --collective $c on 3 ranks"
 done
 [ "$(grep -cE '^ +(0\.250|1\.000) +[0-9.]+ +[0-9.]+ +[0-9.]+$' "$tmp/arbench.log")" = 2 ] && ok ||
   fail "bench --allreduce-mb rows: $(cat "$tmp/arbench.log")"

@@ -42,7 +42,7 @@ static nnp_option bench_opts[] = {
      0},
     {"collective", NNP_OPTT_STR, B.collective, "allreduce",
      "with --allreduce-mb: allreduce | reduce-scatter | allgather (the two halves of "
-     "--allreduce sharded)", 0},
+     "--allreduce sharded) | shm (--allreduce shm's reduce and publish: a whole allreduce)", 0},
 };
 #define N_BENCH ((int)(sizeof bench_opts / sizeof bench_opts[0]))
 
@@ -98,10 +98,11 @@ static nnp_status bench_allreduce(nnp_comm *comm)
     int coll = strcmp(B.collective, "allreduce") == 0        ? 0
                : strcmp(B.collective, "reduce-scatter") == 0 ? 1
                : strcmp(B.collective, "allgather") == 0      ? 2
+               : strcmp(B.collective, "shm") == 0            ? 3
                                                              : -1;
     if (coll < 0)
-        return nnp_error(NNP_ERR_ARG, "--collective must be allreduce, reduce-scatter or "
-                                      "allgather, got '%s'", B.collective);
+        return nnp_error(NNP_ERR_ARG, "--collective must be allreduce, reduce-scatter, "
+                                      "allgather or shm, got '%s'", B.collective);
     double maxmb = 0;
     for (int i = 0; i < nsz; i++)
         maxmb = mb[i] > maxmb ? mb[i] : maxmb;
@@ -112,6 +113,12 @@ static nnp_status bench_allreduce(nnp_comm *comm)
     if (st == NNP_OK)
         st = nnp_comm_shard_setup(comm, nmax);
     st = nnp_comm_agree(comm, st);
+    /* shm: the values go in this rank's shared gradients, the sums come out in every
+     * rank's shared parameters (as --allreduce shm's reduce, update, publish); one window
+     * per size */
+    nnp_comm_shm *sh = NULL;
+    float *shp = NULL, *data = buf;
+    size_t slo = 0, shi = 0;
     if (rank == 0 && st == NNP_OK) {
         char chunks[64] = "";
         if (coll == 0)
@@ -122,12 +129,30 @@ static nnp_status bench_allreduce(nnp_comm *comm)
     }
     for (int i = 0; i < nsz && st == NNP_OK; i++) {
         size_t n = (size_t)(mb[i] * 1048576.0 / sizeof(float));
+        if (coll == 3) {
+            nnp_comm_shm_stop(sh);
+            sh = NULL;
+            st = nnp_comm_agree(comm, nnp_comm_shm_start(comm, n, &sh));
+            if (st != NNP_OK)
+                break;
+            nnp_comm_shm_buffers(sh, &shp, &data);
+            int lr, ls;
+            nnp_comm_shm_share(sh, &slo, &shi, &lr, &ls);
+        }
         for (int r = -2; r < B.reps && st == NNP_OK; r++) { /* two warm-ups */
             for (size_t k = 0; k < n; k++)
-                buf[k] = (float)((k + (size_t)rank) % 7) * 0.125f;
+                data[k] = (float)((k + (size_t)rank) % 7) * 0.125f;
             st = nnp_comm_barrier(comm);
             double t0 = nnp_comm_wtime();
-            if (st == NNP_OK && coll == 0)
+            if (st == NNP_OK && coll == 3) {
+                st = nnp_comm_shm_fence(sh);
+                if (st == NNP_OK)
+                    st = nnp_comm_shm_reduce(sh);
+                memcpy(shp + slo, data + slo, (shi - slo) * sizeof(float));
+                nnp_comm_shm_publish(sh);
+                if (st == NNP_OK)
+                    st = nnp_comm_shm_fence(sh);
+            } else if (st == NNP_OK && coll == 0)
                 st = nnp_comm_allreduce_sum_f32(comm, buf, n, (size_t)(B.chunk_mb * 1048576.0));
             else if (st == NNP_OK && coll == 1)
                 st = nnp_comm_reduce_scatter_f32(comm, buf, n);
@@ -144,6 +169,7 @@ static nnp_status bench_allreduce(nnp_comm *comm)
         /* the last repetition's result, checked: every value is a multiple of 1/8 below 1
          * and sums of up to 2^20 of them are exact in float */
         size_t lo = 0, hi = n, bad = 0;
+        const float *res = coll == 3 ? shp : buf;
         if (coll == 1)
             nnp_split(n, p, rank, &lo, &hi); /* reduce-scatter: this rank's share only */
         for (size_t k = lo; k < hi; k++) {
@@ -159,7 +185,7 @@ static nnp_status bench_allreduce(nnp_comm *comm)
                 for (int q = 0; q < p; q++)
                     want += (double)((k + (size_t)q) % 7) * 0.125;
             }
-            bad += (double)buf[k] != want;
+            bad += (double)res[k] != want;
         }
         double nbad = (double)bad;
         st = nnp_comm_allreduce_max_f64(comm, &nbad, 1);
@@ -173,8 +199,9 @@ static nnp_status bench_allreduce(nnp_comm *comm)
         double s = t[B.reps / 2], bytes = (double)n * sizeof(float);
         if (rank == 0)
             printf("%10.3f %10.3f %12.2f %12.2f\n", mb[i], 1e3 * s, bytes / s * 1e-9,
-                   bytes / s * 1e-9 * (coll ? 1.0 : 2.0) * (p - 1) / p);
+                   bytes / s * 1e-9 * (coll == 1 || coll == 2 ? 1.0 : 2.0) * (p - 1) / p);
     }
+    nnp_comm_shm_stop(sh);
     free(buf);
     free(t);
     return st;
