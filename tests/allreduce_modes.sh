@@ -61,9 +61,10 @@ for v in sharded shm shm1; do
 done
 
 # shm across "nodes" of unequal size, or a bad NNPREC_SHM_NODE_RANKS: one clear error
+# (timeout: a rank left waiting would hang the test)
 expect_error() { # PATTERN NODE_RANKS NP
   local out
-  if out=$(NNPREC_SHM_NODE_RANKS=$2 "$mpiexec" -n "$3" --oversubscribe "$nnprec" train \
+  if out=$(NNPREC_SHM_NODE_RANKS=$2 timeout 60 "$mpiexec" -n "$3" --oversubscribe "$nnprec" train \
              --train-limit 100 --test-limit 50 --steps 2 --batch 4 --quiet --allreduce shm 2>&1); then
     echo "FAIL: NNPREC_SHM_NODE_RANKS=$2 on $3 ranks did not fail"; exit 1
   fi
@@ -72,7 +73,10 @@ expect_error() { # PATTERN NODE_RANKS NP
 }
 expect_error "same number of ranks on every node (found 1 to 2)" 2 3
 expect_error "NNPREC_SHM_NODE_RANKS must be a positive integer, got 'x'" x 2
-echo "shm on unequal nodes and a bad NNPREC_SHM_NODE_RANKS fail with one message: 1 passed, 0 failed"
+# too little room for the window's backing file (Open MPI would hang there, not fail):
+# NNPREC_FAULT_SHM_FREE_MB pretends the free space
+NNPREC_FAULT_SHM_FREE_MB=0.5 expect_error "needs 2.3 MB of shared memory per node in /dev/shm, which has 0.5 MB free" "" 2
+echo "shm on unequal nodes, a bad NNPREC_SHM_NODE_RANKS, too little shared memory: one message each: 1 passed, 0 failed"
 
 # the bucketed run really used the communication thread
 awk -F, '$2 == "ar_thread" && $4 > 0 { found = 1 } END { exit !found }' "$tmp/bucketed/timing.csv" \

@@ -5,6 +5,11 @@
  * -> preconditioner multipliers (dynamic: one allreduce of 2T doubles every K steps) ->
  * optimizer. Metrics are reduced over ranks at log and eval points. Every buffer is
  * allocated before the first step; a step allocates nothing and opens no file.
+ * The allreduce modes: fused (one chunked MPI_Allreduce after backward), bucketed (buckets
+ * reduced on a communication thread while backward runs), sharded (reduce-scatter, the
+ * optimizer on this rank's 1/P, allgather of the parameters), shm (the sharded step with
+ * the node's parameters and gradients in one shared window, see comm.h: during training
+ * net->params and net->grads point into it, and are copied back at the end).
  */
 #ifndef NNPREC_TRAINER_H
 #define NNPREC_TRAINER_H

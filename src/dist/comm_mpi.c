@@ -7,8 +7,10 @@
 #include <limits.h>
 #include <mpi.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include "nnprec/alloc.h"
 #include "nnprec/data.h"
@@ -424,9 +426,23 @@ nnp_status nnp_comm_shm_start(nnp_comm *c, size_t n, nnp_comm_shm **out)
     MPI_Comm_set_errhandler(s->node, MPI_ERRORS_RETURN);
     MPI_Comm_rank(s->node, &s->lrank);
     MPI_Comm_size(s->node, &s->lsize);
+    /* Open MPI backs the window with a file in osc_sm_backing_directory (/dev/shm); where
+     * that file system is too small (a container's 64 MB /dev/shm), the allocation hangs
+     * instead of failing, so check the room first */
+    const size_t stride = (n + 15) & ~(size_t)15; /* gradients start on a 64-byte boundary */
+    const char *dir = getenv("OMPI_MCA_osc_sm_backing_directory");
+    if (!dir || !dir[0])
+        dir = "/dev/shm";
+    double need = (double)s->lsize * 2.0 * (double)stride * sizeof(float) + 1048576.0, room = -1;
+    struct statvfs fs;
+    if (statvfs(dir, &fs) == 0)
+        room = (double)fs.f_bavail * (double)fs.f_frsize;
+    const char *fault = getenv("NNPREC_FAULT_SHM_FREE_MB"); /* test hook: pretend this room */
+    if (fault && fault[0])
+        room = atof(fault) * 1e6;
     /* the cross-node sum pairs shares by node-local rank: every node needs the same count */
-    int mm[2] = {-s->lsize, s->lsize};
-    nnp_status s2 = mpi_check(MPI_Allreduce(MPI_IN_PLACE, mm, 2, MPI_INT, MPI_MAX, c->comm),
+    int mm[3] = {-s->lsize, s->lsize, room >= 0 && room < need};
+    nnp_status s2 = mpi_check(MPI_Allreduce(MPI_IN_PLACE, mm, 3, MPI_INT, MPI_MAX, c->comm),
                               "MPI_Allreduce(node sizes)");
     if (s2 != NNP_OK) {
         st = s2;
@@ -435,6 +451,16 @@ nnp_status nnp_comm_shm_start(nnp_comm *c, size_t n, nnp_comm_shm **out)
     if (st == NNP_OK && -mm[0] != mm[1])
         st = nnp_error(NNP_ERR_ARG, "--allreduce shm needs the same number of ranks on every node "
                                     "(found %d to %d); use --allreduce fused", -mm[0], mm[1]);
+    if (mm[2]) { /* on any rank: nobody allocates */
+        char has[64] = "another node's has less free";
+        if (room >= 0 && room < need)
+            snprintf(has, sizeof has, "which has %.1f MB free", room / 1e6);
+        if (st == NNP_OK)
+            st = nnp_error(NNP_ERR_NOMEM, "--allreduce shm needs %.1f MB of shared memory per node "
+                                          "in %s, %s (use --allreduce fused, or a larger %s)",
+                           need / 1e6, dir, has, dir);
+        goto fail;
+    }
     if (s->lsize < c->size) {
         s2 = mpi_check(MPI_Comm_split(c->comm, s->lrank, c->rank, &s->cross), "MPI_Comm_split");
         if (s2 != NNP_OK) {
@@ -461,9 +487,7 @@ nnp_status nnp_comm_shm_start(nnp_comm *c, size_t n, nnp_comm_shm **out)
         }
     }
     nnp_split(n, s->lsize, s->lrank, &s->lo, &s->hi);
-    /* gradients start on a 64-byte boundary after the parameters; every rank's segment on
-     * its own pages (noncontig), first touched by its owner */
-    const size_t stride = (n + 15) & ~(size_t)15;
+    /* every rank's segment on its own pages (noncontig), first touched by its owner */
     MPI_Info info;
     MPI_Info_create(&info);
     MPI_Info_set(info, "alloc_shared_noncontig", "true");
