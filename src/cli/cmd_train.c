@@ -414,8 +414,9 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
                resume[0]        ? "from the checkpoint"
                : O.normalize[0] ? "--normalize"
                                 : "computed from the training set");
-        printf("[setup] init %s, optim %s lr %g momentum %g, precond %s, global batch %d\n",
-               O.init, O.optim, O.lr, O.momentum, O.precond, cfg.global_batch);
+        printf("[setup] init %s, optim %s lr %g momentum %g, precond %s, global batch %d, "
+               "allreduce %s\n",
+               O.init, O.optim, O.lr, O.momentum, O.precond, cfg.global_batch, O.allreduce);
         fflush(stdout);
     }
     if (s == NNP_OK) {
