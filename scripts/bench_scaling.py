@@ -2,7 +2,8 @@
 """Data-parallel scaling of nnprec, with PyTorch DDP (gloo, 1 thread per process) alongside.
 
 Weak scaling: fixed batch per rank (LeNet 64, mlp:784-1024x4-10 256), 1..P ranks;
-efficiency(p) = samples/s(p) / (p * samples/s(1)). Strong scaling: a fixed global batch
+efficiency(p) = samples/s(p) / (p * samples/s(1)), against the same round's 1-rank run
+(median over --rounds, so drift of the machine between rounds cancels). Strong scaling: a fixed global batch
 (LeNet 256, MLP 1024) split over the ranks. For every nnprec run it also reports the share
 of step time spent in the allreduce (including the wait for the slowest rank) and, with
 --allreduce bucketed, how much of the communication thread's allreduce time was hidden
@@ -132,7 +133,8 @@ def main():
     if a.rounds < 1 or min(a.ranks) < 1 or 1 not in a.ranks:
         sys.exit("bench_scaling.py: error: --rounds must be >= 1 and --ranks must include 1 "
                  "(the baseline of every efficiency)")
-    print("eff: samples/s over ranks x samples/s of 1 rank. AR share: allreduce + wait for the\n"
+    print("eff: samples/s over ranks x samples/s of 1 rank in the same round (median over\n"
+          "rounds; samples/s: median). AR share: allreduce + wait for the\n"
           "slowest rank, share of step time. hidden: bucketed allreduce time overlapped with\n"
           "backward. slow: the slowest rank's local work per sample over the mean rank's.\n"
           "balanced: --balance 10 (shares of the global batch follow rank speed).\n"
@@ -180,14 +182,22 @@ def main():
         v = [r[k] for r in got.get(j, []) if r[k] is not None]
         return statistics.median(v) if v else None
 
+    def eff_of(j, base_j, p):
+        """Median over rounds of samples/s over p x the same round's baseline: the machine's
+        drift between rounds cancels (with one round, the plain ratio)."""
+        v = [r[0] / (p * b[0]) for r, b in zip(got.get(j, []), got.get(base_j, []))
+             if r[0] is not None and b[0]]
+        return statistics.median(v) if v else None
+
     print(f"{'model':<6} {'mode':<6} {'ranks':>5} {'variant':>11} {'samples/s':>10} {'eff':>6} "
           f"{'AR share':>8} {'hidden':>6} {'slow':>6} {'torch DDP':>10} {'torch eff':>9}")
     rows = []  # (model, mode, who, ranks, samples/s, efficiency, AR share, hidden)
     for m, mode, who, p in jobs:
         if who == "torch":
             continue
-        sps, base = med((m, mode, who, p), 0), med((m, mode, "fused", 1), 0)
-        eff = sps / (p * base) if base else float("nan")
+        sps = med((m, mode, who, p), 0)
+        eff = eff_of((m, mode, who, p), (m, mode, "fused", 1), p)
+        eff = float("nan") if eff is None else eff
         if who == "independent":
             rows.append((m, mode, "independent", p, sps, eff, None, None))
             print(f"{m:<6} {mode:<6} {p:>5} {'independent':>11} {sps:>10.0f} {100 * eff:>5.0f}% "
@@ -195,8 +205,7 @@ def main():
             continue
         share, hidden, spread = (med((m, mode, who, p), k) for k in (1, 2, 3))
         tsps = med((m, mode, "torch", p), 0) if who == "fused" else None
-        tbase = med((m, mode, "torch", 1), 0)
-        teff = tsps / (p * tbase) if tsps and tbase else None
+        teff = eff_of((m, mode, "torch", p), (m, mode, "torch", 1), p) if tsps else None
         rows.append((m, mode, f"nnprec {who}", p, sps, eff, share, hidden))
         if tsps is not None:
             rows.append((m, mode, "PyTorch DDP", p, tsps, teff, None, None))
