@@ -8,10 +8,10 @@ efficiency(p) = samples/s(p) / (p * samples/s(1)), against the same round's 1-ra
 of step time spent in the allreduce (including the wait for the slowest rank) and, with
 --allreduce bucketed, how much of the communication thread's allreduce time was hidden
 behind backward (1 - exposed / thread time), and how much slower per sample its slowest
-rank was than the mean rank (ranks.csv). Five variants: fused allreduce, fused with
+rank was than the mean rank (ranks.csv). Six variants: fused allreduce, fused with
 --balance 10 (global batch re-split by rank speed), bucketed, sharded (reduce-scatter,
 each rank updates its 1/P of the parameters, allgather), shm (the sharded step through a
-node-local shared window). Weak scaling also runs P independent single-rank processes at
+node-local shared window), and shm with --balance 10. Weak scaling also runs P independent single-rank processes at
 once: the machine's ceiling with no communication.
 
   scripts/bench_scaling.py [--ranks 1 2] [--models lenet mlp] [--modes weak strong]
@@ -38,7 +38,7 @@ ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIR
 
 VARIANTS = {"fused": ["--allreduce", "fused"], "balanced": ["--allreduce", "fused", "--balance", "10"],
             "bucketed": ["--allreduce", "bucketed"], "sharded": ["--allreduce", "sharded"],
-            "shm": ["--allreduce", "shm"]}
+            "shm": ["--allreduce", "shm"], "shm-balanced": ["--allreduce", "shm", "--balance", "10"]}
 
 
 def run_nnprec(a, model, np_, batch_args, steps, variant, threads=1):
@@ -139,7 +139,8 @@ def main():
           "backward. slow: the slowest rank's local work per sample over the mean rank's.\n"
           "balanced: --balance 10 (shares of the global batch follow rank speed).\n"
           "sharded: --allreduce sharded (each rank runs the optimizer on 1/P of the parameters).\n"
-          "shm: --allreduce shm (sharded through a node-local shared window, no message copies).\n"
+          "shm: --allreduce shm (sharded through a node-local shared window, no message copies);\n"
+          "shm-balanced: with --balance 10.\n"
           "'independent': the ranks run alone at once (no communication), the machine's own\n"
           "ceiling for that many concurrent processes. Tthr/rank: ranks/T ranks of T BLAS\n"
           "threads (the 'ranks' column counts cores).", flush=True)
@@ -189,7 +190,7 @@ def main():
              if r[0] is not None and b[0]]
         return statistics.median(v) if v else None
 
-    print(f"{'model':<6} {'mode':<6} {'ranks':>5} {'variant':>11} {'samples/s':>10} {'eff':>6} "
+    print(f"{'model':<6} {'mode':<6} {'ranks':>5} {'variant':>12} {'samples/s':>10} {'eff':>6} "
           f"{'AR share':>8} {'hidden':>6} {'slow':>6} {'torch DDP':>10} {'torch eff':>9}")
     rows = []  # (model, mode, who, ranks, samples/s, efficiency, AR share, hidden)
     for m, mode, who, p in jobs:
@@ -200,7 +201,7 @@ def main():
         eff = float("nan") if eff is None else eff
         if who == "independent":
             rows.append((m, mode, "independent", p, sps, eff, None, None))
-            print(f"{m:<6} {mode:<6} {p:>5} {'independent':>11} {sps:>10.0f} {100 * eff:>5.0f}% "
+            print(f"{m:<6} {mode:<6} {p:>5} {'independent':>12} {sps:>10.0f} {100 * eff:>5.0f}% "
                   f"(ceiling)")
             continue
         share, hidden, spread = (med((m, mode, who, p), k) for k in (1, 2, 3))
@@ -209,7 +210,7 @@ def main():
         rows.append((m, mode, f"nnprec {who}", p, sps, eff, share, hidden))
         if tsps is not None:
             rows.append((m, mode, "PyTorch DDP", p, tsps, teff, None, None))
-        print(f"{m:<6} {mode:<6} {p:>5} {who:>11} {sps:>10.0f} {100 * eff:>5.0f}% "
+        print(f"{m:<6} {mode:<6} {p:>5} {who:>12} {sps:>10.0f} {100 * eff:>5.0f}% "
               f"{100 * share:>7.1f}% "
               f"{'' if hidden is None else f'{100 * hidden:.0f}%':>6} "
               f"{f'{100 * spread:+.0f}%' if p > 1 else '':>6} "
@@ -235,7 +236,8 @@ def plot(rows, path):
     for col, (m, mode) in enumerate(panels):
         whos = sorted({r[2] for r in rows if r[2].endswith("thr/rank")})
         for who, color in (("nnprec fused", "C0"), ("nnprec balanced", "C3"), ("nnprec bucketed", "C1"),
-                           ("nnprec sharded", "C4"), ("nnprec shm", "C6"), ("PyTorch DDP", "C2"), ("independent", "grey"),
+                           ("nnprec sharded", "C4"), ("nnprec shm", "C6"), ("nnprec shm-balanced", "C7"),
+                           ("PyTorch DDP", "C2"), ("independent", "grey"),
                            *((w, "C5") for w in whos)):
             pts = sorted((r[3], r[4], r[5]) for r in rows if (r[0], r[1], r[2]) == (m, mode, who))
             if not pts:
@@ -243,7 +245,8 @@ def plot(rows, path):
             ranks = [x[0] for x in pts]
             # the variants have no 1-rank runs of their own (measured against fused's)
             style = dict(marker="s", ls="none") if who in ("nnprec bucketed", "nnprec balanced",
-                                                           "nnprec sharded", "nnprec shm") \
+                                                           "nnprec sharded", "nnprec shm",
+                                                           "nnprec shm-balanced") \
                 else dict(marker="o")
             if who == "independent":  # no communication: the machine's ceiling
                 style = dict(marker="x", ls="--")
