@@ -99,14 +99,6 @@ nnp_status nnp_comm_shm_fence(nnp_comm_shm *s);
 /* Collective: after a fence, this rank's share of its gradients = the sum over all ranks
  * (the rest of its gradients is left as it was). */
 nnp_status nnp_comm_shm_reduce(nnp_comm_shm *s);
-/* Collective: after a fence, the reduce, the update and the publish in one pass: for each
- * block [lo, hi) of this rank's share, apply(ctx, lo, hi, g) with g[0 .. hi - lo) the
- * block's gradient summed over all ranks (the same values as nnp_comm_shm_reduce), which
- * must update this rank's parameters in [lo, hi); the block is then copied into every
- * other node rank's parameters. This rank's gradient buffer is left unreduced on one node.
- * Fence afterwards. */
-typedef void (*nnp_shm_apply_fn)(void *ctx, size_t lo, size_t hi, const float *g);
-nnp_status nnp_comm_shm_reduce_apply(nnp_comm_shm *s, nnp_shm_apply_fn apply, void *ctx);
 /* Local: copy this rank's share of its parameters into every other node rank's (the
  * others see it after the next fence). */
 void nnp_comm_shm_publish(nnp_comm_shm *s);

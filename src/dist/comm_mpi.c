@@ -541,27 +541,24 @@ nnp_status nnp_comm_shm_fence(nnp_comm_shm *s)
     return NNP_OK;
 }
 
-/* acc[0 .. m) = the sum over the node's ranks of their gradients at [b, b + m), in rank
- * order (a left fold: on two ranks the same sum as MPI_Allreduce's) */
-static void shm_sum_block(const nnp_comm_shm *s, size_t b, size_t m, float *acc)
-{
-    memcpy(acc, s->grads[0] + b, m * sizeof(float));
-    for (int q = 1; q < s->lsize; q++) {
-        const float *src = s->grads[q] + b;
-        for (size_t i = 0; i < m; i++)
-            acc[i] += src[i];
-    }
-}
-
 nnp_status nnp_comm_shm_reduce(nnp_comm_shm *s)
 {
-    enum { BLK = 4096 }; /* 16 KiB: the running sum stays in L1 */
+    enum { BLK = 2048 }; /* 8 KiB: the running sum stays in L1 */
     float tmp[BLK];
     float *own = s->grads[s->lrank];
     for (size_t b = s->lo; b < s->hi; b += BLK) {
         const size_t m = s->hi - b < BLK ? s->hi - b : BLK;
-        shm_sum_block(s, b, m, tmp);
-        memcpy(own + b, tmp, m * sizeof(float));
+        /* rank order, as a left fold: on two ranks the same sum as MPI_Allreduce's */
+        float *acc = s->lrank == 0 ? own + b : tmp;
+        if (acc == tmp)
+            memcpy(tmp, s->grads[0] + b, m * sizeof(float));
+        for (int q = 1; q < s->lsize; q++) {
+            const float *src = s->grads[q] + b;
+            for (size_t i = 0; i < m; i++)
+                acc[i] += src[i];
+        }
+        if (acc == tmp)
+            memcpy(own + b, tmp, m * sizeof(float));
     }
     if (s->cross != MPI_COMM_NULL) {
         const size_t chunk = ((size_t)4 << 20) / sizeof(float);
@@ -571,28 +568,6 @@ nnp_status nnp_comm_shm_reduce(nnp_comm_shm *s)
                                              s->cross),
                                "MPI_Allreduce(gradients across nodes)"));
         }
-    }
-    return NNP_OK;
-}
-
-nnp_status nnp_comm_shm_reduce_apply(nnp_comm_shm *s, nnp_shm_apply_fn apply, void *ctx)
-{
-    enum { BLK = 4096 }; /* 16 KiB: sum, update and copies of a block stay in L1/L2 */
-    float tmp[BLK];
-    float *own_g = s->grads[s->lrank], *own_p = s->params[s->lrank];
-    if (s->cross != MPI_COMM_NULL) /* across nodes the whole share is summed first */
-        NNP_CALL(nnp_comm_shm_reduce(s));
-    for (size_t b = s->lo; b < s->hi; b += BLK) {
-        const size_t m = s->hi - b < BLK ? s->hi - b : BLK;
-        const float *g = own_g + b;
-        if (s->cross == MPI_COMM_NULL) {
-            shm_sum_block(s, b, m, tmp);
-            g = tmp;
-        }
-        apply(ctx, b, b + m, g);
-        for (int q = 0; q < s->lsize; q++)
-            if (q != s->lrank)
-                memcpy(s->params[q] + b, own_p + b, m * sizeof(float));
     }
     return NNP_OK;
 }

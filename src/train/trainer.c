@@ -398,22 +398,6 @@ static nnp_status rebalance(nnp_comm *comm, train_bufs *b, double n, double t, s
     return NNP_OK;
 }
 
-/* --allreduce shm: the optimizer's update of one summed block (nnp_shm_apply_fn) */
-typedef struct {
-    nnp_optim *opt;
-    nnp_net *net;
-    const double *scale;
-    double opt_s; /* time spent updating */
-} shm_apply_ctx;
-
-static void shm_apply(void *arg, size_t lo, size_t hi, const float *g)
-{
-    shm_apply_ctx *c = arg;
-    double t0 = nnp_comm_wtime();
-    nnp_optim_update(c->opt, c->net, c->scale, lo, hi, g);
-    c->opt_s += nnp_comm_wtime() - t0;
-}
-
 /* --allreduce sharded/shm: every rank's share of buf to every rank */
 static nnp_status gather_shares(nnp_comm *comm, nnp_comm_shm *sh, float *buf, size_t n)
 {
@@ -567,10 +551,6 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         const int epoch = (int)(step / (int64_t)spe);
         const size_t bi = (size_t)(step % (int64_t)spe);
         const unsigned long allocs_before = nnp_alloc_count();
-        /* shm: the reduction runs inside the optimizer's pass (nnp_comm_shm_reduce_apply),
-         * except on statistics steps, which need the whole reduced gradient first */
-        const int stats_step = cfg->stats_every > 0 && step % cfg->stats_every == 0;
-        const int shm_fused = shm && !stats_step;
         double t0 = nnp_comm_wtime();
         if (epoch != cur_epoch) {
             nnp_epoch_permutation(cfg->seed, epoch, b.perm, N);
@@ -630,10 +610,9 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             st = shm ? nnp_comm_shm_fence(sh) : nnp_comm_barrier(comm);
             double t4 = nnp_comm_wtime();
             timers[T_WAIT] += t4 - t3;
-            if (shm) {
-                if (st == NNP_OK && !shm_fused)
-                    st = nnp_comm_shm_reduce(sh);
-            } else if (st == NNP_OK && sharded)
+            if (st == NNP_OK && shm)
+                st = nnp_comm_shm_reduce(sh);
+            else if (st == NNP_OK && sharded)
                 st = nnp_comm_reduce_scatter_f32(comm, net->grads, net->n_params);
             else if (st == NNP_OK)
                 st = nnp_comm_allreduce_sum_f32(comm, net->grads, net->n_params,
@@ -662,7 +641,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         double t5 = nnp_comm_wtime();
         timers[T_PREC] += t5 - t3;
 
-        if (stats_step) {
+        if (cfg->stats_every > 0 && step % cfg->stats_every == 0) {
             /* rank 0 writes every tensor's gradient statistics: it needs all of them */
             if (sharded && cfg->out_dir && cfg->out_dir[0] &&
                 (st = gather_shares(comm, sh, net->grads, net->n_params)) != NNP_OK)
@@ -682,32 +661,15 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             nnp_optim_want_sums(&opt, pc.sums, sum_lo, sum_hi);
             sums_ready = 1;
         }
-        double t6;
-        if (shm_fused) {
-            /* sum, update and publish each block of this rank's share in one pass; the
-             * update's own time counts as optimizer, the rest as allreduce */
-            shm_apply_ctx ax = {&opt, net, scale, 0.0};
-            nnp_optim_begin(&opt, lr);
-            st = nnp_comm_shm_reduce_apply(sh, shm_apply, &ax);
-            double te = nnp_comm_wtime();
-            nnp_optim_end(&opt, net);
-            t6 = nnp_comm_wtime();
-            if (st != NNP_OK)
-                goto done;
-            timers[T_OPT] += ax.opt_s + (t6 - te);
-            timers[T_AR] += (te - t5) - ax.opt_s;
-        } else {
-            if (sharded)
-                nnp_optim_step_range(&opt, net, lr, scale, sum_lo, sum_hi);
-            else
-                nnp_optim_step(&opt, net, lr, scale);
-            t6 = nnp_comm_wtime();
-            timers[T_OPT] += t6 - t5;
-        }
+        if (sharded)
+            nnp_optim_step_range(&opt, net, lr, scale, sum_lo, sum_hi);
+        else
+            nnp_optim_step(&opt, net, lr, scale);
         step_allocs += nnp_alloc_count() - allocs_before; /* the step must allocate nothing */
+        double t6 = nnp_comm_wtime();
+        timers[T_OPT] += t6 - t5;
         if (shm) {
-            if (!shm_fused)
-                nnp_comm_shm_publish(sh);
+            nnp_comm_shm_publish(sh);
             if ((st = nnp_comm_shm_fence(sh)) != NNP_OK)
                 goto done;
             double t7 = nnp_comm_wtime();
