@@ -424,10 +424,8 @@ static void test_schedules(void)
 /* --allreduce sharded: p "ranks", each with its own optimizer, update only their ranges
  * [16k/p, 16(k+1)/p) of the hand-built net (ranges cut through tensors); stitched together,
  * parameters, state and the requested per-tensor sums equal one full step's, bit for bit,
- * over NSTEPS steps, for every update rule. blockwise: the same with nnp_optim_begin, then
- * nnp_optim_update on blocks of 3 (cutting tensors) from a separate gradient buffer, then
- * nnp_optim_end (--allreduce shm). */
-static void test_range_steps(int blockwise)
+ * over NSTEPS steps, for every update rule. */
+static void test_range_steps(void)
 {
     struct {
         const char *name;
@@ -470,21 +468,7 @@ static void test_range_steps(int blockwise)
             nnp_optim_step(&of, &full.net, 0.01 * t, scale);
             for (int k = 0; k < P; k++) {
                 nnp_optim_want_sums(&op[k], sp[k], lo[k], hi[k]);
-                if (!blockwise) {
-                    nnp_optim_step_range(&op[k], &part[k].net, 0.01 * t, scale, lo[k], hi[k]);
-                    continue;
-                }
-                float g[3];
-                nnp_optim_begin(&op[k], 0.01 * t);
-                for (size_t b = lo[k]; b < hi[k]; b += 3) {
-                    size_t e = b + 3 < hi[k] ? b + 3 : hi[k];
-                    for (size_t i = b; i < e; i++) {
-                        g[i - b] = part[k].grads[i];
-                        part[k].grads[i] = NAN; /* the update must read g, not net->grads */
-                    }
-                    nnp_optim_update(&op[k], &part[k].net, scale, b, e, g);
-                }
-                nnp_optim_end(&op[k], &part[k].net);
+                nnp_optim_step_range(&op[k], &part[k].net, 0.01 * t, scale, lo[k], hi[k]);
             }
             /* the allgather: every part takes the others' ranges */
             for (int k = 0; k < P; k++)
@@ -504,8 +488,7 @@ static void test_range_steps(int blockwise)
             same &= memcmp(sp[1], sf, sizeof sf) == 0;
         }
         if (!same)
-            TEST_FAIL_("%s: %s steps over %d parts differ from the full step", cases[c].name,
-                       blockwise ? "blockwise" : "range", P);
+            TEST_FAIL_("%s: range steps over %d parts differ from the full step", cases[c].name, P);
         nnp_test_checks++;
         nnp_optim_free(&of);
         for (int k = 0; k < P; k++)
@@ -517,8 +500,7 @@ int main(void)
 {
     test_hand_worked();
     test_reference_sequences();
-    test_range_steps(0);
-    test_range_steps(1);
+    test_range_steps();
     test_state_buffers();
     test_bad_configs();
     test_schedules();

@@ -26,14 +26,8 @@ typedef struct {
     double beta1, beta2, eps;
 } nnp_optim_cfg;
 
-/* one step's coefficients, fixed by nnp_optim_begin */
-typedef struct {
-    float lr, wd, mom, one_m_damp, awd, keep, b1, c1, b2, c2, step, inv_sqrt_bc2, eps;
-} nnp_optim_coef;
-
 typedef struct {
     nnp_optim_cfg cfg;
-    nnp_optim_coef k;
     size_t n;
     float *buf1;   /* momentum buffer or Adam m (NULL for plain SGD) */
     float *buf2;   /* Adam v */
@@ -61,15 +55,6 @@ void nnp_optim_step(nnp_optim *o, nnp_net *net, double lr, const double *scale);
  * taken as usual, and must lie inside [lo, hi) to see updated values. */
 void nnp_optim_step_range(nnp_optim *o, nnp_net *net, double lr, const double *scale,
                           size_t lo, size_t hi);
-/* The same step in pieces, for a caller that produces the gradient block by block
- * (--allreduce shm updates each block as soon as it is summed): nnp_optim_begin advances
- * the step counter and fixes the coefficients; nnp_optim_update updates [lo, hi) from the
- * gradient g[0 .. hi - lo) (not net->grads); nnp_optim_end takes the requested sums.
- * Blocks that tile a range give the bits of one nnp_optim_step_range over it. */
-void nnp_optim_begin(nnp_optim *o, double lr);
-void nnp_optim_update(nnp_optim *o, nnp_net *net, const double *scale, size_t lo, size_t hi,
-                      const float *g);
-void nnp_optim_end(nnp_optim *o, nnp_net *net);
 
 /* ---- learning-rate schedules ---------------------------------------------------------- */
 typedef enum { NNP_SCHED_CONSTANT, NNP_SCHED_STEP, NNP_SCHED_COSINE } nnp_sched_kind;

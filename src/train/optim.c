@@ -199,80 +199,42 @@ void nnp_optim_step(nnp_optim *o, nnp_net *net, double lr, const double *scale)
     nnp_optim_step_range(o, net, lr, scale, 0, net->n_params);
 }
 
-void nnp_optim_begin(nnp_optim *o, double lr)
-{
-    const nnp_optim_cfg *c = &o->cfg;
-    nnp_optim_coef *k = &o->k;
-    int64_t t = ++o->t;
-    double b1 = c->beta1, b2 = c->beta2;
-    double bc1 = 1.0 - pow(b1, (double)t), bc2 = 1.0 - pow(b2, (double)t);
-    int adamw = c->kind == NNP_OPT_ADAMW;
-    k->lr = (float)lr;
-    k->wd = (float)c->weight_decay;
-    k->mom = (float)c->momentum;
-    k->one_m_damp = (float)(1.0 - c->dampening);
-    k->awd = adamw ? 0.0f : k->wd;
-    k->keep = adamw ? (float)(1.0 - lr * c->weight_decay) : 1.0f;
-    k->b1 = (float)b1;
-    k->c1 = (float)(1.0 - b1);
-    k->b2 = (float)b2;
-    k->c2 = (float)(1.0 - b2);
-    k->step = (float)(lr / bc1);
-    k->inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
-    k->eps = (float)c->eps;
-}
-
-/* the update of tensor j's part [a, b), its gradient at g */
-static void update_part(nnp_optim *o, nnp_net *net, const double *scale, int j, size_t a,
-                        size_t b, const float *g)
-{
-    const nnp_optim_cfg *c = &o->cfg;
-    const nnp_optim_coef *k = &o->k;
-    size_t n = b - a;
-    float s = scale ? (float)scale[j] : 1.0f;
-    float *p = net->params + a;
-    if (c->kind != NNP_OPT_SGD)
-        adam_update(n, p, g, o->buf1 + a, o->buf2 + a, s, k->awd, k->keep, k->b1, k->c1, k->b2,
-                    k->c2, k->step, k->inv_sqrt_bc2, k->eps);
-    else if (!o->buf1)
-        sgd_plain(n, p, g, s, k->wd, k->lr);
-    else if (o->t == 1)
-        sgd_mom_first(n, p, g, o->buf1 + a, s, k->wd, k->lr, k->mom, c->nesterov);
-    else
-        sgd_mom(n, p, g, o->buf1 + a, s, k->wd, k->lr, k->mom, k->one_m_damp, c->nesterov);
-}
-
-void nnp_optim_update(nnp_optim *o, nnp_net *net, const double *scale, size_t lo, size_t hi,
-                      const float *g)
-{
-    for (int j = 0; j < net->n_tensors; j++) {
-        const nnp_tensor *T = &net->tensors[j];
-        size_t a = T->off > lo ? T->off : lo, b = T->off + T->n < hi ? T->off + T->n : hi;
-        if (a < b)
-            update_part(o, net, scale, j, a, b, g + (a - lo));
-    }
-}
-
-void nnp_optim_end(nnp_optim *o, nnp_net *net)
-{
-    if (o->sums)
-        for (int j = 0; j < net->n_tensors; j++)
-            tensor_sums(o, net, j);
-    o->sums = NULL;
-}
-
 void nnp_optim_step_range(nnp_optim *o, nnp_net *net, double lr, const double *scale,
                           size_t lo, size_t hi)
 {
-    nnp_optim_begin(o, lr);
+    const nnp_optim_cfg *c = &o->cfg;
+    int64_t t = ++o->t;
+    float flr = (float)lr;
+    float wd = (float)c->weight_decay, mom = (float)c->momentum;
+    float one_m_damp = (float)(1.0 - c->dampening);
+    double b1 = c->beta1, b2 = c->beta2;
+    double bc1 = 1.0 - pow(b1, (double)t), bc2 = 1.0 - pow(b2, (double)t);
+    int adamw = c->kind == NNP_OPT_ADAMW;
+    float awd = adamw ? 0.0f : wd;
+    float keep = adamw ? (float)(1.0 - lr * c->weight_decay) : 1.0f;
+    float step = (float)(lr / bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
     for (int j = 0; j < net->n_tensors; j++) {
         const nnp_tensor *T = &net->tensors[j];
         /* the part [a, b) of tensor j inside [lo, hi) */
         size_t a = T->off > lo ? T->off : lo, b = T->off + T->n < hi ? T->off + T->n : hi;
-        if (a < b)
-            update_part(o, net, scale, j, a, b, net->grads + a);
+        if (a < b) {
+            size_t n = b - a;
+            float s = scale ? (float)scale[j] : 1.0f;
+            float *p = net->params + a;
+            const float *g = net->grads + a;
+            if (c->kind != NNP_OPT_SGD)
+                adam_update(n, p, g, o->buf1 + a, o->buf2 + a, s, awd, keep, (float)b1,
+                            (float)(1.0 - b1), (float)b2, (float)(1.0 - b2), step, inv_sqrt_bc2,
+                            (float)c->eps);
+            else if (!o->buf1)
+                sgd_plain(n, p, g, s, wd, flr);
+            else if (t == 1)
+                sgd_mom_first(n, p, g, o->buf1 + a, s, wd, flr, mom, c->nesterov);
+            else
+                sgd_mom(n, p, g, o->buf1 + a, s, wd, flr, mom, one_m_damp, c->nesterov);
+        }
         if (o->sums)
-            tensor_sums(o, net, j); /* right after the update, while it is in cache */
+            tensor_sums(o, net, j);
     }
     o->sums = NULL;
 }
