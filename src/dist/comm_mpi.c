@@ -410,11 +410,12 @@ nnp_status nnp_comm_shm_start(nnp_comm *c, size_t n, nnp_comm_shm **out)
             group = 0;
         }
     }
-    if (group > 0) {
+    { /* always collective, even where the variable was bad, so no rank waits alone */
         MPI_Comm sub;
         int lr;
         MPI_Comm_rank(s->node, &lr);
-        nnp_status s2 = mpi_check(MPI_Comm_split(s->node, lr / (int)group, lr, &sub),
+        nnp_status s2 = mpi_check(MPI_Comm_split(s->node, group > 0 ? lr / (int)group : 0, lr,
+                                                 &sub),
                                   "MPI_Comm_split");
         if (s2 != NNP_OK) {
             st = s2;
