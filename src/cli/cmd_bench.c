@@ -55,6 +55,8 @@ static double time_gemm(int M, int N, int K, int transA, int transB, const float
     double best[64];
     if (reps > 64)
         reps = 64;
+    if (reps < 1)
+        reps = 1;
     for (int r = -2; r < reps; r++) { /* two warm-up calls */
         double t0 = nnp_comm_wtime();
         cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans,
