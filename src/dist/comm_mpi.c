@@ -378,7 +378,7 @@ struct nnp_comm_shm {
     MPI_Comm cross;  /* the ranks with this node-local rank on every node; NULL on one node */
     MPI_Win win;
     int lrank, lsize;
-    size_t n, lo, hi;
+    size_t lo, hi;           /* this rank's share */
     float **params, **grads; /* [lsize]: every node rank's buffers, mapped here */
     int *counts, *displs;    /* [lsize]: the node shares */
 };
@@ -393,7 +393,6 @@ nnp_status nnp_comm_shm_start(nnp_comm *c, size_t n, nnp_comm_shm **out)
         return NNP_ERR_NOMEM; /* before any collective: the caller's agree catches it */
     s->node = s->cross = MPI_COMM_NULL;
     s->win = MPI_WIN_NULL;
-    s->n = n;
     nnp_status st = mpi_check(MPI_Comm_split_type(c->comm, MPI_COMM_TYPE_SHARED, c->rank,
                                                   MPI_INFO_NULL, &s->node),
                               "MPI_Comm_split_type");
