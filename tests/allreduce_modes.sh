@@ -74,8 +74,9 @@ expect_error() { # PATTERN NODE_RANKS NP
 expect_error "same number of ranks on every node (found 1 to 2)" 2 3
 expect_error "NNPREC_SHM_NODE_RANKS must be a positive integer, got 'x'" x 2
 # too little room for the window's backing file (Open MPI would hang there, not fail):
-# NNPREC_FAULT_SHM_FREE_MB pretends the free space
-NNPREC_FAULT_SHM_FREE_MB=0.5 expect_error "needs 2.3 MB of shared memory per node in /dev/shm, which has 0.5 MB free" "" 2
+# NNPREC_FAULT_SHM_FREE_MB pretends the free space (2 ranks: their gradients and one copy of
+# the parameters, 3 x 81,194 floats, + 1 MB for Open MPI)
+NNPREC_FAULT_SHM_FREE_MB=0.5 expect_error "needs 2.0 MB of shared memory per node in /dev/shm, which has 0.5 MB free" "" 2
 echo "shm on unequal nodes, a bad NNPREC_SHM_NODE_RANKS, too little shared memory: one message each: 1 passed, 0 failed"
 
 # the bucketed run really used the communication thread

@@ -75,22 +75,28 @@ nnp_status nnp_comm_allgather_shares_f32(nnp_comm *c, float *buf, size_t n);
 nnp_status nnp_comm_gather_f64(nnp_comm *c, const double *in, size_t n, double *out);
 
 /* ---- --allreduce shm: node-local shared memory ------------------------------------------
- * The parameters and gradients of the ranks on one node live in one MPI-3 shared window
- * (MPI_Win_allocate_shared), so a rank reads the other ranks' gradients and writes into
- * their parameters directly, with no message copies. Rank l of the L ranks on a node owns
- * the share [lo, hi) = nnp_split(n, L, l) of every n-vector. A step is
- *   fence (all gradients written) -> reduce (own share of the gradients = their sum over
- *   all ranks: node ranks in rank order, then across nodes) -> the optimizer on the own
- *   share -> publish (own share of the parameters copied into every node rank's) -> fence.
+ * The ranks of one node keep one shared copy of the parameters, and each its gradients, in
+ * one MPI-3 shared window (MPI_Win_allocate_shared), so a rank reads the other ranks'
+ * gradients in place and writes its update straight into the parameters every node rank
+ * computes with: no message copies, no replicas to refresh. Rank l of the L ranks on a node
+ * owns the share [lo, hi) = nnp_split(n, L, l) of every n-vector. A step is
+ *   fence (all gradients written, nobody reads the parameters any more) -> reduce (own share
+ *   of the gradients = their sum over all ranks: node ranks in rank order, then across
+ *   nodes) -> the optimizer on the own share of the parameters (a private copy) -> store
+ *   (that share copied into the node's parameters) -> fence.
  * Across nodes, the ranks with the same node-local rank allreduce their share (every node
- * must hold the same number of ranks). NNPREC_SHM_NODE_RANKS=k splits each node into
- * groups of k ranks, as if they were nodes of their own (to test the multi-node path). */
+ * must hold the same number of ranks); each node has its own copy of the parameters.
+ * NNPREC_SHM_NODE_RANKS=k splits each node into groups of k ranks, as if they were nodes of
+ * their own (to test the multi-node path). */
 typedef struct nnp_comm_shm nnp_comm_shm;
 
-/* Collective: allocate the shared parameters and gradients for n-vectors. */
+/* Collective: allocate the node's shared parameters and every rank's gradients (n floats). */
 nnp_status nnp_comm_shm_start(nnp_comm *c, size_t n, nnp_comm_shm **out);
-/* Local: this rank's shared parameter and gradient buffers (n floats each). */
+/* Local: the node's shared parameters and this rank's shared gradients (n floats each). */
 void nnp_comm_shm_buffers(const nnp_comm_shm *s, float **params, float **grads);
+/* Local: copy this rank's share of params (a private n-vector) into the node's shared
+ * parameters (the other node ranks see it after the next fence). */
+void nnp_comm_shm_store(nnp_comm_shm *s, const float *params);
 /* Local: this rank's share, and its node-local rank and node size. */
 void nnp_comm_shm_share(const nnp_comm_shm *s, size_t *lo, size_t *hi, int *local_rank,
                         int *local_size);
@@ -99,9 +105,6 @@ nnp_status nnp_comm_shm_fence(nnp_comm_shm *s);
 /* Collective: after a fence, this rank's share of its gradients = the sum over all ranks
  * (the rest of its gradients is left as it was). */
 nnp_status nnp_comm_shm_reduce(nnp_comm_shm *s);
-/* Local: copy this rank's share of its parameters into every other node rank's (the
- * others see it after the next fence). */
-void nnp_comm_shm_publish(nnp_comm_shm *s);
 /* Collective over the node: in-place sum over the node's ranks (one node holds all shares). */
 nnp_status nnp_comm_shm_allreduce_sum_f64(nnp_comm_shm *s, double *buf, size_t n);
 /* Collective over the node: every node rank's share of buf (a private n-vector) to all. */

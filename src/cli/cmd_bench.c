@@ -42,7 +42,7 @@ static nnp_option bench_opts[] = {
      0},
     {"collective", NNP_OPTT_STR, B.collective, "allreduce",
      "with --allreduce-mb: allreduce | reduce-scatter | allgather (the two halves of "
-     "--allreduce sharded) | shm (--allreduce shm's reduce and publish: a whole allreduce)", 0},
+     "--allreduce sharded) | shm (--allreduce shm's reduce, update, fence: a whole allreduce)", 0},
 };
 #define N_BENCH ((int)(sizeof bench_opts / sizeof bench_opts[0]))
 
@@ -115,9 +115,8 @@ static nnp_status bench_allreduce(nnp_comm *comm)
     if (st == NNP_OK)
         st = nnp_comm_shard_setup(comm, nmax);
     st = nnp_comm_agree(comm, st);
-    /* shm: the values go in this rank's shared gradients, the sums come out in every
-     * rank's shared parameters (as --allreduce shm's reduce, update, publish); one window
-     * per size */
+    /* shm: the values go in this rank's shared gradients, the sums come out in the node's
+     * shared parameters (as --allreduce shm's reduce, update, fence); one window per size */
     nnp_comm_shm *sh = NULL;
     float *shp = NULL, *data = buf;
     size_t slo = 0, shi = 0;
@@ -151,7 +150,6 @@ static nnp_status bench_allreduce(nnp_comm *comm)
                 if (st == NNP_OK)
                     st = nnp_comm_shm_reduce(sh);
                 memcpy(shp + slo, data + slo, (shi - slo) * sizeof(float));
-                nnp_comm_shm_publish(sh);
                 if (st == NNP_OK)
                     st = nnp_comm_shm_fence(sh);
             } else if (st == NNP_OK && coll == 0)

@@ -378,8 +378,9 @@ struct nnp_comm_shm {
     MPI_Comm cross;  /* the ranks with this node-local rank on every node; NULL on one node */
     MPI_Win win;
     int lrank, lsize;
-    size_t lo, hi;           /* this rank's share */
-    float **params, **grads; /* [lsize]: every node rank's buffers, mapped here */
+    size_t lo, hi;        /* this rank's share */
+    float *params;        /* the node's one copy of the parameters (in node rank 0's segment) */
+    float **grads;        /* [lsize]: every node rank's gradients, mapped here */
     int *counts, *displs;    /* [lsize]: the node shares */
 };
 
@@ -433,7 +434,7 @@ nnp_status nnp_comm_shm_start(nnp_comm *c, size_t n, nnp_comm_shm **out)
     const char *dir = getenv("OMPI_MCA_osc_sm_backing_directory");
     if (!dir || !dir[0])
         dir = "/dev/shm";
-    double need = (double)s->lsize * 2.0 * (double)stride * sizeof(float) + 1048576.0, room = -1;
+    double need = ((double)s->lsize + 1.0) * (double)stride * sizeof(float) + 1048576.0, room = -1;
     struct statvfs fs;
     if (statvfs(dir, &fs) == 0)
         room = (double)fs.f_bavail * (double)fs.f_frsize;
@@ -469,11 +470,10 @@ nnp_status nnp_comm_shm_start(nnp_comm *c, size_t n, nnp_comm_shm **out)
         }
         MPI_Comm_set_errhandler(s->cross, MPI_ERRORS_RETURN);
     }
-    s->params = nnp_calloc((size_t)s->lsize, sizeof(float *));
     s->grads = nnp_calloc((size_t)s->lsize, sizeof(float *));
     s->counts = nnp_calloc((size_t)s->lsize, sizeof(int));
     s->displs = nnp_calloc((size_t)s->lsize, sizeof(int));
-    if (st == NNP_OK && (!s->params || !s->grads || !s->counts || !s->displs))
+    if (st == NNP_OK && (!s->grads || !s->counts || !s->displs))
         st = NNP_ERR_NOMEM;
     for (int q = 0; q < s->lsize && st == NNP_OK; q++) {
         size_t lo, hi;
@@ -487,13 +487,16 @@ nnp_status nnp_comm_shm_start(nnp_comm *c, size_t n, nnp_comm_shm **out)
         }
     }
     nnp_split(n, s->lsize, s->lrank, &s->lo, &s->hi);
-    /* every rank's segment on its own pages (noncontig), first touched by its owner */
+    /* every rank's gradients on their own pages (noncontig), first touched by their owner;
+     * node rank 0's segment also holds the parameters, each share first touched by the
+     * rank that updates it (so that its pages sit near that rank's core) */
     MPI_Info info;
     MPI_Info_create(&info);
     MPI_Info_set(info, "alloc_shared_noncontig", "true");
     float *mine = NULL;
-    s2 = mpi_check(MPI_Win_allocate_shared((MPI_Aint)(2 * stride * sizeof(float)),
-                                           (int)sizeof(float), info, s->node, &mine, &s->win),
+    const size_t own = s->lrank == 0 ? 2 * stride : stride;
+    s2 = mpi_check(MPI_Win_allocate_shared((MPI_Aint)(own * sizeof(float)), (int)sizeof(float),
+                                           info, s->node, &mine, &s->win),
                    "MPI_Win_allocate_shared");
     MPI_Info_free(&info);
     if (s2 != NNP_OK) {
@@ -501,15 +504,18 @@ nnp_status nnp_comm_shm_start(nnp_comm *c, size_t n, nnp_comm_shm **out)
         st = s2;
         goto fail;
     }
-    memset(mine, 0, 2 * stride * sizeof(float));
-    for (int q = 0; q < s->lsize && s->params; q++) {
+    memset(mine, 0, stride * sizeof(float));
+    for (int q = 0; q < s->lsize && s->grads; q++) {
         MPI_Aint bytes;
         int unit;
         float *base = NULL;
         MPI_Win_shared_query(s->win, q, &bytes, &unit, &base);
-        s->params[q] = base;
-        s->grads[q] = base + stride;
+        s->grads[q] = base;
+        if (q == 0)
+            s->params = base + stride;
     }
+    if (s->params)
+        memset(s->params + s->lo, 0, (s->hi - s->lo) * sizeof(float));
     MPI_Win_lock_all(MPI_MODE_NOCHECK, s->win);
     *out = s;
     return st;
@@ -520,8 +526,13 @@ fail:
 
 void nnp_comm_shm_buffers(const nnp_comm_shm *s, float **params, float **grads)
 {
-    *params = s->params[s->lrank];
+    *params = s->params;
     *grads = s->grads[s->lrank];
+}
+
+void nnp_comm_shm_store(nnp_comm_shm *s, const float *params)
+{
+    memcpy(s->params + s->lo, params + s->lo, (s->hi - s->lo) * sizeof(float));
 }
 
 void nnp_comm_shm_share(const nnp_comm_shm *s, size_t *lo, size_t *hi, int *local_rank,
@@ -572,14 +583,6 @@ nnp_status nnp_comm_shm_reduce(nnp_comm_shm *s)
     return NNP_OK;
 }
 
-void nnp_comm_shm_publish(nnp_comm_shm *s)
-{
-    const float *own = s->params[s->lrank];
-    for (int q = 0; q < s->lsize; q++)
-        if (q != s->lrank)
-            memcpy(s->params[q] + s->lo, own + s->lo, (s->hi - s->lo) * sizeof(float));
-}
-
 nnp_status nnp_comm_shm_allreduce_sum_f64(nnp_comm_shm *s, double *buf, size_t n)
 {
     if (s->lsize == 1)
@@ -609,9 +612,9 @@ void nnp_comm_shm_stop(nnp_comm_shm *s)
         MPI_Comm_free(&s->cross);
     if (s->node != MPI_COMM_NULL)
         MPI_Comm_free(&s->node);
-    free(s->params);
     free(s->grads);
     free(s->counts);
     free(s->displs);
     free(s);
 }
+
