@@ -40,6 +40,11 @@ NNPREC_FAULT_LOAD_RANK=1 expect 1 "rank 1.*injected" "$mpiexec" -n 2 --oversubsc
 # replicas that drift apart are caught at the next check, naming the step, on every rank
 NNPREC_FAULT_DRIFT=1:12 expect 1 "replicas diverged at step 15" "$mpiexec" -n 2 --oversubscribe \
   "$nnprec" train --train-limit 640 --test-limit 100 --steps 40 --check-replicas 5
+# with --allreduce shm a node's ranks share one copy of the parameters: the check compares
+# the nodes' copies (here each rank a "node" of its own), caught once the drift is stored
+NNPREC_SHM_NODE_RANKS=1 NNPREC_FAULT_DRIFT=1:12 expect 1 "replicas diverged at step 15" \
+  "$mpiexec" -n 2 --oversubscribe "$nnprec" train \
+  --train-limit 640 --test-limit 100 --steps 40 --check-replicas 5 --allreduce shm
 # truncated data file: a clear message naming the file
 mkdir -p "$tmp/trunc"
 for f in /usr/share/datasets/fashion-mnist/*; do cp "$f" "$tmp/trunc/"; done

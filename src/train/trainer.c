@@ -349,7 +349,8 @@ static nnp_status checkpoint(nnp_comm *comm, const nnp_train_cfg *cfg, const nnp
 }
 
 /* Test hook: NNPREC_FAULT_DRIFT=RANK:STEP makes rank RANK nudge one parameter after step
- * STEP, so tests can check that --check-replicas catches diverged replicas. */
+ * STEP, so tests can check that --check-replicas catches diverged replicas (with
+ * --allreduce shm, the copies of different nodes: a node's ranks share one). */
 static void fault_from_env(int *rank, int64_t *step)
 {
     const char *f = getenv("NNPREC_FAULT_DRIFT");
@@ -709,8 +710,14 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             bal_t = bal_n = 0;
             timers[T_BAL] += nnp_comm_wtime() - t6;
         }
-        if (fault_step == done_steps && fault_rank == rank)
-            net->params[0] += 1e-3f; /* test hook: a replica drifts (see fault_from_env) */
+        if (fault_step == done_steps && fault_rank == rank) {
+            /* test hook: a replica drifts (see fault_from_env); with shm, this rank's
+             * private share, which reaches its node's copy at the next step's store */
+            if (shm)
+                own_params[sum_lo] += 1e-3f;
+            else
+                net->params[0] += 1e-3f;
+        }
         if (cfg->check_replicas > 0 && done_steps % cfg->check_replicas == 0 && size > 1) {
             double cs[2];
             cs[0] = param_checksum(net);
