@@ -6,7 +6,8 @@
  *             the SUM over ranks of the local gradients is the global mean gradient
  *   backward  net->grads (one flat buffer)
  *   allreduce in-place sum of net->grads over ranks (timed: wait for the slowest rank via a
- *             barrier, then the transfer itself)
+ *             barrier, then the transfer itself), or of this rank's share of them: the
+ *             --allreduce modes live in exchange.c
  *   precond   dynamic: local per-tensor sums over this rank's 1/p of the parameters, one
  *             allreduce of 2T doubles, new multipliers (every K steps)
  *   optim     fused multiply-by-m_j and update
@@ -23,6 +24,7 @@
 #include <string.h>
 #include "nnprec/alloc.h"
 #include "nnprec/ckpt.h"
+#include "exchange.h"
 
 /* ---- signals ------------------------------------------------------------------------------
  * SLURM sends SIGUSR1 (--signal) or SIGTERM before a job's time limit. The handler only
@@ -266,52 +268,6 @@ static double param_checksum(const nnp_net *net)
     return s;
 }
 
-/* Gradient buckets for the overlapped allreduce: contiguous ranges of the flat gradient
- * buffer, closed at tensor boundaries, in the order backward finishes them (from the end
- * of the buffer towards its start). */
-typedef struct {
-    nnp_comm_async *async;
-    nnp_net *net;
-    int n;              /* buckets */
-    size_t *start;      /* [n] first element; bucket k is [start[k], start[k-1]) */
-    int next;           /* next bucket to submit */
-} buckets;
-
-static nnp_status buckets_plan(buckets *bk, nnp_net *net, double bucket_mb)
-{
-    size_t target = (size_t)(bucket_mb * 1048576.0 / sizeof(float));
-    if (target == 0)
-        target = 1;
-    bk->net = net;
-    bk->start = nnp_malloc((size_t)net->n_tensors * sizeof(size_t));
-    if (!bk->start)
-        return NNP_ERR_NOMEM;
-    size_t end = net->n_params;
-    bk->n = 0;
-    for (int j = net->n_tensors - 1; j >= 0; j--) {
-        size_t off = net->tensors[j].off;
-        if (end - off >= target || j == 0) {
-            bk->start[bk->n++] = off;
-            end = off;
-        }
-    }
-    return NNP_OK;
-}
-
-/* Backward callback: gradients from tensor j's offset to the end are final; submit every
- * bucket lying entirely in that range. */
-static void buckets_ready(void *ctx, int j)
-{
-    buckets *bk = ctx;
-    size_t final_from = bk->net->tensors[j].off;
-    while (bk->next < bk->n && bk->start[bk->next] >= final_from) {
-        size_t end = bk->next == 0 ? bk->net->n_params : bk->start[bk->next - 1];
-        nnp_comm_async_submit(bk->async, bk->net->grads + bk->start[bk->next],
-                              end - bk->start[bk->next]);
-        bk->next++;
-    }
-}
-
 /* Rank 0 writes the checkpoint of `step` into cfg->out_dir and publishes it; every rank
  * then agrees on the outcome (the other ranks wait for the write, and no longer). */
 static nnp_status checkpoint(nnp_comm *comm, const nnp_train_cfg *cfg, const nnp_net *net,
@@ -399,12 +355,6 @@ static nnp_status rebalance(nnp_comm *comm, train_bufs *b, double n, double t, s
     return NNP_OK;
 }
 
-/* --allreduce sharded/shm: every rank's share of buf to every rank */
-static nnp_status gather_shares(nnp_comm *comm, nnp_comm_shm *sh, float *buf, size_t n)
-{
-    return sh ? nnp_comm_shm_allgather(sh, buf) : nnp_comm_allgather_shares_f32(comm, buf, n);
-}
-
 nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
                      const nnp_dataset *train, const nnp_dataset *test, nnp_train_result *res)
 {
@@ -418,7 +368,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     nnp_optim opt = {0};
     nnp_precond pc = {0};
     outputs out = {0};
-    buckets bk = {0};
+    exchange x = {0};
     const size_t spe = nnp_batches_per_epoch(N, G); /* steps per epoch */
     int64_t total = cfg->steps > 0 ? cfg->steps : (int64_t)cfg->epochs * (int64_t)spe;
     if (N == 0 || G == 0)
@@ -440,33 +390,9 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         st = nnp_optim_init(&opt, &cfg->optim, net->n_params);
     if (st == NNP_OK)
         st = nnp_precond_init(&pc, &cfg->precond, net);
-    const int bucketed = cfg->allreduce == NNP_AR_BUCKETED && size > 1;
-    /* sharded: reduce-scatter the gradients, each rank updates its share of the parameters
-     * (the same share as the preconditioner's sums), then allgather the parameters */
-    const int sharded = (cfg->allreduce == NNP_AR_SHARDED || cfg->allreduce == NNP_AR_SHM) &&
-                        size > 1;
-    /* shm: the same sharded step, but the gradients of a node's ranks and one copy of the
-     * parameters for all of them live in one shared window: the reduction reads the other
-     * ranks' gradients in place and each update goes straight into the parameters the
-     * whole node computes with (comm.h) */
-    const int shm = cfg->allreduce == NNP_AR_SHM && size > 1;
-    nnp_comm_shm *sh = NULL;
-    float *own_params = net->params, *own_grads = net->grads; /* restored at the end */
-    if (st == NNP_OK && bucketed)
-        st = buckets_plan(&bk, net, cfg->bucket_mb);
-    if (st == NNP_OK && sharded && !shm)
-        st = nnp_comm_shard_setup(comm, net->n_params);
-    if (st == NNP_OK && bucketed)
-        st = nnp_comm_async_start(comm, bk.n, (size_t)(cfg->bucket_mb * 1048576.0), &bk.async);
+    if (st == NNP_OK) /* the --allreduce mode's buffers (exchange.h) */
+        st = exchange_setup(&x, comm, net, cfg);
     st = nnp_comm_agree(comm, st);
-    if (st == NNP_OK && shm) {
-        /* collective: after the agreement, so that every rank takes part */
-        st = nnp_comm_agree(comm, nnp_comm_shm_start(comm, net->n_params, &sh));
-        if (st == NNP_OK) {
-            float *p;
-            nnp_comm_shm_buffers(sh, &p, &net->grads); /* the parameters after the resume */
-        }
-    }
     if (st != NNP_OK)
         goto done;
 
@@ -496,16 +422,9 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
                    meta.world_size > 1 ? "s" : "");
     }
 
-    /* shm: every rank holds the same parameters; each copies its share into the node's */
-    float *shared_params = NULL;
-    if (sh) {
-        nnp_comm_shm_store(sh, net->params);
-        if ((st = nnp_comm_shm_fence(sh)) != NNP_OK)
-            goto done;
-        float *g;
-        nnp_comm_shm_buffers(sh, &shared_params, &g);
-        net->params = shared_params;
-    }
+    /* collective: after the agreement, and once the parameters are final */
+    if ((st = exchange_start(&x)) != NNP_OK)
+        goto done;
 
     if (rank == 0)
         st = open_outputs(cfg, first_step, &out);
@@ -535,12 +454,6 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     long slow_usec = 0;
     slow_from_env(&slow_rank, &slow_usec);
     int sums_ready = 0;   /* pc.sums already hold this rank's sums of the current params */
-    size_t sum_lo, sum_hi; /* this rank's share of the parameters for those sums */
-    int share_rank = rank, share_size = size; /* shm: shares within the node */
-    if (sh)
-        nnp_comm_shm_share(sh, &sum_lo, &sum_hi, &share_rank, &share_size);
-    else
-        nnp_split(net->n_params, size, rank, &sum_lo, &sum_hi);
     /* --balance: shares start even and follow each rank's measured speed */
     const int balance = cfg->balance_every > 0 && size > 1;
     double bal_t = 0, bal_n = 0, my_samples = 0;
@@ -591,9 +504,11 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         }
         double t2 = nnp_comm_wtime();
         timers[T_FWD] += t2 - t1;
-        bk.next = 0;
+        nnp_grad_ready_fn on_ready;
+        void *ready_ctx;
+        exchange_backward_hook(&x, &on_ready, &ready_ctx);
         if (B > 0)
-            nnp_net_backward(net, B, bucketed ? buckets_ready : NULL, &bk);
+            nnp_net_backward(net, B, on_ready, ready_ctx);
         else
             memset(net->grads, 0, net->n_params * sizeof(float));
         double t3 = nnp_comm_wtime();
@@ -605,43 +520,18 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         loss_acc[2] += B;
 
         /* the loss was scaled by 1/gc per sample, so the sum over ranks is the mean */
-        if (bucketed) {
-            /* buckets not yet submitted (none unless B == 0), then wait for all of them */
-            buckets_ready(&bk, 0);
-            double busy = 0;
-            st = nnp_comm_async_wait(bk.async, &busy);
-            if (st != NNP_OK)
-                goto done;
-            double t4 = nnp_comm_wtime();
-            timers[T_AR] += t4 - t3;
-            timers[T_ARTHREAD] += busy;
-            t3 = t4;
-        } else if (size > 1) {
-            st = shm ? nnp_comm_shm_fence(sh) : nnp_comm_barrier(comm);
-            double t4 = nnp_comm_wtime();
-            timers[T_WAIT] += t4 - t3;
-            if (st == NNP_OK && shm)
-                st = nnp_comm_shm_reduce(sh);
-            else if (st == NNP_OK && sharded)
-                st = nnp_comm_reduce_scatter_f32(comm, net->grads, net->n_params);
-            else if (st == NNP_OK)
-                st = nnp_comm_allreduce_sum_f32(comm, net->grads, net->n_params,
-                                                (size_t)(cfg->bucket_mb * 1048576.0));
-            if (st != NNP_OK)
-                goto done;
-            t3 = nnp_comm_wtime();
-            timers[T_AR] += t3 - t4;
-        }
+        if ((st = exchange_grads(&x, &timers[T_WAIT], &timers[T_AR], &timers[T_ARTHREAD])) !=
+            NNP_OK)
+            goto done;
+        t3 = nnp_comm_wtime();
 
         if (dynamic && step % cfg->precond.every == 0) {
             /* the previous step's optimizer pass left this rank's sums in pc.sums, except
              * on the first step of a run (or of a resumed run) */
             if (!sums_ready)
-                nnp_precond_local_sums(&pc, net, share_rank, share_size);
+                nnp_precond_local_sums(&pc, net, x.share_rank, x.share_size);
             sums_ready = 0;
-            /* shm: every node holds every share, so the sums are over the node's ranks */
-            st = sh ? nnp_comm_shm_allreduce_sum_f64(sh, pc.sums, 2 * (size_t)pc.n)
-                    : nnp_comm_allreduce_sum_f64(comm, pc.sums, 2 * (size_t)pc.n);
+            st = exchange_sum_f64(&x, pc.sums, 2 * (size_t)pc.n);
             if (st == NNP_OK)
                 st = nnp_precond_from_sums(&pc, net, step);
             st = nnp_comm_agree(comm, st);
@@ -653,14 +543,11 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
 
         if (cfg->stats_every > 0 && step % cfg->stats_every == 0) {
             /* rank 0 writes every tensor's gradient statistics: it needs all of them */
-            if (sharded && cfg->out_dir && cfg->out_dir[0] &&
-                (st = gather_shares(comm, sh, net->grads, net->n_params)) != NNP_OK)
+            if (cfg->out_dir && cfg->out_dir[0] && (st = exchange_gather(&x, net->grads)) != NNP_OK)
                 goto done;
             if (out.layers_csv)
                 write_layer_stats(out.layers_csv, step, net, &pc, B);
-            /* shm: the other ranks write their updated shares into the node's parameters as
-             * soon as they have stepped; they must wait until rank 0 has read the old ones */
-            if (shm && (st = nnp_comm_shm_fence(sh)) != NNP_OK)
+            if ((st = exchange_hold(&x)) != NNP_OK)
                 goto done;
         }
 
@@ -668,38 +555,16 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         if (dynamic && (step + 1) % cfg->precond.every == 0) {
             /* the next step updates the multipliers: sum this rank's share of the new
              * parameters in the optimizer's own pass */
-            nnp_optim_want_sums(&opt, pc.sums, sum_lo, sum_hi);
+            nnp_optim_want_sums(&opt, pc.sums, x.lo, x.hi);
             sums_ready = 1;
         }
-        if (shm) {
-            /* the update of this rank's share goes to its private parameters, whose lines no
-             * other core holds, and is then copied into the node's shared ones in one pass
-             * (writing into lines that every core has read costs a coherence round trip
-             * each: 2.5x the optimizer's time for LeNet at 2 ranks) */
-            net->params = own_params;
-            nnp_optim_step_range(&opt, net, lr, scale, sum_lo, sum_hi);
-            net->params = shared_params;
-            nnp_comm_shm_store(sh, own_params);
-        } else if (sharded)
-            nnp_optim_step_range(&opt, net, lr, scale, sum_lo, sum_hi);
-        else
-            nnp_optim_step(&opt, net, lr, scale);
+        exchange_update(&x, &opt, lr, scale);
         step_allocs += nnp_alloc_count() - allocs_before; /* the step must allocate nothing */
         double t6 = nnp_comm_wtime();
         timers[T_OPT] += t6 - t5;
-        if (shm) { /* every share updated before anyone computes with the parameters */
-            if ((st = nnp_comm_shm_fence(sh)) != NNP_OK)
-                goto done;
-            double t7 = nnp_comm_wtime();
-            timers[T_AR] += t7 - t6;
-            t6 = t7;
-        } else if (sharded) {
-            if ((st = nnp_comm_allgather_shares_f32(comm, net->params, net->n_params)) != NNP_OK)
-                goto done;
-            double t7 = nnp_comm_wtime();
-            timers[T_AR] += t7 - t6;
-            t6 = t7;
-        }
+        if ((st = exchange_params(&x, &timers[T_AR])) != NNP_OK)
+            goto done;
+        t6 = nnp_comm_wtime();
         samples_since_log += (int64_t)gc;
 
         const int64_t done_steps = step + 1;
@@ -710,14 +575,8 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             bal_t = bal_n = 0;
             timers[T_BAL] += nnp_comm_wtime() - t6;
         }
-        if (fault_step == done_steps && fault_rank == rank) {
-            /* test hook: a replica drifts (see fault_from_env); with shm, this rank's
-             * private share, which reaches its node's copy at the next step's store */
-            if (shm)
-                own_params[sum_lo] += 1e-3f;
-            else
-                net->params[0] += 1e-3f;
-        }
+        if (fault_step == done_steps && fault_rank == rank)
+            exchange_drift(&x); /* test hook: a replica drifts (see fault_from_env) */
         if (cfg->check_replicas > 0 && done_steps % cfg->check_replicas == 0 && size > 1) {
             double cs[2];
             cs[0] = param_checksum(net);
@@ -822,11 +681,11 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
                          (cfg->checkpoint_every > 0 && done_steps % cfg->checkpoint_every == 0));
         if (want_ckpt) {
             double t_ck = nnp_comm_wtime();
-            /* sharded: each rank holds the optimizer state of its share only */
-            if (sharded && opt.buf1)
-                st = gather_shares(comm, sh, opt.buf1, net->n_params);
-            if (sharded && opt.buf2 && st == NNP_OK)
-                st = gather_shares(comm, sh, opt.buf2, net->n_params);
+            /* sharded/shm: each rank holds the optimizer state of its share only */
+            if (opt.buf1)
+                st = exchange_gather(&x, opt.buf1);
+            if (opt.buf2 && st == NNP_OK)
+                st = exchange_gather(&x, opt.buf2);
             if (st != NNP_OK)
                 goto done;
             st = checkpoint(comm, cfg, net, &opt, &pc, done_steps, spe,
@@ -868,17 +727,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     }
 
 done:
-    if (sh) {
-        if (net->params != own_params)
-            memcpy(own_params, net->params, net->n_params * sizeof(float));
-        if (net->grads != own_grads)
-            memcpy(own_grads, net->grads, net->n_params * sizeof(float));
-        net->params = own_params;
-        net->grads = own_grads;
-        nnp_comm_shm_stop(sh);
-    }
-    nnp_comm_async_stop(bk.async);
-    free(bk.start);
+    exchange_stop(&x);
     close_outputs(&out);
     nnp_optim_free(&opt);
     nnp_precond_free(&pc);

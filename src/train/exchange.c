@@ -1,0 +1,212 @@
+/* exchange.c - the --allreduce modes of the training step (see exchange.h).
+ *
+ *   fused     barrier (the wait for the slowest rank, timed apart), then one chunked
+ *             in-place MPI_Allreduce of the flat gradient buffer; every rank updates all
+ *   bucketed  backward hands finished buckets to a communication thread, which allreduces
+ *             them while backward goes on; the step waits for the last one
+ *   sharded   reduce-scatter: each rank gets the sum of its 1/p share, updates that share,
+ *             then the shares are allgathered
+ *   shm       the sharded step through a node-local shared window (comm.h): the reduction
+ *             reads the other ranks' gradients in place and each update is stored into the
+ *             one copy of the parameters the node computes with
+ */
+#include "exchange.h"
+#include <stdlib.h>
+#include <string.h>
+#include "nnprec/alloc.h"
+#include "nnprec/data.h"
+
+static nnp_status buckets_plan(exchange *x, double bucket_mb)
+{
+    const nnp_net *net = x->net;
+    size_t target = (size_t)(bucket_mb * 1048576.0 / sizeof(float));
+    if (target == 0)
+        target = 1;
+    x->bucket_start = nnp_malloc((size_t)net->n_tensors * sizeof(size_t));
+    if (!x->bucket_start)
+        return NNP_ERR_NOMEM;
+    size_t end = net->n_params;
+    x->n_buckets = 0;
+    for (int j = net->n_tensors - 1; j >= 0; j--) {
+        size_t off = net->tensors[j].off;
+        if (end - off >= target || j == 0) {
+            x->bucket_start[x->n_buckets++] = off;
+            end = off;
+        }
+    }
+    return NNP_OK;
+}
+
+/* Backward callback: gradients from tensor j's offset to the end are final; submit every
+ * bucket lying entirely in that range. */
+static void buckets_ready(void *ctx, int j)
+{
+    exchange *x = ctx;
+    const nnp_net *net = x->net;
+    size_t final_from = net->tensors[j].off;
+    while (x->next_bucket < x->n_buckets && x->bucket_start[x->next_bucket] >= final_from) {
+        size_t start = x->bucket_start[x->next_bucket];
+        size_t end = x->next_bucket == 0 ? net->n_params : x->bucket_start[x->next_bucket - 1];
+        nnp_comm_async_submit(x->async, net->grads + start, end - start);
+        x->next_bucket++;
+    }
+}
+
+nnp_status exchange_setup(exchange *x, nnp_comm *comm, nnp_net *net, const nnp_train_cfg *cfg)
+{
+    const int size = nnp_comm_size(comm), rank = nnp_comm_rank(comm);
+    memset(x, 0, sizeof *x);
+    x->comm = comm;
+    x->net = net;
+    x->mode = size > 1 ? cfg->allreduce : NNP_AR_FUSED;
+    x->sharded = x->mode == NNP_AR_SHARDED || x->mode == NNP_AR_SHM;
+    x->chunk_bytes = (size_t)(cfg->bucket_mb * 1048576.0);
+    x->own_params = net->params;
+    x->own_grads = net->grads;
+    nnp_split(net->n_params, size, rank, &x->lo, &x->hi);
+    x->share_rank = rank;
+    x->share_size = size;
+    nnp_status st = NNP_OK;
+    if (x->mode == NNP_AR_BUCKETED) {
+        st = buckets_plan(x, cfg->bucket_mb);
+        if (st == NNP_OK)
+            st = nnp_comm_async_start(comm, x->n_buckets, x->chunk_bytes, &x->async);
+    } else if (x->mode == NNP_AR_SHARDED)
+        st = nnp_comm_shard_setup(comm, net->n_params);
+    return st;
+}
+
+nnp_status exchange_start(exchange *x)
+{
+    if (x->mode != NNP_AR_SHM)
+        return NNP_OK;
+    nnp_net *net = x->net;
+    NNP_CALL(nnp_comm_agree(x->comm, nnp_comm_shm_start(x->comm, net->n_params, &x->sh)));
+    float *params, *grads;
+    nnp_comm_shm_buffers(x->sh, &params, &grads);
+    nnp_comm_shm_share(x->sh, &x->lo, &x->hi, &x->share_rank, &x->share_size);
+    /* every rank holds the same parameters: each copies its share into the node's */
+    nnp_comm_shm_store(x->sh, net->params);
+    net->params = params;
+    net->grads = grads;
+    return nnp_comm_shm_fence(x->sh);
+}
+
+void exchange_backward_hook(exchange *x, void (**cb)(void *, int), void **ctx)
+{
+    x->next_bucket = 0;
+    *cb = x->mode == NNP_AR_BUCKETED ? buckets_ready : NULL;
+    *ctx = x;
+}
+
+nnp_status exchange_grads(exchange *x, double *wait_s, double *ar_s, double *thread_s)
+{
+    nnp_net *net = x->net;
+    double t0 = nnp_comm_wtime();
+    if (x->mode == NNP_AR_BUCKETED) {
+        /* buckets not yet submitted (none unless this rank had no samples), then wait */
+        buckets_ready(x, 0);
+        double busy = 0;
+        NNP_CALL(nnp_comm_async_wait(x->async, &busy));
+        *ar_s += nnp_comm_wtime() - t0;
+        *thread_s += busy;
+        return NNP_OK;
+    }
+    if (nnp_comm_size(x->comm) == 1)
+        return NNP_OK;
+    NNP_CALL(x->sh ? nnp_comm_shm_fence(x->sh) : nnp_comm_barrier(x->comm));
+    double t1 = nnp_comm_wtime();
+    *wait_s += t1 - t0;
+    nnp_status st;
+    if (x->sh)
+        st = nnp_comm_shm_reduce(x->sh);
+    else if (x->sharded)
+        st = nnp_comm_reduce_scatter_f32(x->comm, net->grads, net->n_params);
+    else
+        st = nnp_comm_allreduce_sum_f32(x->comm, net->grads, net->n_params, x->chunk_bytes);
+    *ar_s += nnp_comm_wtime() - t1;
+    return st;
+}
+
+nnp_status exchange_sum_f64(exchange *x, double *buf, size_t n)
+{
+    /* shm: every node holds every share, so the sums are over the node's ranks */
+    return x->sh ? nnp_comm_shm_allreduce_sum_f64(x->sh, buf, n)
+                 : nnp_comm_allreduce_sum_f64(x->comm, buf, n);
+}
+
+nnp_status exchange_gather(exchange *x, float *buf)
+{
+    if (!x->sharded)
+        return NNP_OK;
+    return x->sh ? nnp_comm_shm_allgather(x->sh, buf)
+                 : nnp_comm_allgather_shares_f32(x->comm, buf, x->net->n_params);
+}
+
+nnp_status exchange_hold(exchange *x)
+{
+    /* shm: the other ranks store their updated shares into the node's parameters as soon
+     * as they have stepped; they must wait until rank 0 has read the old ones */
+    return x->sh ? nnp_comm_shm_fence(x->sh) : NNP_OK;
+}
+
+void exchange_update(exchange *x, nnp_optim *opt, double lr, const double *scale)
+{
+    nnp_net *net = x->net;
+    if (x->sh) {
+        /* the update of this rank's share goes to its private parameters, whose lines no
+         * other core holds, and is then copied into the node's shared ones in one pass
+         * (updating the shared copy in place measured slower: every core has read those
+         * lines, so each write waits for the other copies to be invalidated) */
+        float *shared = net->params;
+        net->params = x->own_params;
+        nnp_optim_step_range(opt, net, lr, scale, x->lo, x->hi);
+        net->params = shared;
+        nnp_comm_shm_store(x->sh, x->own_params);
+    } else if (x->sharded)
+        nnp_optim_step_range(opt, net, lr, scale, x->lo, x->hi);
+    else
+        nnp_optim_step(opt, net, lr, scale);
+}
+
+nnp_status exchange_params(exchange *x, double *ar_s)
+{
+    double t0 = nnp_comm_wtime();
+    nnp_status st = NNP_OK;
+    if (x->sh) /* every share stored before anyone computes with the parameters */
+        st = nnp_comm_shm_fence(x->sh);
+    else if (x->sharded)
+        st = nnp_comm_allgather_shares_f32(x->comm, x->net->params, x->net->n_params);
+    else
+        return NNP_OK;
+    *ar_s += nnp_comm_wtime() - t0;
+    return st;
+}
+
+void exchange_drift(exchange *x)
+{
+    /* shm: this rank's private share, which reaches its node's copy at the next store */
+    if (x->sh)
+        x->own_params[x->lo] += 1e-3f;
+    else
+        x->net->params[0] += 1e-3f;
+}
+
+void exchange_stop(exchange *x)
+{
+    nnp_net *net = x->net;
+    if (x->sh) {
+        if (net->params != x->own_params)
+            memcpy(x->own_params, net->params, net->n_params * sizeof(float));
+        if (net->grads != x->own_grads)
+            memcpy(x->own_grads, net->grads, net->n_params * sizeof(float));
+        net->params = x->own_params;
+        net->grads = x->own_grads;
+        nnp_comm_shm_stop(x->sh);
+        x->sh = NULL;
+    }
+    nnp_comm_async_stop(x->async);
+    x->async = NULL;
+    free(x->bucket_start);
+    x->bucket_start = NULL;
+}

@@ -1,0 +1,69 @@
+/* exchange.h - how the ranks combine their gradients and keep their parameters equal
+ * (--allreduce), for the training loop in trainer.c. Internal to src/train.
+ *
+ * Per step, around the shared parts of the loop:
+ *   exchange_backward_hook  the callback backward calls as tensors finish (bucketed)
+ *   exchange_grads          after backward: every rank's gradients summed (fused,
+ *                           bucketed) or this rank's share of them (sharded, shm)
+ *   exchange_update         the optimizer, on every parameter or on this rank's share
+ *   exchange_params         after the update: every rank computes with the same parameters
+ * One rank uses the fused path, which then does no communication at all. */
+#ifndef NNPREC_TRAIN_EXCHANGE_H
+#define NNPREC_TRAIN_EXCHANGE_H
+
+#include "nnprec/comm.h"
+#include "nnprec/net.h"
+#include "nnprec/optim.h"
+#include "nnprec/trainer.h"
+
+typedef struct {
+    nnp_comm *comm;
+    nnp_net *net;
+    nnp_allreduce_mode mode; /* NNP_AR_FUSED on one rank, whatever was asked */
+    int sharded;             /* sharded or shm: each rank updates only its share */
+    size_t chunk_bytes;      /* fused: the allreduce goes in chunks of this size */
+    /* bucketed: contiguous ranges of the flat gradient buffer, closed at tensor
+     * boundaries, in the order backward finishes them (from the end towards the start) */
+    nnp_comm_async *async;
+    int n_buckets;
+    size_t *bucket_start; /* [n_buckets]: bucket k is [start[k], start[k-1]) */
+    int next_bucket;      /* the next to submit */
+    /* shm: the node's shared window; during training net->params is the node's shared
+     * copy and net->grads this rank's shared gradients, and own_params the private
+     * parameters the optimizer updates this rank's share of */
+    nnp_comm_shm *sh;
+    float *own_params, *own_grads;
+    /* this rank's share of the parameters [lo, hi) and its place among the ranks that
+     * split them (sharded: all ranks; shm: the node's); the preconditioner's sums use it */
+    size_t lo, hi;
+    int share_rank, share_size;
+} exchange;
+
+/* Local setup, before the caller's agreement: every allocation the mode needs. */
+nnp_status exchange_setup(exchange *x, nnp_comm *comm, nnp_net *net, const nnp_train_cfg *cfg);
+/* Collective, after the agreement and after the parameters are final (resume): shm moves
+ * the parameters and gradients into the node's shared window. */
+nnp_status exchange_start(exchange *x);
+/* The callback and its context for nnp_net_backward (NULL unless bucketed). */
+void exchange_backward_hook(exchange *x, void (**cb)(void *, int), void **ctx);
+/* After backward; adds the time waiting for the slowest rank, in the allreduce, and in
+ * the communication thread (bucketed) to the three counters. */
+nnp_status exchange_grads(exchange *x, double *wait_s, double *ar_s, double *thread_s);
+/* In-place sum of the preconditioner's per-share sums over the ranks holding the shares. */
+nnp_status exchange_sum_f64(exchange *x, double *buf, size_t n);
+/* Sharded/shm: every rank's share of buf (a private n_params vector) to every rank; a
+ * no-op otherwise (every rank holds all of it). */
+nnp_status exchange_gather(exchange *x, float *buf);
+/* shm: wait until rank 0 has read the parameters before anyone updates its share (stats
+ * steps); a no-op otherwise. */
+nnp_status exchange_hold(exchange *x);
+/* The optimizer step, on every parameter or on this rank's share. */
+void exchange_update(exchange *x, nnp_optim *opt, double lr, const double *scale);
+/* After the update; adds the time it takes to *ar_s. */
+nnp_status exchange_params(exchange *x, double *ar_s);
+/* Test hook (NNPREC_FAULT_DRIFT): nudge this rank's copy of one parameter. */
+void exchange_drift(exchange *x);
+/* Give net back its own buffers (with the trained values) and free everything. */
+void exchange_stop(exchange *x);
+
+#endif
