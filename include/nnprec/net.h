@@ -100,6 +100,11 @@ const float *nnp_net_forward(nnp_net *net, int B, const float *x);
 typedef void (*nnp_grad_ready_fn)(void *ctx, int first_final_tensor);
 void nnp_net_backward(nnp_net *net, int B, nnp_grad_ready_fn on_ready, void *ctx);
 
+/* One layer of the two passes above (layer i reads act[i], writes act[i+1]; backward
+ * reads dact[i+1], writes dact[i] and the layer's gradients), for per-layer timing. */
+void nnp_net_forward_layer(nnp_net *net, int i, int B);
+void nnp_net_backward_layer(nnp_net *net, int i, int B);
+
 /* Elements per sample of a shape. */
 static inline size_t nnp_shape_size(nnp_shape s) { return (size_t)s.c * s.h * s.w; }
 
@@ -109,5 +114,7 @@ const char *nnp_act_name(nnp_act a);
 
 /* One-line-per-layer summary into buf. */
 void nnp_net_describe(const nnp_net *net, char *buf, size_t cap);
+/* Layer i's line of that summary, without the indent or the newline. */
+void nnp_layer_describe(const nnp_net *net, int i, char *buf, size_t cap);
 
 #endif

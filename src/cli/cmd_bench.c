@@ -1,5 +1,6 @@
-/* cmd_bench.c - `nnprec bench`: the GEMM ceiling of a model's dense layers, and the
- * gradient allreduce alone (--allreduce-mb).
+/* cmd_bench.c - `nnprec bench`: the GEMM ceiling of a model's dense layers, the time of
+ * each layer of the real network (--layers), and the gradient allreduce alone
+ * (--allreduce-mb).
  *
  * For every dense layer of the model (out x in, batch B) a training step does three
  * products: forward y = x W^T (B x out x in), weight gradient dW = dy^T x (out x in x B)
@@ -15,6 +16,7 @@
 #include "cli.h"
 #include "nnprec/alloc.h"
 #include "nnprec/data.h"
+#include "nnprec/init.h"
 #include "nnprec/net.h"
 #include "nnprec/options.h"
 
@@ -25,7 +27,7 @@ int openblas_get_num_threads(void);
 static struct {
     char model[NNP_OPT_STRLEN], act[NNP_OPT_STRLEN], allreduce[NNP_OPT_STRLEN];
     char collective[NNP_OPT_STRLEN];
-    int batch, reps, threads;
+    int batch, reps, threads, layers;
     double chunk_mb;
 } B;
 
@@ -35,6 +37,8 @@ static nnp_option bench_opts[] = {
     {"batch", NNP_OPTT_INT, &B.batch, "256", "batch size", 0},
     {"reps", NNP_OPTT_INT, &B.reps, "20", "timed repetitions of each product", 0},
     {"threads", NNP_OPTT_INT, &B.threads, "1", "BLAS threads (0: leave OpenBLAS's setting)", 0},
+    {"layers", NNP_OPTT_FLAG, &B.layers, "0",
+     "instead: time each layer's forward and backward in the network itself", 0},
     {"allreduce-mb", NNP_OPTT_STR, B.allreduce, "",
      "instead: time the gradient allreduce for these sizes in MiB (e.g. 0.25,1,4,16), all ranks",
      0},
@@ -79,6 +83,90 @@ static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
+}
+
+static double median(double *t, int n)
+{
+    qsort(t, (size_t)n, sizeof(double), cmp_double);
+    return t[n / 2];
+}
+
+/* Floating-point operations of layer i's forward pass (dense and conv; 0 for the rest). */
+static double layer_flop(const nnp_net *net, int i, int Bt)
+{
+    const nnp_layer *L = &net->layers[i];
+    if (L->kind == NNP_L_DENSE)
+        return 2.0 * Bt * (double)nnp_shape_size(L->in) * L->out.c;
+    if (L->kind == NNP_L_CONV2D)
+        return 2.0 * Bt * (double)nnp_shape_size(L->out) * L->conv.C * L->k * L->k;
+    return 0;
+}
+
+/* --layers: every layer's forward and backward in the network the trainer runs (same
+ * kernels, buffers and batch), each timed alone; median of --reps full passes. */
+static nnp_status bench_layers(void)
+{
+    nnp_act act;
+    NNP_CALL(nnp_act_parse(B.act, &act));
+    nnp_init_cfg ic;
+    NNP_CALL(nnp_init_parse("pytorch", &ic));
+    nnp_net *net = NULL;
+    NNP_CALL(nnp_net_create(B.model, (nnp_shape){1, 28, 28}, act, B.batch, &net));
+    const int n = net->n_layers, reps = B.reps;
+    double *tf = nnp_malloc((size_t)n * (size_t)reps * sizeof(double));
+    double *tb = nnp_malloc((size_t)n * (size_t)reps * sizeof(double));
+    double *f = nnp_malloc(2 * (size_t)n * sizeof(double)), *b = f + n; /* the medians */
+    nnp_status st = tf && tb && f ? nnp_init_net(net, &ic, 1) : NNP_ERR_NOMEM;
+    if (st != NNP_OK)
+        goto out;
+    const size_t nin = (size_t)B.batch * nnp_shape_size(net->input);
+    const size_t nout = (size_t)B.batch * (size_t)net->n_classes;
+    for (size_t k = 0; k < nin; k++) /* inputs roughly as normalized pixels */
+        net->act[0][k] = (float)((k * 7919) % 1000) * 2e-3f - 1.0f;
+    for (size_t k = 0; k < nout; k++) /* a loss gradient of the usual size */
+        net->dact[n][k] = ((float)((k * 104729) % 1000) * 2e-3f - 1.0f) / (float)B.batch;
+    for (int r = -2; r < reps; r++) { /* two warm-up passes */
+        for (int i = 0; i < n; i++) {
+            double t0 = nnp_comm_wtime();
+            nnp_net_forward_layer(net, i, B.batch);
+            if (r >= 0)
+                tf[(size_t)i * reps + r] = nnp_comm_wtime() - t0;
+        }
+        for (int i = n - 1; i >= 0; i--) {
+            double t0 = nnp_comm_wtime();
+            nnp_net_backward_layer(net, i, B.batch);
+            if (r >= 0)
+                tb[(size_t)i * reps + r] = nnp_comm_wtime() - t0;
+        }
+    }
+    printf("%s, batch %d, %d BLAS thread(s) (core %s), median of %d\n", B.model, B.batch,
+           openblas_get_num_threads(), openblas_get_corename(), reps);
+    printf("%-48s %10s %10s %7s %9s\n", "layer", "fwd_ms", "bwd_ms", "share", "GFLOP/s");
+    double sum = 0;
+    for (int i = 0; i < n; i++) {
+        f[i] = median(tf + (size_t)i * reps, reps);
+        b[i] = median(tb + (size_t)i * reps, reps);
+        sum += f[i] + b[i];
+    }
+    for (int i = 0; i < n; i++) {
+        char what[160], gf[16] = "";
+        nnp_layer_describe(net, i, what, sizeof what);
+        /* backward: the weight gradient, and the input gradient except for the first layer */
+        double flop = layer_flop(net, i, B.batch) * (i > 0 ? 3.0 : 2.0);
+        if (flop > 0)
+            snprintf(gf, sizeof gf, "%9.2f", flop / (f[i] + b[i]) * 1e-9);
+        printf("%-48s %10.4f %10.4f %6.1f%% %9s\n", what, 1e3 * f[i], 1e3 * b[i],
+               sum > 0 ? 100.0 * (f[i] + b[i]) / sum : 0.0, gf);
+    }
+    printf("total: %.3f ms per forward + backward of batch %d, %.0f samples/s (layers only: "
+           "no loss, data or optimizer)\n",
+           1e3 * sum, B.batch, sum > 0 ? B.batch / sum : 0.0);
+out:
+    free(tf);
+    free(tb);
+    free(f);
+    nnp_net_free(net);
+    return st;
 }
 
 /* --allreduce-mb: the trainer's gradient allreduce (nnp_comm_allreduce_sum_f32, in place,
@@ -215,8 +303,9 @@ nnp_status nnp_cmd_bench(nnp_comm *comm, int argc, char **argv)
         if (nnp_comm_rank(comm) == 0)
             nnp_options_help(stdout, "usage: nnprec bench [options]\n\nTimes the cblas_sgemm "
                                      "calls of one training step of the model's dense layers,\n"
-                                     "or with --allreduce-mb the gradient allreduce over all "
-                                     "ranks (run it under mpirun).",
+                                     "with --layers each layer's forward and backward in the "
+                                     "network itself,\nor with --allreduce-mb the gradient "
+                                     "allreduce over all ranks (run it under mpirun).",
                              bench_opts, N_BENCH);
         return NNP_OK;
     }
@@ -224,10 +313,12 @@ nnp_status nnp_cmd_bench(nnp_comm *comm, int argc, char **argv)
         return bench_allreduce(comm);
     if (nnp_comm_rank(comm) != 0)
         return NNP_OK;
-    if (B.batch < 1 || B.reps < 1 || B.threads < 0)
-        return nnp_error(NNP_ERR_ARG, "--batch and --reps must be >= 1, --threads >= 0");
+    if (B.batch < 1 || B.reps < 1 || B.reps > 1000 || B.threads < 0)
+        return nnp_error(NNP_ERR_ARG, "--batch must be >= 1, --reps in 1..1000, --threads >= 0");
     if (B.threads > 0)
         openblas_set_num_threads(B.threads);
+    if (B.layers)
+        return bench_layers();
     nnp_act act;
     NNP_CALL(nnp_act_parse(B.act, &act));
     nnp_net *net = NULL;

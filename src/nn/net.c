@@ -463,77 +463,108 @@ void nnp_net_free(nnp_net *net)
 
 /* ---- forward / backward ---------------------------------------------------------------- */
 
+void nnp_net_forward_layer(nnp_net *net, int i, int B)
+{
+    const nnp_layer *L = &net->layers[i];
+    const float *in = net->act[i];
+    float *out = net->act[i + 1];
+    switch (L->kind) {
+    case NNP_L_DENSE: {
+        const nnp_tensor *w = &net->tensors[L->tensor];
+        nnp_dense_forward(B, w->fan_in, w->fan_out, in, net->params + w->off,
+                          net->params + w[1].off, out);
+        break;
+    }
+    case NNP_L_CONV2D: {
+        const nnp_tensor *w = &net->tensors[L->tensor];
+        nnp_conv2d_forward(&L->conv, B, in, net->params + w->off, net->params + w[1].off, out,
+                           net->ws[i]);
+        break;
+    }
+    case NNP_L_MAXPOOL: nnp_maxpool_forward(&L->pool, B, in, out, net->argmax[i]); break;
+    case NNP_L_AVGPOOL: nnp_avgpool_forward(&L->pool, B, in, out); break;
+    case NNP_L_FLATTEN: break; /* aliased buffers */
+    case NNP_L_ACT:
+        nnp_act_forward(L->act, L->alpha, (size_t)B * nnp_shape_size(L->in), in, out);
+        break;
+    }
+}
+
 const float *nnp_net_forward(nnp_net *net, int B, const float *x)
 {
     if (x != net->act[0])
         memcpy(net->act[0], x, (size_t)B * nnp_shape_size(net->input) * sizeof(float));
-    for (int i = 0; i < net->n_layers; i++) {
-        const nnp_layer *L = &net->layers[i];
-        const float *in = net->act[i];
-        float *out = net->act[i + 1];
-        switch (L->kind) {
-        case NNP_L_DENSE: {
-            const nnp_tensor *w = &net->tensors[L->tensor];
-            nnp_dense_forward(B, w->fan_in, w->fan_out, in, net->params + w->off,
-                              net->params + w[1].off, out);
-            break;
-        }
-        case NNP_L_CONV2D: {
-            const nnp_tensor *w = &net->tensors[L->tensor];
-            nnp_conv2d_forward(&L->conv, B, in, net->params + w->off, net->params + w[1].off,
-                               out, net->ws[i]);
-            break;
-        }
-        case NNP_L_MAXPOOL: nnp_maxpool_forward(&L->pool, B, in, out, net->argmax[i]); break;
-        case NNP_L_AVGPOOL: nnp_avgpool_forward(&L->pool, B, in, out); break;
-        case NNP_L_FLATTEN: break; /* aliased buffers */
-        case NNP_L_ACT:
-            nnp_act_forward(L->act, L->alpha, (size_t)B * nnp_shape_size(L->in), in, out);
-            break;
-        }
-    }
+    for (int i = 0; i < net->n_layers; i++)
+        nnp_net_forward_layer(net, i, B);
     return net->act[net->n_layers];
+}
+
+void nnp_net_backward_layer(nnp_net *net, int i, int B)
+{
+    const nnp_layer *L = &net->layers[i];
+    const float *dy = net->dact[i + 1];
+    /* the first layer's input gradient is never needed */
+    float *dx = i > 0 ? net->dact[i] : NULL;
+    switch (L->kind) {
+    case NNP_L_DENSE: {
+        const nnp_tensor *w = &net->tensors[L->tensor];
+        nnp_dense_backward(B, w->fan_in, w->fan_out, net->act[i], net->params + w->off, dy, dx,
+                           net->grads + w->off, net->grads + w[1].off);
+        break;
+    }
+    case NNP_L_CONV2D: {
+        const nnp_tensor *w = &net->tensors[L->tensor];
+        /* the forward pass of this batch left im2col(input) in this layer's ws */
+        nnp_conv2d_backward_cached(&L->conv, B, net->params + w->off, dy, dx,
+                                   net->grads + w->off, net->grads + w[1].off, net->ws[i]);
+        break;
+    }
+    case NNP_L_MAXPOOL:
+        if (dx)
+            nnp_maxpool_backward(&L->pool, B, dy, net->argmax[i], dx);
+        break;
+    case NNP_L_AVGPOOL:
+        if (dx)
+            nnp_avgpool_backward(&L->pool, B, dy, dx);
+        break;
+    case NNP_L_FLATTEN: break;
+    case NNP_L_ACT:
+        if (dx)
+            nnp_act_backward(L->act, L->alpha, (size_t)B * nnp_shape_size(L->in), net->act[i],
+                             net->act[i + 1], dy, dx);
+        break;
+    }
 }
 
 void nnp_net_backward(nnp_net *net, int B, nnp_grad_ready_fn on_ready, void *ctx)
 {
     for (int i = net->n_layers - 1; i >= 0; i--) {
-        const nnp_layer *L = &net->layers[i];
-        const float *dy = net->dact[i + 1];
-        /* the first layer's input gradient is never needed */
-        float *dx = i > 0 ? net->dact[i] : NULL;
-        switch (L->kind) {
-        case NNP_L_DENSE: {
-            const nnp_tensor *w = &net->tensors[L->tensor];
-            nnp_dense_backward(B, w->fan_in, w->fan_out, net->act[i], net->params + w->off, dy,
-                               dx, net->grads + w->off, net->grads + w[1].off);
-            break;
-        }
-        case NNP_L_CONV2D: {
-            const nnp_tensor *w = &net->tensors[L->tensor];
-            /* the forward pass of this batch left im2col(input) in this layer's ws */
-            nnp_conv2d_backward_cached(&L->conv, B, net->params + w->off, dy, dx,
-                                       net->grads + w->off, net->grads + w[1].off, net->ws[i]);
-            break;
-        }
-        case NNP_L_MAXPOOL:
-            if (dx)
-                nnp_maxpool_backward(&L->pool, B, dy, net->argmax[i], dx);
-            break;
-        case NNP_L_AVGPOOL:
-            if (dx)
-                nnp_avgpool_backward(&L->pool, B, dy, dx);
-            break;
-        case NNP_L_FLATTEN: break;
-        case NNP_L_ACT:
-            if (dx)
-                nnp_act_backward(L->act, L->alpha, (size_t)B * nnp_shape_size(L->in),
-                                 net->act[i], net->act[i + 1], dy, dx);
-            break;
-        }
-        if (on_ready && L->tensor >= 0)
-            on_ready(ctx, L->tensor);
+        nnp_net_backward_layer(net, i, B);
+        if (on_ready && net->layers[i].tensor >= 0)
+            on_ready(ctx, net->layers[i].tensor);
     }
+}
+
+void nnp_layer_describe(const nnp_net *net, int i, char *buf, size_t cap)
+{
+    const nnp_layer *L = &net->layers[i];
+    char what[96];
+    switch (L->kind) {
+    case NNP_L_DENSE:
+        snprintf(what, sizeof what, "dense %d->%d", (int)nnp_shape_size(L->in), L->out.c);
+        break;
+    case NNP_L_CONV2D:
+        snprintf(what, sizeof what, "conv %d->%d k%d s%d p%d", L->conv.C, L->conv.K, L->k, L->s,
+                 L->p);
+        break;
+    case NNP_L_MAXPOOL: snprintf(what, sizeof what, "maxpool k%d s%d", L->k, L->s); break;
+    case NNP_L_AVGPOOL: snprintf(what, sizeof what, "avgpool k%d s%d", L->k, L->s); break;
+    case NNP_L_FLATTEN: snprintf(what, sizeof what, "flatten"); break;
+    case NNP_L_ACT: snprintf(what, sizeof what, "%s", nnp_act_name(L->act)); break;
+    default: snprintf(what, sizeof what, "?"); break;
+    }
+    snprintf(buf, cap, "%2d %-24s %dx%dx%d -> %dx%dx%d", i, what, L->in.c, L->in.h, L->in.w,
+             L->out.c, L->out.h, L->out.w);
 }
 
 void nnp_net_describe(const nnp_net *net, char *buf, size_t cap)
@@ -541,23 +572,9 @@ void nnp_net_describe(const nnp_net *net, char *buf, size_t cap)
     size_t len = 0;
     buf[0] = '\0';
     for (int i = 0; i < net->n_layers && len + 1 < cap; i++) {
-        const nnp_layer *L = &net->layers[i];
-        char what[96];
-        switch (L->kind) {
-        case NNP_L_DENSE:
-            snprintf(what, sizeof what, "dense %d->%d", (int)nnp_shape_size(L->in), L->out.c);
-            break;
-        case NNP_L_CONV2D:
-            snprintf(what, sizeof what, "conv %d->%d k%d s%d p%d", L->conv.C, L->conv.K, L->k,
-                     L->s, L->p);
-            break;
-        case NNP_L_MAXPOOL: snprintf(what, sizeof what, "maxpool k%d s%d", L->k, L->s); break;
-        case NNP_L_AVGPOOL: snprintf(what, sizeof what, "avgpool k%d s%d", L->k, L->s); break;
-        case NNP_L_FLATTEN: snprintf(what, sizeof what, "flatten"); break;
-        case NNP_L_ACT: snprintf(what, sizeof what, "%s", nnp_act_name(L->act)); break;
-        }
-        int w = snprintf(buf + len, cap - len, "  %2d %-24s %dx%dx%d -> %dx%dx%d\n", i, what,
-                         L->in.c, L->in.h, L->in.w, L->out.c, L->out.h, L->out.w);
+        char line[160];
+        nnp_layer_describe(net, i, line, sizeof line);
+        int w = snprintf(buf + len, cap - len, "  %s\n", line);
         if (w < 0)
             break;
         len += (size_t)w;
