@@ -92,7 +92,7 @@ nnp_status exchange_start(exchange *x)
     return nnp_comm_shm_fence(x->sh);
 }
 
-void exchange_backward_hook(exchange *x, void (**cb)(void *, int), void **ctx)
+void exchange_backward_hook(exchange *x, nnp_grad_ready_fn *cb, void **ctx)
 {
     x->next_bucket = 0;
     *cb = x->mode == NNP_AR_BUCKETED ? buckets_ready : NULL;

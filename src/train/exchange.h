@@ -45,7 +45,7 @@ nnp_status exchange_setup(exchange *x, nnp_comm *comm, nnp_net *net, const nnp_t
  * the parameters and gradients into the node's shared window. */
 nnp_status exchange_start(exchange *x);
 /* The callback and its context for nnp_net_backward (NULL unless bucketed). */
-void exchange_backward_hook(exchange *x, void (**cb)(void *, int), void **ctx);
+void exchange_backward_hook(exchange *x, nnp_grad_ready_fn *cb, void **ctx);
 /* After backward; adds the time waiting for the slowest rank, in the allreduce, and in
  * the communication thread (bucketed) to the three counters. */
 nnp_status exchange_grads(exchange *x, double *wait_s, double *ar_s, double *thread_s);
