@@ -186,9 +186,10 @@ nnp_status exchange_params(exchange *x, double *ar_s)
 void exchange_drift(exchange *x)
 {
     /* shm: this rank's private share, which reaches its node's copy at the next store */
-    if (x->sh)
-        x->own_params[x->lo] += 1e-3f;
-    else
+    if (x->sh) {
+        if (x->hi > x->lo) /* a share may be empty (fewer parameters than ranks) */
+            x->own_params[x->lo] += 1e-3f;
+    } else
         x->net->params[0] += 1e-3f;
 }
 
