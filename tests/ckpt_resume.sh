@@ -7,7 +7,10 @@
 #     the data-parallel tolerance (1e-5 relative);
 #  3. SIGUSR1 during a run: checkpoint, exit code 75, and resuming finishes the run; the
 #     stop file does the same;
-#  4. resuming with a different model or global batch is refused with a clear message.
+#  4. resuming with a different model or global batch is refused with a clear message;
+#  5. a checkpoint that cannot be written (its .tmp path is taken) stops every rank at that
+#     step with one message naming the file; the previous checkpoint stays the latest, and
+#     resuming from it ends at the reference's parameters (with --allreduce fused and shm).
 # usage: ckpt_resume.sh NNPREC MPIEXEC
 set -uo pipefail
 nnprec=$1 mpiexec=$2
@@ -108,6 +111,22 @@ out=$(run 1 "$tmp/np1" --resume "$(final "$tmp/ref")" --model mlp:784-10 2>&1)
 head -c 3000 "$(final "$tmp/ref")" > "$tmp/trunc.h5"
 out=$(run 1 "$tmp/np1" --resume "$tmp/trunc.h5" 2>&1)
 [ $? = 1 ] && grep -q "trunc.h5" <<< "$out" && ok || fail "truncated checkpoint: $out"
+
+# 5. a failed checkpoint write loses nothing
+for mode in fused shm; do
+  d=$tmp/full-$mode
+  mkdir -p "$d/ckpt-00000100.h5.tmp" # the write at step 100 cannot create its file
+  run 2 "$d" --allreduce $mode > "$d.log" 2>&1
+  rc=$?
+  [ "$rc" = 1 ] && ok || fail "$mode: failed checkpoint: exit $rc, want 1 ($(tail -2 "$d.log"))"
+  [ "$(grep -c '^nnprec: error' "$d.log")" = 1 ] && grep -q '^nnprec: error.*ckpt-00000100.h5' "$d.log" &&
+    ok || fail "$mode: failed checkpoint: want one error naming the file: $(grep error "$d.log")"
+  [ "$(cat "$d/latest")" = ckpt-00000080.h5 ] && ok || fail "$mode: latest is '$(cat "$d/latest")' after the failed write"
+  [ "$(last_step "$d")" = 100 ] && ok || fail "$mode: the run went on past the failed checkpoint: $(last_step "$d")"
+  rmdir "$d/ckpt-00000100.h5.tmp"
+  run 2 "$d" --allreduce $mode --resume auto > "$d.2.log" 2>&1 && ok || fail "$mode: resume after the failed checkpoint: $(tail -2 "$d.2.log")"
+  same_params "$(final "$tmp/ref")" "$(final "$d")" && ok || fail "$mode: resume after the failed checkpoint does not reproduce the reference"
+done
 
 echo "$passes passed, $fails failed"
 [ "$fails" = 0 ]
