@@ -31,6 +31,7 @@
  * records the signal; the loop turns it into a stop agreed by every rank (one tiny
  * allreduce per step), so all ranks finish the same step and rank 0 checkpoints it. */
 static volatile sig_atomic_t stop_signal = 0;
+enum { STOP_DIVERGED = 1000 }; /* the per-step stop value for a non-finite loss (> any signal) */
 
 static void on_signal(int sig)
 {
@@ -268,8 +269,17 @@ static double param_checksum(const nnp_net *net)
     return s;
 }
 
+static int all_finite(const float *v, size_t n)
+{
+    int ok = 1;
+    for (size_t i = 0; i < n; i++)
+        ok &= isfinite(v[i]) != 0;
+    return ok;
+}
+
 /* Rank 0 writes the checkpoint of `step` into cfg->out_dir and publishes it; every rank
- * then agrees on the outcome (the other ranks wait for the write, and no longer). */
+ * then agrees on the outcome (the other ranks wait for the write, and no longer). Parameters
+ * that are no longer finite are not written: the latest checkpoint stays a usable one. */
 static nnp_status checkpoint(nnp_comm *comm, const nnp_train_cfg *cfg, const nnp_net *net,
                              const nnp_optim *opt, const nnp_precond *pc, int64_t step,
                              size_t spe, double wall_s)
@@ -290,6 +300,11 @@ static nnp_status checkpoint(nnp_comm *comm, const nnp_train_cfg *cfg, const nnp
         snprintf(meta.options, sizeof meta.options, "%s", cfg->options ? cfg->options : "");
         char path[4096];
         st = nnp_ckpt_path(cfg->out_dir, step, path, sizeof path);
+        if (st == NNP_OK && !all_finite(net->params, net->n_params))
+            st = nnp_error(NNP_ERR_NUMERIC,
+                           "training diverged by step %lld: the parameters are no longer finite "
+                           "(nan or inf); lower --lr; no checkpoint was written for this step",
+                           (long long)step);
         double t0 = nnp_comm_wtime();
         if (st == NNP_OK)
             st = nnp_ckpt_write(path, net, opt, pc, &meta);
@@ -498,9 +513,11 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         timers[T_DATA] += t1 - t0;
 
         int correct = 0;
+        double step_loss = 0;
         if (B > 0) {
             nnp_net_forward(net, B, net->act[0]);
-            loss_acc[0] += batch_loss(net, cfg->loss, B, b.y, 1.0f / (float)gc, 1, &correct) / (double)gc;
+            step_loss = batch_loss(net, cfg->loss, B, b.y, 1.0f / (float)gc, 1, &correct) / (double)gc;
+            loss_acc[0] += step_loss;
         }
         double t2 = nnp_comm_wtime();
         timers[T_FWD] += t2 - t1;
@@ -568,7 +585,19 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         samples_since_log += (int64_t)gc;
 
         const int64_t done_steps = step + 1;
-        if (balance && done_steps % cfg->balance_every == 0) {
+
+        /* stop request: a signal on any rank, the stop file seen by rank 0, or a loss that
+         * is no longer finite on any rank (one tiny allreduce per step for all three; the
+         * divergence outranks the others) */
+        double stop = stop_signal;
+        if (rank == 0 && cfg->stop_file && cfg->stop_file[0] && access(cfg->stop_file, F_OK) == 0)
+            stop = stop > 0 ? stop : 1;
+        if (!isfinite(step_loss))
+            stop = STOP_DIVERGED;
+        if (size > 1 && (st = nnp_comm_allreduce_max_f64(comm, &stop, 1)) != NNP_OK)
+            goto done;
+        const int diverged = stop >= STOP_DIVERGED;
+        if (balance && !diverged && done_steps % cfg->balance_every == 0) {
             st = rebalance(comm, &b, bal_n, bal_t, G, (size_t)net->max_batch);
             if (st != NNP_OK)
                 goto done;
@@ -577,7 +606,8 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         }
         if (fault_step == done_steps && fault_rank == rank)
             exchange_drift(&x); /* test hook: a replica drifts (see fault_from_env) */
-        if (cfg->check_replicas > 0 && done_steps % cfg->check_replicas == 0 && size > 1) {
+        if (cfg->check_replicas > 0 && done_steps % cfg->check_replicas == 0 && size > 1 &&
+            !diverged) { /* nan checksums would all differ */
             double cs[2];
             cs[0] = param_checksum(net);
             cs[1] = -cs[0];
@@ -595,7 +625,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         }
 
         int is_last = done_steps == total;
-        if (done_steps % log_every == 0 || is_last) {
+        if (done_steps % log_every == 0 || is_last || diverged) { /* the nan row, too */
             double m[3] = {loss_acc[0], loss_acc[1], loss_acc[2]};
             double mn[T_N], mean[T_N], mx[T_N];
             st = nnp_comm_allreduce_sum_f64(comm, m, 3);
@@ -644,7 +674,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             t_log = nnp_comm_wtime();
         }
 
-        if (done_steps % eval_every == 0 || is_last) {
+        if (!diverged && (done_steps % eval_every == 0 || is_last)) {
             double tl, ta;
             st = nnp_evaluate(comm, net, cfg->loss, test, &tl, &ta);
             if (st != NNP_OK)
@@ -670,12 +700,18 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         }
         res->steps = done_steps;
 
-        /* stop request: a signal on any rank, or the stop file seen by rank 0 */
-        double stop = stop_signal;
-        if (rank == 0 && cfg->stop_file && cfg->stop_file[0] && access(cfg->stop_file, F_OK) == 0)
-            stop = stop > 0 ? stop : 1;
-        if (size > 1 && (st = nnp_comm_allreduce_max_f64(comm, &stop, 1)) != NNP_OK)
+        if (diverged) {
+            /* no checkpoint of these parameters: the last one written stays the latest */
+            st = rank != 0 ? NNP_ERR_REMOTE
+                           : nnp_error(NNP_ERR_NUMERIC,
+                                       "training diverged at step %lld: the loss is no longer "
+                                       "finite (nan or inf); lower --lr, or check the data%s",
+                                       (long long)done_steps,
+                                       cfg->out_dir && cfg->out_dir[0]
+                                           ? "; no checkpoint was written for this step"
+                                           : "");
             goto done;
+        }
         int want_ckpt = cfg->out_dir && cfg->out_dir[0] &&
                         (is_last || stop > 0 ||
                          (cfg->checkpoint_every > 0 && done_steps % cfg->checkpoint_every == 0));
