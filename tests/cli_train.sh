@@ -57,6 +57,16 @@ tail -1 "$tmp/nan/train.csv" | grep -qi ',-\?nan,' && ok || fail "the diverged s
 expect 1 "training diverged by step 1: the parameters are no longer finite" "$mpiexec" -n 2 \
   --oversubscribe "$nnprec" "${nan_args[@]}" --lr 1e39 --out "$tmp/inf" --allreduce shm
 [ ! -e "$tmp/inf/latest" ] && ! ls "$tmp/inf"/ckpt-* > /dev/null 2>&1 && ok || fail "a non-finite checkpoint was written: $(ls "$tmp/inf")"
+# rank 0 cannot write its CSV files (a full disk: train.csv is /dev/full): every rank stops at
+# the next step, after checkpointing it
+mkdir -p "$tmp/full" && ln -s /dev/full "$tmp/full/train.csv"
+expect 1 "cannot write $tmp/full/train.csv: No space left on device; step 2 was checkpointed" \
+  "$mpiexec" -n 2 --oversubscribe "$nnprec" train --train-limit 640 --test-limit 100 --steps 20 \
+  --log-every 1 --out "$tmp/full"
+[ "$(cat "$tmp/full/latest" 2>/dev/null)" = ckpt-00000002.h5 ] && ok || fail "no checkpoint after the failed CSV write: $(ls "$tmp/full")"
+# a file size limit (ulimit -f) smaller than the checkpoint: an error, not death by SIGXFSZ
+expect 1 "ckpt-00000002.h5.tmp cannot hold [0-9]* bytes: File too large" bash -c 'ulimit -f 16384; exec "$0" "$@"' \
+  "$nnprec" train --model mlp:784-1024x4-10 --train-limit 512 --test-limit 100 --steps 2 --out "$tmp/fsize"
 # truncated data file: a clear message naming the file
 mkdir -p "$tmp/trunc"
 for f in /usr/share/datasets/fashion-mnist/*; do cp "$f" "$tmp/trunc/"; done

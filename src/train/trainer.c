@@ -31,7 +31,9 @@
  * records the signal; the loop turns it into a stop agreed by every rank (one tiny
  * allreduce per step), so all ranks finish the same step and rank 0 checkpoints it. */
 static volatile sig_atomic_t stop_signal = 0;
-enum { STOP_DIVERGED = 1000 }; /* the per-step stop value for a non-finite loss (> any signal) */
+/* per-step stop values beyond any signal number: a non-finite loss on some rank, and a
+ * failed write of rank 0's CSV files (the larger wins) */
+enum { STOP_DIVERGED = 1000, STOP_OUTPUT = 1001 };
 
 static void on_signal(int sig)
 {
@@ -48,6 +50,10 @@ void nnp_train_install_signals(void)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGUSR1, &sa, NULL);
+    /* past a file size limit (ulimit -f) a write fails with EFBIG, which nnprec reports,
+     * instead of the process being killed by SIGXFSZ */
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGXFSZ, &sa, NULL);
 }
 
 /* Phases timed per log interval. ar_wait is the time spent waiting for the slowest rank
@@ -61,7 +67,25 @@ static const char *timer_names[T_N] = {"data",      "forward",   "backward",  "a
 
 typedef struct {
     FILE *train_csv, *eval_csv, *timing_csv, *layers_csv;
+    const char *dir;
+    char err[600]; /* the first failed write ("cannot write DIR/NAME: reason"), else "" */
 } outputs;
+
+/* Rank 0, after writing rows: flush every CSV and keep the first failure (a full disk, a
+ * file size limit) in o->err, which the next per-step stop check turns into a stop. */
+static void outputs_flush(outputs *o)
+{
+    FILE *fs[] = {o->train_csv, o->eval_csv, o->timing_csv, o->layers_csv};
+    const char *names[] = {"train.csv", "eval.csv", "timing.csv", "layers.csv"};
+    for (size_t i = 0; i < sizeof fs / sizeof fs[0] && !o->err[0]; i++) {
+        if (!fs[i])
+            continue;
+        errno = 0;
+        if (fflush(fs[i]) != 0 || ferror(fs[i]))
+            snprintf(o->err, sizeof o->err, "cannot write %s/%s: %s", o->dir, names[i],
+                     errno ? strerror(errno) : "write error");
+    }
+}
 
 /* Open OUT/name for writing. A fresh run starts the file with its header; a run resumed at
  * step `keep_upto` keeps the rows of steps <= keep_upto (rows written after the checkpoint
@@ -101,6 +125,7 @@ static nnp_status open_outputs(const nnp_train_cfg *cfg, int64_t resume_step, ou
 {
     if (!cfg->out_dir || !cfg->out_dir[0])
         return NNP_OK;
+    o->dir = cfg->out_dir;
     NNP_CALL(open_csv(cfg->out_dir, "train.csv",
                       "step,epoch,train_loss,train_acc,lr,samples_per_s,wall_s", resume_step,
                       &o->train_csv));
@@ -562,8 +587,10 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             /* rank 0 writes every tensor's gradient statistics: it needs all of them */
             if (cfg->out_dir && cfg->out_dir[0] && (st = exchange_gather(&x, net->grads)) != NNP_OK)
                 goto done;
-            if (out.layers_csv)
+            if (out.layers_csv) {
                 write_layer_stats(out.layers_csv, step, net, &pc, B);
+                outputs_flush(&out);
+            }
             if ((st = exchange_hold(&x)) != NNP_OK)
                 goto done;
         }
@@ -594,10 +621,12 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             stop = stop > 0 ? stop : 1;
         if (!isfinite(step_loss))
             stop = STOP_DIVERGED;
+        if (rank == 0 && out.err[0])
+            stop = STOP_OUTPUT;
         if (size > 1 && (st = nnp_comm_allreduce_max_f64(comm, &stop, 1)) != NNP_OK)
             goto done;
-        const int diverged = stop >= STOP_DIVERGED;
-        if (balance && !diverged && done_steps % cfg->balance_every == 0) {
+        const int diverged = stop == STOP_DIVERGED, out_failed = stop == STOP_OUTPUT;
+        if (balance && stop < STOP_DIVERGED && done_steps % cfg->balance_every == 0) {
             st = rebalance(comm, &b, bal_n, bal_t, G, (size_t)net->max_batch);
             if (st != NNP_OK)
                 goto done;
@@ -607,7 +636,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         if (fault_step == done_steps && fault_rank == rank)
             exchange_drift(&x); /* test hook: a replica drifts (see fault_from_env) */
         if (cfg->check_replicas > 0 && done_steps % cfg->check_replicas == 0 && size > 1 &&
-            !diverged) { /* nan checksums would all differ */
+            stop < STOP_DIVERGED) { /* nan checksums would all differ */
             double cs[2];
             cs[0] = param_checksum(net);
             cs[1] = -cs[0];
@@ -625,7 +654,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         }
 
         int is_last = done_steps == total;
-        if (done_steps % log_every == 0 || is_last || diverged) { /* the nan row, too */
+        if ((done_steps % log_every == 0 || is_last || diverged) && !out_failed) {
             double m[3] = {loss_acc[0], loss_acc[1], loss_acc[2]};
             double mn[T_N], mean[T_N], mx[T_N];
             st = nnp_comm_allreduce_sum_f64(comm, m, 3);
@@ -645,14 +674,13 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
                     fprintf(out.train_csv, "%lld,%.6f,%.9g,%.6f,%.9g,%.1f,%.3f\n",
                             (long long)done_steps, fe, tl, ta, lr, sps,
                             wall_before + now - t_start);
-                    fflush(out.train_csv);
                 }
                 if (out.timing_csv) {
                     for (int i = 0; i < T_N; i++)
                         fprintf(out.timing_csv, "%lld,%s,%.6f,%.6f,%.6f\n", (long long)done_steps,
                                 timer_names[i], mn[i], mean[i], mx[i]);
-                    fflush(out.timing_csv);
                 }
+                outputs_flush(&out);
                 if (!cfg->quiet) {
                     char eta[32];
                     double elapsed = now - t_start;
@@ -674,7 +702,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             t_log = nnp_comm_wtime();
         }
 
-        if (!diverged && (done_steps % eval_every == 0 || is_last)) {
+        if (stop < STOP_DIVERGED && (done_steps % eval_every == 0 || is_last)) {
             double tl, ta;
             st = nnp_evaluate(comm, net, cfg->loss, test, &tl, &ta);
             if (st != NNP_OK)
@@ -687,8 +715,8 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
                     fprintf(out.eval_csv, "%lld,%.6f,%.9g,%.6f,%.3f\n", (long long)done_steps,
                             (double)done_steps / (double)spe, tl, ta,
                             wall_before + now - t_start);
-                    fflush(out.eval_csv);
                 }
+                outputs_flush(&out);
                 if (!cfg->quiet) {
                     printf("[eval]  epoch %.2f step %lld test loss %.4f test acc %.2f%%\n",
                            (double)done_steps / (double)spe, (long long)done_steps, tl,
@@ -730,6 +758,13 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
                 goto done;
             t_log += nnp_comm_wtime() - t_ck; /* nor does checkpointing */
         }
+        if (out_failed) {
+            st = rank != 0 ? NNP_ERR_REMOTE
+                           : nnp_error(NNP_ERR_IO, "%s; step %lld was checkpointed: resume with "
+                                                   "--resume auto once it can be written",
+                                       out.err, (long long)done_steps);
+            goto done;
+        }
         if (stop > 0 && !is_last) {
             if (rank == 0) /* printed even with --quiet: the exit code needs explaining */
                 printf("[stop]  stop request (%s) after step %lld: checkpointed, exit code 75 "
@@ -760,6 +795,12 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         }
         if (st == NNP_OK)
             st = report_ranks(comm, cfg, tot_timers, my_samples, b.rank_t);
+        if (st == NNP_OK && rank == 0) { /* the rows written after the last stop check */
+            outputs_flush(&out);
+            if (out.err[0])
+                st = nnp_error(NNP_ERR_IO, "%s", out.err);
+        }
+        st = nnp_comm_agree(comm, st);
     }
 
 done:
