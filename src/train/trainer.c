@@ -604,18 +604,16 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         }
         exchange_update(&x, &opt, lr, scale);
         step_allocs += nnp_alloc_count() - allocs_before; /* the step must allocate nothing */
-        double t6 = nnp_comm_wtime();
-        timers[T_OPT] += t6 - t5;
+        timers[T_OPT] += nnp_comm_wtime() - t5;
         if ((st = exchange_params(&x, &timers[T_AR])) != NNP_OK)
             goto done;
-        t6 = nnp_comm_wtime();
         samples_since_log += (int64_t)gc;
 
         const int64_t done_steps = step + 1;
 
-        /* stop request: a signal on any rank, the stop file seen by rank 0, or a loss that
-         * is no longer finite on any rank (one tiny allreduce per step for all three; the
-         * divergence outranks the others) */
+        /* stop request: a signal on any rank, the stop file seen by rank 0, a loss that is
+         * no longer finite on any rank, or a failed CSV write on rank 0 (one tiny allreduce
+         * per step for all four; the errors' values outrank the signals) */
         double stop = stop_signal;
         if (rank == 0 && cfg->stop_file && cfg->stop_file[0] && access(cfg->stop_file, F_OK) == 0)
             stop = stop > 0 ? stop : 1;
@@ -627,11 +625,12 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             goto done;
         const int diverged = stop == STOP_DIVERGED, out_failed = stop == STOP_OUTPUT;
         if (balance && stop < STOP_DIVERGED && done_steps % cfg->balance_every == 0) {
+            const double t7 = nnp_comm_wtime();
             st = rebalance(comm, &b, bal_n, bal_t, G, (size_t)net->max_batch);
             if (st != NNP_OK)
                 goto done;
             bal_t = bal_n = 0;
-            timers[T_BAL] += nnp_comm_wtime() - t6;
+            timers[T_BAL] += nnp_comm_wtime() - t7;
         }
         if (fault_step == done_steps && fault_rank == rank)
             exchange_drift(&x); /* test hook: a replica drifts (see fault_from_env) */
