@@ -7,6 +7,12 @@ bash scripts/install-deps.sh
 bash scripts/build.sh
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 mkdir -p results
+# nnprec does not start a fresh run in a folder that holds another run's checkpoints:
+# the demo replaces its own earlier output
+if [ -e results/demo ]; then
+  echo "[demo] replacing results/demo (an earlier demo's output)"
+  rm -rf results/demo
+fi
 mpirun -np 2 --bind-to core ./build/nnprec train --model lenet --epochs 2 --batch 32 \
   --lr 0.01 --momentum 0.9 --eval-every 500 --out results/demo "$@"
 echo "[demo] wrote results/demo/{train,eval,timing,ranks}.csv and its checkpoints"

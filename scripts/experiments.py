@@ -97,7 +97,7 @@ def cmd_run(args):
                 continue
             os.makedirs(d, exist_ok=True)
             argv = [args.nnprec, "train"] + e["base"] + opts + [
-                "--epochs", str(epochs), "--seed", str(s), "--out", d, "--quiet"]
+                "--epochs", str(epochs), "--seed", str(s), "--out", d, "--resume", "auto", "--quiet"]
             todo.append((cfg, s, d, argv))
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     running = []

@@ -20,6 +20,8 @@ expect 2 "unknown option '--bogus'" "$nnprec" train --bogus 1
 expect 2 "needs a value" "$nnprec" train --lr
 expect 2 "expects a finite number" "$nnprec" train --lr abc
 expect 2 "--lr must be positive" "$nnprec" train --lr -1
+# under mpiexec every rank exits with the code of the rank that reports (2: bad command line)
+expect 2 "--lr must be positive" "$mpiexec" -n 3 --oversubscribe "$nnprec" train --lr -1
 expect 2 "--batch must be >= 1" "$nnprec" train --batch 0
 expect 2 "--balance must be >= 0" "$nnprec" train --balance -1
 expect 2 "--allreduce-mb: expected sizes" "$nnprec" bench --allreduce-mb 1,x
@@ -87,6 +89,11 @@ awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == "samples") c = i; next }
          { n++; s += $c } END { exit !(c && n == 2 && s == 1280) }' "$tmp/run/ranks.csv" &&
   ok || fail "ranks.csv: $(cat "$tmp/run/ranks.csv")"
 grep -q '^\[time\]  local work .* slowest rank [01] ' "$tmp/run.log" && ok || fail "slowest-rank line"
+# a fresh run into that folder (it holds the run's checkpoint) is refused and changes nothing
+ls -l --time-style=full-iso "$tmp/run" > "$tmp/run.before"
+expect 2 "--out $tmp/run already holds another run's checkpoints (latest $tmp/run/ckpt-[0-9]*.h5): continue it with --resume auto" \
+  "$mpiexec" -n 2 --oversubscribe "$nnprec" train --train-limit 640 --test-limit 100 --steps 3 --out "$tmp/run"
+ls -l --time-style=full-iso "$tmp/run" | cmp -s - "$tmp/run.before" && ok || fail "the refused run changed $tmp/run"
 
 # nnprec bench --allreduce-mb: every rank takes part, rank 0 prints one row per size; the
 # bench checks each collective's result (exact sums), so the 3-rank runs test the ring too

@@ -35,6 +35,13 @@ nnp_status nnp_error(nnp_status s, const char *fmt, ...)
 #endif
     ;
 
+/* Return NNP_ERR_REMOTE for a rank that stays quiet because another rank failed with `kind`
+ * and reports it; the kind is kept for nnp_remote_kind(), so that every rank can exit with
+ * the same code. */
+nnp_status nnp_remote(nnp_status kind);
+/* The kind of the last nnp_remote() (NNP_ERR_REMOTE if none is known). */
+nnp_status nnp_remote_kind(void);
+
 /* The recorded message ("" if none). */
 const char *nnp_error_msg(void);
 void nnp_error_clear(void);

@@ -83,7 +83,7 @@ nnp_status nnp_cmd_eval(nnp_comm *comm, int argc, char **argv)
         s = nnp_error(NNP_ERR_ARG, "--test-limit must be >= 0");
     /* identical on every rank: only rank 0 reports */
     if (s != NNP_OK)
-        return rank == 0 ? s : NNP_ERR_REMOTE;
+        return rank == 0 ? s : nnp_remote(s);
     if (!getenv("OPENBLAS_NUM_THREADS") && nnp_comm_local_size(comm) > 1)
         openblas_set_num_threads(1);
 

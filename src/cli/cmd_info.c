@@ -26,7 +26,7 @@ nnp_status nnp_cmd_info(nnp_comm *comm, int argc, char **argv)
     if (argc != 1 || argv[0][0] == '-')
         s = nnp_error(NNP_ERR_ARG, "usage: nnprec info FILE (one checkpoint file)");
     if (s != NNP_OK)
-        return rank == 0 ? s : NNP_ERR_REMOTE;
+        return rank == 0 ? s : nnp_remote(s);
     if (rank == 0) {
         s = nnp_ckpt_info(argv[0], stdout);
         fflush(stdout);

@@ -414,7 +414,7 @@ nnp_status nnp_cmd_stats(nnp_comm *comm, int argc, char **argv)
         s = build_config(&cfg);
     /* identical on every rank: only rank 0 reports */
     if (s != NNP_OK)
-        return rank == 0 ? s : NNP_ERR_REMOTE;
+        return rank == 0 ? s : nnp_remote(s);
     if (rank != 0)
         return NNP_OK;
 

@@ -334,7 +334,7 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
         s = parse_normalize(O.normalize, &mean, &std);
     /* identical on every rank: only rank 0 reports */
     if (s != NNP_OK)
-        return rank == 0 ? s : NNP_ERR_REMOTE;
+        return rank == 0 ? s : nnp_remote(s);
 
     setup_threads(comm);
     /* resolve --resume on rank 0 (auto: the latest checkpoint in --out, if any) and share */
@@ -354,6 +354,17 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
         } else {
             snprintf(resume, sizeof resume, "%s", O.resume);
         }
+    } else if (rank == 0 && O.out[0]) {
+        /* a fresh run must not mix its files with another run's (its checkpoint rotation
+         * would delete its own files first, and --resume auto would pick the wrong one) */
+        char found_path[4096];
+        int found = 0;
+        s = nnp_ckpt_latest(O.out, found_path, sizeof found_path, &found);
+        if (s == NNP_OK && found)
+            s = nnp_error(NNP_ERR_ARG, "--out %s already holds another run's checkpoints "
+                                       "(latest %s): continue it with --resume auto, or choose "
+                                       "another --out (nothing was changed)",
+                          O.out, found_path);
     }
     s = nnp_comm_agree(comm, s);
     if (s == NNP_OK)

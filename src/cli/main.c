@@ -86,7 +86,7 @@ int main(int argc, char **argv)
                                             : NNP_EXIT_ERROR;
     /* a rank that only saw another rank's failure exits like it */
     if (s == NNP_ERR_REMOTE)
-        code = NNP_EXIT_ERROR;
+        code = nnp_remote_kind() == NNP_ERR_ARG ? NNP_EXIT_USAGE : NNP_EXIT_ERROR;
     nnp_comm_finalize(comm);
     return code;
 }

@@ -36,6 +36,16 @@ nnp_status nnp_error(nnp_status s, const char *fmt, ...)
     return s;
 }
 
+static _Thread_local nnp_status remote_kind = NNP_ERR_REMOTE;
+
+nnp_status nnp_remote(nnp_status kind)
+{
+    remote_kind = kind;
+    return NNP_ERR_REMOTE;
+}
+
+nnp_status nnp_remote_kind(void) { return remote_kind; }
+
 const char *nnp_error_msg(void) { return err_set ? err_msg : ""; }
 
 void nnp_error_clear(void)

@@ -147,17 +147,20 @@ nnp_status nnp_comm_barrier(nnp_comm *c) { return mpi_check(MPI_Barrier(c->comm)
 nnp_status nnp_comm_agree(nnp_comm *c, nnp_status local)
 {
     /* the lowest failing rank keeps its status (and prints); every other rank, failing or
-     * not, gets NNP_ERR_REMOTE, so one message reaches the user, not one per rank */
-    int mine = local != NNP_OK ? c->rank : c->size, lowest = mine;
+     * not, gets NNP_ERR_REMOTE, so one message reaches the user, not one per rank, and
+     * learns that rank's status (nnp_remote), so all exit with the same code */
+    struct {
+        int rank, status;
+    } mine = {local != NNP_OK ? c->rank : c->size, (int)local}, lowest = mine;
     if (c->size > 1) {
-        nnp_status s = mpi_check(MPI_Allreduce(&mine, &lowest, 1, MPI_INT, MPI_MIN, c->comm),
+        nnp_status s = mpi_check(MPI_Allreduce(&mine, &lowest, 1, MPI_2INT, MPI_MINLOC, c->comm),
                                  "MPI_Allreduce(agree)");
         if (s != NNP_OK)
             return s;
     }
-    if (lowest == c->size)
+    if (lowest.rank == c->size)
         return NNP_OK;
-    return lowest == c->rank ? local : NNP_ERR_REMOTE;
+    return lowest.rank == c->rank ? local : nnp_remote((nnp_status)lowest.status);
 }
 
 nnp_status nnp_comm_allgather_f64(nnp_comm *c, double v, double *out)
