@@ -18,7 +18,9 @@ once: the machine's ceiling with no communication.
                            [--variants fused shm ...] [--no-torch] [--rounds N]
                            [--plot PNG] [--csv FILE] [--logs DIR] [--torch-python PY]
 
-Each rank is bound to a core (--bind-to core) with one BLAS thread.
+Each rank is bound to a core (--bind-to core) with one BLAS thread. With --rounds N > 1 the
+end of the output pairs every variant with fused round by round (ahead in k of N, median
+and range of the difference in samples/s).
 """
 import argparse
 import csv
@@ -216,6 +218,22 @@ def main():
               f"{f'{100 * spread:+.0f}%' if p > 1 else '':>6} "
               f"{'' if tsps is None else f'{tsps:.0f}':>10} "
               f"{'' if teff is None else f'{100 * teff:.0f}%':>9}", flush=True)
+
+    if a.rounds > 1:
+        # each variant against fused in the same round: how often it was faster, by how much
+        lines = []
+        for m, mode, who, p in jobs:
+            if who in ("fused", "torch", "independent") or p == 1:
+                continue
+            d = [r[0] / f[0] - 1 for r, f in zip(got[(m, mode, who, p)], got[(m, mode, "fused", p)])
+                 if r[0] and f[0]]
+            if d:
+                lines.append(f"{m:<6} {mode:<6} {p:>5} {who:>12}  ahead in {sum(x > 0 for x in d)} "
+                             f"of {len(d)}, median {100 * statistics.median(d):+.1f}% "
+                             f"({100 * min(d):+.1f}% .. {100 * max(d):+.1f}%)")
+        if lines:
+            print("\nsamples/s against fused in the same round:")
+            print("\n".join(lines), flush=True)
 
     if a.csv:
         with open(a.csv, "w", newline="") as f:
