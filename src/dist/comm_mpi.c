@@ -384,7 +384,7 @@ struct nnp_comm_shm {
     size_t lo, hi;        /* this rank's share */
     float *params;        /* the node's one copy of the parameters (in node rank 0's segment) */
     float **grads;        /* [lsize]: every node rank's gradients, mapped here */
-    int *counts, *displs;    /* [lsize]: the node shares */
+    int *counts, *displs; /* [lsize]: the node shares */
 };
 
 /* Every rank makes every collective call below whatever failed locally before it, so that
