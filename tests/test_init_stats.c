@@ -59,7 +59,7 @@ static expect_t expected(const char *name, const nnp_tensor *t, double gain)
         e = (expect_t){D_CONST, 0.05};
     else if (strcmp(name, "seed") == 0)
         /* prior sigma = sqrt(0.96/prod(shape[1:])), / sqrt(0.34) for dense (2-D) weights;
-         * biases N(0, 0.2^2) (reference/seed-precond.md) */
+         * biases N(0, 0.2^2) (docs/reference-pytorch.md) */
         e = (expect_t){D_NORMAL, !w ? 0.2
                                     : t->ndim == 2 ? sqrt(0.96 / fi / 0.34)
                                                    : sqrt(0.96 / fi)};
@@ -257,7 +257,7 @@ static void test_determinism_and_streams(void)
     nnp_net_free(b);
 }
 
-/* The seed prior's sigmas on lenet and the deep MLP equal reference/seed-precond.md. */
+/* The seed prior's sigmas on lenet and the deep MLP equal docs/reference-pytorch.md. */
 static void test_seed_prior_reference(void)
 {
     nnp_net *net = NULL;

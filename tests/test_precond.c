@@ -1,7 +1,7 @@
 /* test_precond.c - the statistical preconditioner (docs/preconditioner.md).
  *
  *  1. --precond-formula seed reproduces seed 000's multipliers for LeNet and the deep MLP
- *     (the tables of shared/reference/seed-precond.md, printed to 6 decimals, so every
+ *     (the tables of docs/reference-pytorch.md, printed to 6 decimals, so every
  *     value must agree to half a unit in the last printed place, 5e-7).
  *  2. Simulated ranks: the per-rank shares of the flat buffer are contiguous and disjoint,
  *     and the local sums of all ranks add up to the single-rank sums.

@@ -1,4 +1,4 @@
-/* init.h - parameter initializers (docs/initializers.md has every formula).
+/* init.h - parameter initializers (every formula is below).
  *
  * Names accepted by nnp_init_parse (the --init option):
  *   pytorch            W, b ~ U(+-1/sqrt(fan_in))  (PyTorch's Linear/Conv2d default:

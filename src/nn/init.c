@@ -1,9 +1,9 @@
-/* init.c - parameter initializers (see init.h and docs/initializers.md).
+/* init.c - parameter initializers (formulas in init.h).
  *
  * Formulas follow torch.nn.init (PyTorch 1.13): calculate_gain, xavier_uniform_/normal_,
  * kaiming_uniform_/normal_ (mode fan_in), orthogonal_, and the Linear/Conv2d default
  * reset_parameters (U(+-1/sqrt(fan_in)) for weight and bias). "seed" is the seed project's
- * prior (docs/initializers.md, shared with the static preconditioner).
+ * prior (init.h; the static preconditioner assumes the same prior by default).
  *
  * Trainable layer k draws from RNG stream (seed, NNP_STREAM_INIT + k), weight first, then
  * bias, so a layer's values depend only on (seed, k, its shape) and never on other layers.
