@@ -43,7 +43,7 @@ static train_opts O;
 
 static nnp_option opts[] = {
     OPT_S("model", model, "lenet", "lenet | mlp:784-256x12-10 | seq:... (docs/models.md)"),
-    OPT_S("act", act, "relu", "activation between mlp layers: relu|leaky-relu|tanh|sigmoid"),
+    OPT_S("act", act, "relu", "activation between mlp layers: relu|leaky-relu|tanh|sigmoid|identity"),
     OPT_S("loss", loss, "ce", "loss: ce (softmax cross-entropy) | mse (one-hot targets)"),
     OPT_S("init", init, "pytorch",
       "pytorch|xavier-uniform|xavier-normal|kaiming-uniform|kaiming-normal|lecun-normal|"
@@ -76,7 +76,7 @@ static nnp_option opts[] = {
     OPT_L("eval-every", eval_every, "0", "steps between evaluations on the test set (0: every epoch)"),
     OPT_L("log-every", log_every, "100", "steps between log rows and progress lines"),
     OPT_L("stats-every", stats_every, "0", "steps between per-tensor rows in OUT/layers.csv (0: off)"),
-    OPT_S("out", out, "", "output folder for train.csv, eval.csv, timing.csv, layers.csv"),
+    OPT_S("out", out, "", "output folder: train.csv, eval.csv, timing.csv, ranks.csv, layers.csv, ckpt-STEP.h5, latest"),
     OPT_S("precond", precond, "none", "gradient preconditioner: none | static | dynamic"),
     OPT_S("precond-formula", pformula, "corrected", "corrected | seed (seed 000's exact formulas)"),
     OPT_I("precond-every", precond_every, "1", "dynamic: recompute the multipliers every K steps"),

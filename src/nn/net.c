@@ -175,7 +175,7 @@ static nnp_status parse_item(builder *b, char *item)
         nnp_error_clear();
         return nnp_error(NNP_ERR_ARG,
                          "unknown item '%s' in model spec '%s' (expected dense, conv, maxpool, "
-                         "avgpool, flatten, relu, leaky-relu, tanh, sigmoid)",
+                         "avgpool, flatten, relu, leaky-relu, tanh, sigmoid, identity)",
                          kind, b->spec);
     }
     return add_act(b, a, alpha);
