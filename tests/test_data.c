@@ -236,6 +236,94 @@ static void test_errors(void)
         fclose(f);
     }
     expect_error(full, lb, NNP_ERR_FORMAT, full);
+
+    /* A corrupt gzip stream that still inflates to exactly the promised number of bytes:
+     * only the CRC32 check at the end of the stream can catch it, so the loader must read
+     * to the end. Images like real ones (smooth blobs) compress well; a one-bit flip in the
+     * middle of such a stream often keeps inflating quietly. The test first finds such a
+     * flip (reading exactly header + pixels with zlib reports nothing), then requires
+     * nnp_idx_load to reject the file. */
+    {
+        enum { BN = 2000, BS = 28, BD = BS * BS, HDR = 16 };
+        static unsigned char raw[HDR + BN * BD], lab[BN], comp[HDR + BN * BD];
+        static unsigned char back[HDR + BN * BD];
+        uint32_t ih[4] = {0x803, BN, BS, BS};
+        for (int i = 0; i < 4; i++)
+            put_be32(raw + 4 * i, ih[i]);
+        uint64_t x = 0x9e3779b97f4a7c15ull;
+        for (int i = 0; i < BN; i++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            int cx = 5 + (int)(x % 18), cy = 5 + (int)((x >> 8) % 18), r = 3 + (int)((x >> 16) % 8);
+            for (int yy = 0; yy < BS; yy++)
+                for (int xx = 0; xx < BS; xx++) {
+                    int d2 = (xx - cx) * (xx - cx) + (yy - cy) * (yy - cy);
+                    int v = 255 - 255 * d2 / (4 * r * r);
+                    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                    raw[HDR + (size_t)i * BD + yy * BS + xx] =
+                        (unsigned char)((v > 0 ? v : 0) | (int)(x & 3));
+                }
+            lab[i] = (unsigned char)(i % 10);
+        }
+        const char *bl = tmp_path("blob-labels"), *good = tmp_path("blob-ok.gz");
+        const char *bad = tmp_path("blob-bad.gz");
+        uint32_t lh[2] = {0x801, BN};
+        write_file(bl, 0, lh, 2, lab, BN);
+        write_file(good, 1, ih, 4, raw + HDR, (size_t)BN * BD);
+        f = fopen(good, "rb");
+        size_t clen = f ? fread(comp, 1, sizeof comp, f) : 0;
+        if (f)
+            fclose(f);
+        ASSERT_TRUE(clen > 1000 && clen < sizeof comp);
+
+        nnp_dataset d;
+        ASSERT_TRUE(nnp_idx_load(good, bl, 0, 0, SIZE_MAX, &d) == NNP_OK);
+        ASSERT_TRUE(d.n == BN && memcmp(d.pix, raw + HDR, (size_t)BN * BD) == 0);
+        nnp_dataset_free(&d);
+
+        int found = 0;
+        for (size_t off = clen / 4; off < clen / 4 + 400 && !found; off++) {
+            comp[off] ^= 0x10;
+            f = fopen(bad, "wb");
+            ASSERT_TRUE(f != NULL);
+            if (!f)
+                break;
+            fwrite(comp, 1, clen, f);
+            fclose(f);
+            comp[off] ^= 0x10;
+            gzFile g = gzopen(bad, "rb");
+            ASSERT_TRUE(g != NULL);
+            if (!g)
+                break;
+            gzbuffer(g, 1u << 17); /* as the loader reads */
+            int zerr = Z_OK, got = gzread(g, back, (unsigned)sizeof back);
+            gzerror(g, &zerr);
+            gzclose(g);
+            found = got == (int)sizeof back && zerr == Z_OK &&
+                    memcmp(back, raw, sizeof back) != 0;
+        }
+        ASSERT_TRUE(found); /* a quiet corruption exists among the 400 flips tried */
+        if (found)
+            expect_error(bad, bl, NNP_ERR_FORMAT, bad);
+    }
+
+    /* More data than the header promises, raw and gzip'd: images and labels. */
+    for (int gz = 0; gz < 2; gz++) {
+        const char *pi = tmp_path(gz ? "long-images.gz" : "long-images");
+        const char *pl = tmp_path(gz ? "long-labels.gz" : "long-labels");
+        const char *pl1 = tmp_path(gz ? "labels-n1.gz" : "labels-n1");
+        const char *pi1 = tmp_path(gz ? "images-n1.gz" : "images-n1");
+        write_images(pi, gz, 0x803, NIMG - 1, IH, IW, sizeof g_pix); /* one image too many */
+        write_labels(pl1, gz, 0x801, NIMG - 1, NIMG - 1);
+        expect_error(pi, pl1, NNP_ERR_FORMAT, pi);
+        write_images(pi1, gz, 0x803, NIMG - 1, IH, IW, sizeof g_pix - ID);
+        write_labels(pl, gz, 0x801, NIMG - 1, NIMG); /* one label too many */
+        expect_error(pi1, pl, NNP_ERR_FORMAT, pl);
+        /* the exact files load */
+        nnp_dataset d;
+        ASSERT_TRUE(nnp_idx_load(pi1, pl1, 0, 0, SIZE_MAX, &d) == NNP_OK);
+        ASSERT_EQ_INT(d.n, NIMG - 1);
+        nnp_dataset_free(&d);
+    }
 }
 
 static void test_paths(void)

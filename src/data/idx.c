@@ -5,7 +5,9 @@
  * the labels file is magic 0x00000801, N and N bytes. Only the samples [lo, hi) of the
  * first `limit` are kept; the images before lo are read and discarded. The labels file is
  * small and is read whole, so truncation anywhere in it is caught and n_classes is the
- * same on every rank whatever its shard.
+ * same on every rank whatever its shard. A file read to its end must end there: for a gzip'd
+ * file that is where zlib checks the stream's CRC and length, so corrupt pixels are caught
+ * whenever the last image is read (always, unless a limit or shard stops short of it).
  */
 #include "nnprec/data.h"
 
@@ -29,6 +31,18 @@ static const char *open_errstr(void)
     return errno ? strerror(errno) : "cannot open";
 }
 
+/* zlib's message for f's error, without the "path: " prefix gzerror puts in front. */
+static const char *gz_msg(gzFile f, const char *path, int *zerr)
+{
+    const char *msg = gzerror(f, zerr);
+    size_t n = strlen(path);
+    if (!msg || !msg[0])
+        return "gzip error";
+    if (strncmp(msg, path, n) == 0 && msg[n] == ':' && msg[n + 1] == ' ')
+        return msg + n + 2;
+    return msg;
+}
+
 /* Read exactly `len` bytes. Returns NNP_OK, or an error naming the path and `what`. */
 static nnp_status read_exact(gzFile f, const char *path, void *buf, size_t len,
                              const char *what)
@@ -42,12 +56,11 @@ static nnp_status read_exact(gzFile f, const char *path, void *buf, size_t len,
         int got = gzread(f, p + done, (unsigned)want);
         if (got < 0) {
             int zerr = 0;
-            const char *msg = gzerror(f, &zerr);
+            const char *msg = gz_msg(f, path, &zerr);
             if (zerr == Z_ERRNO)
                 return nnp_error(NNP_ERR_IO, "%s: read error in %s: %s", path, what,
                                  strerror(errno));
-            return nnp_error(NNP_ERR_FORMAT, "%s: corrupt data in %s: %s", path, what,
-                             msg ? msg : "gzip error");
+            return nnp_error(NNP_ERR_FORMAT, "%s: corrupt data in %s: %s", path, what, msg);
         }
         if (got == 0)
             return nnp_error(NNP_ERR_FORMAT,
@@ -55,6 +68,25 @@ static nnp_status read_exact(gzFile f, const char *path, void *buf, size_t len,
                              what, len, done);
         done += (size_t)got;
     }
+    return NNP_OK;
+}
+
+/* After the last byte the header promised: the file must end here, and a gzip stream must
+ * pass its CRC and length check, which zlib makes only when the stream's end is read. */
+static nnp_status expect_end(gzFile f, const char *path, const char *what)
+{
+    unsigned char extra;
+    int got = gzread(f, &extra, 1);
+    int zerr = Z_OK;
+    const char *msg = gz_msg(f, path, &zerr);
+    if (got < 0 || (zerr != Z_OK && zerr != Z_STREAM_END)) {
+        if (zerr == Z_ERRNO)
+            return nnp_error(NNP_ERR_IO, "%s: read error in %s: %s", path, what, strerror(errno));
+        return nnp_error(NNP_ERR_FORMAT, "%s: corrupt data in %s: %s", path, what, msg);
+    }
+    if (got > 0)
+        return nnp_error(NNP_ERR_FORMAT, "%s: longer than its header says (data after the %s)",
+                         path, what);
     return NNP_OK;
 }
 
@@ -127,6 +159,8 @@ static nnp_status load(gzFile fi, gzFile fl, const char *images_path, const char
     if (N && !labels)
         return NNP_ERR_NOMEM;
     nnp_status s = read_exact(fl, labels_path, labels, N, "label data");
+    if (s == NNP_OK)
+        s = expect_end(fl, labels_path, "label data");
     if (s != NNP_OK) {
         free(labels);
         return s;
@@ -153,6 +187,8 @@ static nnp_status load(gzFile fi, gzFile fl, const char *images_path, const char
 
     if (n == 0) {
         free(labels);
+        if (N == 0) /* an empty file: its end is here */
+            return expect_end(fi, images_path, "image data");
         return NNP_OK;
     }
     if (n > SIZE_MAX / D) {
@@ -171,6 +207,8 @@ static nnp_status load(gzFile fi, gzFile fl, const char *images_path, const char
 
     NNP_CALL(skip_bytes(fi, images_path, first * D));
     NNP_CALL(read_exact(fi, images_path, out->pix, n * D, "image data"));
+    if (first + n == N)
+        NNP_CALL(expect_end(fi, images_path, "image data"));
     out->n = n;
     return NNP_OK;
 }
