@@ -74,6 +74,27 @@ mkdir -p "$tmp/trunc"
 for f in /usr/share/datasets/fashion-mnist/*; do cp "$f" "$tmp/trunc/"; done
 head -c 100000 /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz > "$tmp/trunc/train-images-idx3-ubyte.gz"
 expect 1 "train-images-idx3-ubyte.gz" "$nnprec" train --data "$tmp/trunc"
+# a test set that does not fit the training set: other image size, labels beyond the
+# model's outputs, no samples (each used to be evaluated: a heap overflow, a garbage
+# accuracy, nan); raw IDX files written here: magic, count, rows, columns, then the bytes
+be32() { printf "$(printf '\\x%02x\\x%02x\\x%02x\\x%02x' $(($1 >> 24 & 255)) $(($1 >> 16 & 255)) \
+  $(($1 >> 8 & 255)) $(($1 & 255)))"; }
+idx_test() { # DIR N SIDE LABEL
+  mkdir -p "$1"
+  ln -sf /usr/share/datasets/fashion-mnist/train-* "$1/"
+  { be32 2051; be32 "$2"; be32 "$3"; be32 "$3"; head -c $(($2 * $3 * $3)) /dev/zero; } \
+    > "$1/t10k-images-idx3-ubyte"
+  { be32 2049; be32 "$2"; for ((i = 0; i < $2; i++)); do printf "$(printf '\\x%02x' "$4")"; done; } \
+    > "$1/t10k-labels-idx1-ubyte"
+}
+idx_test "$tmp/t32" 10 32 1
+expect 1 "test images in $tmp/t32 are 1x32x32, training images 1x28x28" "$mpiexec" -n 2 \
+  --oversubscribe "$nnprec" train --train-limit 64 --steps 1 --data "$tmp/t32"
+idx_test "$tmp/tlab" 10 28 200
+expect 1 "model lenet has 10 outputs but the test labels in $tmp/tlab go up to 200" \
+  "$nnprec" train --train-limit 64 --steps 1 --data "$tmp/tlab"
+idx_test "$tmp/t0" 0 28 0
+expect 1 "the test set in $tmp/t0 is empty" "$nnprec" train --train-limit 64 --steps 1 --data "$tmp/t0"
 
 # a short real run writes its CSV files with the documented columns
 timeout 120 "$mpiexec" -n 2 --oversubscribe "$nnprec" train --train-limit 640 --test-limit 200 \

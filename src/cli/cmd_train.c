@@ -271,6 +271,8 @@ nnp_status nnp_cli_load_test(nnp_comm *comm, const char *data, int64_t limit, nn
                 : nnp_idx_load(img, lab, (size_t)limit, 0, 0, &probe));
     size_t nt = probe.n_total;
     nnp_dataset_free(&probe);
+    if (nt == 0)
+        return nnp_error(NNP_ERR_FORMAT, "the test set in %s is empty", data);
     if (limit > 0 && (size_t)limit < nt)
         nt = (size_t)limit;
     size_t lo, hi;
@@ -407,6 +409,12 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
     if (s == NNP_OK && net->n_classes < train.n_classes)
         s = nnp_error(NNP_ERR_ARG, "model %s has %d outputs but the data has %d classes", O.model,
                       net->n_classes, train.n_classes);
+    if (s == NNP_OK && (test.c != train.c || test.h != train.h || test.w != train.w))
+        s = nnp_error(NNP_ERR_FORMAT, "test images in %s are %dx%dx%d, training images %dx%dx%d",
+                      O.data, test.c, test.h, test.w, train.c, train.h, train.w);
+    if (s == NNP_OK && net->n_classes < test.n_classes)
+        s = nnp_error(NNP_ERR_FORMAT, "model %s has %d outputs but the test labels in %s go up to %d",
+                      O.model, net->n_classes, O.data, test.n_classes - 1);
     if (s == NNP_OK)
         s = nnp_init_net(net, &init, cfg.seed);
     if (s == NNP_OK && rank == 0)
