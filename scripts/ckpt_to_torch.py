@@ -15,16 +15,49 @@ Examples:
 """
 import argparse
 import gzip
+import math
 import os
 import struct
 import sys
+import zlib
 
 import h5py
 import numpy as np
 import torch
 from torch import nn
 
+PROG = "ckpt_to_torch.py"
 DEFAULT_DATA = "/usr/share/datasets/fashion-mnist"
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (exit 2), like nnprec's own option errors."""
+
+    def error(self, message):
+        self.exit(2, "%s: error: %s\n" % (self.prog, message))
+
+
+def die(msg):
+    """A bad input file or a failed step: one 'ckpt_to_torch.py: error: ...' line, exit 1."""
+    sys.exit("%s: error: %s" % (PROG, " ".join(str(msg).split())))
+
+
+def why(e):
+    """An exception as one line ('FILE: No such file or directory' for an OSError)."""
+    if isinstance(e, OSError) and e.strerror:
+        return "%s: %s" % (e.filename, e.strerror) if e.filename else e.strerror
+    return str(e) or type(e).__name__
+
+
+def positive_int(s):
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError("invalid int value: '%s'" % s) from None
+    if v < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer, got %d" % v)
+    return v
 
 
 def parse_shape(tok):
@@ -34,105 +67,162 @@ def parse_shape(tok):
     return tuple(int(p) for p in parts)
 
 
+def field(a, i, default=None, least=1):
+    """Field i of an architecture item split at ':', as an int >= least (ValueError if not)."""
+    if i >= len(a):
+        if default is None:
+            raise ValueError("missing field")
+        return default
+    v = int(a[i])
+    if v < least:
+        raise ValueError("%d is below %d" % (v, least))
+    return v
+
+
 def build(arch):
-    """nn.Sequential for an architecture string; returns (model, input shape, trainable)."""
+    """nn.Sequential for an architecture string; returns (model, input shape, trainable,
+    output shape)."""
     items = [t for t in arch.replace(",", "/").split("/") if t]
     if items and items[0].startswith("seq:"):
         items[0] = items[0][4:]
     shape = parse_shape(items[0]) if items else None
-    if shape is None:
-        sys.exit("ckpt_to_torch: architecture '%s' does not start with an input shape" % arch)
+    if shape is None or min(shape) < 1:
+        die("architecture '%s' does not start with an input shape" % arch)
     items = items[1:]
     layers, trainable = [], []
     cur = shape  # (F,) or (C, H, W)
     for it in items:
         a = it.split(":")
         kind = a[0]
-        if kind in ("dense", "linear"):
-            if len(cur) == 3:
+        try:
+            if kind in ("dense", "linear"):
+                if len(cur) == 3:
+                    layers.append(nn.Flatten())
+                    cur = (cur[0] * cur[1] * cur[2],)
+                lin = nn.Linear(cur[0], field(a, 1))
+                layers.append(lin)
+                trainable.append(lin)
+                cur = (field(a, 1),)
+            elif kind == "conv":
+                cout, k = field(a, 1), field(a, 2)
+                s = field(a, 3, 1)
+                p = field(a, 4, 0, least=0)
+                conv = nn.Conv2d(cur[0], cout, k, stride=s, padding=p)
+                layers.append(conv)
+                trainable.append(conv)
+                cur = (cout, (cur[1] + 2 * p - k) // s + 1, (cur[2] + 2 * p - k) // s + 1)
+            elif kind in ("maxpool", "avgpool"):
+                k = field(a, 1)
+                s = field(a, 2, k)
+                layers.append(nn.MaxPool2d(k, s) if kind == "maxpool" else nn.AvgPool2d(k, s))
+                cur = (cur[0], (cur[1] - k) // s + 1, (cur[2] - k) // s + 1)
+            elif kind == "flatten":
                 layers.append(nn.Flatten())
-                cur = (cur[0] * cur[1] * cur[2],)
-            lin = nn.Linear(cur[0], int(a[1]))
-            layers.append(lin)
-            trainable.append(lin)
-            cur = (int(a[1]),)
-        elif kind == "conv":
-            cout, k = int(a[1]), int(a[2])
-            s = int(a[3]) if len(a) > 3 else 1
-            p = int(a[4]) if len(a) > 4 else 0
-            conv = nn.Conv2d(cur[0], cout, k, stride=s, padding=p)
-            layers.append(conv)
-            trainable.append(conv)
-            cur = (cout, (cur[1] + 2 * p - k) // s + 1, (cur[2] + 2 * p - k) // s + 1)
-        elif kind in ("maxpool", "avgpool"):
-            k = int(a[1])
-            s = int(a[2]) if len(a) > 2 else k
-            layers.append(nn.MaxPool2d(k, s) if kind == "maxpool" else nn.AvgPool2d(k, s))
-            cur = (cur[0], (cur[1] - k) // s + 1, (cur[2] - k) // s + 1)
-        elif kind == "flatten":
-            layers.append(nn.Flatten())
-            cur = (int(np.prod(cur)),)
-        elif kind == "relu":
-            layers.append(nn.ReLU())
-        elif kind == "leaky-relu":
-            layers.append(nn.LeakyReLU(float(a[1]) if len(a) > 1 else 0.01))
-        elif kind == "tanh":
-            layers.append(nn.Tanh())
-        elif kind == "sigmoid":
-            layers.append(nn.Sigmoid())
-        elif kind in ("identity", "linear-act"):
-            layers.append(nn.Identity())
-        else:
-            sys.exit("ckpt_to_torch: unknown item '%s' in architecture '%s'" % (it, arch))
-    return nn.Sequential(*layers), shape, trainable
+                cur = (int(np.prod(cur)),)
+            elif kind == "relu":
+                layers.append(nn.ReLU())
+            elif kind == "leaky-relu":
+                layers.append(nn.LeakyReLU(float(a[1]) if len(a) > 1 else 0.01))
+            elif kind == "tanh":
+                layers.append(nn.Tanh())
+            elif kind == "sigmoid":
+                layers.append(nn.Sigmoid())
+            elif kind in ("identity", "linear-act"):
+                layers.append(nn.Identity())
+            else:
+                die("unknown item '%s' in architecture '%s'" % (it, arch))
+        except (ValueError, IndexError, RuntimeError) as e:
+            die("bad item '%s' in architecture '%s' (%s)" % (it, arch, e))
+        if min(cur) < 1:
+            die("item '%s' in architecture '%s' leaves an empty shape %s" % (it, arch, cur))
+    return nn.Sequential(*layers), shape, trainable, cur
 
 
 def text_attr(v):
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
+def attr(h, path, name):
+    if name not in h.attrs:
+        die("%s lacks the attribute '%s'" % (path, name))
+    return h.attrs[name]
+
+
 def load_checkpoint(path):
-    h = h5py.File(path, "r")
+    if not os.path.isfile(path):
+        die("%s: no such checkpoint file" % path)
+    if not h5py.is_hdf5(path):
+        die("%s is not an HDF5 file" % path)
+    try:
+        with h5py.File(path, "r") as h:
+            return read_checkpoint(h, path)
+    except (OSError, KeyError, ValueError, TypeError) as e:  # truncated or damaged file
+        die("%s: cannot read the checkpoint (%s)" % (path, e))
+
+
+def read_checkpoint(h, path):
     fmt = text_attr(h.attrs.get("format", ""))
     if fmt != "nnprec-checkpoint":
-        sys.exit("ckpt_to_torch: %s is not an nnprec checkpoint (format '%s')" % (path, fmt))
-    ver = int(h.attrs["format_version"])
+        die("%s is not an nnprec checkpoint (format '%s')" % (path, fmt))
+    ver = int(attr(h, path, "format_version"))
     if ver != 1:
-        sys.exit("ckpt_to_torch: %s has format version %d, this script reads version 1"
-                 % (path, ver))
-    model, shape, trainable = build(text_attr(h.attrs["architecture"]))
+        die("%s has format version %d, this script reads version 1" % (path, ver))
+    model, shape, trainable, out_shape = build(text_attr(attr(h, path, "architecture")))
     # layer groups in the order of the flat parameter buffer (the offset of their weight)
-    groups = sorted((g for g in h if g not in ("optimizer", "precond")
-                     and isinstance(h[g], h5py.Group) and "weight" in h[g]),
-                    key=lambda g: int(h[g]["weight"].attrs["offset"]))
+    groups = [g for g in h if g not in ("optimizer", "precond")
+              and isinstance(h[g], h5py.Group) and "weight" in h[g]]
+    for g in groups:
+        if "offset" not in h[g]["weight"].attrs:
+            die("%s: /%s/weight lacks the attribute 'offset'" % (path, g))
+    groups.sort(key=lambda g: int(h[g]["weight"].attrs["offset"]))
     if len(groups) != len(trainable):
-        sys.exit("ckpt_to_torch: %d layer groups in %s, the architecture has %d trainable "
-                 "layers" % (len(groups), path, len(trainable)))
+        die("%d layer groups in %s, the architecture has %d trainable layers"
+            % (len(groups), path, len(trainable)))
     with torch.no_grad():
         for g, layer in zip(groups, trainable):
             for name in ("weight", "bias"):
+                if not isinstance(h[g].get(name), h5py.Dataset):
+                    die("%s: no dataset /%s/%s" % (path, g, name))
                 src = np.asarray(h[g][name], dtype=np.float32)
                 dst = getattr(layer, name)
                 if tuple(src.shape) != tuple(dst.shape):
-                    sys.exit("ckpt_to_torch: /%s/%s has shape %s, PyTorch expects %s"
-                             % (g, name, src.shape, tuple(dst.shape)))
+                    die("/%s/%s has shape %s, PyTorch expects %s"
+                        % (g, name, src.shape, tuple(dst.shape)))
+                if not np.isfinite(src).all():
+                    die("%s: /%s/%s holds non-finite values (NaN or inf)" % (path, g, name))
                 dst.copy_(torch.from_numpy(src))
     info = {
-        "model": text_attr(h.attrs["model"]),
-        "step": int(h.attrs["step"]),
-        "norm_mean": float(h.attrs["norm_mean"]),
-        "norm_std": float(h.attrs["norm_std"]),
+        "model": text_attr(attr(h, path, "model")),
+        "step": int(attr(h, path, "step")),
+        "norm_mean": float(attr(h, path, "norm_mean")),
+        "norm_std": float(attr(h, path, "norm_std")),
+        "outputs": out_shape[0] if len(out_shape) == 1 else None,
     }
-    h.close()
+    if not math.isfinite(info["norm_mean"]):
+        die("%s: normalization mean %g is not finite" % (path, info["norm_mean"]))
+    if not (math.isfinite(info["norm_std"]) and info["norm_std"] > 0):
+        die("%s: normalization std %g is not a finite positive number"
+            % (path, info["norm_std"]))
     return model.eval(), shape, info
 
 
 def read_idx(path, ndim):
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except OSError as e:  # a folder, unreadable, not gzip (BadGzipFile)
+        die("%s: %s" % (path, e.strerror or e))
+    except (EOFError, zlib.error) as e:  # truncated or corrupt .gz
+        die("%s: corrupt or truncated gzip data (%s)" % (path, e))
+    if len(data) < 4 + 4 * ndim:
+        die("%s: truncated header" % path)
     dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != math.prod(dims):
+        die("%s: %d data bytes, the header's dimensions %s need %d"
+            % (path, body.size, dims, math.prod(dims)))
+    return body.reshape(dims)
 
 
 def find_idx(dirname, kind, dim):
@@ -141,20 +231,30 @@ def find_idx(dirname, kind, dim):
         p = os.path.join(dirname, pat.format(k=kind, d=dim))
         if os.path.exists(p):
             return p
-    sys.exit("ckpt_to_torch: no t10k %s file in %s" % (kind, dirname))
+    die("no t10k %s file in %s" % (kind, dirname))
 
 
 def load_test(data):
     """Raw test images as float32 in their stored scale (uint8 -> /255) and labels."""
     if os.path.isfile(data) and h5py.is_hdf5(data):
-        with h5py.File(data, "r") as h:
-            x = np.asarray(h["test/images"])
-            y = np.asarray(h["test/labels"]).astype(np.int64)
+        try:
+            with h5py.File(data, "r") as h:
+                x = np.asarray(h["test/images"])
+                y = np.asarray(h["test/labels"]).astype(np.int64)
+        except (OSError, KeyError, ValueError, TypeError) as e:
+            die("%s: cannot read /test/images and /test/labels (%s)" % (data, e))
         if x.ndim == 3:
             x = x[:, None]
-    else:
+    elif os.path.isdir(data):
         x = read_idx(find_idx(data, "images", 3), 3)[:, None]
         y = read_idx(find_idx(data, "labels", 1), 1).astype(np.int64)
+    elif os.path.exists(data):
+        die("%s is neither an HDF5 file nor a folder of IDX files" % data)
+    else:
+        die("%s: no such file or folder" % data)
+    if y.ndim != 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+        die("%s: %d test images and labels of shape %s (want as many labels as images, "
+            "at least one)" % (data, x.shape[0], y.shape))
     xf = x.astype(np.float32)
     if x.dtype == np.uint8:
         xf *= np.float32(1.0 / 255.0)
@@ -162,7 +262,7 @@ def load_test(data):
 
 
 def main():
-    ap = argparse.ArgumentParser(
+    ap = ArgParser(
         description="Load an nnprec checkpoint (lenet, mlp or seq model) into the equivalent "
                     "PyTorch nn.Sequential and print its test accuracy as 'accuracy: XX.XX%%'.")
     ap.add_argument("checkpoint", help="checkpoint file (.h5), or a directory with a 'latest' "
@@ -170,24 +270,40 @@ def main():
     ap.add_argument("--data", default=DEFAULT_DATA,
                     help="Fashion-MNIST directory with t10k-*-ubyte[.gz], or an HDF5 dataset "
                          "file with /test/images and /test/labels (default %(default)s)")
-    ap.add_argument("--batch", type=int, default=1000, help="evaluation batch size")
+    ap.add_argument("--batch", type=positive_int, default=1000, help="evaluation batch size")
     ap.add_argument("--save", metavar="FILE.pt", help="also save the model's state_dict")
     args = ap.parse_args()
+    if args.save is not None:  # check before the evaluation, not after it
+        if not args.save:
+            ap.error("--save: the file name is empty")
+        if os.path.isdir(args.save):
+            die("--save: %s is a directory" % args.save)
+        parent = os.path.dirname(args.save) or "."
+        if not os.path.isdir(parent):
+            die("--save: %s: no such directory" % parent)
 
     path = args.checkpoint
     if os.path.isdir(path):
-        with open(os.path.join(path, "latest")) as f:
-            path = os.path.join(path, f.read().strip())
+        latest = os.path.join(path, "latest")
+        if not os.path.isfile(latest):
+            die("%s is a folder without a 'latest' pointer; give a checkpoint file" % path)
+        with open(latest) as f:
+            name = f.read().strip()
+        if not name:
+            die("%s is empty" % latest)
+        path = os.path.join(path, name)
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     model, shape, info = load_checkpoint(path)
     x, y = load_test(args.data)
+    if info["outputs"] is not None and (y.min() < 0 or y.max() >= info["outputs"]):
+        die("%s: labels range over %d..%d, the model has %d outputs"
+            % (args.data, y.min(), y.max(), info["outputs"]))
     # nnprec: x = (v*scale - mean) / std, in float32
     x = (x - np.float32(info["norm_mean"])) / np.float32(info["norm_std"])
     n = x.shape[0]
     per_sample = int(np.prod(shape))
     if x[0].size != per_sample:
-        sys.exit("ckpt_to_torch: test samples have %d values, the model expects %d"
-                 % (x[0].size, per_sample))
+        die("test samples have %d values, the model expects %d" % (x[0].size, per_sample))
     x = x.reshape((n,) + tuple(shape))
     correct = 0
     with torch.no_grad():
@@ -201,4 +317,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (OSError, ValueError, RuntimeError) as e:  # e.g. an unreadable 'latest' pointer
+        die(why(e))
