@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 
+PROG = "experiments.py"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Seed 000's recipe: LeNet, batch 4, SGD lr 0.001 momentum 0.9, pixels (x - 0.5)/0.5.
@@ -70,6 +71,73 @@ EXPERIMENTS = {
 }
 
 
+class ArgParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (exit 2), like nnprec's own option errors."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def die(msg):
+    """A bad results file or a failed run: one 'experiments.py: error: ...' line, exit 1."""
+    sys.exit(f"{PROG}: error: " + " ".join(str(msg).split()))
+
+
+def why(e):
+    """An exception as one line ('FILE: No such file or directory' for an OSError)."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    return str(e) or type(e).__name__
+
+
+def positive_int(s):
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: '{s}'") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
+def image_path(ap, opt, path):
+    """Exit 2 unless PATH ends in an image format matplotlib writes; exit 1 if its folder is
+    missing or PATH is a folder."""
+    from matplotlib.backend_bases import FigureCanvasBase
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    if not path:
+        ap.error(f"{opt}: the file name is empty")
+    if os.path.splitext(path)[1][1:].lower() not in kinds:
+        ap.error(f"{opt}: '{path}' does not end in an image format matplotlib writes "
+                 f"({', '.join(sorted(kinds))})")
+    if os.path.isdir(path):
+        die(f"{opt}: {path} is a directory")
+    if not os.path.isdir(os.path.dirname(path) or "."):
+        die(f"{opt}: {os.path.dirname(path)}: no such directory")
+
+
+def read_csv(path, need=()):
+    """A results CSV as a list of {column: float}. FileNotFoundError when it is missing; exit 1
+    when a row is not all numbers or the file has rows but lacks a column of `need`."""
+    rows = []
+    try:
+        with open(path) as f:
+            reader = csv.DictReader(f)
+            for r in reader:
+                try:
+                    rows.append({k: float(v) for k, v in r.items()})
+                except (TypeError, ValueError):  # a short or long row, or a non-number
+                    die(f"{path}, line {reader.line_num}: not a row of "
+                        f"{len(reader.fieldnames)} numbers")
+            missing = [c for c in need if c not in (reader.fieldnames or [])]
+    except (csv.Error, UnicodeDecodeError) as e:
+        die(f"{path}: {e}")
+    if rows and missing:
+        die(f"{path} lacks the column(s) {', '.join(missing)}")
+    return rows
+
+
 def run_dir(results, exp, cfg, seed):
     return os.path.join(results, exp, f"{cfg}-s{seed}")
 
@@ -78,8 +146,8 @@ def finished(d, epochs):
     path = os.path.join(d, "eval.csv")
     if not os.path.exists(path):
         return False
-    rows = list(csv.DictReader(open(path)))
-    return bool(rows) and abs(float(rows[-1]["epoch"]) - epochs) < 1e-6
+    rows = read_csv(path, ["epoch"])
+    return bool(rows) and abs(rows[-1]["epoch"] - epochs) < 1e-6
 
 
 def cmd_run(args):
@@ -118,17 +186,22 @@ def cmd_run(args):
             running.remove(item)
             n_done += 1
             if p.returncode != 0:
-                print(f"[exp] {cfg} seed {s}: FAILED (exit {p.returncode}), see {d}/log.txt")
-                sys.exit(1)
-            acc = list(csv.DictReader(open(os.path.join(d, "eval.csv"))))[-1]["test_acc"]
+                for *_, other in running:  # stop the others (nnprec checkpoints on SIGTERM)
+                    other.terminate()
+                    other.wait()
+                die(f"{cfg} seed {s} failed (exit {p.returncode}), see {d}/log.txt")
+            ev = read_csv(os.path.join(d, "eval.csv"), ["test_acc"])
+            if not ev:
+                die(f"{cfg} seed {s}: {d}/eval.csv has no evaluation")
+            acc = ev[-1]["test_acc"]
             print(f"[exp] {n_done}/{n_total} {cfg} seed {s}: final test acc "
                   f"{100 * float(acc):.2f}% ({time.time() - t0:.0f} s elapsed)", flush=True)
 
 
 def load(results, exp, cfg, seed):
     d = run_dir(results, exp, cfg, seed)
-    ev = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(open(os.path.join(d, "eval.csv")))]
-    tr = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(open(os.path.join(d, "train.csv")))]
+    ev = read_csv(os.path.join(d, "eval.csv"), ["epoch", "test_acc", "wall_s"])
+    tr = read_csv(os.path.join(d, "train.csv"), ["step", "train_loss"])
     return ev, tr
 
 
@@ -162,6 +235,10 @@ def cmd_summary(args):
                 pass
         if runs:
             data[cfg] = runs
+    if not data:
+        die(f"no runs of {args.experiment} with seeds {seeds} under "
+            f"{os.path.join(args.results, args.experiment)} (run `{PROG} run {args.experiment}` "
+            "first, or give --results)")
     ref = e.get("reference", {})
     print(f"Test accuracy (%), mean ± std over seeds {seeds}; PyTorch reference in brackets.\n")
     print("| config | " + " | ".join(f"epoch {x:g}" for x in epochs) + " |")
@@ -228,7 +305,8 @@ def plot(args, e, data):
         line, = ax1.plot(eps, ms, marker="o", ms=3, label=cfg)
         ax1.fill_between(eps, [m - s for m, s in zip(ms, ss)], [m + s for m, s in zip(ms, ss)],
                          color=line.get_color(), alpha=0.15)
-        steps = [r["step"] for r in runs[0][1]]
+        n = min(len(tr) for _, tr in runs)  # a run cut short logged fewer steps
+        steps = [r["step"] for r in runs[0][1][:n]]
         losses = [sum(tr[i]["train_loss"] for _, tr in runs) / len(runs) for i in range(len(steps))]
         ax2.plot(steps, losses, label=cfg, color=line.get_color())
     ax1.set_xlabel("epoch")
@@ -248,26 +326,38 @@ def plot(args, e, data):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("action", choices=["run", "summary"])
     ap.add_argument("experiment", choices=sorted(EXPERIMENTS))
     ap.add_argument("--nnprec", default=os.path.join(ROOT, "build", "nnprec"))
     ap.add_argument("--results", default=os.path.join(ROOT, "results"))
-    ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (default 2)")
+    ap.add_argument("--jobs", type=positive_int, default=2, help="runs in parallel (default 2)")
     ap.add_argument("--seeds", type=int, nargs="*", help="override the seeds")
-    ap.add_argument("--epochs", type=int, help="override the epochs")
+    ap.add_argument("--epochs", type=positive_int, help="override the epochs")
     ap.add_argument("--only", nargs="*", help="run only these configs")
     ap.add_argument("--plot", help="PNG path for the summary plot")
     ap.add_argument("--target", type=float, default=85.0,
                     help="summary: test accuracy (%%) for the time-to-accuracy table [85]")
     args = ap.parse_args()
+    configs = EXPERIMENTS[args.experiment]["configs"]
+    unknown = [c for c in args.only or [] if c not in configs]
+    if unknown:
+        ap.error(f"--only: no config {', '.join(unknown)} in {args.experiment} (choose from "
+                 f"{', '.join(configs)})")
+    if not 0 < args.target <= 100:
+        ap.error(f"--target must be in (0, 100], got {args.target:g}")
     if args.action == "run":
         if not os.access(args.nnprec, os.X_OK):
-            sys.exit(f"experiments.py: error: {args.nnprec} is not an executable (build first)")
+            die(f"{args.nnprec} is not an executable (build first)")
         cmd_run(args)
     else:
+        if args.plot is not None:
+            image_path(ap, "--plot", args.plot)
         cmd_summary(args)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except OSError as e:  # e.g. a results folder that cannot be written
+        die(why(e))

@@ -27,25 +27,50 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from experiments import mean_std  # noqa: E402
 
+PROG = "scaling_report.py"
 RUN = re.compile(r"^(?P<config>.+)-np(?P<ranks>\d+)-s(?P<seed>\d+)$")
 
 
-def read_csv(path):
+class ArgParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (exit 2), like nnprec's own option errors."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def die(msg):
+    """A bad results file: one 'scaling_report.py: error: ...' line on stderr, exit 1."""
+    sys.exit(f"{PROG}: error: " + " ".join(str(msg).split()))
+
+
+def read_csv(path, need=()):
+    """A run's CSV as a list of {column: float}, [] when it is missing; exit 1 when a row is
+    not all numbers or the file has rows but lacks a column of `need`."""
+    rows = []
     try:
         with open(path) as f:
-            return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+            reader = csv.DictReader(f)
+            for r in reader:
+                try:
+                    rows.append({k: float(v) for k, v in r.items()})
+                except (TypeError, ValueError):  # a short or long row, or a non-number
+                    die(f"{path}, line {reader.line_num}: not a row of "
+                        f"{len(reader.fieldnames)} numbers")
+            missing = [c for c in need if c not in (reader.fieldnames or [])]
     except FileNotFoundError:
         return []
-    except ValueError as e:
-        sys.exit(f"scaling_report.py: error: {path}: {e}")
+    except (OSError, csv.Error, UnicodeDecodeError) as e:
+        die(f"{path}: {e.strerror if isinstance(e, OSError) and e.strerror else e}")
+    if rows and missing:
+        die(f"{path} lacks the column(s) {', '.join(missing)}")
+    return rows
 
 
 def load(results):
     """{(config, ranks): [run, ...]}, run = dict(seed, done, eval rows, train rows)."""
     root = os.path.join(results, "train")
     if not os.path.isdir(root):
-        sys.exit(f"scaling_report.py: error: {root} is not a directory (give the RESULTS folder "
-                 "of slurm/scaling.sbatch)")
+        die(f"{root} is not a directory (give the RESULTS folder of slurm/scaling.sbatch)")
     runs = {}
     for name in sorted(os.listdir(root)):
         m = RUN.match(name)
@@ -53,11 +78,11 @@ def load(results):
             continue
         d = os.path.join(root, name)
         run = dict(seed=int(m["seed"]), done=os.path.exists(os.path.join(d, "done")),
-                   ev=read_csv(os.path.join(d, "eval.csv")),
-                   tr=read_csv(os.path.join(d, "train.csv")))
+                   ev=read_csv(os.path.join(d, "eval.csv"), ["epoch", "test_acc", "wall_s"]),
+                   tr=read_csv(os.path.join(d, "train.csv"), ["samples_per_s"]))
         runs.setdefault((m["config"], int(m["ranks"])), []).append(run)
     if not runs:
-        sys.exit(f"scaling_report.py: error: no CONFIG-npP-sSEED runs under {root}")
+        die(f"no CONFIG-npP-sSEED runs under {root}")
     return runs
 
 
@@ -174,13 +199,28 @@ def plot(runs, configs, ranks, tta, target, path):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", help="the RESULTS folder of slurm/scaling.sbatch")
     ap.add_argument("--target", type=float, default=85.0, help="test accuracy (%%) [85]")
     ap.add_argument("--plot", help="write the figure to this PNG")
     a = ap.parse_args()
     if not 0 < a.target <= 100:
-        sys.exit(f"scaling_report.py: error: --target must be in (0, 100], got {a.target:g}")
+        die(f"--target must be in (0, 100], got {a.target:g}")
+    if a.plot is not None:  # check before the report, not after it
+        if not a.plot:
+            ap.error("--plot: the file name is empty")
+        try:
+            from matplotlib.backend_bases import FigureCanvasBase
+            kinds = FigureCanvasBase.get_supported_filetypes()
+        except ImportError:  # plot() says it skips the figure
+            kinds = None
+        if kinds and os.path.splitext(a.plot)[1][1:].lower() not in kinds:
+            ap.error(f"--plot: '{a.plot}' does not end in an image format matplotlib writes "
+                     f"({', '.join(sorted(kinds))})")
+        if os.path.isdir(a.plot):
+            die(f"--plot: {a.plot} is a directory")
+        if not os.path.isdir(os.path.dirname(a.plot) or "."):
+            die(f"--plot: {os.path.dirname(a.plot)}: no such directory")
     runs = load(a.results)
     configs, ranks, tta = report(runs, a.target)
     if a.plot:
@@ -188,4 +228,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except OSError as e:  # e.g. an unreadable results folder
+        die(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else e)
