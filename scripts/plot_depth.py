@@ -24,18 +24,47 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+PROG = "plot_depth.py"
 DEFAULT_INITS = ("kaiming-normal,xavier-normal,normal:0.01,uniform:0.01,orthogonal,pytorch,"
                  "constant:0.01,seed")
 # values at or below this (0 after underflow included) are drawn at it on the log axis
 FLOOR = 1e-30
 
 
+class ArgParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (exit 2), like nnprec's own option errors."""
+
+    def error(self, message):
+        self.exit(2, "%s: error: %s\n" % (self.prog, message))
+
+
+def die(msg):
+    """A failed command or a bad file: one 'plot_depth.py: error: ...' line, exit 1."""
+    sys.exit("%s: error: %s" % (PROG, " ".join(str(msg).split())))
+
+
+def positive_int(s):
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError("invalid int value: '%s'" % s) from None
+    if v < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer, got %d" % v)
+    return v
+
+
+def int_list(s):
+    """argparse type: a comma-separated list of positive integers."""
+    return [positive_int(t) for t in s.split(",") if t]
+
+
 def run(cmd):
     print("+ " + " ".join(cmd), file=sys.stderr)
     r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if r.returncode != 0:
-        sys.exit("plot_depth: command failed (exit %d): %s\n%s" %
-                 (r.returncode, " ".join(cmd), r.stderr.strip()))
+        last = (r.stderr.strip().splitlines() or [""])[-1]  # nnprec's own error line
+        die("command failed (exit %d): %s: %s" % (r.returncode, " ".join(cmd), last))
     return r.stdout
 
 
@@ -53,25 +82,28 @@ def num(s):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = ArgParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--nnprec", default="build/nnprec")
     ap.add_argument("--out", default="docs/figures")
-    ap.add_argument("--depth", type=int, default=50)
-    ap.add_argument("--width", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--depth", type=positive_int, default=50)
+    ap.add_argument("--width", type=positive_int, default=256)
+    ap.add_argument("--batch", type=positive_int, default=256)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--acts", default="relu,tanh")
     ap.add_argument("--inits", default=DEFAULT_INITS)
-    ap.add_argument("--layers", default="1,10,25,50",
+    ap.add_argument("--layers", type=int_list, default="1,10,25,50",
                     help="layers whose activation std goes into the printed table")
     a = ap.parse_args()
-    if not os.access(a.nnprec, os.X_OK):
-        sys.exit("plot_depth: %s is not an executable (build first, or give --nnprec)" % a.nnprec)
     inits = [s for s in a.inits.split(",") if s]
     acts = [s for s in a.acts.split(",") if s]
-    layers = [int(s) for s in a.layers.split(",") if s]
+    layers = a.layers
+    for opt, v in (("--inits", inits), ("--acts", acts), ("--layers", layers)):
+        if not v:
+            ap.error("%s: the list is empty" % opt)
     if any(k < 1 or k > a.depth for k in layers):
-        sys.exit("plot_depth: --layers must lie in [1, %d]" % a.depth)
+        ap.error("--layers must lie in [1, %d]" % a.depth)
+    if not os.access(a.nnprec, os.X_OK):
+        die("%s is not an executable (build first, or give --nnprec)" % a.nnprec)
     csv_dir = os.path.join(a.out, "csv")
     os.makedirs(csv_dir, exist_ok=True)
     common = ["--depth", str(a.depth), "--width", str(a.width), "--batch", str(a.batch),
@@ -134,4 +166,9 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except OSError as e:  # e.g. an --out that is a file
+        die("%s: %s" % (e.filename, e.strerror) if e.filename and e.strerror else e)
+    except KeyError as e:
+        die("nnprec's CSV lacks the column %s (a different nnprec version?)" % e)

@@ -34,7 +34,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
 
+PROG = "plot_layers.py"
+MAX_PIXELS = 2 ** 27  # --dpi bound: 512 MiB of RGBA (and matplotlib's own 2^16 per side)
 QUANTITIES = ("grad_std", "grad_std_precond", "w_std", "act_std", "factor",
               "w_mean", "act_mean")
 LABELS = {
@@ -48,18 +51,62 @@ LABELS = {
 }
 
 
+class ArgParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (exit 2), like nnprec's own option errors."""
+
+    def error(self, message):
+        self.exit(2, "%s: error: %s\n" % (self.prog, message))
+
+
+def die(msg):
+    """A bad input file or a failed write: one 'plot_layers.py: error: ...' line, exit 1."""
+    sys.exit("%s: error: %s" % (PROG, " ".join(str(msg).split())))
+
+
+def why(e):
+    """An exception as one line ('FILE: No such file or directory' for an OSError)."""
+    if isinstance(e, OSError) and e.strerror:
+        return "%s: %s" % (e.filename, e.strerror) if e.filename else e.strerror
+    return str(e) or type(e).__name__
+
+
+def positive_int(s):
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError("invalid int value: '%s'" % s) from None
+    if v < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer, got %d" % v)
+    return v
+
+
 def read_run(run_dir):
     """Return (steps, names, {column: array[tensor, step]}) for RUN_DIR/layers.csv."""
     path = run_dir if run_dir.endswith(".csv") else os.path.join(run_dir, "layers.csv")
     if not os.path.exists(path):
-        sys.exit("plot_layers: %s not found (train with --stats-every N --out DIR)" % path)
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+        die("%s not found (train with --stats-every N --out DIR)" % path)
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError) as e:
+        die(why(e) if isinstance(e, OSError) else "%s: %s" % (path, e))
     if not rows:
-        sys.exit("plot_layers: %s has no rows" % path)
+        die("%s has no rows" % path)
     missing = [c for c in ("step", "tensor", "name") + QUANTITIES if c not in rows[0]]
     if missing:
-        sys.exit("plot_layers: %s lacks column(s) %s" % (path, ", ".join(missing)))
+        die("%s lacks column(s) %s" % (path, ", ".join(missing)))
+    for k, r in enumerate(rows):
+        try:
+            r["step"], r["tensor"] = int(r["step"]), int(r["tensor"])
+            if r["name"] is None:
+                raise ValueError("no name")
+        except (TypeError, ValueError):
+            if k + 1 < len(rows):
+                die("%s, row %d: no integer step and tensor and a name" % (path, k + 1))
+            rows.pop()  # the last row, still being written
+    if not rows:
+        die("%s has no complete rows" % path)
     steps = sorted({int(r["step"]) for r in rows})
     tensors = sorted({int(r["tensor"]) for r in rows})
     names = {}
@@ -113,6 +160,8 @@ def spread(values, names):
 def summary(run, steps, names, data):
     w = [i for i, n in enumerate(names) if is_weight(n)]
     wn = [names[i] for i in w]
+    if not wn:
+        die("%s: no weight tensors (only %s)" % (run, ", ".join(names)))
     print("%s: %d weight tensors (%s ... %s), %d logged steps (%d..%d)" %
           (run, len(w), wn[0], wn[-1], len(steps), steps[0], steps[-1]))
     # the last step with every weight tensor logged (a run still writing may lack some)
@@ -130,8 +179,8 @@ def summary(run, steps, names, data):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", metavar="RUN_DIR",
                     help="run directory holding layers.csv (or the CSV itself)")
     ap.add_argument("--out", required=True, metavar="PNG", help="output image")
@@ -140,8 +189,17 @@ def main():
                          "grad_std_precond for one run, grad_std_precond for several)")
     ap.add_argument("--weights-only", action="store_true", help="leave out bias tensors")
     ap.add_argument("--title", help="figure title (default: none)")
-    ap.add_argument("--dpi", type=int, default=110, help="resolution of the PNG (default 110)")
+    ap.add_argument("--dpi", type=positive_int, default=110,
+                    help="resolution of the PNG (default 110)")
     a = ap.parse_args()
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    if not a.out:
+        ap.error("--out: the file name is empty")
+    if os.path.splitext(a.out)[1][1:].lower() not in kinds:
+        ap.error("--out: '%s' does not end in an image format matplotlib writes (%s)"
+                 % (a.out, ", ".join(sorted(kinds))))
+    if os.path.isdir(a.out):
+        die("--out: %s is a directory" % a.out)
 
     runs = [(r.rstrip("/"),) + read_run(r) for r in a.runs]
     quantities = a.quantity or (["grad_std", "grad_std_precond"] if len(runs) == 1
@@ -162,7 +220,7 @@ def main():
 
     finite = np.concatenate([p[3].compressed() for p in panels])
     if finite.size == 0:
-        sys.exit("plot_layers: nothing finite and positive to plot")
+        die("nothing finite and positive to plot")
     vmin, vmax = np.floor(finite.min() * 2) / 2, np.ceil(finite.max() * 2) / 2
     if vmax - vmin < 0.5:
         vmin, vmax = vmin - 0.25, vmax + 0.25
@@ -170,6 +228,10 @@ def main():
     n = len(panels)
     ntens = max(len(p[2]) for p in panels)
     heat_h = max(2.6, 0.17 * ntens + 1.0)
+    width, height = (4.4 * n + 1.8) * a.dpi, (heat_h + 3.4) * a.dpi
+    if max(width, height) >= 2 ** 16 or width * height > MAX_PIXELS:
+        ap.error("--dpi %d makes a %.0fx%.0f-pixel figure, too large (at most %d pixels)"
+                 % (a.dpi, width, height, MAX_PIXELS))
     fig = plt.figure(figsize=(4.4 * n + 1.8, heat_h + 3.4), constrained_layout=True)
     gs = fig.add_gridspec(2, n + 1, height_ratios=[heat_h, 3.0], width_ratios=[1.0] * n + [0.38])
     axes = np.array([[fig.add_subplot(gs[r, k]) for k in range(n)] for r in range(2)])
@@ -216,8 +278,11 @@ def main():
                 title="first layer → output", title_fontsize=7)
     if a.title:
         fig.suptitle(a.title)
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    fig.savefig(a.out, dpi=a.dpi)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        fig.savefig(a.out, dpi=a.dpi)
+    except OSError as e:
+        die("cannot write %s (%s)" % (a.out, why(e)))
     print("wrote %s" % a.out)
 
 
