@@ -16,6 +16,7 @@ import os
 import struct
 import sys
 import time
+import zlib
 
 # one BLAS/OpenMP thread per process unless told otherwise; set before torch loads its
 # thread pools (spawned DDP workers re-import this module and inherit the environment)
@@ -27,40 +28,109 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+PROG = "torch_ref.py"
 DATA = "/usr/share/datasets/fashion-mnist"
+ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "leaky-relu": nn.LeakyReLU}
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (exit 2), like nnprec's own option errors."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def die(msg):
+    """A bad data file or a failed run: one 'torch_ref.py: error: ...' line, exit 1."""
+    sys.exit(f"{PROG}: error: " + " ".join(str(msg).split()))
+
+
+def positive_int(s):
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: '{s}'") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
+def activation(s):
+    """argparse type: a key of ACTS."""
+    if s not in ACTS:
+        raise argparse.ArgumentTypeError(f"invalid choice: '{s}' (choose from {', '.join(ACTS)})")
+    return s
+
+
+def mlp_widths(spec):
+    """[W0, W1, ...] of mlp:W0-W1xN-...; ValueError unless 784 inputs, >= 10 outputs."""
+    widths = []
+    for tok in spec[4:].split("-"):
+        w, _, rep = tok.partition("x")
+        n = int(rep) if rep else 1
+        if int(w) < 1 or n < 1:
+            raise ValueError(f"'{tok}' is not a positive width (times a positive count)")
+        widths += [int(w)] * n
+    if len(widths) < 2:
+        raise ValueError("at least two widths")
+    if widths[0] != 784 or widths[-1] < 10:
+        raise ValueError("784 inputs (28x28 images) and at least 10 outputs (the classes)")
+    return widths
+
+
+def model_spec(s):
+    """argparse type: lenet or mlp:W0-W1xN-... (checked here, so that no run starts)."""
+    if s != "lenet":
+        if not s.startswith("mlp:"):
+            raise argparse.ArgumentTypeError(f"unsupported model '{s}' (lenet or mlp:W0-W1xN-...)")
+        try:
+            mlp_widths(s)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"bad model '{s}' (mlp:W0-W1xN-...: {e})") from None
+    return s
 
 
 def build(spec, act="relu"):
-    acts = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "leaky-relu": nn.LeakyReLU}
+    acts = ACTS
     if spec == "lenet":
         return nn.Sequential(
             nn.Conv2d(1, 6, 3, padding=2), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(6, 16, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
             nn.Linear(576, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
     if spec.startswith("mlp:"):
-        widths = []
-        for tok in spec[4:].split("-"):
-            w, _, rep = tok.partition("x")
-            widths += [int(w)] * (int(rep) if rep else 1)
+        widths = mlp_widths(spec)
         layers = [nn.Flatten()]
         for i in range(1, len(widths)):
             layers.append(nn.Linear(widths[i - 1], widths[i]))
             if i + 1 < len(widths):
                 layers.append(acts[act]())
         return nn.Sequential(*layers)
-    sys.exit(f"torch_ref.py: error: unsupported model '{spec}'")
+    die(f"unsupported model '{spec}'")
 
 
 def load_idx(split, limit=0):
-    def read(path):
+    def read(path, magic, ndim):
         if not os.path.exists(path):
             path = path[:-3]
         opener = gzip.open if path.endswith(".gz") else open
-        with opener(path, "rb") as f:
-            return f.read()
-    img = read(os.path.join(DATA, f"{split}-images-idx3-ubyte.gz"))
-    lab = read(os.path.join(DATA, f"{split}-labels-idx1-ubyte.gz"))
-    n, h, w = struct.unpack(">III", img[4:16])
+        try:
+            with opener(path, "rb") as f:
+                data = f.read()
+        except OSError as e:  # missing, a folder, not gzip
+            die(f"{path}: {e.strerror or e}")
+        except (EOFError, zlib.error) as e:  # truncated or corrupt .gz
+            die(f"{path}: corrupt or truncated gzip data ({e})")
+        head = 4 + 4 * ndim
+        dims = struct.unpack(">" + "I" * ndim, data[4:head]) if len(data) >= head else ()
+        if (not dims or struct.unpack(">I", data[:4])[0] != magic or 0 in dims
+                or len(data) - head != np.prod(dims, dtype=np.int64)):
+            die(f"{path}: not an IDX file of {ndim}-dimensional uint8 data, or truncated")
+        return data, dims
+    img, (n, h, w) = read(os.path.join(DATA, f"{split}-images-idx3-ubyte.gz"), 0x803, 3)
+    lab, (m,) = read(os.path.join(DATA, f"{split}-labels-idx1-ubyte.gz"), 0x801, 1)
+    if m != n:
+        die(f"{DATA}: {n} {split} images but {m} labels")
     x = np.frombuffer(img, dtype=np.uint8, offset=16).reshape(n, 1, h, w)
     y = np.frombuffer(lab, dtype=np.uint8, offset=8)
     if limit:
@@ -74,6 +144,8 @@ def train_loop(model, x, y, batch, steps, rank=0, world=1):
     lossf = nn.CrossEntropyLoss()
     n = x.shape[0]
     gb = batch * world
+    if gb >= n:
+        raise ValueError(f"a global batch of {gb} needs more than the {n} training samples")
     g = torch.Generator().manual_seed(1)
     perm = torch.randperm(n, generator=g)
     # normalize once up front (nnprec normalizes while gathering a batch), so that PyTorch's
@@ -100,55 +172,81 @@ def cmd_bench(a):
     torch.manual_seed(0)
     x, y = load_idx("train")
     x, y = torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
-    sps = train_loop(build(a.model, a.act), x, y, a.batch, a.steps)
+    try:
+        sps = train_loop(build(a.model, a.act), x, y, a.batch, a.steps)
+    except (ValueError, RuntimeError) as e:
+        die(e)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     print(f"samples_per_s: {sps:.1f}")
 
 
 def ddp_worker(rank, a, port, q):
-    import torch.distributed as dist
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    if a.pin and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {rank % os.cpu_count()})
-    dist.init_process_group("gloo", rank=rank, world_size=a.nproc)
-    torch.manual_seed(0)
-    x, y = load_idx("train")
-    x, y = torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
-    model = nn.parallel.DistributedDataParallel(build(a.model, a.act))
-    sps = train_loop(model, x, y, a.batch, a.steps, rank, a.nproc)
-    if rank == 0:
-        q.put(sps)
-    dist.destroy_process_group()
+    """One DDP process; puts ("ok", samples/s) from rank 0, or ("error", message) and exits 1
+    (no traceback: the parent reports the message)."""
+    try:
+        import torch.distributed as dist
+        os.environ["MASTER_ADDR"] = "127.0.0.1"
+        os.environ["MASTER_PORT"] = str(port)
+        torch.set_num_threads(1)
+        if a.pin and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, {rank % os.cpu_count()})
+        dist.init_process_group("gloo", rank=rank, world_size=a.nproc)
+        torch.manual_seed(0)
+        x, y = load_idx("train")
+        x, y = torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
+        model = nn.parallel.DistributedDataParallel(build(a.model, a.act))
+        sps = train_loop(model, x, y, a.batch, a.steps, rank, a.nproc)
+        if rank == 0:
+            q.put(("ok", sps))
+        dist.destroy_process_group()
+    except Exception as e:  # noqa: BLE001 - reported by the parent as one line
+        q.put(("error", f"DDP rank {rank}: {e}"))
+        sys.exit(1)
 
 
 def cmd_ddp(a):
     import torch.multiprocessing as mp
     import random
+    from multiprocessing.connection import wait
+    x, y = load_idx("train")  # check the data (and the batch) before starting processes
+    if a.batch * a.nproc >= x.shape[0]:
+        die(f"a global batch of {a.batch} x {a.nproc} needs more than the {x.shape[0]} "
+            "training samples")
+    del x, y
     ctx = mp.get_context("spawn")
     q = ctx.SimpleQueue()
     port = 29500 + random.randint(0, 2000)
     procs = [ctx.Process(target=ddp_worker, args=(r, a, port, q)) for r in range(a.nproc)]
     for p in procs:
         p.start()
-    for p in procs:
-        p.join()
-        if p.exitcode != 0:
-            sys.exit(f"torch_ref.py: error: DDP worker exited with {p.exitcode}")
+    left = {p.sentinel: p for p in procs}
+    while left:  # a failed worker stops the others, which would wait for it for minutes
+        for s in wait(list(left)):
+            p = left.pop(s)
+            p.join()
+            if p.exitcode != 0:
+                for other in left.values():
+                    other.terminate()
+                    other.join()
+                msgs = []
+                while not q.empty():
+                    msgs.append(q.get())
+                errs = [m for kind, m in msgs if kind == "error"]
+                die(errs[0] if errs else f"DDP worker exited with {p.exitcode}")
+    kind, sps = q.get()
     print(f"torch {torch.__version__} DDP gloo, {a.nproc} process(es) x 1 thread")
-    print(f"samples_per_s: {q.get():.1f}")
+    print(f"samples_per_s: {sps:.1f}")
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("action", choices=["bench", "ddp"])
-    ap.add_argument("--model", default="lenet")
-    ap.add_argument("--act", default="relu")
-    ap.add_argument("--batch", type=int, default=64, help="samples per process per step")
-    ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--nproc", type=int, default=2)
+    ap.add_argument("--model", type=model_spec, default="lenet")
+    ap.add_argument("--act", type=activation, default="relu")
+    ap.add_argument("--batch", type=positive_int, default=64, help="samples per process per step")
+    ap.add_argument("--steps", type=positive_int, default=200)
+    ap.add_argument("--threads", type=positive_int, default=1)
+    ap.add_argument("--nproc", type=positive_int, default=2)
     ap.add_argument("--pin", action="store_true", help="DDP: pin process r to CPU r")
     a = ap.parse_args()
     (cmd_bench if a.action == "bench" else cmd_ddp)(a)
