@@ -18,10 +18,46 @@ import subprocess
 import sys
 import tempfile
 
+PROG = "bench_precond.py"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = [("lenet", 64, 300), ("mlp:784-256x12-10", 256, 80)]
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
            OPENBLAS_NUM_THREADS="1")
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (exit 2), like nnprec's own option errors."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def die(msg):
+    """A failed run or a bad file: one 'bench_precond.py: error: ...' line on stderr, exit 1."""
+    sys.exit(f"{PROG}: error: " + " ".join(str(msg).split()))
+
+
+def why(e):
+    """An exception as one line: the command that failed and its last stderr line, or
+    'FILE: No such file or directory' for an OSError."""
+    if isinstance(e, subprocess.CalledProcessError):
+        last = (e.stderr or "").strip().splitlines()
+        return (f"command failed (exit {e.returncode}): {' '.join(map(str, e.cmd))}"
+                + (f": {last[-1]}" if last else ""))
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    return str(e) or type(e).__name__
+
+
+def positive_int(s):
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: '{s}'") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
 
 
 def run(a, model, batch, steps, np_, precond):
@@ -44,13 +80,13 @@ def run(a, model, batch, steps, np_, precond):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nnprec", default=os.path.join(ROOT, "build", "nnprec"))
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--rounds", type=positive_int, default=3)
+    ap.add_argument("--ranks", type=positive_int, nargs="+", default=[1, 2])
     a = ap.parse_args()
     if not os.access(a.nnprec, os.X_OK):
-        sys.exit(f"bench_precond.py: error: {a.nnprec} is not an executable (build first)")
+        die(f"{a.nnprec} is not an executable (build first)")
     print(f"{'model':<20} {'ranks':>5} {'none samples/s':>15} {'dynamic samples/s':>18} "
           f"{'throughput cost':>15} {'precond phase share':>20}")
     for model, batch, steps in CASES:
@@ -67,4 +103,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (OSError, ValueError, subprocess.CalledProcessError) as e:
+        die(why(e))

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 
+PROG = "bench_scaling.py"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = {"lenet": ("lenet", 64, 256, 300), "mlp": ("mlp:784-1024x4-10", 256, 1024, 40)}
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
@@ -41,6 +42,41 @@ ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIR
 VARIANTS = {"fused": ["--allreduce", "fused"], "balanced": ["--allreduce", "fused", "--balance", "10"],
             "bucketed": ["--allreduce", "bucketed"], "sharded": ["--allreduce", "sharded"],
             "shm": ["--allreduce", "shm"], "shm-balanced": ["--allreduce", "shm", "--balance", "10"]}
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (exit 2), like nnprec's own option errors."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def die(msg):
+    """A failed run or a bad file: one 'bench_scaling.py: error: ...' line on stderr, exit 1."""
+    sys.exit(f"{PROG}: error: " + " ".join(str(msg).split()))
+
+
+def why(e):
+    """An exception as one line: the command that failed and its last stderr line, or
+    'FILE: No such file or directory' for an OSError."""
+    if isinstance(e, subprocess.CalledProcessError):
+        last = (e.stderr or "").strip().splitlines()
+        return (f"command failed (exit {e.returncode}): {' '.join(map(str, e.cmd))}"
+                + (f": {last[-1]}" if last else ""))
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    return str(e) or type(e).__name__
+
+
+def positive_int(s):
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: '{s}'") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
 
 
 def run_nnprec(a, model, np_, batch_args, steps, variant, threads=1):
@@ -93,7 +129,7 @@ def run_independent(a, model, np_, batch, steps):
         total = 0.0
         for r, p in enumerate(procs):
             if p.wait() != 0:
-                sys.exit("bench_scaling.py: error: an independent run failed")
+                die("an independent run failed")
             rows = list(csv.DictReader(open(os.path.join(d, str(r), "train.csv"))))
             total += statistics.median(float(x["samples_per_s"]) for x in rows[1:])
         return total
@@ -104,19 +140,48 @@ def run_torch(a, model, np_, batch, steps):
                           "--model", model, "--nproc", str(np_), "--batch", str(batch),
                           "--steps", str(steps), "--pin"], check=True, capture_output=True,
                          text=True).stdout
-    return float(re.search(r"samples_per_s: ([\d.]+)", out).group(1))
+    m = re.search(r"samples_per_s: ([\d.]+)", out)
+    if not m:
+        die(f"torch_ref.py printed no 'samples_per_s:' line: {out.strip()[-200:]}")
+    return float(m.group(1))
+
+
+def check_outputs(ap, a):
+    """--csv, --plot and --logs, checked before the benchmark rather than after it."""
+    for opt, path in (("--csv", a.csv), ("--plot", a.plot), ("--logs", a.logs)):
+        if path is None:
+            continue
+        if not path:
+            ap.error(f"{opt}: the name is empty")
+        if opt == "--logs":
+            if os.path.exists(path) and not os.path.isdir(path):
+                die(f"--logs: {path} exists and is not a directory")
+            continue
+        if os.path.isdir(path):
+            die(f"{opt}: {path} is a directory")
+        if not os.path.isdir(os.path.dirname(path) or "."):
+            die(f"{opt}: {os.path.dirname(path)}: no such directory")
+    if a.plot:
+        try:
+            from matplotlib.backend_bases import FigureCanvasBase
+        except ImportError:
+            die(f"--plot needs matplotlib, which {sys.executable} cannot import")
+        kinds = FigureCanvasBase.get_supported_filetypes()
+        if os.path.splitext(a.plot)[1][1:].lower() not in kinds:
+            ap.error(f"--plot: '{a.plot}' does not end in an image format matplotlib writes "
+                     f"({', '.join(sorted(kinds))})")
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nnprec", default=os.path.join(ROOT, "build", "nnprec"))
-    ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--ranks", type=positive_int, nargs="+", default=[1, 2])
     ap.add_argument("--models", nargs="+", default=["lenet", "mlp"], choices=sorted(MODELS))
     ap.add_argument("--modes", nargs="+", default=["weak", "strong"], choices=["weak", "strong"])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                     help="nnprec variants to run (fused always runs: it is the baseline)")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch DDP")
-    ap.add_argument("--rounds", type=int, default=1,
+    ap.add_argument("--rounds", type=positive_int, default=1,
                     help="repeat every measurement, rounds interleaved, and keep the medians")
     ap.add_argument("--plot", help="PNG: samples/s and efficiency against ranks")
     ap.add_argument("--csv", help="also write the rows to this CSV file")
@@ -128,13 +193,15 @@ def main():
     ap.add_argument("--torch-python", default="/usr/bin/python3",
                     help="Python that imports torch (default: Debian's /usr/bin/python3)")
     a = ap.parse_args()
-    if not os.access(a.nnprec, os.X_OK):
-        sys.exit(f"bench_scaling.py: error: {a.nnprec} is not an executable (build first)")
     if a.threads_per_rank < 0 or a.threads_per_rank == 1:
-        sys.exit("bench_scaling.py: error: --threads-per-rank must be 2 or more")
-    if a.rounds < 1 or min(a.ranks) < 1 or 1 not in a.ranks:
-        sys.exit("bench_scaling.py: error: --rounds must be >= 1 and --ranks must include 1 "
-                 "(the baseline of every efficiency)")
+        ap.error("--threads-per-rank must be 2 or more")
+    if 1 not in a.ranks:
+        ap.error("--ranks must include 1 (the baseline of every efficiency)")
+    check_outputs(ap, a)
+    if not os.access(a.nnprec, os.X_OK):
+        die(f"{a.nnprec} is not an executable (build first)")
+    if not a.no_torch and not shutil.which(a.torch_python):
+        die(f"--torch-python: {a.torch_python} is not an executable (or give --no-torch)")
     print("eff: samples/s over ranks x samples/s of 1 rank in the same round (median over\n"
           "rounds; samples/s: median). AR share: allreduce + wait for the\n"
           "slowest rank, share of step time. hidden: bucketed allreduce time overlapped with\n"
@@ -286,4 +353,7 @@ def plot(rows, path):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (OSError, ValueError, subprocess.CalledProcessError) as e:
+        die(why(e))

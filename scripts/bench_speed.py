@@ -18,8 +18,44 @@ import subprocess
 import sys
 import tempfile
 
+PROG = "bench_speed.py"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = [("lenet", 64, 400), ("mlp:784-1024x4-10", 256, 60)]
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (exit 2), like nnprec's own option errors."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def die(msg):
+    """A failed run or a bad file: one 'bench_speed.py: error: ...' line on stderr, exit 1."""
+    sys.exit(f"{PROG}: error: " + " ".join(str(msg).split()))
+
+
+def why(e):
+    """An exception as one line: the command that failed and its last stderr line, or
+    'FILE: No such file or directory' for an OSError."""
+    if isinstance(e, subprocess.CalledProcessError):
+        last = (e.stderr or "").strip().splitlines()
+        return (f"command failed (exit {e.returncode}): {' '.join(map(str, e.cmd))}"
+                + (f": {last[-1]}" if last else ""))
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    return str(e) or type(e).__name__
+
+
+def positive_int(s):
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: '{s}'") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
 
 
 def nnprec_sps(nnprec, model, batch, steps, threads):
@@ -38,23 +74,28 @@ def torch_sps(model, batch, steps, threads):
     out = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "scripts", "torch_ref.py"), "bench",
                           "--model", model, "--batch", str(batch), "--steps", str(steps),
                           "--threads", str(threads)], check=True, capture_output=True, text=True).stdout
-    return float(re.search(r"samples_per_s: ([\d.]+)", out).group(1)), out.splitlines()[0]
+    m = re.search(r"samples_per_s: ([\d.]+)", out)
+    if not m:
+        die(f"torch_ref.py printed no 'samples_per_s:' line: {out.strip()[-200:]}")
+    return float(m.group(1)), out.splitlines()[0]
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nnprec", default=os.path.join(ROOT, "build", "nnprec"))
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=positive_int, default=3)
+    ap.add_argument("--threads", type=positive_int, default=1)
     a = ap.parse_args()
     if not os.access(a.nnprec, os.X_OK):
-        sys.exit(f"bench_speed.py: error: {a.nnprec} is not an executable (build first)")
+        die(f"{a.nnprec} is not an executable (build first)")
     env_core = os.environ.get("OPENBLAS_CORETYPE", "(unset)")
     print(f"OPENBLAS_CORETYPE={env_core}; threads per process: {a.threads}")
     gemm = subprocess.run([a.nnprec, "bench", "--model", CASES[1][0], "--batch", str(CASES[1][1]),
                            "--threads", str(a.threads)], check=True, capture_output=True, text=True).stdout
-    print(gemm.splitlines()[0])
     total = re.search(r"total: ([\d.]+) ms per step of batch (\d+), ([\d.]+) GFLOP, ([\d.]+) GFLOP/s", gemm)
+    if not total:
+        die(f"`{a.nnprec} bench` printed no 'total: ... GFLOP/s' line")
+    print(gemm.splitlines()[0])
     gflop_step, gemm_rate = float(total.group(3)), float(total.group(4))
     print(f"{'model':<20} {'batch':>5} {'nnprec samples/s':>17} {'torch samples/s':>16} {'ratio':>6}")
     for model, batch, steps in CASES:
@@ -74,4 +115,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (OSError, ValueError, subprocess.CalledProcessError) as e:
+        die(why(e))
