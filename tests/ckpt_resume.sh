@@ -98,10 +98,15 @@ rc=$?
 grep -q "stop request (SIGUSR1)" "$tmp/sig.log" && ok || fail "SIGUSR1: no stop message"
 run 2 "$tmp/sig" --resume auto > "$tmp/sig2.log" 2>&1 && ok || fail "resume after SIGUSR1 failed"
 same_params "$(final "$tmp/ref")" "$(final "$tmp/sig")" && ok || fail "SIGUSR1 + resume does not reproduce the reference"
+run 2 "$tmp/stopf" --stop-file "$tmp/stop" > "$tmp/stop.log" 2>&1 &
+pid=$!
+wait_step "$tmp/stopf" $pid 100
 touch "$tmp/stop"
-run 2 "$tmp/stopf" --stop-file "$tmp/stop" > "$tmp/stop.log" 2>&1
+wait $pid
 rc=$?
-[ "$rc" = 75 ] && [ -f "$tmp/stopf/ckpt-00000001.h5" ] && ok || fail "stop file: exit $rc, files: $(ls "$tmp/stopf")"
+stopped=$(cat "$tmp/stopf/latest" 2> /dev/null)
+[ "$rc" = 75 ] && [ -n "$stopped" ] && [ "$stopped" != "$(basename "$(final "$tmp/stopf")")" ] && ok ||
+  fail "stop file: exit $rc, files: $(ls "$tmp/stopf")"
 
 # 4. refused resumes
 out=$(run 1 "$tmp/np1" --resume "$(final "$tmp/ref")" --global-batch 32 2>&1)

@@ -9,7 +9,9 @@
 #  4. scripts/idx_to_h5.py converts the IDX files and `nnprec train --data FILE.h5` gives the
 #     same train.csv as the IDX run, bit for bit; eval reads the .h5 test set too;
 #  5. scripts/ckpt_to_torch.py (PyTorch, /usr/bin/python3) on the final checkpoint prints an
-#     accuracy within 0.1 points of `nnprec eval`.
+#     accuracy within 0.1 points of `nnprec eval`;
+#  6. resuming a finished run trains nothing and changes no file; checkpoints past the run's
+#     end, from another training set or normalization, or with impossible values are refused.
 # usage: cli_ckpt.sh NNPREC MPIEXEC
 set -uo pipefail
 nnprec=$1 mpiexec=$2
@@ -86,5 +88,40 @@ else
   [ -n "$at" ] && [ -n "$a1" ] && awk -v a="$at" -v b="$a1" 'BEGIN { d = a - b; exit !(d <= 0.1 && d >= -0.1) }' \
     && ok || fail "PyTorch accuracy '$at%' vs nnprec eval '$a1%'"
 fi
+
+# 6. resuming: a finished run has nothing to train and changes none of its files; a
+#    checkpoint past the run's end, from another training set, with other normalization, or
+#    with impossible contents is refused before any step
+for f in train.csv eval.csv ranks.csv timing.csv; do cp "$tmp/run/$f" "$tmp/before.$f"; done
+mpi 2 "${args[@]}" --out "$tmp/run" --resume auto --allreduce shm > "$tmp/again.log" 2>&1 \
+  || fail "resuming a finished run: $(tail -3 "$tmp/again.log")"
+grep -q "nothing to train: $tmp/run/ckpt-00000060.h5 is at step 60, this run's last; its test loss [0-9.]* accuracy $a1%" \
+  "$tmp/again.log" && ok || fail "resuming a finished run: $(cat "$tmp/again.log")"
+for f in train.csv eval.csv ranks.csv timing.csv; do
+  cmp -s "$tmp/run/$f" "$tmp/before.$f" && ok || fail "resuming a finished run changed $f"
+done
+rargs=(train --train-limit 2000 --batch 32 --lr 0.02 --seed 5 --quiet)
+expect 2 "checkpoint $ck is at step 60, past this run's 30 steps" \
+  "$mpiexec" -n 2 --oversubscribe "$nnprec" "${rargs[@]}" --steps 30 --resume "$ck"
+expect 2 "checkpoint $ck was written with 2000 training samples, this run has 3000" \
+  "$mpiexec" -n 2 --oversubscribe "$nnprec" train --train-limit 3000 --batch 32 --seed 5 --steps 80 --resume "$ck"
+expect 2 "normalize 0.5,0.5 differs from the checkpoint's mean" \
+  "$nnprec" "${rargs[@]}" --steps 80 --batch 64 --resume "$ck" --normalize 0.5,0.5
+# a checkpoint edited with h5py: an impossible step, a zero std, a nan weight
+$py - "$ck" "$tmp" <<'PY' || fail "could not write the edited checkpoints"
+import shutil, sys, h5py, numpy as np
+ck, d = sys.argv[1], sys.argv[2]
+for name, edit in [("negstep", lambda f: f.attrs.__setitem__("step", np.int64(-5))),
+                   ("std0", lambda f: f.attrs.__setitem__("norm_std", 0.0)),
+                   ("nanw", lambda f: f["fc1/weight"].__setitem__((0, 0), np.nan))]:
+    shutil.copy(ck, f"{d}/{name}.h5")
+    with h5py.File(f"{d}/{name}.h5", "r+") as f:
+        edit(f)
+PY
+expect 1 "checkpoint $tmp/negstep.h5: attribute step has an impossible value" \
+  "$mpiexec" -n 2 --oversubscribe "$nnprec" "${rargs[@]}" --steps 80 --resume "$tmp/negstep.h5"
+expect 1 "checkpoint $tmp/std0.h5: attribute norm_std has an impossible value" "$nnprec" eval --checkpoint "$tmp/std0.h5"
+expect 1 "checkpoint $tmp/nanw.h5: dataset /fc1/weight holds non-finite values" \
+  "$mpiexec" -n 2 --oversubscribe "$nnprec" eval --checkpoint "$tmp/nanw.h5"
 
 finish

@@ -32,6 +32,21 @@ expect 2 "init" "$nnprec" train --init bogus
 expect 2 "optimizer" "$nnprec" train --optim rmsprop
 expect 2 "--normalize expects MEAN,STD" "$nnprec" train --normalize 0.5
 expect 2 "unknown command" "$nnprec" fly
+expect 2 "--gamma must be in (0, 1\], got -1" "$nnprec" train --schedule step --gamma -1
+expect 2 "--min-lr must be in \[0, --lr\], got 5" "$nnprec" train --schedule cosine --min-lr 5
+expect 2 "the global batch (--batch x ranks) must be at most" "$mpiexec" -n 2 --oversubscribe \
+  "$nnprec" train --batch 2147483647
+expect 2 "the global batch (--global-batch) must be at most" "$nnprec" train --global-batch 2147483647
+expect 2 "--act applies to mlp: models only; lenet names its own" "$nnprec" train --model lenet --act tanh
+expect 2 "--stop-file needs --out" "$nnprec" train --stop-file "$tmp/stop"
+# SIGTERM without --out: not the "checkpointed, resume me" code 75, since nothing was saved
+"$nnprec" train --train-limit 640 --test-limit 100 --steps 1000000 --quiet 2> "$tmp/sig.err" &
+sleep 2; kill -TERM $!; wait $!; rc=$?
+[ "$rc" = 1 ] && grep -q '^nnprec: error: stopped by SIGTERM after step [0-9]*; without --out nothing was saved$' \
+  "$tmp/sig.err" && ok || fail "SIGTERM without --out: exit $rc, $(cat "$tmp/sig.err")"
+touch "$tmp/stale-stop"
+expect 2 "--stop-file $tmp/stale-stop exists already" "$mpiexec" -n 2 --oversubscribe "$nnprec" train \
+  --stop-file "$tmp/stale-stop" --out "$tmp/stale"
 expect 1 "$tmp/nowhere" "$nnprec" train --data "$tmp/nowhere"
 # a model whose input does not match the data
 expect 2 "expects 100 input values" "$nnprec" train --model mlp:100-10 --train-limit 64 --test-limit 10

@@ -15,6 +15,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <dirent.h>
+#include <math.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -150,6 +151,7 @@ static void fill_meta(nnp_ckpt_meta *m)
     m->global_batch = 64;
     m->world_size = 3;
     m->wall_s = 12.3456789;
+    m->train_samples = 60000;
     size_t k = 0;
     for (int i = 0; i < 200 && k < sizeof m->options - 64; i++)
         k += (size_t)snprintf(m->options + k, sizeof m->options - k, "opt%d=value %d\n", i,
@@ -191,6 +193,7 @@ static void check_meta(const nnp_ckpt_meta *a, const nnp_ckpt_meta *b, const cha
     ASSERT_EQ_INT(a->global_batch, b->global_batch);
     ASSERT_EQ_INT(a->world_size, b->world_size);
     ASSERT_TRUE(memcmp(&a->wall_s, &b->wall_s, sizeof(double)) == 0);
+    ASSERT_EQ_INT(a->train_samples, b->train_samples);
     ASSERT_TRUE(strcmp(a->options, b->options) == 0);
     ASSERT_TRUE(strcmp(b->model, spec) == 0);
     ASSERT_TRUE(strlen(b->created) == 20 && b->created[19] == 'Z');
@@ -540,6 +543,45 @@ static void test_bad_files(void)
     unmake(&b);
 }
 
+/* What no run writes is refused on reading: impossible metadata, non-finite parameters or
+ * optimizer state (a resumed run would index its sample order with them, or train from nan). */
+static void test_impossible_values(void)
+{
+    model a, b;
+    if (make(&a, "lenet", NNP_ACT_RELU, NNP_OPT_SGD, 0.9, NNP_PRECOND_DYNAMIC, 1) ||
+        make(&b, "lenet", NNP_ACT_RELU, NNP_OPT_SGD, 0.9, NNP_PRECOND_DYNAMIC, 0))
+        return;
+    const char *path = P("impossible.h5");
+    nnp_ckpt_meta meta, got;
+    for (int k = 0; k < 7; k++) {
+        fill_meta(&meta);
+        const char *what = NULL;
+        switch (k) {
+        case 0: meta.step = -5, what = "attribute step"; break;
+        case 1: meta.pos_in_epoch = -1, what = "attribute pos_in_epoch"; break;
+        case 2: meta.norm_std = 0, what = "attribute norm_std"; break;
+        case 3: meta.norm_mean = INFINITY, what = "attribute norm_mean"; break;
+        case 4: meta.wall_s = NAN, what = "attribute wall_s"; break;
+        case 5: a.net->params[a.net->tensors[4].off + 7] = NAN, what = "/fc1/weight"; break;
+        case 6: a.opt.buf1[3] = INFINITY, what = "/optimizer/momentum_buffer"; break;
+        }
+        ASSERT_OK(nnp_ckpt_write(path, a.net, &a.opt, &a.pc, &meta));
+        EXPECT_ERR(nnp_ckpt_read(path, b.net, &b.opt, &b.pc, &got), NNP_ERR_FORMAT, what);
+        if (k < 5)
+            EXPECT_ERR(nnp_ckpt_read_meta(path, &got), NNP_ERR_FORMAT, what);
+        if (k == 5)
+            a.net->params[a.net->tensors[4].off + 7] = 0.5f;
+        if (k == 6)
+            a.opt.buf1[3] = 0;
+    }
+    /* and the same file with finite values reads */
+    fill_meta(&meta);
+    ASSERT_OK(nnp_ckpt_write(path, a.net, &a.opt, &a.pc, &meta));
+    ASSERT_OK(nnp_ckpt_read(path, b.net, &b.opt, &b.pc, &got));
+    unmake(&a);
+    unmake(&b);
+}
+
 /* ---- rotation -------------------------------------------------------------------------- */
 
 static int count_ckpts(const char *dir)
@@ -836,6 +878,7 @@ int main(void)
                     NNP_ACT_RELU, NNP_OPT_SGD, 0.0, NNP_PRECOND_STATIC, "seq_sgd.h5");
     test_failed_writes();
     test_bad_files();
+    test_impossible_values();
     test_rotation();
     test_h5data();
 

@@ -42,6 +42,8 @@ typedef struct {
     int global_batch;      /* samples per global step */
     int world_size;        /* ranks at save time */
     double wall_s;         /* training wall-clock time so far */
+    int64_t train_samples; /* training samples of the run (it fixes the sample order); read:
+                            * 0 when the file predates this attribute */
     char model[256];       /* read: the model spec; write: ignored (net->spec is written) */
     char options[8192];    /* "name=value\n" per training option */
     /* filled by read, ignored by write: */

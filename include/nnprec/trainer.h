@@ -57,7 +57,8 @@ typedef struct {
 void nnp_train_install_signals(void);
 
 typedef struct {
-    int64_t steps;          /* steps run */
+    int64_t steps;          /* steps completed at the end (a resumed run counts from 0) */
+    int64_t first_step;     /* step the run started from: 0, or its checkpoint's */
     double final_test_loss, final_test_acc;
     double last_train_loss;
     double wall_s;

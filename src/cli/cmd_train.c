@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include "cli.h"
 #include "nnprec/ckpt.h"
 #include "nnprec/data.h"
@@ -124,6 +125,9 @@ static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *
 {
     memset(cfg, 0, sizeof *cfg);
     NNP_CALL(nnp_act_parse(O.act, act));
+    if (*act != NNP_ACT_RELU && strncmp(O.model, "mlp:", 4) != 0)
+        return nnp_error(NNP_ERR_ARG, "--act applies to mlp: models only; %s names its own "
+                                      "activations (docs/models.md)", O.model);
     NNP_CALL(nnp_init_parse(O.init, init));
     if (strcmp(O.loss, "ce") == 0)
         cfg->loss = NNP_LOSS_CE;
@@ -149,6 +153,10 @@ static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *
     cfg->sched.warmup = O.warmup;
     if (O.step_epochs < 1)
         return nnp_error(NNP_ERR_ARG, "--step-epochs must be >= 1");
+    if (!(O.gamma > 0 && O.gamma <= 1))
+        return nnp_error(NNP_ERR_ARG, "--gamma must be in (0, 1], got %g", O.gamma);
+    if (!(O.min_lr >= 0 && O.min_lr <= O.lr))
+        return nnp_error(NNP_ERR_ARG, "--min-lr must be in [0, --lr], got %g", O.min_lr);
     if (O.warmup < 0)
         return nnp_error(NNP_ERR_ARG, "--warmup must be >= 0");
     nnp_precond_defaults(&cfg->precond);
@@ -176,6 +184,12 @@ static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *
         return nnp_error(NNP_ERR_ARG, "--batch must be >= 1, got %d", O.batch);
     if (O.global_batch < 0)
         return nnp_error(NNP_ERR_ARG, "--global-batch must be >= 0");
+    /* room for the buffers' arithmetic (a --balance share may double) */
+    const int64_t max_global = (int64_t)1 << 28;
+    if (O.global_batch > max_global || (O.global_batch == 0 && (int64_t)O.batch * size > max_global))
+        return nnp_error(NNP_ERR_ARG, "the global batch (%s) must be at most %lld samples",
+                         O.global_batch ? "--global-batch" : "--batch x ranks",
+                         (long long)max_global);
     cfg->global_batch = O.global_batch > 0 ? O.global_batch : O.batch * size;
     if (O.global_batch > 0 && O.global_batch < size)
         return nnp_error(NNP_ERR_ARG, "--global-batch %d is smaller than the %d ranks",
@@ -216,6 +230,8 @@ static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *
         return nnp_error(NNP_ERR_ARG, "--resume auto needs --out (where the checkpoints are)");
     if (O.checkpoint_every > 0 && !O.out[0])
         return nnp_error(NNP_ERR_ARG, "--checkpoint-every needs --out");
+    if (O.stop_file[0] && !O.out[0])
+        return nnp_error(NNP_ERR_ARG, "--stop-file needs --out (where the checkpoint goes)");
     cfg->checkpoint_every = O.checkpoint_every;
     cfg->keep = O.keep;
     cfg->stop_file = O.stop_file;
@@ -368,6 +384,9 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
                                        "another --out (nothing was changed)",
                           O.out, found_path);
     }
+    if (s == NNP_OK && rank == 0 && O.stop_file[0] && access(O.stop_file, F_OK) == 0)
+        s = nnp_error(NNP_ERR_ARG, "--stop-file %s exists already: remove it (it would stop the "
+                                   "run after its first step)", O.stop_file);
     s = nnp_comm_agree(comm, s);
     if (s == NNP_OK)
         s = nnp_comm_bcast(comm, resume, sizeof resume, 0);
@@ -389,6 +408,10 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
     nnp_net *net = NULL;
     s = load_data(comm, &train, &test);
     if (s == NNP_OK && resume[0]) {
+        if (O.normalize[0] && (mean != meta.norm_mean || std != meta.norm_std))
+            s = nnp_error(NNP_ERR_ARG, "--normalize %s differs from the checkpoint's mean %.9g std "
+                                       "%.9g, which a resumed run keeps",
+                          O.normalize, meta.norm_mean, meta.norm_std);
         mean = meta.norm_mean;
         std = meta.norm_std;
     } else if (s == NNP_OK && !O.normalize[0]) {
@@ -427,15 +450,21 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
                size > 1 ? "s" : "", O.model, net->n_params, desc);
         printf("[setup] data %s: %zu training samples, %zu test samples (%zu on rank 0), "
                "%dx%dx%d, %d classes\n",
-               O.data, train.n, test.n_total && O.test_limit ? (size_t)O.test_limit : test.n_total,
+               O.data, train.n,
+               O.test_limit > 0 && (size_t)O.test_limit < test.n_total ? (size_t)O.test_limit
+                                                                      : test.n_total,
                test.n, train.c, train.h, train.w, train.n_classes);
         printf("[setup] normalize: mean %.6f std %.6f (%s)\n", mean, std,
                resume[0]        ? "from the checkpoint"
                : O.normalize[0] ? "--normalize"
                                 : "computed from the training set");
-        printf("[setup] init %s, optim %s lr %g momentum %g, precond %s, global batch %d, "
+        printf("[setup] init %s, optim %s lr %g momentum %g, precond %s, global batch %d%s, "
                "allreduce %s\n",
-               O.init, O.optim, O.lr, O.momentum, O.precond, cfg.global_batch, O.allreduce);
+               O.init, O.optim, O.lr, O.momentum, O.precond, cfg.global_batch,
+               (size_t)cfg.global_batch > train.n ? " (more than the training set: every step "
+                                                    "uses all of it)"
+                                                  : "",
+               O.allreduce);
         fflush(stdout);
     }
     if (s == NNP_OK) {
@@ -447,7 +476,11 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
         cfg.resume = resume;
         nnp_train_result res;
         s = nnp_train(comm, &cfg, net, &train, &test, &res);
-        if (s == NNP_OK && rank == 0 && !O.quiet)
+        if (s == NNP_OK && rank == 0 && res.steps == res.first_step && res.steps > 0)
+            printf("[done]  nothing to train: %s is at step %lld, this run's last; its test loss "
+                   "%.4f accuracy %.2f%%\n",
+                   resume, (long long)res.steps, res.final_test_loss, 100.0 * res.final_test_acc);
+        else if (s == NNP_OK && rank == 0 && !O.quiet)
             printf("[done]  %lld steps in %.1f s (%.0f samples/s); final test loss %.4f "
                    "accuracy %.2f%%\n",
                    (long long)res.steps, res.wall_s, res.samples_per_s, res.final_test_loss,

@@ -12,6 +12,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -195,6 +197,29 @@ static nnp_status read_meta_attrs(const char *path, hid_t f, nnp_ckpt_meta *m)
               attr_num(path, f, "", "wall_s", H5T_NATIVE_DOUBLE, &m->wall_s);
     if (bad)
         return NNP_ERR_FORMAT;
+    /* a resumed run indexes its sample order and buffers with these: reject what no run
+     * writes, rather than fail later in some other way */
+    const char *what = m->step < 0                              ? "step"
+                       : epoch < 0 || epoch > INT_MAX             ? "epoch"
+                       : m->pos_in_epoch < 0                      ? "pos_in_epoch"
+                       : m->rng_counter < 0                       ? "rng_counter"
+                       : gb < 1 || gb > INT_MAX                   ? "global_batch"
+                       : ws < 1 || ws > INT_MAX                   ? "world_size"
+                       : !isfinite(m->norm_mean)                  ? "norm_mean"
+                       : !(isfinite(m->norm_std) && m->norm_std > 0) ? "norm_std"
+                       : !(isfinite(m->wall_s) && m->wall_s >= 0) ? "wall_s"
+                                                                  : NULL;
+    if (what)
+        return nnp_error(NNP_ERR_FORMAT, "checkpoint %s: attribute %s has an impossible value",
+                         path, what);
+    if (H5Aexists(f, "train_samples") > 0) {
+        if (attr_num(path, f, "", "train_samples", H5T_NATIVE_INT64, &m->train_samples))
+            return NNP_ERR_FORMAT;
+        if (m->train_samples < 1)
+            return nnp_error(NNP_ERR_FORMAT,
+                             "checkpoint %s: attribute train_samples has an impossible value",
+                             path);
+    }
     m->epoch = (int)epoch;
     m->global_batch = (int)gb;
     m->world_size = (int)ws;
@@ -436,6 +461,27 @@ nnp_status nnp_ckpt_read(const char *path, nnp_net *net, nnp_optim *opt, nnp_pre
             H5Iget_name(rd[i].id, name, sizeof name);
             s = nnp_error(NNP_ERR_IO, "checkpoint %s: cannot read dataset %s: %s", path, name,
                           nnp__ckpt_h5_reason(err, reason));
+        }
+    }
+    /* parameters, optimizer state and multipliers must be finite: training from a nan
+     * would only report a divergence later, evaluating one a meaningless accuracy */
+    for (int i = 0; s == NNP_OK && i < n_rd; i++) {
+        hid_t sp = H5Dget_space(rd[i].id);
+        hssize_t n = sp < 0 ? -1 : H5Sget_simple_extent_npoints(sp);
+        if (sp >= 0)
+            H5Sclose(sp);
+        int finite = 1;
+        if (rd[i].mtype == H5T_NATIVE_FLOAT)
+            for (hssize_t k = 0; k < n; k++)
+                finite &= isfinite(((const float *)rd[i].dst)[k]) != 0;
+        else
+            for (hssize_t k = 0; k < n; k++)
+                finite &= isfinite(((const double *)rd[i].dst)[k]) != 0;
+        if (!finite) {
+            char name[256];
+            H5Iget_name(rd[i].id, name, sizeof name);
+            s = nnp_error(NNP_ERR_FORMAT, "checkpoint %s: dataset %s holds non-finite values "
+                                          "(nan or inf)", path, name);
         }
     }
     if (s == NNP_OK) {

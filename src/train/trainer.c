@@ -307,7 +307,7 @@ static int all_finite(const float *v, size_t n)
  * that are no longer finite are not written: the latest checkpoint stays a usable one. */
 static nnp_status checkpoint(nnp_comm *comm, const nnp_train_cfg *cfg, const nnp_net *net,
                              const nnp_optim *opt, const nnp_precond *pc, int64_t step,
-                             size_t spe, double wall_s)
+                             size_t spe, size_t n_train, double wall_s)
 {
     nnp_status st = NNP_OK;
     if (nnp_comm_rank(comm) == 0) {
@@ -322,6 +322,7 @@ static nnp_status checkpoint(nnp_comm *comm, const nnp_train_cfg *cfg, const nnp
         meta.global_batch = cfg->global_batch;
         meta.world_size = nnp_comm_size(comm);
         meta.wall_s = wall_s;
+        meta.train_samples = (int64_t)n_train;
         snprintf(meta.options, sizeof meta.options, "%s", cfg->options ? cfg->options : "");
         char path[4096];
         st = nnp_ckpt_path(cfg->out_dir, step, path, sizeof path);
@@ -451,6 +452,26 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             st = nnp_error(NNP_ERR_ARG, "checkpoint %s was written with --seed %llu, this run has %llu",
                            cfg->resume, (unsigned long long)meta.seed,
                            (unsigned long long)cfg->seed);
+        /* the sample order depends on the training set's size: another --train-limit or
+         * --data would continue with other batches (older files lack train_samples, but
+         * their epoch and position must still agree with this run's batches per epoch) */
+        if (st == NNP_OK && meta.train_samples > 0 && (size_t)meta.train_samples != N)
+            st = nnp_error(NNP_ERR_ARG,
+                           "checkpoint %s was written with %lld training samples, this run has "
+                           "%zu (the sample order depends on it: same --data and --train-limit)",
+                           cfg->resume, (long long)meta.train_samples, N);
+        if (st == NNP_OK && (meta.epoch != (int64_t)(meta.step / (int64_t)spe) ||
+                             meta.pos_in_epoch != meta.step % (int64_t)spe))
+            st = nnp_error(NNP_ERR_ARG,
+                           "checkpoint %s is at step %lld = epoch %d, batch %lld, which does not "
+                           "match this run's %zu batches per epoch (other --data or --train-limit?)",
+                           cfg->resume, (long long)meta.step, meta.epoch,
+                           (long long)meta.pos_in_epoch, spe);
+        if (st == NNP_OK && meta.step > total)
+            st = nnp_error(NNP_ERR_ARG,
+                           "checkpoint %s is at step %lld, past this run's %lld steps (--steps, "
+                           "--epochs)",
+                           cfg->resume, (long long)meta.step, (long long)total);
         st = nnp_comm_agree(comm, st);
         if (st != NNP_OK)
             goto done;
@@ -460,6 +481,14 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             printf("[ckpt]  resumed from %s at step %lld (epoch %d, written by %d rank%s)\n",
                    cfg->resume, (long long)first_step, meta.epoch, meta.world_size,
                    meta.world_size > 1 ? "s" : "");
+        res->first_step = res->steps = first_step;
+        if (first_step == total) {
+            /* a finished run: nothing to train, and its files stay as they are; the
+             * checkpoint's test figures are reported as the run's */
+            st = nnp_evaluate(comm, net, cfg->loss, test, &res->final_test_loss,
+                              &res->final_test_acc);
+            goto done;
+        }
     }
 
     /* collective: after the agreement, and once the parameters are final */
@@ -751,7 +780,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
                 st = exchange_gather(&x, opt.buf2);
             if (st != NNP_OK)
                 goto done;
-            st = checkpoint(comm, cfg, net, &opt, &pc, done_steps, spe,
+            st = checkpoint(comm, cfg, net, &opt, &pc, done_steps, spe, N,
                             wall_before + t_ck - t_start);
             if (st != NNP_OK)
                 goto done;
@@ -762,6 +791,15 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
                            : nnp_error(NNP_ERR_IO, "%s; step %lld was checkpointed: resume with "
                                                    "--resume auto once it can be written",
                                        out.err, (long long)done_steps);
+            goto done;
+        }
+        if (stop > 0 && !is_last && !(cfg->out_dir && cfg->out_dir[0])) {
+            /* nothing to checkpoint into: not the "resume me" exit code */
+            st = rank != 0 ? NNP_ERR_REMOTE
+                           : nnp_error(NNP_ERR_IO, "stopped by %s after step %lld; without --out "
+                                                   "nothing was saved",
+                                       stop == SIGUSR1 ? "SIGUSR1" : "SIGTERM",
+                                       (long long)done_steps);
             goto done;
         }
         if (stop > 0 && !is_last) {
