@@ -553,6 +553,13 @@ static void test_impossible_values(void)
         return;
     const char *path = P("impossible.h5");
     nnp_ckpt_meta meta, got;
+    size_t np = b.net->n_params;
+    float *p0 = malloc(np * sizeof *p0), *m0 = malloc(np * sizeof *m0);
+    ASSERT_TRUE(p0 && m0);
+    if (!p0 || !m0)
+        return;
+    memcpy(p0, b.net->params, np * sizeof *p0);
+    memcpy(m0, b.opt.buf1, np * sizeof *m0);
     for (int k = 0; k < 7; k++) {
         fill_meta(&meta);
         const char *what = NULL;
@@ -567,6 +574,9 @@ static void test_impossible_values(void)
         }
         ASSERT_OK(nnp_ckpt_write(path, a.net, &a.opt, &a.pc, &meta));
         EXPECT_ERR(nnp_ckpt_read(path, b.net, &b.opt, &b.pc, &got), NNP_ERR_FORMAT, what);
+        /* and the reader's network and optimizer are untouched */
+        ASSERT_TRUE(memcmp(b.net->params, p0, np * sizeof *p0) == 0);
+        ASSERT_TRUE(memcmp(b.opt.buf1, m0, np * sizeof *m0) == 0);
         if (k < 5)
             EXPECT_ERR(nnp_ckpt_read_meta(path, &got), NNP_ERR_FORMAT, what);
         if (k == 5)
@@ -578,6 +588,9 @@ static void test_impossible_values(void)
     fill_meta(&meta);
     ASSERT_OK(nnp_ckpt_write(path, a.net, &a.opt, &a.pc, &meta));
     ASSERT_OK(nnp_ckpt_read(path, b.net, &b.opt, &b.pc, &got));
+    ASSERT_TRUE(memcmp(b.net->params, a.net->params, np * sizeof *p0) == 0);
+    free(p0);
+    free(m0);
     unmake(&a);
     unmake(&b);
 }

@@ -301,6 +301,8 @@ typedef struct {
     hid_t mtype;
 } pending_read;
 
+#define PAD8(n) (((n) + 7) & ~(size_t)7) /* each dataset's place in the scratch block */
+
 /* Validate everything; collect the datasets to read into `rd` (n_rd entries). */
 static nnp_status validate(const char *path, hid_t f, const nnp_net *net, const nnp_optim *opt,
                            const nnp_precond *pc, pending_read *rd, int *n_rd,
@@ -453,37 +455,55 @@ nnp_status nnp_ckpt_read(const char *path, nnp_net *net, nnp_optim *opt, nnp_pre
         s = read_meta_attrs(path, f, m);
     if (s == NNP_OK)
         s = validate(path, f, net, opt, pc, rd, &n_rd, &opt_t, &pc_updated);
-    for (int i = 0; s == NNP_OK && i < n_rd; i++) {
-        errno = 0;
-        if (H5Dread(rd[i].id, rd[i].mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, rd[i].dst) < 0) {
-            char reason[512], name[256];
-            int err = errno;
-            H5Iget_name(rd[i].id, name, sizeof name);
-            s = nnp_error(NNP_ERR_IO, "checkpoint %s: cannot read dataset %s: %s", path, name,
-                          nnp__ckpt_h5_reason(err, reason));
-        }
-    }
-    /* parameters, optimizer state and multipliers must be finite: training from a nan
-     * would only report a divergence later, evaluating one a meaningless accuracy */
+    /* Read every dataset into one scratch block first, check that it is finite (training
+     * from a nan would only report a divergence later, evaluating one a meaningless
+     * accuracy), and only then copy into the caller's buffers: a failure changes nothing. */
+    size_t total = 0;
+    size_t *bytes = nnp_calloc((size_t)(n_rd > 0 ? n_rd : 1), sizeof *bytes);
+    if (!bytes && s == NNP_OK)
+        s = NNP_ERR_NOMEM;
     for (int i = 0; s == NNP_OK && i < n_rd; i++) {
         hid_t sp = H5Dget_space(rd[i].id);
         hssize_t n = sp < 0 ? -1 : H5Sget_simple_extent_npoints(sp);
         if (sp >= 0)
             H5Sclose(sp);
+        if (n < 0)
+            s = nnp_error(NNP_ERR_FORMAT, "checkpoint %s: unreadable dataspace", path);
+        bytes[i] = (size_t)(n > 0 ? n : 0) * (rd[i].mtype == H5T_NATIVE_FLOAT ? 4 : 8);
+        total += PAD8(bytes[i]);
+    }
+    unsigned char *scratch = s == NNP_OK && total ? nnp_malloc(total) : NULL;
+    if (s == NNP_OK && total && !scratch)
+        s = NNP_ERR_NOMEM;
+    for (size_t i = 0, at = 0; s == NNP_OK && i < (size_t)n_rd; at += PAD8(bytes[i]), i++) {
+        char name[256];
+        errno = 0;
+        if (H5Dread(rd[i].id, rd[i].mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, scratch + at) < 0) {
+            char reason[512];
+            int err = errno;
+            H5Iget_name(rd[i].id, name, sizeof name);
+            s = nnp_error(NNP_ERR_IO, "checkpoint %s: cannot read dataset %s: %s", path, name,
+                          nnp__ckpt_h5_reason(err, reason));
+            break;
+        }
         int finite = 1;
         if (rd[i].mtype == H5T_NATIVE_FLOAT)
-            for (hssize_t k = 0; k < n; k++)
-                finite &= isfinite(((const float *)rd[i].dst)[k]) != 0;
+            for (size_t k = 0; k < bytes[i] / 4; k++)
+                finite &= isfinite(((const float *)(void *)(scratch + at))[k]) != 0;
         else
-            for (hssize_t k = 0; k < n; k++)
-                finite &= isfinite(((const double *)rd[i].dst)[k]) != 0;
+            for (size_t k = 0; k < bytes[i] / 8; k++)
+                finite &= isfinite(((const double *)(void *)(scratch + at))[k]) != 0;
         if (!finite) {
-            char name[256];
             H5Iget_name(rd[i].id, name, sizeof name);
             s = nnp_error(NNP_ERR_FORMAT, "checkpoint %s: dataset %s holds non-finite values "
                                           "(nan or inf)", path, name);
         }
     }
+    for (size_t i = 0, at = 0; s == NNP_OK && i < (size_t)n_rd; at += PAD8(bytes[i]), i++)
+        if (bytes[i])
+            memcpy(rd[i].dst, scratch + at, bytes[i]);
+    free(scratch);
+    free(bytes);
     if (s == NNP_OK) {
         if (opt)
             opt->t = opt_t;
