@@ -19,6 +19,10 @@ grep -q -- '--lr X .*\[0.01\]' "$tmp/help" && ok || fail "--help does not show t
 expect 2 "unknown option '--bogus'" "$nnprec" train --bogus 1
 expect 2 "needs a value" "$nnprec" train --lr
 expect 2 "expects a finite number" "$nnprec" train --lr abc
+# plain decimal numbers only (strtol/strtod would take hex, blanks and '+')
+expect 2 "--lr expects a finite number, got '0x10'" "$nnprec" train --lr 0x10
+expect 2 "--batch expects an integer, got ' 8'" "$nnprec" train --batch ' 8'
+expect 2 "--steps expects an integer, got '1e3'" "$nnprec" train --steps 1e3
 expect 2 "--lr must be positive" "$nnprec" train --lr -1
 # under mpiexec every rank exits with the code of the rank that reports (2: bad command line)
 expect 2 "--lr must be positive" "$mpiexec" -n 3 --oversubscribe "$nnprec" train --lr -1

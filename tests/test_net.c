@@ -70,7 +70,11 @@ static void test_specs(void)
     }
     const char *bad[] = {"resnet", "mlp:", "mlp:784", "mlp:784-0-10", "mlp:784-abc-10",
                          "seq:1x28x28/conv:6", "seq:1x4x4/conv:6:9", "seq:1x28x28/softmax",
-                         "seq:1x28x28/relu", "seq:1x28x28/dense:10:3", "seq:1x4x4/maxpool:8"};
+                         "seq:1x28x28/relu", "seq:1x28x28/dense:10:3", "seq:1x4x4/maxpool:8",
+                         /* empty items and widths that strtok/strtol would let through */
+                         "mlp:784--10", "mlp:784-32-10-", "mlp:-784-10", "mlp:784- 32-10",
+                         "mlp:784-+32-10", "mlp:784-0x20-10", "seq:1x28x28//dense:10",
+                         "seq:1x28x28/dense:10/", "seq:/1x28x28/dense:10", "seq:1x28x28/dense: 10"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         net = NULL;
         ASSERT_STATUS(nnp_net_create(bad[i], (nnp_shape){1, 28, 28}, NNP_ACT_RELU, 2, &net),

@@ -5,6 +5,29 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Plain decimal text only: strtol/strtod would also take leading blanks, a '+' sign
+ * (integers), and hexadecimal ("0x10"), none of which anyone means on a command line. */
+static int plain_int(const char *v)
+{
+    v += *v == '-';
+    if (!*v)
+        return 0;
+    for (; *v; v++)
+        if (*v < '0' || *v > '9')
+            return 0;
+    return 1;
+}
+
+static int plain_number(const char *v)
+{
+    if (!*v)
+        return 0;
+    for (; *v; v++)
+        if (!strchr("0123456789+-.eE", *v))
+            return 0;
+    return 1;
+}
+
 static nnp_status set_value(nnp_option *o, const char *v)
 {
     char *end;
@@ -12,21 +35,21 @@ static nnp_status set_value(nnp_option *o, const char *v)
     switch (o->type) {
     case NNP_OPTT_INT: {
         long x = strtol(v, &end, 10);
-        if (errno || end == v || *end || x < -2147483647L || x > 2147483647L)
+        if (!plain_int(v) || errno || end == v || *end || x < -2147483647L || x > 2147483647L)
             return nnp_error(NNP_ERR_ARG, "--%s expects an integer, got '%s'", o->name, v);
         *(int *)o->dst = (int)x;
         return NNP_OK;
     }
     case NNP_OPTT_I64: {
         long long x = strtoll(v, &end, 10);
-        if (errno || end == v || *end)
+        if (!plain_int(v) || errno || end == v || *end)
             return nnp_error(NNP_ERR_ARG, "--%s expects an integer, got '%s'", o->name, v);
         *(int64_t *)o->dst = (int64_t)x;
         return NNP_OK;
     }
     case NNP_OPTT_DOUBLE: {
         double x = strtod(v, &end);
-        if (errno || end == v || *end || !isfinite(x))
+        if (!plain_number(v) || errno || end == v || *end || !isfinite(x))
             return nnp_error(NNP_ERR_ARG, "--%s expects a finite number, got '%s'", o->name, v);
         *(double *)o->dst = x;
         return NNP_OK;

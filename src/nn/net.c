@@ -57,6 +57,9 @@ static int parse_pos_int(const char *s, int *v)
 {
     char *end;
     errno = 0;
+    for (const char *c = s; *c; c++) /* digits only: no blanks, signs or hex */
+        if (!isdigit((unsigned char)*c))
+            return -1;
     long x = strtol(s, &end, 10);
     if (errno || end == s || *end || x <= 0 || x > 1 << 24)
         return -1;
@@ -209,6 +212,11 @@ static nnp_status parse_seq(builder *b, const char *body)
     char buf[1024];
     if (strlen(body) >= sizeof buf)
         return nnp_error(NNP_ERR_ARG, "model spec too long (%zu characters)", strlen(body));
+    /* strtok_r would skip empty items: "seq:1x28x28//dense:10" is a typo, not a network */
+    size_t n = strlen(body);
+    if (!n || strchr("/,", body[0]) || strchr("/,", body[n - 1]) || strstr(body, "//") ||
+        strstr(body, ",,") || strstr(body, "/,") || strstr(body, ",/"))
+        return nnp_error(NNP_ERR_ARG, "empty item in model spec '%s'", b->spec);
     strcpy(buf, body);
     char *save = NULL;
     int first = 1;
@@ -229,8 +237,11 @@ static nnp_status parse_mlp(builder *b, const char *body, nnp_act act)
 {
     int widths[NNP_MAX_LAYERS], nw = 0;
     char buf[512];
-    if (strlen(body) >= sizeof buf || !*body)
-        return nnp_error(NNP_ERR_ARG, "bad mlp spec '%s'", b->spec);
+    size_t n = strlen(body);
+    /* strtok_r would skip empty widths: "mlp:784--10" is a typo, not 784-10 */
+    if (n >= sizeof buf || !n || body[0] == '-' || body[n - 1] == '-' || strstr(body, "--"))
+        return nnp_error(NNP_ERR_ARG, "bad mlp spec '%s' (expected e.g. mlp:784-256x12-10)",
+                         b->spec);
     strcpy(buf, body);
     char *save = NULL;
     for (char *t = strtok_r(buf, "-", &save); t; t = strtok_r(NULL, "-", &save)) {
