@@ -52,6 +52,11 @@ touch "$tmp/stale-stop"
 expect 2 "--stop-file $tmp/stale-stop exists already" "$mpiexec" -n 2 --oversubscribe "$nnprec" train \
   --stop-file "$tmp/stale-stop" --out "$tmp/stale"
 expect 1 "$tmp/nowhere" "$nnprec" train --data "$tmp/nowhere"
+# a model far larger than the machine's memory: a message before allocating (calloc would
+# succeed and the kernel kill the process once the pages are touched)
+expect 1 "at batch 64 needs [0-9.]* GB for parameters, activations and workspace; this machine has" \
+  "$nnprec" train --model seq:1x28x28/conv:1000000:3/dense:10 --train-limit 64 --test-limit 10
+expect 1 "needs more memory than can be addressed" "$nnprec" stats --model seq:100000x100000x100000/dense:10
 # a model whose input does not match the data
 expect 2 "expects 100 input values" "$nnprec" train --model mlp:100-10 --train-limit 64 --test-limit 10
 # bad data on every rank of 2: one message, every rank exits non-zero, nobody hangs

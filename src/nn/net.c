@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "nnprec/alloc.h"
 
 #define NNP_MAX_LAYERS 1024
@@ -352,10 +353,53 @@ static nnp_status plan_tensors(nnp_net *net)
     return NNP_OK;
 }
 
+/* acc += a * b * c bytes; 0, or -1 on overflow */
+static int add_bytes(size_t *acc, size_t a, size_t b, size_t c)
+{
+    size_t ab, abc;
+    if (__builtin_mul_overflow(a, b, &ab) || __builtin_mul_overflow(ab, c, &abc) ||
+        __builtin_add_overflow(*acc, abc, acc))
+        return -1;
+    return 0;
+}
+
+/* The buffers alloc_buffers is about to take must fit in this machine's memory: calloc of
+ * more than that succeeds (Linux overcommits) and the kernel kills the process once the
+ * pages are touched, with no message. */
+static nnp_status check_memory(const nnp_net *net)
+{
+    size_t B = (size_t)net->max_batch, total = 0;
+    int n = net->n_layers, bad = add_bytes(&total, 2, net->n_params, sizeof(float));
+    for (int i = 0; i <= n && !bad; i++) {
+        nnp_shape s = i < n ? net->layers[i].in : net->layers[n - 1].out;
+        bad = add_bytes(&total, 2 * B, nnp_shape_size(s), sizeof(float));
+    }
+    for (int i = 0; i < n && !bad; i++) {
+        const nnp_layer *L = &net->layers[i];
+        if (L->kind == NNP_L_MAXPOOL)
+            bad = add_bytes(&total, B, nnp_shape_size(L->out), sizeof(int));
+        if (L->kind == NNP_L_CONV2D)
+            bad = add_bytes(&total, 1, nnp_conv2d_workspace(&L->conv, net->max_batch),
+                            sizeof(float));
+    }
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    double have = pages > 0 && page > 0 ? (double)pages * (double)page : 0;
+    if (bad)
+        return nnp_error(NNP_ERR_NOMEM, "model %s at batch %d needs more memory than can be "
+                                        "addressed", net->spec, net->max_batch);
+    if (have > 0 && (double)total > have)
+        return nnp_error(NNP_ERR_NOMEM,
+                         "model %s at batch %d needs %.1f GB for parameters, activations and "
+                         "workspace; this machine has %.1f GB",
+                         net->spec, net->max_batch, (double)total / 1e9, have / 1e9);
+    return NNP_OK;
+}
+
 static nnp_status alloc_buffers(nnp_net *net)
 {
     size_t B = (size_t)net->max_batch;
     int n = net->n_layers;
+    NNP_CALL(check_memory(net));
     net->params = nnp_calloc(net->n_params, sizeof(float));
     net->grads = nnp_calloc(net->n_params, sizeof(float));
     net->act = nnp_calloc((size_t)n + 1, sizeof(float *));
