@@ -43,6 +43,10 @@ expect 2 "--grad must be normal or loss" "$nnprec" stats --depth 3 --grad foo
 expect 2 "--batch must be" "$nnprec" stats --depth 3 --batch 0
 expect 2 "not both" "$nnprec" stats --depth 3 --synthetic --data /nonexistent
 expect 1 "cannot open" "$nnprec" stats --depth 3 --width 8 --batch 4 --csv /nonexistent/dir/x.csv
+# options that would be ignored are errors
+expect 2 "--act applies to mlp: models and --depth only; lenet names" "$nnprec" stats --model lenet --act tanh
+expect 2 "--width goes with --depth" "$nnprec" stats --model lenet --width 10
+expect 2 "stats --data reads an IDX folder, not an HDF5 file" "$nnprec" stats --model lenet --data x.h5
 
 # under mpiexec every rank starts; rank 0 alone prints the table
 if [ -n "$mpiexec" ]; then

@@ -178,13 +178,15 @@ static nnp_status bench_allreduce(nnp_comm *comm)
     int nsz = 0;
     for (char *s = B.allreduce, *end; *s && nsz < 32; s = *end ? end + 1 : end) {
         mb[nsz] = strtod(s, &end);
-        if (end == s || !(mb[nsz] > 0) || (*end && *end != ','))
-            return nnp_error(NNP_ERR_ARG, "--allreduce-mb: expected sizes in MiB like 0.25,1,4, "
-                                          "got '%s'", B.allreduce);
+        /* at least one float */
+        if (end == s || !(mb[nsz] * 1048576.0 >= sizeof(float)) || mb[nsz] > 4096 ||
+            (*end && *end != ','))
+            return nnp_error(NNP_ERR_ARG, "--allreduce-mb: expected sizes in MiB like 0.25,1,4 "
+                                          "(4 bytes to 4096 MiB), got '%s'", B.allreduce);
         nsz++;
     }
-    if (B.reps < 1 || B.reps > 1000 || !(B.chunk_mb > 0))
-        return nnp_error(NNP_ERR_ARG, "--reps must be in 1..1000 and --chunk-mb > 0");
+    if (B.reps < 1 || B.reps > 1000 || !(B.chunk_mb >= 1.0 / 256))
+        return nnp_error(NNP_ERR_ARG, "--reps must be in 1..1000 and --chunk-mb >= 1/256 (4 KiB)");
     int coll = strcmp(B.collective, "allreduce") == 0        ? 0
                : strcmp(B.collective, "reduce-scatter") == 0 ? 1
                : strcmp(B.collective, "allgather") == 0      ? 2
@@ -309,6 +311,10 @@ nnp_status nnp_cmd_bench(nnp_comm *comm, int argc, char **argv)
                              bench_opts, N_BENCH);
         return NNP_OK;
     }
+    if (B.allreduce[0] && B.layers)
+        return nnp_error(NNP_ERR_ARG, "give --layers or --allreduce-mb, not both");
+    if (!B.allreduce[0] && strcmp(B.collective, "allreduce") != 0)
+        return nnp_error(NNP_ERR_ARG, "--collective goes with --allreduce-mb");
     if (B.allreduce[0])
         return bench_allreduce(comm);
     if (nnp_comm_rank(comm) != 0)

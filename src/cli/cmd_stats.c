@@ -124,6 +124,16 @@ static nnp_status build_config(stats_cfg *c)
         return nnp_error(NNP_ERR_ARG, "give --synthetic or --data, not both");
     if (O.depth > 0 && O.model[0])
         return nnp_error(NNP_ERR_ARG, "give --model or --depth, not both");
+    if (O.model[0] && O.width != 256)
+        return nnp_error(NNP_ERR_ARG, "--width goes with --depth (a --model names its widths)");
+    if (O.model[0] && c->act != NNP_ACT_RELU && strncmp(O.model, "mlp:", 4) != 0)
+        return nnp_error(NNP_ERR_ARG, "--act applies to mlp: models and --depth only; %s names "
+                                      "its own activations", O.model);
+    if (O.data[0]) {
+        size_t n = strlen(O.data);
+        if (n >= 3 && strcmp(O.data + n - 3, ".h5") == 0)
+            return nnp_error(NNP_ERR_ARG, "stats --data reads an IDX folder, not an HDF5 file");
+    }
     if (O.depth == 0 && !O.model[0])
         return nnp_error(NNP_ERR_ARG, "give --model SPEC or --depth D");
     if (strcmp(O.grad, "normal") == 0)
