@@ -24,6 +24,7 @@
 
 /* OpenBLAS's runtime thread control (declared by its cblas.h, which only linalg code uses). */
 void openblas_set_num_threads(int n);
+int openblas_get_num_threads(void);
 
 #define DEFAULT_DATA "/usr/share/datasets/fashion-mnist"
 
@@ -246,9 +247,10 @@ static void setup_threads(nnp_comm *comm)
     int rank0 = nnp_comm_rank(comm) == 0, local = nnp_comm_local_size(comm);
     if (O.threads > 0) {
         openblas_set_num_threads(O.threads);
+        int got = openblas_get_num_threads(); /* OpenBLAS caps it at its build's maximum */
         if (rank0 && !O.quiet)
-            printf("[setup] %d BLAS thread%s per rank (--threads)\n", O.threads,
-                   O.threads > 1 ? "s" : "");
+            printf("[setup] %d BLAS thread%s per rank (--threads %d%s)\n", got, got > 1 ? "s" : "",
+                   O.threads, got != O.threads ? ": this OpenBLAS's maximum" : "");
     } else if (getenv("OPENBLAS_NUM_THREADS")) {
         if (rank0 && !O.quiet)
             printf("[setup] BLAS threads from OPENBLAS_NUM_THREADS=%s\n",
