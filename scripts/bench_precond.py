@@ -15,49 +15,15 @@ import csv
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
+
+from clitools import ArgParser, die, why, positive_int
 
 PROG = "bench_precond.py"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = [("lenet", 64, 300), ("mlp:784-256x12-10", 256, 80)]
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
            OPENBLAS_NUM_THREADS="1")
-
-
-class ArgParser(argparse.ArgumentParser):
-    """argparse whose errors are one line (exit 2), like nnprec's own option errors."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def die(msg):
-    """A failed run or a bad file: one 'bench_precond.py: error: ...' line on stderr, exit 1."""
-    sys.exit(f"{PROG}: error: " + " ".join(str(msg).split()))
-
-
-def why(e):
-    """An exception as one line: the command that failed and its last stderr line, or
-    'FILE: No such file or directory' for an OSError."""
-    if isinstance(e, subprocess.CalledProcessError):
-        last = (e.stderr or "").strip().splitlines()
-        return (f"command failed (exit {e.returncode}): {' '.join(map(str, e.cmd))}"
-                + (f": {last[-1]}" if last else ""))
-    if isinstance(e, OSError) and e.strerror:
-        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
-    return str(e) or type(e).__name__
-
-
-def positive_int(s):
-    """argparse type: an integer >= 1."""
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: '{s}'") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
-    return v
 
 
 def run(a, model, batch, steps, np_, precond):

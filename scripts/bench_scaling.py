@@ -32,6 +32,8 @@ import subprocess
 import sys
 import tempfile
 
+from clitools import ArgParser, die, why, positive_int
+
 PROG = "bench_scaling.py"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = {"lenet": ("lenet", 64, 256, 300), "mlp": ("mlp:784-1024x4-10", 256, 1024, 40)}
@@ -42,41 +44,6 @@ ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIR
 VARIANTS = {"fused": ["--allreduce", "fused"], "balanced": ["--allreduce", "fused", "--balance", "10"],
             "bucketed": ["--allreduce", "bucketed"], "sharded": ["--allreduce", "sharded"],
             "shm": ["--allreduce", "shm"], "shm-balanced": ["--allreduce", "shm", "--balance", "10"]}
-
-
-class ArgParser(argparse.ArgumentParser):
-    """argparse whose errors are one line (exit 2), like nnprec's own option errors."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def die(msg):
-    """A failed run or a bad file: one 'bench_scaling.py: error: ...' line on stderr, exit 1."""
-    sys.exit(f"{PROG}: error: " + " ".join(str(msg).split()))
-
-
-def why(e):
-    """An exception as one line: the command that failed and its last stderr line, or
-    'FILE: No such file or directory' for an OSError."""
-    if isinstance(e, subprocess.CalledProcessError):
-        last = (e.stderr or "").strip().splitlines()
-        return (f"command failed (exit {e.returncode}): {' '.join(map(str, e.cmd))}"
-                + (f": {last[-1]}" if last else ""))
-    if isinstance(e, OSError) and e.strerror:
-        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
-    return str(e) or type(e).__name__
-
-
-def positive_int(s):
-    """argparse type: an integer >= 1."""
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: '{s}'") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
-    return v
 
 
 def run_nnprec(a, model, np_, batch_args, steps, variant, threads=1):

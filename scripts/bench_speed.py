@@ -15,47 +15,13 @@ import os
 import re
 import statistics
 import subprocess
-import sys
 import tempfile
+
+from clitools import ArgParser, die, why, positive_int
 
 PROG = "bench_speed.py"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = [("lenet", 64, 400), ("mlp:784-1024x4-10", 256, 60)]
-
-
-class ArgParser(argparse.ArgumentParser):
-    """argparse whose errors are one line (exit 2), like nnprec's own option errors."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def die(msg):
-    """A failed run or a bad file: one 'bench_speed.py: error: ...' line on stderr, exit 1."""
-    sys.exit(f"{PROG}: error: " + " ".join(str(msg).split()))
-
-
-def why(e):
-    """An exception as one line: the command that failed and its last stderr line, or
-    'FILE: No such file or directory' for an OSError."""
-    if isinstance(e, subprocess.CalledProcessError):
-        last = (e.stderr or "").strip().splitlines()
-        return (f"command failed (exit {e.returncode}): {' '.join(map(str, e.cmd))}"
-                + (f": {last[-1]}" if last else ""))
-    if isinstance(e, OSError) and e.strerror:
-        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
-    return str(e) or type(e).__name__
-
-
-def positive_int(s):
-    """argparse type: an integer >= 1."""
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: '{s}'") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
-    return v
 
 
 def nnprec_sps(nnprec, model, batch, steps, threads):

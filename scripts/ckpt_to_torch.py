@@ -13,12 +13,10 @@ Examples:
   /usr/bin/python3 scripts/ckpt_to_torch.py run/ckpt-00004690.h5
   /usr/bin/python3 scripts/ckpt_to_torch.py run/latest --data fmnist.h5
 """
-import argparse
 import gzip
 import math
 import os
 import struct
-import sys
 import zlib
 
 import h5py
@@ -26,38 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from clitools import ArgParser, die, why, positive_int
+
 PROG = "ckpt_to_torch.py"
 DEFAULT_DATA = "/usr/share/datasets/fashion-mnist"
-
-
-class ArgParser(argparse.ArgumentParser):
-    """argparse whose errors are one line (exit 2), like nnprec's own option errors."""
-
-    def error(self, message):
-        self.exit(2, "%s: error: %s\n" % (self.prog, message))
-
-
-def die(msg):
-    """A bad input file or a failed step: one 'ckpt_to_torch.py: error: ...' line, exit 1."""
-    sys.exit("%s: error: %s" % (PROG, " ".join(str(msg).split())))
-
-
-def why(e):
-    """An exception as one line ('FILE: No such file or directory' for an OSError)."""
-    if isinstance(e, OSError) and e.strerror:
-        return "%s: %s" % (e.filename, e.strerror) if e.filename else e.strerror
-    return str(e) or type(e).__name__
-
-
-def positive_int(s):
-    """argparse type: an integer >= 1."""
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError("invalid int value: '%s'" % s) from None
-    if v < 1:
-        raise argparse.ArgumentTypeError("must be a positive integer, got %d" % v)
-    return v
 
 
 def parse_shape(tok):

@@ -14,12 +14,12 @@ Runs go two at a time (--jobs) with one BLAS thread each. Runs that already fini
 (eval.csv has its final row) are skipped, so an interrupted study can be resumed.
 """
 import argparse
-import csv
 import math
 import os
 import subprocess
-import sys
 import time
+
+from clitools import ArgParser, die, why, positive_int, read_numeric_csv
 
 PROG = "experiments.py"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,36 +71,6 @@ EXPERIMENTS = {
 }
 
 
-class ArgParser(argparse.ArgumentParser):
-    """argparse whose errors are one line (exit 2), like nnprec's own option errors."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def die(msg):
-    """A bad results file or a failed run: one 'experiments.py: error: ...' line, exit 1."""
-    sys.exit(f"{PROG}: error: " + " ".join(str(msg).split()))
-
-
-def why(e):
-    """An exception as one line ('FILE: No such file or directory' for an OSError)."""
-    if isinstance(e, OSError) and e.strerror:
-        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
-    return str(e) or type(e).__name__
-
-
-def positive_int(s):
-    """argparse type: an integer >= 1."""
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: '{s}'") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
-    return v
-
-
 def image_path(ap, opt, path):
     """Exit 2 unless PATH ends in an image format matplotlib writes; exit 1 if its folder is
     missing or PATH is a folder."""
@@ -118,24 +88,8 @@ def image_path(ap, opt, path):
 
 
 def read_csv(path, need=()):
-    """A results CSV as a list of {column: float}. FileNotFoundError when it is missing; exit 1
-    when a row is not all numbers or the file has rows but lacks a column of `need`."""
-    rows = []
-    try:
-        with open(path) as f:
-            reader = csv.DictReader(f)
-            for r in reader:
-                try:
-                    rows.append({k: float(v) for k, v in r.items()})
-                except (TypeError, ValueError):  # a short or long row, or a non-number
-                    die(f"{path}, line {reader.line_num}: not a row of "
-                        f"{len(reader.fieldnames)} numbers")
-            missing = [c for c in need if c not in (reader.fieldnames or [])]
-    except (csv.Error, UnicodeDecodeError) as e:
-        die(f"{path}: {e}")
-    if rows and missing:
-        die(f"{path} lacks the column(s) {', '.join(missing)}")
-    return rows
+    """A results CSV (read_numeric_csv): FileNotFoundError when it is missing."""
+    return read_numeric_csv(path, need)
 
 
 def run_dir(results, exp, cfg, seed):

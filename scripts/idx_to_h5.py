@@ -9,32 +9,20 @@ Reads DIR/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] and writes FILE.h5 w
 contiguous and uncompressed, so that `nnprec train --data FILE.h5` can read each rank's
 rows with a hyperslab (docs/checkpoint.md, "HDF5 input datasets").
 """
-import argparse
 import gzip
 import math
 import os
 import struct
-import sys
 import zlib
 
 import h5py
 import numpy as np
 
+from clitools import ArgParser, die
+
 PROG = "idx_to_h5.py"
 IDX_IMAGES = 0x00000803
 IDX_LABELS = 0x00000801
-
-
-class ArgParser(argparse.ArgumentParser):
-    """argparse whose errors are one line (exit 2), like nnprec's own option errors."""
-
-    def error(self, message):
-        self.exit(2, "%s: error: %s\n" % (self.prog, message))
-
-
-def die(msg):
-    """A bad input file or a failed write: one 'idx_to_h5.py: error: ...' line, exit 1."""
-    sys.exit("%s: error: %s" % (PROG, " ".join(str(msg).split())))
 
 
 def find(dirname, split, kind, dim):

@@ -12,7 +12,6 @@ usage: scripts/plot_depth.py [--nnprec build/nnprec] [--out docs/figures] [--dep
                              [--width 256] [--batch 256] [--seed 1] [--acts relu,tanh]
                              [--inits LIST] [--layers 1,10,25,50]
 """
-import argparse
 import csv
 import math
 import os
@@ -24,34 +23,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from clitools import ArgParser, die, positive_int
+
 PROG = "plot_depth.py"
 DEFAULT_INITS = ("kaiming-normal,xavier-normal,normal:0.01,uniform:0.01,orthogonal,pytorch,"
                  "constant:0.01,seed")
 # values at or below this (0 after underflow included) are drawn at it on the log axis
 FLOOR = 1e-30
-
-
-class ArgParser(argparse.ArgumentParser):
-    """argparse whose errors are one line (exit 2), like nnprec's own option errors."""
-
-    def error(self, message):
-        self.exit(2, "%s: error: %s\n" % (self.prog, message))
-
-
-def die(msg):
-    """A failed command or a bad file: one 'plot_depth.py: error: ...' line, exit 1."""
-    sys.exit("%s: error: %s" % (PROG, " ".join(str(msg).split())))
-
-
-def positive_int(s):
-    """argparse type: an integer >= 1."""
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError("invalid int value: '%s'" % s) from None
-    if v < 1:
-        raise argparse.ArgumentTypeError("must be a positive integer, got %d" % v)
-    return v
 
 
 def int_list(s):

@@ -27,7 +27,6 @@ import argparse
 import csv
 import math
 import os
-import sys
 
 import matplotlib
 
@@ -35,6 +34,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
+
+from clitools import ArgParser, die, why, positive_int
 
 PROG = "plot_layers.py"
 MAX_PIXELS = 2 ** 27  # --dpi bound: 512 MiB of RGBA (and matplotlib's own 2^16 per side)
@@ -49,36 +50,6 @@ LABELS = {
     "w_mean": "|weight mean|",
     "act_mean": "|input-activation mean|",
 }
-
-
-class ArgParser(argparse.ArgumentParser):
-    """argparse whose errors are one line (exit 2), like nnprec's own option errors."""
-
-    def error(self, message):
-        self.exit(2, "%s: error: %s\n" % (self.prog, message))
-
-
-def die(msg):
-    """A bad input file or a failed write: one 'plot_layers.py: error: ...' line, exit 1."""
-    sys.exit("%s: error: %s" % (PROG, " ".join(str(msg).split())))
-
-
-def why(e):
-    """An exception as one line ('FILE: No such file or directory' for an OSError)."""
-    if isinstance(e, OSError) and e.strerror:
-        return "%s: %s" % (e.filename, e.strerror) if e.filename else e.strerror
-    return str(e) or type(e).__name__
-
-
-def positive_int(s):
-    """argparse type: an integer >= 1."""
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError("invalid int value: '%s'" % s) from None
-    if v < 1:
-        raise argparse.ArgumentTypeError("must be a positive integer, got %d" % v)
-    return v
 
 
 def read_run(run_dir):

@@ -18,7 +18,6 @@ requeues), evaluations included. Means are over the seeds that finished (or, for
 target, that reached it); ± is the sample standard deviation.
 """
 import argparse
-import csv
 import os
 import re
 import statistics
@@ -27,43 +26,18 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from experiments import mean_std  # noqa: E402
 
+from clitools import ArgParser, die, read_numeric_csv
+
 PROG = "scaling_report.py"
 RUN = re.compile(r"^(?P<config>.+)-np(?P<ranks>\d+)-s(?P<seed>\d+)$")
 
 
-class ArgParser(argparse.ArgumentParser):
-    """argparse whose errors are one line (exit 2), like nnprec's own option errors."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def die(msg):
-    """A bad results file: one 'scaling_report.py: error: ...' line on stderr, exit 1."""
-    sys.exit(f"{PROG}: error: " + " ".join(str(msg).split()))
-
-
 def read_csv(path, need=()):
-    """A run's CSV as a list of {column: float}, [] when it is missing; exit 1 when a row is
-    not all numbers or the file has rows but lacks a column of `need`."""
-    rows = []
+    """A run's CSV (read_numeric_csv), [] when it is missing."""
     try:
-        with open(path) as f:
-            reader = csv.DictReader(f)
-            for r in reader:
-                try:
-                    rows.append({k: float(v) for k, v in r.items()})
-                except (TypeError, ValueError):  # a short or long row, or a non-number
-                    die(f"{path}, line {reader.line_num}: not a row of "
-                        f"{len(reader.fieldnames)} numbers")
-            missing = [c for c in need if c not in (reader.fieldnames or [])]
+        return read_numeric_csv(path, need)
     except FileNotFoundError:
         return []
-    except (OSError, csv.Error, UnicodeDecodeError) as e:
-        die(f"{path}: {e.strerror if isinstance(e, OSError) and e.strerror else e}")
-    if rows and missing:
-        die(f"{path} lacks the column(s) {', '.join(missing)}")
-    return rows
 
 
 def load(results):

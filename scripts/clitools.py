@@ -1,0 +1,77 @@
+"""Shared command-line plumbing of the scripts in this folder: argument errors and failures
+as one line on stderr, the way nnprec reports its own (exit 2 for bad arguments, 1 for bad
+files and failed commands), never a traceback.
+
+    from clitools import ArgParser, die, why, positive_int, read_numeric_csv
+
+A script sets PROG (its file name) at top level; die() prefixes its messages with it.
+"""
+import argparse
+import csv
+import os
+import subprocess
+import sys
+
+
+def _prog():
+    main = sys.modules.get("__main__")
+    return getattr(main, "PROG", None) or os.path.basename(sys.argv[0])
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (exit 2), like nnprec's own option errors."""
+
+    def error(self, message):
+        self.exit(2, "%s: error: %s\n" % (self.prog, message))
+
+
+def die(msg):
+    """A bad input file or a failed step: one 'PROG: error: ...' line on stderr, exit 1."""
+    sys.exit("%s: error: %s" % (_prog(), " ".join(str(msg).split())))
+
+
+def why(e):
+    """An exception as one line: the command that failed and its last stderr line, or
+    'FILE: No such file or directory' for an OSError."""
+    if isinstance(e, subprocess.CalledProcessError):
+        last = (e.stderr or "").strip().splitlines() if isinstance(e.stderr, str) else []
+        return ("command failed (exit %d): %s" % (e.returncode, " ".join(map(str, e.cmd)))
+                + (": " + last[-1] if last else ""))
+    if isinstance(e, OSError) and e.strerror:
+        return "%s: %s" % (e.filename, e.strerror) if e.filename else e.strerror
+    return str(e) or type(e).__name__
+
+
+def positive_int(s):
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError("invalid int value: '%s'" % s) from None
+    if v < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer, got %d" % v)
+    return v
+
+
+def read_numeric_csv(path, need=()):
+    """A CSV of numbers (nnprec's train.csv, eval.csv) as a list of {column: float}.
+    FileNotFoundError when it is missing; exit 1 when it cannot be read, a row is not all
+    numbers, or the file has rows but lacks a column of `need`."""
+    rows = []
+    try:
+        with open(path) as f:
+            reader = csv.DictReader(f)
+            for r in reader:
+                try:
+                    rows.append({k: float(v) for k, v in r.items()})
+                except (TypeError, ValueError):  # a short or long row, or a non-number
+                    die("%s, line %d: not a row of %d numbers"
+                        % (path, reader.line_num, len(reader.fieldnames)))
+            missing = [c for c in need if c not in (reader.fieldnames or [])]
+    except FileNotFoundError:
+        raise
+    except (OSError, csv.Error, UnicodeDecodeError) as e:
+        die("%s: %s" % (path, e.strerror if isinstance(e, OSError) and e.strerror else e))
+    if rows and missing:
+        die("%s lacks the column(s) %s" % (path, ", ".join(missing)))
+    return rows
