@@ -38,6 +38,10 @@ nnp_status nnp_cmd_info(nnp_comm *comm, int argc, char **argv);
 nnp_status nnp_cli_load_test(nnp_comm *comm, const char *data, int64_t limit, nnp_dataset *test,
                              size_t *count);
 
+/* --data names an HDF5 dataset file rather than an IDX folder: it ends in .h5 or is a
+ * regular file. Defined in cmd_train.c. */
+int nnp_cli_data_is_h5(const char *data);
+
 /* Print the error of this rank if it is the reporting one (see nnp_comm_agree). */
 void nnp_cli_report(nnp_comm *comm, nnp_status s);
 

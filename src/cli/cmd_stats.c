@@ -129,11 +129,8 @@ static nnp_status build_config(stats_cfg *c)
     if (O.model[0] && c->act != NNP_ACT_RELU && strncmp(O.model, "mlp:", 4) != 0)
         return nnp_error(NNP_ERR_ARG, "--act applies to mlp: models and --depth only; %s names "
                                       "its own activations", O.model);
-    if (O.data[0]) {
-        size_t n = strlen(O.data);
-        if (n >= 3 && strcmp(O.data + n - 3, ".h5") == 0)
-            return nnp_error(NNP_ERR_ARG, "stats --data reads an IDX folder, not an HDF5 file");
-    }
+    if (O.data[0] && nnp_cli_data_is_h5(O.data))
+        return nnp_error(NNP_ERR_ARG, "stats --data reads an IDX folder, not an HDF5 file");
     if (O.depth == 0 && !O.model[0])
         return nnp_error(NNP_ERR_ARG, "give --model SPEC or --depth D");
     if (strcmp(O.grad, "normal") == 0)

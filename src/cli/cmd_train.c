@@ -266,7 +266,7 @@ static void setup_threads(nnp_comm *comm)
 
 /* --data names an HDF5 dataset file (docs/checkpoint.md) rather than an IDX folder: it ends
  * in .h5 or is a regular file. */
-static int data_is_h5(const char *data)
+int nnp_cli_data_is_h5(const char *data)
 {
     size_t n = strlen(data);
     struct stat st;
@@ -280,7 +280,7 @@ nnp_status nnp_cli_load_test(nnp_comm *comm, const char *data, int64_t limit, nn
                              size_t *count)
 {
     char img[4096], lab[4096];
-    int h5 = data_is_h5(data);
+    int h5 = nnp_cli_data_is_h5(data);
     if (!h5)
         NNP_CALL(nnp_idx_paths(data, "t10k", img, lab, sizeof img));
     /* a header-only read gives the test count, then each rank reads only its share */
@@ -311,7 +311,7 @@ static nnp_status load_data(nnp_comm *comm, nnp_dataset *train, nnp_dataset *tes
     if (fault && atoi(fault) == nnp_comm_rank(comm))
         return nnp_error(NNP_ERR_IO, "injected data-load failure on rank %d "
                                      "(NNPREC_FAULT_LOAD_RANK)", nnp_comm_rank(comm));
-    if (data_is_h5(O.data)) {
+    if (nnp_cli_data_is_h5(O.data)) {
         NNP_CALL(nnp_h5_load(O.data, "train", (size_t)O.train_limit, 0, (size_t)-1, train));
     } else {
         NNP_CALL(nnp_idx_paths(O.data, "train", img, lab, sizeof img));

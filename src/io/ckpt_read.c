@@ -459,7 +459,7 @@ nnp_status nnp_ckpt_read(const char *path, nnp_net *net, nnp_optim *opt, nnp_pre
      * from a nan would only report a divergence later, evaluating one a meaningless
      * accuracy), and only then copy into the caller's buffers: a failure changes nothing. */
     size_t total = 0;
-    size_t *bytes = nnp_calloc((size_t)(n_rd > 0 ? n_rd : 1), sizeof *bytes);
+    size_t *bytes = nnp_calloc((size_t)n_rd, sizeof *bytes); /* n_rd = 0: still a pointer */
     if (!bytes && s == NNP_OK)
         s = NNP_ERR_NOMEM;
     for (int i = 0; s == NNP_OK && i < n_rd; i++) {
