@@ -173,4 +173,26 @@ grep -q '1 BLAS thread per rank\|OPENBLAS_NUM_THREADS' "$tmp/run.log" && ok || f
 # the allocation counter (nnp_malloc/nnp_calloc) does not move during training steps
 grep -q '^\[check\] 0 allocations inside 10 training steps' "$tmp/run.log" && ok || fail "allocations in the step: $(grep check "$tmp/run.log")"
 
+# --val-split: N samples held out by the seed, the same at any rank count, evaluated with the
+# test set (eval.csv gains val_loss,val_acc); a resume must keep the same N
+expect 2 "--val-split must be >= 0, got -1" "$nnprec" train --val-split -1
+expect 2 "--val-split 300 leaves no training samples (the training set has 300)" \
+  "$nnprec" train --train-limit 300 --test-limit 10 --val-split 300
+val_args=(train --train-limit 700 --test-limit 100 --val-split 100 --global-batch 30 --steps 12
+          --eval-every 6 --log-every 6)
+for np in 1 2; do
+  timeout 120 "$mpiexec" -n $np --oversubscribe "$nnprec" "${val_args[@]}" --out "$tmp/val$np" \
+    > "$tmp/val$np.log" 2>&1 || fail "--val-split run on $np ranks failed: $(tail -3 "$tmp/val$np.log")"
+done
+head -1 "$tmp/val1/eval.csv" | grep -q '^step,epoch,test_loss,test_acc,wall_s,val_loss,val_acc$' &&
+  ok || fail "eval.csv header with --val-split: $(head -1 "$tmp/val1/eval.csv")"
+[ "$(cut -d, -f1,7 "$tmp/val1/eval.csv" | tail -n +2)" = "$(cut -d, -f1,7 "$tmp/val2/eval.csv" | tail -n +2)" ] &&
+  [ "$(tail -n +2 "$tmp/val1/eval.csv" | wc -l)" = 2 ] && ok ||
+  fail "val_acc differs between 1 and 2 ranks: $(cat "$tmp/val1/eval.csv" "$tmp/val2/eval.csv")"
+grep -q '^\[eval\] .* test acc [0-9.]*% val loss [0-9.]* val acc [0-9.]*%$' "$tmp/val2.log" && ok ||
+  fail "no val accuracy in the eval lines"
+grep -q '^\[setup\] data .*: 600 training samples' "$tmp/val2.log" && ok || fail "600 training samples left"
+expect 2 "was written with --val-split 100, this run has 50" "$nnprec" "${val_args[@]}" \
+  --val-split 50 --steps 20 --out "$tmp/val1" --resume auto
+
 finish

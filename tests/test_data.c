@@ -663,6 +663,79 @@ static void test_split_weighted(void)
     }
 }
 
+/* --val-split: the held-out set is a function of (seed, N, n_val); the training set keeps
+ * exactly the other samples, in order, and the validation shards of p simulated ranks
+ * put together are the same held-out samples at every p, disjoint from the training set. */
+static void test_holdout(void)
+{
+    enum { N = 50, D = 2, NV = 13 };
+    unsigned char pix[N * D], lab[N], is_val[N], is_val2[N];
+    uint32_t perm[N];
+    for (int i = 0; i < N; i++) {
+        pix[i * D] = (unsigned char)i; /* the sample's original index */
+        pix[i * D + 1] = (unsigned char)(200 - i);
+        lab[i] = (unsigned char)(i % 10);
+    }
+    nnp_holdout_mask(77, N, NV, perm, is_val);
+    int nv = 0;
+    for (int i = 0; i < N; i++)
+        nv += is_val[i];
+    ASSERT_EQ_INT(nv, NV);
+    nnp_holdout_mask(77, N, NV, perm, is_val2);
+    ASSERT_TRUE(memcmp(is_val, is_val2, N) == 0);
+    nnp_holdout_mask(78, N, NV, perm, is_val2);
+    ASSERT_TRUE(memcmp(is_val, is_val2, N) != 0);
+
+    for (int p = 1; p <= 4; p++) {
+        int seen_val[N] = {0};
+        int got = 0;
+        for (int r = 0; r < p; r++) {
+            nnp_dataset d = {0}, v = {0};
+            d.n = N;
+            d.c = 1, d.h = 1, d.w = D;
+            d.n_classes = 10;
+            d.mean = 0.25, d.std = 2;
+            d.pix = malloc(sizeof pix);
+            d.y = malloc(sizeof lab);
+            memcpy(d.pix, pix, sizeof pix);
+            memcpy(d.y, lab, sizeof lab);
+            size_t lo, hi;
+            nnp_split(NV, p, r, &lo, &hi);
+            ASSERT_OK(nnp_dataset_holdout(&d, is_val, lo, hi, &v));
+            /* the training set: every sample not held out, in index order, intact */
+            ASSERT_EQ_INT((int)d.n, N - NV);
+            int k = 0;
+            for (int i = 0; i < N; i++) {
+                if (is_val[i])
+                    continue;
+                ASSERT_EQ_INT(d.pix[k * D], i);
+                ASSERT_EQ_INT(d.pix[k * D + 1], 200 - i);
+                ASSERT_EQ_INT(d.y[k], i % 10);
+                k++;
+            }
+            /* this rank's validation shard: held-out samples only, in index order */
+            ASSERT_EQ_INT((int)v.n, (int)(hi - lo));
+            ASSERT_TRUE(v.mean == 0.25 && v.std == 2 && v.n_classes == 10 && v.w == D);
+            int prev = -1;
+            for (size_t j = 0; j < v.n; j++) {
+                int i = v.pix[j * D];
+                ASSERT_TRUE(i > prev && is_val[i] && v.pix[j * D + 1] == 200 - i &&
+                            v.y[j] == i % 10);
+                for (size_t t = 0; t < d.n; t++)
+                    ASSERT_TRUE(d.pix[t * D] != i); /* disjoint from the training set */
+                seen_val[i]++;
+                prev = i;
+                got++;
+            }
+            nnp_dataset_free(&d);
+            nnp_dataset_free(&v);
+        }
+        ASSERT_EQ_INT(got, NV);
+        for (int i = 0; i < N; i++)
+            ASSERT_EQ_INT(seen_val[i], is_val[i]);
+    }
+}
+
 int main(void)
 {
     for (int k = 0; k < NIMG * ID; k++)
@@ -682,6 +755,7 @@ int main(void)
     test_split();
     test_split_weighted();
     test_order();
+    test_holdout();
     test_fashion_mnist();
 
     for (int i = 0; i < g_nfiles; i++)

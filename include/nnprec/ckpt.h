@@ -44,6 +44,8 @@ typedef struct {
     double wall_s;         /* training wall-clock time so far */
     int64_t train_samples; /* training samples of the run (it fixes the sample order); read:
                             * 0 when the file predates this attribute */
+    int64_t val_split;     /* --val-split: samples held out of the training set (0: none;
+                            * the attribute is absent then) */
     char model[256];       /* read: the model spec; write: ignored (net->spec is written) */
     char options[8192];    /* "name=value\n" per training option */
     /* filled by read, ignored by write: */

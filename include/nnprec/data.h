@@ -75,4 +75,19 @@ size_t nnp_batches_per_epoch(size_t N, size_t G);
 /* The permutation of epoch `epoch`: perm[N]. */
 void nnp_epoch_permutation(uint64_t seed, int epoch, uint32_t *perm, size_t N);
 
+/* ---- validation split (--val-split) ----------------------------------------------------- */
+/* The n_val samples held out of a training set of N as a validation set: is_val[i] = 1 for
+ * the first n_val entries of the permutation of N with stream (seed, NNP_STREAM_HOLDOUT),
+ * 0 for the others. A function of (seed, N, n_val) only, never of the rank count; perm[N]
+ * is scratch. Requires n_val <= N. */
+void nnp_holdout_mask(uint64_t seed, size_t N, size_t n_val, uint32_t *perm,
+                      unsigned char *is_val);
+/* Take the held-out samples (is_val[i] != 0, i < d->n) out of d, which keeps the others in
+ * their order (d->n shrinks; its buffers are not reallocated), and copy those of rank
+ * positions [lo, hi) among the held-out ones, in index order, into val (allocated here;
+ * this rank's shard of the validation set, with d's shape, classes and normalization).
+ * Errors: NNP_ERR_NOMEM. */
+nnp_status nnp_dataset_holdout(nnp_dataset *d, const unsigned char *is_val, size_t lo,
+                               size_t hi, nnp_dataset *val);
+
 #endif

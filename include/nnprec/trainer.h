@@ -49,6 +49,10 @@ typedef struct {
     const char *options;   /* "name=value" lines of every option, stored in checkpoints */
     double norm_mean, norm_std; /* input normalization, stored in checkpoints */
     const char *stop_file; /* rank 0 stops (checkpoint, exit 75) when this file exists; "" = none */
+    /* --val-split: samples held out of the training set (recorded in checkpoints) and
+     * this rank's shard of them, evaluated with the test set (NULL when val_split == 0) */
+    int64_t val_split;
+    const nnp_dataset *val;
 } nnp_train_cfg;
 
 /* Install SIGTERM/SIGUSR1 handlers: the first signal asks the training loop to finish its
@@ -60,6 +64,7 @@ typedef struct {
     int64_t steps;          /* steps completed at the end (a resumed run counts from 0) */
     int64_t first_step;     /* step the run started from: 0, or its checkpoint's */
     double final_test_loss, final_test_acc;
+    double final_val_loss, final_val_acc; /* --val-split (NaN without it) */
     double last_train_loss;
     double wall_s;
     double samples_per_s;

@@ -39,6 +39,7 @@ typedef struct {
     int nesterov, epochs, batch, global_batch, step_epochs, precond_every, threads, quiet, keep;
     int64_t steps, warmup, eval_every, log_every, stats_every, check_replicas, balance;
     int64_t seed, train_limit, test_limit, checkpoint_every;
+    int64_t val_split;
 } train_opts;
 
 static train_opts O;
@@ -75,6 +76,9 @@ static nnp_option opts[] = {
     OPT_S("normalize", normalize, "", "MEAN,STD applied to pixels in [0,1] (default: training set's)"),
     OPT_L("train-limit", train_limit, "0", "use only the first N training samples (0: all)"),
     OPT_L("test-limit", test_limit, "0", "use only the first N test samples (0: all)"),
+    OPT_L("val-split", val_split, "0",
+      "hold out N training samples (chosen by --seed) as a validation set, evaluated with the "
+      "test set (0: none)"),
     OPT_L("eval-every", eval_every, "0", "steps between evaluations on the test set (0: every epoch)"),
     OPT_L("log-every", log_every, "100", "steps between log rows and progress lines"),
     OPT_L("stats-every", stats_every, "0", "steps between per-tensor rows in OUT/layers.csv (0: off)"),
@@ -223,6 +227,9 @@ static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *
     cfg->bucket_mb = O.bucket_mb;
     if (O.train_limit < 0 || O.test_limit < 0)
         return nnp_error(NNP_ERR_ARG, "--train-limit and --test-limit must be >= 0");
+    if (O.val_split < 0)
+        return nnp_error(NNP_ERR_ARG, "--val-split must be >= 0, got %lld", (long long)O.val_split);
+    cfg->val_split = O.val_split;
     if (O.threads < 0)
         return nnp_error(NNP_ERR_ARG, "--threads must be >= 0");
     if (O.checkpoint_every < 0 || O.keep < 0)
@@ -323,6 +330,28 @@ static nnp_status load_data(nnp_comm *comm, nnp_dataset *train, nnp_dataset *tes
     return NNP_OK;
 }
 
+/* --val-split N: take N samples chosen by the seed out of the training set; this rank keeps
+ * its nnp_split share of them as its shard of the validation set. */
+static nnp_status hold_out(nnp_comm *comm, nnp_dataset *train, nnp_dataset *val)
+{
+    const size_t N = train->n, nv = (size_t)O.val_split;
+    if (nv >= N)
+        return nnp_error(NNP_ERR_ARG, "--val-split %lld leaves no training samples (the training "
+                                      "set has %zu)", (long long)O.val_split, N);
+    uint32_t *perm = malloc(N * sizeof *perm);
+    unsigned char *is_val = malloc(N);
+    nnp_status s = perm && is_val ? NNP_OK : NNP_ERR_NOMEM;
+    if (s == NNP_OK) {
+        size_t lo, hi;
+        nnp_holdout_mask((uint64_t)O.seed, N, nv, perm, is_val);
+        nnp_split(nv, nnp_comm_size(comm), nnp_comm_rank(comm), &lo, &hi);
+        s = nnp_dataset_holdout(train, is_val, lo, hi, val);
+    }
+    free(perm);
+    free(is_val);
+    return s;
+}
+
 static nnp_status make_out_dir(const char *dir)
 {
     if (!dir[0])
@@ -406,9 +435,11 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
         if (s != NNP_OK)
             return s;
     }
-    nnp_dataset train = {0}, test = {0};
+    nnp_dataset train = {0}, test = {0}, val = {0};
     nnp_net *net = NULL;
     s = load_data(comm, &train, &test);
+    if (s == NNP_OK && O.val_split > 0)
+        s = hold_out(comm, &train, &val);
     if (s == NNP_OK && resume[0]) {
         if (O.normalize[0] && (mean != meta.norm_mean || std != meta.norm_std))
             s = nnp_error(NNP_ERR_ARG, "--normalize %s differs from the checkpoint's mean %.9g std "
@@ -421,8 +452,8 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
         if (!(std > 0))
             s = nnp_error(NNP_ERR_NUMERIC, "training images have zero variance; give --normalize");
     }
-    train.mean = test.mean = mean;
-    train.std = test.std = std;
+    train.mean = test.mean = val.mean = mean;
+    train.std = test.std = val.std = std;
     int max_batch = (cfg.global_batch + size - 1) / size;
     if (cfg.balance_every > 0 && size > 1) /* room for a fast rank to take up to twice as much */
         max_batch = 2 * max_batch < cfg.global_batch ? 2 * max_batch : cfg.global_batch;
@@ -456,6 +487,10 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
                O.test_limit > 0 && (size_t)O.test_limit < test.n_total ? (size_t)O.test_limit
                                                                       : test.n_total,
                test.n, train.c, train.h, train.w, train.n_classes);
+        if (O.val_split > 0)
+            printf("[setup] validation set: %lld samples held out of the training set (chosen "
+                   "by --seed; %zu on rank 0)\n",
+                   (long long)O.val_split, val.n);
         printf("[setup] normalize: mean %.6f std %.6f (%s)\n", mean, std,
                resume[0]        ? "from the checkpoint"
                : O.normalize[0] ? "--normalize"
@@ -476,6 +511,7 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
         cfg.norm_mean = mean;
         cfg.norm_std = std;
         cfg.resume = resume;
+        cfg.val = O.val_split > 0 ? &val : NULL;
         nnp_train_result res;
         s = nnp_train(comm, &cfg, net, &train, &test, &res);
         if (s == NNP_OK && rank == 0 && res.steps == res.first_step && res.steps > 0)
@@ -491,5 +527,6 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
     nnp_net_free(net);
     nnp_dataset_free(&train);
     nnp_dataset_free(&test);
+    nnp_dataset_free(&val);
     return s;
 }

@@ -110,3 +110,52 @@ void nnp_dataset_free(nnp_dataset *d)
     NNP_FREE(d->y);
     memset(d, 0, sizeof *d);
 }
+
+nnp_status nnp_dataset_holdout(nnp_dataset *d, const unsigned char *is_val, size_t lo,
+                               size_t hi, nnp_dataset *val)
+{
+    const size_t D = sample_size(d);
+    const size_t esize = d->pix ? 1 : sizeof(float);
+    memset(val, 0, sizeof *val);
+    val->c = d->c;
+    val->h = d->h;
+    val->w = d->w;
+    val->n_classes = d->n_classes;
+    val->n_total = d->n_total;
+    val->mean = d->mean;
+    val->std = d->std;
+    const size_t n = hi > lo ? hi - lo : 0;
+    /* at least one byte: an empty shard still gets buffers (a rank may hold none) */
+    unsigned char *vx = nnp_malloc(n * D * esize + 1);
+    unsigned char *vy = nnp_malloc(n + 1);
+    if (!vx || !vy) {
+        NNP_FREE(vx);
+        NNP_FREE(vy);
+        return NNP_ERR_NOMEM;
+    }
+    unsigned char *x = d->pix ? d->pix : (unsigned char *)d->xf;
+    size_t kept = 0, held = 0, got = 0;
+    for (size_t i = 0; i < d->n; i++) {
+        if (is_val[i]) {
+            if (held >= lo && held < hi) {
+                memcpy(vx + got * D * esize, x + i * D * esize, D * esize);
+                vy[got++] = d->y[i];
+            }
+            held++;
+            continue;
+        }
+        if (kept != i) {
+            memmove(x + kept * D * esize, x + i * D * esize, D * esize);
+            d->y[kept] = d->y[i];
+        }
+        kept++;
+    }
+    d->n = kept;
+    val->n = got;
+    val->y = vy;
+    if (d->pix)
+        val->pix = vx;
+    else
+        val->xf = (float *)vx;
+    return NNP_OK;
+}

@@ -7,6 +7,7 @@
 #include "nnprec/data.h"
 
 #include <math.h>
+#include <string.h>
 
 #include "nnprec/rng.h"
 
@@ -95,4 +96,15 @@ void nnp_keep_range(size_t N, size_t limit, size_t lo, size_t hi, size_t *first,
         end = hi;
     *first = lo < end ? lo : end;
     *n = end - *first;
+}
+
+void nnp_holdout_mask(uint64_t seed, size_t N, size_t n_val, uint32_t *perm,
+                      unsigned char *is_val)
+{
+    nnp_rng r;
+    nnp_rng_seed(&r, seed, NNP_STREAM_HOLDOUT);
+    nnp_rng_permutation(&r, perm, N);
+    memset(is_val, 0, N);
+    for (size_t k = 0; k < n_val && k < N; k++)
+        is_val[perm[k]] = 1;
 }

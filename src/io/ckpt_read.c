@@ -220,6 +220,13 @@ static nnp_status read_meta_attrs(const char *path, hid_t f, nnp_ckpt_meta *m)
                              "checkpoint %s: attribute train_samples has an impossible value",
                              path);
     }
+    if (H5Aexists(f, "val_split") > 0) {
+        if (attr_num(path, f, "", "val_split", H5T_NATIVE_INT64, &m->val_split))
+            return NNP_ERR_FORMAT;
+        if (m->val_split < 1)
+            return nnp_error(NNP_ERR_FORMAT,
+                             "checkpoint %s: attribute val_split has an impossible value", path);
+    }
     m->epoch = (int)epoch;
     m->global_batch = (int)gb;
     m->world_size = (int)ws;

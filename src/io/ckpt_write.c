@@ -357,6 +357,7 @@ static int write_root(hid_t f, const nnp_net *net, const nnp_ckpt_meta *m, wctx 
               attr_i64(f, "world_size", m->world_size) < 0 ||
               attr_f64(f, "wall_s", m->wall_s) < 0 ||
               (m->train_samples > 0 && attr_i64(f, "train_samples", m->train_samples) < 0) ||
+              (m->val_split > 0 && attr_i64(f, "val_split", m->val_split) < 0) ||
               attr_str(f, "created", created) < 0;
     return bad ? -1 : 0;
 }

@@ -129,7 +129,9 @@ static nnp_status open_outputs(const nnp_train_cfg *cfg, int64_t resume_step, ou
     NNP_CALL(open_csv(cfg->out_dir, "train.csv",
                       "step,epoch,train_loss,train_acc,lr,samples_per_s,wall_s", resume_step,
                       &o->train_csv));
-    NNP_CALL(open_csv(cfg->out_dir, "eval.csv", "step,epoch,test_loss,test_acc,wall_s",
+    NNP_CALL(open_csv(cfg->out_dir, "eval.csv",
+                      cfg->val ? "step,epoch,test_loss,test_acc,wall_s,val_loss,val_acc"
+                               : "step,epoch,test_loss,test_acc,wall_s",
                       resume_step, &o->eval_csv));
     NNP_CALL(open_csv(cfg->out_dir, "timing.csv",
                       "step,phase,min_s,mean_s,max_s", resume_step, &o->timing_csv));
@@ -323,6 +325,7 @@ static nnp_status checkpoint(nnp_comm *comm, const nnp_train_cfg *cfg, const nnp
         meta.world_size = nnp_comm_size(comm);
         meta.wall_s = wall_s;
         meta.train_samples = (int64_t)n_train;
+        meta.val_split = cfg->val_split;
         snprintf(meta.options, sizeof meta.options, "%s", cfg->options ? cfg->options : "");
         char path[4096];
         st = nnp_ckpt_path(cfg->out_dir, step, path, sizeof path);
@@ -402,6 +405,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     const int rank = nnp_comm_rank(comm), size = nnp_comm_size(comm);
     const size_t N = train->n, G = (size_t)cfg->global_batch;
     memset(res, 0, sizeof *res);
+    res->final_val_loss = res->final_val_acc = NAN;
 
     /* ---- setup: every allocation happens here, then all ranks agree ------------------ */
     nnp_status st = NNP_OK;
@@ -452,6 +456,11 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             st = nnp_error(NNP_ERR_ARG, "checkpoint %s was written with --seed %llu, this run has %llu",
                            cfg->resume, (unsigned long long)meta.seed,
                            (unsigned long long)cfg->seed);
+        if (st == NNP_OK && meta.val_split != cfg->val_split)
+            st = nnp_error(NNP_ERR_ARG,
+                           "checkpoint %s was written with --val-split %lld, this run has %lld "
+                           "(the held-out samples and the sample order depend on it)",
+                           cfg->resume, (long long)meta.val_split, (long long)cfg->val_split);
         /* the sample order depends on the training set's size: another --train-limit or
          * --data would continue with other batches (older files lack train_samples, but
          * their epoch and position must still agree with this run's batches per epoch) */
@@ -731,24 +740,35 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         }
 
         if (stop < STOP_DIVERGED && (done_steps % eval_every == 0 || is_last)) {
-            double tl, ta;
+            double tl, ta, vl = NAN, va = NAN;
             st = nnp_evaluate(comm, net, cfg->loss, test, &tl, &ta);
+            if (st == NNP_OK && cfg->val)
+                st = nnp_evaluate(comm, net, cfg->loss, cfg->val, &vl, &va);
             if (st != NNP_OK)
                 goto done;
             res->final_test_loss = tl;
             res->final_test_acc = ta;
+            res->final_val_loss = vl;
+            res->final_val_acc = va;
             double now = nnp_comm_wtime();
             if (rank == 0) {
                 if (out.eval_csv) {
-                    fprintf(out.eval_csv, "%lld,%.6f,%.9g,%.6f,%.3f\n", (long long)done_steps,
+                    fprintf(out.eval_csv, "%lld,%.6f,%.9g,%.6f,%.3f", (long long)done_steps,
                             (double)done_steps / (double)spe, tl, ta,
                             wall_before + now - t_start);
+                    if (cfg->val)
+                        fprintf(out.eval_csv, ",%.9g,%.6f", vl, va);
+                    fputc('\n', out.eval_csv);
                 }
                 outputs_flush(&out);
                 if (!cfg->quiet) {
-                    printf("[eval]  epoch %.2f step %lld test loss %.4f test acc %.2f%%\n",
+                    char vbuf[64] = "";
+                    if (cfg->val)
+                        snprintf(vbuf, sizeof vbuf, " val loss %.4f val acc %.2f%%", vl,
+                                 100.0 * va);
+                    printf("[eval]  epoch %.2f step %lld test loss %.4f test acc %.2f%%%s\n",
                            (double)done_steps / (double)spe, (long long)done_steps, tl,
-                           100.0 * ta);
+                           100.0 * ta, vbuf);
                     fflush(stdout);
                 }
             }
