@@ -148,6 +148,21 @@ static nnp_optim_cfg adam_cfg(nnp_opt_kind k, double b1, double b2, double eps, 
     return c;
 }
 
+static nnp_optim_cfg lars_cfg(double mom, double wd, double eta, int exclude)
+{
+    nnp_optim_cfg c = {.kind = NNP_OPT_LARS, .momentum = mom, .weight_decay = wd,
+                       .lars_eta = eta, .exclude_bias = exclude};
+    return c;
+}
+
+static nnp_optim_cfg lamb_cfg(double b1, double b2, double eps, double wd, double clip,
+                              int exclude)
+{
+    nnp_optim_cfg c = {.kind = NNP_OPT_LAMB, .beta1 = b1, .beta2 = b2, .eps = eps,
+                       .weight_decay = wd, .lamb_clip = clip, .exclude_bias = exclude};
+    return c;
+}
+
 static void run_reference_suite(const char *netname, nnp_net *net, const double *scale)
 {
     char what[128];
@@ -338,6 +353,37 @@ static void test_bad_configs(void)
     c = adam_cfg(NNP_OPT_ADAM, 0.9, 0.999, 1e-8, 0);
     c.nesterov = 1;
     ASSERT_STATUS(nnp_optim_init(&o, &c, 4), NNP_ERR_ARG);
+    c = lars_cfg(0.9, 0, 0, 1); /* eta 0 */
+    ASSERT_STATUS(nnp_optim_init(&o, &c, 4), NNP_ERR_ARG);
+    c = lars_cfg(0.9, 0, -0.001, 1);
+    ASSERT_STATUS(nnp_optim_init(&o, &c, 4), NNP_ERR_ARG);
+    c = lars_cfg(0.9, 0, NAN, 1);
+    ASSERT_STATUS(nnp_optim_init(&o, &c, 4), NNP_ERR_ARG);
+    c = lars_cfg(1.0, 0, 0.001, 1); /* lars checks momentum as sgd does */
+    ASSERT_STATUS(nnp_optim_init(&o, &c, 4), NNP_ERR_ARG);
+    c = lamb_cfg(0.9, 0.999, 1e-6, 0, 0, 1); /* clip 0 */
+    ASSERT_STATUS(nnp_optim_init(&o, &c, 4), NNP_ERR_ARG);
+    c = lamb_cfg(0.9, 0.999, 1e-6, 0, NAN, 1);
+    ASSERT_STATUS(nnp_optim_init(&o, &c, 4), NNP_ERR_ARG);
+    c = lamb_cfg(1.0, 0.999, 1e-6, 0, 10, 1); /* lamb checks betas as adam does */
+    ASSERT_STATUS(nnp_optim_init(&o, &c, 4), NNP_ERR_ARG);
+    c = lamb_cfg(0.9, 0.999, 1e-6, 0, 10, 1);
+    c.nesterov = 1;
+    ASSERT_STATUS(nnp_optim_init(&o, &c, 4), NNP_ERR_ARG);
+    ASSERT_TRUE(o.buf1 == NULL && o.buf2 == NULL); /* nothing left allocated on failure */
+    c = lars_cfg(0.9, 0, 0.001, 1);
+    c.nesterov = 1; /* lars runs sgd's momentum rules, nesterov included */
+    ASSERT_OK(nnp_optim_init(&o, &c, 4));
+    ASSERT_TRUE(o.buf1 != NULL && o.buf2 == NULL);
+    nnp_optim_free(&o);
+    c = lars_cfg(0, 0, 0.001, 1);
+    ASSERT_OK(nnp_optim_init(&o, &c, 4));
+    ASSERT_TRUE(o.buf1 == NULL && o.buf2 == NULL);
+    nnp_optim_free(&o);
+    c = lamb_cfg(0.9, 0.999, 1e-6, 0, INFINITY, 1);
+    ASSERT_OK(nnp_optim_init(&o, &c, 4));
+    ASSERT_TRUE(o.buf1 != NULL && o.buf2 != NULL);
+    nnp_optim_free(&o);
     ASSERT_TRUE(o.buf1 == NULL && o.buf2 == NULL); /* nothing left allocated on failure */
     /* the message names the problem */
     c = sgd_cfg(0, 0, 0, 1);
@@ -352,6 +398,12 @@ static void test_bad_configs(void)
     ASSERT_TRUE(k == NNP_OPT_ADAM);
     ASSERT_OK(nnp_opt_parse("adamw", &k));
     ASSERT_TRUE(k == NNP_OPT_ADAMW);
+    ASSERT_OK(nnp_opt_parse("lars", &k));
+    ASSERT_TRUE(k == NNP_OPT_LARS && strcmp(nnp_opt_name(k), "lars") == 0);
+    ASSERT_OK(nnp_opt_parse("lamb", &k));
+    ASSERT_TRUE(k == NNP_OPT_LAMB && strcmp(nnp_opt_name(k), "lamb") == 0);
+    ASSERT_TRUE(nnp_optim_layerwise(NNP_OPT_LARS) && nnp_optim_layerwise(NNP_OPT_LAMB) &&
+                !nnp_optim_layerwise(NNP_OPT_SGD) && !nnp_optim_layerwise(NNP_OPT_ADAMW));
     ASSERT_STATUS(nnp_opt_parse("rmsprop", &k), NNP_ERR_ARG);
     ASSERT_STATUS(nnp_opt_parse("SGD", &k), NNP_ERR_ARG);
     ASSERT_STATUS(nnp_opt_parse("", &k), NNP_ERR_ARG);
@@ -496,11 +548,366 @@ static void test_range_steps(void)
     }
 }
 
+/* ---- LARS and LAMB ------------------------------------------------------------------------
+ * A tiny network of a weight tensor w (2 elements, 2-D) and a bias b (1 element), so that
+ * every number below can be worked out by hand. */
+typedef struct {
+    nnp_net net;
+    nnp_tensor t[2];
+    float p[3], g[3];
+} wb_net;
+
+static void wb_make(wb_net *f, float w0, float w1, float b, float g0, float g1, float gb)
+{
+    memset(f, 0, sizeof *f);
+    f->t[0] = (nnp_tensor){.off = 0, .n = 2, .ndim = 2, .is_bias = 0, .name = "w"};
+    f->t[1] = (nnp_tensor){.off = 2, .n = 1, .ndim = 1, .is_bias = 1, .name = "b"};
+    f->net.n_tensors = 2;
+    f->net.tensors = f->t;
+    f->net.n_params = 3;
+    f->net.params = f->p;
+    f->net.grads = f->g;
+    f->p[0] = w0, f->p[1] = w1, f->p[2] = b;
+    f->g[0] = g0, f->g[1] = g1, f->g[2] = gb;
+}
+
+/* nsteps steps of cfg at lr with constant gradients and scale; the parameters must equal
+ * want[0..3) to 1e-6 relative to max(|want|, 1). */
+static void run_wb(const char *what, const nnp_optim_cfg *cfg, wb_net *f, double lr,
+                   const double *scale, int nsteps, const double *want)
+{
+    nnp_optim o;
+    ASSERT_OK(nnp_optim_init(&o, cfg, 3));
+    for (int t = 0; t < nsteps; t++) {
+        unsigned long allocs = nnp_alloc_count();
+        nnp_optim_step(&o, &f->net, lr, scale);
+        ASSERT_EQ_INT(nnp_alloc_count(), allocs);
+    }
+    for (int i = 0; i < 3; i++) {
+        nnp_test_checks++;
+        if (!(fabs(f->p[i] - want[i]) <= 1e-6 * (fabs(want[i]) + 1.0)))
+            TEST_FAIL_("%s: param %d = %.9g, want %.9g", what, i, f->p[i], want[i]);
+    }
+    nnp_optim_free(&o);
+}
+
+static void test_lars_hand_worked(void)
+{
+    wb_net f;
+    /* w = (3, 4): ||w|| = 5; g = (0.6, 0.8): ||g|| = 1; eta 0.01, wd 0.1, lr 1, momentum 0.9.
+     * lambda = 0.01*5/(1 + 0.1*5) = 1/30; d = g + 0.1 w = (0.9, 1.2);
+     * step 1: buf = lambda*d = (0.03, 0.04); w = (2.97, 3.96).
+     * The bias (b = 0.5, g = 0.2) is excluded: momentum SGD without decay, buf = 0.2, b = 0.3 */
+    nnp_optim_cfg c = lars_cfg(0.9, 0.1, 0.01, 1);
+    wb_make(&f, 3, 4, 0.5f, 0.6f, 0.8f, 0.2f);
+    run_wb("lars step 1", &c, &f, 1.0, NULL, 1, (const double[]){2.97, 3.96, 0.3});
+    /* step 2 (same gradients): w = 0.99*(3, 4), ||w|| = 4.95;
+     * lambda2 = 0.01*4.95/(1 + 0.495); d2 = (0.6 + 0.297, 0.8 + 0.396);
+     * buf2 = 0.9*(0.03, 0.04) + lambda2*d2; bias: buf2 = 0.9*0.2 + 0.2 = 0.38, b = -0.08 */
+    double l2 = 0.0495 / 1.495;
+    double want2[3] = {2.97 - (0.027 + l2 * 0.897), 3.96 - (0.036 + l2 * 1.196), 0.3 - 0.38};
+    wb_make(&f, 3, 4, 0.5f, 0.6f, 0.8f, 0.2f);
+    run_wb("lars step 2", &c, &f, 1.0, NULL, 2, want2);
+    /* the bias adapted too (exclude off): lambda_b = 0.01*0.5/(0.2 + 0.1*0.5) = 0.02,
+     * d = 0.2 + 0.05 = 0.25, b = 0.5 - 0.02*0.25 = 0.495 */
+    c = lars_cfg(0.9, 0.1, 0.01, 0);
+    wb_make(&f, 3, 4, 0.5f, 0.6f, 0.8f, 0.2f);
+    run_wb("lars bias adapted", &c, &f, 1.0, NULL, 1, (const double[]){2.97, 3.96, 0.495});
+    /* zero weights: ratio 1, d = g: w = -lr*g = (-0.6, -0.8) (lr 1) */
+    c = lars_cfg(0.9, 0.1, 0.01, 1);
+    wb_make(&f, 0, 0, 0.5f, 0.6f, 0.8f, 0.2f);
+    run_wb("lars zero weights", &c, &f, 1.0, NULL, 1, (const double[]){-0.6, -0.8, 0.3});
+    /* zero gradient: ratio 1, d = wd*w = (0.3, 0.4): w = (2.7, 3.6); the bias stays */
+    wb_make(&f, 3, 4, 0.5f, 0, 0, 0);
+    run_wb("lars zero gradient", &c, &f, 1.0, NULL, 1, (const double[]){2.7, 3.6, 0.5});
+    /* plain (momentum 0), lr 0.5: w = (3, 4) - 0.5/30*(0.9, 1.2) = (2.985, 3.98) */
+    c = lars_cfg(0, 0.1, 0.01, 1);
+    wb_make(&f, 3, 4, 0.5f, 0.6f, 0.8f, 0.2f);
+    run_wb("lars no momentum", &c, &f, 0.5, NULL, 1, (const double[]){2.985, 3.98, 0.4});
+
+    /* --precond + lars: with wd 0 the ratio divides out any per-tensor gradient scale:
+     * lambda*s*g = eta*||w||*g/||g|| for every s > 0, over several steps with momentum;
+     * the bias (excluded) is not adapted, so its step does scale with s */
+    c = lars_cfg(0.9, 0.0, 0.02, 1);
+    wb_net a, b;
+    nnp_optim oa, ob;
+    ASSERT_OK(nnp_optim_init(&oa, &c, 3));
+    ASSERT_OK(nnp_optim_init(&ob, &c, 3));
+    wb_make(&a, 0.3f, -0.7f, 0.1f, 0, 0, 0);
+    wb_make(&b, 0.3f, -0.7f, 0.1f, 0, 0, 0);
+    const double s1[2] = {1.0, 1.0}, s7[2] = {7.25, 1.0};
+    for (int t = 1; t <= NSTEPS; t++) {
+        for (int i = 0; i < 3; i++)
+            a.g[i] = b.g[i] = grad_at((size_t)i, t);
+        nnp_optim_step(&oa, &a.net, 0.1, s1);
+        nnp_optim_step(&ob, &b.net, 0.1, s7);
+    }
+    for (int i = 0; i < 3; i++) {
+        nnp_test_checks++;
+        if (!(fabs(a.p[i] - b.p[i]) <= 1e-6 * (fabs(a.p[i]) + 1.0)))
+            TEST_FAIL_("lars scale 7.25 vs 1, wd 0: param %d %.9g vs %.9g", i, b.p[i], a.p[i]);
+    }
+    nnp_optim_free(&oa);
+    nnp_optim_free(&ob);
+}
+
+static void test_lamb_hand_worked(void)
+{
+    wb_net f;
+    /* step 1, betas (0.9, 0.999), eps 1e-12: m_hat = g, v_hat = g^2, so
+     * r = g/|g| = (1, 1) (to ~1e-7), u = r + wd*w = (1 + 0.3, 1 + 0.4), ||u|| = sqrt(3.65);
+     * ratio = min(||w|| = 5, 10)/sqrt(3.65); w <- w - lr*ratio*u (lr 0.1).
+     * The bias is excluded: an Adam step, b = 0.5 - 0.1*1 = 0.4 */
+    nnp_optim_cfg c = lamb_cfg(0.9, 0.999, 1e-12, 0.1, 10, 1);
+    double q = 0.1 * 5 / sqrt(3.65);
+    wb_make(&f, 3, 4, 0.5f, 0.6f, 0.8f, 0.2f);
+    run_wb("lamb step 1", &c, &f, 0.1, NULL, 1, (const double[]){3 - q * 1.3, 4 - q * 1.4, 0.4});
+    /* the clip: w = (30, 40), ||w|| = 50 > 10: ratio = 10/||u||, u = (1 + 3, 1 + 4) */
+    wb_make(&f, 30, 40, 0.5f, 0.6f, 0.8f, 0.2f);
+    q = 0.1 * 10 / sqrt(41.0);
+    run_wb("lamb clip", &c, &f, 0.1, NULL, 1, (const double[]){30 - q * 4, 40 - q * 5, 0.4});
+    /* no clip (inf): ratio = 50/sqrt(41) */
+    nnp_optim_cfg ci = lamb_cfg(0.9, 0.999, 1e-12, 0.1, INFINITY, 1);
+    wb_make(&f, 30, 40, 0.5f, 0.6f, 0.8f, 0.2f);
+    q = 0.1 * 50 / sqrt(41.0);
+    run_wb("lamb no clip", &ci, &f, 0.1, NULL, 1, (const double[]){30 - q * 4, 40 - q * 5, 0.4});
+    /* the bias adapted too (exclude off): u_b = 1 + 0.1*0.5 = 1.05, ratio = 0.5/1.05,
+     * b = 0.5 - 0.1*0.5 = 0.45 */
+    c = lamb_cfg(0.9, 0.999, 1e-12, 0.1, 10, 0);
+    wb_make(&f, 3, 4, 0.5f, 0.6f, 0.8f, 0.2f);
+    q = 0.1 * 5 / sqrt(3.65);
+    run_wb("lamb bias adapted", &c, &f, 0.1, NULL, 1,
+           (const double[]){3 - q * 1.3, 4 - q * 1.4, 0.45});
+    /* zero weights: ratio 1, u = r = (1, 1): w = (-0.1, -0.1) */
+    c = lamb_cfg(0.9, 0.999, 1e-12, 0.1, 10, 1);
+    wb_make(&f, 0, 0, 0.5f, 0.6f, 0.8f, 0.2f);
+    run_wb("lamb zero weights", &c, &f, 0.1, NULL, 1, (const double[]){-0.1, -0.1, 0.4});
+    /* zero gradient: m = v = 0, r = 0, u = wd*w = (0.3, 0.4), ||u|| = 0.5, ratio 10:
+     * w = (3, 4) - 0.1*10*(0.3, 0.4) = (2.7, 3.6); the bias (no decay) stays */
+    wb_make(&f, 3, 4, 0.5f, 0, 0, 0);
+    run_wb("lamb zero gradient", &c, &f, 0.1, NULL, 1, (const double[]){2.7, 3.6, 0.5});
+    /* zero gradient and no decay: u = 0, ratio 1, nothing moves */
+    c = lamb_cfg(0.9, 0.999, 1e-12, 0, 10, 1);
+    wb_make(&f, 3, 4, 0.5f, 0, 0, 0);
+    run_wb("lamb zero update", &c, &f, 0.1, NULL, 1, (const double[]){3, 4, 0.5});
+    /* two steps, betas (0.5, 0.5), eps 1e-12, wd 0, gradients g then 3g (g = (0.6, 0.8)):
+     * per element m_hat = 7/3 g_i, v_hat = 19/3 g_i^2 (see "adam betas 0.5" above), so
+     * r = 7/sqrt(57) (1, 1) on step 2, ||r|| = 7 sqrt(2/57), ratio = ||w1||/||r||; step 1
+     * moves w by 0.1*5/sqrt(2)*(1, 1) */
+    c = lamb_cfg(0.5, 0.5, 1e-12, 0, 10, 1);
+    wb_make(&f, 3, 4, 0.5f, 0.6f, 0.8f, 0.2f);
+    nnp_optim o;
+    ASSERT_OK(nnp_optim_init(&o, &c, 3));
+    nnp_optim_step(&o, &f.net, 0.1, NULL);
+    double w1[2] = {3 - 0.5 / sqrt(2.0), 4 - 0.5 / sqrt(2.0)};
+    double n1 = sqrt(w1[0] * w1[0] + w1[1] * w1[1]);
+    f.g[0] = 1.8f, f.g[1] = 2.4f, f.g[2] = 0.6f;
+    nnp_optim_step(&o, &f.net, 0.1, NULL);
+    double mv = 0.1 * n1 / sqrt(2.0); /* lr * ratio * r_i = 0.1 * n1/(7 sqrt(2/57)) * 7/sqrt(57) */
+    double want[3] = {w1[0] - mv, w1[1] - mv, 0.4 - 0.7 / sqrt(57.0)};
+    for (int i = 0; i < 3; i++) {
+        nnp_test_checks++;
+        if (!(fabs(f.p[i] - want[i]) <= 1e-6 * (fabs(want[i]) + 1.0)))
+            TEST_FAIL_("lamb two steps: param %d = %.9g, want %.9g", i, f.p[i], want[i]);
+    }
+    ASSERT_EQ_INT(o.t, 2);
+    nnp_optim_free(&o);
+}
+
+/* Several steps of the published rules in double, per whole tensor, with gradients that
+ * change every step and a preconditioner scale, on the hand-built net (tensors 1 and 3 are
+ * biases) and on mlp:3-4-2. LARS: Algorithm 1 of You, Gitman & Ginsburg 2017 at a constant
+ * lr (v <- m v + lr*lambda*(g + wd w); w <- w - v); LAMB: Algorithm 2 of You et al. 2019. */
+static void check_layerwise_reference(const char *what, nnp_net *net, const nnp_optim_cfg *c,
+                                      const double *scale, double lr)
+{
+    size_t n = net->n_params;
+    double p[64], m[64] = {0}, v[64] = {0};
+    ASSERT_TRUE(n <= 64);
+    for (size_t i = 0; i < n; i++) {
+        net->params[i] = (float)(0.5 * cos(0.9 * (double)i) + 0.1);
+        p[i] = net->params[i];
+    }
+    nnp_optim o;
+    ASSERT_OK(nnp_optim_init(&o, c, n));
+    int bad = 0;
+    for (int t = 1; t <= NSTEPS; t++) {
+        for (size_t i = 0; i < n; i++)
+            net->grads[i] = grad_at(i, t);
+        nnp_optim_step(&o, net, lr, scale);
+        for (int j = 0; j < net->n_tensors; j++) {
+            const nnp_tensor *T = &net->tensors[j];
+            double s = scale ? scale[j] : 1.0, *w = p + T->off, *mj = m + T->off,
+                   *vj = v + T->off;
+            int ex = c->exclude_bias && (T->is_bias || T->ndim <= 1);
+            double wd = ex ? 0 : c->weight_decay, wn = 0, xn = 0;
+            if (c->kind == NNP_OPT_LARS) {
+                for (size_t k = 0; k < T->n; k++) {
+                    double g = s * net->grads[T->off + k];
+                    wn += w[k] * w[k];
+                    xn += g * g;
+                }
+                wn = sqrt(wn), xn = sqrt(xn);
+                double lam = ex || wn == 0 || xn == 0 ? 1 : c->lars_eta * wn / (xn + wd * wn);
+                for (size_t k = 0; k < T->n; k++) {
+                    double g = s * net->grads[T->off + k];
+                    mj[k] = c->momentum * mj[k] + lr * lam * (g + wd * w[k]);
+                    w[k] -= mj[k];
+                }
+            } else {
+                double u[64];
+                double bc1 = 1 - pow(c->beta1, t), bc2 = 1 - pow(c->beta2, t);
+                for (size_t k = 0; k < T->n; k++) {
+                    double g = s * net->grads[T->off + k];
+                    mj[k] = c->beta1 * mj[k] + (1 - c->beta1) * g;
+                    vj[k] = c->beta2 * vj[k] + (1 - c->beta2) * g * g;
+                    u[k] = (mj[k] / bc1) / (sqrt(vj[k] / bc2) + c->eps) + wd * w[k];
+                    wn += w[k] * w[k];
+                    xn += u[k] * u[k];
+                }
+                wn = sqrt(wn), xn = sqrt(xn);
+                double phi = wn < c->lamb_clip ? wn : c->lamb_clip;
+                double ratio = ex || wn == 0 || xn == 0 ? 1 : phi / xn;
+                for (size_t k = 0; k < T->n; k++)
+                    w[k] -= lr * ratio * u[k];
+            }
+        }
+        for (size_t i = 0; i < n; i++)
+            if (!(fabs(net->params[i] - p[i]) <= 1e-6 * (fabs(p[i]) + 1.0)) && bad++ < 5)
+                TEST_FAIL_("%s: step %d param %zu: %.9g vs reference %.9g", what, t, i,
+                           net->params[i], p[i]);
+        nnp_test_checks++;
+    }
+    nnp_optim_free(&o);
+}
+
+static void test_layerwise_reference(void)
+{
+    fake_net f;
+    fake_net_make(&f);
+    for (int j = 0; j < 4; j++)
+        f.tensors[j].ndim = f.tensors[j].is_bias ? 1 : 2;
+    nnp_net *mlp = NULL;
+    ASSERT_OK(nnp_net_create("mlp:3-4-2", (nnp_shape){3, 1, 1}, NNP_ACT_RELU, 1, &mlp));
+    if (!mlp)
+        return;
+    const double scale4[4] = {0.5, 2.0, 1.25, 3.0};
+    struct {
+        const char *name;
+        nnp_optim_cfg cfg;
+        double lr;
+    } cases[] = {
+        {"lars", lars_cfg(0.9, 0, 0.001, 1), 1.0},
+        {"lars+wd", lars_cfg(0.9, 5e-4, 0.02, 1), 0.5},
+        {"lars+wd biases adapted", lars_cfg(0.8, 0.01, 0.05, 0), 0.3},
+        {"lamb", lamb_cfg(0.9, 0.999, 1e-6, 0, 10, 1), 0.01},
+        {"lamb+wd", lamb_cfg(0.9, 0.999, 1e-6, 0.01, 10, 1), 0.02},
+        {"lamb+wd clip 0.3, biases adapted", lamb_cfg(0.8, 0.99, 1e-3, 0.1, 0.3, 0), 0.05},
+    };
+    char what[160];
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++)
+        for (int sc = 0; sc < 2; sc++) {
+            snprintf(what, sizeof what, "%s on the hand-built net%s", cases[k].name,
+                     sc ? " (scaled)" : "");
+            check_layerwise_reference(what, &f.net, &cases[k].cfg, sc ? scale4 : NULL,
+                                      cases[k].lr);
+            snprintf(what, sizeof what, "%s on mlp:3-4-2%s", cases[k].name, sc ? " (scaled)" : "");
+            check_layerwise_reference(what, mlp, &cases[k].cfg, sc ? scale4 : NULL, cases[k].lr);
+        }
+    nnp_net_free(mlp);
+}
+
+/* --allreduce sharded/shm for LARS and LAMB: P "ranks" each run pass 1 over their share
+ * (shares cut through tensors), the partial norms are summed, each runs pass 2 over its
+ * share; stitched together, parameters and state equal the full step's to 1e-6 (the sums
+ * are grouped differently), and one range over everything equals it bit for bit. */
+static void test_layerwise_ranges(void)
+{
+    const nnp_optim_cfg cases[] = {lars_cfg(0.9, 1e-3, 0.02, 1), lars_cfg(0, 0.01, 0.01, 0),
+                                   lamb_cfg(0.9, 0.999, 1e-6, 0.01, 10, 1),
+                                   lamb_cfg(0.8, 0.99, 1e-4, 0.1, 0.5, 0)};
+    const double scale[4] = {0.5, 2.0, 1.25, 3.0};
+    enum { P = 3 };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        fake_net full, one, part[P];
+        fake_net_make(&full);
+        fake_net_make(&one);
+        size_t n = full.net.n_params, lo[P], hi[P];
+        nnp_optim of, oo, op[P];
+        ASSERT_OK(nnp_optim_init(&of, &cases[c], n));
+        ASSERT_OK(nnp_optim_init(&oo, &cases[c], n));
+        for (int k = 0; k < P; k++) {
+            fake_net_make(&part[k]);
+            ASSERT_OK(nnp_optim_init(&op[k], &cases[c], n));
+            lo[k] = n * (size_t)k / P;
+            hi[k] = n * (size_t)(k + 1) / P;
+        }
+        for (size_t i = 0; i < n; i++) {
+            full.params[i] = one.params[i] = (float)(0.1 * (double)i - 0.7);
+            for (int k = 0; k < P; k++)
+                part[k].params[i] = full.params[i];
+        }
+        int same_one = 1, bad = 0;
+        for (int t = 1; t <= NSTEPS; t++) {
+            double nsum[8] = {0}, pk[P][8], n1[8];
+            for (size_t i = 0; i < n; i++) {
+                full.grads[i] = one.grads[i] = grad_at(i, t);
+                for (int k = 0; k < P; k++)
+                    part[k].grads[i] = full.grads[i];
+            }
+            double lr = 0.05 * t;
+            unsigned long allocs = nnp_alloc_count();
+            nnp_optim_step(&of, &full.net, lr, scale);
+            nnp_optim_norms_range(&oo, &one.net, scale, 0, n, n1);
+            nnp_optim_apply_range(&oo, &one.net, lr, scale, 0, n, n1);
+            for (int k = 0; k < P; k++)
+                nnp_optim_norms_range(&op[k], &part[k].net, scale, lo[k], hi[k], pk[k]);
+            for (int k = 0; k < P; k++) /* the allreduce */
+                for (int i = 0; i < 8; i++)
+                    nsum[i] += pk[k][i];
+            for (int k = 0; k < P; k++)
+                nnp_optim_apply_range(&op[k], &part[k].net, lr, scale, lo[k], hi[k], nsum);
+            ASSERT_EQ_INT(nnp_alloc_count(), allocs);
+            for (int k = 0; k < P; k++) /* the allgather */
+                for (int q = 0; q < P; q++)
+                    memcpy(part[k].params + lo[q], part[q].params + lo[q],
+                           (hi[q] - lo[q]) * sizeof(float));
+            same_one &= memcmp(one.params, full.params, n * sizeof(float)) == 0;
+            for (int k = 0; k < P; k++) {
+                ASSERT_EQ_INT(op[k].t, of.t);
+                for (size_t i = 0; i < n; i++) {
+                    int mine = i >= lo[k] && i < hi[k];
+                    double d = fabs(part[k].params[i] - full.params[i]);
+                    if (mine && of.buf1)
+                        d += fabs(op[k].buf1[i] - of.buf1[i]);
+                    if (mine && of.buf2)
+                        d += fabs(op[k].buf2[i] - of.buf2[i]);
+                    if (!(d <= 1e-6 * (fabs(full.params[i]) + 1.0)) && bad++ < 5)
+                        TEST_FAIL_("%s case %zu: part %d step %d element %zu differs by %.3g",
+                                   nnp_opt_name(cases[c].kind), c, k, t, i, d);
+                }
+            }
+        }
+        if (!same_one)
+            TEST_FAIL_("%s case %zu: one range through both passes differs from the step",
+                       nnp_opt_name(cases[c].kind), c);
+        nnp_test_checks += 2;
+        nnp_optim_free(&of);
+        nnp_optim_free(&oo);
+        for (int k = 0; k < P; k++)
+            nnp_optim_free(&op[k]);
+    }
+}
+
 int main(void)
 {
     test_hand_worked();
     test_reference_sequences();
     test_range_steps();
+    test_lars_hand_worked();
+    test_lamb_hand_worked();
+    test_layerwise_reference();
+    test_layerwise_ranges();
     test_state_buffers();
     test_bad_configs();
     test_schedules();

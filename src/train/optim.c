@@ -1,10 +1,14 @@
-/* optim.c - SGD (momentum, dampening, Nesterov, weight decay), Adam and AdamW over the flat
- * parameter buffer (see optim.h).
+/* optim.c - SGD (momentum, dampening, Nesterov, weight decay), Adam, AdamW, LARS and LAMB
+ * over the flat parameter buffer (see optim.h, docs/optimizers.md).
  *
  * The update rules are those of torch.optim.SGD / Adam / AdamW in PyTorch 1.13 (single-tensor
  * path, amsgrad off, maximize off). The per-tensor preconditioner scale s_j multiplies the
  * raw gradient before anything else, fused into the same pass:
  *   d = s_j*grad + wd*p                        (SGD, Adam)
+ * LARS reuses SGD's loops: its local rate lambda_j multiplies d = s_j*g + wd*p, which is the
+ * same as running them with scale lambda_j*s_j and decay lambda_j*wd. LAMB is two passes over
+ * a tensor: the first updates the moments and sums ||w||^2 and ||u||^2, the second
+ * recomputes u from the stored moments (the same float operations, so the same u) and steps.
  * Every inner loop is a straight pass over one tensor with loop-invariant float
  * coefficients, so the compiler can vectorize it; the step allocates nothing.
  */
@@ -23,8 +27,13 @@ nnp_status nnp_opt_parse(const char *name, nnp_opt_kind *out)
         *out = NNP_OPT_ADAM;
     else if (name && strcmp(name, "adamw") == 0)
         *out = NNP_OPT_ADAMW;
+    else if (name && strcmp(name, "lars") == 0)
+        *out = NNP_OPT_LARS;
+    else if (name && strcmp(name, "lamb") == 0)
+        *out = NNP_OPT_LAMB;
     else
-        return nnp_error(NNP_ERR_ARG, "unknown optimizer '%s' (expected sgd, adam, adamw)",
+        return nnp_error(NNP_ERR_ARG,
+                         "unknown optimizer '%s' (expected sgd, adam, adamw, lars, lamb)",
                          name ? name : "(null)");
     return NNP_OK;
 }
@@ -35,6 +44,8 @@ const char *nnp_opt_name(nnp_opt_kind k)
     case NNP_OPT_SGD: return "sgd";
     case NNP_OPT_ADAM: return "adam";
     case NNP_OPT_ADAMW: return "adamw";
+    case NNP_OPT_LARS: return "lars";
+    case NNP_OPT_LAMB: return "lamb";
     }
     return "?";
 }
@@ -46,7 +57,11 @@ static nnp_status validate(const nnp_optim_cfg *c)
 {
     if (!(isfinite(c->weight_decay) && c->weight_decay >= 0))
         return nnp_error(NNP_ERR_ARG, "weight decay must be >= 0 (got %g)", c->weight_decay);
-    if (c->kind == NNP_OPT_SGD) {
+    if (c->kind == NNP_OPT_LARS && !(isfinite(c->lars_eta) && c->lars_eta > 0))
+        return nnp_error(NNP_ERR_ARG, "lars eta must be > 0 (got %g)", c->lars_eta);
+    if (c->kind == NNP_OPT_LAMB && !(c->lamb_clip > 0)) /* +inf: no clip */
+        return nnp_error(NNP_ERR_ARG, "lamb clip must be > 0 (got %g)", c->lamb_clip);
+    if (c->kind == NNP_OPT_SGD || c->kind == NNP_OPT_LARS) {
         if (!in_range(c->momentum, 0.0, 1.0))
             return nnp_error(NNP_ERR_ARG, "momentum must be in [0, 1) (got %g)", c->momentum);
         if (!(c->dampening >= 0.0 && c->dampening <= 1.0))
@@ -61,7 +76,7 @@ static nnp_status validate(const nnp_optim_cfg *c)
         return NNP_OK;
     }
     if (c->nesterov)
-        return nnp_error(NNP_ERR_ARG, "nesterov applies to sgd only, not %s",
+        return nnp_error(NNP_ERR_ARG, "nesterov applies to sgd and lars only, not %s",
                          nnp_opt_name(c->kind));
     if (!in_range(c->beta1, 0.0, 1.0) || !in_range(c->beta2, 0.0, 1.0))
         return nnp_error(NNP_ERR_ARG, "adam betas must be in [0, 1) (got %g, %g)", c->beta1,
@@ -76,12 +91,12 @@ nnp_status nnp_optim_init(nnp_optim *o, const nnp_optim_cfg *cfg, size_t n)
     if (!o || !cfg)
         return nnp_error(NNP_ERR_ARG, "nnp_optim_init: NULL argument");
     memset(o, 0, sizeof *o);
-    if (cfg->kind != NNP_OPT_SGD && cfg->kind != NNP_OPT_ADAM && cfg->kind != NNP_OPT_ADAMW)
+    if ((unsigned)cfg->kind > (unsigned)NNP_OPT_LAMB)
         return nnp_error(NNP_ERR_ARG, "unknown optimizer kind %d", (int)cfg->kind);
     NNP_CALL(validate(cfg));
     o->cfg = *cfg;
     o->n = n;
-    int adam = cfg->kind != NNP_OPT_SGD;
+    int adam = cfg->kind != NNP_OPT_SGD && cfg->kind != NNP_OPT_LARS;
     if (adam || cfg->momentum > 0) {
         o->buf1 = nnp_calloc(n, sizeof(float));
         if (!o->buf1)
@@ -194,6 +209,200 @@ static void tensor_sums(nnp_optim *o, const nnp_net *net, int j)
         nnp_precond_range_sums(net->params, a, b, &o->sums[2 * j], &o->sums[2 * j + 1]);
 }
 
+/* ---- LARS and LAMB ------------------------------------------------------------------------ */
+
+int nnp_optim_layerwise(nnp_opt_kind k) { return k == NNP_OPT_LARS || k == NNP_OPT_LAMB; }
+
+/* a tensor that keeps ratio 1 and no weight decay under exclude_bias */
+static int excluded(const nnp_optim_cfg *c, const nnp_tensor *T)
+{
+    return c->exclude_bias && (T->is_bias || T->ndim <= 1);
+}
+
+/* Sum of squares of x[0..n) in double, in eight independent lanes (a single running sum is
+ * one chain of dependent additions); the lanes are added in a fixed order. */
+static double sumsq(const float *x, size_t n)
+{
+    double l[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++)
+            l[k] += (double)x[i + (size_t)k] * (double)x[i + (size_t)k];
+    double t = 0;
+    for (; i < n; i++)
+        t += (double)x[i] * (double)x[i];
+    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7])) + t;
+}
+
+/* The per-step constants of Adam's and LAMB's bias correction, formed in double as
+ * adam_update's: step = lr/(1-b1^t), inv_sqrt_bc2 = 1/sqrt(1-b2^t). */
+typedef struct {
+    float b1, c1, b2, c2, inv_bc1, inv_sqrt_bc2, eps;
+} lamb_coef;
+
+static lamb_coef lamb_coefs(const nnp_optim_cfg *c, int64_t t)
+{
+    lamb_coef k;
+    k.b1 = (float)c->beta1;
+    k.c1 = (float)(1.0 - c->beta1);
+    k.b2 = (float)c->beta2;
+    k.c2 = (float)(1.0 - c->beta2);
+    k.inv_bc1 = (float)(1.0 / (1.0 - pow(c->beta1, (double)t)));
+    k.inv_sqrt_bc2 = (float)(1.0 / sqrt(1.0 - pow(c->beta2, (double)t)));
+    k.eps = (float)c->eps;
+    return k;
+}
+
+/* u = m_hat/(sqrt(v_hat) + eps) + wd*p, the same expression in both passes */
+static inline float lamb_u(const lamb_coef *k, float m, float v, float p, float wd)
+{
+    return m * k->inv_bc1 / (sqrtf(v) * k->inv_sqrt_bc2 + k->eps) + wd * p;
+}
+
+/* LAMB pass 1 over n elements: the moments of d = s*g, and ||p||^2, ||u||^2 (eight lanes) */
+static void lamb_moments(size_t n, const float *restrict p, const float *restrict g,
+                         float *restrict m, float *restrict v, float s, float wd,
+                         const lamb_coef *k, double *w2, double *u2)
+{
+    double lw[8] = {0, 0, 0, 0, 0, 0, 0, 0}, lu[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    double tw = 0, tu = 0;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int q = 0; q < 8; q++) {
+            size_t e = i + (size_t)q;
+            float d = s * g[e];
+            float mi = k->b1 * m[e] + k->c1 * d;
+            float vi = k->b2 * v[e] + k->c2 * d * d;
+            m[e] = mi;
+            v[e] = vi;
+            float u = lamb_u(k, mi, vi, p[e], wd);
+            lw[q] += (double)p[e] * (double)p[e];
+            lu[q] += (double)u * (double)u;
+        }
+    for (; i < n; i++) {
+        float d = s * g[i];
+        float mi = k->b1 * m[i] + k->c1 * d;
+        float vi = k->b2 * v[i] + k->c2 * d * d;
+        m[i] = mi;
+        v[i] = vi;
+        float u = lamb_u(k, mi, vi, p[i], wd);
+        tw += (double)p[i] * (double)p[i];
+        tu += (double)u * (double)u;
+    }
+    *w2 = ((lw[0] + lw[1]) + (lw[2] + lw[3])) + ((lw[4] + lw[5]) + (lw[6] + lw[7])) + tw;
+    *u2 = ((lu[0] + lu[1]) + (lu[2] + lu[3])) + ((lu[4] + lu[5]) + (lu[6] + lu[7])) + tu;
+}
+
+/* LAMB pass 2: p <- p - step*u with step = lr * trust ratio */
+static void lamb_apply(size_t n, float *restrict p, const float *restrict m,
+                       const float *restrict v, float wd, float step, const lamb_coef *k)
+{
+    for (size_t i = 0; i < n; i++)
+        p[i] -= step * lamb_u(k, m[i], v[i], p[i], wd);
+}
+
+/* Pass 1 for the part [a, b) of tensor j: its two partial squared norms. */
+static void layer_norms(nnp_optim *o, const nnp_net *net, int j, size_t a, size_t b, float s,
+                        const lamb_coef *k, double *n1, double *n2)
+{
+    const nnp_optim_cfg *c = &o->cfg;
+    const float *p = net->params + a, *g = net->grads + a;
+    size_t n = b - a;
+    if (c->kind == NNP_OPT_LARS) {
+        *n1 = sumsq(p, n);
+        *n2 = sumsq(g, n);
+    } else {
+        float wd = excluded(c, &net->tensors[j]) ? 0.0f : (float)c->weight_decay;
+        lamb_moments(n, p, g, o->buf1 + a, o->buf2 + a, s, wd, k, n1, n2);
+    }
+}
+
+/* Pass 2 for the part [a, b) of tensor j with its global squared norms n1, n2; sd is
+ * scale[j] in double. */
+static void layer_apply(nnp_optim *o, nnp_net *net, int j, size_t a, size_t b, double lr,
+                        double sd, const lamb_coef *k, double n1, double n2)
+{
+    const nnp_optim_cfg *c = &o->cfg;
+    const int ex = excluded(c, &net->tensors[j]);
+    const double wd = ex ? 0.0 : c->weight_decay;
+    const double wn = sqrt(n1);
+    float *p = net->params + a;
+    const float *g = net->grads + a;
+    size_t n = b - a;
+    if (c->kind == NNP_OPT_LARS) {
+        /* the local rate multiplies d = s*g + wd*p before the momentum buffer (Algorithm 1:
+         * v <- m*v + gamma*lambda*(g + beta*w)); ||s*g|| = |s|*||g|| */
+        const double gn = fabs(sd) * sqrt(n2);
+        const double lam = ex || !(wn > 0 && gn > 0) ? 1.0 : c->lars_eta * wn / (gn + wd * wn);
+        const float s = (float)(lam * sd), wdl = (float)(lam * wd), flr = (float)lr;
+        const float mom = (float)c->momentum, one_m_damp = (float)(1.0 - c->dampening);
+        if (!o->buf1)
+            sgd_plain(n, p, g, s, wdl, flr);
+        else if (o->t == 1)
+            sgd_mom_first(n, p, g, o->buf1 + a, s, wdl, flr, mom, c->nesterov);
+        else
+            sgd_mom(n, p, g, o->buf1 + a, s, wdl, flr, mom, one_m_damp, c->nesterov);
+    } else {
+        /* phi(||w||) = min(||w||, clip) over ||u||; 1 when either norm is 0 */
+        const double un = sqrt(n2);
+        const double ratio =
+            ex || !(wn > 0 && un > 0) ? 1.0 : (wn < c->lamb_clip ? wn : c->lamb_clip) / un;
+        lamb_apply(n, p, o->buf1 + a, o->buf2 + a, (float)wd, (float)(lr * ratio), k);
+    }
+}
+
+void nnp_optim_norms_range(nnp_optim *o, const nnp_net *net, const double *scale, size_t lo,
+                           size_t hi, double *part)
+{
+    int64_t t = ++o->t;
+    lamb_coef k = lamb_coefs(&o->cfg, t);
+    for (int j = 0; j < net->n_tensors; j++) {
+        const nnp_tensor *T = &net->tensors[j];
+        size_t a = T->off > lo ? T->off : lo, b = T->off + T->n < hi ? T->off + T->n : hi;
+        part[2 * j] = part[2 * j + 1] = 0.0;
+        if (a < b)
+            layer_norms(o, net, j, a, b, scale ? (float)scale[j] : 1.0f, &k, &part[2 * j],
+                        &part[2 * j + 1]);
+    }
+}
+
+void nnp_optim_apply_range(nnp_optim *o, nnp_net *net, double lr, const double *scale,
+                           size_t lo, size_t hi, const double *norms)
+{
+    lamb_coef k = lamb_coefs(&o->cfg, o->t);
+    for (int j = 0; j < net->n_tensors; j++) {
+        const nnp_tensor *T = &net->tensors[j];
+        size_t a = T->off > lo ? T->off : lo, b = T->off + T->n < hi ? T->off + T->n : hi;
+        if (a < b)
+            layer_apply(o, net, j, a, b, lr, scale ? scale[j] : 1.0, &k, norms[2 * j],
+                        norms[2 * j + 1]);
+        if (o->sums)
+            tensor_sums(o, net, j);
+    }
+    o->sums = NULL;
+}
+
+/* LARS/LAMB on [lo, hi) with each tensor's norms over its part in the range: both passes
+ * over one tensor before the next, while it is in cache. */
+static void layerwise_step_range(nnp_optim *o, nnp_net *net, double lr, const double *scale,
+                                 size_t lo, size_t hi)
+{
+    int64_t t = ++o->t;
+    lamb_coef k = lamb_coefs(&o->cfg, t);
+    for (int j = 0; j < net->n_tensors; j++) {
+        const nnp_tensor *T = &net->tensors[j];
+        size_t a = T->off > lo ? T->off : lo, b = T->off + T->n < hi ? T->off + T->n : hi;
+        if (a < b) {
+            double sd = scale ? scale[j] : 1.0, n1, n2;
+            layer_norms(o, net, j, a, b, (float)sd, &k, &n1, &n2);
+            layer_apply(o, net, j, a, b, lr, sd, &k, n1, n2);
+        }
+        if (o->sums)
+            tensor_sums(o, net, j);
+    }
+    o->sums = NULL;
+}
+
 void nnp_optim_step(nnp_optim *o, nnp_net *net, double lr, const double *scale)
 {
     nnp_optim_step_range(o, net, lr, scale, 0, net->n_params);
@@ -202,6 +411,10 @@ void nnp_optim_step(nnp_optim *o, nnp_net *net, double lr, const double *scale)
 void nnp_optim_step_range(nnp_optim *o, nnp_net *net, double lr, const double *scale,
                           size_t lo, size_t hi)
 {
+    if (nnp_optim_layerwise(o->cfg.kind)) {
+        layerwise_step_range(o, net, lr, scale, lo, hi);
+        return;
+    }
     const nnp_optim_cfg *c = &o->cfg;
     int64_t t = ++o->t;
     float flr = (float)lr;
