@@ -102,7 +102,8 @@ static int make(model *m, const char *spec, nnp_act act, nnp_opt_kind kind, doub
         return -1;
     }
     nnp_optim_cfg oc = {.kind = kind, .momentum = momentum, .dampening = 0,
-                        .weight_decay = 1e-4, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8};
+                        .weight_decay = 1e-4, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8,
+                        .lars_eta = 0.001, .lamb_clip = 10, .exclude_bias = 1};
     nnp_precond_cfg pcfg;
     nnp_precond_defaults(&pcfg);
     pcfg.mode = mode;
@@ -505,6 +506,23 @@ static void test_bad_files(void)
                    "preconditioner mode 'dynamic' in the checkpoint, the run uses 'static'");
         unmake(&c);
     }
+    /* LARS keeps SGD's momentum buffer, LAMB Adam's moments: the kind still tells them apart */
+    if (make(&c, "lenet", NNP_ACT_RELU, NNP_OPT_LARS, 0.9, NNP_PRECOND_DYNAMIC, 1) == 0) {
+        const char *lp = P("lars.h5");
+        ASSERT_OK(nnp_ckpt_write(lp, c.net, &c.opt, &c.pc, &meta));
+        model d;
+        if (make(&d, "lenet", NNP_ACT_RELU, NNP_OPT_SGD, 0.9, NNP_PRECOND_DYNAMIC, 0) == 0) {
+            EXPECT_ERR(nnp_ckpt_read(lp, d.net, &d.opt, &d.pc, NULL), NNP_ERR_FORMAT,
+                       "optimizer 'lars' in the checkpoint, the run uses 'sgd'");
+            unmake(&d);
+        }
+        unmake(&c);
+    }
+    if (make(&c, "lenet", NNP_ACT_RELU, NNP_OPT_LAMB, 0, NNP_PRECOND_DYNAMIC, 0) == 0) {
+        EXPECT_ERR(nnp_ckpt_read(good, c.net, &c.opt, &c.pc, NULL), NNP_ERR_FORMAT,
+                   "optimizer 'adam' in the checkpoint, the run uses 'lamb'");
+        unmake(&c);
+    }
     /* SGD with momentum saved, read by plain SGD */
     if (make(&c, "lenet", NNP_ACT_RELU, NNP_OPT_SGD, 0.9, NNP_PRECOND_DYNAMIC, 1) == 0) {
         const char *sp = P("sgd.h5");
@@ -883,6 +901,8 @@ int main(void)
 
     test_round_trip("lenet", NNP_ACT_RELU, NNP_OPT_SGD, 0.9, NNP_PRECOND_DYNAMIC, "lenet_sgd.h5");
     test_round_trip("lenet", NNP_ACT_RELU, NNP_OPT_ADAM, 0.0, NNP_PRECOND_STATIC, "lenet_adam.h5");
+    test_round_trip("lenet", NNP_ACT_RELU, NNP_OPT_LARS, 0.9, NNP_PRECOND_DYNAMIC, "lenet_lars.h5");
+    test_round_trip("lenet", NNP_ACT_RELU, NNP_OPT_LAMB, 0.0, NNP_PRECOND_NONE, "lenet_lamb.h5");
     test_round_trip("mlp:784-64x2-10", NNP_ACT_TANH, NNP_OPT_SGD, 0.5, NNP_PRECOND_NONE,
                     "mlp_sgd.h5");
     test_round_trip("mlp:784-64x2-10", NNP_ACT_LEAKY_RELU, NNP_OPT_ADAMW, 0.0,

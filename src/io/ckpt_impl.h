@@ -30,10 +30,11 @@ hid_t nnp__ckpt_make_fapl(void);
 /* Split "conv1.weight" into group "conv1" and dataset "weight". */
 void nnp__ckpt_split_name(const char *name, char *group, char *leaf, size_t cap);
 
-/* PyTorch's state names: SGD "momentum_buffer", Adam/AdamW "exp_avg" and "exp_avg_sq". */
+/* PyTorch's state names: SGD and LARS "momentum_buffer", Adam/AdamW/LAMB "exp_avg" and
+ * "exp_avg_sq". */
 static inline const char *nnp__ckpt_buf1_name(nnp_opt_kind k)
 {
-    return k == NNP_OPT_SGD ? "momentum_buffer" : "exp_avg";
+    return k == NNP_OPT_SGD || k == NNP_OPT_LARS ? "momentum_buffer" : "exp_avg";
 }
 
 /* ---- file system (ckpt_files.c) -------------------------------------------------------- */

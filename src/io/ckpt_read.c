@@ -692,12 +692,14 @@ nnp_status nnp_ckpt_info(const char *path, FILE *out)
             char kind[32] = "";
             if (attr_string(path, g, "/optimizer:", "kind", kind, sizeof kind) != 0)
                 nnp_error_clear();
-            int sgd = strcmp(kind, "sgd") == 0;
+            int sgd = strcmp(kind, "sgd") == 0 || strcmp(kind, "lars") == 0;
+            int lars = strcmp(kind, "lars") == 0, lamb = strcmp(kind, "lamb") == 0;
             const char *an_sgd[] = {"kind", "t", "momentum", "dampening", "nesterov",
-                                    "weight_decay"};
-            const char *an_adam[] = {"kind", "t", "beta1", "beta2", "eps", "weight_decay"};
+                                    "weight_decay", "lars_eta", "exclude_bias"};
+            const char *an_adam[] = {"kind", "t", "beta1", "beta2", "eps", "weight_decay",
+                                     "lamb_clip", "exclude_bias"};
             const char **an = sgd ? an_sgd : an_adam;
-            for (size_t i = 0; i < 6; i++) {
+            for (size_t i = 0; i < (lars || lamb ? 8u : 6u); i++) {
                 char label[40];
                 snprintf(label, sizeof label, "  %s", an[i]);
                 print_attr_line(path, g, "/optimizer:", an[i], label, out);

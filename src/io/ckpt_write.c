@@ -278,6 +278,13 @@ static int write_optim(hid_t f, const nnp_optim *o, wctx *w)
               attr_f64(g, "weight_decay", c->weight_decay) < 0 ||
               attr_i64(g, "nesterov", c->nesterov) < 0 || attr_f64(g, "beta1", c->beta1) < 0 ||
               attr_f64(g, "beta2", c->beta2) < 0 || attr_f64(g, "eps", c->eps) < 0;
+    /* lars and lamb only: older files, and the other optimizers', stay as they were */
+    if (!bad && c->kind == NNP_OPT_LARS)
+        bad = attr_f64(g, "lars_eta", c->lars_eta) < 0;
+    if (!bad && c->kind == NNP_OPT_LAMB)
+        bad = attr_f64(g, "lamb_clip", c->lamb_clip) < 0;
+    if (!bad && nnp_optim_layerwise(c->kind))
+        bad = attr_i64(g, "exclude_bias", c->exclude_bias) < 0;
     hsize_t n = (hsize_t)o->n;
     hid_t d;
     if (!bad && o->buf1) {
