@@ -195,4 +195,25 @@ grep -q '^\[setup\] data .*: 600 training samples' "$tmp/val2.log" && ok || fail
 expect 2 "was written with --val-split 100, this run has 50" "$nnprec" "${val_args[@]}" \
   --val-split 50 --steps 20 --out "$tmp/val1" --resume auto
 
+# --lr-scaling: --lr is for --base-batch and scaled to the global batch; --warmup-epochs in
+# steps per epoch, rounded up; both printed at the start
+expect 2 "--lr-scaling must be none, linear or sqrt, got 'cube'" "$nnprec" train --lr-scaling cube
+expect 2 "--base-batch goes with --lr-scaling linear or sqrt" "$nnprec" train --base-batch 64
+expect 2 "--base-batch must be >= 1, got 0" "$nnprec" train --lr-scaling sqrt --base-batch 0
+expect 2 "give --warmup (steps) or --warmup-epochs, not both" "$nnprec" train --warmup 3 --warmup-epochs 1
+expect 2 "--warmup-epochs must be in \[0, 1e6\], got -1" "$nnprec" train --warmup-epochs -1
+expect 2 "--min-lr 0.05 is above the scaled learning rate 0.00625" "$nnprec" train --schedule cosine \
+  --lr 0.1 --min-lr 0.05 --lr-scaling linear --base-batch 1024
+for o in val-split lr-scaling base-batch warmup-epochs; do
+  grep -q -- "--$o " "$tmp/help" && ok || fail "--help does not list --$o"
+done
+timeout 60 "$mpiexec" -n 2 --oversubscribe "$nnprec" train --train-limit 1000 --test-limit 100 \
+  --global-batch 64 --lr 0.1 --lr-scaling sqrt --warmup-epochs 0.3 --steps 6 --log-every 1 \
+  --out "$tmp/lrs" > "$tmp/lrs.log" 2>&1 || fail "--lr-scaling run failed: $(tail -3 "$tmp/lrs.log")"
+# 1000 / 64 = 16 steps per epoch, 0.3 epochs = 4.8 -> 5 steps; 0.1 * sqrt(64/256) = 0.05
+grep -q '^\[setup\] learning rate 0.05 at global batch 64 (--lr 0.1 for batch 256, --lr-scaling sqrt); warmup 5 steps' \
+  "$tmp/lrs.log" && ok || fail "effective LR line: $(grep 'learning rate' "$tmp/lrs.log")"
+[ "$(cut -d, -f5 "$tmp/lrs/train.csv" | tail -n +2 | tr '\n' ' ')" = "0.01 0.02 0.03 0.04 0.05 0.05 " ] && ok ||
+  fail "warmup to the scaled rate: $(cut -d, -f5 "$tmp/lrs/train.csv" | tr '\n' ' ')"
+
 finish

@@ -40,6 +40,9 @@ typedef struct {
     int64_t steps, warmup, eval_every, log_every, stats_every, check_replicas, balance;
     int64_t seed, train_limit, test_limit, checkpoint_every;
     int64_t val_split;
+    char lr_scaling[NNP_OPT_STRLEN];
+    int base_batch;
+    double warmup_epochs;
 } train_opts;
 
 static train_opts O;
@@ -65,6 +68,12 @@ static nnp_option opts[] = {
     OPT_D("gamma", gamma, "0.1", "step schedule factor"),
     OPT_D("min-lr", min_lr, "0", "cosine schedule floor"),
     OPT_L("warmup", warmup, "0", "linear warmup steps"),
+    OPT_D("warmup-epochs", warmup_epochs, "0",
+      "linear warmup in epochs: ceil(X x steps per epoch) steps (instead of --warmup)"),
+    OPT_S("lr-scaling", lr_scaling, "none",
+      "--lr is for global batch --base-batch, scaled to the actual one: none | linear (x G/B) | "
+      "sqrt (x sqrt(G/B))"),
+    OPT_I("base-batch", base_batch, "256", "the global batch --lr is given for (--lr-scaling)"),
     OPT_I("epochs", epochs, "1", "epochs to train (ignored when --steps is given)"),
     OPT_L("steps", steps, "0", "global steps to train (0: use --epochs)"),
     OPT_I("batch", batch, "64", "samples per rank per step"),
@@ -123,6 +132,13 @@ static nnp_status parse_normalize(const char *s, double *mean, double *std)
     if (end == p || *end || !isfinite(*mean) || !(*std > 0) || !isfinite(*std))
         return nnp_error(NNP_ERR_ARG, "--normalize expects MEAN,STD with STD > 0, got '%s'", s);
     return NNP_OK;
+}
+
+/* Whether option `name` was given on the command line. */
+static int opt_set(const char *name)
+{
+    const nnp_option *o = nnp_options_find(opts, N_OPTS, name);
+    return o && o->set;
 }
 
 /* Validate and translate the options into the trainer's configuration. */
@@ -196,6 +212,21 @@ static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *
                          O.global_batch ? "--global-batch" : "--batch x ranks",
                          (long long)max_global);
     cfg->global_batch = O.global_batch > 0 ? O.global_batch : O.batch * size;
+    nnp_lr_scaling lrs;
+    NNP_CALL(nnp_lr_scaling_parse(O.lr_scaling, &lrs));
+    if (lrs == NNP_LRS_NONE && opt_set("base-batch"))
+        return nnp_error(NNP_ERR_ARG, "--base-batch goes with --lr-scaling linear or sqrt");
+    if (lrs != NNP_LRS_NONE && O.base_batch < 1)
+        return nnp_error(NNP_ERR_ARG, "--base-batch must be >= 1, got %d", O.base_batch);
+    cfg->sched.lr = nnp_lr_scale(O.lr, lrs, O.base_batch, cfg->global_batch);
+    if (O.min_lr > cfg->sched.lr)
+        return nnp_error(NNP_ERR_ARG, "--min-lr %g is above the scaled learning rate %g "
+                                      "(--lr-scaling %s)", O.min_lr, cfg->sched.lr, O.lr_scaling);
+    if (!(O.warmup_epochs >= 0 && O.warmup_epochs <= 1e6))
+        return nnp_error(NNP_ERR_ARG, "--warmup-epochs must be in [0, 1e6], got %g",
+                         O.warmup_epochs);
+    if (opt_set("warmup-epochs") && opt_set("warmup"))
+        return nnp_error(NNP_ERR_ARG, "give --warmup (steps) or --warmup-epochs, not both");
     if (O.global_batch > 0 && O.global_batch < size)
         return nnp_error(NNP_ERR_ARG, "--global-batch %d is smaller than the %d ranks",
                          O.global_batch, size);
@@ -512,6 +543,16 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
         cfg.norm_std = std;
         cfg.resume = resume;
         cfg.val = O.val_split > 0 ? &val : NULL;
+        const size_t spe = nnp_batches_per_epoch(train.n, (size_t)cfg.global_batch);
+        if (opt_set("warmup-epochs"))
+            cfg.sched.warmup = nnp_warmup_steps(O.warmup_epochs, spe);
+        if (rank == 0 && !O.quiet && (strcmp(O.lr_scaling, "none") != 0 || cfg.sched.warmup > 0))
+            printf("[setup] learning rate %g at global batch %d (--lr %g for batch %d, "
+                   "--lr-scaling %s); warmup %lld steps (%.3g epochs of %zu steps)\n",
+                   cfg.sched.lr, cfg.global_batch, O.lr,
+                   strcmp(O.lr_scaling, "none") != 0 ? O.base_batch : cfg.global_batch,
+                   O.lr_scaling, (long long)cfg.sched.warmup,
+                   (double)cfg.sched.warmup / (double)spe, spe);
         nnp_train_result res;
         s = nnp_train(comm, &cfg, net, &train, &test, &res);
         if (s == NNP_OK && rank == 0 && res.steps == res.first_step && res.steps > 0)

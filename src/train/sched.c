@@ -56,3 +56,35 @@ double nnp_sched_lr(const nnp_sched *s, int64_t step, int epoch)
     }
     return s->lr;
 }
+
+nnp_status nnp_lr_scaling_parse(const char *name, nnp_lr_scaling *out)
+{
+    if (name && strcmp(name, "none") == 0)
+        *out = NNP_LRS_NONE;
+    else if (name && strcmp(name, "linear") == 0)
+        *out = NNP_LRS_LINEAR;
+    else if (name && strcmp(name, "sqrt") == 0)
+        *out = NNP_LRS_SQRT;
+    else
+        return nnp_error(NNP_ERR_ARG, "--lr-scaling must be none, linear or sqrt, got '%s'",
+                         name ? name : "(null)");
+    return NNP_OK;
+}
+
+double nnp_lr_scale(double lr, nnp_lr_scaling k, double base, double G)
+{
+    switch (k) {
+    case NNP_LRS_NONE: return lr;
+    case NNP_LRS_LINEAR: return lr * (G / base);
+    case NNP_LRS_SQRT: return lr * sqrt(G / base);
+    }
+    return lr;
+}
+
+int64_t nnp_warmup_steps(double epochs, size_t spe)
+{
+    const double v = epochs * (double)spe, r = nearbyint(v);
+    if (fabs(v - r) <= 1e-9 * (r > 1 ? r : 1))
+        return (int64_t)r;
+    return (int64_t)ceil(v);
+}
