@@ -107,6 +107,9 @@ nnp_status nnp_comm_shm_fence(nnp_comm_shm *s);
 nnp_status nnp_comm_shm_reduce(nnp_comm_shm *s);
 /* Collective over the node: in-place sum over the node's ranks (one node holds all shares). */
 nnp_status nnp_comm_shm_allreduce_sum_f64(nnp_comm_shm *s, double *buf, size_t n);
+/* Collective over the ranks with this node-local rank on every node: in-place sum (a
+ * no-op on one node). After a node sum, it completes a sum over all ranks. */
+nnp_status nnp_comm_shm_cross_sum_f64(nnp_comm_shm *s, double *buf, size_t n);
 /* Collective over the node: every node rank's share of buf (a private n-vector) to all. */
 nnp_status nnp_comm_shm_allgather(nnp_comm_shm *s, float *buf);
 /* Collective: free the window (NULL is a no-op). */

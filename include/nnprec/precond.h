@@ -5,24 +5,28 @@
  * weights of trainable layer k and g_k the factor by which layer k scales a unit-variance
  * gradient passed back through it:
  *     prec_j = prod over tensors k after j of 1/g_k   (the last tensor gets 1)
- *     m_j    = prec_j * s_j
  * static : s_k are the initialization prior's standard deviations, fixed for the run.
  * dynamic: s_k are the CURRENT population standard deviations of the tensors, recomputed
  *          every K steps from per-tensor sums reduced over all ranks.
  *
  * Formulas (--precond-formula):
- *   seed      exactly seed 000's code, quirks included: fan-out of a tensor of shape s is
- *             prod(s[:-1]) (for a conv weight C_out*C_in*kh, not C_out*kh*kw), and the relu
- *             factor enters dense (2-D) weights only.
- *   corrected the default: fan-out C_out*kh*kw for conv weights (the number of outputs each
- *             input feeds), and the relu factor enters every weight layer followed by relu.
- * Bias tensors: prior std bias_std (0.2), gain bias_gain (1); in dynamic mode their current
- * std replaces bias_std unless bias_prior is set.
+ *   corrected the default (derived in docs/preconditioner.md): the prior is that of the
+ *             chosen --init; a forward pass of second moments through the network gives
+ *             every layer's input second moment q_k and pre-activation variance v_k;
+ *             g_k = sqrt(mean fan-out * d) * s_k with d = E[f'(z)^2] of the operations
+ *             below layer k, evaluated at v of the layer below (relu 1/2, tanh and sigmoid
+ *             by quadrature, pooling); weight m_j = prec_j s_j / sqrt(q_j), bias
+ *             m_j = prec_j s_W (the weight of a constant input 1), so every tensor's
+ *             preconditioned step is the same size in units of its layer's weight scale.
+ *   seed      exactly seed 000's code, quirks included: prior of --init seed with the
+ *             constants below, fan-out of a tensor of shape s is prod(s[:-1]), the relu
+ *             factor enters dense (2-D) weights only, m_j = prec_j s_j, bias std bias_std.
  */
 #ifndef NNPREC_PRECOND_H
 #define NNPREC_PRECOND_H
 #include <stddef.h>
 #include <stdint.h>
+#include "nnprec/init.h"
 #include "nnprec/net.h"
 #include "nnprec/status.h"
 
@@ -32,14 +36,23 @@ typedef enum { NNP_PFORM_CORRECTED, NNP_PFORM_SEED } nnp_precond_formula;
 typedef struct {
     nnp_precond_mode mode;
     nnp_precond_formula formula;
+    nnp_init_cfg init;    /* corrected: the initializer whose prior static mode uses */
     int every;            /* dynamic: recompute every K steps (K >= 1) */
+    /* seed formula's prior (the constants of --init seed) */
     double relu_factor;   /* Var(relu(z)) for z ~ N(0,1) as the seed rounds it: 0.34 */
     double prior_num;     /* prior weight variance numerator: 0.96 (sigma^2 = 0.96/fan_in) */
     double bias_std;      /* prior bias std: 0.2 */
     double bias_gain;     /* g of a bias tensor: 1 */
     int bias_prior;       /* dynamic: keep bias_std for biases instead of their current std */
     double floor;         /* lower bound on a measured std (guards division by zero): 1e-12 */
+    /* dynamic corrected: 1 (default) also measures every trainable layer's input second
+     * moment and output-gradient second moment on the step's global batch; 0 predicts
+     * them from the weight stds (the forward pass of second moments) */
+    int measure;
 } nnp_precond_cfg;
+
+/* Points of the fixed quadrature grid for Gaussian expectations (corrected formula). */
+#define NNP_PRECOND_QUAD 241
 
 typedef struct {
     nnp_precond_cfg cfg;
@@ -47,8 +60,17 @@ typedef struct {
     double *sigma;        /* [n] std used for each tensor (prior or current) */
     double *gain;         /* [n] g of each tensor */
     double *prec;         /* [n] product of 1/g over the tensors after it */
-    double *scale;        /* [n] m_j = prec_j * sigma_j: what the optimizer applies */
-    double *sums;         /* [2n] workspace: (sum w, sum w^2) per tensor for the allreduce */
+    double *scale;        /* [n] m_j: what the optimizer applies */
+    double *q;            /* [n] corrected: E[x^2] of the input tensor j multiplies (bias: 1) */
+    double *v;            /* [n] corrected: predicted E[z^2] of the layer's output (pre-activation) */
+    double *quad;         /* [3 * NNP_PRECOND_QUAD]: grid t, Gaussian density, its CDF */
+    double *sums;         /* [n_sums] workspace for the allreduce: (sum w, sum w^2) per
+                           * tensor over this rank's share of the parameters, then, when
+                           * measuring, (sum x^2, sum dz^2) per trainable layer over this
+                           * rank's samples, then the sample count */
+    int n_tr;             /* trainable layers */
+    size_t n_sums;        /* 2n, or 2n + 2 n_tr + 1 when measuring */
+    int measured;         /* the last update used measured moments */
     int64_t updated_at;   /* step of the last dynamic update, -1 before the first */
 } nnp_precond;
 
@@ -56,11 +78,13 @@ nnp_status nnp_precond_parse_mode(const char *s, nnp_precond_mode *out);      /*
 nnp_status nnp_precond_parse_formula(const char *s, nnp_precond_formula *out); /* corrected|seed */
 const char *nnp_precond_mode_name(nnp_precond_mode m);
 const char *nnp_precond_formula_name(nnp_precond_formula f);
-/* Fill the seed's defaults (mode none, formula corrected, every 1, 0.34, 0.96, 0.2, 1, 0, 1e-12). */
+/* Fill the defaults (mode none, formula corrected, init pytorch, every 1, the seed's 0.34,
+ * 0.96, 0.2, bias gain 1, bias current, floor 1e-12). */
 void nnp_precond_defaults(nnp_precond_cfg *cfg);
 
 /* Allocate for net's tensors and, for static and dynamic, compute the prior multipliers
- * (for mode none every scale is 1). Errors: NNP_ERR_ARG for bad constants or K < 1. */
+ * (for mode none every scale is 1). Errors: NNP_ERR_ARG for bad constants or K < 1, and
+ * for static corrected with an initializer whose weights have no spread (constant:C). */
 nnp_status nnp_precond_init(nnp_precond *p, const nnp_precond_cfg *cfg, const nnp_net *net);
 void nnp_precond_free(nnp_precond *p);
 
@@ -73,11 +97,15 @@ void nnp_precond_local_sums(nnp_precond *p, const nnp_net *net, int rank, int si
  * nnp_precond_local_sums, also called by the optimizer to produce the next step's sums in
  * the same pass that writes the parameters (nnp_optim_want_sums). */
 void nnp_precond_range_sums(const float *w, size_t a, size_t b, double *s1, double *s2);
+/* When measuring (p->n_sums > 2n): this rank's part of the batch moments, from the forward
+ * and backward pass of its B samples still in net->act / net->dact, into
+ * p->sums[2n .. n_sums). Ranks with B = 0 add zeros. Call after backward. */
+void nnp_precond_batch_sums(nnp_precond *p, const nnp_net *net, int B);
 /* From GLOBAL sums in p->sums (after the caller's allreduce of 2n doubles): population
  * std of each tensor, floored; recompute gain/prec/scale. Errors: NNP_ERR_NUMERIC naming the
  * tensor if a sum is not finite. */
 nnp_status nnp_precond_from_sums(nnp_precond *p, const nnp_net *net, int64_t step);
-/* Recompute gain/prec/scale from p->sigma (used by both modes). */
+/* Recompute q/v/gain/prec/scale from p->sigma (used by both modes). */
 void nnp_precond_recompute(nnp_precond *p, const nnp_net *net);
 
 #endif

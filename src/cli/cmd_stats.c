@@ -152,6 +152,7 @@ static nnp_status build_config(stats_cfg *c)
         c->n_inits = 1;
         snprintf(c->init_names[0], sizeof c->init_names[0], "%s", O.init);
         NNP_CALL(nnp_init_parse(O.init, &c->inits[0]));
+        c->pcfg.init = c->inits[0]; /* the corrected formula's static prior */
     }
     return NNP_OK;
 }

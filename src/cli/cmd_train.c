@@ -32,10 +32,13 @@ typedef struct {
     char model[NNP_OPT_STRLEN], act[NNP_OPT_STRLEN], loss[NNP_OPT_STRLEN], init[NNP_OPT_STRLEN];
     char optim[NNP_OPT_STRLEN], schedule[NNP_OPT_STRLEN], data[NNP_OPT_STRLEN];
     char normalize[NNP_OPT_STRLEN], out[NNP_OPT_STRLEN], precond[NNP_OPT_STRLEN];
+    char pmeasure[NNP_OPT_STRLEN];
     char pformula[NNP_OPT_STRLEN], pbias[NNP_OPT_STRLEN], allreduce[NNP_OPT_STRLEN];
     char resume[NNP_OPT_STRLEN], stop_file[NNP_OPT_STRLEN];
     double lr, momentum, dampening, wd, beta1, beta2, eps, gamma, min_lr, bucket_mb;
     double prelu, pprior, pbias_std, pbias_gain, pfloor;
+    double lars_eta, lamb_clip;
+    int lars_exclude_bias;
     int nesterov, epochs, batch, global_batch, step_epochs, precond_every, threads, quiet, keep;
     int64_t steps, warmup, eval_every, log_every, stats_every, check_replicas, balance;
     int64_t seed, train_limit, test_limit, checkpoint_every;
@@ -54,15 +57,26 @@ static nnp_option opts[] = {
     OPT_S("init", init, "pytorch",
       "pytorch|xavier-uniform|xavier-normal|kaiming-uniform|kaiming-normal|lecun-normal|"
       "orthogonal|normal:STD|uniform:A|constant:C|seed"),
-    OPT_S("optim", optim, "sgd", "optimizer: sgd | adam | adamw"),
+    OPT_S("optim", optim, "sgd", "optimizer: sgd | adam | adamw | lars | lamb (docs/optimizers.md)"),
     OPT_D("lr", lr, "0.01", "learning rate"),
-    OPT_D("momentum", momentum, "0.9", "SGD momentum (0 = plain SGD)"),
-    OPT_D("dampening", dampening, "0", "SGD momentum dampening"),
-    OPT_F("nesterov", nesterov, "0", "Nesterov momentum"),
-    OPT_D("weight-decay", wd, "0", "L2 weight decay (decoupled for adamw)"),
-    OPT_D("beta1", beta1, "0.9", "Adam beta1"),
-    OPT_D("beta2", beta2, "0.999", "Adam beta2"),
-    OPT_D("eps", eps, "1e-8", "Adam epsilon"),
+    OPT_D("momentum", momentum, "0.9", "SGD and LARS momentum (0 = plain SGD)"),
+    OPT_D("dampening", dampening, "0", "SGD and LARS momentum dampening"),
+    OPT_F("nesterov", nesterov, "0", "Nesterov momentum (sgd, lars)"),
+    OPT_D("weight-decay", wd, "0",
+      "L2 weight decay (decoupled for adamw and lamb; lars: added to the gradient, inside the "
+      "trust ratio)"),
+    OPT_D("beta1", beta1, "0.9", "Adam and LAMB beta1"),
+    OPT_D("beta2", beta2, "0.999", "Adam and LAMB beta2"),
+    OPT_D("eps", eps, "1e-8", "Adam and LAMB epsilon"),
+    OPT_D("lars-eta", lars_eta, "0.001",
+      "lars: trust coefficient eta; each weight tensor's gradient (+ decay) is scaled by "
+      "eta*||w||/(||g|| + wd*||w||) before the momentum buffer (1 when a norm is 0)"),
+    OPT_D("lamb-clip", lamb_clip, "10",
+      "lamb: trust ratio min(||w||, C)/||update|| per weight tensor (the clip phi of You et al. "
+      "2019; a huge C: no clip)"),
+    OPT_F("lars-exclude-bias", lars_exclude_bias, "1",
+      "lars, lamb: biases (1-D tensors) keep ratio 1 and get no weight decay "
+      "(--no-lars-exclude-bias: adapt and decay them too)"),
     OPT_S("schedule", schedule, "constant", "LR schedule: constant | step | cosine"),
     OPT_I("step-epochs", step_epochs, "1", "step schedule: multiply the LR by --gamma every N epochs"),
     OPT_D("gamma", gamma, "0.1", "step schedule factor"),
@@ -101,6 +115,9 @@ static nnp_option opts[] = {
     OPT_D("precond-bias-gain", pbias_gain, "1", "gradient gain of a bias tensor"),
     OPT_S("precond-bias", pbias, "current", "dynamic: bias std from current values or the prior"),
     OPT_D("precond-floor", pfloor, "1e-12", "floor on a measured std"),
+    OPT_S("precond-measure", pmeasure, "moments",
+          "dynamic corrected: moments (weight stds and each layer's input and output-gradient "
+          "second moments on the step's batch) | weights (weight stds only; moments predicted)"),
     OPT_L("check-replicas", check_replicas, "1000", "steps between replica checksums (0: off)"),
     OPT_S("allreduce", allreduce, "fused",
       "gradient allreduce: fused (after backward) | bucketed (overlapped with backward) | "
@@ -141,6 +158,37 @@ static int opt_set(const char *name)
     return o && o->set;
 }
 
+/* Options that the chosen optimizer would silently ignore are errors (lars, lamb and their
+ * own options; sgd and adam keep their historical leniency about each other's). */
+static nnp_status check_optim_options(nnp_opt_kind k)
+{
+    static const struct {
+        const char *name, *applies;
+        int ok[5]; /* indexed by nnp_opt_kind: sgd, adam, adamw, lars, lamb */
+    } rules[] = {
+        {"lars-eta", "--optim lars", {0, 0, 0, 1, 0}},
+        {"lamb-clip", "--optim lamb", {0, 0, 0, 0, 1}},
+        {"lars-exclude-bias", "--optim lars and lamb", {0, 0, 0, 1, 1}},
+        {"momentum", "--optim sgd and lars (lamb keeps Adam's moments: --beta1)", {1, 1, 1, 1, 0}},
+        {"dampening", "--optim sgd and lars", {1, 1, 1, 1, 0}},
+        {"nesterov", "--optim sgd and lars", {1, 1, 1, 1, 0}},
+        {"beta1", "--optim adam, adamw and lamb", {1, 1, 1, 0, 1}},
+        {"beta2", "--optim adam, adamw and lamb", {1, 1, 1, 0, 1}},
+        {"eps", "--optim adam, adamw and lamb", {1, 1, 1, 0, 1}},
+    };
+    for (size_t i = 0; i < sizeof rules / sizeof rules[0]; i++) {
+        const nnp_option *o = nnp_options_find(opts, N_OPTS, rules[i].name);
+        if (o && o->set && !rules[i].ok[k])
+            return nnp_error(NNP_ERR_ARG, "--%s applies to %s, not --optim %s", rules[i].name,
+                             rules[i].applies, nnp_opt_name(k));
+    }
+    if (k == NNP_OPT_LARS && !(O.lars_eta > 0))
+        return nnp_error(NNP_ERR_ARG, "--lars-eta must be > 0, got %g", O.lars_eta);
+    if (k == NNP_OPT_LAMB && !(O.lamb_clip > 0))
+        return nnp_error(NNP_ERR_ARG, "--lamb-clip must be > 0, got %g", O.lamb_clip);
+    return NNP_OK;
+}
+
 /* Validate and translate the options into the trainer's configuration. */
 static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *act, int size)
 {
@@ -164,6 +212,10 @@ static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *
     cfg->optim.beta1 = O.beta1;
     cfg->optim.beta2 = O.beta2;
     cfg->optim.eps = O.eps;
+    cfg->optim.lars_eta = O.lars_eta;
+    cfg->optim.lamb_clip = O.lamb_clip;
+    cfg->optim.exclude_bias = O.lars_exclude_bias;
+    NNP_CALL(check_optim_options(cfg->optim.kind));
     if (!(O.lr > 0))
         return nnp_error(NNP_ERR_ARG, "--lr must be positive, got %g", O.lr);
     NNP_CALL(nnp_sched_parse(O.schedule, &cfg->sched.kind));
@@ -189,6 +241,35 @@ static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *
     cfg->precond.bias_std = O.pbias_std;
     cfg->precond.bias_gain = O.pbias_gain;
     cfg->precond.floor = O.pfloor;
+    cfg->precond.init = *init;
+    if (cfg->precond.formula == NNP_PFORM_CORRECTED) {
+        /* the seed prior's constants mean nothing to the corrected formula, whose prior is
+         * the --init's: an error rather than silently ignored */
+        static const char *seed_only[] = {"precond-relu-factor", "precond-prior",
+                                          "precond-bias-std"};
+        for (size_t i = 0; i < sizeof seed_only / sizeof seed_only[0]; i++) {
+            const nnp_option *o = nnp_options_find(opts, N_OPTS, seed_only[i]);
+            if (o && o->set)
+                return nnp_error(NNP_ERR_ARG,
+                                 "--%s is a constant of --precond-formula seed; the corrected "
+                                 "formula takes its prior from --init %s",
+                                 seed_only[i], O.init);
+        }
+    }
+    if (strcmp(O.pmeasure, "moments") == 0)
+        cfg->precond.measure = 1;
+    else if (strcmp(O.pmeasure, "weights") == 0)
+        cfg->precond.measure = 0;
+    else
+        return nnp_error(NNP_ERR_ARG, "--precond-measure must be moments or weights, got '%s'",
+                         O.pmeasure);
+    {
+        const nnp_option *o = nnp_options_find(opts, N_OPTS, "precond-measure");
+        if (o && o->set && (cfg->precond.mode != NNP_PRECOND_DYNAMIC ||
+                            cfg->precond.formula != NNP_PFORM_CORRECTED))
+            return nnp_error(NNP_ERR_ARG, "--precond-measure applies to --precond dynamic with "
+                                          "--precond-formula corrected only");
+    }
     if (strcmp(O.pbias, "current") == 0)
         cfg->precond.bias_prior = 0;
     else if (strcmp(O.pbias, "prior") == 0)
@@ -415,6 +496,17 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
     /* identical on every rank: only rank 0 reports */
     if (s != NNP_OK)
         return rank == 0 ? s : nnp_remote(s);
+    if (rank == 0 && cfg.precond.mode != NNP_PRECOND_NONE &&
+        cfg.precond.formula == NNP_PFORM_SEED && init.kind != NNP_INIT_SEED)
+        fprintf(stderr, "[warn]  --precond-formula seed assumes the prior of --init seed, not of "
+                        "--init %s: its multipliers will not equalize the layers' gradients; "
+                        "use --precond-formula corrected (docs/preconditioner.md)\n",
+                O.init);
+    if (rank == 0 && cfg.precond.mode != NNP_PRECOND_NONE && cfg.optim.kind == NNP_OPT_LARS)
+        fprintf(stderr, "[warn]  --precond %s with --optim lars: LARS's trust ratio divides out "
+                        "any per-tensor gradient scale, so this is LARS up to weight decay "
+                        "(docs/optimizers.md)\n",
+                O.precond);
 
     setup_threads(comm);
     /* resolve --resume on rank 0 (auto: the latest checkpoint in --out, if any) and share */

@@ -594,6 +594,14 @@ nnp_status nnp_comm_shm_allreduce_sum_f64(nnp_comm_shm *s, double *buf, size_t n
                      "MPI_Allreduce(node)");
 }
 
+nnp_status nnp_comm_shm_cross_sum_f64(nnp_comm_shm *s, double *buf, size_t n)
+{
+    if (s->cross == MPI_COMM_NULL || n == 0)
+        return NNP_OK;
+    return mpi_check(MPI_Allreduce(MPI_IN_PLACE, buf, (int)n, MPI_DOUBLE, MPI_SUM, s->cross),
+                     "MPI_Allreduce(across nodes)");
+}
+
 nnp_status nnp_comm_shm_allgather(nnp_comm_shm *s, float *buf)
 {
     if (s->lsize == 1)

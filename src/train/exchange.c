@@ -135,6 +135,14 @@ nnp_status exchange_sum_f64(exchange *x, double *buf, size_t n)
                  : nnp_comm_allreduce_sum_f64(x->comm, buf, n);
 }
 
+nnp_status exchange_sum_f64_mixed(exchange *x, double *buf, size_t n_share, size_t n)
+{
+    NNP_CALL(exchange_sum_f64(x, buf, n));
+    /* shm: the node sum above is complete for the shares (every node holds all of them)
+     * but covers only the node's samples */
+    return x->sh ? nnp_comm_shm_cross_sum_f64(x->sh, buf + n_share, n - n_share) : NNP_OK;
+}
+
 nnp_status exchange_gather(exchange *x, float *buf)
 {
     if (!x->sharded)
@@ -167,6 +175,30 @@ void exchange_update(exchange *x, nnp_optim *opt, double lr, const double *scale
         nnp_optim_step_range(opt, net, lr, scale, x->lo, x->hi);
     else
         nnp_optim_step(opt, net, lr, scale);
+}
+
+void exchange_norms(exchange *x, nnp_optim *opt, const double *scale, double *part)
+{
+    nnp_net *net = x->net;
+    float *shared = net->params;
+    if (x->sh) /* this rank's share of the private copy, as exchange_update reads it */
+        net->params = x->own_params;
+    nnp_optim_norms_range(opt, net, scale, x->lo, x->hi, part);
+    net->params = shared;
+}
+
+void exchange_apply(exchange *x, nnp_optim *opt, double lr, const double *scale,
+                    const double *norms)
+{
+    nnp_net *net = x->net;
+    if (x->sh) { /* as exchange_update: the private copy, then one store into the node's */
+        float *shared = net->params;
+        net->params = x->own_params;
+        nnp_optim_apply_range(opt, net, lr, scale, x->lo, x->hi, norms);
+        net->params = shared;
+        nnp_comm_shm_store(x->sh, x->own_params);
+    } else
+        nnp_optim_apply_range(opt, net, lr, scale, x->lo, x->hi, norms);
 }
 
 nnp_status exchange_params(exchange *x, double *ar_s)

@@ -51,6 +51,10 @@ void exchange_backward_hook(exchange *x, nnp_grad_ready_fn *cb, void **ctx);
 nnp_status exchange_grads(exchange *x, double *wait_s, double *ar_s, double *thread_s);
 /* In-place sum of the preconditioner's per-share sums over the ranks holding the shares. */
 nnp_status exchange_sum_f64(exchange *x, double *buf, size_t n);
+/* The same for buf[0, n_share), and a sum over ALL ranks for buf[n_share, n) (per-sample
+ * sums of each rank's part of the batch), in one message where the two coincide (every
+ * mode on one node); shm over several nodes adds a cross-node sum of the second part. */
+nnp_status exchange_sum_f64_mixed(exchange *x, double *buf, size_t n_share, size_t n);
 /* Sharded/shm: every rank's share of buf (a private n_params vector) to every rank; a
  * no-op otherwise (every rank holds all of it). */
 nnp_status exchange_gather(exchange *x, float *buf);
@@ -59,6 +63,13 @@ nnp_status exchange_gather(exchange *x, float *buf);
 nnp_status exchange_hold(exchange *x);
 /* The optimizer step, on every parameter or on this rank's share. */
 void exchange_update(exchange *x, nnp_optim *opt, double lr, const double *scale);
+/* LARS and LAMB on shares (sharded, shm), the step in two passes (optim.h):
+ * exchange_norms runs pass 1 over this rank's share and leaves the partial per-tensor squared
+ * norms in part[0..2T); the caller sums them over the ranks (exchange_sum_f64, one message
+ * that may carry the preconditioner's sums too); exchange_apply runs pass 2 with the sums. */
+void exchange_norms(exchange *x, nnp_optim *opt, const double *scale, double *part);
+void exchange_apply(exchange *x, nnp_optim *opt, double lr, const double *scale,
+                    const double *norms);
 /* After the update; adds the time it takes to *ar_s. */
 nnp_status exchange_params(exchange *x, double *ar_s);
 /* Test hook (NNPREC_FAULT_DRIFT): nudge this rank's copy of one parameter. */

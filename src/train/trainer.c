@@ -376,6 +376,8 @@ typedef struct {
                           (filled on rank 0; --balance's scratch before that) */
     size_t *share;     /* --balance: every rank's samples of a full global batch */
     double *speed;     /* --balance: every rank's smoothed samples/s of local work */
+    double *norms;     /* lars, lamb over shares: the per-tensor partial squared norms [2T],
+                          then room for the preconditioner's sums riding along */
 } train_bufs;
 
 /* --balance: every rank shares its samples/s of local work since the last call; each keeps
@@ -437,6 +439,11 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         st = nnp_precond_init(&pc, &cfg->precond, net);
     if (st == NNP_OK) /* the --allreduce mode's buffers (exchange.h) */
         st = exchange_setup(&x, comm, net, cfg);
+    /* lars, lamb over shares: 2T partial norms, and the preconditioner's sums after them */
+    const int split_norms = x.sharded && nnp_optim_layerwise(cfg->optim.kind);
+    if (st == NNP_OK && split_norms &&
+        !(b.norms = nnp_malloc((2 * (size_t)net->n_tensors + pc.n_sums) * sizeof(double))))
+        st = NNP_ERR_NOMEM;
     st = nnp_comm_agree(comm, st);
     if (st != NNP_OK)
         goto done;
@@ -532,6 +539,8 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     long slow_usec = 0;
     slow_from_env(&slow_rank, &slow_usec);
     int sums_ready = 0;   /* pc.sums already hold this rank's sums of the current params */
+    const size_t n_norms = 2 * (size_t)net->n_tensors;
+    int norms_ready = 0;  /* b.norms already hold this step's global lars norms */
     /* --balance: shares start even and follow each rank's measured speed */
     const int balance = cfg->balance_every > 0 && size > 1;
     double bal_t = 0, bal_n = 0, my_samples = 0;
@@ -611,7 +620,18 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             if (!sums_ready)
                 nnp_precond_local_sums(&pc, net, x.share_rank, x.share_size);
             sums_ready = 0;
-            st = exchange_sum_f64(&x, pc.sums, 2 * (size_t)pc.n);
+            nnp_precond_batch_sums(&pc, net, B); /* when measuring: this step's moments */
+            if (split_norms && cfg->optim.kind == NNP_OPT_LARS) {
+                /* LARS's partial norms (||w||^2 and the raw ||g||^2) do not depend on the
+                 * multipliers: they travel in the preconditioner's message, in front */
+                exchange_norms(&x, &opt, scale, b.norms);
+                memcpy(b.norms + n_norms, pc.sums, pc.n_sums * sizeof(double));
+                st = exchange_sum_f64_mixed(&x, b.norms, n_norms + 2 * (size_t)pc.n,
+                                            n_norms + pc.n_sums);
+                memcpy(pc.sums, b.norms + n_norms, pc.n_sums * sizeof(double));
+                norms_ready = 1;
+            } else
+                st = exchange_sum_f64_mixed(&x, pc.sums, 2 * (size_t)pc.n, pc.n_sums);
             if (st == NNP_OK)
                 st = nnp_precond_from_sums(&pc, net, step);
             st = nnp_comm_agree(comm, st);
@@ -640,7 +660,19 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             nnp_optim_want_sums(&opt, pc.sums, x.lo, x.hi);
             sums_ready = 1;
         }
-        exchange_update(&x, &opt, lr, scale);
+        if (split_norms) {
+            /* lars, lamb over shares: pass 1 over this rank's share (LAMB: with this step's
+             * multipliers, so after the preconditioner's message), one sum of 2T doubles
+             * over the ranks (unless it went with the preconditioner's), pass 2 */
+            if (!norms_ready) {
+                exchange_norms(&x, &opt, scale, b.norms);
+                if ((st = exchange_sum_f64(&x, b.norms, n_norms)) != NNP_OK)
+                    goto done;
+            }
+            norms_ready = 0;
+            exchange_apply(&x, &opt, lr, scale, b.norms);
+        } else
+            exchange_update(&x, &opt, lr, scale);
         step_allocs += nnp_alloc_count() - allocs_before; /* the step must allocate nothing */
         timers[T_OPT] += nnp_comm_wtime() - t5;
         if ((st = exchange_params(&x, &timers[T_AR])) != NNP_OK)
@@ -871,5 +903,6 @@ done:
     free(b.rank_t);
     free(b.share);
     free(b.speed);
+    free(b.norms);
     return st;
 }
