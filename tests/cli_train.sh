@@ -216,4 +216,34 @@ grep -q '^\[setup\] learning rate 0.05 at global batch 64 (--lr 0.1 for batch 25
 [ "$(cut -d, -f5 "$tmp/lrs/train.csv" | tail -n +2 | tr '\n' ' ')" = "0.01 0.02 0.03 0.04 0.05 0.05 " ] && ok ||
   fail "warmup to the scaled rate: $(cut -d, -f5 "$tmp/lrs/train.csv" | tr '\n' ' ')"
 
+# --noise-scale: train.csv gains g2,trsigma,noise_scale, the training itself is unchanged (the
+# same losses bit for bit), and one rank's two halves of a batch of 64 are the same small
+# batches as two ranks' shares of it, so the estimates agree up to float rounding
+expect 2 "--noise-ema goes with --noise-scale" "$nnprec" train --noise-ema 0.5
+expect 2 "--noise-ema must be in (0, 1\], got 0" "$nnprec" train --noise-scale --noise-ema 0
+ns_args=(train --train-limit 2000 --test-limit 100 --global-batch 64 --steps 30 --log-every 10)
+for np in 1 2; do
+  for v in plain noise; do
+    extra=(); [ $v = noise ] && extra=(--noise-scale --noise-ema 0.1)
+    timeout 120 "$mpiexec" -n $np --oversubscribe "$nnprec" "${ns_args[@]}" "${extra[@]}" \
+      --out "$tmp/ns-$v$np" > "$tmp/ns-$v$np.log" 2>&1 ||
+      fail "--noise-scale run ($v, $np ranks) failed: $(tail -3 "$tmp/ns-$v$np.log")"
+  done
+  cmp -s <(cut -d, -f1-5 "$tmp/ns-plain$np/train.csv") <(cut -d, -f1-5 "$tmp/ns-noise$np/train.csv") &&
+    ok || fail "--noise-scale changed the training on $np ranks"
+  grep -q '^\[check\] 0 allocations inside 30 training steps' "$tmp/ns-noise$np.log" && ok ||
+    fail "allocations in the step with --noise-scale: $(grep check "$tmp/ns-noise$np.log")"
+done
+head -1 "$tmp/ns-noise2/train.csv" | grep -q '^step,epoch,train_loss,train_acc,lr,samples_per_s,wall_s,g2,trsigma,noise_scale$' &&
+  ok || fail "train.csv header with --noise-scale: $(head -1 "$tmp/ns-noise2/train.csv")"
+paste -d, "$tmp/ns-noise1/train.csv" "$tmp/ns-noise2/train.csv" | awk -F, '
+  NR > 1 { n++; for (c = 8; c <= 10; c++) { d = $c - $(c + 10); if (d < 0) d = -d
+           if (!($c > 0) || d > 1e-3 * ($c < 0 ? -$c : $c)) bad = 1 } }
+  END { exit !(n == 3 && !bad) }' && ok ||
+  fail "noise scale at 1 rank (halves) and 2 ranks differ: $(cat "$tmp/ns-noise1/train.csv" "$tmp/ns-noise2/train.csv")"
+grep -q '^\[train\] .* samples/s noise scale [0-9.e+]* ETA' "$tmp/ns-noise2.log" && ok ||
+  fail "no noise scale in the progress lines"
+expect 2 "was written with --noise-scale and this run is without it" "$nnprec" "${ns_args[@]}" \
+  --steps 40 --out "$tmp/ns-noise1" --resume auto
+
 finish

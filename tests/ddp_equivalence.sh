@@ -31,9 +31,10 @@ for np in 1 $ranks; do
 done
 status=0
 for np in $ranks; do
+  # (the second file's columns start after the first's: train.csv has more with --noise-scale)
   worst=$(paste -d, "$tmp/np1/train.csv" "$tmp/np$np/train.csv" | awk -F, '
-    NR == 1 { next }
-    { rows++; a = $3; b = $10; if ($1 != $8) { print "step mismatch"; exit }
+    NR == 1 { n = NF / 2; next }
+    { rows++; a = $3; b = $(n + 3); if ($1 != $(n + 1)) { print "step mismatch"; exit }
       d = a - b; if (d < 0) d = -d; m = (a < 0 ? -a : a); r = d / m; if (r > w) w = r }
     END { printf "%d %.3e\n", rows, w }')
   set -- $worst

@@ -53,6 +53,10 @@ typedef struct {
      * this rank's shard of them, evaluated with the test set (NULL when val_split == 0) */
     int64_t val_split;
     const nnp_dataset *val;
+    /* --noise-scale: log the gradient noise scale (noise.h) in train.csv, its two averages
+     * weighting a new step by noise_ema */
+    int noise_scale;
+    double noise_ema;
 } nnp_train_cfg;
 
 /* Install SIGTERM/SIGUSR1 handlers: the first signal asks the training loop to finish its

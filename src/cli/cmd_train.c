@@ -46,6 +46,8 @@ typedef struct {
     char lr_scaling[NNP_OPT_STRLEN];
     int base_batch;
     double warmup_epochs;
+    int noise_scale;
+    double noise_ema;
 } train_opts;
 
 static train_opts O;
@@ -134,6 +136,11 @@ static nnp_option opts[] = {
     OPT_I("keep", keep, "3", "checkpoints to keep in --out (0: all)"),
     OPT_S("resume", resume, "", "checkpoint FILE to resume from, or auto (latest in --out, if any)"),
     OPT_S("stop-file", stop_file, "", "checkpoint and exit 75 when this file appears (rank 0 polls)"),
+    OPT_F("noise-scale", noise_scale, "0",
+      "log the gradient noise scale tr(Sigma)/|G|^2 (McCandlish et al. 2018) in train.csv and "
+      "the progress lines"),
+    OPT_D("noise-ema", noise_ema, "0.01",
+      "--noise-scale: weight of a new step in its moving averages (window ~1/X steps)"),
     OPT_F("quiet", quiet, "0", "no progress lines"),
 };
 #define N_OPTS ((int)(sizeof opts / sizeof opts[0]))
@@ -342,6 +349,12 @@ static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *
     if (O.val_split < 0)
         return nnp_error(NNP_ERR_ARG, "--val-split must be >= 0, got %lld", (long long)O.val_split);
     cfg->val_split = O.val_split;
+    if (opt_set("noise-ema") && !O.noise_scale)
+        return nnp_error(NNP_ERR_ARG, "--noise-ema goes with --noise-scale");
+    if (!(O.noise_ema > 0 && O.noise_ema <= 1))
+        return nnp_error(NNP_ERR_ARG, "--noise-ema must be in (0, 1], got %g", O.noise_ema);
+    cfg->noise_scale = O.noise_scale;
+    cfg->noise_ema = O.noise_ema;
     if (O.threads < 0)
         return nnp_error(NNP_ERR_ARG, "--threads must be >= 0");
     if (O.checkpoint_every < 0 || O.keep < 0)

@@ -227,6 +227,17 @@ static nnp_status read_meta_attrs(const char *path, hid_t f, nnp_ckpt_meta *m)
             return nnp_error(NNP_ERR_FORMAT,
                              "checkpoint %s: attribute val_split has an impossible value", path);
     }
+    if (H5Aexists(f, "noise_steps") > 0) {
+        m->noise_scale = 1;
+        if (attr_num(path, f, "", "noise_steps", H5T_NATIVE_INT64, &m->noise_steps) ||
+            attr_num(path, f, "", "noise_ema_g2", H5T_NATIVE_DOUBLE, &m->noise_ema_g2) ||
+            attr_num(path, f, "", "noise_ema_trsigma", H5T_NATIVE_DOUBLE, &m->noise_ema_tr))
+            return NNP_ERR_FORMAT;
+        if (m->noise_steps < 0 || !isfinite(m->noise_ema_g2) || !isfinite(m->noise_ema_tr))
+            return nnp_error(NNP_ERR_FORMAT,
+                             "checkpoint %s: the noise-scale attributes have impossible values",
+                             path);
+    }
     m->epoch = (int)epoch;
     m->global_batch = (int)gb;
     m->world_size = (int)ws;

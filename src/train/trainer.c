@@ -24,6 +24,7 @@
 #include <string.h>
 #include "nnprec/alloc.h"
 #include "nnprec/ckpt.h"
+#include "nnprec/noise.h"
 #include "exchange.h"
 
 /* ---- signals ------------------------------------------------------------------------------
@@ -127,8 +128,11 @@ static nnp_status open_outputs(const nnp_train_cfg *cfg, int64_t resume_step, ou
         return NNP_OK;
     o->dir = cfg->out_dir;
     NNP_CALL(open_csv(cfg->out_dir, "train.csv",
-                      "step,epoch,train_loss,train_acc,lr,samples_per_s,wall_s", resume_step,
-                      &o->train_csv));
+                      cfg->noise_scale
+                          ? "step,epoch,train_loss,train_acc,lr,samples_per_s,wall_s,g2,trsigma,"
+                            "noise_scale"
+                          : "step,epoch,train_loss,train_acc,lr,samples_per_s,wall_s",
+                      resume_step, &o->train_csv));
     NNP_CALL(open_csv(cfg->out_dir, "eval.csv",
                       cfg->val ? "step,epoch,test_loss,test_acc,wall_s,val_loss,val_acc"
                                : "step,epoch,test_loss,test_acc,wall_s",
@@ -309,7 +313,7 @@ static int all_finite(const float *v, size_t n)
  * that are no longer finite are not written: the latest checkpoint stays a usable one. */
 static nnp_status checkpoint(nnp_comm *comm, const nnp_train_cfg *cfg, const nnp_net *net,
                              const nnp_optim *opt, const nnp_precond *pc, int64_t step,
-                             size_t spe, size_t n_train, double wall_s)
+                             size_t spe, size_t n_train, double wall_s, const nnp_noise *ns)
 {
     nnp_status st = NNP_OK;
     if (nnp_comm_rank(comm) == 0) {
@@ -326,6 +330,10 @@ static nnp_status checkpoint(nnp_comm *comm, const nnp_train_cfg *cfg, const nnp
         meta.wall_s = wall_s;
         meta.train_samples = (int64_t)n_train;
         meta.val_split = cfg->val_split;
+        meta.noise_scale = cfg->noise_scale;
+        meta.noise_ema_g2 = ns->ema_g2;
+        meta.noise_ema_tr = ns->ema_tr;
+        meta.noise_steps = ns->n;
         snprintf(meta.options, sizeof meta.options, "%s", cfg->options ? cfg->options : "");
         char path[4096];
         st = nnp_ckpt_path(cfg->out_dir, step, path, sizeof path);
@@ -358,6 +366,44 @@ static void fault_from_env(int *rank, int64_t *step)
     if (f && sscanf(f, "%d:%lld", rank, &st) == 2)
         *step = (int64_t)st;
 }
+
+/* ---- --noise-scale (noise.h) ---------------------------------------------------------------
+ * This rank's local gradient norm is taken as backward finishes each layer, before the
+ * bucketed mode's hook hands the layer to the communication thread (which sums it in place),
+ * so one code path serves every --allreduce mode. */
+typedef struct {
+    const nnp_net *net;
+    nnp_grad_ready_fn inner; /* the exchange's own hook (bucketed), or NULL */
+    void *inner_ctx;
+    int next;                /* tensors [next, n_tensors) are in sq */
+    double sq;
+} noise_hook;
+
+static double sum_sq(const float *v, size_t n)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++)
+        s += (double)v[i] * v[i];
+    return s;
+}
+
+static void noise_ready(void *ctx, int first_final)
+{
+    noise_hook *h = ctx;
+    const nnp_net *net = h->net;
+    const size_t lo = net->tensors[first_final].off;
+    const size_t hi = h->next < net->n_tensors ? net->tensors[h->next].off : net->n_params;
+    if (hi > lo)
+        h->sq += sum_sq(net->grads + lo, hi - lo);
+    h->next = first_final;
+    if (h->inner)
+        h->inner(h->inner_ctx, first_final);
+}
+
+/* The kinds of per-step stop request; with --noise-scale the stop check is a sum that counts
+ * each kind, and the largest kind present wins, as the plain check's max. */
+static const double stop_kinds[] = {1, SIGUSR1, SIGTERM, STOP_DIVERGED, STOP_OUTPUT};
+enum { N_STOP_KINDS = sizeof stop_kinds / sizeof stop_kinds[0] };
 
 /* Test hook: NNPREC_FAULT_SLOW=RANK:USEC makes rank RANK sleep USEC microseconds per sample
  * of every step, a slow core for the --balance tests. */
@@ -416,6 +462,9 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     nnp_precond pc = {0};
     outputs out = {0};
     exchange x = {0};
+    const int noise = cfg->noise_scale;
+    float *noise_half = NULL;
+    nnp_noise noise_ema = {cfg->noise_ema, 0, 0, 0};
     const size_t spe = nnp_batches_per_epoch(N, G); /* steps per epoch */
     int64_t total = cfg->steps > 0 ? cfg->steps : (int64_t)cfg->epochs * (int64_t)spe;
     if (N == 0 || G == 0)
@@ -430,7 +479,10 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         b.rank_t = nnp_malloc((size_t)size * (T_N + 1) * sizeof(double));
         b.share = nnp_malloc((size_t)size * sizeof(size_t));
         b.speed = nnp_malloc((size_t)size * sizeof(double));
-        if (!b.perm || !b.idx || !b.y || !b.rank_t || !b.share || !b.speed)
+        if (noise && size == 1) /* the first half's gradient (noise.h) */
+            noise_half = nnp_malloc(net->n_params * sizeof(float));
+        if (!b.perm || !b.idx || !b.y || !b.rank_t || !b.share || !b.speed ||
+            (noise && size == 1 && !noise_half))
             st = NNP_ERR_NOMEM;
     }
     if (st == NNP_OK)
@@ -463,6 +515,12 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             st = nnp_error(NNP_ERR_ARG, "checkpoint %s was written with --seed %llu, this run has %llu",
                            cfg->resume, (unsigned long long)meta.seed,
                            (unsigned long long)cfg->seed);
+        if (st == NNP_OK && meta.noise_scale != cfg->noise_scale)
+            st = nnp_error(NNP_ERR_ARG,
+                           "checkpoint %s was written %s --noise-scale and this run %s "
+                           "(train.csv's columns depend on it)",
+                           cfg->resume, meta.noise_scale ? "with" : "without",
+                           cfg->noise_scale ? "has it" : "is without it");
         if (st == NNP_OK && meta.val_split != cfg->val_split)
             st = nnp_error(NNP_ERR_ARG,
                            "checkpoint %s was written with --val-split %lld, this run has %lld "
@@ -493,6 +551,9 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             goto done;
         first_step = meta.step;
         wall_before = meta.wall_s;
+        noise_ema.ema_g2 = meta.noise_ema_g2; /* the noise scale's averages go on */
+        noise_ema.ema_tr = meta.noise_ema_tr;
+        noise_ema.n = meta.noise_steps;
         if (rank == 0 && !cfg->quiet)
             printf("[ckpt]  resumed from %s at step %lld (epoch %d, written by %d rank%s)\n",
                    cfg->resume, (long long)first_step, meta.epoch, meta.world_size,
@@ -539,6 +600,8 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     long slow_usec = 0;
     slow_from_env(&slow_rank, &slow_usec);
     int sums_ready = 0;   /* pc.sums already hold this rank's sums of the current params */
+    /* --noise-scale over shm: the nodes, each holding every share of the summed gradient */
+    const int noise_nodes = x.share_size > 0 ? size / x.share_size : 1;
     const size_t n_norms = 2 * (size_t)net->n_tensors;
     int norms_ready = 0;  /* b.norms already hold this step's global lars norms */
     /* --balance: shares start even and follow each rank's measured speed */
@@ -583,6 +646,21 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         }
         double t1 = nnp_comm_wtime();
         timers[T_DATA] += t1 - t0;
+        /* one rank, --noise-scale: an extra pass over the first half of the batch gives the
+         * small batch's gradient, kept; the whole batch then runs exactly as without it */
+        const int B1 = noise_half ? B / 2 : 0;
+        if (B1 > 0) {
+            int unused;
+            nnp_net_forward(net, B1, net->act[0]);
+            batch_loss(net, cfg->loss, B1, b.y, 1.0f / (float)gc, 1, &unused);
+            const double ta = nnp_comm_wtime();
+            nnp_net_backward(net, B1, NULL, NULL);
+            memcpy(noise_half, net->grads, net->n_params * sizeof(float));
+            const double tb = nnp_comm_wtime();
+            timers[T_FWD] += ta - t1;
+            timers[T_BWD] += tb - ta;
+            t1 = tb;
+        }
 
         int correct = 0;
         double step_loss = 0;
@@ -596,10 +674,35 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         nnp_grad_ready_fn on_ready;
         void *ready_ctx;
         exchange_backward_hook(&x, &on_ready, &ready_ctx);
+        noise_hook nh = {net, on_ready, ready_ctx, net->n_tensors, 0.0};
+        if (noise && size > 1) { /* this rank's gradient norm before the exchange */
+            on_ready = noise_ready;
+            ready_ctx = &nh;
+        }
         if (B > 0)
             nnp_net_backward(net, B, on_ready, ready_ctx);
         else
             memset(net->grads, 0, net->n_params * sizeof(float));
+        double ns[NNP_NS_N] = {0}; /* this rank's share of the noise-scale sums (noise.h) */
+        if (noise && size > 1 && B > 0) {
+            if (nh.next > 0) /* the first tensors, if backward's last call did not reach them */
+                noise_ready(&nh, 0);
+            const double m = (double)gc / B; /* the gradient was scaled by 1/gc, not 1/B */
+            ns[NNP_NS_SMALL] = m * m * nh.sq;
+            ns[NNP_NS_INV] = 1.0 / B;
+            ns[NNP_NS_PIECES] = 1;
+        } else if (B1 > 0) { /* the halves: the first kept, the second the rest of the whole */
+            double s1 = 0, s2 = 0;
+            for (size_t i = 0; i < net->n_params; i++) {
+                const double h = noise_half[i], r = (double)net->grads[i] - h;
+                s1 += h * h;
+                s2 += r * r;
+            }
+            const double m1 = (double)gc / B1, m2 = (double)gc / (B - B1);
+            ns[NNP_NS_SMALL] = m1 * m1 * s1 + m2 * m2 * s2;
+            ns[NNP_NS_INV] = 1.0 / B1 + 1.0 / (B - B1);
+            ns[NNP_NS_PIECES] = 2;
+        }
         double t3 = nnp_comm_wtime();
         timers[T_BWD] += t3 - t2;
         bal_t += t3 - t0; /* local work that grows with the batch: data, forward, backward */
@@ -612,6 +715,11 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         if ((st = exchange_grads(&x, &timers[T_WAIT], &timers[T_AR], &timers[T_ARTHREAD])) !=
             NNP_OK)
             goto done;
+        if (noise) {
+            /* |G_big|^2 over this rank's share of the summed gradient (shm: every node holds
+             * all the shares, so the world's sum counts each node once per node) */
+            ns[NNP_NS_BIG] = sum_sq(net->grads + x.lo, x.hi - x.lo) / (double)noise_nodes;
+        }
         t3 = nnp_comm_wtime();
 
         if (dynamic && step % cfg->precond.every == 0) {
@@ -691,8 +799,27 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             stop = STOP_DIVERGED;
         if (rank == 0 && out.err[0])
             stop = STOP_OUTPUT;
-        if (size > 1 && (st = nnp_comm_allreduce_max_f64(comm, &stop, 1)) != NNP_OK)
+        if (size > 1 && noise) {
+            /* --noise-scale: the same single allreduce, as a sum that counts each kind of
+             * stop request and carries the noise-scale sums after them */
+            double v[N_STOP_KINDS + NNP_NS_N];
+            for (int k = 0; k < N_STOP_KINDS; k++)
+                v[k] = stop == stop_kinds[k];
+            memcpy(v + N_STOP_KINDS, ns, sizeof ns);
+            if ((st = nnp_comm_allreduce_sum_f64(comm, v, N_STOP_KINDS + NNP_NS_N)) != NNP_OK)
+                goto done;
+            stop = 0;
+            for (int k = 0; k < N_STOP_KINDS; k++)
+                if (v[k] > 0 && stop_kinds[k] > stop)
+                    stop = stop_kinds[k];
+            memcpy(ns, v + N_STOP_KINDS, sizeof ns);
+        } else if (size > 1 && (st = nnp_comm_allreduce_max_f64(comm, &stop, 1)) != NNP_OK)
             goto done;
+        if (noise) {
+            double g2, tr;
+            if (nnp_noise_estimate(ns, (double)gc, &g2, &tr))
+                nnp_noise_update(&noise_ema, g2, tr);
+        }
         const int diverged = stop == STOP_DIVERGED, out_failed = stop == STOP_OUTPUT;
         if (balance && stop < STOP_DIVERGED && done_steps % cfg->balance_every == 0) {
             const double t7 = nnp_comm_wtime();
@@ -740,9 +867,15 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             res->last_train_loss = tl;
             if (rank == 0) {
                 if (out.train_csv) {
-                    fprintf(out.train_csv, "%lld,%.6f,%.9g,%.6f,%.9g,%.1f,%.3f\n",
+                    fprintf(out.train_csv, "%lld,%.6f,%.9g,%.6f,%.9g,%.1f,%.3f",
                             (long long)done_steps, fe, tl, ta, lr, sps,
                             wall_before + now - t_start);
+                    if (noise) {
+                        double g2, tr, bs;
+                        nnp_noise_read(&noise_ema, &g2, &tr, &bs);
+                        fprintf(out.train_csv, ",%.6g,%.6g,%.6g", g2, tr, bs);
+                    }
+                    fputc('\n', out.train_csv);
                 }
                 if (out.timing_csv) {
                     for (int i = 0; i < T_N; i++)
@@ -755,10 +888,16 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
                     double elapsed = now - t_start;
                     fmt_duration(elapsed / (double)done_steps * (double)(total - done_steps), eta,
                                  sizeof eta);
+                    char nbuf[48] = "";
+                    if (noise) {
+                        double g2, tr, bs;
+                        nnp_noise_read(&noise_ema, &g2, &tr, &bs);
+                        snprintf(nbuf, sizeof nbuf, " noise scale %.4g", bs);
+                    }
                     printf("[train] epoch %.2f step %lld/%lld loss %.4f acc %.2f%% lr %.3g "
-                           "%.0f samples/s ETA %s\n",
+                           "%.0f samples/s%s ETA %s\n",
                            fe, (long long)done_steps, (long long)total, tl, 100.0 * ta, lr, sps,
-                           eta);
+                           nbuf, eta);
                     fflush(stdout);
                 }
             }
@@ -833,7 +972,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             if (st != NNP_OK)
                 goto done;
             st = checkpoint(comm, cfg, net, &opt, &pc, done_steps, spe, N,
-                            wall_before + t_ck - t_start);
+                            wall_before + t_ck - t_start, &noise_ema);
             if (st != NNP_OK)
                 goto done;
             t_log += nnp_comm_wtime() - t_ck; /* nor does checkpointing */
@@ -897,6 +1036,7 @@ done:
     close_outputs(&out);
     nnp_optim_free(&opt);
     nnp_precond_free(&pc);
+    free(noise_half);
     free(b.perm);
     free(b.idx);
     free(b.y);
