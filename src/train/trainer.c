@@ -379,12 +379,18 @@ typedef struct {
     double sq;
 } noise_hook;
 
+/* Sum of squares in double, over 8 independent partial sums (one chain would wait on each
+ * add's latency: this keeps the pass near memory speed). */
 static double sum_sq(const float *v, size_t n)
 {
-    double s = 0;
-    for (size_t i = 0; i < n; i++)
-        s += (double)v[i] * v[i];
-    return s;
+    double a[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++)
+            a[k] += (double)v[i + k] * v[i + k];
+    for (; i < n; i++)
+        a[0] += (double)v[i] * v[i];
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
 }
 
 static void noise_ready(void *ctx, int first_final)
