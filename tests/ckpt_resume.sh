@@ -10,7 +10,8 @@
 #  4. resuming with a different model or global batch is refused with a clear message;
 #  5. a checkpoint that cannot be written (its .tmp path is taken) stops every rank at that
 #     step with one message naming the file; the previous checkpoint stays the latest, and
-#     resuming from it ends at the reference's parameters (with --allreduce fused and shm).
+#     resuming from it ends at the reference's parameters (with --allreduce fused and shm);
+#  6. lars and lamb resume bit for bit (fused and shm), and another optimizer is refused.
 # usage: ckpt_resume.sh NNPREC MPIEXEC
 set -uo pipefail
 nnprec=$1 mpiexec=$2
@@ -132,6 +133,32 @@ for mode in fused shm; do
   run 2 "$d" --allreduce $mode --resume auto > "$d.2.log" 2>&1 && ok || fail "$mode: resume after the failed checkpoint: $(tail -2 "$d.2.log")"
   same_params "$(final "$tmp/ref")" "$(final "$d")" && ok || fail "$mode: resume after the failed checkpoint does not reproduce the reference"
 done
+
+# 6. lars and lamb: stopped at step 60 and resumed, a run ends at the uninterrupted run's
+# parameters and optimizer state bit for bit (momentum buffer, Adam's moments, step count;
+# with shm each rank's share of them is gathered into the checkpoint), and a checkpoint of
+# one optimizer is refused by another
+for opt in "lars --lr 0.15 --weight-decay 1e-4" "lamb --lr 0.002 --weight-decay 1e-2"; do
+  name=${opt%% *}
+  for mode in fused shm; do
+    d=$tmp/$name-$mode
+    run 2 "$d-ref" --optim $opt --allreduce $mode --steps 120 > "$d-ref.log" 2>&1 &&
+      run 2 "$d" --optim $opt --allreduce $mode --steps 60 > "$d.log" 2>&1 &&
+      run 2 "$d" --optim $opt --allreduce $mode --steps 120 --resume auto >> "$d.log" 2>&1 ||
+      { fail "$name $mode: $(tail -2 "$d-ref.log" "$d.log")"; continue; }
+    same=1
+    same_params "$d-ref/ckpt-00000120.h5" "$d/ckpt-00000120.h5" || same=0
+    for b in momentum_buffer exp_avg exp_avg_sq; do
+      h5ls "$d-ref/ckpt-00000120.h5/optimizer/$b" > /dev/null 2>&1 || continue
+      h5diff -q "$d-ref/ckpt-00000120.h5" "$d/ckpt-00000120.h5" "/optimizer/$b" "/optimizer/$b" \
+        > /dev/null || same=0
+    done
+    [ "$same" = 1 ] && ok || fail "$name $mode: the resumed run does not end at the reference's state"
+  done
+done
+out=$(run 1 "$tmp/np1" --resume "$tmp/lars-fused/ckpt-00000120.h5" --steps 130 2>&1)
+[ $? != 0 ] && grep -q "optimizer 'lars' in the checkpoint, the run uses 'sgd'" <<< "$out" && ok ||
+  fail "a lars checkpoint resumed with sgd: $out"
 
 echo "$passes passed, $fails failed"
 [ "$fails" = 0 ]
