@@ -166,4 +166,21 @@ check 2 "positive" bench_precond.py --nnprec "$nnprec" --ranks -1
 check 2 "positive" bench_scaling.py --nnprec "$nnprec" --ranks 0
 check 2 "image format" bench_scaling.py --nnprec "$nnprec" --plot s.xyz
 
+# --- plot_noise.py
+mkdir -p ns plain
+printf 'step,epoch,train_loss,train_acc,lr,samples_per_s,wall_s,g2,trsigma,noise_scale\n10,0.5,2,0.1,0.01,100,1,0.5,20,40\n' \
+  > ns/train.csv
+printf 'step,epoch,train_loss,train_acc,lr,samples_per_s,wall_s\n10,0.5,2,0.1,0.01,100,1\n' > plain/train.csv
+timeout 20 "$py" "$S/plot_noise.py" ns --batch 64 --out n.png > pn.log 2>&1 && [ -s n.png ] && ok \
+  || fail "plot_noise.py does not plot a good train.csv: $(tail -2 pn.log)"
+check 2 "positive" plot_noise.py ns --out p.png --dpi 0
+check 2 "too large" plot_noise.py ns --out p.png --dpi 100000
+check 2 "image format" plot_noise.py ns --out p.xyz
+check 2 "empty" plot_noise.py ns --out ''
+check 2 "one per run" plot_noise.py ns --out p.png --batch 1 --batch 2
+check 1 "not found" plot_noise.py nowhere --out p.png
+check 1 "lacks the column" plot_noise.py plain --out p.png
+left=$(find . -maxdepth 1 \( -name 'p.*' -o -name '.png' \))
+[ -z "$left" ] && ok || fail "plot_noise.py wrote $left"
+
 finish

@@ -10,7 +10,7 @@
  *   S = (1/K) sum_k |G_k|^2,  h = (1/K) sum_k 1/B_k,  L = |G_big|^2,
  *   E S = |G|^2 + h tr(Sigma),  E L = |G|^2 + tr(Sigma)/B_big, so
  *   tr(Sigma) ~ (S - L) / (h - 1/B_big),  |G|^2 ~ L - tr(Sigma)/B_big,
- * which for equal pieces B_k = b are the paper's (A.2)-(A.3):
+ * which for equal pieces B_k = b are the paper's estimators:
  *   |G|^2 ~ (B_big L - b S)/(B_big - b),  tr(Sigma) ~ (S - L)/(1/b - 1/B_big).
  * Per-step estimates are noisy (|G|^2's can be negative); numerator and denominator are
  * smoothed separately by exponential moving averages and B_simple is their ratio.
