@@ -16,6 +16,7 @@ Runs go two at a time (--jobs) with one BLAS thread each. Runs that already fini
 import argparse
 import math
 import os
+import re
 import subprocess
 import time
 
@@ -60,6 +61,12 @@ EXPERIMENTS = {
             "static": ["--init", "seed", "--precond", "static", "--precond-formula", "seed"],
             "dynamic-k1": ["--init", "seed", "--precond", "dynamic", "--precond-formula", "seed",
                            "--precond-every", "1"],
+            # the corrected formula on the initializations it was not derived from
+            "default-static": ["--init", "pytorch", "--precond", "static"],
+            "default-dynamic": ["--init", "pytorch", "--precond", "dynamic"],
+            "default-dynamic-w": ["--init", "pytorch", "--precond", "dynamic",
+                                  "--precond-measure", "weights"],
+            "kaiming-dynamic": ["--init", "kaiming-normal", "--precond", "dynamic"],
         },
         "report_epochs": [0.5, 1, 2],
         "reference": {
@@ -96,7 +103,18 @@ def run_dir(results, exp, cfg, seed):
     return os.path.join(results, exp, f"{cfg}-s{seed}")
 
 
+def diverged_at(d):
+    """The step at which a run diverged (diverged.txt, written by `run`), or None."""
+    try:
+        with open(os.path.join(d, "diverged.txt")) as f:
+            return int(f.read().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+
+
 def finished(d, epochs):
+    if diverged_at(d) is not None:
+        return True  # a diverged run is a result: it is not run again
     path = os.path.join(d, "eval.csv")
     if not os.path.exists(path):
         return False
@@ -140,6 +158,15 @@ def cmd_run(args):
             running.remove(item)
             n_done += 1
             if p.returncode != 0:
+                # a run whose loss stopped being finite is a result of its configuration
+                with open(os.path.join(d, "log.txt")) as f:
+                    m = re.search(r"training diverged at step (\d+)", f.read())
+                if m:
+                    with open(os.path.join(d, "diverged.txt"), "w") as f:
+                        f.write(m.group(1) + "\n")
+                    print(f"[exp] {n_done}/{n_total} {cfg} seed {s}: diverged at step "
+                          f"{m.group(1)} ({time.time() - t0:.0f} s elapsed)", flush=True)
+                    continue
                 for *_, other in running:  # stop the others (nnprec checkpoints on SIGTERM)
                     other.terminate()
                     other.wait()
@@ -153,7 +180,11 @@ def cmd_run(args):
 
 
 def load(results, exp, cfg, seed):
+    """(eval rows, train rows) of a run; a diverged run has no evaluations to report (its
+    accuracy cells count it as diverged)."""
     d = run_dir(results, exp, cfg, seed)
+    if diverged_at(d) is not None:
+        return [], []
     ev = read_csv(os.path.join(d, "eval.csv"), ["epoch", "test_acc", "wall_s"])
     tr = read_csv(os.path.join(d, "train.csv"), ["step", "train_loss"])
     return ev, tr
@@ -199,10 +230,13 @@ def cmd_summary(args):
     print("|---|" + "---|" * len(epochs))
     for cfg, runs in data.items():
         cells = []
+        n_div = sum(1 for ev, _ in runs if not ev)
         for ep in epochs:
             m, s = mean_std([acc_at(ev, ep) for ev, _ in runs])
             r = ref.get(cfg, {}).get(ep)
             cell = "–" if m is None else f"{m:.2f} ± {s:.2f}"
+            if n_div:
+                cell += f" ({n_div} diverged)" if m is not None else f"diverged ({n_div})"
             if r is not None and m is not None:
                 cell += f" [{r:.2f}, Δ {m - r:+.2f}]"
             cells.append(cell)
@@ -250,6 +284,9 @@ def plot(args, e, data):
     import matplotlib.pyplot as plt
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for cfg, runs in data.items():
+        runs = [(ev, tr) for ev, tr in runs if ev]  # diverged runs have no curve
+        if not runs:
+            continue
         eps = sorted({r["epoch"] for ev, _ in runs for r in ev})
         ms, ss = [], []
         for ep in eps:

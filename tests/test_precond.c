@@ -227,6 +227,61 @@ static void test_simulated_ranks(void)
     nnp_net_free(net);
 }
 
+/* The batch moments of the measured dynamic mode (sum x^2 of every trainable layer's input,
+ * sum dz^2 of its output gradient, the sample count): the sums over pieces of a batch,
+ * computed one after another as ranks would, equal the whole batch's, so the multipliers
+ * do not depend on the rank count. */
+static void test_batch_sums_pieces(const char *spec)
+{
+    enum { B = 18 };
+    nnp_net *net = make_net(spec, B);
+    nnp_init_cfg ic = init_of("pytorch");
+    ASSERT_OK(nnp_init_net(net, &ic, 3));
+    nnp_precond_cfg c = cfg_of(NNP_PRECOND_DYNAMIC, NNP_PFORM_CORRECTED);
+    nnp_precond p;
+    ASSERT_OK(nnp_precond_init(&p, &c, net));
+    size_t d = nnp_shape_size(net->input), m0 = 2 * (size_t)p.n, nm = p.n_sums - m0;
+    ASSERT_EQ_INT((int)nm, 2 * net->n_trainable + 1);
+    float *x = malloc((size_t)B * d * sizeof(float));
+    double *whole = calloc(nm, sizeof(double)), *sum = calloc(nm, sizeof(double));
+    unsigned char y[B];
+    nnp_rng r;
+    nnp_rng_seed(&r, 5, NNP_STREAM_DATA);
+    nnp_rng_fill_normal(&r, x, (size_t)B * d, 0, 1);
+    for (int i = 0; i < B; i++)
+        y[i] = (unsigned char)nnp_rng_below(&r, (uint64_t)net->n_classes);
+    const int pieces[] = {B, 5, 7, 1, 0, 5};
+    int at = 0;
+    for (size_t k = 0; k < sizeof pieces / sizeof pieces[0]; k++) {
+        int b = pieces[k];
+        if (b > 0) {
+            nnp_net_forward(net, b, x + (size_t)at * d);
+            nnp_softmax_ce(b, net->n_classes, net->act[net->n_layers], y + at, 1.0f / B,
+                           net->dact[net->n_layers], NULL);
+            nnp_net_backward(net, b, NULL, NULL);
+        }
+        nnp_precond_batch_sums(&p, net, b);
+        for (size_t i = 0; i < nm; i++)
+            (k == 0 ? whole : sum)[i] += p.sums[m0 + i];
+        at = k == 0 ? 0 : at + b;
+    }
+    double worst = 0;
+    for (size_t i = 0; i < nm; i++) {
+        double rel = fabs(sum[i] - whole[i]) / whole[i];
+        if (rel > worst)
+            worst = rel;
+    }
+    printf("  batch moments of %s: pieces vs whole batch, worst relative difference %.2e\n",
+           spec, worst);
+    ASSERT_TRUE(whole[nm - 1] == B && sum[nm - 1] == B);
+    ASSERT_TRUE(worst < 1e-5);
+    free(x);
+    free(whole);
+    free(sum);
+    nnp_precond_free(&p);
+    nnp_net_free(net);
+}
+
 /* ---- 3. dynamic at step 0 equals static ------------------------------------------------ */
 
 static void dynamic_vs_static(const char *spec, nnp_precond_formula f, uint64_t seed)
@@ -877,6 +932,8 @@ int main(int argc, char **argv)
     test_seed_reference();
     test_simulated_ranks();
     test_fused_sums();
+    test_batch_sums_pieces("lenet");
+    test_batch_sums_pieces(MLP_SPEC);
     test_dynamic_step0();
     test_errors();
     test_corrected_lenet();

@@ -197,6 +197,31 @@ static nnp_status check_optim_options(nnp_opt_kind k)
 }
 
 /* Validate and translate the options into the trainer's configuration. */
+/* --precond static on a prior whose gradients vanish or explode through depth: its
+ * multipliers are right only while the weights keep the prior's statistics, and on such a
+ * network training leaves them within tens of steps (docs/preconditioner.md §6). */
+static void warn_static_spread(const nnp_net *net, const nnp_precond_cfg *c)
+{
+    if (c->mode != NNP_PRECOND_STATIC || c->formula != NNP_PFORM_CORRECTED)
+        return;
+    nnp_precond p;
+    if (nnp_precond_init(&p, c, net) != NNP_OK)
+        return; /* the trainer reports it */
+    double lo = INFINITY, hi = 0;
+    for (int j = 0; j < p.n; j++)
+        if (!net->tensors[j].is_bias) {
+            lo = p.prec[j] < lo ? p.prec[j] : lo;
+            hi = p.prec[j] > hi ? p.prec[j] : hi;
+        }
+    nnp_precond_free(&p);
+    if (hi / lo > 100)
+        fprintf(stderr, "[warn]  --precond static: under the prior of --init %s the backward "
+                        "gains make the multipliers span %.0fx across layers; they hold only "
+                        "while the weights keep that prior's statistics: use --precond dynamic, "
+                        "or an --init that keeps the gradient scale (kaiming-normal)\n",
+                O.init, hi / lo);
+}
+
 static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *act, int size)
 {
     memset(cfg, 0, sizeof *cfg);
@@ -609,6 +634,8 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
                       O.model, net->n_classes, O.data, test.n_classes - 1);
     if (s == NNP_OK)
         s = nnp_init_net(net, &init, cfg.seed);
+    if (s == NNP_OK && rank == 0 && !resume[0])
+        warn_static_spread(net, &cfg.precond);
     if (s == NNP_OK && rank == 0)
         s = make_out_dir(O.out);
     s = nnp_comm_agree(comm, s);
