@@ -236,7 +236,7 @@ def cmd_summary(args):
             r = ref.get(cfg, {}).get(ep)
             cell = "–" if m is None else f"{m:.2f} ± {s:.2f}"
             if n_div:
-                cell += f" ({n_div} diverged)" if m is not None else f"diverged ({n_div})"
+                cell = f"diverged ({n_div})" if m is None else cell + f" ({n_div} diverged)"
             if r is not None and m is not None:
                 cell += f" [{r:.2f}, Δ {m - r:+.2f}]"
             cells.append(cell)

@@ -526,7 +526,7 @@ static void backward_stats(const char *spec, int B, int R, int seed_must_fail, d
     printf("  backward %s, B=%d, %d trials: T_j = E[(prec_j G_j)^2]/A_j (derivation: 1)\n", spec,
            B, R);
     printf("    %-14s %10s %10s %8s %17s %8s %9s\n", "tensor", "pred sd", "meas sd", "T corr",
-           "chi2 bounds", "T seed", "m_s/m_c");
+           "chi2 bounds", "T seed", "prec s/c");
     for (int j = 0; j < n; j++) {
         double m, lo, hi;
         int ok = ratio_ok(T + j * R, R, &m, &lo, &hi);
