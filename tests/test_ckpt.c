@@ -153,6 +153,11 @@ static void fill_meta(nnp_ckpt_meta *m)
     m->world_size = 3;
     m->wall_s = 12.3456789;
     m->train_samples = 60000;
+    m->val_split = 5000;
+    m->noise_scale = 1;
+    m->noise_ema_g2 = 0.012345678901234567;
+    m->noise_ema_tr = -3.5e-7; /* an average of estimates may be negative */
+    m->noise_steps = 4321;
     size_t k = 0;
     for (int i = 0; i < 200 && k < sizeof m->options - 64; i++)
         k += (size_t)snprintf(m->options + k, sizeof m->options - k, "opt%d=value %d\n", i,
@@ -195,6 +200,11 @@ static void check_meta(const nnp_ckpt_meta *a, const nnp_ckpt_meta *b, const cha
     ASSERT_EQ_INT(a->world_size, b->world_size);
     ASSERT_TRUE(memcmp(&a->wall_s, &b->wall_s, sizeof(double)) == 0);
     ASSERT_EQ_INT(a->train_samples, b->train_samples);
+    ASSERT_EQ_INT(a->val_split, b->val_split);
+    ASSERT_EQ_INT(a->noise_scale, b->noise_scale);
+    ASSERT_TRUE(memcmp(&a->noise_ema_g2, &b->noise_ema_g2, sizeof(double)) == 0);
+    ASSERT_TRUE(memcmp(&a->noise_ema_tr, &b->noise_ema_tr, sizeof(double)) == 0);
+    ASSERT_EQ_INT(a->noise_steps, b->noise_steps);
     ASSERT_TRUE(strcmp(a->options, b->options) == 0);
     ASSERT_TRUE(strcmp(b->model, spec) == 0);
     ASSERT_TRUE(strlen(b->created) == 20 && b->created[19] == 'Z');
