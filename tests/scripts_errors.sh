@@ -165,6 +165,9 @@ check 2 "positive" bench_precond.py --nnprec "$nnprec" --ranks 0
 check 2 "positive" bench_precond.py --nnprec "$nnprec" --ranks -1
 check 2 "positive" bench_scaling.py --nnprec "$nnprec" --ranks 0
 check 2 "image format" bench_scaling.py --nnprec "$nnprec" --plot s.xyz
+check 2 "positive" bench_noise.py --nnprec "$nnprec" --rounds 0
+check 2 "positive" bench_noise.py --nnprec "$nnprec" --ranks 0
+check 1 "not an executable" bench_noise.py --nnprec nowhere/nnprec
 
 # --- plot_noise.py
 mkdir -p ns plain
