@@ -503,6 +503,17 @@ static nnp_status hold_out(nnp_comm *comm, nnp_dataset *train, nnp_dataset *val)
     return s;
 }
 
+/* "; validation loss L accuracy A%" after a run with --val-split, else "". */
+static const char *done_val(const nnp_train_result *res)
+{
+    static char buf[96];
+    buf[0] = '\0';
+    if (O.val_split > 0 && isfinite(res->final_val_acc))
+        snprintf(buf, sizeof buf, "; validation loss %.4f accuracy %.2f%%", res->final_val_loss,
+                 100.0 * res->final_val_acc);
+    return buf;
+}
+
 static nnp_status make_out_dir(const char *dir)
 {
     if (!dir[0])
@@ -694,9 +705,9 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
                    resume, (long long)res.steps, res.final_test_loss, 100.0 * res.final_test_acc);
         else if (s == NNP_OK && rank == 0 && !O.quiet)
             printf("[done]  %lld steps in %.1f s (%.0f samples/s); final test loss %.4f "
-                   "accuracy %.2f%%\n",
+                   "accuracy %.2f%%%s\n",
                    (long long)res.steps, res.wall_s, res.samples_per_s, res.final_test_loss,
-                   100.0 * res.final_test_acc);
+                   100.0 * res.final_test_acc, done_val(&res));
     }
     nnp_net_free(net);
     nnp_dataset_free(&train);
