@@ -10,7 +10,7 @@ source "$(dirname "$0")/cli_lib.sh"
 "$nnprec" train --help > "$tmp/help" || fail "train --help exit code"
 for o in model act loss init optim lr momentum nesterov weight-decay schedule warmup epochs steps \
          batch global-batch seed data normalize train-limit test-limit eval-every log-every out \
-         precond precond-every stats-every check-replicas; do
+         precond precond-every stats-every check-replicas lars-eta lamb-clip lars-exclude-bias; do
   grep -q -- "--$o " "$tmp/help" || fail "--help does not list --$o"
 done
 grep -q -- '--lr X .*\[0.01\]' "$tmp/help" && ok || fail "--help does not show the --lr default"
@@ -43,6 +43,22 @@ expect 2 "the global batch (--batch x ranks) must be at most" "$mpiexec" -n 2 --
 expect 2 "the global batch (--global-batch) must be at most" "$nnprec" train --global-batch 2147483647
 expect 2 "--act applies to mlp: models only; lenet names its own" "$nnprec" train --model lenet --act tanh
 expect 2 "--stop-file needs --out" "$nnprec" train --stop-file "$tmp/stop"
+# lars and lamb: bad values, and options the chosen optimizer would ignore
+expect 2 "--lars-eta must be > 0, got 0" "$nnprec" train --optim lars --lars-eta 0
+expect 2 "--lars-eta must be > 0, got -0.1" "$nnprec" train --optim lars --lars-eta -0.1
+expect 2 "--lamb-clip must be > 0, got 0" "$nnprec" train --optim lamb --lamb-clip 0
+expect 2 "--lars-eta applies to --optim lars, not --optim sgd" "$nnprec" train --lars-eta 0.01
+expect 2 "--lamb-clip applies to --optim lamb, not --optim lars" "$nnprec" train --optim lars --lamb-clip 5
+expect 2 "--lars-exclude-bias applies to --optim lars and lamb, not --optim adam" "$nnprec" train \
+  --optim adam --no-lars-exclude-bias
+expect 2 "--momentum applies to --optim sgd and lars" "$nnprec" train --optim lamb --momentum 0.9
+expect 2 "--nesterov applies to --optim sgd and lars" "$nnprec" train --optim lamb --nesterov
+expect 2 "--beta1 applies to --optim adam, adamw and lamb, not --optim lars" "$nnprec" train \
+  --optim lars --beta1 0.8
+# --precond with lars: one warning line (the trust ratio divides the multipliers out)
+"$nnprec" train --optim lars --precond static --train-limit 64 --test-limit 10 --steps 1 --quiet \
+  > /dev/null 2> "$tmp/lars.err" && [ "$(grep -c '^\[warn\]  --precond static with --optim lars: LARS' "$tmp/lars.err")" = 1 ] &&
+  ok || fail "--precond with lars: want one warning, got: $(cat "$tmp/lars.err")"
 # SIGTERM without --out: not the "checkpointed, resume me" code 75, since nothing was saved
 "$nnprec" train --train-limit 640 --test-limit 100 --steps 1000000 --quiet 2> "$tmp/sig.err" &
 sleep 2; kill -TERM $!; wait $!; rc=$?
