@@ -382,8 +382,9 @@ static void test_bad_configs(void)
     nnp_optim_free(&o);
     c = lamb_cfg(0.9, 0.999, 1e-6, 0, INFINITY, 1);
     ASSERT_OK(nnp_optim_init(&o, &c, 4));
-    ASSERT_TRUE(o.buf1 != NULL && o.buf2 != NULL);
+    ASSERT_TRUE(o.buf1 != NULL && o.buf2 != NULL && o.buf3 != NULL); /* m, v, the step's u */
     nnp_optim_free(&o);
+    ASSERT_TRUE(o.buf3 == NULL);
     ASSERT_TRUE(o.buf1 == NULL && o.buf2 == NULL); /* nothing left allocated on failure */
     /* the message names the problem */
     c = sgd_cfg(0, 0, 0, 1);

@@ -7,8 +7,8 @@
  *   d = s_j*grad + wd*p                        (SGD, Adam)
  * LARS reuses SGD's loops: its local rate lambda_j multiplies d = s_j*g + wd*p, which is the
  * same as running them with scale lambda_j*s_j and decay lambda_j*wd. LAMB is two passes over
- * a tensor: the first updates the moments and sums ||w||^2 and ||u||^2, the second
- * recomputes u from the stored moments (the same float operations, so the same u) and steps.
+ * a tensor: the first updates the moments, keeps u in a scratch buffer and sums ||w||^2 and
+ * ||u||^2, the second steps along the kept u.
  * Every inner loop is a straight pass over one tensor with loop-invariant float
  * coefficients, so the compiler can vectorize it; the step allocates nothing.
  */
@@ -109,6 +109,14 @@ nnp_status nnp_optim_init(nnp_optim *o, const nnp_optim_cfg *cfg, size_t n)
             return NNP_ERR_NOMEM;
         }
     }
+    if (cfg->kind == NNP_OPT_LAMB) {
+        o->buf3 = nnp_calloc(n, sizeof(float));
+        if (!o->buf3) {
+            NNP_FREE(o->buf1);
+            NNP_FREE(o->buf2);
+            return NNP_ERR_NOMEM;
+        }
+    }
     return NNP_OK;
 }
 
@@ -118,6 +126,7 @@ void nnp_optim_free(nnp_optim *o)
         return;
     NNP_FREE(o->buf1);
     NNP_FREE(o->buf2);
+    NNP_FREE(o->buf3);
     o->n = 0;
     o->t = 0;
 }
@@ -253,16 +262,17 @@ static lamb_coef lamb_coefs(const nnp_optim_cfg *c, int64_t t)
     return k;
 }
 
-/* u = m_hat/(sqrt(v_hat) + eps) + wd*p, the same expression in both passes */
+/* u = m_hat/(sqrt(v_hat) + eps) + wd*p */
 static inline float lamb_u(const lamb_coef *k, float m, float v, float p, float wd)
 {
     return m * k->inv_bc1 / (sqrtf(v) * k->inv_sqrt_bc2 + k->eps) + wd * p;
 }
 
-/* LAMB pass 1 over n elements: the moments of d = s*g, and ||p||^2, ||u||^2 (eight lanes) */
+/* LAMB pass 1 over n elements: the moments of d = s*g, u into ub, and ||p||^2, ||u||^2
+ * (eight lanes) */
 static void lamb_moments(size_t n, const float *restrict p, const float *restrict g,
-                         float *restrict m, float *restrict v, float s, float wd,
-                         const lamb_coef *k, double *w2, double *u2)
+                         float *restrict m, float *restrict v, float *restrict ub, float s,
+                         float wd, const lamb_coef *k, double *w2, double *u2)
 {
     double lw[8] = {0, 0, 0, 0, 0, 0, 0, 0}, lu[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     double tw = 0, tu = 0;
@@ -276,6 +286,7 @@ static void lamb_moments(size_t n, const float *restrict p, const float *restric
             m[e] = mi;
             v[e] = vi;
             float u = lamb_u(k, mi, vi, p[e], wd);
+            ub[e] = u;
             lw[q] += (double)p[e] * (double)p[e];
             lu[q] += (double)u * (double)u;
         }
@@ -286,6 +297,7 @@ static void lamb_moments(size_t n, const float *restrict p, const float *restric
         m[i] = mi;
         v[i] = vi;
         float u = lamb_u(k, mi, vi, p[i], wd);
+        ub[i] = u;
         tw += (double)p[i] * (double)p[i];
         tu += (double)u * (double)u;
     }
@@ -294,11 +306,10 @@ static void lamb_moments(size_t n, const float *restrict p, const float *restric
 }
 
 /* LAMB pass 2: p <- p - step*u with step = lr * trust ratio */
-static void lamb_apply(size_t n, float *restrict p, const float *restrict m,
-                       const float *restrict v, float wd, float step, const lamb_coef *k)
+static void lamb_apply(size_t n, float *restrict p, const float *restrict u, float step)
 {
     for (size_t i = 0; i < n; i++)
-        p[i] -= step * lamb_u(k, m[i], v[i], p[i], wd);
+        p[i] -= step * u[i];
 }
 
 /* Pass 1 for the part [a, b) of tensor j: its two partial squared norms. */
@@ -313,7 +324,7 @@ static void layer_norms(nnp_optim *o, const nnp_net *net, int j, size_t a, size_
         *n2 = sumsq(g, n);
     } else {
         float wd = excluded(c, &net->tensors[j]) ? 0.0f : (float)c->weight_decay;
-        lamb_moments(n, p, g, o->buf1 + a, o->buf2 + a, s, wd, k, n1, n2);
+        lamb_moments(n, p, g, o->buf1 + a, o->buf2 + a, o->buf3 + a, s, wd, k, n1, n2);
     }
 }
 
@@ -347,7 +358,7 @@ static void layer_apply(nnp_optim *o, nnp_net *net, int j, size_t a, size_t b, d
         const double un = sqrt(n2);
         const double ratio =
             ex || !(wn > 0 && un > 0) ? 1.0 : (wn < c->lamb_clip ? wn : c->lamb_clip) / un;
-        lamb_apply(n, p, o->buf1 + a, o->buf2 + a, (float)wd, (float)(lr * ratio), k);
+        lamb_apply(n, p, o->buf3 + a, (float)(lr * ratio));
     }
 }
 
