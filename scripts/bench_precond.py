@@ -5,7 +5,8 @@ against --precond none, on LeNet (batch 64 per rank) and the deep MLP mlp:784-25
 
 Two figures per case: the throughput ratio of interleaved runs (noisy on a shared machine),
 and the share of step time in the `precond` phase of timing.csv (per-tensor sums over this
-rank's 1/p of the parameters plus one allreduce of 2T doubles), which is what the update
+rank's 1/p of the parameters, one pass over the layers' activations for their moments, and one
+allreduce of 2T + 2L + 1 doubles), which is what the update
 itself costs and is stable.
 
   scripts/bench_precond.py [--rounds 3] [--ranks 1 2]

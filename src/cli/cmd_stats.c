@@ -55,7 +55,9 @@ static nnp_option opts[] = {
                         "normalized with the training set's moments"),
     OPT_S("grad", grad, "normal", "loss gradient: normal (standard normal) | loss (softmax "
                               "cross-entropy with the labels; random labels if synthetic)"),
-    OPT_S("precond", precond, "none", "also report the preconditioned gradient: none|static|dynamic"),
+    OPT_S("precond", precond, "none",
+          "also report the preconditioned gradient: none|static (the --init's prior)|dynamic "
+          "(measured weight stds and layer moments of the draw)"),
     OPT_S("precond-formula", pformula, "corrected", "corrected | seed"),
     OPT_I("repeat", repeat, "1", "independent draws (init seed and input); report mean and spread"),
     OPT_L("seed", seed, "1", "random seed; draw r uses seed + r"),
@@ -268,13 +270,16 @@ static nnp_status run_stats(const stats_cfg *c, nnp_net *net, stats_input *in)
         if (s == NNP_OK && with_p) {
             nnp_precond_free(&pc);
             s = nnp_precond_init(&pc, &c->pcfg, net);
-            if (s == NNP_OK && c->pcfg.mode == NNP_PRECOND_DYNAMIC) {
-                nnp_precond_local_sums(&pc, net, 0, 1);
-                s = nnp_precond_from_sums(&pc, net, 0);
-            }
         }
         if (s == NNP_OK)
             s = nnp_layerstats_run(net, B, in->x, c->grad, in->y, &rng, ls);
+        if (s == NNP_OK && with_p && c->pcfg.mode == NNP_PRECOND_DYNAMIC) {
+            /* as in training: the weight stds, and the layers' moments measured on the
+             * batch the forward and backward pass just ran */
+            nnp_precond_local_sums(&pc, net, 0, 1);
+            nnp_precond_batch_sums(&pc, net, B);
+            s = nnp_precond_from_sums(&pc, net, 0);
+        }
         if (s != NNP_OK)
             break;
         double m, sd;
