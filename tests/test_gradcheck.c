@@ -324,6 +324,210 @@ static void test_losses(void)
     }
 }
 
+/* ---- batch normalization (training mode), global average pooling, dropout ------------ */
+typedef struct {
+    int B, C, S;
+    float *x, *g, *b, *y, *r;
+    double *stat, *sums;
+} bn_ctx;
+
+static double bn_obj(void *p)
+{
+    bn_ctx *c = p;
+    nnp_bn_forward_train(c->B, c->C, c->S, c->x, c->g, c->b, c->y, NULL, NULL, c->stat, c->sums,
+                         NULL, NULL);
+    return dot_r(c->r, c->y, (size_t)c->B * c->C * c->S);
+}
+
+/* A second process's part of the batch, for the synchronized statistics: the hook adds
+ * the sums this part gives on its own (computed beforehand into other[]). */
+typedef struct {
+    const double *other;
+    int calls;
+} part_sum;
+
+static void add_other(void *ctx, double *buf, size_t n)
+{
+    part_sum *ps = ctx;
+    for (size_t i = 0; i < n; i++)
+        buf[i] += ps->other[i];
+    ps->calls++;
+}
+
+static void test_batchnorm(void)
+{
+    /* 1-D (B x C features) and 2-D (B x C x S): every gradient against central differences */
+    const int shapes[][3] = {{6, 3, 1}, {3, 2, 5}, {2, 4, 9}};
+    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
+        bn_ctx c = {shapes[t][0], shapes[t][1], shapes[t][2], 0, 0, 0, 0, 0, 0, 0};
+        const size_t n = (size_t)c.B * c.C * c.S;
+        c.x = falloc(n); c.y = falloc(n); c.r = falloc(n);
+        c.g = falloc((size_t)c.C); c.b = falloc((size_t)c.C);
+        c.stat = calloc(2 * (size_t)c.C + 1, sizeof(double));
+        c.sums = calloc(2 * (size_t)c.C + 1, sizeof(double));
+        float *dx = falloc(n), *dg = falloc((size_t)c.C), *db = falloc((size_t)c.C);
+        fill_normal(c.x, n); fill_normal(c.r, n);
+        for (int k = 0; k < c.C; k++) {
+            c.g[k] = 0.5f + (float)urand();
+            c.b[k] = nrand();
+        }
+        for (size_t i = 0; i < n; i++) /* channels with means and spreads of their own */
+            c.x[i] = c.x[i] * (1.0f + 0.5f * (float)((i / (size_t)c.S) % (size_t)c.C)) + 0.3f;
+        fill_garbage(dx, n); fill_garbage(dg, (size_t)c.C); fill_garbage(db, (size_t)c.C);
+        bn_obj(&c);
+        nnp_bn_backward(c.B, c.C, c.S, c.x, c.g, c.stat, c.r, dx, dg, db, c.sums, NULL, NULL);
+        gradcheck("bn dgamma", bn_obj, &c, c.g, dg, (size_t)c.C);
+        gradcheck("bn dbeta", bn_obj, &c, c.b, db, (size_t)c.C);
+        gradcheck("bn dx", bn_obj, &c, c.x, dx, n);
+
+        /* the same batch as two processes' parts (the first B1 samples and the rest) whose
+         * sums are added by the hook: each part's y and dx equal the whole batch's, and the
+         * parts' dgamma, dbeta add up to the whole's */
+        bn_obj(&c);
+        nnp_bn_backward(c.B, c.C, c.S, c.x, c.g, c.stat, c.r, dx, dg, db, c.sums, NULL, NULL);
+        const int B1 = c.B / 2, B2 = c.B - B1;
+        const size_t n1 = (size_t)B1 * c.C * c.S;
+        const size_t ns = 2 * (size_t)c.C + 1;
+        double *st2 = calloc(ns, sizeof(double)), *st1 = calloc(ns, sizeof(double));
+        double *o1 = calloc(ns, sizeof(double)), *o2 = calloc(ns, sizeof(double));
+        float *y1 = falloc(n), *dx1 = falloc(n), *dg1 = falloc((size_t)c.C),
+              *db1 = falloc((size_t)c.C), *dg2 = falloc((size_t)c.C), *db2 = falloc((size_t)c.C);
+        /* local sums of each part (no hook: the buffer keeps them) */
+        nnp_bn_forward_train(B1, c.C, c.S, c.x, c.g, c.b, y1, NULL, NULL, st1, o1, NULL, NULL);
+        nnp_bn_forward_train(B2, c.C, c.S, c.x + n1, c.g, c.b, y1 + n1, NULL, NULL, st2, o2,
+                             NULL, NULL);
+        part_sum h1 = {o2, 0}, h2 = {o1, 0};
+        double *sc = calloc(ns, sizeof(double));
+        nnp_bn_forward_train(B1, c.C, c.S, c.x, c.g, c.b, y1, NULL, NULL, st1, sc, add_other, &h1);
+        nnp_bn_forward_train(B2, c.C, c.S, c.x + n1, c.g, c.b, y1 + n1, NULL, NULL, st2, sc,
+                             add_other, &h2);
+        ASSERT_EQ_INT(h1.calls, 1);
+        ASSERT_NEAR(st1[2 * c.C], (double)c.B * c.S, 0);
+        /* backward: local sums of each part first */
+        nnp_bn_backward(B1, c.C, c.S, c.x, c.g, st1, c.r, NULL, dg1, db1, o1, NULL, NULL);
+        nnp_bn_backward(B2, c.C, c.S, c.x + n1, c.g, st2, c.r + n1, NULL, dg2, db2, o2, NULL,
+                        NULL);
+        nnp_bn_backward(B1, c.C, c.S, c.x, c.g, st1, c.r, dx1, dg1, db1, sc, add_other, &h1);
+        nnp_bn_backward(B2, c.C, c.S, c.x + n1, c.g, st2, c.r + n1, dx1 + n1, dg2, db2, sc,
+                        add_other, &h2);
+        ASSERT_EQ_INT(h1.calls, 2);
+        double wy = 0, wdx = 0, wp = 0;
+        for (size_t i = 0; i < n; i++) {
+            wy = fmax(wy, fabs(y1[i] - c.y[i]));
+            wdx = fmax(wdx, fabs(dx1[i] - dx[i]));
+        }
+        for (int k = 0; k < c.C; k++) {
+            wp = fmax(wp, fabs(dg1[k] + dg2[k] - dg[k]));
+            wp = fmax(wp, fabs(db1[k] + db2[k] - db[k]));
+        }
+        ASSERT_NEAR(wy, 0.0, 1e-5);
+        ASSERT_NEAR(wdx, 0.0, 1e-5);
+        ASSERT_NEAR(wp, 0.0, 1e-5);
+        free(st1); free(st2); free(o1); free(o2); free(sc); free(y1); free(dx1);
+        free(dg1); free(db1); free(dg2); free(db2);
+
+        /* running statistics: momentum 0.1 towards the mean and the unbiased variance */
+        float rm[16], rv[16];
+        for (int k = 0; k < c.C; k++) {
+            rm[k] = 0.0f;
+            rv[k] = 1.0f;
+        }
+        nnp_bn_forward_train(c.B, c.C, c.S, c.x, c.g, c.b, c.y, rm, rv, c.stat, c.sums, NULL,
+                             NULL);
+        for (int k = 0; k < c.C; k++) {
+            double m = 0, v = 0, N = (double)c.B * c.S;
+            for (int b = 0; b < c.B; b++)
+                for (int q = 0; q < c.S; q++)
+                    m += c.x[((size_t)b * c.C + k) * c.S + q];
+            m /= N;
+            for (int b = 0; b < c.B; b++)
+                for (int q = 0; q < c.S; q++) {
+                    double d = c.x[((size_t)b * c.C + k) * c.S + q] - m;
+                    v += d * d;
+                }
+            ASSERT_NEAR(rm[k], 0.1 * m, 1e-6);
+            ASSERT_NEAR(rv[k], 0.9 + 0.1 * v / (N - 1), 1e-6);
+            /* evaluation mode with these statistics: (x - rm)/sqrt(rv + eps) g + b */
+            nnp_bn_forward_eval(1, c.C, c.S, c.x, c.g, c.b, rm, rv, c.y);
+            double want = (c.x[(size_t)k * c.S] - rm[k]) / sqrt(rv[k] + 1e-5) * c.g[k] + c.b[k];
+            ASSERT_NEAR(c.y[(size_t)k * c.S], want, 1e-5);
+        }
+        free(c.x); free(c.y); free(c.r); free(c.g); free(c.b); free(c.stat); free(c.sums);
+        free(dx); free(dg); free(db);
+    }
+}
+
+typedef struct {
+    int B, C, S;
+    float *x, *y, *r;
+    float p;
+    uint64_t key;
+    const uint32_t *ids;
+} gd_ctx;
+
+static double gap_obj(void *p)
+{
+    gd_ctx *c = p;
+    nnp_gap_forward(c->B, c->C, c->S, c->x, c->y);
+    return dot_r(c->r, c->y, (size_t)c->B * c->C);
+}
+
+static double dropout_obj(void *p)
+{
+    gd_ctx *c = p;
+    nnp_dropout_forward(c->B, (size_t)c->C, c->p, c->key, c->ids, c->x, c->y);
+    return dot_r(c->r, c->y, (size_t)c->B * c->C);
+}
+
+static void test_gap_dropout(void)
+{
+    gd_ctx c = {3, 4, 6, 0, 0, 0, 0.0f, 0, NULL};
+    const size_t n = (size_t)c.B * c.C * c.S, m = (size_t)c.B * c.C;
+    c.x = falloc(n); c.y = falloc(n); c.r = falloc(n);
+    float *dx = falloc(n);
+    fill_normal(c.x, n); fill_normal(c.r, m);
+    fill_garbage(dx, n);
+    nnp_gap_backward(c.B, c.C, c.S, c.r, dx);
+    gradcheck("gap dx", gap_obj, &c, c.x, dx, n);
+
+    /* dropout with a fixed mask (fixed key and sample ids): dx against differences, and
+     * dropped units give exactly 0 in both directions */
+    const uint32_t ids[3] = {17, 4, 123456};
+    c.C = 8; c.S = 1; c.p = 0.4f; c.key = 0x1234567887654321ull; c.ids = ids;
+    const size_t nd = (size_t)c.B * c.C;
+    fill_normal(c.r, nd);
+    fill_garbage(dx, nd);
+    nnp_dropout_backward(c.B, (size_t)c.C, c.p, c.key, c.ids, c.r, dx);
+    gradcheck("dropout dx", dropout_obj, &c, c.x, dx, nd);
+    dropout_obj(&c);
+    for (size_t i = 0; i < nd; i++) {
+        int keep = nnp_dropout_keep(c.key, (uint64_t)ids[i / (size_t)c.C] * (size_t)c.C + i % (size_t)c.C, c.p);
+        ASSERT_NEAR(c.y[i], keep ? c.x[i] / (1.0f - c.p) : 0.0f, 1e-6);
+        ASSERT_NEAR(dx[i], keep ? c.r[i] / (1.0f - c.p) : 0.0f, 1e-6);
+    }
+    /* a sample's mask depends on its id, not on its place in the batch */
+    const uint32_t ids2[1] = {4};
+    float y2[8];
+    nnp_dropout_forward(1, (size_t)c.C, c.p, c.key, ids2, c.x + c.C, y2);
+    for (int u = 0; u < c.C; u++)
+        ASSERT_NEAR(y2[u], c.y[c.C + u], 0);
+
+    /* mask statistics: over 200,000 units the fraction dropped is p within 5 binomial
+     * standard deviations (sqrt(p(1-p)/n) = 0.0011 at p = 0.4: a false failure has
+     * probability below 1e-6), for several p */
+    const float ps[3] = {0.1f, 0.4f, 0.75f};
+    for (int k = 0; k < 3; k++) {
+        const uint64_t units = 200000;
+        uint64_t dropped = 0;
+        for (uint64_t i = 0; i < units; i++)
+            dropped += !nnp_dropout_keep(0xABCDEFull + (uint64_t)k, i, ps[k]);
+        const double frac = (double)dropped / (double)units;
+        const double sd = sqrt(ps[k] * (1.0 - ps[k]) / (double)units);
+        ASSERT_NEAR(frac, ps[k], 5 * sd);
+    }
+    free(c.x); free(c.y); free(c.r); free(dx);
+}
+
 int main(void)
 {
     test_dense();
@@ -331,5 +535,7 @@ int main(void)
     test_pool();
     test_activations();
     test_losses();
+    test_batchnorm();
+    test_gap_dropout();
     TEST_MAIN_END();
 }

@@ -85,6 +85,73 @@ static void test_specs(void)
                   NNP_ERR_ARG);
 }
 
+/* bn, gap, dropout: tensors (bn weight/bias with PyTorch's names), running statistics,
+ * shapes, and --init leaving BatchNorm's scale 1 and shift 0. */
+static void test_bn_specs(void)
+{
+    nnp_net *net = NULL;
+    ASSERT_OK(nnp_net_create("seq:3x8x8/conv:4:3/bn/relu/gap/dropout:0.25/dense:6/bn/relu/dense:5",
+                             (nnp_shape){1, 1, 1}, NNP_ACT_RELU, 2, &net));
+    if (!net)
+        return;
+    ASSERT_EQ_INT(net->n_tensors, 10);
+    ASSERT_EQ_INT(net->n_bn, 2);
+    ASSERT_TRUE(strcmp(net->tensors[2].name, "bn1.weight") == 0);
+    ASSERT_TRUE(strcmp(net->tensors[3].name, "bn1.bias") == 0);
+    ASSERT_TRUE(strcmp(net->tensors[4].name, "fc1.weight") == 0);
+    ASSERT_TRUE(strcmp(net->tensors[6].name, "bn2.weight") == 0);
+    ASSERT_EQ_INT(net->tensors[2].n, 4);
+    ASSERT_EQ_INT(net->tensors[6].n, 6);
+    ASSERT_EQ_INT(net->n_params, (4 * 27 + 4) + 2 * 4 + (4 * 6 + 6) + 2 * 6 + (6 * 5 + 5));
+    ASSERT_EQ_INT(net->layers[3].kind, NNP_L_GAP);
+    ASSERT_EQ_INT(net->layers[3].out.c, 4);
+    ASSERT_EQ_INT(net->layers[3].out.h, 1);
+    ASSERT_NEAR(net->layers[4].drop, 0.25, 1e-7);
+    ASSERT_EQ_INT(net->n_running, 2 * 4 + 2 * 6);
+    ASSERT_EQ_INT(net->layers[0].next_act, NNP_ACT_RELU); /* through bn: the gain of relu */
+    for (int c = 0; c < 4; c++) {
+        ASSERT_NEAR(nnp_bn_running_mean(net, 1)[c], 0, 0);
+        ASSERT_NEAR(nnp_bn_running_mean(net, 1)[4 + c], 1, 0);
+    }
+    const char *inits[] = {"pytorch", "xavier-normal", "uniform:0.3", "seed"};
+    for (size_t k = 0; k < sizeof inits / sizeof inits[0]; k++) {
+        nnp_init_cfg ic;
+        ASSERT_OK(nnp_init_parse(inits[k], &ic));
+        ASSERT_OK(nnp_init_net(net, &ic, 5));
+        for (int j = 2; j < net->n_tensors; j += 4)
+            for (size_t e = 0; e < net->tensors[j].n; e++) {
+                ASSERT_NEAR(net->params[net->tensors[j].off + e], 1, 0);
+                ASSERT_NEAR(net->params[net->tensors[j + 1].off + e], 0, 0);
+            }
+    }
+    nnp_net_free(net);
+    /* bn changes no other layer's initialization */
+    nnp_net *a = NULL, *b = NULL;
+    ASSERT_OK(nnp_net_create("seq:12/dense:8/relu/dense:3", (nnp_shape){1, 1, 1}, NNP_ACT_RELU,
+                             2, &a));
+    ASSERT_OK(nnp_net_create("seq:12/dense:8/bn/relu/dense:3", (nnp_shape){1, 1, 1},
+                             NNP_ACT_RELU, 2, &b));
+    if (a && b) {
+        nnp_init_cfg ic;
+        ASSERT_OK(nnp_init_parse("kaiming-normal", &ic));
+        ASSERT_OK(nnp_init_net(a, &ic, 9));
+        ASSERT_OK(nnp_init_net(b, &ic, 9));
+        ASSERT_TRUE(memcmp(a->params + a->tensors[2].off, b->params + b->tensors[4].off,
+                           a->tensors[2].n * sizeof(float)) == 0);
+    }
+    nnp_net_free(a);
+    nnp_net_free(b);
+    const char *bad[] = {"seq:1x28x28/bn:3", "seq:1x28x28/gap:2", "seq:1x28x28/dropout",
+                         "seq:1x28x28/dropout:1", "seq:1x28x28/dropout:-0.1",
+                         "seq:1x28x28/dropout:0.5x/dense:10", "seq:1x28x28/dropout:abc"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        net = NULL;
+        ASSERT_STATUS(nnp_net_create(bad[i], (nnp_shape){1, 28, 28}, NNP_ACT_RELU, 2, &net),
+                      NNP_ERR_ARG);
+        ASSERT_TRUE(net == NULL);
+    }
+}
+
 /* Loss of the whole network on a fixed batch, in double. */
 static double net_loss(nnp_net *net, int B, const float *x, const unsigned char *y)
 {
@@ -258,9 +325,15 @@ int main(void)
 {
     test_lenet_layout();
     test_specs();
+    test_bn_specs();
     gradcheck_net("lenet", (nnp_shape){1, 12, 12}, NNP_ACT_RELU);
     gradcheck_net("mlp:20-16x3-5", (nnp_shape){20, 1, 1}, NNP_ACT_TANH);
     gradcheck_net("seq:2x9x9/conv:3:3:2:1/sigmoid/avgpool:2/flatten/dense:7/leaky-relu/dense:4",
+                  (nnp_shape){1, 1, 1}, NNP_ACT_RELU);
+    /* BatchNorm in training mode (batch statistics), gap, and dropout with a fixed mask */
+    gradcheck_net("seq:2x6x6/conv:3:3/bn/relu/gap/dropout:0.3/dense:8/bn/tanh/dense:4",
+                  (nnp_shape){1, 1, 1}, NNP_ACT_RELU);
+    gradcheck_net("seq:10/dense:12/bn/sigmoid/dropout:0.5/dense:6/bn/dense:4",
                   (nnp_shape){1, 1, 1}, NNP_ACT_RELU);
     test_step_allocates_nothing();
     test_split_batches("lenet", (nnp_shape){1, 28, 28});

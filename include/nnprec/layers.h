@@ -11,6 +11,7 @@
 #ifndef NNPREC_LAYERS_H
 #define NNPREC_LAYERS_H
 #include <stddef.h>
+#include <stdint.h>
 
 /* ---- dense: y[B,out] = x[B,in] W^T + b ---------------------------------------------- */
 void nnp_dense_forward(int B, int in, int out, const float *x, const float *W, const float *b,
@@ -57,6 +58,48 @@ void nnp_maxpool_backward(const nnp_pool_geom *g, int B, const float *dy, const 
                           float *dx);
 void nnp_avgpool_forward(const nnp_pool_geom *g, int B, const float *x, float *y);
 void nnp_avgpool_backward(const nnp_pool_geom *g, int B, const float *dy, float *dx);
+
+/* ---- batch normalization: per channel c of x[B, C, S] (S = H*W; 1 after dense) ---------
+ * An in-place sum of a double buffer over every process holding a part of the batch; NULL
+ * (or one process) leaves it as it is. It is the only way the kernels below see other ranks. */
+typedef void (*nnp_sum_fn)(void *ctx, double *buf, size_t n);
+#define NNP_BN_EPS 1e-5
+#define NNP_BN_MOMENTUM 0.1
+/* Training mode. sums[2C+1] is scratch: the per-channel sum x, sum x^2 and the count N of
+ * this process's B*S values per channel, then summed by sum(ctx, sums, 2C+1); every process
+ * calls it once (B may be 0). stat[2C+1] receives the batch mean, 1/sqrt(biased var + eps)
+ * and N. y = (x - mean) * invstd * gamma + beta. If rm/rv are non-NULL the running
+ * statistics move by NNP_BN_MOMENTUM towards the mean and the UNBIASED variance (var N/(N-1)),
+ * as PyTorch. Nothing changes when N is 0. */
+void nnp_bn_forward_train(int B, int C, int S, const float *x, const float *gamma,
+                          const float *beta, float *y, float *rm, float *rv, double *stat,
+                          double *sums, nnp_sum_fn sum, void *ctx);
+/* Evaluation mode: y = (x - rm) / sqrt(rv + eps) * gamma + beta. */
+void nnp_bn_forward_eval(int B, int C, int S, const float *x, const float *gamma,
+                         const float *beta, const float *rm, const float *rv, float *y);
+/* Backward of the training-mode forward with statistics stat (the forward's). dgamma and
+ * dbeta receive THIS process's sums of dy*x_hat and dy (the gradient allreduce adds the
+ * others'); sums[2C] is scratch for the same sums over every process (sum()), which dx
+ * needs: dx = gamma invstd / N (N dy - sum dy - x_hat sum dy*x_hat). dx may be NULL (the
+ * reduction still happens). */
+void nnp_bn_backward(int B, int C, int S, const float *x, const float *gamma,
+                     const double *stat, const float *dy, float *dx, float *dgamma,
+                     float *dbeta, double *sums, nnp_sum_fn sum, void *ctx);
+
+/* ---- global average pooling: x[B, C, S] -> y[B, C] (mean over the S = H*W positions) --- */
+void nnp_gap_forward(int B, int C, int S, const float *x, float *y);
+void nnp_gap_backward(int B, int C, int S, const float *dy, float *dx);
+
+/* ---- inverted dropout over x[B, U] ----------------------------------------------------
+ * Unit u of sample n is dropped (y = 0) when the uniform draw of the counter-based RNG
+ * with key `key` at counter ids[n]*U + u (ids NULL: n) is below p; kept units are scaled
+ * by 1/(1 - p). The mask is a function of (key, sample id, unit) only, so backward
+ * recomputes it. y may alias x, dx may alias dy. */
+int nnp_dropout_keep(uint64_t key, uint64_t counter, float p);
+void nnp_dropout_forward(int B, size_t U, float p, uint64_t key, const uint32_t *ids,
+                         const float *x, float *y);
+void nnp_dropout_backward(int B, size_t U, float p, uint64_t key, const uint32_t *ids,
+                          const float *dy, float *dx);
 
 /* ---- element-wise activations over n values ------------------------------------------ */
 typedef enum {

@@ -17,11 +17,12 @@
  *                                 input shape CxHxW (or F); items are
  *                                 dense:OUT, conv:COUT:K[:STRIDE[:PAD]], maxpool:K[:S],
  *                                 avgpool:K[:S], flatten, relu, leaky-relu[:ALPHA], tanh,
- *                                 sigmoid.
+ *                                 sigmoid, bn, gap, dropout:P.
  */
 #ifndef NNPREC_NET_H
 #define NNPREC_NET_H
 #include <stddef.h>
+#include <stdint.h>
 #include "nnprec/layers.h"
 #include "nnprec/status.h"
 
@@ -32,7 +33,16 @@ typedef enum {
     NNP_L_AVGPOOL,
     NNP_L_FLATTEN,
     NNP_L_ACT, /* element-wise activation, see act/alpha */
+    NNP_L_BN,  /* batch normalization: 2-D after conv (per channel), 1-D after dense */
+    NNP_L_GAP, /* global average pooling: C x H x W -> C */
+    NNP_L_DROPOUT, /* inverted dropout with probability p (training only) */
 } nnp_layer_kind;
+
+/* How BatchNorm layers compute their batch statistics in training (--bn). */
+typedef enum {
+    NNP_BN_SYNC,  /* over the global batch: the net's sum hook adds every rank's sums */
+    NNP_BN_LOCAL, /* over this rank's part of the batch (PyTorch DDP's default) */
+} nnp_bn_mode;
 
 typedef struct {
     int c, h, w; /* per-sample shape; dense features are c with h = w = 1 */
@@ -47,7 +57,8 @@ typedef struct {
     int shape[4];    /* PyTorch orientation */
     int fan_in;      /* dense: in; conv: C_in*k*k; bias: that of its weight */
     int fan_out;     /* dense: out; conv: C_out*k*k; bias: that of its weight */
-    char name[24];   /* "fc1.weight", "conv2.bias", "layers.3.weight" */
+    char name[24];   /* "fc1.weight", "conv2.bias", "bn1.weight" */
+    int norm;        /* a BatchNorm scale (weight) or shift (bias): initialized to 1 / 0 */
 } nnp_tensor;
 
 typedef struct {
@@ -60,6 +71,10 @@ typedef struct {
     nnp_pool_geom pool;
     int tensor;      /* trainable: index of its weight tensor (bias is tensor+1); else -1 */
     nnp_act next_act; /* trainable: activation that follows (for init gains), IDENTITY if none */
+    float drop;      /* dropout probability */
+    int bn;          /* BatchNorm: its index among the net's BatchNorm layers (bn1 is 0) */
+    size_t roff;     /* BatchNorm: offset of running_mean[C] (running_var follows) in
+                      * net->running, and of its statistics (2C+1 doubles) in net->bn_stat */
 } nnp_layer;
 
 typedef struct {
@@ -81,6 +96,31 @@ typedef struct {
     float **ws;           /* per conv layer (else NULL): its workspace, which keeps the
                            * im2col matrix of its input from forward to backward */
     char spec[256];       /* the model spec it was built from */
+    /* BatchNorm buffers (not parameters: no gradient, not in the allreduce) */
+    int n_bn;             /* BatchNorm layers */
+    size_t n_running;     /* floats in running: 2C per BatchNorm layer */
+    float *running;       /* running_mean[C], running_var[C] of each, forward order */
+    long long *tracked;   /* [n_bn]: num_batches_tracked */
+    double *bn_stat;      /* per BatchNorm layer 2C+1: the last training forward's batch mean,
+                           * 1/std and count, for backward */
+    double *bn_sums;      /* scratch of 2*max(C)+1 doubles for the per-layer sums */
+    /* Mode and context of a pass, set by the caller (the trainer) before forward:
+     * training  1: BatchNorm uses batch statistics and updates its running ones, dropout
+     *           drops; 0 (evaluation): running statistics, dropout is the identity
+     * bn_sum    NULL: batch statistics of the local batch; else called with each
+     *           BatchNorm layer's sums (one call per layer and pass) to sum them in place
+     *           over the ranks (synchronized BatchNorm); every rank must call forward and
+     *           backward the same number of times (nnp_net_sync_idle on a rank with no
+     *           samples)
+     * seed, step, sample_ids  the dropout mask's key: unit u of local sample n is kept
+     *           by (seed, layer, step, sample_ids[n], u) (sample_ids NULL: n) */
+    int training;
+    nnp_sum_fn bn_sum;
+    void *bn_sum_ctx;
+    uint64_t seed;
+    long long step;
+    const uint32_t *sample_ids;
+    int has_dropout;
 } nnp_net;
 
 /* Parse spec for input shape `input` (used when the spec gives none) and n_classes outputs
@@ -104,6 +144,18 @@ void nnp_net_backward(nnp_net *net, int B, nnp_grad_ready_fn on_ready, void *ctx
  * reads dact[i+1], writes dact[i] and the layer's gradients), for per-layer timing. */
 void nnp_net_forward_layer(nnp_net *net, int i, int B);
 void nnp_net_backward_layer(nnp_net *net, int i, int B);
+
+/* A rank with no sample in this step's batch, in training with a sum hook: joins the
+ * BatchNorm layers' sums of one forward and one backward as a rank with 0 samples (the
+ * running statistics move as on every other rank); their gradients become 0. */
+void nnp_net_sync_idle(nnp_net *net);
+/* 1 if the network has a layer of this kind. */
+int nnp_net_has(const nnp_net *net, nnp_layer_kind kind);
+/* Running mean and variance of BatchNorm layer i (kind NNP_L_BN). */
+static inline float *nnp_bn_running_mean(const nnp_net *net, int i)
+{
+    return net->running + net->layers[i].roff;
+}
 
 /* Elements per sample of a shape. */
 static inline size_t nnp_shape_size(nnp_shape s) { return (size_t)s.c * s.h * s.w; }

@@ -22,6 +22,7 @@ typedef struct {
 #define NNP_STREAM_SHUFFLE ((uint64_t)2 << 56) /* + (epoch << 8): per-epoch permutation */
 #define NNP_STREAM_DATA ((uint64_t)3 << 56)    /* + index: synthetic inputs (tests, stats) */
 #define NNP_STREAM_HOLDOUT ((uint64_t)4 << 56) /* --val-split: the held-out samples */
+#define NNP_STREAM_DROPOUT ((uint64_t)5 << 56) /* + (layer << 40) + step: dropout masks */
 
 void nnp_rng_seed(nnp_rng *r, uint64_t seed, uint64_t stream);
 uint64_t nnp_rng_u64(nnp_rng *r);

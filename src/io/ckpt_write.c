@@ -124,6 +124,9 @@ void nnp_ckpt_architecture(const nnp_net *net, char *buf, size_t cap)
         case NNP_L_MAXPOOL: APPEND("/maxpool:%d:%d", L->k, L->s); break;
         case NNP_L_AVGPOOL: APPEND("/avgpool:%d:%d", L->k, L->s); break;
         case NNP_L_FLATTEN: APPEND("/flatten"); break;
+        case NNP_L_BN: APPEND("/bn"); break;
+        case NNP_L_GAP: APPEND("/gap"); break;
+        case NNP_L_DROPOUT: APPEND("/dropout:%.9g", (double)L->drop); break;
         case NNP_L_ACT:
             if (L->act == NNP_ACT_LEAKY_RELU)
                 APPEND("/leaky-relu:%.9g", (double)L->alpha);

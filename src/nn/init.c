@@ -294,6 +294,13 @@ nnp_status nnp_init_net(nnp_net *net, const nnp_init_cfg *cfg, uint64_t seed)
         const nnp_layer *L = &net->layers[i];
         if (L->tensor < 0)
             continue;
+        if (net->tensors[L->tensor].norm) { /* BatchNorm: scale 1, shift 0 under every --init */
+            for (size_t e = 0; e < net->tensors[L->tensor].n; e++) {
+                net->params[net->tensors[L->tensor].off + e] = 1.0f;
+                net->params[net->tensors[L->tensor + 1].off + e] = 0.0f;
+            }
+            continue; /* and no stream: the layers around it draw as without it */
+        }
         nnp_rng r;
         nnp_rng_seed(&r, seed, (uint64_t)NNP_STREAM_INIT + (uint64_t)k);
         for (int j = L->tensor; j <= L->tensor + 1; j++) { /* weight, then bias */

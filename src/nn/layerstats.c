@@ -85,6 +85,10 @@ void nnp_layerstats_forward(nnp_net *net, int B, const float *x, nnp_layer_stats
 static nnp_status first_layer_dx(nnp_net *net, int B, int i, double *std)
 {
     const nnp_layer *L = &net->layers[i];
+    if (L->kind != NNP_L_DENSE && L->kind != NNP_L_CONV2D) { /* BatchNorm first: not kept */
+        *std = NAN;
+        return NNP_OK;
+    }
     const nnp_tensor *w = &net->tensors[L->tensor];
     size_t nin = (size_t)B * nnp_shape_size(L->in);
     float *dx = nnp_malloc(nin * sizeof(float));

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "nnprec/alloc.h"
+#include "nnprec/rng.h"
 
 #define NNP_MAX_LAYERS 1024
 
@@ -118,7 +119,8 @@ static nnp_status parse_item(builder *b, char *item)
     const char *kind = args[0];
     int v[5] = {0};
     for (int i = 1; i < na; i++)
-        if (strcmp(kind, "leaky-relu") != 0 && parse_pos_int(args[i], &v[i - 1]) != 0 &&
+        if (strcmp(kind, "leaky-relu") != 0 && strcmp(kind, "dropout") != 0 &&
+            parse_pos_int(args[i], &v[i - 1]) != 0 &&
             !(i >= 3 && strcmp(args[i], "0") == 0))
             return nnp_error(NNP_ERR_ARG, "bad number '%s' in item '%s' of model spec '%s'",
                              args[i], kind, b->spec);
@@ -157,6 +159,30 @@ static nnp_status parse_item(builder *b, char *item)
         b->layers[b->n - 1].out = b->cur;
         return NNP_OK;
     }
+    if (strcmp(kind, "bn") == 0 || strcmp(kind, "gap") == 0) {
+        if (na != 1)
+            return nnp_error(NNP_ERR_ARG, "item '%s' takes no arguments in model spec '%s'", kind,
+                             b->spec);
+        const int gap = kind[0] == 'g';
+        nnp_layer L = {.kind = gap ? NNP_L_GAP : NNP_L_BN};
+        NNP_CALL(push(b, L));
+        if (gap)
+            b->cur = (nnp_shape){b->cur.c, 1, 1};
+        b->layers[b->n - 1].out = b->cur;
+        return NNP_OK;
+    }
+    if (strcmp(kind, "dropout") == 0) {
+        char *end = NULL;
+        float p = na == 2 ? strtof(args[1], &end) : -1.0f;
+        if (na != 2 || *end || end == args[1] || !(p >= 0.0f && p < 1.0f))
+            return nnp_error(NNP_ERR_ARG,
+                             "dropout is dropout:P with 0 <= P < 1 (got '%s') in model spec '%s'",
+                             na == 2 ? args[1] : "", b->spec);
+        nnp_layer L = {.kind = NNP_L_DROPOUT, .drop = p};
+        NNP_CALL(push(b, L));
+        b->layers[b->n - 1].out = b->cur;
+        return NNP_OK;
+    }
     if (strcmp(kind, "flatten") == 0) {
         nnp_layer L = {.kind = NNP_L_FLATTEN};
         NNP_CALL(push(b, L));
@@ -179,7 +205,8 @@ static nnp_status parse_item(builder *b, char *item)
         nnp_error_clear();
         return nnp_error(NNP_ERR_ARG,
                          "unknown item '%s' in model spec '%s' (expected dense, conv, maxpool, "
-                         "avgpool, flatten, relu, leaky-relu, tanh, sigmoid, identity)",
+                         "avgpool, flatten, bn, gap, dropout, relu, leaky-relu, tanh, sigmoid, "
+                         "identity)",
                          kind, b->spec);
     }
     return add_act(b, a, alpha);
@@ -284,7 +311,8 @@ static nnp_status plan_tensors(nnp_net *net)
 {
     int nt = 0;
     for (int i = 0; i < net->n_layers; i++)
-        if (net->layers[i].kind == NNP_L_DENSE || net->layers[i].kind == NNP_L_CONV2D)
+        if (net->layers[i].kind == NNP_L_DENSE || net->layers[i].kind == NNP_L_CONV2D ||
+            net->layers[i].kind == NNP_L_BN)
             nt += 2;
     net->n_tensors = nt;
     net->n_trainable = nt / 2;
@@ -295,16 +323,31 @@ static nnp_status plan_tensors(nnp_net *net)
         return NNP_ERR_NOMEM;
     size_t off = 0;
     int j = 0, n_conv = 0, n_fc = 0;
+    net->n_bn = 0;
+    net->n_running = 0;
     for (int i = 0; i < net->n_layers; i++) {
         nnp_layer *L = &net->layers[i];
-        if (L->kind != NNP_L_DENSE && L->kind != NNP_L_CONV2D)
+        if (L->kind != NNP_L_DENSE && L->kind != NNP_L_CONV2D && L->kind != NNP_L_BN)
             continue;
         nnp_tensor *w = &net->tensors[j], *b = &net->tensors[j + 1];
         L->tensor = j;
         w->layer = b->layer = i;
         b->is_bias = 1;
         b->ndim = 1;
-        if (L->kind == NNP_L_DENSE) {
+        if (L->kind == NNP_L_BN) {
+            /* scale (weight) and shift (bias) per channel; PyTorch's BatchNorm1d/2d */
+            const int C = L->in.c;
+            w->ndim = 1;
+            w->shape[0] = b->shape[0] = C;
+            w->n = b->n = (size_t)C;
+            w->fan_in = w->fan_out = 1;
+            w->norm = b->norm = 1;
+            L->bn = net->n_bn++;
+            L->roff = net->n_running;
+            net->n_running += 2 * (size_t)C;
+            name_tensor(w, "bn", L->bn + 1, 0);
+            name_tensor(b, "bn", L->bn + 1, 1);
+        } else if (L->kind == NNP_L_DENSE) {
             int in = (int)nnp_shape_size(L->in), out = L->out.c;
             w->ndim = 2;
             w->shape[0] = out;
@@ -336,8 +379,9 @@ static nnp_status plan_tensors(nnp_net *net)
         off += w->n;
         b->off = off;
         off += b->n;
-        /* activation that follows this layer (skipping shape-only layers), for init gains */
-        for (int k = i + 1; k < net->n_layers; k++) {
+        /* activation that follows this layer (skipping shape-only layers, BatchNorm and
+         * dropout), for init gains */
+        for (int k = i + 1; k < net->n_layers && L->kind != NNP_L_BN; k++) {
             nnp_layer_kind kk = net->layers[k].kind;
             if (kk == NNP_L_ACT) {
                 L->next_act = net->layers[k].act;
@@ -410,6 +454,25 @@ static nnp_status alloc_buffers(nnp_net *net)
     net->ws = nnp_calloc((size_t)n, sizeof(float *));
     if (!net->ws)
         return NNP_ERR_NOMEM;
+    if (net->n_bn > 0) {
+        int maxc = 0;
+        for (int i = 0; i < n; i++)
+            if (net->layers[i].kind == NNP_L_BN && net->layers[i].in.c > maxc)
+                maxc = net->layers[i].in.c;
+        net->running = nnp_calloc(net->n_running, sizeof(float));
+        net->tracked = nnp_calloc((size_t)net->n_bn, sizeof(long long));
+        /* 2C+1 statistics per layer: n_running + 1 per layer */
+        net->bn_stat = nnp_calloc(net->n_running + (size_t)net->n_bn, sizeof(double));
+        net->bn_sums = nnp_calloc(2 * (size_t)maxc + 1, sizeof(double));
+        if (!net->running || !net->tracked || !net->bn_stat || !net->bn_sums)
+            return NNP_ERR_NOMEM;
+        for (int i = 0; i < n; i++) { /* PyTorch's reset: mean 0, variance 1 */
+            const nnp_layer *L = &net->layers[i];
+            if (L->kind == NNP_L_BN)
+                for (int c = 0; c < L->in.c; c++)
+                    net->running[L->roff + (size_t)L->in.c + (size_t)c] = 1.0f;
+        }
+    }
     for (int i = 0; i <= n; i++) {
         nnp_shape s = i < n ? net->layers[i].in : net->layers[n - 1].out;
         /* flatten moves no data: its output aliases its input */
@@ -453,6 +516,7 @@ nnp_status nnp_net_create(const char *spec, nnp_shape input, nnp_act act, int ma
         return NNP_ERR_NOMEM;
     strcpy(net->spec, spec);
     net->max_batch = max_batch;
+    net->training = 1;
     nnp_layer *layers = nnp_calloc(NNP_MAX_LAYERS, sizeof(nnp_layer));
     if (!layers) {
         free(net);
@@ -482,6 +546,13 @@ nnp_status nnp_net_create(const char *spec, nnp_shape input, nnp_act act, int ma
     }
     if (s == NNP_OK)
         s = alloc_buffers(net);
+    if (s == NNP_OK) { /* scale 1, shift 0 (every --init leaves them so) */
+        for (int j = 0; j < net->n_tensors; j++)
+            if (net->tensors[j].norm && !net->tensors[j].is_bias)
+                for (size_t k = 0; k < net->tensors[j].n; k++)
+                    net->params[net->tensors[j].off + k] = 1.0f;
+        net->has_dropout = nnp_net_has(net, NNP_L_DROPOUT);
+    }
     if (s != NNP_OK) {
         nnp_net_free(net);
         return s;
@@ -505,6 +576,10 @@ void nnp_net_free(nnp_net *net)
         free(net->argmax[i]);
     for (int i = 0; net->ws && i < net->n_layers; i++)
         free(net->ws[i]);
+    free(net->running);
+    free(net->tracked);
+    free(net->bn_stat);
+    free(net->bn_sums);
     free(net->act);
     free(net->dact);
     free(net->argmax);
@@ -517,6 +592,23 @@ void nnp_net_free(nnp_net *net)
 }
 
 /* ---- forward / backward ---------------------------------------------------------------- */
+
+/* The key of dropout layer i's mask in this step (rng.h: NNP_STREAM_DROPOUT). */
+static uint64_t dropout_key(const nnp_net *net, int i)
+{
+    nnp_rng r;
+    const uint64_t step = (uint64_t)net->step & ((UINT64_C(1) << 40) - 1);
+    nnp_rng_seed(&r, net->seed, NNP_STREAM_DROPOUT + ((uint64_t)i << 40) + step);
+    return r.key;
+}
+
+int nnp_net_has(const nnp_net *net, nnp_layer_kind kind)
+{
+    for (int i = 0; i < net->n_layers; i++)
+        if (net->layers[i].kind == kind)
+            return 1;
+    return 0;
+}
 
 void nnp_net_forward_layer(nnp_net *net, int i, int B)
 {
@@ -541,6 +633,29 @@ void nnp_net_forward_layer(nnp_net *net, int i, int B)
     case NNP_L_FLATTEN: break; /* aliased buffers */
     case NNP_L_ACT:
         nnp_act_forward(L->act, L->alpha, (size_t)B * nnp_shape_size(L->in), in, out);
+        break;
+    case NNP_L_BN: {
+        const nnp_tensor *w = &net->tensors[L->tensor];
+        const int C = L->in.c, S = L->in.h * L->in.w;
+        float *rm = net->running + L->roff;
+        if (net->training)
+            nnp_bn_forward_train(B, C, S, in, net->params + w->off, net->params + w[1].off, out,
+                                 rm, rm + C, net->bn_stat + L->roff + (size_t)L->bn,
+                                 net->bn_sums, net->bn_sum, net->bn_sum_ctx);
+        else
+            nnp_bn_forward_eval(B, C, S, in, net->params + w->off, net->params + w[1].off, rm,
+                                rm + C, out);
+        if (net->training)
+            net->tracked[L->bn]++;
+        break;
+    }
+    case NNP_L_GAP: nnp_gap_forward(B, L->in.c, L->in.h * L->in.w, in, out); break;
+    case NNP_L_DROPOUT:
+        if (net->training && L->drop > 0.0f)
+            nnp_dropout_forward(B, nnp_shape_size(L->in), L->drop, dropout_key(net, i),
+                                net->sample_ids, in, out);
+        else
+            memcpy(out, in, (size_t)B * nnp_shape_size(L->in) * sizeof(float));
         break;
     }
 }
@@ -588,6 +703,28 @@ void nnp_net_backward_layer(nnp_net *net, int i, int B)
             nnp_act_backward(L->act, L->alpha, (size_t)B * nnp_shape_size(L->in), net->act[i],
                              net->act[i + 1], dy, dx);
         break;
+    case NNP_L_BN: {
+        /* training mode only: the forward's batch statistics (every rank joins the sums,
+         * also as the first layer, where dx is not needed) */
+        const nnp_tensor *w = &net->tensors[L->tensor];
+        nnp_bn_backward(B, L->in.c, L->in.h * L->in.w, net->act[i], net->params + w->off,
+                        net->bn_stat + L->roff + (size_t)L->bn, dy, dx, net->grads + w->off,
+                        net->grads + w[1].off, net->bn_sums, net->bn_sum, net->bn_sum_ctx);
+        break;
+    }
+    case NNP_L_GAP:
+        if (dx)
+            nnp_gap_backward(B, L->in.c, L->in.h * L->in.w, dy, dx);
+        break;
+    case NNP_L_DROPOUT:
+        if (dx) {
+            if (net->training && L->drop > 0.0f)
+                nnp_dropout_backward(B, nnp_shape_size(L->in), L->drop, dropout_key(net, i),
+                                     net->sample_ids, dy, dx);
+            else
+                memcpy(dx, dy, (size_t)B * nnp_shape_size(L->in) * sizeof(float));
+        }
+        break;
     }
 }
 
@@ -598,6 +735,18 @@ void nnp_net_backward(nnp_net *net, int B, nnp_grad_ready_fn on_ready, void *ctx
         if (on_ready && net->layers[i].tensor >= 0)
             on_ready(ctx, net->layers[i].tensor);
     }
+}
+
+void nnp_net_sync_idle(nnp_net *net)
+{
+    if (!net->training || !net->bn_sum)
+        return;
+    for (int i = 0; i < net->n_layers; i++)
+        if (net->layers[i].kind == NNP_L_BN)
+            nnp_net_forward_layer(net, i, 0);
+    for (int i = net->n_layers - 1; i >= 0; i--)
+        if (net->layers[i].kind == NNP_L_BN)
+            nnp_net_backward_layer(net, i, 0);
 }
 
 void nnp_layer_describe(const nnp_net *net, int i, char *buf, size_t cap)
@@ -616,6 +765,12 @@ void nnp_layer_describe(const nnp_net *net, int i, char *buf, size_t cap)
     case NNP_L_AVGPOOL: snprintf(what, sizeof what, "avgpool k%d s%d", L->k, L->s); break;
     case NNP_L_FLATTEN: snprintf(what, sizeof what, "flatten"); break;
     case NNP_L_ACT: snprintf(what, sizeof what, "%s", nnp_act_name(L->act)); break;
+    case NNP_L_BN:
+        snprintf(what, sizeof what, "batchnorm%s %d", L->in.h * L->in.w > 1 ? "2d" : "1d",
+                 L->in.c);
+        break;
+    case NNP_L_GAP: snprintf(what, sizeof what, "global avgpool"); break;
+    case NNP_L_DROPOUT: snprintf(what, sizeof what, "dropout p=%g", (double)L->drop); break;
     default: snprintf(what, sizeof what, "?"); break;
     }
     snprintf(buf, cap, "%2d %-24s %dx%dx%d -> %dx%dx%d", i, what, L->in.c, L->in.h, L->in.w,

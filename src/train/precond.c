@@ -152,6 +152,18 @@ nnp_status nnp_precond_init(nnp_precond *p, const nnp_precond_cfg *cfg, const nn
     NNP_CALL(check_cfg(cfg));
     if (net->n_tensors <= 0)
         return nnp_error(NNP_ERR_ARG, "preconditioner: the network has no parameter tensors");
+    if (cfg->mode != NNP_PRECOND_NONE) {
+        static const struct { nnp_layer_kind k; const char *what; } underived[] = {
+            {NNP_L_BN, "BatchNorm layers"},
+            {NNP_L_GAP, "global average pooling (gap)"},
+            {NNP_L_DROPOUT, "dropout"},
+        };
+        for (size_t u = 0; u < sizeof underived / sizeof underived[0]; u++)
+            if (nnp_net_has(net, underived[u].k))
+                return nnp_error(NNP_ERR_ARG, "the preconditioner is not derived for %s yet "
+                                              "(model %s): use --precond none",
+                                 underived[u].what, net->spec);
+    }
     size_t n = (size_t)net->n_tensors;
     p->cfg = *cfg;
     p->n = net->n_tensors;
@@ -547,6 +559,9 @@ static double walk_block(const nnp_precond *p, const nnp_net *net, int first, in
         case NNP_L_FLATTEN: break;
         case NNP_L_DENSE:
         case NNP_L_CONV2D: break; /* not reached: blocks hold no trainable layer */
+        case NNP_L_BN:
+        case NNP_L_GAP:
+        case NNP_L_DROPOUT: break; /* not reached: nnp_precond_init refuses them */
         }
     }
     return d;

@@ -1,0 +1,170 @@
+/* norm.c - batch normalization, global average pooling and dropout kernels (layers.h).
+ *
+ * Batch normalization keeps its per-channel sums in double: sum x and sum x^2 give the
+ * mean and the biased variance (E[x^2] - mean^2), so the statistics of a batch split over
+ * several processes are one small sum of 2C+1 doubles, and likewise the backward's sum dy
+ * and sum dy*x_hat (2C doubles). x_hat is not stored: backward recomputes it from x and the
+ * forward's mean and 1/std.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "nnprec/layers.h"
+#include "nnprec/rng.h"
+
+void nnp_bn_forward_train(int B, int C, int S, const float *x, const float *gamma,
+                          const float *beta, float *y, float *rm, float *rv, double *stat,
+                          double *sums, nnp_sum_fn sum, void *ctx)
+{
+    const size_t Sz = (size_t)S;
+    memset(sums, 0, (2 * (size_t)C + 1) * sizeof(double));
+    for (int n = 0; n < B; n++)
+        for (int c = 0; c < C; c++) {
+            const float *p = x + ((size_t)n * C + c) * Sz;
+            double s1 = 0.0, s2 = 0.0;
+            for (size_t s = 0; s < Sz; s++) {
+                const double v = p[s];
+                s1 += v;
+                s2 += v * v;
+            }
+            sums[c] += s1;
+            sums[C + c] += s2;
+        }
+    sums[2 * C] = (double)B * (double)S;
+    if (sum)
+        sum(ctx, sums, 2 * (size_t)C + 1);
+    const double N = sums[2 * C];
+    stat[2 * C] = N;
+    for (int c = 0; c < C; c++) {
+        if (!(N > 0)) {
+            stat[c] = 0.0;
+            stat[C + c] = 1.0;
+            continue;
+        }
+        const double mean = sums[c] / N;
+        double var = sums[C + c] / N - mean * mean;
+        if (var < 0.0)
+            var = 0.0;
+        stat[c] = mean;
+        stat[C + c] = 1.0 / sqrt(var + NNP_BN_EPS);
+        if (rm && rv) {
+            const double m = NNP_BN_MOMENTUM, unbiased = N > 1 ? var * N / (N - 1) : var;
+            rm[c] = (float)((1.0 - m) * rm[c] + m * mean);
+            rv[c] = (float)((1.0 - m) * rv[c] + m * unbiased);
+        }
+    }
+    for (int n = 0; n < B; n++)
+        for (int c = 0; c < C; c++) {
+            const float a = (float)(gamma[c] * stat[C + c]);
+            const float b = (float)(beta[c] - stat[c] * gamma[c] * stat[C + c]);
+            const float *p = x + ((size_t)n * C + c) * Sz;
+            float *q = y + ((size_t)n * C + c) * Sz;
+            for (size_t s = 0; s < Sz; s++)
+                q[s] = p[s] * a + b;
+        }
+}
+
+void nnp_bn_forward_eval(int B, int C, int S, const float *x, const float *gamma,
+                         const float *beta, const float *rm, const float *rv, float *y)
+{
+    const size_t Sz = (size_t)S;
+    for (int n = 0; n < B; n++)
+        for (int c = 0; c < C; c++) {
+            const double inv = 1.0 / sqrt((double)rv[c] + NNP_BN_EPS);
+            const float a = (float)(gamma[c] * inv);
+            const float b = (float)(beta[c] - rm[c] * gamma[c] * inv);
+            const float *p = x + ((size_t)n * C + c) * Sz;
+            float *q = y + ((size_t)n * C + c) * Sz;
+            for (size_t s = 0; s < Sz; s++)
+                q[s] = p[s] * a + b;
+        }
+}
+
+void nnp_bn_backward(int B, int C, int S, const float *x, const float *gamma,
+                     const double *stat, const float *dy, float *dx, float *dgamma,
+                     float *dbeta, double *sums, nnp_sum_fn sum, void *ctx)
+{
+    const size_t Sz = (size_t)S;
+    memset(sums, 0, 2 * (size_t)C * sizeof(double));
+    for (int n = 0; n < B; n++)
+        for (int c = 0; c < C; c++) {
+            const float *p = x + ((size_t)n * C + c) * Sz;
+            const float *d = dy + ((size_t)n * C + c) * Sz;
+            const double mean = stat[c], inv = stat[C + c];
+            double s1 = 0.0, s2 = 0.0;
+            for (size_t s = 0; s < Sz; s++) {
+                s1 += d[s];
+                s2 += (double)d[s] * ((p[s] - mean) * inv);
+            }
+            sums[c] += s1;
+            sums[C + c] += s2;
+        }
+    for (int c = 0; c < C; c++) {
+        dbeta[c] = (float)sums[c];
+        dgamma[c] = (float)sums[C + c];
+    }
+    if (sum)
+        sum(ctx, sums, 2 * (size_t)C);
+    const double N = stat[2 * C];
+    if (!dx || !(N > 0))
+        return;
+    for (int c = 0; c < C; c++) {
+        const double mean = stat[c], inv = stat[C + c];
+        const double k = gamma[c] * inv, m1 = sums[c] / N, m2 = sums[C + c] / N;
+        for (int n = 0; n < B; n++) {
+            const float *p = x + ((size_t)n * C + c) * Sz;
+            const float *d = dy + ((size_t)n * C + c) * Sz;
+            float *q = dx + ((size_t)n * C + c) * Sz;
+            for (size_t s = 0; s < Sz; s++)
+                q[s] = (float)(k * (d[s] - m1 - (p[s] - mean) * inv * m2));
+        }
+    }
+}
+
+void nnp_gap_forward(int B, int C, int S, const float *x, float *y)
+{
+    const size_t Sz = (size_t)S;
+    for (size_t i = 0; i < (size_t)B * C; i++) {
+        const float *p = x + i * Sz;
+        double s = 0.0;
+        for (size_t k = 0; k < Sz; k++)
+            s += p[k];
+        y[i] = (float)(s / S);
+    }
+}
+
+void nnp_gap_backward(int B, int C, int S, const float *dy, float *dx)
+{
+    const size_t Sz = (size_t)S;
+    for (size_t i = 0; i < (size_t)B * C; i++) {
+        const float g = dy[i] / (float)S;
+        float *q = dx + i * Sz;
+        for (size_t k = 0; k < Sz; k++)
+            q[k] = g;
+    }
+}
+
+int nnp_dropout_keep(uint64_t key, uint64_t counter, float p)
+{
+    nnp_rng r = {key, counter};
+    return nnp_rng_uniformf(&r) >= p;
+}
+
+void nnp_dropout_forward(int B, size_t U, float p, uint64_t key, const uint32_t *ids,
+                         const float *x, float *y)
+{
+    const float k = 1.0f / (1.0f - p);
+    for (int n = 0; n < B; n++) {
+        const uint64_t base = (uint64_t)(ids ? ids[n] : (uint32_t)n) * U;
+        for (size_t u = 0; u < U; u++) {
+            const size_t i = (size_t)n * U + u;
+            y[i] = nnp_dropout_keep(key, base + u, p) ? x[i] * k : 0.0f;
+        }
+    }
+}
+
+void nnp_dropout_backward(int B, size_t U, float p, uint64_t key, const uint32_t *ids,
+                          const float *dy, float *dx)
+{
+    nnp_dropout_forward(B, U, p, key, ids, dy, dx);
+}
