@@ -7,7 +7,9 @@
 #
 # usage: ddp_equivalence.sh NNPREC MPIEXEC [extra nnprec train options...]
 # (NNP_EXPECT_SLOW_RANK=R: also check that --balance gave the slowed rank R fewer samples;
-#  NNP_EQ_RANKS="2 4": the rank counts compared with 1 rank, default "2 3 4")
+#  NNP_EQ_RANKS="2 4": the rank counts compared with 1 rank, default "2 3 4";
+#  NNP_EQ_EXPECT=differ: the opposite check, for a run that must depend on the rank count
+#  (--bn local): every rank count's losses must differ from 1 rank's by more than 1e-4)
 set -euo pipefail
 nnprec=$1 mpiexec=$2
 shift 2
@@ -44,6 +46,12 @@ for np in $ranks; do
   accn=$(tail -n 1 "$tmp/np$np/eval.csv" | cut -d, -f4)
   echo "np=$np: $rows steps compared, max relative loss difference $rel; final test acc $acc1 vs $accn"
   if [ "$rows" -lt 250 ]; then echo "FAIL: only $rows steps logged"; status=1; fi
+  if [ "${NNP_EQ_EXPECT:-same}" = differ ]; then
+    if awk -v r="$rel" 'BEGIN { exit !(r <= 1e-4) }'; then
+      echo "FAIL: expected the rank count to change the trajectory (difference <= 1e-4)"; status=1
+    fi
+    continue
+  fi
   if awk -v r="$rel" 'BEGIN { exit !(r > 1e-5) }'; then echo "FAIL: difference above 1e-5"; status=1; fi
   if [ "$acc1" != "$accn" ]; then echo "FAIL: final test accuracy differs"; status=1; fi
 done

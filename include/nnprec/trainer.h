@@ -38,6 +38,7 @@ typedef struct {
     int64_t stats_every;   /* steps between per-layer rows in layers.csv; 0 = off */
     int64_t check_replicas;/* steps between replica checksums; 0 = off */
     nnp_allreduce_mode allreduce;
+    nnp_bn_mode bn;        /* BatchNorm statistics: sync (global batch, default) or local */
     double bucket_mb;
     int64_t balance_every; /* steps between re-splits of the global batch by rank speed; 0 = even */
     const char *out_dir;   /* where train.csv, eval.csv, timing.csv, layers.csv go ("" = none) */

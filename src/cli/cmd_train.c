@@ -34,7 +34,7 @@ typedef struct {
     char normalize[NNP_OPT_STRLEN], out[NNP_OPT_STRLEN], precond[NNP_OPT_STRLEN];
     char pmeasure[NNP_OPT_STRLEN];
     char pformula[NNP_OPT_STRLEN], pbias[NNP_OPT_STRLEN], allreduce[NNP_OPT_STRLEN];
-    char resume[NNP_OPT_STRLEN], stop_file[NNP_OPT_STRLEN];
+    char resume[NNP_OPT_STRLEN], stop_file[NNP_OPT_STRLEN], bn[NNP_OPT_STRLEN];
     double lr, momentum, dampening, wd, beta1, beta2, eps, gamma, min_lr, bucket_mb;
     double prelu, pprior, pbias_std, pbias_gain, pfloor;
     double lars_eta, lamb_clip;
@@ -55,6 +55,10 @@ static train_opts O;
 static nnp_option opts[] = {
     OPT_S("model", model, "lenet", "lenet | mlp:784-256x12-10 | seq:... (docs/models.md)"),
     OPT_S("act", act, "relu", "activation between mlp layers: relu|leaky-relu|tanh|sigmoid|identity"),
+    OPT_S("bn", bn, "sync",
+          "BatchNorm (bn) batch statistics: sync (over the global batch, summed over the ranks: "
+          "the same trajectory at any rank count) | local (over each rank's part, as PyTorch "
+          "DDP: depends on the rank count)"),
     OPT_S("loss", loss, "ce", "loss: ce (softmax cross-entropy) | mse (one-hot targets)"),
     OPT_S("init", init, "pytorch",
       "pytorch|xavier-uniform|xavier-normal|kaiming-uniform|kaiming-normal|lecun-normal|"
@@ -356,6 +360,12 @@ static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *
     if (O.balance < 0)
         return nnp_error(NNP_ERR_ARG, "--balance must be >= 0 steps, got %lld", (long long)O.balance);
     cfg->balance_every = O.balance;
+    if (strcmp(O.bn, "sync") == 0)
+        cfg->bn = NNP_BN_SYNC;
+    else if (strcmp(O.bn, "local") == 0)
+        cfg->bn = NNP_BN_LOCAL;
+    else
+        return nnp_error(NNP_ERR_ARG, "--bn must be sync or local, got '%s'", O.bn);
     if (strcmp(O.allreduce, "fused") == 0)
         cfg->allreduce = NNP_AR_FUSED;
     else if (strcmp(O.allreduce, "bucketed") == 0)

@@ -172,6 +172,8 @@ nnp_status nnp_evaluate(nnp_comm *comm, nnp_net *net, nnp_loss_kind loss,
                         const nnp_dataset *test, double *mean_loss, double *acc)
 {
     double tot[3] = {0, 0, 0}; /* loss sum, correct, count */
+    const int training = net->training;
+    net->training = 0; /* BatchNorm's running statistics, no dropout */
     for (size_t i = 0; i < test->n; i += (size_t)net->max_batch) {
         int B = (int)(test->n - i < (size_t)net->max_batch ? test->n - i : (size_t)net->max_batch);
         /* labels are read in place from test->y; only the inputs are copied */
@@ -182,6 +184,7 @@ nnp_status nnp_evaluate(nnp_comm *comm, nnp_net *net, nnp_loss_kind loss,
         tot[1] += correct;
         tot[2] += B;
     }
+    net->training = training;
     NNP_CALL(nnp_comm_allreduce_sum_f64(comm, tot, 3));
     *mean_loss = tot[2] > 0 ? tot[0] / tot[2] : NAN;
     *acc = tot[2] > 0 ? tot[1] / tot[2] : NAN;
@@ -402,6 +405,20 @@ static double sum_sq(const float *v, size_t n)
     for (; i < n; i++)
         s += (double)v[i] * v[i];
     return s;
+}
+
+/* Synchronized BatchNorm (--bn sync): the net's sum hook (net.h), one allreduce of a
+ * layer's per-channel sums over every rank. A failure is kept for the step's check. */
+typedef struct {
+    nnp_comm *comm;
+    nnp_status st;
+} bn_sync;
+
+static void bn_sync_sum(void *ctx, double *buf, size_t n)
+{
+    bn_sync *s = ctx;
+    if (s->st == NNP_OK)
+        s->st = nnp_comm_allreduce_sum_f64(s->comm, buf, n);
 }
 
 static void noise_ready(void *ctx, int first_final)
@@ -634,6 +651,16 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         b.speed[r] = 0;
     }
 
+    /* the pass context of the net (net.h): synchronized BatchNorm sums over the ranks, and
+     * the dropout mask's key (seed, step, dataset index of each local sample) */
+    bn_sync bns = {comm, NNP_OK};
+    const int bn_synced = net->n_bn > 0 && size > 1 && cfg->bn == NNP_BN_SYNC;
+    net->bn_sum = bn_synced ? bn_sync_sum : NULL;
+    net->bn_sum_ctx = bn_synced ? &bns : NULL;
+    net->seed = cfg->seed;
+    net->sample_ids = b.idx;
+    net->training = 1;
+
     if (rank == 0 && !cfg->quiet)
         printf("[train] %lld steps (%zu per epoch), global batch %zu over %d rank%s, %zu "
                "parameters\n",
@@ -658,6 +685,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         int B = (int)(hi - lo);
         for (int i = 0; i < B; i++)
             b.idx[i] = b.perm[g0 + lo + (size_t)i];
+        net->step = step;
         nnp_dataset_gather(train, b.idx, B, net->act[0], b.y);
         if (slow_rank == rank && B > 0) {
             long us = slow_usec * B;
@@ -695,6 +723,10 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         nnp_grad_ready_fn on_ready;
         void *ready_ctx;
         exchange_backward_hook(&x, &on_ready, &ready_ctx);
+        /* the communication thread must not run while backward sums BatchNorm's statistics
+         * (MPI_THREAD_SERIALIZED): the buckets go after backward */
+        if (bn_synced)
+            on_ready = NULL;
         noise_hook nh = {net, on_ready, ready_ctx, net->n_tensors, 0.0, 0.0};
         if (noise && size > 1) { /* this rank's gradient norm before the exchange */
             on_ready = noise_ready;
@@ -702,8 +734,14 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         }
         if (B > 0)
             nnp_net_backward(net, B, on_ready, ready_ctx);
-        else
+        else {
             memset(net->grads, 0, net->n_params * sizeof(float));
+            nnp_net_sync_idle(net); /* joins BatchNorm's sums as a rank with 0 samples */
+        }
+        if (bns.st != NNP_OK) {
+            st = bns.st;
+            goto done;
+        }
         double ns[NNP_NS_N] = {0}; /* this rank's share of the noise-scale sums (noise.h) */
         if (noise && size > 1 && B > 0) {
             if (nh.next > 0) /* the first tensors, if backward's last call did not reach them */
@@ -1065,6 +1103,9 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     }
 
 done:
+    net->bn_sum = NULL;
+    net->bn_sum_ctx = NULL;
+    net->sample_ids = NULL;
     exchange_stop(&x);
     close_outputs(&out);
     nnp_optim_free(&opt);
