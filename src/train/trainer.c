@@ -10,7 +10,9 @@
  *             --allreduce modes live in exchange.c
  *   precond   dynamic: local per-tensor sums over this rank's 1/p of the parameters, one
  *             allreduce of 2T doubles, new multipliers (every K steps)
- *   optim     fused multiply-by-m_j and update
+ *   optim     fused multiply-by-m_j and update; lars and lamb with sharded/shm: pass 1 over
+ *             this rank's share, one allreduce of 2T partial norms (LARS's go with the
+ *             preconditioner's sums when both are due), pass 2 (docs/optimizers.md)
  * Metrics are accumulated locally and reduced over ranks only at log and eval points.
  */
 #include "nnprec/trainer.h"
