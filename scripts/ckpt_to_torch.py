@@ -5,7 +5,9 @@ The network is rebuilt from the checkpoint's `architecture` attribute (the model
 syntax, e.g. "1x28x28/conv:6:3:1:2/relu/maxpool:2:2/.../dense:10" for lenet, or
 "784/dense:256/relu/.../dense:10" for an mlp), as a torch.nn.Sequential whose Linear and
 Conv2d layers take the /<layer>/weight and /<layer>/bias datasets unchanged (nnprec stores
-them in PyTorch's orientation). The test set is normalized with the checkpoint's norm_mean
+them in PyTorch's orientation); bn becomes BatchNorm2d after a convolution and BatchNorm1d
+after a dense layer, with its running statistics, gap AdaptiveAvgPool2d(1) + Flatten, and
+dropout:P Dropout(P) (the identity in evaluation). The test set is normalized with the checkpoint's norm_mean
 and norm_std attributes, as nnprec does, and the accuracy is printed as
 "accuracy: XX.XX%".
 
@@ -89,6 +91,20 @@ def build(arch):
             elif kind == "flatten":
                 layers.append(nn.Flatten())
                 cur = (int(np.prod(cur)),)
+            elif kind == "bn":  # per channel after conv, per feature after dense
+                bn = nn.BatchNorm2d(cur[0]) if len(cur) == 3 else nn.BatchNorm1d(cur[0])
+                layers.append(bn)
+                trainable.append(bn)
+            elif kind == "gap":
+                if len(cur) != 3:
+                    raise ValueError("gap needs a C x H x W input")
+                layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+                cur = (cur[0],)
+            elif kind == "dropout":
+                p = float(a[1])
+                if not 0 <= p < 1:
+                    raise ValueError("probability %g outside [0, 1)" % p)
+                layers.append(nn.Dropout(p))
             elif kind == "relu":
                 layers.append(nn.ReLU())
             elif kind == "leaky-relu":
@@ -161,6 +177,18 @@ def read_checkpoint(h, path):
                 if not np.isfinite(src).all():
                     die("%s: /%s/%s holds non-finite values (NaN or inf)" % (path, g, name))
                 dst.copy_(torch.from_numpy(src))
+            if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                for name in ("running_mean", "running_var", "num_batches_tracked"):
+                    if not isinstance(h[g].get(name), h5py.Dataset):
+                        die("%s: no dataset /%s/%s (BatchNorm's running statistics)"
+                            % (path, g, name))
+                    src = np.asarray(h[g][name])
+                    dst = getattr(layer, name)
+                    if src.size != dst.numel():
+                        die("/%s/%s has %d values, PyTorch expects %d"
+                            % (g, name, src.size, dst.numel()))
+                    dst.copy_(torch.from_numpy(src.astype(np.int64 if name[0] == "n"
+                                                          else np.float32)).reshape(dst.shape))
     info = {
         "model": text_attr(attr(h, path, "model")),
         "step": int(attr(h, path, "step")),

@@ -11,7 +11,9 @@
 #  5. a checkpoint that cannot be written (its .tmp path is taken) stops every rank at that
 #     step with one message naming the file; the previous checkpoint stays the latest, and
 #     resuming from it ends at the reference's parameters (with --allreduce fused and shm);
-#  6. lars and lamb resume bit for bit (fused and shm), and another optimizer is refused.
+#  6. lars and lamb resume bit for bit (fused and shm), and another optimizer is refused;
+#  7. a model with BatchNorm (synchronized) and dropout, killed and resumed: parameters,
+#     running statistics, num_batches_tracked and per-step losses bit for bit (fused, shm).
 # usage: ckpt_resume.sh NNPREC MPIEXEC
 set -uo pipefail
 nnprec=$1 mpiexec=$2
@@ -159,6 +161,38 @@ done
 out=$(run 1 "$tmp/np1" --resume "$tmp/lars-fused/ckpt-00000120.h5" --steps 130 2>&1)
 [ $? != 0 ] && grep -q "optimizer 'lars' in the checkpoint, the run uses 'sgd'" <<< "$out" && ok ||
   fail "a lars checkpoint resumed with sgd: $out"
+
+# 7. BatchNorm and dropout: killed (kill -9) at a random step, resumed from the last
+# checkpoint; the BatchNorm buffers come back from it and the dropout masks depend only on
+# (seed, step, sample), so the end is the uninterrupted run's
+bnm=seq:1x28x28/conv:4:3:1:1/bn/relu/maxpool:2/flatten/dense:32/bn/relu/dropout:0.2/dense:10
+for mode in fused shm; do
+  d=$tmp/bn-$mode
+  run 2 "$d-ref" --model $bnm --allreduce $mode --steps 400 > "$d-ref.log" 2>&1 ||
+    { fail "bn $mode: $(tail -2 "$d-ref.log")"; continue; }
+  run 2 "$d" --model $bnm --allreduce $mode --steps 400 > "$d.log" 2>&1 &
+  pid=$!
+  wait_step "$d" $pid $((30 + RANDOM % 150))
+  killed=0
+  pkill -9 -f -- "^$nnprec train .*--out $d( |$)" && killed=1
+  wait $pid 2>/dev/null
+  [ "$killed" = 1 ] && [ ! -f "$d/ckpt-00000400.h5" ] ||
+    { fail "bn $mode: the kill did not hit a running job"; continue; }
+  echo "bn $mode: killed after step $(last_step "$d"), resuming from $(cat "$d/latest" 2>/dev/null)"
+  run 2 "$d" --model $bnm --allreduce $mode --steps 400 --resume auto >> "$d.log" 2>&1 ||
+    { fail "bn $mode: resume: $(tail -2 "$d.log")"; continue; }
+  same=1
+  for g in conv1 bn1 fc1 bn2 fc2; do
+    for ds in weight bias running_mean running_var num_batches_tracked; do
+      h5ls "$d-ref/ckpt-00000400.h5/$g/$ds" > /dev/null 2>&1 || continue
+      h5diff -q "$d-ref/ckpt-00000400.h5" "$d/ckpt-00000400.h5" "/$g/$ds" "/$g/$ds" > /dev/null ||
+        { same=0; echo "bn $mode: /$g/$ds differs"; }
+    done
+  done
+  h5ls "$d/ckpt-00000400.h5/bn2/num_batches_tracked" > /dev/null 2>&1 || same=0
+  cmp -s <(cut -d, -f1,3 "$d-ref/train.csv") <(cut -d, -f1,3 "$d/train.csv") || same=0
+  [ "$same" = 1 ] && ok || fail "bn $mode: the killed and resumed run does not end at the reference's state"
+done
 
 echo "$passes passed, $fails failed"
 [ "$fails" = 0 ]

@@ -262,6 +262,42 @@ static void test_round_trip(const char *spec, nnp_act act, nnp_opt_kind kind, do
     unmake(&b);
 }
 
+/* BatchNorm: weight, bias, running_mean, running_var and num_batches_tracked under /bnK,
+ * read back exactly; a missing buffer is named. */
+static void test_bn_buffers(void)
+{
+    const char *spec = "seq:1x28x28/conv:4:3/bn/relu/maxpool:2/flatten/dense:16/bn/dropout:0.5/dense:10";
+    model a, b;
+    if (make(&a, spec, NNP_ACT_RELU, NNP_OPT_SGD, 0.9, NNP_PRECOND_NONE, 1) ||
+        make(&b, spec, NNP_ACT_RELU, NNP_OPT_SGD, 0.9, NNP_PRECOND_NONE, 0))
+        return;
+    ASSERT_EQ_INT(a.net->n_bn, 2);
+    for (size_t i = 0; i < a.net->n_running; i++)
+        a.net->running[i] = 0.25f + (float)i / 7.0f;
+    a.net->tracked[0] = 12345;
+    a.net->tracked[1] = 1LL << 40;
+    nnp_ckpt_meta meta;
+    fill_meta(&meta);
+    const char *path = P("bn.h5");
+    ASSERT_OK(nnp_ckpt_write(path, a.net, &a.opt, &a.pc, &meta));
+    ASSERT_OK(nnp_ckpt_read(path, b.net, &b.opt, &b.pc, NULL));
+    ASSERT_TRUE(same_model(&a, &b));
+    ASSERT_TRUE(memcmp(a.net->running, b.net->running, a.net->n_running * sizeof(float)) == 0);
+    ASSERT_TRUE(b.net->tracked[0] == 12345 && b.net->tracked[1] == 1LL << 40);
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    ASSERT_TRUE(f >= 0);
+    if (f >= 0) {
+        H5Ldelete(f, "/bn2/running_var", H5P_DEFAULT);
+        H5Fclose(f);
+    }
+    b.net->tracked[0] = 7;
+    EXPECT_ERR(nnp_ckpt_read(path, b.net, &b.opt, &b.pc, NULL), NNP_ERR_FORMAT,
+               "dataset /bn2/running_var missing");
+    ASSERT_TRUE(b.net->tracked[0] == 7); /* a failed read changes nothing */
+    unmake(&a);
+    unmake(&b);
+}
+
 /* ---- failed writes --------------------------------------------------------------------- */
 
 static void test_failed_writes(void)
@@ -910,6 +946,7 @@ int main(void)
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* the tests provoke HDF5 errors on purpose */
 
     test_round_trip("lenet", NNP_ACT_RELU, NNP_OPT_SGD, 0.9, NNP_PRECOND_DYNAMIC, "lenet_sgd.h5");
+    test_bn_buffers();
     test_round_trip("lenet", NNP_ACT_RELU, NNP_OPT_ADAM, 0.0, NNP_PRECOND_STATIC, "lenet_adam.h5");
     test_round_trip("lenet", NNP_ACT_RELU, NNP_OPT_LARS, 0.9, NNP_PRECOND_DYNAMIC, "lenet_lars.h5");
     test_round_trip("lenet", NNP_ACT_RELU, NNP_OPT_LAMB, 0.0, NNP_PRECOND_NONE, "lenet_lamb.h5");

@@ -321,6 +321,40 @@ typedef struct {
 
 #define PAD8(n) (((n) + 7) & ~(size_t)7) /* each dataset's place in the scratch block */
 
+/* A BatchNorm layer's running_mean, running_var (float32 [C]) and num_batches_tracked
+ * (one integer) in /GROUP, to be read with the rest. */
+static nnp_status bn_buffers(const char *path, hid_t f, const nnp_net *net, const nnp_layer *L,
+                             const char *group, pending_read *rd, int *n_rd)
+{
+    const hsize_t C = (hsize_t)L->in.c;
+    const char *names[2] = {"running_mean", "running_var"};
+    char name[96];
+    for (int i = 0; i < 2; i++) {
+        snprintf(name, sizeof name, "/%s/%s", group, names[i]);
+        hid_t d = check_dset(path, f, name, 4, 1, &C);
+        if (d < 0)
+            return NNP_ERR_FORMAT;
+        rd[(*n_rd)++] = (pending_read){d, net->running + L->roff + (size_t)i * C,
+                                       H5T_NATIVE_FLOAT};
+    }
+    snprintf(name, sizeof name, "/%s/num_batches_tracked", group);
+    if (H5Lexists(f, name, H5P_DEFAULT) <= 0)
+        return nnp_error(NNP_ERR_FORMAT, "checkpoint %s: dataset %s missing", path, name);
+    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+    hid_t t = d >= 0 ? H5Dget_type(d) : -1, sp = d >= 0 ? H5Dget_space(d) : -1;
+    int ok = t >= 0 && sp >= 0 && H5Tget_class(t) == H5T_INTEGER &&
+             H5Sget_simple_extent_npoints(sp) == 1;
+    nnp__ckpt_close_id(t);
+    nnp__ckpt_close_id(sp);
+    if (!ok) {
+        nnp__ckpt_close_id(d);
+        return nnp_error(NNP_ERR_FORMAT, "checkpoint %s: dataset %s is not one integer", path,
+                         name);
+    }
+    rd[(*n_rd)++] = (pending_read){d, &net->tracked[L->bn], H5T_NATIVE_LLONG};
+    return NNP_OK;
+}
+
 /* Validate everything; collect the datasets to read into `rd` (n_rd entries). */
 static nnp_status validate(const char *path, hid_t f, const nnp_net *net, const nnp_optim *opt,
                            const nnp_precond *pc, pending_read *rd, int *n_rd,
@@ -354,6 +388,8 @@ static nnp_status validate(const char *path, hid_t f, const nnp_net *net, const 
         if (d < 0)
             return NNP_ERR_FORMAT;
         rd[(*n_rd)++] = (pending_read){d, net->params + t->off, H5T_NATIVE_FLOAT};
+        if (t->norm && t->is_bias) /* BatchNorm: its buffers, in the same group */
+            NNP_CALL(bn_buffers(path, f, net, &net->layers[t->layer], group, rd, n_rd));
     }
 
     if (opt) {
@@ -461,7 +497,7 @@ nnp_status nnp_ckpt_read(const char *path, nnp_net *net, nnp_optim *opt, nnp_pre
         return s;
     }
     nnp_ckpt_meta *m = nnp_malloc(sizeof *m);
-    int cap = net->n_tensors + 6, n_rd = 0;
+    int cap = net->n_tensors + 3 * net->n_bn + 6, n_rd = 0;
     pending_read *rd = nnp_calloc((size_t)cap, sizeof *rd);
     if (!m || !rd) {
         s = NNP_ERR_NOMEM;
@@ -508,7 +544,7 @@ nnp_status nnp_ckpt_read(const char *path, nnp_net *net, nnp_optim *opt, nnp_pre
         if (rd[i].mtype == H5T_NATIVE_FLOAT)
             for (size_t k = 0; k < bytes[i] / 4; k++)
                 finite &= isfinite(((const float *)(void *)(scratch + at))[k]) != 0;
-        else
+        else if (rd[i].mtype == H5T_NATIVE_DOUBLE)
             for (size_t k = 0; k < bytes[i] / 8; k++)
                 finite &= isfinite(((const double *)(void *)(scratch + at))[k]) != 0;
         if (!finite) {

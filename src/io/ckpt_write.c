@@ -237,6 +237,27 @@ static hid_t dset_plan(hid_t loc, const char *name, hid_t type, int ndim, const 
             return -1;               \
     } while (0)
 
+/* A BatchNorm layer's buffers next to its weight and bias, with PyTorch's names:
+ * running_mean, running_var (float32 [C]) and num_batches_tracked (int64, a scalar). */
+static herr_t write_bn_buffers(hid_t g, const nnp_net *net, const nnp_layer *L, wctx *w)
+{
+    const hsize_t C = (hsize_t)L->in.c;
+    const char *names[2] = {"running_mean", "running_var"};
+    for (int i = 0; i < 2; i++) {
+        hid_t d = dset_plan(g, names[i], H5T_NATIVE_FLOAT, 1, &C,
+                            net->running + L->roff + (size_t)i * C, sizeof(float), w);
+        if (d < 0)
+            return -1;
+        H5Dclose(d);
+    }
+    hid_t d = dset_plan(g, "num_batches_tracked", H5T_NATIVE_INT64, 0, NULL,
+                        &net->tracked[L->bn], sizeof(long long), w);
+    if (d < 0)
+        return -1;
+    H5Dclose(d);
+    return 0;
+}
+
 static int write_params(hid_t f, const nnp_net *net, wctx *w)
 {
     for (int j = 0; j < net->n_tensors; j++) {
@@ -261,6 +282,8 @@ static int write_params(hid_t f, const nnp_net *net, wctx *w)
         }
         herr_t r = attr_i64(d, "offset", (int64_t)t->off);
         H5Dclose(d);
+        if (r >= 0 && t->norm && t->is_bias)
+            r = write_bn_buffers(g, net, &net->layers[t->layer], w);
         H5Gclose(g);
         WTRY(r, t->name);
     }
@@ -470,7 +493,8 @@ nnp_status nnp_ckpt_write(const char *path, const nnp_net *net, const nnp_optim 
     /* Before HDF5 touches the file: the whole size must be allowed (file size limits fail
      * with EFBIG here, on a sparse file, rather than inside HDF5) and the disk must have
      * room for it. HDF5 itself then writes only a few kB; the bulk is our pwrite()s. */
-    size_t bound = net->n_params * sizeof(float) + ((size_t)1 << 20);
+    size_t bound = net->n_params * sizeof(float) + ((size_t)1 << 20) +
+                   net->n_running * sizeof(float) + (size_t)net->n_bn * sizeof(long long);
     if (opt)
         bound += ((opt->buf1 ? 1u : 0u) + (opt->buf2 ? 1u : 0u)) * opt->n * sizeof(float);
     int pfd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -491,7 +515,7 @@ nnp_status nnp_ckpt_write(const char *path, const nnp_net *net, const nnp_optim 
                          path, tmp, bound, strerror(perr));
     }
 
-    wctx w = {path, NULL, NULL, 0, net->n_tensors + 8};
+    wctx w = {path, NULL, NULL, 0, net->n_tensors + 3 * net->n_bn + 8};
     w.plan = nnp_calloc((size_t)w.cap, sizeof *w.plan);
     if (!w.plan)
         return NNP_ERR_NOMEM;
