@@ -37,6 +37,14 @@ else
   fail "collapse run failed: $(cat "$tmp/err")"
 fi
 
+# bn, gap and dropout: stats (no preconditioner: not derived for them) and bench --layers run
+bnm=seq:1x28x28/conv:4:3/bn/relu/gap/dropout:0.2/dense:16/bn/relu/dense:10
+"$nnprec" stats --model $bnm --batch 16 --synthetic > "$tmp/bn.out" 2>&1 &&
+  [ "$(grep -c '^ *[0-9]\+  bn[12] ' "$tmp/bn.out")" = 2 ] && ok || fail "stats on bn: $(cat "$tmp/bn.out")"
+"$nnprec" bench --layers --model $bnm --batch 16 --reps 2 > "$tmp/bnb.out" 2>&1 &&
+  grep -q 'batchnorm2d 4' "$tmp/bnb.out" && grep -q 'dropout p=0.2' "$tmp/bnb.out" && ok ||
+  fail "bench --layers on bn: $(tail -3 "$tmp/bnb.out")"
+expect 2 "not derived for BatchNorm layers" "$nnprec" stats --model $bnm --precond static
 expect 2 "unknown option '--bogus'" "$nnprec" stats --bogus 1
 expect 2 "give --model SPEC or --depth D" "$nnprec" stats
 expect 2 "--grad must be normal or loss" "$nnprec" stats --depth 3 --grad foo

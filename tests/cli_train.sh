@@ -10,7 +10,7 @@ source "$(dirname "$0")/cli_lib.sh"
 "$nnprec" train --help > "$tmp/help" || fail "train --help exit code"
 for o in model act loss init optim lr momentum nesterov weight-decay schedule warmup epochs steps \
          batch global-batch seed data normalize train-limit test-limit eval-every log-every out \
-         precond precond-every stats-every check-replicas lars-eta lamb-clip lars-exclude-bias; do
+         precond precond-every stats-every check-replicas lars-eta lamb-clip lars-exclude-bias bn; do
   grep -q -- "--$o " "$tmp/help" || fail "--help does not list --$o"
 done
 grep -q -- '--lr X .*\[0.01\]' "$tmp/help" && ok || fail "--help does not show the --lr default"
@@ -55,6 +55,17 @@ expect 2 "--momentum applies to --optim sgd and lars" "$nnprec" train --optim la
 expect 2 "--nesterov applies to --optim sgd and lars" "$nnprec" train --optim lamb --nesterov
 expect 2 "--beta1 applies to --optim adam, adamw and lamb, not --optim lars" "$nnprec" train \
   --optim lars --beta1 0.8
+# bn, gap, dropout: bad values, and the preconditioner, not derived for them, refused
+expect 2 "--bn must be sync or local, got 'global'" "$nnprec" train --bn global
+expect 2 "dropout is dropout:P with 0 <= P < 1 (got '1.5')" "$nnprec" train \
+  --model seq:784/dense:16/dropout:1.5/dense:10
+expect 2 "item 'bn' takes no arguments" "$nnprec" train --model seq:784/dense:16/bn:2/dense:10
+expect 2 "the preconditioner is not derived for BatchNorm layers yet" "$nnprec" train \
+  --model seq:1x28x28/conv:4:3/bn/relu/flatten/dense:10 --precond static --train-limit 64
+expect 2 "the preconditioner is not derived for global average pooling (gap) yet" "$nnprec" train \
+  --model seq:1x28x28/conv:4:3/relu/gap/dense:10 --precond dynamic --train-limit 64
+expect 2 "the preconditioner is not derived for dropout yet" "$nnprec" train \
+  --model seq:784/dense:16/relu/dropout:0.5/dense:10 --precond dynamic --train-limit 64
 # --precond with lars: one warning line (the trust ratio divides the multipliers out)
 "$nnprec" train --optim lars --precond static --train-limit 64 --test-limit 10 --steps 1 --quiet \
   > /dev/null 2> "$tmp/lars.err" && [ "$(grep -c '^\[warn\]  --precond static with --optim lars: LARS' "$tmp/lars.err")" = 1 ] &&
