@@ -124,6 +124,26 @@ static void test_bn_specs(void)
                 ASSERT_NEAR(net->params[net->tensors[j + 1].off + e], 0, 0);
             }
     }
+    /* training forward moves the running statistics and counts the batch; an extra pass
+     * with freeze_running and evaluation leave them as they are */
+    {
+        float x[2 * 3 * 64];
+        nnp_rng r;
+        nnp_rng_seed(&r, 4, NNP_STREAM_DATA);
+        nnp_rng_fill_normal(&r, x, sizeof x / sizeof x[0], 1.0, 2.0);
+        nnp_net_forward(net, 2, x);
+        ASSERT_TRUE(net->tracked[0] == 1 && net->tracked[1] == 1);
+        float keep[20];
+        memcpy(keep, net->running, sizeof keep);
+        ASSERT_TRUE(keep[0] != 0.0f);
+        net->freeze_running = 1;
+        nnp_net_forward(net, 2, x);
+        net->freeze_running = 0;
+        net->training = 0;
+        nnp_net_forward(net, 2, x);
+        net->training = 1;
+        ASSERT_TRUE(net->tracked[0] == 1 && memcmp(keep, net->running, sizeof keep) == 0);
+    }
     nnp_net_free(net);
     /* bn changes no other layer's initialization */
     nnp_net *a = NULL, *b = NULL;

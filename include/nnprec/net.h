@@ -115,6 +115,8 @@ typedef struct {
      * seed, step, sample_ids  the dropout mask's key: unit u of local sample n is kept
      *           by (seed, layer, step, sample_ids[n], u) (sample_ids NULL: n) */
     int training;
+    int freeze_running;   /* 1: training-mode BatchNorm leaves its running statistics and
+                           * num_batches_tracked as they are (an extra pass of a step) */
     nnp_sum_fn bn_sum;
     void *bn_sum_ctx;
     uint64_t seed;

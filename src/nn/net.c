@@ -638,14 +638,15 @@ void nnp_net_forward_layer(nnp_net *net, int i, int B)
         const nnp_tensor *w = &net->tensors[L->tensor];
         const int C = L->in.c, S = L->in.h * L->in.w;
         float *rm = net->running + L->roff;
+        const int track = net->training && !net->freeze_running;
         if (net->training)
             nnp_bn_forward_train(B, C, S, in, net->params + w->off, net->params + w[1].off, out,
-                                 rm, rm + C, net->bn_stat + L->roff + (size_t)L->bn,
+                                 track ? rm : NULL, track ? rm + C : NULL, net->bn_stat + L->roff + (size_t)L->bn,
                                  net->bn_sums, net->bn_sum, net->bn_sum_ctx);
         else
             nnp_bn_forward_eval(B, C, S, in, net->params + w->off, net->params + w[1].off, rm,
                                 rm + C, out);
-        if (net->training)
+        if (track)
             net->tracked[L->bn]++;
         break;
     }

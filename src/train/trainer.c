@@ -701,7 +701,9 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         const int B1 = noise_half ? B / 2 : 0;
         if (B1 > 0) {
             int unused;
+            net->freeze_running = 1; /* an extra pass: BatchNorm's running statistics stay */
             nnp_net_forward(net, B1, net->act[0]);
+            net->freeze_running = 0;
             batch_loss(net, cfg->loss, B1, b.y, 1.0f / (float)gc, 1, &unused);
             const double ta = nnp_comm_wtime();
             nnp_net_backward(net, B1, NULL, NULL);
