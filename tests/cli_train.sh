@@ -66,6 +66,11 @@ expect 2 "the preconditioner is not derived for global average pooling (gap) yet
   --model seq:1x28x28/conv:4:3/relu/gap/dense:10 --precond dynamic --train-limit 64
 expect 2 "the preconditioner is not derived for dropout yet" "$nnprec" train \
   --model seq:784/dense:16/relu/dropout:0.5/dense:10 --precond dynamic --train-limit 64
+# synchronized BatchNorm, gap and dropout allocate nothing in the step either
+"$mpiexec" -n 2 --oversubscribe "$nnprec" train --model seq:1x28x28/conv:4:3/bn/relu/gap/dropout:0.2/dense:10 \
+  --steps 10 --train-limit 200 --test-limit 50 > "$tmp/bnrun.log" 2>&1 &&
+  grep -q '^\[check\] 0 allocations inside 10 training steps' "$tmp/bnrun.log" && ok ||
+  fail "allocations in a step with bn: $(grep -E 'check|error' "$tmp/bnrun.log")"
 # --precond with lars: one warning line (the trust ratio divides the multipliers out)
 "$nnprec" train --optim lars --precond static --train-limit 64 --test-limit 10 --steps 1 --quiet \
   > /dev/null 2> "$tmp/lars.err" && [ "$(grep -c '^\[warn\]  --precond static with --optim lars: LARS' "$tmp/lars.err")" = 1 ] &&
