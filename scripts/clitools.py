@@ -75,3 +75,16 @@ def read_numeric_csv(path, need=()):
     if rows and missing:
         die("%s lacks the column(s) %s" % (path, ", ".join(missing)))
     return rows
+
+
+def save_figure(fig, path, dpi, title=None):
+    """Write a matplotlib figure (with an optional suptitle) to PATH, creating its folder;
+    one-line error and exit 1 if it cannot be written."""
+    if title:
+        fig.suptitle(title)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fig.savefig(path, dpi=dpi)
+    except OSError as e:
+        die("cannot write %s (%s)" % (path, why(e)))
+    print("wrote %s" % path)

@@ -35,7 +35,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
 
-from clitools import ArgParser, die, why, positive_int
+from clitools import ArgParser, die, why, positive_int, save_figure
 
 PROG = "plot_layers.py"
 MAX_PIXELS = 2 ** 27  # --dpi bound: 512 MiB of RGBA (and matplotlib's own 2^16 per side)
@@ -247,14 +247,7 @@ def main():
     cell.legend(handles=handles, fontsize=6.5, ncol=1 if len(names) <= 14 else 2,
                 loc="upper left", borderaxespad=0, frameon=False,
                 title="first layer → output", title_fontsize=7)
-    if a.title:
-        fig.suptitle(a.title)
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        fig.savefig(a.out, dpi=a.dpi)
-    except OSError as e:
-        die("cannot write %s (%s)" % (a.out, why(e)))
-    print("wrote %s" % a.out)
+    save_figure(fig, a.out, a.dpi, a.title)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
 
-from clitools import ArgParser, die, why, positive_int, read_numeric_csv  # noqa: E402
+from clitools import ArgParser, die, positive_int, read_numeric_csv, save_figure  # noqa: E402
 
 PROG = "plot_noise.py"
 MAX_DPI = 1000  # a 9x3.6-inch figure: at most 9000x3600 pixels
@@ -100,14 +100,7 @@ def main():
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("moving averages")
     ax2.legend(fontsize=7)
-    if a.title:
-        fig.suptitle(a.title)
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        fig.savefig(a.out, dpi=a.dpi)
-    except OSError as e:
-        die("cannot write %s (%s)" % (a.out, why(e)))
-    print("wrote %s" % a.out)
+    save_figure(fig, a.out, a.dpi, a.title)
 
 
 if __name__ == "__main__":

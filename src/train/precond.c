@@ -498,6 +498,13 @@ static double taps_inside(int n, int m, int k, int s, int p)
     return c;
 }
 
+/* Sum over the output positions of a conv of the taps that land inside its input: the
+ * number of (output position, tap) pairs that read a real input element. */
+static double conv_taps(const nnp_conv_geom *g)
+{
+    return taps_inside(g->H, g->OH, g->k, g->s, g->p) * taps_inside(g->W, g->OW, g->k, g->s, g->p);
+}
+
 /* Mean number of outputs an input element feeds: dense `out`; conv C_out times the mean
  * over input positions of the (output position, tap) pairs that read it. This is PyTorch's
  * fan_out C_out*k*k for stride 1 when every input position is read by all k*k taps
@@ -507,10 +514,7 @@ static double mean_fan_out(const nnp_layer *L, const nnp_tensor *t)
 {
     if (L->kind != NNP_L_CONV2D)
         return t->fan_out;
-    const nnp_conv_geom *g = &L->conv;
-    double th = taps_inside(g->H, g->OH, g->k, g->s, g->p);
-    double tw = taps_inside(g->W, g->OW, g->k, g->s, g->p);
-    return g->K * th * tw / ((double)g->H * g->W);
+    return L->conv.K * conv_taps(&L->conv) / ((double)L->conv.H * L->conv.W);
 }
 
 /* Mean number of inputs that reach one output: dense `in`; conv C_in times the mean over
@@ -519,10 +523,7 @@ static double mean_fan_in(const nnp_layer *L, const nnp_tensor *t)
 {
     if (L->kind != NNP_L_CONV2D)
         return t->fan_in;
-    const nnp_conv_geom *g = &L->conv;
-    double th = taps_inside(g->H, g->OH, g->k, g->s, g->p);
-    double tw = taps_inside(g->W, g->OW, g->k, g->s, g->p);
-    return g->C * th * tw / ((double)g->OH * g->OW);
+    return L->conv.C * conv_taps(&L->conv) / ((double)L->conv.OH * L->conv.OW);
 }
 
 /* Walk the non-trainable layers [first, last] from element distribution f: f becomes the
