@@ -5,7 +5,9 @@ The network is rebuilt from the checkpoint's `architecture` attribute (the model
 syntax, e.g. "1x28x28/conv:6:3:1:2/relu/maxpool:2:2/.../dense:10" for lenet, or
 "784/dense:256/relu/.../dense:10" for an mlp), as a torch.nn.Sequential whose Linear and
 Conv2d layers take the /<layer>/weight and /<layer>/bias datasets unchanged (nnprec stores
-them in PyTorch's orientation); bn becomes BatchNorm2d after a convolution and BatchNorm1d
+them in PyTorch's orientation); with residual blocks (res[...], resnet8, resmlp) as a module
+whose `layers` hold one module per item, a block being Residual(branch, shortcut), so that
+its state_dict names are the checkpoint's groups (layers.3.branch.0.weight, ...); bn becomes BatchNorm2d after a convolution and BatchNorm1d
 after a dense layer, with its running statistics, gap AdaptiveAvgPool2d(1) + Flatten, and
 dropout:P Dropout(P) (the identity in evaluation). The test set is normalized with the checkpoint's norm_mean
 and norm_std attributes, as nnprec does, and the accuracy is printed as
@@ -51,77 +53,196 @@ def field(a, i, default=None, least=1):
     return v
 
 
+class Residual(nn.Module):
+    """res[...]: branch(x) + shortcut(x); an empty shortcut is the identity."""
+
+    def __init__(self, branch, shortcut):
+        super().__init__()
+        self.branch = nn.Sequential(*branch)
+        self.shortcut = nn.Sequential(*shortcut)
+
+    def forward(self, x):
+        return self.branch(x) + self.shortcut(x)
+
+
+class FlatLinear(nn.Linear):
+    """nnprec's dense item: a Linear on the flattened input (parameters as nn.Linear's)."""
+
+    def forward(self, x):
+        return super().forward(x.flatten(1))
+
+
+class GlobalAvgPool(nn.Module):
+    """gap: the mean over H x W of each channel (AdaptiveAvgPool2d(1) + Flatten)."""
+
+    def forward(self, x):
+        return x.mean((2, 3))
+
+
+class ResNet(nn.Module):
+    """A network with residual blocks: one module per spec item in self.layers, so that the
+    state_dict's names are nnprec's tensor names (layers.I..., layers.I.branch.J...)."""
+
+    def __init__(self, layers):
+        super().__init__()
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def split_items(arch):
+    """Items at '/' (or ',') outside brackets; ValueError on unbalanced brackets."""
+    items, depth, cur = [], 0, ""
+    for ch in arch:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth < 0:
+                raise ValueError("unmatched ']'")
+        if ch in "/," and depth == 0:
+            items.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if depth != 0:
+        raise ValueError("unclosed '['")
+    items.append(cur)
+    return [t for t in items if t]
+
+
+def build_item(it, cur, res_mode):
+    """(modules for one item, trainable modules among them, output shape)."""
+    a = it.split(":")
+    kind = a[0]
+    if kind in ("dense", "linear"):
+        n_in = int(np.prod(cur))
+        if res_mode:
+            lin = FlatLinear(n_in, field(a, 1))
+            return [lin], [lin], (field(a, 1),)
+        mods = [nn.Flatten()] if len(cur) == 3 else []
+        lin = nn.Linear(n_in, field(a, 1))
+        return mods + [lin], [lin], (field(a, 1),)
+    if kind == "conv":
+        cout, k = field(a, 1), field(a, 2)
+        s = field(a, 3, 1)
+        p = field(a, 4, 0, least=0)
+        if len(cur) != 3:
+            raise ValueError("conv needs a C x H x W input")
+        conv = nn.Conv2d(cur[0], cout, k, stride=s, padding=p)
+        return [conv], [conv], (cout, (cur[1] + 2 * p - k) // s + 1, (cur[2] + 2 * p - k) // s + 1)
+    if kind in ("maxpool", "avgpool"):
+        k = field(a, 1)
+        s = field(a, 2, k)
+        m = nn.MaxPool2d(k, s) if kind == "maxpool" else nn.AvgPool2d(k, s)
+        return [m], [], (cur[0], (cur[1] - k) // s + 1, (cur[2] - k) // s + 1)
+    if kind == "flatten":
+        return [nn.Flatten()], [], (int(np.prod(cur)),)
+    if kind == "bn":  # per channel after conv, per feature after dense
+        bn = nn.BatchNorm2d(cur[0]) if len(cur) == 3 else nn.BatchNorm1d(cur[0])
+        return [bn], [bn], cur
+    if kind == "gap":
+        if len(cur) != 3:
+            raise ValueError("gap needs a C x H x W input")
+        mods = [GlobalAvgPool()] if res_mode else [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        return mods, [], (cur[0],)
+    if kind == "dropout":
+        p = float(a[1])
+        if not 0 <= p < 1:
+            raise ValueError("probability %g outside [0, 1)" % p)
+        return [nn.Dropout(p)], [], cur
+    acts = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity,
+            "linear-act": nn.Identity}
+    if kind == "leaky-relu":
+        return [nn.LeakyReLU(float(a[1]) if len(a) > 1 else 0.01)], [], cur
+    if kind in acts:
+        return [acts[kind]()], [], cur
+    raise KeyError(kind)
+
+
+def build_block(it, cur):
+    """res[ITEMS]: the branch, and a shortcut as nnprec builds it (identity when the shape is
+    kept; else a 1x1 conv with the branch's stride or a dense layer, + bn if the branch has
+    one). Returns (Residual, trainable modules in nnprec's order, output shape)."""
+    if not (it.startswith("res[") and it.endswith("]")) or len(it) == 5:
+        raise ValueError("expected res[ITEM/...]")
+    inner = split_items(it[4:-1])
+    branch, trainable, out = [], [], cur
+    has_conv = has_dense = has_bn = False
+    stride = 1
+    for sub in inner:
+        if "[" in sub:
+            raise ValueError("nested group")
+        mods, tr, out = build_item(sub, out, True)
+        if len(mods) != 1:
+            raise ValueError("item '%s' is not one module" % sub)
+        branch += mods
+        trainable += tr
+        kind = sub.split(":")[0]
+        has_conv |= kind == "conv"
+        has_dense |= kind in ("dense", "linear")
+        has_bn |= kind == "bn"
+        if kind in ("conv", "maxpool", "avgpool"):
+            m = mods[0]
+            st = m.stride[0] if isinstance(m.stride, tuple) else m.stride
+            stride *= st
+    shortcut = []
+    flat_in = tuple(cur) if len(cur) == 1 else (cur if cur[1] * cur[2] > 1 else (cur[0],))
+    flat_out = tuple(out) if len(out) == 1 else (out if out[1] * out[2] > 1 else (out[0],))
+    if flat_in != flat_out:
+        if has_dense and len(flat_out) == 1:
+            shortcut.append(FlatLinear(int(np.prod(cur)), out[0]))
+            if has_bn:
+                shortcut.append(nn.BatchNorm1d(out[0]))
+        elif has_conv and not has_dense and len(cur) == 3 and cur[1] * cur[2] > 1:
+            conv = nn.Conv2d(cur[0], out[0], 1, stride=stride)
+            if len(out) != 3 or (cur[1] - 1) // stride + 1 != out[1] \
+                    or (cur[2] - 1) // stride + 1 != out[2]:
+                raise ValueError("the shortcut cannot be built")
+            shortcut.append(conv)
+            if has_bn:
+                shortcut.append(nn.BatchNorm2d(out[0]))
+        else:
+            raise ValueError("the shortcut cannot be built")
+    trainable += [m for m in shortcut if not isinstance(m, GlobalAvgPool)]
+    return Residual(branch, shortcut), trainable, out
+
+
 def build(arch):
-    """nn.Sequential for an architecture string; returns (model, input shape, trainable,
-    output shape)."""
-    items = [t for t in arch.replace(",", "/").split("/") if t]
+    """The torch module for an architecture string; returns (model, input shape, trainable,
+    output shape). Without residual blocks an nn.Sequential; with them a ResNet whose
+    state_dict names are nnprec's tensor names."""
+    try:
+        items = split_items(arch)
+    except ValueError as e:
+        die("bad architecture '%s' (%s)" % (arch, e))
     if items and items[0].startswith("seq:"):
         items[0] = items[0][4:]
     shape = parse_shape(items[0]) if items else None
     if shape is None or min(shape) < 1:
         die("architecture '%s' does not start with an input shape" % arch)
     items = items[1:]
+    res_mode = any(it.startswith("res[") for it in items)
     layers, trainable = [], []
     cur = shape  # (F,) or (C, H, W)
     for it in items:
-        a = it.split(":")
-        kind = a[0]
         try:
-            if kind in ("dense", "linear"):
-                if len(cur) == 3:
-                    layers.append(nn.Flatten())
-                    cur = (cur[0] * cur[1] * cur[2],)
-                lin = nn.Linear(cur[0], field(a, 1))
-                layers.append(lin)
-                trainable.append(lin)
-                cur = (field(a, 1),)
-            elif kind == "conv":
-                cout, k = field(a, 1), field(a, 2)
-                s = field(a, 3, 1)
-                p = field(a, 4, 0, least=0)
-                conv = nn.Conv2d(cur[0], cout, k, stride=s, padding=p)
-                layers.append(conv)
-                trainable.append(conv)
-                cur = (cout, (cur[1] + 2 * p - k) // s + 1, (cur[2] + 2 * p - k) // s + 1)
-            elif kind in ("maxpool", "avgpool"):
-                k = field(a, 1)
-                s = field(a, 2, k)
-                layers.append(nn.MaxPool2d(k, s) if kind == "maxpool" else nn.AvgPool2d(k, s))
-                cur = (cur[0], (cur[1] - k) // s + 1, (cur[2] - k) // s + 1)
-            elif kind == "flatten":
-                layers.append(nn.Flatten())
-                cur = (int(np.prod(cur)),)
-            elif kind == "bn":  # per channel after conv, per feature after dense
-                bn = nn.BatchNorm2d(cur[0]) if len(cur) == 3 else nn.BatchNorm1d(cur[0])
-                layers.append(bn)
-                trainable.append(bn)
-            elif kind == "gap":
-                if len(cur) != 3:
-                    raise ValueError("gap needs a C x H x W input")
-                layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-                cur = (cur[0],)
-            elif kind == "dropout":
-                p = float(a[1])
-                if not 0 <= p < 1:
-                    raise ValueError("probability %g outside [0, 1)" % p)
-                layers.append(nn.Dropout(p))
-            elif kind == "relu":
-                layers.append(nn.ReLU())
-            elif kind == "leaky-relu":
-                layers.append(nn.LeakyReLU(float(a[1]) if len(a) > 1 else 0.01))
-            elif kind == "tanh":
-                layers.append(nn.Tanh())
-            elif kind == "sigmoid":
-                layers.append(nn.Sigmoid())
-            elif kind in ("identity", "linear-act"):
-                layers.append(nn.Identity())
+            if "[" in it or "]" in it:
+                block, tr, cur = build_block(it, cur)
+                mods = [block]
             else:
-                die("unknown item '%s' in architecture '%s'" % (it, arch))
+                mods, tr, cur = build_item(it, cur, res_mode)
+            layers += mods
+            trainable += tr
+        except KeyError:
+            die("unknown item '%s' in architecture '%s'" % (it, arch))
         except (ValueError, IndexError, RuntimeError) as e:
             die("bad item '%s' in architecture '%s' (%s)" % (it, arch, e))
         if min(cur) < 1:
             die("item '%s' in architecture '%s' leaves an empty shape %s" % (it, arch, cur))
-    return nn.Sequential(*layers), shape, trainable, cur
+    model = ResNet(layers) if res_mode else nn.Sequential(*layers)
+    return model, shape, trainable, cur
 
 
 def text_attr(v):
@@ -164,6 +285,12 @@ def read_checkpoint(h, path):
     if len(groups) != len(trainable):
         die("%d layer groups in %s, the architecture has %d trainable layers"
             % (len(groups), path, len(trainable)))
+    if isinstance(model, ResNet):  # the groups are the modules' names
+        names = {id(m): n for n, m in model.named_modules()}
+        for g, layer in zip(groups, trainable):
+            if names.get(id(layer)) != g:
+                die("%s: group /%s is module %s of the PyTorch model"
+                    % (path, g, names.get(id(layer))))
     with torch.no_grad():
         for g, layer in zip(groups, trainable):
             for name in ("weight", "bias"):
@@ -261,8 +388,8 @@ def load_test(data):
 
 def main():
     ap = ArgParser(
-        description="Load an nnprec checkpoint (lenet, mlp or seq model) into the equivalent "
-                    "PyTorch nn.Sequential and print its test accuracy as 'accuracy: XX.XX%%'.")
+        description="Load an nnprec checkpoint (lenet, mlp, resnet, resmlp or seq model) into "
+                    "the equivalent PyTorch module and print its test accuracy as 'accuracy: XX.XX%%'.")
     ap.add_argument("checkpoint", help="checkpoint file (.h5), or a directory with a 'latest' "
                                        "pointer")
     ap.add_argument("--data", default=DEFAULT_DATA,

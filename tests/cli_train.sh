@@ -66,6 +66,16 @@ expect 2 "the preconditioner is not derived for global average pooling (gap) yet
   --model seq:1x28x28/conv:4:3/relu/gap/dense:10 --precond dynamic --train-limit 64
 expect 2 "the preconditioner is not derived for dropout yet" "$nnprec" train \
   --model seq:784/dense:16/relu/dropout:0.5/dense:10 --precond dynamic --train-limit 64
+# residual blocks: spec errors name the item; the preconditioner is refused for them
+expect 2 "the preconditioner is not derived for residual blocks (res\\[...\\]) yet" "$nnprec" train \
+  --model resmlp:784-32x3-10 --precond static --train-limit 64
+expect 2 "unclosed '\\[' in item 'res\\[dense:16/relu'" "$nnprec" train \
+  --model 'seq:784/dense:16/res[dense:16/relu' --train-limit 64
+expect 2 "empty group 'res\\[\\]'" "$nnprec" train --model 'seq:784/dense:16/res[]/dense:10'
+expect 2 "nested group in item 'res\\[res\\[dense:16\\]\\]'" "$nnprec" train \
+  --model 'seq:784/dense:16/res[res[dense:16]]'
+expect 2 "the shortcut of 'res\\[conv:4:3\\]' cannot be built" "$nnprec" train \
+  --model 'seq:1x28x28/res[conv:4:3]/gap/dense:10'
 # synchronized BatchNorm, gap and dropout allocate nothing in the step either
 "$mpiexec" -n 2 --oversubscribe "$nnprec" train --model seq:1x28x28/conv:4:3/bn/relu/gap/dropout:0.2/dense:10 \
   --steps 10 --train-limit 200 --test-limit 50 > "$tmp/bnrun.log" 2>&1 &&

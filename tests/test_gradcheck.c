@@ -6,6 +6,11 @@
  * (eps = 1e-2 on O(1) values), L is accumulated in double, and the derivative is
  * (L+ - L-) / (v+ - v-) using the perturbations actually stored in float.
  *
+ * Residual blocks are checked through whole networks (nnp_net_forward / nnp_net_backward with
+ * L = sum r . logits in training mode): every parameter, and the input when the network
+ * starts with a block (its fork gives the input gradient); tanh instead of relu keeps them
+ * smooth, and a step of 2.5e-3 keeps the difference's own error below the tolerance.
+ *
  * Tolerance: |fd - g| <= 2e-3 * max(1, |g|) for every entry. Kinks are avoided: relu and
  * leaky-relu inputs satisfy |x| >= 0.05, and max-pool inputs are distinct by >= 0.05
  * within each plane, so no perturbation crosses a kink or changes an argmax.
@@ -16,6 +21,7 @@
 #include <string.h>
 
 #include "nnprec/layers.h"
+#include "nnprec/net.h"
 #include "test_util.h"
 
 #define EPS 1e-2f
@@ -52,6 +58,10 @@ static void fill_garbage(float *a, size_t n) /* backward must overwrite its outp
         a[i] = 1234.5f;
 }
 
+/* The difference step: EPS, smaller for whole networks (their BatchNorm layers over a few
+ * samples curve enough that the O(eps^2) error of a central difference passes 2e-3). */
+static float eps_cur = EPS;
+
 /* The objective as a closure: f(ctx) with ctx owning the arrays being perturbed. */
 typedef double (*objective_fn)(void *ctx);
 
@@ -64,7 +74,7 @@ static void gradcheck(const char *what, objective_fn f, void *ctx, float *p, con
     double wfd = 0.0;
     for (size_t i = 0; i < n; i++) {
         const float v = p[i];
-        const float vp = v + EPS, vm = v - EPS;
+        const float vp = v + eps_cur, vm = v - eps_cur;
         p[i] = vp;
         const double lp = f(ctx);
         p[i] = vm;
@@ -528,6 +538,92 @@ static void test_gap_dropout(void)
     free(c.x); free(c.y); free(c.r); free(dx);
 }
 
+/* ---- residual blocks, through whole networks ------------------------------------------ */
+typedef struct {
+    nnp_net *net;
+    int B;
+    float *x, *r;
+} net_ctx;
+
+static double net_obj(void *p)
+{
+    net_ctx *c = p;
+    const float *y = nnp_net_forward(c->net, c->B, c->x);
+    return dot_r(c->r, y, (size_t)c->B * (size_t)c->net->n_classes);
+}
+
+static void check_net(const char *spec, int B)
+{
+    nnp_net *net = NULL;
+    nnp_status st = nnp_net_create(spec, (nnp_shape){1, 1, 1}, NNP_ACT_RELU, B, &net);
+    ASSERT_EQ_INT(st, NNP_OK);
+    if (st != NNP_OK)
+        return;
+    net->training = 1;
+    net->freeze_running = 1;
+    net->seed = 7;
+    net->step = 3;
+    /* weights ~ 1/sqrt(fan_in) (a weight feeding bn: ~1, so that the difference step is
+     * small against its output channel's norm, to which bn is invariant); bn scale ~ 1 */
+    for (int j = 0; j < net->n_tensors; j++) {
+        const nnp_tensor *t = &net->tensors[j];
+        float *w = net->params + t->off;
+        const int layer = t->layer, to_bn = layer + 1 < net->n_layers &&
+                                            net->layers[layer + 1].kind == NNP_L_BN;
+        for (size_t k = 0; k < t->n; k++)
+            w[k] = t->norm ? (t->is_bias ? 0.3f * nrand() : 0.6f + 0.8f * (float)urand())
+                           : nrand() / (to_bn ? 1.0f : sqrtf((float)t->fan_in));
+    }
+    const size_t nx = (size_t)B * nnp_shape_size(net->input);
+    const size_t ny = (size_t)B * (size_t)net->n_classes;
+    net_ctx c = {net, B, falloc(nx), falloc(ny)};
+    eps_cur = 2.5e-3f;
+    fill_normal(c.x, nx);
+    fill_normal(c.r, ny);
+    float *g = falloc(net->n_params), *dx = falloc(nx);
+    fill_garbage(net->grads, net->n_params);
+    nnp_net_forward(net, B, c.x);
+    memcpy(net->dact[net->n_layers], c.r, ny * sizeof(float));
+    nnp_net_backward(net, B, NULL, NULL);
+    memcpy(g, net->grads, net->n_params * sizeof(float));
+    memcpy(dx, net->dact[0], nx * sizeof(float));
+    for (int j = 0; j < net->n_tensors; j++) {
+        const nnp_tensor *t = &net->tensors[j];
+        char what[160];
+        snprintf(what, sizeof what, "%s %s", spec, t->name);
+        gradcheck(what, net_obj, &c, net->params + t->off, g + t->off, t->n);
+    }
+    if (net->layers[0].kind == NNP_L_RES_FORK) {
+        char what[160];
+        snprintf(what, sizeof what, "%s dx", spec);
+        gradcheck(what, net_obj, &c, c.x, dx, nx);
+    }
+    eps_cur = EPS;
+    free(c.x); free(c.r); free(g); free(dx);
+    nnp_net_free(net);
+}
+
+static void test_residual(void)
+{
+    /* identity block (conv/bn branch), first in the network: the input gradient too */
+    check_net("seq:3x5x5/res[conv:3:3:1:1/bn/tanh/conv:3:3:1:1/bn]/tanh/gap/dense:4", 4);
+    /* projection block with stride 2: 1x1 conv (stride 2) + bn shortcut */
+    check_net("seq:2x6x6/conv:3:3:1:1/tanh/res[conv:4:3:2:1/bn/tanh/conv:4:3:1:1/bn]/tanh/"
+              "gap/dense:3", 3);
+    /* projection without bn, and a block ending the network */
+    check_net("seq:2x5x5/res[conv:3:3:1:1/tanh/conv:3:3:1:1]/tanh/flatten/dense:3/"
+              "res[dense:3]", 3);
+    /* dense blocks: identity with dropout (a fixed mask), a dense projection with bn */
+    check_net("seq:6/dense:5/tanh/res[dense:5/tanh/dropout:0.25/dense:5]/tanh/res[dense:4/bn]/"
+              "tanh/dense:3", 5);
+    /* small resnet-like: stem, two blocks back to back (identity, then projection) */
+    check_net("seq:1x8x8/conv:4:3:1:1/bn/tanh/res[conv:4:3:1:1/bn/tanh/conv:4:3:1:1/bn]/"
+              "res[conv:6:3:2:1/bn/tanh/conv:6:3:1:1/bn]/tanh/gap/dense:3", 3);
+    /* residual MLPs as the named models build them (narrow) */
+    check_net("resmlp:7-5x3-3", 4);
+    check_net("seq:7/dense:5/bn/tanh/res[dense:5/bn]/tanh/res[dense:5/bn]/tanh/dense:3", 6);
+}
+
 int main(void)
 {
     test_dense();
@@ -537,5 +633,6 @@ int main(void)
     test_losses();
     test_batchnorm();
     test_gap_dropout();
+    test_residual();
     TEST_MAIN_END();
 }

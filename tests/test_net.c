@@ -172,6 +172,134 @@ static void test_bn_specs(void)
     }
 }
 
+/* Residual blocks: layer layout, tensor count, names and order, buffers shared between the
+ * fork/add and their neighbours, the named models' sizes, spec errors, and a step that
+ * allocates nothing. */
+static void test_res_specs(void)
+{
+    nnp_net *net = NULL;
+    ASSERT_OK(nnp_net_create("seq:3x8x8/conv:4:3:1:1/bn/relu/res[conv:4:3:1:1/bn/relu/"
+                             "conv:4:3:1:1/bn]/relu/res[conv:6:3:2:1/bn/relu/conv:6:3:1:1/bn]/"
+                             "relu/gap/dense:5",
+                             (nnp_shape){1, 1, 1}, NNP_ACT_RELU, 3, &net));
+    if (net) {
+        /* 0 conv 1 bn 2 relu | 3 fork 4-8 branch 9 add | 10 relu | 11 fork 12-16 branch
+         * 17-18 shortcut (1x1 conv stride 2, bn) 19 add | 20 relu 21 gap 22 dense */
+        ASSERT_EQ_INT(net->n_layers, 23);
+        ASSERT_EQ_INT(net->layers[3].kind, NNP_L_RES_FORK);
+        ASSERT_EQ_INT(net->layers[3].proj, 0);
+        ASSERT_EQ_INT(net->layers[9].kind, NNP_L_RES_ADD);
+        ASSERT_EQ_INT(net->layers[11].proj, 1);
+        ASSERT_EQ_INT(net->layers[17].kind, NNP_L_CONV2D);
+        ASSERT_EQ_INT(net->layers[17].res, NNP_RES_SHORTCUT);
+        ASSERT_EQ_INT(net->layers[17].src, 11);
+        ASSERT_EQ_INT(net->layers[17].k, 1);
+        ASSERT_EQ_INT(net->layers[17].s, 2);
+        ASSERT_EQ_INT(net->layers[17].in.c, 4);
+        ASSERT_EQ_INT(net->layers[17].out.h, 4);
+        ASSERT_EQ_INT(net->layers[18].kind, NNP_L_BN);
+        ASSERT_EQ_INT(net->layers[19].out.c, 6);
+        /* forward order: stem, block 1's branch, block 2's branch, its shortcut, dense */
+        const char *names[] = {
+            "layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias",
+            "layers.3.branch.0.weight", "layers.3.branch.0.bias", "layers.3.branch.1.weight",
+            "layers.3.branch.1.bias", "layers.3.branch.3.weight", "layers.3.branch.3.bias",
+            "layers.3.branch.4.weight", "layers.3.branch.4.bias",
+            "layers.5.branch.0.weight", "layers.5.branch.0.bias", "layers.5.branch.1.weight",
+            "layers.5.branch.1.bias", "layers.5.branch.3.weight", "layers.5.branch.3.bias",
+            "layers.5.branch.4.weight", "layers.5.branch.4.bias",
+            "layers.5.shortcut.0.weight", "layers.5.shortcut.0.bias",
+            "layers.5.shortcut.1.weight", "layers.5.shortcut.1.bias",
+            "layers.8.weight", "layers.8.bias"};
+        ASSERT_EQ_INT(net->n_tensors, (int)(sizeof names / sizeof names[0]));
+        size_t off = 0;
+        for (int j = 0; j < net->n_tensors && j < (int)(sizeof names / sizeof names[0]); j++) {
+            if (strcmp(net->tensors[j].name, names[j]) != 0)
+                TEST_FAIL_("tensor %d is %s, expected %s", j, net->tensors[j].name, names[j]);
+            ASSERT_EQ_INT(net->tensors[j].off, off);
+            off += net->tensors[j].n;
+        }
+        ASSERT_EQ_INT(off, net->n_params);
+        ASSERT_EQ_INT(net->tensors[20].shape[1], 4); /* shortcut conv 4 -> 6, 1x1 */
+        ASSERT_EQ_INT(net->tensors[20].shape[2], 1);
+        ASSERT_EQ_INT(net->n_bn, 6);
+        /* init gains: a branch's last conv and the shortcut's conv see the relu after the add */
+        ASSERT_EQ_INT(net->layers[7].next_act, NNP_ACT_RELU);
+        ASSERT_EQ_INT(net->layers[15].next_act, NNP_ACT_RELU);
+        ASSERT_EQ_INT(net->layers[17].next_act, NNP_ACT_RELU);
+        /* the fork moves no data; the add's input gradient is its output's */
+        ASSERT_TRUE(net->act[4] == net->act[3]);
+        ASSERT_TRUE(net->dact[9] == net->dact[10]);
+        ASSERT_TRUE(net->dact[17] == net->dact[20] && net->dact[19] == net->dact[20]);
+        ASSERT_TRUE(net->dact[12] == net->dact[11]);
+        ASSERT_TRUE(net->dskip[17] != NULL && net->dskip[12] == NULL);
+
+        /* training steps allocate nothing */
+        nnp_init_cfg ic;
+        ASSERT_OK(nnp_init_parse("pytorch", &ic));
+        ASSERT_OK(nnp_init_net(net, &ic, 1));
+        float x[3 * 3 * 64];
+        unsigned char y[3] = {0, 3, 4};
+        nnp_rng r;
+        nnp_rng_seed(&r, 3, NNP_STREAM_DATA);
+        nnp_rng_fill_normal(&r, x, sizeof x / sizeof x[0], 0, 1);
+        unsigned long before = nnp_alloc_count();
+        for (int step = 0; step < 3; step++) {
+            nnp_net_forward(net, 3, x);
+            nnp_softmax_ce(3, 5, net->act[net->n_layers], y, 1.0f / 3, net->dact[net->n_layers],
+                           NULL);
+            nnp_net_backward(net, 3, NULL, NULL);
+        }
+        ASSERT_EQ_INT(nnp_alloc_count(), before);
+        nnp_net_free(net);
+    }
+    /* named models: He et al.'s parameter counts (convs with bias, as nnprec's) */
+    const struct { const char *spec; int tensors; size_t params; } named[] = {
+        {"resnet8", 38, 78090},
+        {"resnet20", 86, 272970},
+        {"resmlp:784-256x12-10", 26, 784 * 256 + 256 + 11 * (256 * 256 + 256) + 256 * 10 + 10},
+        {"resmlp-bn:784-256x12-10", 50,
+         784 * 256 + 256 + 11 * (256 * 256 + 256) + 256 * 10 + 10 + 12 * 2 * 256},
+        {"resmlp:20-16-8-4", 8, 20 * 16 + 16 + (16 * 8 + 8) + (16 * 8 + 8) + 8 * 4 + 4},
+    };
+    for (size_t i = 0; i < sizeof named / sizeof named[0]; i++) {
+        net = NULL;
+        ASSERT_OK(nnp_net_create(named[i].spec, (nnp_shape){1, 28, 28}, NNP_ACT_RELU, 2, &net));
+        if (!net)
+            continue;
+        ASSERT_EQ_INT(net->n_tensors, named[i].tensors);
+        ASSERT_EQ_INT(net->n_params, named[i].params);
+        ASSERT_EQ_INT(net->n_classes, i < 4 ? 10 : 4);
+        nnp_net_free(net);
+    }
+    ASSERT_OK(nnp_net_create("resnet8", (nnp_shape){1, 28, 28}, NNP_ACT_RELU, 2, &net));
+    if (net) {
+        ASSERT_TRUE(strcmp(net->tensors[4].name, "layers.3.branch.0.weight") == 0);
+        ASSERT_TRUE(strcmp(net->tensors[20].name, "layers.5.shortcut.0.weight") == 0);
+        ASSERT_TRUE(strcmp(net->tensors[36].name, "layers.10.weight") == 0);
+        ASSERT_EQ_INT(net->layers[net->n_layers - 3].in.h, 7); /* 28 -> 14 -> 7 */
+        nnp_net_free(net);
+    }
+    const char *bad[] = {
+        "seq:1x8x8/res[conv:4:3:1:1", "seq:1x8x8/res[conv:4:3:1:1/bn/dense:3",
+        "seq:1x8x8/res[]", "seq:1x8x8/res[res[conv:1:3:1:1]]",
+        "seq:1x8x8/res[conv:1:3:1:1/res[conv:1:3:1:1]]", "seq:1x8x8/res[conv:4:3]",
+        "seq:1x8x8/res[relu/maxpool:2]", "seq:1x8x8/conv:4:3]/dense:3",
+        "seq:1x8x8/block[conv:4:3:1:1]", "seq:1x8x8/res[conv:4:3:1:1/]",
+        "seq:1x8x8/res[/conv:4:3:1:1]", "seq:1x8x8/res[conv:4:3:1:1]x/dense:3",
+        "seq:1x8x8/res[conv:4:3:1:1]]", "seq:1x8x8/res[conv:4:3:1:1//bn]",
+        "seq:1x8x8/res[gap]", "seq:1x8x8/res[conv:4:9]", "resmlp:", "resmlp:784",
+        "resmlp-bn:784--10", "resnet32", "resnet8:10"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        net = NULL;
+        nnp_status st = nnp_net_create(bad[i], (nnp_shape){1, 28, 28}, NNP_ACT_RELU, 2, &net);
+        if (st != NNP_ERR_ARG)
+            TEST_FAIL_("spec %s: status %d, expected NNP_ERR_ARG", bad[i], (int)st);
+        ASSERT_TRUE(net == NULL);
+        nnp_net_free(net);
+    }
+}
+
 /* Loss of the whole network on a fixed batch, in double. */
 static double net_loss(nnp_net *net, int B, const float *x, const unsigned char *y)
 {
@@ -346,6 +474,7 @@ int main(void)
     test_lenet_layout();
     test_specs();
     test_bn_specs();
+    test_res_specs();
     gradcheck_net("lenet", (nnp_shape){1, 12, 12}, NNP_ACT_RELU);
     gradcheck_net("mlp:20-16x3-5", (nnp_shape){20, 1, 1}, NNP_ACT_TANH);
     gradcheck_net("seq:2x9x9/conv:3:3:2:1/sigmoid/avgpool:2/flatten/dense:7/leaky-relu/dense:4",

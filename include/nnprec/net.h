@@ -17,7 +17,14 @@
  *                                 input shape CxHxW (or F); items are
  *                                 dense:OUT, conv:COUT:K[:STRIDE[:PAD]], maxpool:K[:S],
  *                                 avgpool:K[:S], flatten, relu, leaky-relu[:ALPHA], tanh,
- *                                 sigmoid, bn, gap, dropout:P.
+ *                                 sigmoid, bn, gap, dropout:P, and res[ITEM/...], a
+ *                                 residual block: branch(x) + shortcut(x)
+ *   resnet8, resnet20             He et al.'s CIFAR ResNets (3 stages of 16/32/64 channels)
+ *   resmlp:784-256x12-10          residual MLP (resmlp-bn: with BatchNorm)
+ *
+ * A residual block is laid out flat: a fork layer (the identity, aliased), the branch's
+ * layers, the projection shortcut's layers (none for an identity shortcut; the first one
+ * reads the fork's input, layer.src), and an add layer.
  */
 #ifndef NNPREC_NET_H
 #define NNPREC_NET_H
@@ -36,7 +43,16 @@ typedef enum {
     NNP_L_BN,  /* batch normalization: 2-D after conv (per channel), 1-D after dense */
     NNP_L_GAP, /* global average pooling: C x H x W -> C */
     NNP_L_DROPOUT, /* inverted dropout with probability p (training only) */
+    NNP_L_RES_FORK, /* start of a residual block: the identity (its output aliases its input) */
+    NNP_L_RES_ADD,  /* end of a residual block: branch output + shortcut */
 } nnp_layer_kind;
+
+/* The part of a residual block a layer belongs to (nnp_layer.res). */
+typedef enum {
+    NNP_RES_NONE,     /* not inside a block (also the fork and the add themselves) */
+    NNP_RES_BRANCH,   /* a layer of the block's branch */
+    NNP_RES_SHORTCUT, /* a layer of its projection shortcut */
+} nnp_res_part;
 
 /* How BatchNorm layers compute their batch statistics in training (--bn). */
 typedef enum {
@@ -57,7 +73,8 @@ typedef struct {
     int shape[4];    /* PyTorch orientation */
     int fan_in;      /* dense: in; conv: C_in*k*k; bias: that of its weight */
     int fan_out;     /* dense: out; conv: C_out*k*k; bias: that of its weight */
-    char name[24];   /* "fc1.weight", "conv2.bias", "bn1.weight" */
+    char name[48];   /* "fc1.weight", "conv2.bias", "bn1.weight"; with residual blocks
+                      * "layers.3.branch.0.weight" (docs/models.md) */
     int norm;        /* a BatchNorm scale (weight) or shift (bias): initialized to 1 / 0 */
 } nnp_tensor;
 
@@ -75,6 +92,15 @@ typedef struct {
     int bn;          /* BatchNorm: its index among the net's BatchNorm layers (bn1 is 0) */
     size_t roff;     /* BatchNorm: offset of running_mean[C] (running_var follows) in
                       * net->running, and of its statistics (2C+1 doubles) in net->bn_stat */
+    /* residual blocks: layers fork, branch..., shortcut..., add (forward order) */
+    nnp_res_part res; /* the part of a block this layer belongs to */
+    int src;          /* the activation it reads: act[src]; i except for the first layer of a
+                       * projection shortcut, which reads its block's input act[fork] */
+    int fork, add;    /* fork, add and inside a block: the block's fork and add layers */
+    int branch_end;   /* fork/add: the index of the branch output act[branch_end] */
+    int proj;         /* fork/add: 1 if the shortcut is a projection, 0 identity */
+    int item, sub;    /* the spec item it comes from (counted from 0 after the input shape)
+                       * and, inside a block, its index in the branch or shortcut (names) */
 } nnp_layer;
 
 typedef struct {
@@ -95,6 +121,10 @@ typedef struct {
     int **argmax;         /* per maxpool layer, else NULL */
     float **ws;           /* per conv layer (else NULL): its workspace, which keeps the
                            * im2col matrix of its input from forward to backward */
+    float **dskip;        /* per layer: the input gradient of a projection shortcut's first
+                           * layer (its own buffer, else NULL); the fork adds it */
+    unsigned char *owned; /* per activation index: bit 0 act[i], bit 1 dact[i] allocated
+                           * (not an alias) */
     char spec[256];       /* the model spec it was built from */
     /* BatchNorm buffers (not parameters: no gradient, not in the allreduce) */
     int n_bn;             /* BatchNorm layers */
@@ -157,6 +187,17 @@ int nnp_net_has(const nnp_net *net, nnp_layer_kind kind);
 static inline float *nnp_bn_running_mean(const nnp_net *net, int i)
 {
     return net->running + net->layers[i].roff;
+}
+
+/* The input activation of layer i and its gradient (a projection shortcut's first layer
+ * reads its block's input and writes its input gradient to its own buffer). */
+static inline float *nnp_layer_input(const nnp_net *net, int i)
+{
+    return net->act[net->layers[i].src];
+}
+static inline float *nnp_layer_dinput(const nnp_net *net, int i)
+{
+    return net->dskip[i] ? net->dskip[i] : net->dact[i];
 }
 
 /* Elements per sample of a shape. */

@@ -378,7 +378,7 @@ static nnp_status validate(const char *path, hid_t f, const nnp_net *net, const 
 
     for (int j = 0; j < net->n_tensors; j++) {
         const nnp_tensor *t = &net->tensors[j];
-        char group[32], leaf[32], name[80];
+        char group[64], leaf[64], name[140];
         nnp__ckpt_split_name(t->name, group, leaf, sizeof group);
         snprintf(name, sizeof name, "/%s/%s", group, leaf);
         hsize_t dims[4];

@@ -116,24 +116,30 @@ void nnp_ckpt_architecture(const nnp_net *net, char *buf, size_t cap)
         APPEND("%d", in.c);
     else
         APPEND("%dx%dx%d", in.c, in.h, in.w);
+    const char *sep = "/"; /* "" for the first item of a block's branch */
     for (int i = 0; i < net->n_layers; i++) {
         const nnp_layer *L = &net->layers[i];
+        if (L->res == NNP_RES_SHORTCUT) /* implied by the branch */
+            continue;
         switch (L->kind) {
-        case NNP_L_DENSE: APPEND("/dense:%d", L->out.c); break;
-        case NNP_L_CONV2D: APPEND("/conv:%d:%d:%d:%d", L->out.c, L->k, L->s, L->p); break;
-        case NNP_L_MAXPOOL: APPEND("/maxpool:%d:%d", L->k, L->s); break;
-        case NNP_L_AVGPOOL: APPEND("/avgpool:%d:%d", L->k, L->s); break;
-        case NNP_L_FLATTEN: APPEND("/flatten"); break;
-        case NNP_L_BN: APPEND("/bn"); break;
-        case NNP_L_GAP: APPEND("/gap"); break;
-        case NNP_L_DROPOUT: APPEND("/dropout:%.9g", (double)L->drop); break;
+        case NNP_L_DENSE: APPEND("%sdense:%d", sep, L->out.c); break;
+        case NNP_L_CONV2D: APPEND("%sconv:%d:%d:%d:%d", sep, L->out.c, L->k, L->s, L->p); break;
+        case NNP_L_MAXPOOL: APPEND("%smaxpool:%d:%d", sep, L->k, L->s); break;
+        case NNP_L_AVGPOOL: APPEND("%savgpool:%d:%d", sep, L->k, L->s); break;
+        case NNP_L_FLATTEN: APPEND("%sflatten", sep); break;
+        case NNP_L_BN: APPEND("%sbn", sep); break;
+        case NNP_L_GAP: APPEND("%sgap", sep); break;
+        case NNP_L_DROPOUT: APPEND("%sdropout:%.9g", sep, (double)L->drop); break;
         case NNP_L_ACT:
             if (L->act == NNP_ACT_LEAKY_RELU)
-                APPEND("/leaky-relu:%.9g", (double)L->alpha);
+                APPEND("%sleaky-relu:%.9g", sep, (double)L->alpha);
             else
-                APPEND("/%s", nnp_act_name(L->act));
+                APPEND("%s%s", sep, nnp_act_name(L->act));
             break;
+        case NNP_L_RES_FORK: APPEND("/res["); break;
+        case NNP_L_RES_ADD: APPEND("]"); break;
         }
+        sep = L->kind == NNP_L_RES_FORK ? "" : "/";
     }
 #undef APPEND
 }
@@ -262,7 +268,7 @@ static int write_params(hid_t f, const nnp_net *net, wctx *w)
 {
     for (int j = 0; j < net->n_tensors; j++) {
         const nnp_tensor *t = &net->tensors[j];
-        char group[32], leaf[32];
+        char group[64], leaf[64];
         nnp__ckpt_split_name(t->name, group, leaf, sizeof group);
         hid_t g;
         if (H5Lexists(f, group, H5P_DEFAULT) > 0)

@@ -67,7 +67,7 @@ void nnp_layerstats_forward(nnp_net *net, int B, const float *x, nnp_layer_stats
         s->name[len] = '\0';
         size_t nin = (size_t)B * nnp_shape_size(L->in);
         size_t nout = (size_t)B * nnp_shape_size(L->out);
-        nnp_moments(net->act[i], nin, &s->in_mean, &s->in_std);
+        nnp_moments(nnp_layer_input(net, i), nin, &s->in_mean, &s->in_std);
         nnp_moments(net->act[i + 1], nout, &s->pre_mean, &s->pre_std);
         s->unit_var = unit_variance(net->act[i + 1], B, nnp_shape_size(L->out));
         if (i + 1 < net->n_layers && net->layers[i + 1].kind == NNP_L_ACT)
@@ -144,8 +144,8 @@ nnp_status nnp_layerstats_run(nnp_net *net, int B, const float *x, nnp_lsgrad gr
         nnp_moments(net->grads + w->off, w->n, &m, &s->wgrad_std);
         nnp_moments(net->grads + w[1].off, w[1].n, &m, &s->bgrad_std);
         if (s->layer > 0)
-            nnp_moments(net->dact[s->layer], (size_t)B * nnp_shape_size(net->layers[s->layer].in),
-                        &m, &s->dx_std);
+            nnp_moments(nnp_layer_dinput(net, s->layer),
+                        (size_t)B * nnp_shape_size(net->layers[s->layer].in), &m, &s->dx_std);
         else
             NNP_CALL(first_layer_dx(net, B, s->layer, &s->dx_std));
     }

@@ -74,6 +74,8 @@ typedef struct {
     int n;
     nnp_shape cur;
     const char *spec;
+    int item, sub;    /* the current spec item (top level) and item inside a block */
+    nnp_res_part res; /* the part of a block being built */
 } builder;
 
 static nnp_status push(builder *b, nnp_layer L)
@@ -84,6 +86,11 @@ static nnp_status push(builder *b, nnp_layer L)
     L.in = b->cur;
     L.tensor = -1;
     L.next_act = NNP_ACT_IDENTITY;
+    L.src = b->n;
+    L.res = b->res;
+    L.fork = L.add = L.branch_end = -1;
+    L.item = b->item;
+    L.sub = b->sub;
     b->layers[b->n++] = L;
     return NNP_OK;
 }
@@ -235,35 +242,179 @@ static int parse_shape(const char *tok, nnp_shape *s)
     return 0;
 }
 
+/* Split body at the '/' and ',' outside brackets into items (body is modified). Empty items,
+ * unbalanced brackets and (inside a group) nested groups are errors naming the item. */
+static nnp_status split_items(builder *b, char *body, const char *group, char **items,
+                              int cap, int *n_items)
+{
+    int n = 0, depth = 0;
+    char *start = body;
+    for (char *c = body;; c++) {
+        if (*c == '[') {
+            if (group || depth > 0)
+                return nnp_error(NNP_ERR_ARG,
+                                 "nested group in item '%s' of model spec '%s' (residual "
+                                 "blocks do not nest)",
+                                 group ? group : start, b->spec);
+            depth++;
+        } else if (*c == ']') {
+            if (depth == 0)
+                return nnp_error(NNP_ERR_ARG, "unmatched ']' in item '%.*s' of model spec '%s'",
+                                 (int)strcspn(start, "/,"), start, b->spec);
+            depth--;
+        } else if (*c == '\0' || ((*c == '/' || *c == ',') && depth == 0)) {
+            if (depth > 0)
+                return nnp_error(NNP_ERR_ARG, "unclosed '[' in item '%s' of model spec '%s'",
+                                 start, b->spec);
+            if (c == start) {
+                if (group)
+                    return nnp_error(NNP_ERR_ARG, "empty item in group '%s' of model spec '%s'",
+                                     group, b->spec);
+                return nnp_error(NNP_ERR_ARG, "empty item in model spec '%s'", b->spec);
+            }
+            if (n >= cap)
+                return nnp_error(NNP_ERR_ARG, "model spec '%s' has more than %d items", b->spec,
+                                 cap);
+            items[n++] = start;
+            const int end = *c == '\0';
+            *c = '\0';
+            if (end)
+                break;
+            start = c + 1;
+        }
+    }
+    *n_items = n;
+    return NNP_OK;
+}
+
+/* The layers of a residual block "res[ITEMS]" (item is modified): a fork, the branch, the
+ * shortcut (identity when the branch keeps the shape; else a 1x1 conv with the branch's
+ * stride, or a dense layer, followed by bn when the branch has one) and the add. */
+static nnp_status parse_group(builder *b, char *item)
+{
+    char text[160];
+    snprintf(text, sizeof text, "%s", item);
+    size_t len = strlen(item);
+    if (strncmp(item, "res[", 4) != 0 || len < 5 || item[len - 1] != ']')
+        return nnp_error(NNP_ERR_ARG,
+                         "bad group '%s' in model spec '%s' (expected res[ITEM/ITEM/...])", text,
+                         b->spec);
+    if (len == 5)
+        return nnp_error(NNP_ERR_ARG, "empty group 'res[]' in model spec '%s'", b->spec);
+    if (b->res != NNP_RES_NONE)
+        return nnp_error(NNP_ERR_ARG, "nested group in item '%s' of model spec '%s' (residual "
+                                      "blocks do not nest)", text, b->spec);
+    item[len - 1] = '\0';
+    char *inner = item + 4;
+    if (strchr("/,", inner[0]) || strchr("/,", inner[len - 6]))
+        return nnp_error(NNP_ERR_ARG, "empty item in group '%s' of model spec '%s'", text,
+                         b->spec);
+    char *items[NNP_MAX_LAYERS];
+    int n_items = 0;
+    NNP_CALL(split_items(b, inner, text, items, NNP_MAX_LAYERS, &n_items));
+    const nnp_shape in = b->cur;
+    const int f = b->n;
+    NNP_CALL(push(b, (nnp_layer){.kind = NNP_L_RES_FORK}));
+    b->layers[f].out = in;
+    b->res = NNP_RES_BRANCH;
+    for (int k = 0; k < n_items; k++) {
+        b->sub = k;
+        nnp_status s = parse_item(b, items[k]);
+        if (s != NNP_OK) {
+            b->res = NNP_RES_NONE;
+            return s;
+        }
+    }
+    const int be = b->n; /* act[be]: the branch output */
+    const nnp_shape out = b->cur;
+    int has_conv = 0, has_dense = 0, has_bn = 0, stride = 1;
+    for (int i = f + 1; i < be; i++) {
+        const nnp_layer *L = &b->layers[i];
+        has_conv |= L->kind == NNP_L_CONV2D;
+        has_dense |= L->kind == NNP_L_DENSE;
+        has_bn |= L->kind == NNP_L_BN;
+        if (L->kind == NNP_L_CONV2D || L->kind == NNP_L_MAXPOOL || L->kind == NNP_L_AVGPOOL)
+            stride *= L->s;
+    }
+    const int proj = !(in.c == out.c && in.h == out.h && in.w == out.w);
+    b->res = NNP_RES_SHORTCUT;
+    b->cur = in;
+    b->sub = 0;
+    if (proj && has_dense && out.h == 1 && out.w == 1) {
+        NNP_CALL(add_dense(b, out.c));
+    } else if (proj && has_conv && !has_dense && in.h * in.w > 1) {
+        nnp_layer L = {.kind = NNP_L_CONV2D, .k = 1, .s = stride, .p = 0};
+        if (nnp_conv_geom_init(&L.conv, in.c, in.h, in.w, out.c, 1, stride, 0) != 0 ||
+            L.conv.OH != out.h || L.conv.OW != out.w) {
+            b->res = NNP_RES_NONE;
+            return nnp_error(NNP_ERR_ARG,
+                             "the shortcut of '%s' cannot be built: its branch maps %dx%dx%d "
+                             "to %dx%dx%d, a 1x1 conv with the branch's stride %d does not "
+                             "(model spec '%s')",
+                             text, in.c, in.h, in.w, out.c, out.h, out.w, stride, b->spec);
+        }
+        NNP_CALL(push(b, L));
+        b->cur = (nnp_shape){out.c, out.h, out.w};
+        b->layers[b->n - 1].out = b->cur;
+    } else if (proj) {
+        b->res = NNP_RES_NONE;
+        return nnp_error(NNP_ERR_ARG,
+                         "the shortcut of '%s' cannot be built: its branch maps %dx%dx%d to "
+                         "%dx%dx%d (a projection needs a conv branch with a C x H x W output "
+                         "or a dense branch; model spec '%s')",
+                         text, in.c, in.h, in.w, out.c, out.h, out.w, b->spec);
+    }
+    if (proj && has_bn) {
+        b->sub = 1;
+        NNP_CALL(push(b, (nnp_layer){.kind = NNP_L_BN}));
+        b->layers[b->n - 1].out = b->cur;
+    }
+    b->res = NNP_RES_NONE;
+    b->sub = 0;
+    b->cur = out;
+    const int a = b->n;
+    NNP_CALL(push(b, (nnp_layer){.kind = NNP_L_RES_ADD}));
+    b->layers[a].out = out;
+    if (proj)
+        b->layers[be].src = f;
+    for (int i = f; i <= a; i++) {
+        b->layers[i].fork = f;
+        b->layers[i].add = a;
+    }
+    b->layers[f].branch_end = b->layers[a].branch_end = be;
+    b->layers[f].proj = b->layers[a].proj = proj;
+    return NNP_OK;
+}
+
 static nnp_status parse_seq(builder *b, const char *body)
 {
-    char buf[1024];
+    char buf[4096];
     if (strlen(body) >= sizeof buf)
         return nnp_error(NNP_ERR_ARG, "model spec too long (%zu characters)", strlen(body));
-    /* strtok_r would skip empty items: "seq:1x28x28//dense:10" is a typo, not a network */
-    size_t n = strlen(body);
-    if (!n || strchr("/,", body[0]) || strchr("/,", body[n - 1]) || strstr(body, "//") ||
-        strstr(body, ",,") || strstr(body, "/,") || strstr(body, ",/"))
-        return nnp_error(NNP_ERR_ARG, "empty item in model spec '%s'", b->spec);
     strcpy(buf, body);
-    char *save = NULL;
-    int first = 1;
-    for (char *item = strtok_r(buf, "/,", &save); item; item = strtok_r(NULL, "/,", &save)) {
+    char *items[NNP_MAX_LAYERS];
+    int n_items = 0;
+    NNP_CALL(split_items(b, buf, NULL, items, NNP_MAX_LAYERS, &n_items));
+    for (int k = 0; k < n_items; k++) {
         nnp_shape s;
-        if (first && parse_shape(item, &s) == 0) {
+        char *item = items[k];
+        if (k == 0 && parse_shape(item, &s) == 0) {
             b->cur = s;
-        } else {
-            NNP_CALL(parse_item(b, item));
+            continue;
         }
-        first = 0;
+        if (strchr(item, '[') || strchr(item, ']'))
+            NNP_CALL(parse_group(b, item));
+        else
+            NNP_CALL(parse_item(b, item));
+        b->item++;
     }
     return NNP_OK;
 }
 
 /* "784-256x12-10": widths separated by '-', "WxN" repeats W N times. */
-static nnp_status parse_mlp(builder *b, const char *body, nnp_act act)
+static nnp_status parse_widths(builder *b, const char *body, int *widths, int *n_widths)
 {
-    int widths[NNP_MAX_LAYERS], nw = 0;
+    int nw = 0;
     char buf[512];
     size_t n = strlen(body);
     /* strtok_r would skip empty widths: "mlp:784--10" is a typo, not 784-10 */
@@ -290,6 +441,14 @@ static nnp_status parse_mlp(builder *b, const char *body, nnp_act act)
     if (nw < 2)
         return nnp_error(NNP_ERR_ARG, "mlp spec '%s' needs an input and an output width",
                          b->spec);
+    *n_widths = nw;
+    return NNP_OK;
+}
+
+static nnp_status parse_mlp(builder *b, const char *body, nnp_act act)
+{
+    int widths[NNP_MAX_LAYERS], nw = 0;
+    NNP_CALL(parse_widths(b, body, widths, &nw));
     b->cur = (nnp_shape){widths[0], 1, 1};
     for (int i = 1; i < nw; i++) {
         NNP_CALL(add_dense(b, widths[i]));
@@ -299,11 +458,76 @@ static nnp_status parse_mlp(builder *b, const char *body, nnp_act act)
     return NNP_OK;
 }
 
+/* Append to a generated spec; -1 when it does not fit. */
+static int spec_append(char *buf, size_t cap, size_t *len, const char *fmt, int a, int c)
+{
+    int w = snprintf(buf + *len, cap - *len, fmt, a, c);
+    if (w < 0 || (size_t)w >= cap - *len)
+        return -1;
+    *len += (size_t)w;
+    return 0;
+}
+
+/* resmlp:W0-W1-...-Wn as a seq spec: dense W0->W1 (+bn) + relu, then per further hidden width
+ * a block res[dense:Wi(/bn)] + relu (identity shortcut when Wi = Wi-1), then dense Wn. */
+static nnp_status parse_resmlp(builder *b, const char *body, int bn)
+{
+    int widths[NNP_MAX_LAYERS], nw = 0;
+    NNP_CALL(parse_widths(b, body, widths, &nw));
+    char buf[4096];
+    size_t len = 0;
+    int bad = spec_append(buf, sizeof buf, &len, "%d", widths[0], 0);
+    for (int i = 1; i < nw && !bad; i++) {
+        if (i + 1 == nw)
+            bad = spec_append(buf, sizeof buf, &len, "/dense:%d", widths[i], 0);
+        else if (i == 1)
+            bad = spec_append(buf, sizeof buf, &len, bn ? "/dense:%d/bn/relu" : "/dense:%d/relu",
+                              widths[i], 0);
+        else
+            bad = spec_append(buf, sizeof buf, &len,
+                              bn ? "/res[dense:%d/bn]/relu" : "/res[dense:%d]/relu", widths[i], 0);
+    }
+    if (bad)
+        return nnp_error(NNP_ERR_ARG, "resmlp spec '%s' is too deep", b->spec);
+    return parse_seq(b, buf);
+}
+
+/* He et al. (2016)'s CIFAR ResNet with n basic blocks per stage (6n + 2 layers): conv 16 +
+ * bn + relu, stages of 16/32/64 channels (stride 2 at the first block of stages 2 and 3),
+ * gap, dense 10. */
+static nnp_status parse_resnet(builder *b, int n)
+{
+    char buf[4096];
+    size_t len = 0;
+    len += (size_t)snprintf(buf, sizeof buf, "conv:16:3:1:1/bn/relu");
+    for (int stage = 0; stage < 3; stage++) {
+        const int c = 16 << stage;
+        for (int k = 0; k < n; k++)
+            len += (size_t)snprintf(buf + len, sizeof buf - len,
+                                    "/res[conv:%d:3:%d:1/bn/relu/conv:%d:3:1:1/bn]/relu", c,
+                                    stage > 0 && k == 0 ? 2 : 1, c);
+    }
+    snprintf(buf + len, sizeof buf - len, "/gap/dense:10");
+    return parse_seq(b, buf);
+}
+
 /* ---- construction ---------------------------------------------------------------------- */
 
 static void name_tensor(nnp_tensor *t, const char *prefix, int idx, int is_bias)
 {
     snprintf(t->name, sizeof t->name, "%s%d.%s", prefix, idx, is_bias ? "bias" : "weight");
+}
+
+/* With residual blocks every tensor is named by its module's path in the PyTorch layout of
+ * docs/models.md: layers.I (the I-th spec item), layers.I.branch.J, layers.I.shortcut.J. */
+static void name_tensor_path(nnp_tensor *t, const nnp_layer *L, int is_bias)
+{
+    const char *leaf = is_bias ? "bias" : "weight";
+    if (L->res == NNP_RES_NONE)
+        snprintf(t->name, sizeof t->name, "layers.%d.%s", L->item, leaf);
+    else
+        snprintf(t->name, sizeof t->name, "layers.%d.%s.%d.%s", L->item,
+                 L->res == NNP_RES_BRANCH ? "branch" : "shortcut", L->sub, leaf);
 }
 
 /* Assign tensor views: weight then bias per trainable layer, in forward order. */
@@ -323,6 +547,7 @@ static nnp_status plan_tensors(nnp_net *net)
         return NNP_ERR_NOMEM;
     size_t off = 0;
     int j = 0, n_conv = 0, n_fc = 0;
+    const int paths = nnp_net_has(net, NNP_L_RES_ADD);
     net->n_bn = 0;
     net->n_running = 0;
     for (int i = 0; i < net->n_layers; i++) {
@@ -373,16 +598,23 @@ static nnp_status plan_tensors(nnp_net *net)
             name_tensor(w, "conv", ++n_conv, 0);
             name_tensor(b, "conv", n_conv, 1);
         }
+        if (paths) {
+            name_tensor_path(w, L, 0);
+            name_tensor_path(b, L, 1);
+        }
         b->fan_in = w->fan_in;
         b->fan_out = w->fan_out;
         w->off = off;
         off += w->n;
         b->off = off;
         off += b->n;
-        /* activation that follows this layer (skipping shape-only layers, BatchNorm and
-         * dropout), for init gains */
+        /* activation that follows this layer (skipping shape-only layers, BatchNorm,
+         * dropout, a block's add and, from outside a shortcut, the shortcut's layers), for
+         * init gains */
         for (int k = i + 1; k < net->n_layers && L->kind != NNP_L_BN; k++) {
             nnp_layer_kind kk = net->layers[k].kind;
+            if (net->layers[k].res == NNP_RES_SHORTCUT && L->res != NNP_RES_SHORTCUT)
+                continue;
             if (kk == NNP_L_ACT) {
                 L->next_act = net->layers[k].act;
                 L->alpha = net->layers[k].alpha;
@@ -415,7 +647,7 @@ static nnp_status check_memory(const nnp_net *net)
     size_t B = (size_t)net->max_batch, total = 0;
     int n = net->n_layers, bad = add_bytes(&total, 2, net->n_params, sizeof(float));
     for (int i = 0; i <= n && !bad; i++) {
-        nnp_shape s = i < n ? net->layers[i].in : net->layers[n - 1].out;
+        nnp_shape s = i > 0 ? net->layers[i - 1].out : net->layers[0].in; /* what act[i] holds */
         bad = add_bytes(&total, 2 * B, nnp_shape_size(s), sizeof(float));
     }
     for (int i = 0; i < n && !bad; i++) {
@@ -473,19 +705,63 @@ static nnp_status alloc_buffers(nnp_net *net)
                     net->running[L->roff + (size_t)L->in.c + (size_t)c] = 1.0f;
         }
     }
-    for (int i = 0; i <= n; i++) {
-        nnp_shape s = i < n ? net->layers[i].in : net->layers[n - 1].out;
-        /* flatten moves no data: its output aliases its input */
-        if (i > 0 && net->layers[i - 1].kind == NNP_L_FLATTEN) {
-            net->act[i] = net->act[i - 1];
-            net->dact[i] = net->dact[i - 1];
-            continue;
-        }
-        net->act[i] = nnp_calloc(B * nnp_shape_size(s), sizeof(float));
-        net->dact[i] = nnp_calloc(B * nnp_shape_size(s), sizeof(float));
-        if (!net->act[i] || !net->dact[i])
-            return NNP_ERR_NOMEM;
+    net->dskip = nnp_calloc((size_t)n, sizeof(float *));
+    net->owned = nnp_calloc((size_t)n + 1, 1);
+    int *ra = nnp_calloc(2 * ((size_t)n + 1), sizeof(int)), *rd = ra ? ra + n + 1 : NULL;
+    if (!net->dskip || !net->owned || !ra) {
+        free(ra);
+        return NNP_ERR_NOMEM;
     }
+    /* Aliases: flatten moves no data and a block's fork is the identity (output = input);
+     * the gradient of a block's add output is also that of its input and, with a projection,
+     * of the branch output (the add's backward moves nothing). ra/rd: the lowest index each
+     * act/dact shares its buffer with. */
+    for (int i = 0; i <= n; i++)
+        ra[i] = rd[i] = i;
+    for (int i = 1; i <= n; i++) {
+        const nnp_layer_kind k = net->layers[i - 1].kind;
+        if (k == NNP_L_FLATTEN || k == NNP_L_RES_FORK)
+            ra[i] = rd[i] = ra[i - 1];
+    }
+    for (int i = n - 1; i >= 0; i--) { /* adds, last first: their classes join downwards */
+        const nnp_layer *L = &net->layers[i];
+        if (L->kind != NNP_L_RES_ADD)
+            continue;
+        const int members[3] = {rd[i], rd[i + 1], L->proj ? rd[L->branch_end] : rd[i]};
+        int root = members[0];
+        for (int m = 1; m < 3; m++)
+            root = members[m] < root ? members[m] : root;
+        for (int j = 0; j <= n; j++)
+            for (int m = 0; m < 3; m++)
+                if (rd[j] == members[m])
+                    rd[j] = root;
+    }
+    for (int i = 0; i <= n; i++) {
+        nnp_shape s = i > 0 ? net->layers[i - 1].out : net->layers[0].in; /* what act[i] holds */
+        if (ra[i] == i) {
+            net->act[i] = nnp_calloc(B * nnp_shape_size(s), sizeof(float));
+            net->owned[i] |= 1;
+        } else {
+            net->act[i] = net->act[ra[i]];
+        }
+        if (rd[i] == i) {
+            net->dact[i] = nnp_calloc(B * nnp_shape_size(s), sizeof(float));
+            net->owned[i] |= 2;
+        } else {
+            net->dact[i] = net->dact[rd[i]];
+        }
+        if (!net->act[i] || !net->dact[i]) {
+            free(ra);
+            return NNP_ERR_NOMEM;
+        }
+    }
+    free(ra);
+    for (int i = 0; i < n; i++)
+        if (net->layers[i].src != i) {
+            net->dskip[i] = nnp_calloc(B * nnp_shape_size(net->layers[i].in), sizeof(float));
+            if (!net->dskip[i])
+                return NNP_ERR_NOMEM;
+        }
     for (int i = 0; i < n; i++) {
         nnp_layer *L = &net->layers[i];
         if (L->kind == NNP_L_MAXPOOL) {
@@ -530,10 +806,16 @@ nnp_status nnp_net_create(const char *spec, nnp_shape input, nnp_act act, int ma
         s = parse_mlp(&b, spec + 4, act);
     else if (strncmp(spec, "seq:", 4) == 0)
         s = parse_seq(&b, spec + 4);
+    else if (strcmp(spec, "resnet8") == 0 || strcmp(spec, "resnet20") == 0)
+        s = parse_resnet(&b, spec[6] == '8' ? 1 : 3);
+    else if (strncmp(spec, "resmlp:", 7) == 0)
+        s = parse_resmlp(&b, spec + 7, 0);
+    else if (strncmp(spec, "resmlp-bn:", 10) == 0)
+        s = parse_resmlp(&b, spec + 10, 1);
     else
         s = nnp_error(NNP_ERR_ARG,
-                      "unknown model '%s' (expected lenet, mlp:784-256x12-10 or seq:...; see "
-                      "docs/models.md)",
+                      "unknown model '%s' (expected lenet, mlp:784-256x12-10, resnet8, resnet20, "
+                      "resmlp:784-256x12-10, resmlp-bn:... or seq:...; see docs/models.md)",
                       spec);
     net->layers = layers;
     net->n_layers = b.n;
@@ -565,13 +847,16 @@ void nnp_net_free(nnp_net *net)
 {
     if (!net)
         return;
-    for (int i = 0; net->act && i <= net->n_layers; i++) {
-        if (i > 0 && net->layers[i - 1].kind == NNP_L_FLATTEN)
-            continue; /* aliased */
-        free(net->act[i]);
-        if (net->dact)
+    for (int i = 0; net->act && net->owned && i <= net->n_layers; i++) {
+        if (net->owned[i] & 1) /* else aliased, or not allocated */
+            free(net->act[i]);
+        if (net->dact && (net->owned[i] & 2))
             free(net->dact[i]);
     }
+    for (int i = 0; net->dskip && i < net->n_layers; i++)
+        free(net->dskip[i]);
+    free(net->dskip);
+    free(net->owned);
     for (int i = 0; net->argmax && i < net->n_layers; i++)
         free(net->argmax[i]);
     for (int i = 0; net->ws && i < net->n_layers; i++)
@@ -613,7 +898,7 @@ int nnp_net_has(const nnp_net *net, nnp_layer_kind kind)
 void nnp_net_forward_layer(nnp_net *net, int i, int B)
 {
     const nnp_layer *L = &net->layers[i];
-    const float *in = net->act[i];
+    const float *in = net->act[L->src];
     float *out = net->act[i + 1];
     switch (L->kind) {
     case NNP_L_DENSE: {
@@ -658,6 +943,15 @@ void nnp_net_forward_layer(nnp_net *net, int i, int B)
         else
             memcpy(out, in, (size_t)B * nnp_shape_size(L->in) * sizeof(float));
         break;
+    case NNP_L_RES_FORK: break; /* aliased buffers */
+    case NNP_L_RES_ADD: {
+        /* act[i]: the shortcut's output (projection) or the branch output (identity) */
+        const float *other = net->act[L->proj ? L->branch_end : L->fork];
+        const size_t m = (size_t)B * nnp_shape_size(L->out);
+        for (size_t k = 0; k < m; k++)
+            out[k] = in[k] + other[k];
+        break;
+    }
     }
 }
 
@@ -674,12 +968,13 @@ void nnp_net_backward_layer(nnp_net *net, int i, int B)
 {
     const nnp_layer *L = &net->layers[i];
     const float *dy = net->dact[i + 1];
-    /* the first layer's input gradient is never needed */
-    float *dx = i > 0 ? net->dact[i] : NULL;
+    /* the first layer's input gradient is never needed; a projection shortcut's first
+     * layer writes its own buffer, which its block's fork adds */
+    float *dx = net->dskip[i] ? net->dskip[i] : i > 0 ? net->dact[i] : NULL;
     switch (L->kind) {
     case NNP_L_DENSE: {
         const nnp_tensor *w = &net->tensors[L->tensor];
-        nnp_dense_backward(B, w->fan_in, w->fan_out, net->act[i], net->params + w->off, dy, dx,
+        nnp_dense_backward(B, w->fan_in, w->fan_out, net->act[L->src], net->params + w->off, dy, dx,
                            net->grads + w->off, net->grads + w[1].off);
         break;
     }
@@ -726,6 +1021,16 @@ void nnp_net_backward_layer(nnp_net *net, int i, int B)
                 memcpy(dx, dy, (size_t)B * nnp_shape_size(L->in) * sizeof(float));
         }
         break;
+    case NNP_L_RES_ADD: break; /* its input and the branch output share its output's gradient */
+    case NNP_L_RES_FORK: {
+        /* dact[i] (shared with the branch's input) += the shortcut's input gradient */
+        const float *g = L->proj ? net->dskip[L->branch_end] : net->dact[L->add + 1];
+        float *d = net->dact[i];
+        const size_t m = (size_t)B * nnp_shape_size(L->in);
+        for (size_t k = 0; k < m; k++)
+            d[k] += g[k];
+        break;
+    }
     }
 }
 
@@ -772,9 +1077,16 @@ void nnp_layer_describe(const nnp_net *net, int i, char *buf, size_t cap)
         break;
     case NNP_L_GAP: snprintf(what, sizeof what, "global avgpool"); break;
     case NNP_L_DROPOUT: snprintf(what, sizeof what, "dropout p=%g", (double)L->drop); break;
+    case NNP_L_RES_FORK:
+        snprintf(what, sizeof what, "res block (%s)", L->proj ? "projection" : "identity");
+        break;
+    case NNP_L_RES_ADD: snprintf(what, sizeof what, "res add"); break;
     default: snprintf(what, sizeof what, "?"); break;
     }
-    snprintf(buf, cap, "%2d %-24s %dx%dx%d -> %dx%dx%d", i, what, L->in.c, L->in.h, L->in.w,
+    const char *part = L->res == NNP_RES_BRANCH ? "| " : L->res == NNP_RES_SHORTCUT ? "+ " : "";
+    char tag[128];
+    snprintf(tag, sizeof tag, "%s%s", part, what);
+    snprintf(buf, cap, "%2d %-24s %dx%dx%d -> %dx%dx%d", i, tag, L->in.c, L->in.h, L->in.w,
              L->out.c, L->out.h, L->out.w);
 }
 

@@ -157,6 +157,7 @@ nnp_status nnp_precond_init(nnp_precond *p, const nnp_precond_cfg *cfg, const nn
             {NNP_L_BN, "BatchNorm layers"},
             {NNP_L_GAP, "global average pooling (gap)"},
             {NNP_L_DROPOUT, "dropout"},
+            {NNP_L_RES_ADD, "residual blocks (res[...])"},
         };
         for (size_t u = 0; u < sizeof underived / sizeof underived[0]; u++)
             if (nnp_net_has(net, underived[u].k))
@@ -562,7 +563,9 @@ static double walk_block(const nnp_precond *p, const nnp_net *net, int first, in
         case NNP_L_CONV2D: break; /* not reached: blocks hold no trainable layer */
         case NNP_L_BN:
         case NNP_L_GAP:
-        case NNP_L_DROPOUT: break; /* not reached: nnp_precond_init refuses them */
+        case NNP_L_DROPOUT:
+        case NNP_L_RES_FORK:
+        case NNP_L_RES_ADD: break; /* not reached: nnp_precond_init refuses them */
         }
     }
     return d;

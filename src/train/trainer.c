@@ -215,7 +215,7 @@ static void write_layer_stats(FILE *f, int64_t step, const nnp_net *net, const n
         const nnp_layer *L = &net->layers[t->layer];
         double wm, ws, am, as, gm, gs;
         moments(net->params + t->off, t->n, &wm, &ws);
-        moments(net->act[t->layer], (size_t)B * nnp_shape_size(L->in), &am, &as);
+        moments(nnp_layer_input(net, t->layer), (size_t)B * nnp_shape_size(L->in), &am, &as);
         moments(net->grads + t->off, t->n, &gm, &gs);
         double m = pc->scale ? pc->scale[j] : 1.0;
         fprintf(f, "%lld,%d,%s,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g\n", (long long)step, j,
