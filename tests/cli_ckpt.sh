@@ -9,7 +9,8 @@
 #  4. scripts/idx_to_h5.py converts the IDX files and `nnprec train --data FILE.h5` gives the
 #     same train.csv as the IDX run, bit for bit; eval reads the .h5 test set too;
 #  5. scripts/ckpt_to_torch.py (PyTorch, /usr/bin/python3) on the final checkpoint prints an
-#     accuracy within 0.1 points of `nnprec eval`;
+#     accuracy within 0.1 points of `nnprec eval`; so it does for two short-trained residual
+#     networks (conv blocks with bn and a projection, a resmlp with bn);
 #  6. resuming a finished run trains nothing and changes no file; checkpoints past the run's
 #     end, from another training set or normalization, or with impossible values are refused.
 # usage: cli_ckpt.sh NNPREC MPIEXEC
@@ -87,6 +88,22 @@ else
   echo "PyTorch accuracy $at%, nnprec eval $a1%"
   [ -n "$at" ] && [ -n "$a1" ] && awk -v a="$at" -v b="$a1" 'BEGIN { d = a - b; exit !(d <= 0.1 && d >= -0.1) }' \
     && ok || fail "PyTorch accuracy '$at%' vs nnprec eval '$a1%'"
+  # residual networks (conv blocks with bn and a stride-2 projection; a residual MLP with
+  # bn): 30 steps at 2 ranks, the torch module of the same layout gives eval's accuracy
+  for m in 'seq:1x28x28/conv:8:3:1:1/bn/relu/res[conv:8:3:1:1/bn/relu/conv:8:3:1:1/bn]/relu/res[conv:16:3:2:1/bn/relu/conv:16:3:1:1/bn]/relu/gap/dense:10' \
+           resmlp-bn:784-64x4-10; do
+    rm -rf "$tmp/res"
+    mpi 2 train --model "$m" --train-limit 2000 --steps 30 --batch 32 --lr 0.05 --seed 5 \
+      --eval-every 1000 --quiet --out "$tmp/res" > "$tmp/res.log" 2>&1 || fail "train $m: $(tail -3 "$tmp/res.log")"
+    mpi 1 eval --checkpoint "$tmp/res" > "$tmp/res.eval" 2>&1 || fail "eval $m: $(tail -3 "$tmp/res.eval")"
+    ar=$(eval_acc "$tmp/res.eval")
+    timeout 120 $py "$here/scripts/ckpt_to_torch.py" "$tmp/res" > "$tmp/res.torch" 2>&1 \
+      || fail "ckpt_to_torch.py on $m: $(tail -3 "$tmp/res.torch")"
+    at=$(sed -n 's/^accuracy: \([0-9.]*\)%$/\1/p' "$tmp/res.torch")
+    echo "$m: PyTorch accuracy $at%, nnprec eval $ar%"
+    [ -n "$at" ] && [ -n "$ar" ] && awk -v a="$at" -v b="$ar" 'BEGIN { d = a - b; exit !(d <= 0.1 && d >= -0.1) }' \
+      && ok || fail "$m: PyTorch accuracy '$at%' vs nnprec eval '$ar%'"
+  done
 fi
 
 # 6. resuming: a finished run has nothing to train and changes none of its files; a
