@@ -53,7 +53,9 @@ typedef struct {
 static train_opts O;
 
 static nnp_option opts[] = {
-    OPT_S("model", model, "lenet", "lenet | mlp:784-256x12-10 | seq:... (docs/models.md)"),
+    OPT_S("model", model, "lenet",
+          "lenet | mlp:784-256x12-10 | resnet8 | resnet20 | resmlp:784-256x12-10 | seq:... "
+          "(docs/models.md)"),
     OPT_S("act", act, "relu", "activation between mlp layers: relu|leaky-relu|tanh|sigmoid|identity"),
     OPT_S("bn", bn, "sync",
           "BatchNorm (bn) batch statistics: sync (over the global batch, summed over the ranks: "
