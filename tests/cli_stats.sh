@@ -45,6 +45,10 @@ bnm=seq:1x28x28/conv:4:3/bn/relu/gap/dropout:0.2/dense:16/bn/relu/dense:10
   grep -q 'batchnorm2d 4' "$tmp/bnb.out" && grep -q 'dropout p=0.2' "$tmp/bnb.out" && ok ||
   fail "bench --layers on bn: $(tail -3 "$tmp/bnb.out")"
 expect 2 "not derived for BatchNorm layers" "$nnprec" stats --model $bnm --precond static
+# residual blocks: stats names the shortcut's tensors; the preconditioner is refused
+"$nnprec" stats --model resnet8 --batch 8 --synthetic > "$tmp/res.out" 2>&1 &&
+  grep -q ' layers\.5\.shortcut\.0 ' "$tmp/res.out" && ok || fail "stats on resnet8: $(tail -3 "$tmp/res.out")"
+expect 2 "not derived for residual blocks" "$nnprec" stats --model resmlp:784-32x3-10 --precond static
 expect 2 "unknown option '--bogus'" "$nnprec" stats --bogus 1
 expect 2 "give --model SPEC or --depth D" "$nnprec" stats
 expect 2 "--grad must be normal or loss" "$nnprec" stats --depth 3 --grad foo

@@ -251,11 +251,20 @@ static nnp_status split_items(builder *b, char *body, const char *group, char **
     char *start = body;
     for (char *c = body;; c++) {
         if (*c == '[') {
-            if (group || depth > 0)
+            if (group)
                 return nnp_error(NNP_ERR_ARG,
                                  "nested group in item '%s' of model spec '%s' (residual "
                                  "blocks do not nest)",
-                                 group ? group : start, b->spec);
+                                 group, b->spec);
+            if (depth > 0) { /* name the whole item: up to its closing bracket */
+                const char *e = c;
+                for (int d = depth; *e && !(d == 0 && (*e == '/' || *e == ',')); e++)
+                    d += *e == '[' ? 1 : *e == ']' ? -1 : 0;
+                return nnp_error(NNP_ERR_ARG,
+                                 "nested group in item '%.*s' of model spec '%s' (residual "
+                                 "blocks do not nest)",
+                                 (int)(e - start), start, b->spec);
+            }
             depth++;
         } else if (*c == ']') {
             if (depth == 0)
