@@ -13,7 +13,8 @@
 #     resuming from it ends at the reference's parameters (with --allreduce fused and shm);
 #  6. lars and lamb resume bit for bit (fused and shm), and another optimizer is refused;
 #  7. a model with BatchNorm (synchronized) and dropout, killed and resumed: parameters,
-#     running statistics, num_batches_tracked and per-step losses bit for bit (fused, shm).
+#     running statistics, num_batches_tracked and per-step losses bit for bit (fused, shm);
+#  8. the same with residual blocks (bn in a branch and in a projection shortcut, dropout).
 # usage: ckpt_resume.sh NNPREC MPIEXEC
 set -uo pipefail
 nnprec=$1 mpiexec=$2
@@ -193,6 +194,40 @@ for mode in fused shm; do
   cmp -s <(cut -d, -f1,3 "$d-ref/train.csv") <(cut -d, -f1,3 "$d/train.csv") || same=0
   [ "$same" = 1 ] && ok || fail "bn $mode: the killed and resumed run does not end at the reference's state"
 done
+
+# 8. residual blocks (bn in the branch and the projection, dropout in the branch): killed at
+# a random step and resumed, the end is the uninterrupted run's (every dataset of every
+# layers.* group)
+resm='seq:1x28x28/conv:4:3:2:1/bn/relu/res[conv:4:3:1:1/bn/relu/conv:4:3:1:1/bn]/relu/res[conv:8:3:2:1/bn/dropout:0.2]/relu/gap/dense:10'
+d=$tmp/res
+if run 2 "$d-ref" --model "$resm" --steps 400 > "$d-ref.log" 2>&1; then
+  run 2 "$d" --model "$resm" --steps 400 > "$d.log" 2>&1 &
+  pid=$!
+  wait_step "$d" $pid $((30 + RANDOM % 120))
+  killed=0
+  pkill -9 -f -- "^$nnprec train .*--out $d( |$)" && killed=1
+  wait $pid 2>/dev/null
+  echo "res: killed after step $(last_step "$d"), resuming from $(cat "$d/latest" 2>/dev/null)"
+  if [ "$killed" = 0 ] || [ -f "$d/ckpt-00000400.h5" ]; then
+    fail "res: the kill did not hit a running job"
+  elif run 2 "$d" --model "$resm" --steps 400 --resume auto >> "$d.log" 2>&1; then
+    same=1 n=0
+    for g in $(h5ls "$d-ref/ckpt-00000400.h5" | awk '$1 ~ /^layers/ { print $1 }'); do
+      for ds in weight bias running_mean running_var num_batches_tracked; do
+        h5ls "$d-ref/ckpt-00000400.h5/$g/$ds" > /dev/null 2>&1 || continue
+        n=$((n + 1))
+        h5diff -q "$d-ref/ckpt-00000400.h5" "$d/ckpt-00000400.h5" "/$g/$ds" "/$g/$ds" > /dev/null ||
+          { same=0; echo "res: /$g/$ds differs"; }
+      done
+    done
+    cmp -s <(cut -d, -f1,3 "$d-ref/train.csv") <(cut -d, -f1,3 "$d/train.csv") || same=0
+    [ "$same" = 1 ] && [ "$n" = 37 ] && ok || fail "res: the resumed run does not end at the reference's state ($n datasets)"
+  else
+    fail "res: resume: $(tail -2 "$d.log")"
+  fi
+else
+  fail "res: $(tail -2 "$d-ref.log")"
+fi
 
 echo "$passes passed, $fails failed"
 [ "$fails" = 0 ]
