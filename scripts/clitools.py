@@ -88,3 +88,19 @@ def save_figure(fig, path, dpi, title=None):
     except OSError as e:
         die("cannot write %s (%s)" % (path, why(e)))
     print("wrote %s" % path)
+
+
+def image_path(ap, opt, path, folder_must_exist=False):
+    """Exit 2 (through ap.error) unless PATH ends in an image format matplotlib writes;
+    exit 1 if PATH is a folder or, with folder_must_exist, if its folder is missing."""
+    from matplotlib.backend_bases import FigureCanvasBase
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    if not path:
+        ap.error(f"{opt}: the file name is empty")
+    if os.path.splitext(path)[1][1:].lower() not in kinds:
+        ap.error(f"{opt}: '{path}' does not end in an image format matplotlib writes "
+                 f"({', '.join(sorted(kinds))})")
+    if os.path.isdir(path):
+        die(f"{opt}: {path} is a directory")
+    if folder_must_exist and not os.path.isdir(os.path.dirname(path) or "."):
+        die(f"{opt}: {os.path.dirname(path)}: no such directory")

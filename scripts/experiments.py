@@ -20,7 +20,7 @@ import re
 import subprocess
 import time
 
-from clitools import ArgParser, die, why, positive_int, read_numeric_csv
+from clitools import ArgParser, die, why, positive_int, read_numeric_csv, image_path
 
 PROG = "experiments.py"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,22 +76,6 @@ EXPERIMENTS = {
         },
     },
 }
-
-
-def image_path(ap, opt, path):
-    """Exit 2 unless PATH ends in an image format matplotlib writes; exit 1 if its folder is
-    missing or PATH is a folder."""
-    from matplotlib.backend_bases import FigureCanvasBase
-    kinds = FigureCanvasBase.get_supported_filetypes()
-    if not path:
-        ap.error(f"{opt}: the file name is empty")
-    if os.path.splitext(path)[1][1:].lower() not in kinds:
-        ap.error(f"{opt}: '{path}' does not end in an image format matplotlib writes "
-                 f"({', '.join(sorted(kinds))})")
-    if os.path.isdir(path):
-        die(f"{opt}: {path} is a directory")
-    if not os.path.isdir(os.path.dirname(path) or "."):
-        die(f"{opt}: {os.path.dirname(path)}: no such directory")
 
 
 def read_csv(path, need=()):
@@ -343,7 +327,7 @@ def main():
         cmd_run(args)
     else:
         if args.plot is not None:
-            image_path(ap, "--plot", args.plot)
+            image_path(ap, "--plot", args.plot, folder_must_exist=True)
         cmd_summary(args)
 
 

@@ -33,9 +33,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
 
-from clitools import ArgParser, die, why, positive_int, save_figure
+from clitools import ArgParser, die, why, positive_int, save_figure, image_path
 
 PROG = "plot_layers.py"
 MAX_PIXELS = 2 ** 27  # --dpi bound: 512 MiB of RGBA (and matplotlib's own 2^16 per side)
@@ -163,14 +162,7 @@ def main():
     ap.add_argument("--dpi", type=positive_int, default=110,
                     help="resolution of the PNG (default 110)")
     a = ap.parse_args()
-    kinds = FigureCanvasBase.get_supported_filetypes()
-    if not a.out:
-        ap.error("--out: the file name is empty")
-    if os.path.splitext(a.out)[1][1:].lower() not in kinds:
-        ap.error("--out: '%s' does not end in an image format matplotlib writes (%s)"
-                 % (a.out, ", ".join(sorted(kinds))))
-    if os.path.isdir(a.out):
-        die("--out: %s is a directory" % a.out)
+    image_path(ap, "--out", a.out)
 
     runs = [(r.rstrip("/"),) + read_run(r) for r in a.runs]
     quantities = a.quantity or (["grad_std", "grad_std_precond"] if len(runs) == 1

@@ -16,9 +16,8 @@ import os
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
 
-from clitools import ArgParser, die, positive_int, read_numeric_csv, save_figure  # noqa: E402
+from clitools import ArgParser, die, positive_int, read_numeric_csv, save_figure, image_path  # noqa: E402
 
 PROG = "plot_noise.py"
 MAX_DPI = 1000  # a 9x3.6-inch figure: at most 9000x3600 pixels
@@ -50,18 +49,11 @@ def main():
     ap.add_argument("--title", help="figure title (default: none)")
     ap.add_argument("--dpi", type=positive_int, default=110, help="resolution (default 110)")
     a = ap.parse_args()
-    kinds = FigureCanvasBase.get_supported_filetypes()
-    if not a.out:
-        ap.error("--out: the file name is empty")
-    if os.path.splitext(a.out)[1][1:].lower() not in kinds:
-        ap.error("--out: '%s' does not end in an image format matplotlib writes (%s)"
-                 % (a.out, ", ".join(sorted(kinds))))
+    image_path(ap, "--out", a.out)
     if a.dpi > MAX_DPI:
         ap.error("--dpi %d is too large (at most %d)" % (a.dpi, MAX_DPI))
     if a.batch and len(a.batch) != len(a.runs):
         ap.error("--batch: give one per run (%d runs, %d batches)" % (len(a.runs), len(a.batch)))
-    if os.path.isdir(a.out):
-        die("--out: %s is a directory" % a.out)
 
     runs = [(r.rstrip("/"), read_run(r)) for r in a.runs]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6), constrained_layout=True)
