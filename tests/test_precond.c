@@ -453,6 +453,21 @@ static void forward_stats(const char *spec, int unit_prior, int B, int R)
     nnp_net_free(net);
 }
 
+/* One statistical trial: fresh weights from ic (seed init_seed), N(0,1) input x[B, input]
+ * and N(0,1) loss gradient (seed data_seed), forward and backward. */
+static void draw_trial(nnp_net *net, const nnp_init_cfg *ic, uint64_t init_seed,
+                       uint64_t data_seed, float *x, int B)
+{
+    ASSERT_OK(nnp_init_net(net, ic, init_seed));
+    nnp_rng g;
+    nnp_rng_seed(&g, data_seed, NNP_STREAM_DATA);
+    nnp_rng_fill_normal(&g, x, (size_t)B * nnp_shape_size(net->input), 0.0, 1.0);
+    nnp_net_forward(net, B, x);
+    nnp_rng_fill_normal(&g, net->dact[net->n_layers], (size_t)B * (size_t)net->n_classes, 0.0,
+                        1.0);
+    nnp_net_backward(net, B, NULL, NULL);
+}
+
 /* A_j of a conv weight: mean over (c, tap) of sum_b sum_p x_c(p*s - pad + tap)^2. */
 static double conv_input_energy(const nnp_layer *L, const float *x, int B)
 {
@@ -487,7 +502,6 @@ static void backward_stats(const char *spec, int B, int R, int seed_must_fail, d
     nnp_net *net = make_net(spec, B);
     nnp_init_cfg ic = seed_init();
     size_t nin = nnp_shape_size(net->input);
-    size_t nout = (size_t)B * (size_t)net->n_classes;
     float *x = malloc((size_t)B * nin * sizeof(float));
     nnp_precond_cfg cc = cfg_of(NNP_PRECOND_STATIC, NNP_PFORM_CORRECTED);
     nnp_precond_cfg cs = cfg_of(NNP_PRECOND_STATIC, NNP_PFORM_SEED);
@@ -498,13 +512,7 @@ static void backward_stats(const char *spec, int B, int R, int seed_must_fail, d
     double *T = calloc((size_t)R * MAXT, sizeof(double)), A[MAXT], sd_meas[MAXT] = {0},
            sd_pred[MAXT] = {0};
     for (int r = 0; r < R; r++) {
-        ASSERT_OK(nnp_init_net(net, &ic, 200 + (uint64_t)r));
-        nnp_rng g;
-        nnp_rng_seed(&g, 600 + (uint64_t)r, NNP_STREAM_DATA);
-        nnp_rng_fill_normal(&g, x, (size_t)B * nin, 0.0, 1.0);
-        nnp_net_forward(net, B, x);
-        nnp_rng_fill_normal(&g, net->dact[net->n_layers], nout, 0.0, 1.0);
-        nnp_net_backward(net, B, NULL, NULL);
+        draw_trial(net, &ic, 200 + (uint64_t)r, 600 + (uint64_t)r, x, B);
         for (int j = 0; j < n; j++) {
             const nnp_tensor *t = &net->tensors[j];
             const nnp_layer *L = &net->layers[t->layer];
@@ -598,19 +606,13 @@ static void equalization(const char *init, nnp_act act, int B, int R)
     if (!net)
         return;
     nnp_init_cfg ic = init_of(init);
-    size_t nin = nnp_shape_size(net->input), nout = (size_t)B * (size_t)net->n_classes;
+    size_t nin = nnp_shape_size(net->input);
     float *x = malloc((size_t)B * nin * sizeof(float));
     enum { NONE, STATIC, DYN_W, DYN_M, SEEDF, NV };
     static const char *names[NV] = {"none", "static", "dyn-weights", "dyn-moments", "seed-form"};
     double sd[NV][MAXT] = {{0}};
     for (int r = 0; r < R; r++) {
-        ASSERT_OK(nnp_init_net(net, &ic, 300 + (uint64_t)r));
-        nnp_rng g;
-        nnp_rng_seed(&g, 700 + (uint64_t)r, NNP_STREAM_DATA);
-        nnp_rng_fill_normal(&g, x, (size_t)B * nin, 0.0, 1.0);
-        nnp_net_forward(net, B, x);
-        nnp_rng_fill_normal(&g, net->dact[net->n_layers], nout, 0.0, 1.0);
-        nnp_net_backward(net, B, NULL, NULL);
+        draw_trial(net, &ic, 300 + (uint64_t)r, 700 + (uint64_t)r, x, B);
         nnp_precond p[NV];
         for (int k = 0; k < NV; k++) {
             nnp_precond_cfg c;

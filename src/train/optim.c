@@ -268,6 +268,23 @@ static inline float lamb_u(const lamb_coef *k, float m, float v, float p, float 
     return m * k->inv_bc1 / (sqrtf(v) * k->inv_sqrt_bc2 + k->eps) + wd * p;
 }
 
+/* One element of LAMB's first pass: new moments, the update u into ub[e], and w^2, u^2
+ * added into the caller's accumulators. */
+static inline void lamb_elem(const float *p, const float *g, float *m, float *v, float *ub,
+                             float s, float wd, const lamb_coef *k, size_t e, double *aw,
+                             double *au)
+{
+    float d = s * g[e];
+    float mi = k->b1 * m[e] + k->c1 * d;
+    float vi = k->b2 * v[e] + k->c2 * d * d;
+    m[e] = mi;
+    v[e] = vi;
+    float u = lamb_u(k, mi, vi, p[e], wd);
+    ub[e] = u;
+    *aw += (double)p[e] * (double)p[e];
+    *au += (double)u * (double)u;
+}
+
 /* LAMB pass 1 over n elements: the moments of d = s*g, u into ub, and ||p||^2, ||u||^2
  * (eight lanes) */
 static void lamb_moments(size_t n, const float *restrict p, const float *restrict g,
@@ -278,29 +295,10 @@ static void lamb_moments(size_t n, const float *restrict p, const float *restric
     double tw = 0, tu = 0;
     size_t i = 0;
     for (; i + 8 <= n; i += 8)
-        for (int q = 0; q < 8; q++) {
-            size_t e = i + (size_t)q;
-            float d = s * g[e];
-            float mi = k->b1 * m[e] + k->c1 * d;
-            float vi = k->b2 * v[e] + k->c2 * d * d;
-            m[e] = mi;
-            v[e] = vi;
-            float u = lamb_u(k, mi, vi, p[e], wd);
-            ub[e] = u;
-            lw[q] += (double)p[e] * (double)p[e];
-            lu[q] += (double)u * (double)u;
-        }
-    for (; i < n; i++) {
-        float d = s * g[i];
-        float mi = k->b1 * m[i] + k->c1 * d;
-        float vi = k->b2 * v[i] + k->c2 * d * d;
-        m[i] = mi;
-        v[i] = vi;
-        float u = lamb_u(k, mi, vi, p[i], wd);
-        ub[i] = u;
-        tw += (double)p[i] * (double)p[i];
-        tu += (double)u * (double)u;
-    }
+        for (int q = 0; q < 8; q++)
+            lamb_elem(p, g, m, v, ub, s, wd, k, i + (size_t)q, &lw[q], &lu[q]);
+    for (; i < n; i++)
+        lamb_elem(p, g, m, v, ub, s, wd, k, i, &tw, &tu);
     *w2 = ((lw[0] + lw[1]) + (lw[2] + lw[3])) + ((lw[4] + lw[5]) + (lw[6] + lw[7])) + tw;
     *u2 = ((lu[0] + lu[1]) + (lu[2] + lu[3])) + ((lu[4] + lu[5]) + (lu[6] + lu[7])) + tu;
 }
