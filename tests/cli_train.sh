@@ -251,6 +251,17 @@ grep -q '^\[eval\] .* test acc [0-9.]*% val loss [0-9.]* val acc [0-9.]*%$' "$tm
 grep -q '^\[setup\] data .*: 600 training samples' "$tmp/val2.log" && ok || fail "600 training samples left"
 expect 2 "was written with --val-split 100, this run has 50" "$nnprec" "${val_args[@]}" \
   --val-split 50 --steps 20 --out "$tmp/val1" --resume auto
+# --test-every: the evaluations in between are of the validation set only (test columns nan,
+# the same val_acc as with the test set every time), and the last step has both
+expect 2 "--test-every needs --val-split" "$nnprec" train --test-every 5
+timeout 120 "$nnprec" "${val_args[@]}" --steps 18 --test-every 12 --out "$tmp/valt" \
+  > "$tmp/valt.log" 2>&1 || fail "--test-every run failed: $(tail -3 "$tmp/valt.log")"
+[ "$(cut -d, -f1,3,4 "$tmp/valt/eval.csv" | tail -n +2 | tr '\n' ' ')" = "6,nan,nan 12,$(sed -n 3p "$tmp/val1/eval.csv" | cut -d, -f3,4) 18,$(tail -1 "$tmp/valt/eval.csv" | cut -d, -f3,4) " ] &&
+  [ "$(cut -d, -f1,7 "$tmp/valt/eval.csv" | head -3)" = "$(cut -d, -f1,7 "$tmp/val1/eval.csv" | head -3)" ] &&
+  tail -1 "$tmp/valt/eval.csv" | grep -qv nan && ok ||
+  fail "--test-every 12 evaluations: $(cat "$tmp/valt/eval.csv")"
+grep -q '^\[eval\]  epoch [0-9.]* step 6 val loss' "$tmp/valt.log" && ok ||
+  fail "a validation-only evaluation line: $(grep eval "$tmp/valt.log")"
 
 # --lr-scaling: --lr is for --base-batch and scaled to the global batch; --warmup-epochs in
 # steps per epoch, rounded up; both printed at the start

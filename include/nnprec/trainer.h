@@ -34,6 +34,8 @@ typedef struct {
     int global_batch;      /* samples per global step, split over ranks */
     uint64_t seed;
     int64_t eval_every;    /* steps between evaluations; 0 = once per epoch */
+    int64_t test_every;    /* with a validation set: steps between test-set evaluations (0: at
+                              every evaluation); the last step always evaluates it */
     int64_t log_every;     /* steps between log rows / progress lines */
     int64_t stats_every;   /* steps between per-layer rows in layers.csv; 0 = off */
     int64_t check_replicas;/* steps between replica checksums; 0 = off */

@@ -40,7 +40,7 @@ typedef struct {
     double lars_eta, lamb_clip;
     int lars_exclude_bias;
     int nesterov, epochs, batch, global_batch, step_epochs, precond_every, threads, quiet, keep;
-    int64_t steps, warmup, eval_every, log_every, stats_every, check_replicas, balance;
+    int64_t steps, warmup, eval_every, test_every, log_every, stats_every, check_replicas, balance;
     int64_t seed, train_limit, test_limit, checkpoint_every;
     int64_t val_split;
     char lr_scaling[NNP_OPT_STRLEN];
@@ -111,6 +111,10 @@ static nnp_option opts[] = {
       "hold out N training samples (chosen by --seed) as a validation set, evaluated with the "
       "test set (0: none)"),
     OPT_L("eval-every", eval_every, "0", "steps between evaluations on the test set (0: every epoch)"),
+    OPT_L("test-every", test_every, "0",
+          "with --val-split: steps between test-set evaluations; the others evaluate the "
+          "validation set only (test columns nan); the last step always has both (0: every "
+          "evaluation)"),
     OPT_L("log-every", log_every, "100", "steps between log rows and progress lines"),
     OPT_L("stats-every", stats_every, "0", "steps between per-tensor rows in OUT/layers.csv (0: off)"),
     OPT_S("out", out, "", "output folder: train.csv, eval.csv, timing.csv, ranks.csv, layers.csv, ckpt-STEP.h5, latest"),
@@ -351,11 +355,16 @@ static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *
         return nnp_error(NNP_ERR_ARG, "--global-batch %d is smaller than the %d ranks",
                          O.global_batch, size);
     cfg->seed = (uint64_t)O.seed;
-    if (O.eval_every < 0 || O.log_every < 1 || O.stats_every < 0 || O.check_replicas < 0)
+    if (O.eval_every < 0 || O.test_every < 0 || O.log_every < 1 || O.stats_every < 0 ||
+        O.check_replicas < 0)
         return nnp_error(NNP_ERR_ARG,
-                         "--eval-every, --stats-every, --check-replicas must be >= 0 and "
-                         "--log-every >= 1");
+                         "--eval-every, --test-every, --stats-every, --check-replicas must be "
+                         ">= 0 and --log-every >= 1");
+    if (O.test_every > 0 && O.val_split == 0)
+        return nnp_error(NNP_ERR_ARG, "--test-every needs --val-split (without a validation set "
+                                      "every evaluation is of the test set)");
     cfg->eval_every = O.eval_every;
+    cfg->test_every = O.test_every;
     cfg->log_every = O.log_every;
     cfg->stats_every = O.stats_every;
     cfg->check_replicas = O.check_replicas;

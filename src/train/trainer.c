@@ -979,8 +979,11 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         }
 
         if (stop < STOP_DIVERGED && (done_steps % eval_every == 0 || is_last)) {
-            double tl, ta, vl = NAN, va = NAN;
-            st = nnp_evaluate(comm, net, cfg->loss, test, &tl, &ta);
+            double tl = NAN, ta = NAN, vl = NAN, va = NAN;
+            const int with_test = !cfg->val || cfg->test_every <= 0 || is_last ||
+                                  done_steps % cfg->test_every == 0;
+            if (with_test)
+                st = nnp_evaluate(comm, net, cfg->loss, test, &tl, &ta);
             if (st == NNP_OK && cfg->val)
                 st = nnp_evaluate(comm, net, cfg->loss, cfg->val, &vl, &va);
             if (st != NNP_OK)
@@ -1005,9 +1008,12 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
                     if (cfg->val)
                         snprintf(vbuf, sizeof vbuf, " val loss %.4f val acc %.2f%%", vl,
                                  100.0 * va);
-                    printf("[eval]  epoch %.2f step %lld test loss %.4f test acc %.2f%%%s\n",
-                           (double)done_steps / (double)spe, (long long)done_steps, tl,
-                           100.0 * ta, vbuf);
+                    char tbuf[64] = "";
+                    if (with_test)
+                        snprintf(tbuf, sizeof tbuf, " test loss %.4f test acc %.2f%%", tl,
+                                 100.0 * ta);
+                    printf("[eval]  epoch %.2f step %lld%s%s\n",
+                           (double)done_steps / (double)spe, (long long)done_steps, tbuf, vbuf);
                     fflush(stdout);
                 }
             }

@@ -1,0 +1,471 @@
+#!/usr/bin/python3
+"""The large-batch study: does the preconditioner keep its lead as the global batch grows?
+
+For every model, global batch and procedure (default recipe, Kaiming, seed init, seed init +
+static / dynamic preconditioner, LARS, LAMB, AdamW, dynamic preconditioner on the default
+recipe) the learning rate is tuned on a validation split (a log grid, x3 apart, extended
+until the best rate has a neighbour on both sides) with one seed; then more seeds run at
+the chosen rate. Every (model, batch) gets the same epoch budget. docs/large-batch.md
+describes the design; scripts/study_report.py turns the runs into that report.
+
+  scripts/study.py run                    # the whole study here, 2 runs at a time
+  scripts/study.py run --quick            # lenet, batches 128 and 2048, one seed, 3 epochs
+  scripts/study.py plan                   # what is finished, what runs next
+  scripts/study.py slurm --sbatch "-t 2:00:00"   # the same study as Slurm job arrays
+  scripts/study.py export DEST            # the runs' CSVs (no checkpoints) into DEST
+
+Runs live in RESULTS/MODEL/bBATCH/PROC/lrLR-sSEED/ (nnprec's --out). A run that finished
+(its last evaluation is at the budget's end) or diverged (diverged.txt) is never run again;
+an interrupted one resumes from its last checkpoint (--resume auto); logs are appended.
+Runs are independent nnprec jobs: locally each starts with `mpirun -np RANKS`; on Slurm each
+is one task of an array running slurm/train.sbatch, which checkpoints on the pre-timeout
+signal and requeues itself. The tuning is adaptive (the grid grows where the best rate is at
+an edge, the seeds wait for the chosen rate), so the study advances in waves: `plan` lists
+the runs whose settings are known now; `run` and `slurm` repeat waves until none is left.
+"""
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+from clitools import ArgParser, die, why, positive_int, read_numeric_csv
+
+PROG = "study.py"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_SIZE = 60000  # Fashion-MNIST's training set
+
+# ---------------------------------------------------------------- the study's description
+# Procedures. `center`: the learning rate at global batch BASE_BATCH around which the grid
+# starts (rates c x 3^k, k = -2..1); `scaling`: how the centre moves with the global batch
+# (linear: x G/128, Goyal et al. 2017; sqrt: x sqrt(G/128), the usual rule for Adam-type
+# methods); `warmup`: linear warm-up over the first 5% of the steps. Every procedure then
+# decays the rate with a cosine to zero over the budget, and none uses weight decay except
+# the decoupled decay that defines AdamW and LAMB (0.01, their published default).
+BASE_BATCH = 128
+SGD = ["--optim", "sgd", "--momentum", "0.9"]
+PROCEDURES = {
+    "a-default": dict(args=["--init", "pytorch"] + SGD, center=0.03, scaling="linear",
+                      warmup=True, noise=True,  # the noise scale, at the smallest batch
+                      label="(a) default: PyTorch init, SGD, linear scaling + warm-up"),
+    "b-kaiming": dict(args=["--init", "kaiming-normal"] + SGD, center=0.03, scaling="linear",
+                      warmup=True, label="(b) Kaiming init, SGD, linear scaling + warm-up"),
+    "c-seed": dict(args=["--init", "seed"] + SGD, center=0.03, scaling="linear", warmup=False,
+                   label="(c) seed init, SGD"),
+    "d-seed-static": dict(args=["--init", "seed", "--precond", "static"] + SGD, center=0.03,
+                          scaling="linear", warmup=False,
+                          label="(d) seed init + static preconditioner"),
+    "e-seed-dynamic": dict(args=["--init", "seed", "--precond", "dynamic"] + SGD, center=0.03,
+                           scaling="linear", warmup=False,
+                           label="(e) seed init + dynamic preconditioner"),
+    "f-lars": dict(args=["--init", "pytorch", "--optim", "lars", "--momentum", "0.9",
+                         "--no-lars-exclude-bias"], center=1.0, scaling="linear", warmup=True,
+                   label="(f) LARS (eta 0.001), linear scaling + warm-up"),
+    "g-lamb": dict(args=["--init", "pytorch", "--optim", "lamb", "--weight-decay", "0.01"],
+                   center=0.01, scaling="sqrt", warmup=True,
+                   label="(g) LAMB, sqrt scaling + warm-up"),
+    "h-adamw": dict(args=["--init", "pytorch", "--optim", "adamw", "--weight-decay", "0.01"],
+                    center=0.001, scaling="sqrt", warmup=True,
+                    label="(h) AdamW, sqrt scaling + warm-up"),
+    "i-default-dynamic": dict(args=["--init", "pytorch", "--precond", "dynamic"] + SGD,
+                              center=0.03, scaling="linear", warmup=True,
+                              label="(i) default recipe + dynamic preconditioner"),
+}
+MODELS = {
+    "lenet": dict(spec="lenet", epochs=8, batches=[128, 512, 2048, 8192], target=85.0,
+                  procs=list(PROCEDURES)),
+    "mlp": dict(spec="mlp:784-256x12-10", epochs=8, batches=[128, 512, 2048, 8192],
+                target=80.0, procs=list(PROCEDURES), stats=True),
+    # about 25x the cost of a LeNet step here: a reduced matrix (stated in the report)
+    "resnet8": dict(spec="resnet8", epochs=3, batches=[128, 2048], target=85.0,
+                    procs=["a-default", "f-lars", "g-lamb"]),
+}
+STUDY = dict(val_split=5000, seeds=[1, 2, 3], tune_seed=1, grid=[-2, -1, 0, 1], max_points=7,
+             warmup_frac=0.05, evals_per_epoch=4)
+QUICK = dict(models=["lenet"], batches=[128, 2048], seeds=[1], epochs=3)
+CHANCE = 0.15  # a final validation accuracy at or below this did not train
+
+
+def lr_of(proc, batch, k):
+    p = PROCEDURES[proc]
+    r = batch / BASE_BATCH
+    s = {"linear": r, "sqrt": math.sqrt(r), "none": 1.0}[p["scaling"]]
+    return float("%.4g" % (p["center"] * s * 3.0 ** k))
+
+
+def fmt_lr(lr):
+    return "%.4g" % lr
+
+
+class Study:
+    """The study as configured on the command line (the full one, --quick, or a subset)."""
+
+    def __init__(self, a):
+        self.results = a.results
+        self.models = a.models or (QUICK["models"] if a.quick else list(MODELS))
+        self.seeds = a.seeds or (QUICK["seeds"] if a.quick else STUDY["seeds"])
+        self.val_split = STUDY["val_split"] if a.val_split is None else a.val_split
+        self.train_limit = a.train_limit
+        self.a = a
+        for m in self.models:
+            if m not in MODELS:
+                die(f"--models: no model {m} (choose from {', '.join(MODELS)})")
+        for p in a.procs or []:
+            if p not in PROCEDURES:
+                die(f"--procs: no procedure {p} (choose from {', '.join(PROCEDURES)})")
+
+    def epochs(self, model):
+        if self.a.epochs:
+            return self.a.epochs
+        return QUICK["epochs"] if self.a.quick else MODELS[model]["epochs"]
+
+    def batches(self, model):
+        if self.a.batches:
+            return self.a.batches
+        return QUICK["batches"] if self.a.quick else MODELS[model]["batches"]
+
+    def procs(self, model):
+        ps = MODELS[model]["procs"]
+        return [p for p in ps if p in self.a.procs] if self.a.procs else ps
+
+    def n_train(self):
+        n = self.train_limit or TRAIN_SIZE
+        return n - self.val_split
+
+    def cells(self):
+        for m in self.models:
+            # the extremes first: a study cut short has its widest comparison
+            bs = self.batches(m)
+            for b in [b for b in bs if b in (min(bs), max(bs))] + [b for b in bs if b not in (min(bs), max(bs))]:
+                for p in self.procs(m):
+                    yield m, b, p
+
+    def run_dir(self, model, batch, proc, lr, seed):
+        return os.path.join(self.results, model, f"b{batch}", proc, f"lr{fmt_lr(lr)}-s{seed}")
+
+    def argv(self, model, batch, proc, lr, seed):
+        """nnprec train options of one run (without --out/--resume)."""
+        p, mdl = PROCEDURES[proc], MODELS[model]
+        E = self.epochs(model)
+        spe = math.ceil(self.n_train() / batch)  # steps per epoch (the last batch is partial)
+        every = max(1, round(spe / STUDY["evals_per_epoch"]))
+        # the validation set at every evaluation, the test set at the end only
+        args = ["--model", mdl["spec"], "--global-batch", str(batch), "--epochs", str(E),
+                "--lr", fmt_lr(lr), "--schedule", "cosine", "--seed", str(seed),
+                "--val-split", str(self.val_split), "--eval-every", str(every),
+                "--test-every", str(spe * E),
+                "--log-every", str(every), "--quiet"] + p["args"]
+        if self.train_limit:
+            args += ["--train-limit", str(self.train_limit)]
+        if p.get("warmup"):
+            args += ["--warmup-epochs", "%g" % (STUDY["warmup_frac"] * E)]
+        if p.get("noise") and batch == min(self.batches(model)):
+            args += ["--noise-scale"]
+        if mdl.get("stats"):
+            args += ["--stats-every", str(every)]
+        return args
+
+
+# ---------------------------------------------------------------- run states
+def diverged_at(d):
+    try:
+        with open(os.path.join(d, "diverged.txt")) as f:
+            return int(f.read().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+
+
+def final_eval(d, epochs):
+    """The last eval.csv row if the run reached the end of its budget, else None."""
+    try:
+        rows = read_numeric_csv(os.path.join(d, "eval.csv"), ["epoch", "val_acc", "test_acc"])
+    except FileNotFoundError:
+        return None
+    if rows and abs(rows[-1]["epoch"] - epochs) < 1e-6:
+        return rows[-1]
+    return None
+
+
+def mark_diverged(d):
+    """A run whose log says it diverged gets diverged.txt (a result, not a failure)."""
+    try:
+        with open(os.path.join(d, "log.txt"), errors="replace") as f:
+            m = re.findall(r"training diverged at step (\d+)", f.read())
+    except FileNotFoundError:
+        return False
+    if not m:
+        return False
+    with open(os.path.join(d, "diverged.txt"), "w") as f:
+        f.write(m[-1] + "\n")
+    return True
+
+
+def score(st, d, epochs):
+    """(state, validation accuracy): done / diverged / todo."""
+    if diverged_at(d) is not None:
+        return "diverged", 0.0
+    r = final_eval(d, epochs)
+    if r is not None:
+        return "done", r["val_acc"]
+    if mark_diverged(d):
+        return "diverged", 0.0
+    return "todo", None
+
+
+def cell_plan(st, model, batch, proc):
+    """What a cell needs now: (runs to start [(lr, seed)], status dict). The tuning grid
+    starts at STUDY['grid'] and grows by one rate on the side of the best one while the best
+    is at an edge (at most max_points rates); once bracketed, the other seeds run at it."""
+    E = st.epochs(model)
+    ks = list(STUDY["grid"])
+    seed = STUDY["tune_seed"]
+    while True:
+        accs = {}
+        todo = []
+        for k in ks:
+            lr = lr_of(proc, batch, k)
+            state, acc = score(st, st.run_dir(model, batch, proc, lr, seed), E)
+            if state == "todo":
+                todo.append((lr, seed))
+            else:
+                accs[k] = acc
+        if todo:
+            return todo, dict(phase="tune", ks=ks)
+        best = max(ks, key=lambda k: (accs[k], -abs(k)))  # ties: the rate nearer the centre
+        if accs[best] <= CHANCE:
+            return [], dict(phase="done", ks=ks, best=None, accs=accs, note="no rate trained")
+        if len(ks) < STUDY["max_points"] and best == ks[0]:
+            ks.insert(0, ks[0] - 1)
+            continue
+        if len(ks) < STUDY["max_points"] and best == ks[-1]:
+            ks.append(ks[-1] + 1)
+            continue
+        break
+    lr = lr_of(proc, batch, best)
+    note = "" if ks[0] < best < ks[-1] else "best rate at the grid's edge"
+    todo = []
+    for s in st.seeds:
+        state, _ = score(st, st.run_dir(model, batch, proc, lr, s), E)
+        if state == "todo":
+            todo.append((lr, s))
+    return todo, dict(phase="seeds" if todo else "done", ks=ks, best=best, lr=lr, accs=accs,
+                      note=note)
+
+
+def plan(st):
+    """[(model, batch, proc, lr, seed)] that can run now, and the cells' status."""
+    runs, status = [], {}
+    for m, b, p in st.cells():
+        todo, s = cell_plan(st, m, b, p)
+        status[(m, b, p)] = s
+        runs += [(m, b, p, lr, seed) for lr, seed in todo]
+    return runs, status
+
+
+def write_meta(st, status):
+    """RESULTS/study.json: the study's settings and every cell's grid and chosen rate, for
+    the report."""
+    cells = []
+    for (m, b, p), s in status.items():
+        cells.append(dict(model=m, batch=b, proc=p, phase=s["phase"],
+                          lrs=[lr_of(p, b, k) for k in s["ks"]],
+                          best_lr=s.get("lr"), note=s.get("note", "")))
+    meta = dict(models={m: dict(MODELS[m], epochs=st.epochs(m), batches=st.batches(m),
+                                procs=st.procs(m)) for m in st.models},
+                procedures=PROCEDURES, seeds=st.seeds, val_split=st.val_split,
+                train_limit=st.train_limit, n_train=st.n_train(), base_batch=BASE_BATCH,
+                study=STUDY, cells=cells)
+    os.makedirs(st.results, exist_ok=True)
+    tmp = os.path.join(st.results, "study.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(meta, f, indent=1)
+    os.replace(tmp, os.path.join(st.results, "study.json"))
+
+
+# ---------------------------------------------------------------- actions
+def cmd_plan(st):
+    runs, status = plan(st)
+    write_meta(st, status)
+    n_done = sum(1 for s in status.values() if s["phase"] == "done")
+    for (m, b, p), s in status.items():
+        ks = s["ks"]
+        lrs = ", ".join(fmt_lr(lr_of(p, b, k)) for k in ks)
+        extra = f"; chosen lr {fmt_lr(s['lr'])}" if s.get("lr") else ""
+        print(f"{m:8s} b{b:<5d} {p:18s} {s['phase']:6s} grid {lrs}{extra}"
+              + (f" ({s['note']})" if s.get("note") else ""))
+    print(f"{n_done}/{len(status)} cells done; {len(runs)} run(s) can start now")
+    return runs
+
+
+def launch(st, run, ranks, nnprec):
+    m, b, p, lr, seed = run
+    d = st.run_dir(m, b, p, lr, seed)
+    os.makedirs(d, exist_ok=True)
+    argv = (["mpirun", "-np", str(ranks), nnprec, "train"] + st.argv(m, b, p, lr, seed)
+            + ["--out", d, "--resume", "auto", "--threads", "1"])
+    with open(os.path.join(d, "command.txt"), "w") as f:
+        f.write(" ".join(argv) + "\n")
+    log = open(os.path.join(d, "log.txt"), "a")
+    log.write(f"[study {time.strftime('%F %T')}] {' '.join(argv)}\n")
+    log.flush()
+    return d, subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=ENV)
+
+
+def cmd_run(st, a):
+    if not os.access(a.nnprec, os.X_OK):
+        die(f"{a.nnprec} is not an executable (build first, or give --nnprec)")
+    if shutil.which("mpirun") is None:
+        die("mpirun is not on PATH (install Open MPI: scripts/install-deps.sh)")
+    t0 = time.time()
+    n_started = n_done = 0
+    running = {}  # Popen -> (run, dir)
+    stop = False
+    while True:
+        if not stop:
+            runs, status = plan(st)
+            write_meta(st, status)
+            busy = {r for r, _ in running.values()}
+            runs = [r for r in runs if r not in busy]
+            if a.max_runs is not None:
+                runs = runs[:max(0, a.max_runs - n_started)]
+        else:
+            runs = []
+        while runs and len(running) < a.jobs:
+            r = runs.pop(0)
+            d, proc = launch(st, r, a.ranks, a.nnprec)
+            running[proc] = (r, d)
+            n_started += 1
+        if not running:
+            break
+        time.sleep(0.5)
+        for proc in [p for p in running if p.poll() is not None]:
+            (m, b, p, lr, seed), d = running.pop(proc)
+            n_done += 1
+            el = time.time() - t0
+            state, acc = score(st, d, st.epochs(m))
+            what = (f"val {100 * acc:.2f}%" if state == "done" else
+                    f"diverged at step {diverged_at(d)}" if state == "diverged" else None)
+            if what is None:
+                for other in running:  # nnprec checkpoints on SIGTERM: they resume later
+                    other.terminate()
+                    other.wait()
+                die(f"{m} b{b} {p} lr {fmt_lr(lr)} seed {seed} failed (exit {proc.returncode}), "
+                    f"see {d}/log.txt")
+            print(f"[study] {n_done} {m} b{b} {p} lr {fmt_lr(lr)} s{seed}: {what} "
+                  f"({el / 60:.1f} min elapsed)", flush=True)
+    runs, status = plan(st)
+    write_meta(st, status)
+    left = sum(1 for s in status.values() if s["phase"] != "done")
+    print(f"[study] {n_done} run(s) in {(time.time() - t0) / 60:.1f} min; "
+          f"{len(status) - left}/{len(status)} cells done"
+          + (f", {len(runs)} run(s) still to start" if runs else ""))
+
+
+def cmd_slurm(st, a):
+    """Waves of job arrays: each array task runs one planned run through slurm/train.sbatch
+    (PLAN= mode), which checkpoints before the time limit and requeues itself; `sbatch
+    --wait` ends when every task has, then the next wave is planned."""
+    sbatch = os.path.join(ROOT, "slurm", "train.sbatch")
+    wave = 0
+    while True:
+        runs, status = plan(st)
+        write_meta(st, status)
+        if not runs:
+            break
+        wave += 1
+        planfile = os.path.join(st.results, f"plan-{wave}.tsv")
+        with open(planfile, "w") as f:
+            for m, b, p, lr, seed in runs:
+                d = os.path.abspath(st.run_dir(m, b, p, lr, seed))
+                os.makedirs(d, exist_ok=True)
+                f.write(d + "\t" + " ".join(st.argv(m, b, p, lr, seed)) + "\n")
+        cmd = (["sbatch", "--wait", f"--array=0-{len(runs) - 1}%{a.jobs}", "-n", str(a.ranks),
+                "--export", f"ALL,PLAN={os.path.abspath(planfile)}"] + a.sbatch_args + [sbatch])
+        print(f"[study] wave {wave}: {len(runs)} run(s): {' '.join(cmd)}", flush=True)
+        rc = subprocess.run(cmd).returncode
+        if rc != 0:
+            # a task that failed (not diverged) stops the study: its run is left to look at
+            for m, b, p, lr, seed in runs:
+                d = st.run_dir(m, b, p, lr, seed)
+                if score(st, d, st.epochs(m))[0] == "todo":
+                    die(f"wave {wave}: {m} b{b} {p} lr {fmt_lr(lr)} seed {seed} did not finish "
+                        f"(sbatch exit {rc}), see {d}/log.txt")
+    left = sum(1 for s in status.values() if s["phase"] != "done")
+    print(f"[study] {wave} wave(s); {len(status) - left}/{len(status)} cells done")
+
+
+def cmd_export(st, a):
+    """Copy the runs' text files (no checkpoints) into DEST: the tree the report reads."""
+    n = 0
+    keep = (".csv", ".txt", ".json")
+    for dirpath, _, files in os.walk(st.results):
+        rel = os.path.relpath(dirpath, st.results)
+        for fn in files:
+            if not fn.endswith(keep) or fn == "log.txt" or fn.startswith("plan-"):
+                continue
+            os.makedirs(os.path.join(a.dest, rel), exist_ok=True)
+            shutil.copyfile(os.path.join(dirpath, fn), os.path.join(a.dest, rel, fn))
+            n += 1
+    print(f"[study] {n} file(s) copied into {a.dest}")
+
+
+ENV = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+if os.geteuid() == 0:  # Open MPI refuses root without these (containers, CI machines)
+    ENV.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+
+
+def main():
+    ap = ArgParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("action", choices=["run", "plan", "slurm", "export"])
+    ap.add_argument("dest", nargs="?", help="export: the folder to copy the CSVs into")
+    ap.add_argument("--results", default=os.path.join(ROOT, "results", "study"),
+                    help="the runs' folder [results/study]")
+    ap.add_argument("--nnprec", default=os.path.join(ROOT, "build", "nnprec"))
+    ap.add_argument("--quick", action="store_true",
+                    help="lenet, global batches 128 and 2048, seed 1, 3 epochs (about 15 min)")
+    ap.add_argument("--jobs", type=positive_int, default=2,
+                    help="runs at once (local), array tasks at once (slurm) [2]")
+    ap.add_argument("--ranks", type=positive_int, default=1, help="MPI ranks per run [1]")
+    ap.add_argument("--models", nargs="+", help=f"a subset of {', '.join(MODELS)}")
+    ap.add_argument("--procs", nargs="+", help="a subset of the procedures")
+    ap.add_argument("--batches", type=positive_int, nargs="+", help="override the global batches")
+    ap.add_argument("--seeds", type=positive_int, nargs="+", help="override the seeds [1 2 3]")
+    ap.add_argument("--epochs", type=positive_int, help="override the epoch budget")
+    ap.add_argument("--train-limit", type=positive_int, default=0,
+                    help="tests only: use the first N training samples (the study uses all)")
+    ap.add_argument("--val-split", type=positive_int, help="validation samples [5000]")
+    ap.add_argument("--max-runs", type=int, help="run: stop starting runs after this many")
+    ap.add_argument("--sbatch", default="",
+                    help='slurm: more sbatch options, e.g. "-t 1:00:00 -p batch" []')
+    a = ap.parse_args()
+    if (a.action == "export") != bool(a.dest):
+        ap.error("export needs DEST" if a.action == "export" else f"{a.action} takes no DEST")
+    a.sbatch_args = a.sbatch.split()
+    st = Study(a)
+    if st.n_train() < 1:
+        ap.error("--val-split leaves no training samples")
+    if STUDY["tune_seed"] not in st.seeds:
+        st.seeds = [STUDY["tune_seed"]] + st.seeds
+    if a.action == "plan":
+        cmd_plan(st)
+    elif a.action == "run":
+        cmd_run(st, a)
+    elif a.action == "slurm":
+        if shutil.which("sbatch") is None:
+            die("sbatch is not on PATH (no Slurm here: use `study.py run`)")
+        cmd_slurm(st, a)
+    else:
+        cmd_export(st, a)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except OSError as e:
+        die(why(e))
