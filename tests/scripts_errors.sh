@@ -139,6 +139,13 @@ check 1 "no runs" experiments.py summary seed-precond --results res
 check 1 "line 3" scaling_report.py study
 check 1 "not a directory" scaling_report.py study2
 
+# --- compare.py
+check 1 "no such run folder" compare.py nowhere
+check 1 "no train.csv or eval.csv" compare.py run
+check 1 "has no train.csv" compare.py study/train/default-np1-s1
+check 2 "--target must be in" compare.py run --target 0
+check 2 "image format" compare.py run --plot p.xyz
+
 # --- plot_layers.py
 check 2 "positive" plot_layers.py run --out p.png --dpi 0
 check 2 "too large" plot_layers.py run --out p.png --dpi 100000
