@@ -15,13 +15,12 @@ if [ -e results/demo ]; then
 fi
 mpirun -np 2 --bind-to core ./build/nnprec train --model lenet --epochs 2 --batch 32 \
   --lr 0.01 --momentum 0.9 --eval-every 500 --out results/demo "$@"
-echo "[demo] wrote results/demo/{train,eval,timing,ranks}.csv and its checkpoints"
+echo "[demo] wrote results/demo/{train,eval,timing,ranks}.csv, options.txt and its checkpoints"
 cat <<'NEXT'
 [demo] next: the same run with the seed's initialization and the dynamic preconditioner,
 [demo] then both compared (test accuracy and training loss; a table and results/compare.png):
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-  mpirun -np 2 --bind-to core build/nnprec train --model lenet --epochs 2 --batch 32 \
-      --lr 0.01 --momentum 0.9 --eval-every 500 --out results/demo-precond \
-      --init seed --precond dynamic --precond-formula seed
+  mpirun -np 2 --bind-to core build/nnprec train --config results/demo/options.txt \
+      --out results/demo-precond --init seed --precond dynamic --precond-formula seed
   scripts/compare.py results/demo results/demo-precond
 NEXT

@@ -1,17 +1,21 @@
-/* cmd_info.c - `nnprec info FILE`: a checkpoint's summary (format, model, step, options,
- * parameter and optimizer datasets), printed by rank 0 with nnp_ckpt_info. A missing or
- * invalid file is one error line and exit code 1 on every rank.
+/* cmd_info.c - `nnprec info FILE|RUNDIR`: a checkpoint's summary (format, model, step,
+ * options, parameter and optimizer datasets), printed by rank 0 with nnp_ckpt_info; a run
+ * folder stands for its latest checkpoint, as in `nnprec eval`. A missing or invalid file is
+ * one error line and exit code 1 on every rank.
  */
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include "cli.h"
 #include "nnprec/ckpt.h"
+#include "nnprec/options.h"
 
 static const char *USAGE =
-    "usage: nnprec info FILE\n\n"
-    "Print the summary of the checkpoint FILE: format and version, the nnprec version and time\n"
-    "that wrote it, model and architecture, step and epoch, seed, normalization, global batch\n"
-    "and ranks, every parameter dataset, the optimizer and preconditioner state.\n";
+    "usage: nnprec info FILE|RUNDIR\n\n"
+    "Print the summary of the checkpoint FILE (or of a run folder's latest checkpoint): format\n"
+    "and version, the nnprec version and time that wrote it, model and architecture, step and\n"
+    "epoch, seed, normalization, global batch and ranks, every parameter dataset, the optimizer\n"
+    "and preconditioner state, the run's options.\n";
 
 nnp_status nnp_cmd_info(nnp_comm *comm, int argc, char **argv)
 {
@@ -24,11 +28,22 @@ nnp_status nnp_cmd_info(nnp_comm *comm, int argc, char **argv)
         }
     nnp_status s = NNP_OK;
     if (argc != 1 || argv[0][0] == '-')
-        s = nnp_error(NNP_ERR_ARG, "usage: nnprec info FILE (one checkpoint file)");
+        s = nnp_error(NNP_ERR_ARG, "usage: nnprec info FILE|RUNDIR (one checkpoint file or "
+                                   "run folder)");
     if (s != NNP_OK)
         return rank == 0 ? s : nnp_remote(s);
     if (rank == 0) {
-        s = nnp_ckpt_info(argv[0], stdout);
+        /* a run folder stands for its latest checkpoint */
+        static char path[NNP_OPT_STRLEN];
+        struct stat st;
+        int found = 1;
+        snprintf(path, sizeof path, "%s", argv[0]);
+        if (stat(argv[0], &st) == 0 && S_ISDIR(st.st_mode))
+            s = nnp_ckpt_latest(argv[0], path, sizeof path, &found);
+        if (s == NNP_OK && !found)
+            s = nnp_error(NNP_ERR_IO, "no checkpoint in %s", argv[0]);
+        if (s == NNP_OK)
+            s = nnp_ckpt_info(path, stdout);
         fflush(stdout);
     }
     return nnp_comm_agree(comm, s);

@@ -27,6 +27,9 @@ void openblas_set_num_threads(int n);
 int openblas_get_num_threads(void);
 
 #define DEFAULT_DATA "/usr/share/datasets/fashion-mnist"
+#ifndef NNP_VERSION
+#define NNP_VERSION "unknown"
+#endif
 
 typedef struct {
     char model[NNP_OPT_STRLEN], act[NNP_OPT_STRLEN], loss[NNP_OPT_STRLEN], init[NNP_OPT_STRLEN];
@@ -35,6 +38,7 @@ typedef struct {
     char pmeasure[NNP_OPT_STRLEN];
     char pformula[NNP_OPT_STRLEN], pbias[NNP_OPT_STRLEN], allreduce[NNP_OPT_STRLEN];
     char resume[NNP_OPT_STRLEN], stop_file[NNP_OPT_STRLEN], bn[NNP_OPT_STRLEN];
+    char config[NNP_OPT_STRLEN];
     double lr, momentum, dampening, wd, beta1, beta2, eps, gamma, min_lr, bucket_mb;
     double prelu, pprior, pbias_std, pbias_gain, pfloor;
     double lars_eta, lamb_clip;
@@ -53,6 +57,9 @@ typedef struct {
 static train_opts O;
 
 static nnp_option opts[] = {
+    OPT_S("config", config, "",
+          "read options from FILE, one '--name value' a line (a run's OUT/options.txt); "
+          "options on the command line win over the file's, wherever --config stands"),
     OPT_S("model", model, "lenet",
           "lenet | mlp:784-256x12-10 | resnet8 | resnet20 | resmlp:784-256x12-10 | seq:... "
           "(docs/models.md)"),
@@ -547,6 +554,38 @@ static nnp_status make_out_dir(const char *dir)
     return NNP_OK;
 }
 
+/* OUT/options.txt: every effective option, readable back with --config (the first run in
+ * the folder; a resumed run keeps it and writes OUT/options-resume.txt instead). Written to
+ * a .tmp file and renamed. */
+static nnp_status write_options(int size, const char *resume)
+{
+    char path[4096], tmp[4200], first[4096];
+    snprintf(first, sizeof first, "%s/options.txt", O.out);
+    int keep_first = resume[0] && access(first, F_OK) == 0;
+    snprintf(path, sizeof path, "%s/%s", O.out, keep_first ? "options-resume.txt" : "options.txt");
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return nnp_error(NNP_ERR_IO, "cannot write %s: %s", tmp, strerror(errno));
+    fprintf(f, "# nnprec %s train: every option of this run, defaults included, one \"--name "
+               "value\" a line.\n# Repeat the run (options on the command line win over "
+               "this file's):\n#   mpirun -np %d nnprec train --config %s --out NEW_FOLDER\n",
+            NNP_VERSION, size, path);
+    if (resume[0])
+        fprintf(f, "# this run resumed from %s%s\n", resume,
+                keep_first ? "; options.txt holds the options of the run that started the folder"
+                           : "");
+    fprintf(f, "# ranks: %d\n", size);
+    nnp_status s = nnp_options_write(f, opts, N_OPTS);
+    if (fclose(f) != 0 && s == NNP_OK)
+        s = nnp_error(NNP_ERR_IO, "cannot write %s: %s", tmp, strerror(errno));
+    if (s == NNP_OK && rename(tmp, path) != 0)
+        s = nnp_error(NNP_ERR_IO, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
+    if (s != NNP_OK)
+        remove(tmp);
+    return s;
+}
+
 nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
 {
     int help = 0, rank = nnp_comm_rank(comm), size = nnp_comm_size(comm);
@@ -671,6 +710,8 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
         warn_static_spread(net, &cfg.precond);
     if (s == NNP_OK && rank == 0)
         s = make_out_dir(O.out);
+    if (s == NNP_OK && rank == 0 && O.out[0])
+        s = write_options(size, resume);
     s = nnp_comm_agree(comm, s);
     if (s == NNP_OK && rank == 0 && !O.quiet) {
         char desc[8192];

@@ -25,7 +25,7 @@ static void usage(FILE *f)
             "            collective (--allreduce-mb, under mpirun)\n"
             "  stats     per-layer activation and gradient statistics at initialization\n"
             "  eval      evaluate a checkpoint on the test set (nnprec eval --checkpoint FILE)\n"
-            "  info      print a checkpoint's summary (nnprec info FILE)\n\n"
+            "  info      print a checkpoint's summary (nnprec info FILE|RUNDIR)\n\n"
             "  nnprec --version   print the version\n"
             "  nnprec --help      this text\n",
             NNP_VERSION);

@@ -79,13 +79,60 @@ const nnp_option *nnp_options_find(const nnp_option *opts, int n, const char *na
     return NULL;
 }
 
-nnp_status nnp_options_parse(nnp_option *opts, int n, int argc, char **argv, int *help)
+/* The option "--name" or, for a flag, "--no-name" (*negate set); NULL if neither. */
+static nnp_option *lookup(nnp_option *opts, int n, const char *name, int *negate)
 {
-    *help = 0;
+    nnp_option *o = (nnp_option *)nnp_options_find(opts, n, name);
+    *negate = 0;
+    if (!o && strncmp(name, "no-", 3) == 0) {
+        o = (nnp_option *)nnp_options_find(opts, n, name + 3);
+        *negate = o && o->type == NNP_OPTT_FLAG;
+        if (!*negate)
+            o = NULL;
+    }
+    return o;
+}
+
+/* Whether an option holds its default value. */
+static int at_default(const nnp_option *o)
+{
+    if (o->type == NNP_OPTT_STR)
+        return strcmp((const char *)o->dst, o->def) == 0;
+    union {
+        int i;
+        int64_t l;
+        double d;
+    } v;
+    nnp_option t = *o;
+    t.dst = &v;
+    if (set_value(&t, o->def) != NNP_OK) {
+        nnp_error_clear();
+        return 0;
+    }
+    switch (o->type) {
+    case NNP_OPTT_INT:
+    case NNP_OPTT_FLAG:
+        return v.i == *(const int *)o->dst;
+    case NNP_OPTT_I64:
+        return v.l == *(const int64_t *)o->dst;
+    case NNP_OPTT_DOUBLE:
+        return v.d == *(const double *)o->dst;
+    default:
+        return 0;
+    }
+}
+
+static nnp_status apply_defaults(nnp_option *opts, int n)
+{
     for (int i = 0; i < n; i++) {
         opts[i].set = 0;
         NNP_CALL(set_value(&opts[i], opts[i].def));
     }
+    return NNP_OK;
+}
+
+static nnp_status apply_args(nnp_option *opts, int n, int argc, char **argv, int *help)
+{
     for (int a = 0; a < argc; a++) {
         const char *arg = argv[a];
         if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
@@ -101,14 +148,8 @@ nnp_status nnp_options_parse(nnp_option *opts, int n, int argc, char **argv, int
             return nnp_error(NNP_ERR_ARG, "bad option '%s'", arg);
         memcpy(name, arg + 2, len);
         name[len] = '\0';
-        nnp_option *o = (nnp_option *)nnp_options_find(opts, n, name);
-        int negate = 0;
-        if (!o && strncmp(name, "no-", 3) == 0) {
-            o = (nnp_option *)nnp_options_find(opts, n, name + 3);
-            negate = o && o->type == NNP_OPTT_FLAG;
-            if (!negate)
-                o = NULL;
-        }
+        int negate;
+        nnp_option *o = lookup(opts, n, name, &negate);
         if (!o)
             return nnp_error(NNP_ERR_ARG, "unknown option '--%s' (see --help)", name);
         if (o->type == NNP_OPTT_FLAG && !eq) {
@@ -127,6 +168,102 @@ nnp_status nnp_options_parse(nnp_option *opts, int n, int argc, char **argv, int
         o->set = 1;
     }
     return NNP_OK;
+}
+
+/* v without the blanks around it (v points into line, which is changed). */
+static const char *trim(const char *v, char *line, size_t *len)
+{
+    v += strspn(v, " \t");
+    while (*len > 0 && (line[*len - 1] == ' ' || line[*len - 1] == '\t'))
+        line[--*len] = '\0';
+    return v;
+}
+
+/* The "--name value" lines of a --config file (see options.h); a number's or flag's value
+ * may have blanks around it, a string's is kept as it stands. */
+static nnp_status apply_file(nnp_option *opts, int n, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return nnp_error(NNP_ERR_ARG, "--config %s: %s", path, strerror(errno));
+    char line[NNP_OPT_STRLEN + 256];
+    nnp_status s = NNP_OK;
+    for (int ln = 1; s == NNP_OK && fgets(line, sizeof line, f); ln++) {
+        size_t len = strlen(line);
+        if (len + 1 == sizeof line && line[len - 1] != '\n') {
+            s = nnp_error(NNP_ERR_ARG, "--config %s, line %d: longer than %zu characters", path,
+                          ln, sizeof line - 2);
+            break;
+        }
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+            line[--len] = '\0';
+        const char *p = line + strspn(line, " \t");
+        if (!*p || *p == '#')
+            continue;
+        if (strncmp(p, "--", 2) != 0 || !p[2]) {
+            s = nnp_error(NNP_ERR_ARG, "--config %s, line %d: expected '--name value', got '%s'",
+                          path, ln, p);
+            break;
+        }
+        char name[128];
+        size_t nl = strcspn(p + 2, " =");
+        if (nl >= sizeof name) {
+            s = nnp_error(NNP_ERR_ARG, "--config %s, line %d: bad option '%s'", path, ln, p);
+            break;
+        }
+        memcpy(name, p + 2, nl);
+        name[nl] = '\0';
+        const char *v = p[2 + nl] ? p + 2 + nl + 1 : NULL; /* after one ' ' or '=' */
+        int negate;
+        nnp_option *o = lookup(opts, n, name, &negate);
+        if (o && v && o->type != NNP_OPTT_STR && !*(v = trim(v, line, &len)))
+            v = NULL;
+        if (!o)
+            s = nnp_error(NNP_ERR_ARG, "--config %s, line %d: unknown option '--%s'", path, ln,
+                          name);
+        else if (strcmp(o->name, "config") == 0)
+            s = nnp_error(NNP_ERR_ARG, "--config %s, line %d: a --config file cannot name "
+                                       "another",
+                          path, ln);
+        else if (negate && v)
+            s = nnp_error(NNP_ERR_ARG, "--config %s, line %d: --%s takes no value", path, ln,
+                          name);
+        else if (!v && o->type == NNP_OPTT_FLAG)
+            *(int *)o->dst = !negate;
+        else if (!v && o->type == NNP_OPTT_STR)
+            ((char *)o->dst)[0] = '\0';
+        else if (!v)
+            s = nnp_error(NNP_ERR_ARG, "--config %s, line %d: --%s needs a value", path, ln,
+                          name);
+        else if ((s = set_value(o, v)) != NNP_OK) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s", nnp_error_msg());
+            nnp_error_clear();
+            s = nnp_error(NNP_ERR_ARG, "--config %s, line %d: %s", path, ln, msg);
+        }
+        if (s == NNP_OK)
+            o->set = !at_default(o);
+    }
+    if (s == NNP_OK && ferror(f))
+        s = nnp_error(NNP_ERR_ARG, "--config %s: %s", path, strerror(errno));
+    fclose(f);
+    return s;
+}
+
+nnp_status nnp_options_parse(nnp_option *opts, int n, int argc, char **argv, int *help)
+{
+    *help = 0;
+    NNP_CALL(apply_defaults(opts, n));
+    NNP_CALL(apply_args(opts, n, argc, argv, help));
+    const nnp_option *c = nnp_options_find(opts, n, "config");
+    if (*help || !c || c->type != NNP_OPTT_STR || !((const char *)c->dst)[0])
+        return NNP_OK;
+    /* defaults, then the file, then the command line again: the command line wins */
+    char path[NNP_OPT_STRLEN];
+    snprintf(path, sizeof path, "%s", (const char *)c->dst);
+    NNP_CALL(apply_defaults(opts, n));
+    NNP_CALL(apply_file(opts, n, path));
+    return apply_args(opts, n, argc, argv, help);
 }
 
 void nnp_options_help(FILE *f, const char *usage, const nnp_option *opts, int n)
@@ -161,8 +298,12 @@ void nnp_options_dump(const nnp_option *opts, int n, char *buf, size_t cap)
                          (long long)*(int64_t *)o->dst);
             break;
         case NNP_OPTT_DOUBLE:
-            w = snprintf(buf + len, cap - len, "%s=%.17g\n", o->name, *(double *)o->dst);
+        {
+            char num[32];
+            nnp_fmt_double(num, sizeof num, *(double *)o->dst);
+            w = snprintf(buf + len, cap - len, "%s=%s\n", o->name, num);
             break;
+        }
         case NNP_OPTT_STR:
             w = snprintf(buf + len, cap - len, "%s=%s\n", o->name, (const char *)o->dst);
             break;
@@ -171,4 +312,67 @@ void nnp_options_dump(const nnp_option *opts, int n, char *buf, size_t cap)
             break;
         len += (size_t)w;
     }
+}
+
+void nnp_fmt_double(char *buf, size_t cap, double x)
+{
+    if (!isfinite(x)) {
+        snprintf(buf, cap, "%g", x);
+        return;
+    }
+    /* the fewest significant digits that read back as the same double */
+    int prec = 1;
+    for (; prec < 17; prec++) {
+        snprintf(buf, cap, "%.*g", prec, x);
+        if (strtod(buf, NULL) == x)
+            break;
+    }
+    /* plain digits below a million: "10", not "1e+01" */
+    const int e = x != 0 ? (int)floor(log10(fabs(x))) : 0;
+    if (e >= prec && e < 6)
+        prec = e + 1;
+    snprintf(buf, cap, "%.*g", prec, x);
+    if (strtod(buf, NULL) != x)
+        snprintf(buf, cap, "%.17g", x);
+    /* the exponent without '+' and leading zeros: "1e-8", not "1e-08" */
+    char *p = strchr(buf, 'e');
+    if (p) {
+        char *q = p + 1 + (p[1] == '-' || p[1] == '+');
+        char *d = p + 1 + (p[1] == '-');
+        while (*q == '0' && q[1])
+            q++;
+        memmove(d, q, strlen(q) + 1);
+    }
+}
+
+nnp_status nnp_options_write(FILE *f, const nnp_option *opts, int n)
+{
+    for (int i = 0; i < n; i++) {
+        const nnp_option *o = &opts[i];
+        char num[32];
+        const char *v = num;
+        switch (o->type) {
+        case NNP_OPTT_INT:
+        case NNP_OPTT_FLAG:
+            snprintf(num, sizeof num, "%d", *(const int *)o->dst);
+            break;
+        case NNP_OPTT_I64:
+            snprintf(num, sizeof num, "%lld", (long long)*(const int64_t *)o->dst);
+            break;
+        case NNP_OPTT_DOUBLE:
+            nnp_fmt_double(num, sizeof num, *(const double *)o->dst);
+            break;
+        case NNP_OPTT_STR:
+            v = (const char *)o->dst;
+            break;
+        }
+        if (strcmp(o->name, "config") == 0)
+            continue;
+        if (strpbrk(v, "\n\r"))
+            return nnp_error(NNP_ERR_ARG, "--%s: a value with a line break cannot be recorded",
+                             o->name);
+        if (fprintf(f, v[0] ? "--%s %s\n" : "--%s\n", o->name, v) < 0)
+            return nnp_error(NNP_ERR_IO, "cannot write the options: %s", strerror(errno));
+    }
+    return NNP_OK;
 }
