@@ -96,10 +96,30 @@ done
   --steps 10 --train-limit 200 --test-limit 50 > "$tmp/bnrun.log" 2>&1 &&
   grep -q '^\[check\] 0 allocations inside 10 training steps' "$tmp/bnrun.log" && ok ||
   fail "allocations in a step with bn: $(grep -E 'check|error' "$tmp/bnrun.log")"
-# --precond with lars: one warning line (the trust ratio divides the multipliers out)
+# --precond with lars: one warning line (the trust ratio divides the multipliers out);
+# --quiet keeps only the final [done] line on stdout
 "$nnprec" train --optim lars --precond static --train-limit 64 --test-limit 10 --steps 1 --quiet \
-  > /dev/null 2> "$tmp/lars.err" && [ "$(grep -c '^\[warn\]  --precond static with --optim lars: LARS' "$tmp/lars.err")" = 1 ] &&
+  > "$tmp/lars.out" 2> "$tmp/lars.err" && [ "$(grep -c '^\[warn\]  --precond static with --optim lars: LARS' "$tmp/lars.err")" = 1 ] &&
   ok || fail "--precond with lars: want one warning, got: $(cat "$tmp/lars.err")"
+[ "$(wc -l < "$tmp/lars.out")" = 1 ] && grep -q '^\[done\]  1 steps in .* final test loss [0-9.]* accuracy [0-9.]*%$' "$tmp/lars.out" &&
+  ok || fail "--quiet: want the [done] line alone, got: $(cat "$tmp/lars.out")"
+# a loss that grows 100x over its lowest (moving average) is warned about once, naming the
+# step, before it stops being finite; losses of 1e4 and more print in scientific notation
+"$nnprec" train --train-limit 640 --test-limit 100 --steps 40 --log-every 1 --lr 1e4 \
+  > "$tmp/div.out" 2> "$tmp/div.err"
+warn_step=$(sed -n 's/^\[warn\]  step \([0-9]*\): the training loss has grown to .*, over 100x its lowest .*$/\1/p' "$tmp/div.err")
+div_step=$(sed -n 's/^nnprec: error: training diverged at step \([0-9]*\):.*/\1/p' "$tmp/div.err")
+[ "$(grep -c '^\[warn\]' "$tmp/div.err")" = 1 ] && [ -n "$warn_step" ] && [ -n "$div_step" ] &&
+  [ "$warn_step" -lt "$div_step" ] && ok || fail "no growth warning before the divergence: $(cat "$tmp/div.err")"
+grep -q "^\[train\] .* step $warn_step/40 loss [0-9]\.[0-9]\{4\}e+[0-9]* acc" "$tmp/div.out" && ok ||
+  fail "a large loss is not in scientific notation: $(grep "step $warn_step/" "$tmp/div.out")"
+# a loss that grows large, swings and stays finite: one warning, no long fixed-point numbers
+"$nnprec" train --model mlp:784-64-10 --train-limit 640 --test-limit 100 --steps 40 --log-every 1 \
+  --lr 3 > "$tmp/big.out" 2> "$tmp/big.err" || fail "--lr 3 run: $(tail -2 "$tmp/big.err")"
+[ "$(grep -c '^\[warn\]  step [0-9]*: the training loss has grown' "$tmp/big.err")" = 1 ] && ok ||
+  fail "want one growth warning: $(cat "$tmp/big.err")"
+grep -q '^\[train\] .* loss [0-9]\.[0-9]\{4\}e+[0-9]* acc' "$tmp/big.out" &&
+  ! grep -qE 'loss [0-9]{5,}\.' "$tmp/big.out" && ok || fail "large losses in fixed notation: $(cat "$tmp/big.out")"
 # SIGTERM without --out: not the "checkpointed, resume me" code 75, since nothing was saved
 "$nnprec" train --train-limit 640 --test-limit 100 --steps 1000000 --quiet 2> "$tmp/sig.err" &
 sleep 2; kill -TERM $!; wait $!; rc=$?
@@ -226,6 +246,7 @@ expect 2 "--collective goes with --allreduce-mb" "$nnprec" bench --collective sh
 expect 2 "(4 bytes to 4096 MiB), got '1e-9'" "$nnprec" bench --allreduce-mb 1e-9
 expect 2 "--chunk-mb >= 1/256" "$nnprec" bench --allreduce-mb 1 --chunk-mb 1e-6
 grep -q '^\[train\] epoch .* samples/s ETA' "$tmp/run.log" && ok || fail "progress lines"
+! grep -q '^\[warn\]' "$tmp/run.log" && ok || fail "a warning in a plain run: $(grep warn "$tmp/run.log")"
 grep -q '1 BLAS thread per rank\|OPENBLAS_NUM_THREADS' "$tmp/run.log" && ok || fail "BLAS thread note"
 # the allocation counter (nnp_malloc/nnp_calloc) does not move during training steps
 grep -q '^\[check\] 0 allocations inside 10 training steps' "$tmp/run.log" && ok || fail "allocations in the step: $(grep check "$tmp/run.log")"

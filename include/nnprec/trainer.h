@@ -44,7 +44,7 @@ typedef struct {
     double bucket_mb;
     int64_t balance_every; /* steps between re-splits of the global batch by rank speed; 0 = even */
     const char *out_dir;   /* where train.csv, eval.csv, timing.csv, layers.csv go ("" = none) */
-    int quiet;             /* no progress lines */
+    int quiet;             /* no progress lines (warnings still print) */
     /* checkpoints (rank 0 writes OUT_DIR/ckpt-STEP.h5, see docs/checkpoint.md) */
     int64_t checkpoint_every; /* steps between checkpoints; 0 = only at the end */
     int keep;              /* checkpoints kept (older ones deleted); 0 = all */
@@ -81,6 +81,10 @@ typedef struct {
  * set on every rank) and evaluate on `test` (this rank's shard of the test set). */
 nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
                      const nnp_dataset *train, const nnp_dataset *test, nnp_train_result *res);
+
+/* A loss for the console: "%.4f", or "%.4e" once |v| >= 1e4 (a diverging run's losses stay
+ * readable); returns buf. */
+const char *nnp_fmt_loss(char *buf, size_t cap, double v);
 
 /* Evaluate net on this rank's shard `test` in batches of up to net->max_batch; loss and
  * accuracy are reduced over ranks (collective). */

@@ -158,7 +158,8 @@ static nnp_option opts[] = {
       "the progress lines"),
     OPT_D("noise-ema", noise_ema, "0.01",
       "--noise-scale: weight of a new step in its moving averages (window ~1/X steps)"),
-    OPT_F("quiet", quiet, "0", "no progress lines"),
+    OPT_F("quiet", quiet, "0",
+          "no progress lines (the final [done] line, warnings and errors still print)"),
 };
 #define N_OPTS ((int)(sizeof opts / sizeof opts[0]))
 
@@ -535,10 +536,11 @@ static nnp_status hold_out(nnp_comm *comm, nnp_dataset *train, nnp_dataset *val)
 static const char *done_val(const nnp_train_result *res)
 {
     static char buf[96];
+    char lbuf[32];
     buf[0] = '\0';
     if (O.val_split > 0 && isfinite(res->final_val_acc))
-        snprintf(buf, sizeof buf, "; validation loss %.4f accuracy %.2f%%", res->final_val_loss,
-                 100.0 * res->final_val_acc);
+        snprintf(buf, sizeof buf, "; validation loss %s accuracy %.2f%%",
+                 nnp_fmt_loss(lbuf, sizeof lbuf, res->final_val_loss), 100.0 * res->final_val_acc);
     return buf;
 }
 
@@ -760,15 +762,20 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
                    O.lr_scaling, (long long)cfg.sched.warmup,
                    (double)cfg.sched.warmup / (double)spe, spe);
         nnp_train_result res;
+        char lbuf[32];
         s = nnp_train(comm, &cfg, net, &train, &test, &res);
+        /* printed with --quiet too: the one line that says how the run ended */
         if (s == NNP_OK && rank == 0 && res.steps == res.first_step && res.steps > 0)
             printf("[done]  nothing to train: %s is at step %lld, this run's last; its test loss "
-                   "%.4f accuracy %.2f%%\n",
-                   resume, (long long)res.steps, res.final_test_loss, 100.0 * res.final_test_acc);
-        else if (s == NNP_OK && rank == 0 && !O.quiet)
-            printf("[done]  %lld steps in %.1f s (%.0f samples/s); final test loss %.4f "
+                   "%s accuracy %.2f%%\n",
+                   resume, (long long)res.steps,
+                   nnp_fmt_loss(lbuf, sizeof lbuf, res.final_test_loss),
+                   100.0 * res.final_test_acc);
+        else if (s == NNP_OK && rank == 0)
+            printf("[done]  %lld steps in %.1f s (%.0f samples/s); final test loss %s "
                    "accuracy %.2f%%%s\n",
-                   (long long)res.steps, res.wall_s, res.samples_per_s, res.final_test_loss,
+                   (long long)res.steps, res.wall_s, res.samples_per_s,
+                   nnp_fmt_loss(lbuf, sizeof lbuf, res.final_test_loss),
                    100.0 * res.final_test_acc, done_val(&res));
     }
     nnp_net_free(net);

@@ -235,6 +235,48 @@ static void fmt_duration(double s, char *buf, size_t cap)
         snprintf(buf, cap, "%.0fs", s);
 }
 
+const char *nnp_fmt_loss(char *buf, size_t cap, double v)
+{
+    snprintf(buf, cap, fabs(v) >= 1e4 ? "%.4e" : "%.4f", v);
+    return buf;
+}
+
+/* The loss watch of rank 0: a moving average of its batches' mean loss (weight 0.1: about
+ * 10 steps) and the lowest value it took. Once the average is LOSS_GROWTH times that lowest
+ * value, and above its first step's (a loss that falls to 1e-5 and rises to 1e-3 again is
+ * not diverging), one warning names the step: a diverging loss is seen while it is still
+ * finite, and a loss that grows large and stays finite does not pass unnoticed. */
+#define LOSS_GROWTH 100.0
+typedef struct {
+    double ema, first, min;
+    int64_t min_step;
+    int n, warned;
+} loss_watch;
+
+static void watch_loss(loss_watch *w, double loss, int64_t step)
+{
+    if (w->warned || !isfinite(loss))
+        return;
+    w->ema = w->n++ ? w->ema + 0.1 * (loss - w->ema) : loss;
+    if (!isfinite(w->ema))
+        return;
+    if (w->n == 1)
+        w->first = w->ema;
+    if (w->n == 1 || w->ema < w->min) {
+        w->min = w->ema;
+        w->min_step = step;
+    } else if (w->ema >= LOSS_GROWTH * w->min && w->ema > w->first) {
+        char now[32], low[32];
+        fprintf(stderr, "[warn]  step %lld: the training loss has grown to %s, over %.0fx its "
+                        "lowest (%s at step %lld; a moving average of rank 0's batches over ~10 "
+                        "steps): the run may be diverging (a lower --lr?)\n",
+                (long long)step, nnp_fmt_loss(now, sizeof now, w->ema), LOSS_GROWTH,
+                nnp_fmt_loss(low, sizeof low, w->min), (long long)w->min_step);
+        fflush(stderr);
+        w->warned = 1;
+    }
+}
+
 /* Reduce the interval timers to min/mean/max over ranks and write timing.csv rows. */
 static nnp_status reduce_timers(nnp_comm *comm, const double *t, double *mn, double *mean,
                                 double *mx)
@@ -638,6 +680,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     long slow_usec = 0;
     slow_from_env(&slow_rank, &slow_usec);
     int sums_ready = 0;   /* pc.sums already hold this rank's sums of the current params */
+    loss_watch lw = {0};
     /* --noise-scale over shm: the nodes, each holding every share of the summed gradient */
     const int noise_nodes = x.share_size > 0 ? size / x.share_size : 1;
     double noise_t = 0; /* this rank's seconds in the noise scale's own work */
@@ -865,6 +908,8 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             stop = stop > 0 ? stop : 1;
         if (!isfinite(step_loss))
             stop = STOP_DIVERGED;
+        if (rank == 0 && B > 0)
+            watch_loss(&lw, step_loss * (double)gc / B, done_steps);
         if (rank == 0 && out.err[0])
             stop = STOP_OUTPUT;
         if (size > 1 && noise) {
@@ -962,10 +1007,11 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
                         nnp_noise_read(&noise_ema, &g2, &tr, &bs);
                         snprintf(nbuf, sizeof nbuf, " noise scale %.4g", bs);
                     }
-                    printf("[train] epoch %.2f step %lld/%lld loss %.4f acc %.2f%% lr %.3g "
+                    char lbuf[32];
+                    printf("[train] epoch %.2f step %lld/%lld loss %s acc %.2f%% lr %.3g "
                            "%.0f samples/s%s ETA %s\n",
-                           fe, (long long)done_steps, (long long)total, tl, 100.0 * ta, lr, sps,
-                           nbuf, eta);
+                           fe, (long long)done_steps, (long long)total,
+                           nnp_fmt_loss(lbuf, sizeof lbuf, tl), 100.0 * ta, lr, sps, nbuf, eta);
                     fflush(stdout);
                 }
             }
@@ -1004,14 +1050,14 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
                 }
                 outputs_flush(&out);
                 if (!cfg->quiet) {
-                    char vbuf[64] = "";
+                    char vbuf[80] = "", lbuf[32];
                     if (cfg->val)
-                        snprintf(vbuf, sizeof vbuf, " val loss %.4f val acc %.2f%%", vl,
-                                 100.0 * va);
-                    char tbuf[64] = "";
+                        snprintf(vbuf, sizeof vbuf, " val loss %s val acc %.2f%%",
+                                 nnp_fmt_loss(lbuf, sizeof lbuf, vl), 100.0 * va);
+                    char tbuf[80] = "";
                     if (with_test)
-                        snprintf(tbuf, sizeof tbuf, " test loss %.4f test acc %.2f%%", tl,
-                                 100.0 * ta);
+                        snprintf(tbuf, sizeof tbuf, " test loss %s test acc %.2f%%",
+                                 nnp_fmt_loss(lbuf, sizeof lbuf, tl), 100.0 * ta);
                     printf("[eval]  epoch %.2f step %lld%s%s\n",
                            (double)done_steps / (double)spe, (long long)done_steps, tbuf, vbuf);
                     fflush(stdout);
