@@ -31,7 +31,7 @@ PROG = "compare.py"
 # the work is spread): runs that differ only in these belong to one configuration, as do
 # runs that differ only in --seed.
 NOT_CONFIG = {"seed", "out", "resume", "stop-file", "quiet", "threads", "log-every",
-              "eval-every", "stats-every", "check-replicas", "checkpoint-every", "keep",
+              "eval-every", "test-every", "stats-every", "check-replicas", "checkpoint-every", "keep",
               "noise-scale", "noise-ema", "allreduce", "bucket-mb", "balance", "config"}
 # Named in every label, with nnprec's defaults for folders that only have a command.txt.
 ALWAYS = {"init": "pytorch", "precond": "none"}
@@ -113,7 +113,10 @@ class Run:
             if not ok:
                 die("%s has no %s.csv" % (d, k))
         self.train = read_numeric_csv(paths["train"], ["step", "epoch", "train_loss", "wall_s"])
-        self.eval = read_numeric_csv(paths["eval"], ["step", "epoch", "test_acc", "wall_s"])
+        # (with --test-every, evaluations of the validation set alone leave test_acc nan)
+        self.eval = [r for r in read_numeric_csv(paths["eval"], ["step", "epoch", "test_acc",
+                                                                 "wall_s"])
+                     if not math.isnan(r["test_acc"])]
         self.opts, self.source = read_options(d)
         if self.opts is None:
             self.key = (("name", re.sub(r"[-_](s|seed)\d+$", "", self.name)),)
