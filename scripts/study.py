@@ -12,6 +12,7 @@ describes the design; scripts/study_report.py turns the runs into that report.
   scripts/study.py run --quick            # lenet, batches 128 and 2048, one seed, 3 epochs
   scripts/study.py plan                   # what is finished, what runs next
   scripts/study.py slurm --sbatch "-t 2:00:00"   # the same study as Slurm job arrays
+  scripts/study.py bench                  # step and allreduce times for the time model
   scripts/study.py export DEST            # the runs' CSVs (no checkpoints) into DEST
 
 Runs live in RESULTS/MODEL/bBATCH/PROC/lrLR-sSEED/ (nnprec's --out). A run that finished
@@ -384,7 +385,8 @@ def cmd_slurm(st, a):
                 os.makedirs(d, exist_ok=True)
                 f.write(d + "\t" + " ".join(st.argv(m, b, p, lr, seed)) + "\n")
         cmd = (["sbatch", "--wait", f"--array=0-{len(runs) - 1}%{a.jobs}", "-n", str(a.ranks),
-                "--export", f"ALL,PLAN={os.path.abspath(planfile)}"] + a.sbatch_args + [sbatch])
+                "--export", f"ALL,PLAN={os.path.abspath(planfile)},NNPREC={os.path.abspath(a.nnprec)}"]
+               + a.sbatch_args + [sbatch])
         print(f"[study] wave {wave}: {len(runs)} run(s): {' '.join(cmd)}", flush=True)
         rc = subprocess.run(cmd).returncode
         if rc != 0:
@@ -396,6 +398,82 @@ def cmd_slurm(st, a):
                         f"(sbatch exit {rc}), see {d}/log.txt")
     left = sum(1 for s in status.values() if s["phase"] != "done")
     print(f"[study] {wave} wave(s); {len(status) - left}/{len(status)} cells done")
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return 0.5 * (xs[(n - 1) // 2] + xs[n // 2])
+
+
+def time_steps(st, a, model, ranks, batch, steps):
+    """Median seconds per training step (1 thread per rank) of `steps` steps after the
+    first log interval, from train.csv's samples_per_s."""
+    d = os.path.join(st.results, "bench", f"{model}-np{ranks}-b{batch}")
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    every = max(1, steps // 5)
+    argv = (["mpirun", "-np", str(ranks), a.nnprec, "train", "--model", MODELS[model]["spec"],
+             "--global-batch", str(batch), "--steps", str(steps + every), "--log-every",
+             str(every), "--eval-every", str(10 ** 9), "--threads", "1", "--quiet", "--out", d]
+            + (["--train-limit", str(st.train_limit)] if st.train_limit else []))
+    subprocess.run(argv, check=True, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                   text=True)
+    rows = read_numeric_csv(os.path.join(d, "train.csv"), ["samples_per_s"])[1:]
+    if not rows:
+        die(f"{d}/train.csv has no timed rows")
+    shutil.rmtree(d, ignore_errors=True)
+    return batch / median([r["samples_per_s"] for r in rows])
+
+
+def param_bytes(st, a, model):
+    out = subprocess.run([a.nnprec, "train", "--model", MODELS[model]["spec"], "--steps", "1",
+                          "--train-limit", "8", "--test-limit", "8", "--batch", "8"], env=ENV,
+                         check=True, capture_output=True, text=True).stdout
+    m = re.search(r"\(([0-9]+) parameters\)", out)
+    if not m:
+        die(f"nnprec train --model {MODELS[model]['spec']} printed no parameter count")
+    return 4 * int(m.group(1).replace(",", ""))
+
+
+def cmd_bench(st, a):
+    """RESULTS/bench.json, the measurements behind the report's modeled time to target:
+    seconds per step of one rank at local batches 8 ... 8192 for each model (compute per
+    sample), the allreduce time of 2 ranks for message sizes 1/16 ... 16 MiB (fitted as
+    alpha + beta x bytes), and 2-rank step times to check the model against."""
+    if not os.access(a.nnprec, os.X_OK):
+        die(f"{a.nnprec} is not an executable (build first, or give --nnprec)")
+    quick = a.quick or st.train_limit
+    res = dict(models={}, allreduce={})
+    sizes = [0.125, 0.25, 1, 4, 16]
+    out = subprocess.run(["mpirun", "-np", "2", a.nnprec, "bench", "--allreduce-mb",
+                          ",".join("%g" % x for x in sizes)], env=ENV, check=True,
+                         capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) >= 2 and re.fullmatch(r"[0-9.]+", f[0]) and re.fullmatch(r"[0-9.]+", f[1]):
+            res["allreduce"]["%g" % float(f[0])] = float(f[1]) / 1e3  # MiB -> seconds
+    if len(res["allreduce"]) != len(sizes):
+        die("could not read `nnprec bench --allreduce-mb`'s table: " + out[-200:])
+    print(f"[bench] allreduce at 2 ranks: {res['allreduce']}", flush=True)
+    for m in st.models:
+        top = max(st.batches(m))
+        locals_ = [b for b in (8, 32, 128, 512, 2048, 8192) if b <= top]
+        steps = 10 if quick or m == "resnet8" else 20
+        r = dict(param_bytes=param_bytes(st, a, m), step_s={}, step_s_2ranks={})
+        for b in locals_:
+            r["step_s"][str(b)] = time_steps(st, a, m, 1, b, steps)
+            print(f"[bench] {m} 1 rank, batch {b}: {1e3 * r['step_s'][str(b)]:.2f} ms/step",
+                  flush=True)
+        for b in st.batches(m):
+            r["step_s_2ranks"][str(b)] = time_steps(st, a, m, 2, b, steps)
+            print(f"[bench] {m} 2 ranks, global batch {b}: "
+                  f"{1e3 * r['step_s_2ranks'][str(b)]:.2f} ms/step", flush=True)
+        res["models"][m] = r
+    os.makedirs(st.results, exist_ok=True)
+    with open(os.path.join(st.results, "bench.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    print(f"[bench] wrote {os.path.join(st.results, 'bench.json')}")
 
 
 def cmd_export(st, a):
@@ -420,7 +498,7 @@ if os.geteuid() == 0:  # Open MPI refuses root without these (containers, CI mac
 
 def main():
     ap = ArgParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("action", choices=["run", "plan", "slurm", "export"])
+    ap.add_argument("action", choices=["run", "plan", "slurm", "bench", "export"])
     ap.add_argument("dest", nargs="?", help="export: the folder to copy the CSVs into")
     ap.add_argument("--results", default=os.path.join(ROOT, "results", "study"),
                     help="the runs' folder [results/study]")
@@ -454,7 +532,11 @@ def main():
         cmd_plan(st)
     elif a.action == "run":
         cmd_run(st, a)
+    elif a.action == "bench":
+        cmd_bench(st, a)
     elif a.action == "slurm":
+        if not os.access(a.nnprec, os.X_OK):
+            die(f"{a.nnprec} is not an executable (build first, or give --nnprec)")
         if shutil.which("sbatch") is None:
             die("sbatch is not on PATH (no Slurm here: use `study.py run`)")
         cmd_slurm(st, a)
@@ -467,5 +549,5 @@ if __name__ == "__main__":
         main()
     except KeyboardInterrupt:
         sys.exit(130)
-    except OSError as e:
+    except (OSError, subprocess.CalledProcessError) as e:
         die(why(e))

@@ -101,6 +101,65 @@ for launch in $launchers; do
     fi
 done
 
+# ---- the large-batch study's Slurm path (scripts/study.py slurm): a tiny study runs as job
+# arrays, one wave after the other; one array task gets SIGUSR1 mid-run as the time limit
+# would send it, checkpoints, requeues itself and resumes; every cell finishes and the report
+# and its plots are produced from the runs.
+if [ "${SLURM_TEST_STUDY:-1}" = 1 ]; then
+    sres=$tmp/study
+    py=/usr/bin/python3
+    say "study: scripts/study.py slurm, a tiny study"
+    (cd "$tmp" && timeout 400 "$py" "$root/scripts/study.py" slurm --results "$sres" \
+        --nnprec "$nnprec" --models lenet --procs e-seed-dynamic --batches 32 --epochs 2 \
+        --train-limit 24000 --val-split 2000 --seeds 1 2 --jobs 2 \
+        --sbatch "--time=10 --chdir=$tmp" > "$tmp/study.log" 2>&1) &
+    study_pid=$!
+    # the first task that has logged a training row: signal it as --signal=B:USR1 would
+    sig_dir= sig_task=
+    for _ in $(seq 600); do
+        for f in "$sres"/lenet/b32/*/*/train.csv; do
+            [ -s "$f" ] || continue
+            d=$(dirname "$f")
+            [ -e "$d/diverged.txt" ] && continue
+            line=$(grep -n "^$d"$'\t' "$sres/plan-1.tsv" 2>/dev/null | cut -d: -f1)
+            [ -n "$line" ] || continue
+            arr=$(squeue -h -o '%F %K %T' 2>/dev/null | awk -v t=$((line - 1)) '$2 == t && $3 == "RUNNING" { print $1; exit }')
+            [ -n "$arr" ] || continue
+            sig_dir=$d sig_task=${arr}_$((line - 1))
+            break 2
+        done
+        sleep 0.1
+    done
+    if [ -n "$sig_task" ]; then
+        say "study: scancel --batch --signal=USR1 $sig_task ($sig_dir)"
+        scancel --batch --signal=USR1 "$sig_task"
+    else
+        fail "study: no running array task with a training row to signal"
+    fi
+    wait "$study_pid"
+    rc=$?
+    say "study: study.py slurm exit code $rc"
+    check "study: study.py slurm exit code 0" [ "$rc" = 0 ]
+    check "study: waves of job arrays" grep -q '^\[study\] wave 1: .*sbatch --wait --array=0-' "$tmp/study.log"
+    check "study: every cell done" grep -q '1/1 cells done' "$tmp/study.log"
+    if [ -n "$sig_dir" ]; then
+        check "study: the signalled task checkpointed, requeued and resumed" \
+            eval 'grep -q "got SIGUSR1" "$sig_dir/log.txt" && grep -q "requeueing job" "$sig_dir/log.txt" &&
+                  grep -q " restart 1 on " "$sig_dir/log.txt" &&
+                  grep -Eq "checkpoint to resume from: .*/ckpt-[0-9]+\.h5$" "$sig_dir/log.txt"'
+        check "study: the signalled run finished its budget" \
+            eval 'tail -n 1 "$sig_dir/eval.csv" | grep -q "^[0-9]*,2.000000,"'
+    fi
+    "$py" "$root/scripts/study_report.py" "$sres" --out "$tmp/report.md" > "$tmp/report.log" 2>&1
+    check "study: the report and its plots" \
+        eval 'grep -q "^| e-seed-dynamic | [0-9.]* ± [0-9.]* |$" "$tmp/report.md" &&
+              [ -s "$sres/large-batch-accuracy.png" ] && [ -s "$sres/large-batch-curves-lenet.png" ]'
+    if [ "$fails" -gt 0 ]; then
+        echo "---- study.log"; cat "$tmp/study.log"; echo "---- report"; cat "$tmp/report.md" "$tmp/report.log"
+        [ -n "$sig_dir" ] && { echo "---- $sig_dir/log.txt"; cat "$sig_dir/log.txt"; }
+    fi
+fi
+
 echo "slurm_requeue: $((SECONDS - t_start)) s"
 echo "$passes passed, $fails failed"
 [ "$fails" = 0 ]

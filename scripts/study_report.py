@@ -1,0 +1,566 @@
+#!/usr/bin/python3
+"""docs/large-batch.md from the large-batch study's runs (scripts/study.py).
+
+  scripts/study_report.py RESULTS [--out REPORT.md] [--figures DIR] [--no-plots]
+
+RESULTS is the study's folder (results/study) or an export of it (docs/study): study.json,
+bench.json and MODEL/bBATCH/PROC/lrLR-sSEED/{eval,train,layers}.csv. Every number of the
+report is computed here from those files; nothing is typed in. Accuracy is a percentage;
+± is the sample standard deviation over seeds; "k/n" counts the seeds that finished or
+reached the target. The modeled times come from bench.json (see the report's section 4).
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+from clitools import ArgParser, die, read_numeric_csv, image_path
+
+PROG = "study_report.py"
+PRECOND = ("d-seed-static", "e-seed-dynamic", "i-default-dynamic")
+RANKS = [2 ** i for i in range(11)]  # 1 ... 1024
+
+
+def fmt_lr(lr):
+    return "%.4g" % lr
+
+
+def mean_std(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None, None
+    m = sum(xs) / len(xs)
+    s = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return m, s
+
+
+def read_csv(path, need=()):
+    try:
+        return read_numeric_csv(path, need)
+    except FileNotFoundError:
+        return None
+
+
+class Run:
+    """One run's results: state done / diverged / missing, final accuracies, curves."""
+
+    def __init__(self, d, epochs, target):
+        self.d = d
+        self.state, self.val, self.test, self.steps_to, self.ev, self.tr = "missing", None, None, None, [], []
+        if os.path.exists(os.path.join(d, "diverged.txt")):
+            self.state = "diverged"
+            return
+        ev = read_csv(os.path.join(d, "eval.csv"), ["step", "epoch", "val_acc", "test_acc", "wall_s"])
+        if not ev or abs(ev[-1]["epoch"] - epochs) > 1e-6:
+            return
+        self.state, self.ev = "done", ev
+        self.val, self.test = 100 * ev[-1]["val_acc"], 100 * ev[-1]["test_acc"]
+        hit = next((r for r in ev if 100 * r["val_acc"] >= target), None)
+        self.steps_to = hit["step"] if hit else None
+        self.tr = read_csv(os.path.join(d, "train.csv"), ["step"]) or []
+
+
+class Report:
+    def __init__(self, results):
+        self.res = results
+        try:
+            with open(os.path.join(results, "study.json")) as f:
+                self.meta = json.load(f)
+        except FileNotFoundError:
+            die(f"{results}/study.json is missing (run scripts/study.py first, or give the "
+                "study's results folder)")
+        except (OSError, ValueError) as e:
+            die(f"{results}/study.json: {e}")
+        self.bench = None
+        try:
+            with open(os.path.join(results, "bench.json")) as f:
+                self.bench = json.load(f)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as e:
+            die(f"{results}/bench.json: {e}")
+        self.procs = self.meta["procedures"]
+        self.models = self.meta["models"]
+        self.cells = {}
+        for c in self.meta["cells"]:
+            m, b, p = c["model"], c["batch"], c["proc"]
+            E, T = self.models[m]["epochs"], self.models[m]["target"]
+            d = os.path.join(results, m, f"b{b}", p)
+            c["grid"] = [(lr, Run(os.path.join(d, f"lr{fmt_lr(lr)}-s{self.meta['study']['tune_seed']}"), E, T))
+                         for lr in c["lrs"]]
+            c["seeds"] = ([Run(os.path.join(d, f"lr{fmt_lr(c['best_lr'])}-s{s}"), E, T)
+                           for s in self.meta["seeds"]] if c["best_lr"] else [])
+            self.cells[(m, b, p)] = c
+
+    # ------------------------------------------------------------ numbers
+    def final(self, m, b, p):
+        """(mean, std, n finished, n seeds, n diverged) of the final test accuracy."""
+        c = self.cells.get((m, b, p))
+        if not c or c["phase"] != "done":
+            return None
+        if not c["best_lr"]:  # no rate of the grid got above chance
+            return None, None, 0, 0, 0
+        runs = c["seeds"]
+        acc = [r.test for r in runs if r.state == "done"]
+        mu, sd = mean_std(acc)
+        return mu, sd, len(acc), len(runs), sum(r.state == "diverged" for r in runs)
+
+    def steps(self, m, b, p):
+        """(mean, std, n reached, n seeds) of the steps to the target validation accuracy."""
+        c = self.cells.get((m, b, p))
+        if not c or c["phase"] != "done":
+            return None
+        if not c["best_lr"]:
+            return None, None, 0, 0
+        st = [r.steps_to for r in c["seeds"] if r.steps_to is not None]
+        mu, sd = mean_std(st)
+        return mu, sd, len(st), len(c["seeds"])
+
+    def noise_scale(self, m):
+        """The gradient noise scale B_simple of the default recipe at the smallest batch:
+        the median of train.csv's noise_scale over the second half of the chosen-rate runs."""
+        b = min(self.models[m]["batches"])
+        c = self.cells.get((m, b, "a-default"))
+        vals = []
+        for r in (c or {}).get("seeds", []):
+            rows = [x for x in r.tr if "noise_scale" in x and math.isfinite(x["noise_scale"])]
+            vals += [x["noise_scale"] for x in rows[len(rows) // 2:]]
+        vals = sorted(v for v in vals if v > 0)
+        return vals[len(vals) // 2] if vals else None
+
+    # ------------------------------------------------------------ the time model
+    def fit_allreduce(self):
+        """alpha (s) and beta (s per byte) of T(S) = 2 alpha + beta S at 2 ranks: least squares
+        of the relative error (weights 1/T^2), so the small messages count as much as the big."""
+        pts = [(float(k) * 2 ** 20, v) for k, v in self.bench["allreduce"].items()]
+        w = [1 / (y * y) for _, y in pts]
+        sw = sum(w)
+        sx = sum(wi * x for wi, (x, _) in zip(w, pts))
+        sy = sum(wi * y for wi, (_, y) in zip(w, pts))
+        sxx = sum(wi * x * x for wi, (x, _) in zip(w, pts))
+        sxy = sum(wi * x * y for wi, (x, y) in zip(w, pts))
+        beta = (sw * sxy - sx * sy) / (sw * sxx - sx * sx)
+        a2 = (sy - beta * sx) / sw
+        return max(a2, 0.0) / 2, beta
+
+    def compute_s(self, m, b):
+        """One rank's seconds per step at local batch b: log-log interpolation between the
+        measured batches; below the smallest, that batch's time (a step has a floor)."""
+        pts = sorted((int(k), v) for k, v in self.bench["models"][m]["step_s"].items())
+        if b <= pts[0][0]:
+            return pts[0][1]
+        if b >= pts[-1][0]:
+            return pts[-1][1] * b / pts[-1][0]
+        for (b0, t0), (b1, t1) in zip(pts, pts[1:]):
+            if b0 <= b <= b1:
+                w = math.log(b / b0) / math.log(b1 / b0)
+                return math.exp((1 - w) * math.log(t0) + w * math.log(t1))
+
+    def allreduce_s(self, m, P):
+        if P == 1:
+            return 0.0
+        alpha, beta = self.fit_allreduce()
+        S = self.bench["models"][m]["param_bytes"]
+        return 2 * math.ceil(math.log2(P)) * alpha + 2 * (P - 1) / P * S * beta
+
+    def step_s(self, m, B, P):
+        return self.compute_s(m, B / P) + self.allreduce_s(m, P)
+
+    def model_check(self):
+        """[(model, batch, measured 2-rank s/step, modeled)]."""
+        out = []
+        for m, r in self.bench["models"].items():
+            for b, t in sorted(r.get("step_s_2ranks", {}).items(), key=lambda x: int(x[0])):
+                out.append((m, int(b), t, self.step_s(m, int(b), 2)))
+        return out
+
+    def time_to_target(self, m, p, P):
+        """Modeled seconds to the target at P ranks: the best global batch B >= P of those
+        measured, steps to target(B) x step time(B, P); (seconds, B) or None."""
+        best = None
+        for b in self.models[m]["batches"]:
+            s = self.steps(m, b, p)
+            if b < P or not s or s[0] is None or s[2] < s[3]:
+                continue  # every seed must reach the target
+            t = s[0] * self.step_s(m, b, P)
+            if best is None or t < best[0]:
+                best = (t, b)
+        return best
+
+
+# ---------------------------------------------------------------- Markdown
+def cell_acc(f):
+    if f is None:
+        return "(running)"
+    mu, sd, n, N, nd = f
+    if N == 0:
+        return "did not train"
+    if mu is None:
+        return f"diverged ({nd}/{N})" if nd else "–"
+    s = f"{mu:.2f} ± {sd:.2f}" + (f" ({n}/{N})" if n < N else "")
+    return s + (f", {nd} diverged" if nd else "")
+
+
+def cell_steps(s):
+    if s is None:
+        return "(running)"
+    mu, sd, n, N = s
+    if N == 0:
+        return "did not train"
+    if mu is None:
+        return f"not reached (0/{N})"
+    return f"{mu:.0f} ± {sd:.0f}" + (f" ({n}/{N})" if n < N else "")
+
+
+def tables(R, out):
+    meta = R.meta
+    w = out.write
+    for m, M in R.models.items():
+        bs = sorted(M["batches"])
+        w(f"\n### {m} (`{M['spec']}`), {M['epochs']} epochs at every batch\n\n")
+        w("Test accuracy (%) at the end of the budget, at each cell's chosen rate, mean ± std "
+          f"over seeds {', '.join(map(str, meta['seeds']))}:\n\n")
+        w("| procedure | " + " | ".join(f"batch {b}" for b in bs) + " |\n")
+        w("|---|" + "---|" * len(bs) + "\n")
+        for p in M["procs"]:
+            w(f"| {p} | " + " | ".join(cell_acc(R.final(m, b, p)) for b in bs) + " |\n")
+        w(f"\nSteps to {M['target']:g}% validation accuracy (first evaluation at or above it; "
+          "mean ± std over the seeds that reach it, k/n when not all do):\n\n")
+        w("| procedure | " + " | ".join(f"batch {b}" for b in bs) + " |\n")
+        w("|---|" + "---|" * len(bs) + "\n")
+        for p in M["procs"]:
+            w(f"| {p} | " + " | ".join(cell_steps(R.steps(m, b, p)) for b in bs) + " |\n")
+        w("\nLearning rate chosen on the validation split (seed "
+          f"{meta['study']['tune_seed']}), and the grid it was chosen from "
+          "(validation accuracy % of each rate; div = diverged):\n\n")
+        w("| procedure | batch | chosen lr | grid: lr (val %) |\n|---|---|---|---|\n")
+        for p in M["procs"]:
+            for b in bs:
+                c = R.cells.get((m, b, p))
+                if not c:
+                    continue
+                g = ", ".join(fmt_lr(lr) + (" (div)" if r.state == "diverged" else
+                                            f" ({r.val:.1f})" if r.state == "done" else " (…)")
+                              for lr, r in c["grid"])
+                chosen = fmt_lr(c["best_lr"]) if c["best_lr"] else "–"
+                if c.get("note"):
+                    chosen += f" ({c['note']})"
+                w(f"| {p} | {b} | {chosen} | {g} |\n")
+
+
+def verdict(R, out):
+    w = out.write
+    lines = []
+    for m, M in R.models.items():
+        bs = sorted(M["batches"])
+        procs = M["procs"]
+        pre = [p for p in procs if p in PRECOND]
+        base = [p for p in procs if p not in PRECOND]
+        for b in bs:
+            fs = {p: R.final(m, b, p) for p in procs}
+            if any(f is None for f in fs.values()):
+                lines.append(f"* {m}, batch {b}: not every procedure has finished.")
+                continue
+            ok = {p: f for p, f in fs.items() if f[0] is not None}
+            bb = max((p for p in base if p in ok), key=lambda p: ok[p][0], default=None)
+            bp = max((p for p in pre if p in ok), key=lambda p: ok[p][0], default=None)
+            if bb is None or bp is None:
+                lines.append(f"* {m}, batch {b}: no {'baseline' if bb is None else 'preconditioned procedure'} trained.")
+                continue
+            d = ok[bp][0] - ok[bb][0]
+            spread = ok[bp][1] + ok[bb][1]
+            how = ("ahead of" if d > spread else "behind" if d < -spread else "within the seed spread of")
+            lines.append(f"* {m}, batch {b}: the best preconditioned procedure, {bp} "
+                         f"({ok[bp][0]:.2f} ± {ok[bp][1]:.2f}), is {how} the best baseline, {bb} "
+                         f"({ok[bb][0]:.2f} ± {ok[bb][1]:.2f}): {d:+.2f} points, the two spreads "
+                         f"summing to {spread:.2f}.")
+    w("\n".join(lines) + "\n")
+    # ablations
+    w("\nAblations, difference of the mean final test accuracy (points) with the two standard "
+      "deviations summed in brackets:\n\n")
+    pairs = [("d-seed-static", "c-seed"), ("e-seed-dynamic", "c-seed"),
+             ("e-seed-dynamic", "d-seed-static"), ("i-default-dynamic", "a-default")]
+    for m, M in R.models.items():
+        bs = sorted(M["batches"])
+        rows = [(x, y) for x, y in pairs if x in M["procs"] and y in M["procs"]]
+        if not rows:
+            continue
+        w(f"| {m} | " + " | ".join(f"batch {b}" for b in bs) + " |\n")
+        w("|---|" + "---|" * len(bs) + "\n")
+        for x, y in rows:
+            cells = []
+            for b in bs:
+                fx, fy = R.final(m, b, x), R.final(m, b, y)
+                if not fx or not fy or fx[0] is None or fy[0] is None:
+                    cells.append("–")
+                else:
+                    cells.append(f"{fx[0] - fy[0]:+.2f} ({fx[1] + fy[1]:.2f})")
+            w(f"| {x} − {y} | " + " | ".join(cells) + " |\n")
+        w("\n")
+    # the goal
+    w("The goal, measured: a preconditioned procedure that at global batch ≥ 2048 reaches the "
+      "best batch-128 accuracy (any procedure) within 1 point in the same epochs, or needs ≤ 0.5× "
+      "the default recipe's steps to the target at the same batch:\n\n")
+    for m, M in R.models.items():
+        b0 = min(M["batches"])
+        best128 = [R.final(m, b0, p) for p in M["procs"]]
+        if any(f is None for f in best128):
+            w(f"* {m}: not finished.\n")
+            continue
+        top = max((f[0] for f in best128 if f[0] is not None), default=None)
+        hits = []
+        for b in [b for b in M["batches"] if b >= 2048]:
+            sa = R.steps(m, b, "a-default")
+            for p in [p for p in M["procs"] if p in PRECOND]:
+                f, s = R.final(m, b, p), R.steps(m, b, p)
+                if f and f[0] is not None and top is not None and f[0] >= top - 1:
+                    hits.append(f"{p} at batch {b}: {f[0]:.2f}% against {top:.2f}%")
+                if (s and s[0] is not None and s[2] == s[3] and sa and
+                        (sa[0] is None or sa[2] < sa[3] or s[0] <= 0.5 * sa[0])):
+                    ref = "the default never reaches it" if (sa[0] is None or sa[2] < sa[3]) else f"{sa[0]:.0f} for the default"
+                    hits.append(f"{p} at batch {b}: {s[0]:.0f} steps to the target, {ref}")
+        w(f"* {m}: " + ("; ".join(hits) if hits else "no preconditioned procedure meets it") + ".\n")
+
+
+def model_section(R, out):
+    w = out.write
+    if R.bench is None:
+        w("\n(no bench.json: run `scripts/study.py bench` for the time model)\n")
+        return
+    alpha, beta = R.fit_allreduce()
+    w(f"\nAllreduce at 2 ranks, fitted as 2α + β·S over {len(R.bench['allreduce'])} sizes: "
+      f"α = {1e6 * alpha:.1f} µs, 1/β = {1e-9 / beta:.2f} GB/s. Modeled at P ranks as "
+      "2⌈log2 P⌉α + 2(P−1)/P·S·β (tree latency, ring bandwidth; S = the parameters' bytes), "
+      "plus one rank's measured compute time at the local batch B/P.\n\n")
+    chk = R.model_check()
+    if chk:
+        w("Model against measured 2-rank steps (ms per step):\n\n| model | global batch | "
+          "measured | modeled | error |\n|---|---|---|---|---|\n")
+        errs = []
+        for m, b, t, p in chk:
+            e = (p - t) / t
+            errs.append(abs(e))
+            w(f"| {m} | {b} | {1e3 * t:.2f} | {1e3 * p:.2f} | {100 * e:+.0f}% |\n")
+        errs.sort()
+        w(f"\nMedian absolute error {100 * errs[len(errs) // 2]:.0f}%, largest "
+          f"{100 * errs[-1]:.0f}%. (At 1 rank the model is the measurement itself.)\n")
+    for m, M in R.models.items():
+        w(f"\nModeled time to {M['target']:g}% validation accuracy, {m} (seconds; the global "
+          "batch that minimizes it in brackets; –: no global batch of at least one sample per rank reaches it in every seed):\n\n")
+        ps = [P for P in RANKS if P in (1, 2, 8, 64, 1024)]
+        w("| procedure | " + " | ".join(f"{P} rank{'s' if P > 1 else ''}" for P in ps) + " |\n")
+        w("|---|" + "---|" * len(ps) + "\n")
+        for p in M["procs"]:
+            cells = []
+            for P in ps:
+                t = R.time_to_target(m, p, P)
+                cells.append("–" if t is None else f"{t[0]:.3g} (B {t[1]})")
+            w(f"| {p} | " + " | ".join(cells) + " |\n")
+
+
+# ---------------------------------------------------------------- plots
+def plots(R, figdir, prefix):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    written = []
+    models = list(R.models)
+    colors = {p: plt.cm.tab10(i % 10) for i, p in enumerate(R.procs)}
+
+    def style(p):
+        return dict(color=colors[p], ls="-" if p in PRECOND else "--", marker="o", ms=4)
+
+    def legend(ax):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+
+    def save(fig, name):
+        path = os.path.join(figdir, f"{prefix}{name}.png")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+
+    # 1. final test accuracy against global batch
+    fig, axs = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    for ax, m in zip(axs[0], models):
+        M = R.models[m]
+        for p in M["procs"]:
+            pts = [(b, R.final(m, b, p)) for b in sorted(M["batches"])]
+            pts = [(b, f[0], f[1]) for b, f in pts if f and f[0] is not None]
+            if pts:
+                ax.errorbar([x[0] for x in pts], [x[1] for x in pts], yerr=[x[2] for x in pts],
+                            label=p, capsize=3, **style(p))
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("global batch")
+        ax.set_ylabel("test accuracy (%) at the end of the budget")
+        ax.set_title(f"{m}: {M['epochs']} epochs at every batch (mean ± std)")
+        ax.grid(alpha=0.3)
+    legend(axs[0][0])
+    save(fig, "accuracy")
+
+    # 2. steps to target against global batch, log-log, noise scale marked
+    fig, axs = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    for ax, m in zip(axs[0], models):
+        M = R.models[m]
+        bs = sorted(M["batches"])
+        for p in M["procs"]:
+            pts = [(b, R.steps(m, b, p)) for b in bs]
+            pts = [(b, s[0], s[1], s[2] < s[3]) for b, s in pts if s and s[0] is not None]
+            if pts:
+                ax.errorbar([x[0] for x in pts], [x[1] for x in pts], yerr=[x[2] for x in pts],
+                            label=p, capsize=3, **style(p))
+                for b, y, _, partial in pts:
+                    if partial:
+                        ax.plot([b], [y], marker="x", color="k", ms=8)
+        y0 = [R.steps(m, bs[0], p) for p in M["procs"]]
+        y0 = [s[0] for s in y0 if s and s[0] is not None]
+        if y0:
+            ref = min(y0)
+            ax.plot(bs, [ref * bs[0] / b for b in bs], color="gray", lw=0.8, ls=":",
+                    label="perfect scaling (slope −1)")
+        ns = R.noise_scale(m)
+        if ns:
+            ax.axvline(ns, color="k", lw=0.8, ls="-.", label=f"noise scale B_simple ≈ {ns:.0f}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("global batch")
+        ax.set_ylabel(f"steps to {M['target']:g}% validation accuracy")
+        ax.set_title(f"{m} (x: not every seed reached it)")
+        ax.grid(alpha=0.3, which="both")
+    legend(axs[0][0])
+    save(fig, "steps")
+
+    # 3. per-layer gradient std, deep MLP, largest batch
+    for m, M in R.models.items():
+        if not M.get("stats"):
+            continue
+        b = max(M["batches"])
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        any_ = False
+        for p in M["procs"]:
+            c = R.cells.get((m, b, p))
+            if not c or not c["seeds"] or c["seeds"][0].state != "done":
+                continue
+            rows = read_csv(os.path.join(c["seeds"][0].d, "layers.csv"), ["step", "grad_std"])
+            if not rows:
+                continue
+            with open(os.path.join(c["seeds"][0].d, "layers.csv")) as f:
+                names = [ln.split(",")[2] for ln in f.read().splitlines()[1:]]
+            wr = [(r, n) for r, n in zip(rows, names) if n.endswith(".weight")]
+            first = min(r["step"] for r, _ in wr)
+            y = [r["grad_std_precond"] for r, _ in wr if r["step"] == first]
+            ax.plot(range(1, len(y) + 1), y, label=f"{p}", **dict(style(p), ms=3))
+            any_ = True
+        if any_:
+            ax.set_yscale("log")
+            ax.set_xlabel("weight layer")
+            ax.set_ylabel("std of the (preconditioned) gradient, first logged step")
+            ax.set_title(f"{m}, global batch {b}: gradient scale per layer at the chosen rates")
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=7)
+            save(fig, f"layers-{m}")
+        else:
+            plt.close(fig)
+
+    # 4. modeled time to target against ranks, and strong-scaling efficiency
+    if R.bench is not None:
+        fig, axs = plt.subplots(1, len(models) + 1, figsize=(5.5 * (len(models) + 1), 4.5),
+                                squeeze=False)
+        for ax, m in zip(axs[0], models):
+            M = R.models[m]
+            for p in M["procs"]:
+                pts = [(P, R.time_to_target(m, p, P)) for P in RANKS]
+                pts = [(P, t[0]) for P, t in pts if t]
+                if pts:
+                    ax.plot([x[0] for x in pts], [x[1] for x in pts], label=p, **style(p))
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("ranks")
+            ax.set_ylabel(f"MODELED seconds to {M['target']:g}% validation accuracy")
+            ax.set_title(f"{m}: a model (measured steps × modeled step time)")
+            ax.grid(alpha=0.3, which="both")
+        legend(axs[0][0])
+        ax = axs[0][-1]
+        for m in models:
+            for b in sorted(R.models[m]["batches"]):
+                if not str(b) in R.bench["models"][m].get("step_s_2ranks", {}):
+                    continue
+                t1 = R.step_s(m, b, 1)
+                Ps = [P for P in RANKS if P <= b]
+                line, = ax.plot(Ps, [t1 / (P * R.step_s(m, b, P)) for P in Ps],
+                                label=f"{m} B={b} (model)")
+                t2 = R.bench["models"][m]["step_s_2ranks"][str(b)]
+                ax.plot([2], [t1 / (2 * t2)], marker="s", color=line.get_color())
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("ranks")
+        ax.set_ylabel("strong-scaling efficiency T1 / (P·T_P)")
+        ax.set_title("efficiency at a fixed global batch (squares: measured at 2 ranks)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+        save(fig, "time-model")
+
+    # 5. validation accuracy against step and wall time, smallest and largest batch
+    for m, M in R.models.items():
+        bs = sorted(M["batches"])
+        show = [bs[0], bs[-1]] if len(bs) > 1 else bs
+        fig, axs = plt.subplots(len(show), 2, figsize=(12, 4 * len(show)), squeeze=False)
+        for row, b in zip(axs, show):
+            for p in M["procs"]:
+                c = R.cells.get((m, b, p))
+                runs = [r for r in (c or {}).get("seeds", []) if r.state == "done"]
+                if not runs:
+                    continue
+                n = min(len(r.ev) for r in runs)
+                for ax, key in zip(row, ("step", "wall_s")):
+                    xs = [sum(r.ev[i][key] for r in runs) / len(runs) for i in range(n)]
+                    ys = [mean_std([100 * r.ev[i]["val_acc"] for r in runs]) for i in range(n)]
+                    ax.plot(xs, [y[0] for y in ys], label=f"{p} ({len(runs)})",
+                            **dict(style(p), marker=None))
+                    ax.fill_between(xs, [y[0] - y[1] for y in ys], [y[0] + y[1] for y in ys],
+                                    color=colors[p], alpha=0.12)
+            for ax, lab in zip(row, ("step", "wall seconds (two runs shared the 2 cores)")):
+                ax.set_xlabel(lab)
+                ax.set_ylabel("validation accuracy (%)")
+                ax.set_title(f"{m}, global batch {b}")
+                ax.set_ylim(max(0, ax.get_ylim()[0]), 100)
+                ax.grid(alpha=0.3)
+            legend(row[0])
+        save(fig, f"curves-{m}")
+    return written
+
+
+def main():
+    ap = ArgParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("results", help="the study's folder (results/study or docs/study)")
+    ap.add_argument("--out", help="write the Markdown here [stdout]")
+    ap.add_argument("--figures", help="folder for the PNGs [RESULTS]")
+    ap.add_argument("--prefix", default="large-batch-", help="PNG name prefix [large-batch-]")
+    ap.add_argument("--no-plots", action="store_true", help="tables only")
+    a = ap.parse_args()
+    if not os.path.isdir(a.results):
+        die(f"{a.results} is not a directory")
+    figdir = a.figures or a.results
+    if not a.no_plots and not os.path.isdir(figdir):
+        die(f"--figures {figdir} is not a directory")
+    R = Report(a.results)
+    out = open(a.out, "w") if a.out else sys.stdout
+    from io import StringIO
+    body = StringIO()
+    body.write("## 2. Results\n")
+    tables(R, body)
+    body.write("\n## 3. Verdict, computed from the tables\n\n")
+    verdict(R, body)
+    body.write("\n## 4. Time to target at scale: a model\n")
+    model_section(R, body)
+    out.write(body.getvalue())
+    if not a.no_plots:
+        for path in plots(R, figdir, a.prefix):
+            print(f"plot: {path}", file=sys.stderr)
+    if a.out:
+        out.close()
+
+
+if __name__ == "__main__":
+    main()
