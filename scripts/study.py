@@ -112,12 +112,6 @@ class Study:
         self.val_split = STUDY["val_split"] if a.val_split is None else a.val_split
         self.train_limit = a.train_limit
         self.a = a
-        for m in self.models:
-            if m not in MODELS:
-                die(f"--models: no model {m} (choose from {', '.join(MODELS)})")
-        for p in a.procs or []:
-            if p not in PROCEDURES:
-                die(f"--procs: no procedure {p} (choose from {', '.join(PROCEDURES)})")
 
     def epochs(self, model):
         if self.a.epochs:
@@ -459,14 +453,14 @@ def cmd_bench(st, a):
     for m in st.models:
         top = max(st.batches(m))
         locals_ = [b for b in (8, 32, 128, 512, 2048, 8192) if b <= top]
-        steps = 10 if quick or m == "resnet8" else 20
+        steps_of = lambda b: 10 if quick else max(10 if m == "resnet8" else 20, min(200, 4096 // b))
         r = dict(param_bytes=param_bytes(st, a, m), step_s={}, step_s_2ranks={})
         for b in locals_:
-            r["step_s"][str(b)] = time_steps(st, a, m, 1, b, steps)
+            r["step_s"][str(b)] = time_steps(st, a, m, 1, b, steps_of(b))
             print(f"[bench] {m} 1 rank, batch {b}: {1e3 * r['step_s'][str(b)]:.2f} ms/step",
                   flush=True)
         for b in st.batches(m):
-            r["step_s_2ranks"][str(b)] = time_steps(st, a, m, 2, b, steps)
+            r["step_s_2ranks"][str(b)] = time_steps(st, a, m, 2, b, steps_of(b // 2))
             print(f"[bench] {m} 2 ranks, global batch {b}: "
                   f"{1e3 * r['step_s_2ranks'][str(b)]:.2f} ms/step", flush=True)
         res["models"][m] = r
@@ -523,6 +517,12 @@ def main():
     if (a.action == "export") != bool(a.dest):
         ap.error("export needs DEST" if a.action == "export" else f"{a.action} takes no DEST")
     a.sbatch_args = a.sbatch.split()
+    for m in a.models or []:
+        if m not in MODELS:
+            ap.error(f"--models: no model {m} (choose from {', '.join(MODELS)})")
+    for p in a.procs or []:
+        if p not in PROCEDURES:
+            ap.error(f"--procs: no procedure {p} (choose from {', '.join(PROCEDURES)})")
     st = Study(a)
     if st.n_train() < 1:
         ap.error("--val-split leaves no training samples")

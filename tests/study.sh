@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The large-batch study's driver and report at a tiny scale (scripts/study.py,
+# scripts/study_report.py), and the committed report against its committed CSVs.
+#  1. a tiny local study (LeNet on 1,500 samples, two procedures, two global batches, two
+#     seeds, one epoch): every cell finishes with its grid bracketed or flagged, the seeds run
+#     at the chosen rate, a second `run` starts nothing, `bench` writes the time model's
+#     measurements, the report has every table and every plot;
+#  2. docs/large-batch.md is exactly what study_report.py makes of docs/study/ (every number
+#     in it comes from the committed CSVs).
+#
+# usage: study.sh PYTHON NNPREC
+set -uo pipefail
+py=$1
+nnprec=$2
+root=$(cd "$(dirname "$0")/.." && pwd)
+source "$root/tests/cli_lib.sh"
+EXPECT_PREFIX=study.py
+
+res=$tmp/study
+tiny=(--results "$res" --nnprec "$nnprec" --models lenet --procs a-default e-seed-dynamic
+      --batches 32 128 --epochs 1 --train-limit 1500 --val-split 300 --seeds 1 2)
+timeout 600 "$py" "$root/scripts/study.py" run "${tiny[@]}" > "$tmp/run.log" 2>&1 ||
+  fail "study.py run: $(tail -3 "$tmp/run.log")"
+grep -q '4/4 cells done' "$tmp/run.log" && ok || fail "not every cell finished: $(tail -3 "$tmp/run.log")"
+"$py" "$root/scripts/study.py" plan "${tiny[@]}" > "$tmp/plan.log" 2>&1
+grep -q '4/4 cells done; 0 run(s) can start now' "$tmp/plan.log" && ok || fail "plan: $(cat "$tmp/plan.log")"
+# the plan's grids: four rates x3 apart at least, grown while the best was at an edge
+"$py" - "$res" <<'PY' && ok || fail "grids and seeds in study.json"
+import json, os, sys
+res = sys.argv[1]
+meta = json.load(open(os.path.join(res, "study.json")))
+for c in meta["cells"]:
+    lrs = c["lrs"]
+    assert len(lrs) >= 4, c
+    assert all(abs(b / a - 3) < 1e-3 for a, b in zip(lrs, lrs[1:])), lrs
+    if c["best_lr"] is None:
+        continue
+    d = os.path.join(res, c["model"], "b%d" % c["batch"], c["proc"])
+    vals = {}
+    for lr in lrs:
+        r = os.path.join(d, "lr%.4g-s1" % lr)
+        if os.path.exists(os.path.join(r, "diverged.txt")):
+            vals[lr] = 0
+        else:
+            vals[lr] = float(open(os.path.join(r, "eval.csv")).read().split()[-1].split(",")[-1])
+    best = max(vals.values())
+    assert abs(vals[c["best_lr"]] - best) < 1e-9, (c, vals)
+    i = lrs.index(c["best_lr"])
+    assert (0 < i < len(lrs) - 1) or c["note"] or len(lrs) == 7, c
+    for s in (1, 2):  # every seed ran at the chosen rate
+        e = os.path.join(d, "lr%.4g-s%d" % (c["best_lr"], s), "eval.csv")
+        assert os.path.exists(e) or os.path.exists(e.replace("eval.csv", "diverged.txt")), e
+PY
+timeout 120 "$py" "$root/scripts/study.py" run "${tiny[@]}" > "$tmp/rerun.log" 2>&1
+grep -q '^\[study\] 0 run(s) in' "$tmp/rerun.log" && ok || fail "a second run started runs: $(cat "$tmp/rerun.log")"
+timeout 300 "$py" "$root/scripts/study.py" bench "${tiny[@]}" > "$tmp/bench.log" 2>&1 ||
+  fail "study.py bench: $(tail -3 "$tmp/bench.log")"
+"$py" -c "
+import json, sys
+b = json.load(open(sys.argv[1]))
+assert len(b['allreduce']) == 5 and all(v > 0 for v in b['allreduce'].values())
+m = b['models']['lenet']
+assert m['param_bytes'] == 4 * 81194, m['param_bytes']
+assert set(m['step_s']) == {'8', '32', '128'} and set(m['step_s_2ranks']) == {'32', '128'}
+" "$res/bench.json" && ok || fail "bench.json: $(cat "$res/bench.json")"
+"$py" "$root/scripts/study_report.py" "$res" --out "$tmp/report.md" --figures "$tmp" > "$tmp/report.log" 2>&1 ||
+  fail "study_report.py: $(tail -3 "$tmp/report.log")"
+for t in "Test accuracy (%) at the end" "Steps to 85% validation" "Learning rate chosen" \
+         "## 3. Verdict" "Model against measured 2-rank" "Modeled time to 85%"; do
+  grep -q "$t" "$tmp/report.md" && ok || fail "report lacks '$t'"
+done
+for f in accuracy steps time-model curves-lenet; do
+  [ -s "$tmp/large-batch-$f.png" ] && ok || fail "no plot large-batch-$f.png"
+done
+# the export holds the CSVs and no checkpoint, and makes the same report
+"$py" "$root/scripts/study.py" export "$tmp/exp" --results "$res" > /dev/null 2>&1
+[ -z "$(find "$tmp/exp" -name '*.h5')" ] && [ -s "$tmp/exp/study.json" ] && ok || fail "export"
+"$py" "$root/scripts/study_report.py" "$tmp/exp" --no-plots > "$tmp/exp.md" 2>/dev/null
+"$py" "$root/scripts/study_report.py" "$res" --no-plots > "$tmp/res.md" 2>/dev/null
+cmp -s "$tmp/exp.md" "$tmp/res.md" && ok || fail "the export's report differs: $(diff "$tmp/exp.md" "$tmp/res.md" | head -5)"
+
+# bad input: one line, non-zero exit
+expect 2 "--models: no model vgg" "$py" "$root/scripts/study.py" plan --models vgg --results "$tmp/x"
+expect 2 "export needs DEST" "$py" "$root/scripts/study.py" export
+EXPECT_PREFIX=study_report.py
+expect 1 "is not a directory" "$py" "$root/scripts/study_report.py" "$tmp/nothing"
+expect 1 "study.json is missing" "$py" "$root/scripts/study_report.py" "$tmp"
+
+# 2. the committed report is what its committed CSVs give
+if [ -s "$root/docs/study/study.json" ]; then
+  (cd "$root/docs" && "$py" "$root/scripts/study_report.py" study --figure-link figures/ --no-plots \
+    --out "$tmp/committed.md") 2> "$tmp/committed.log"
+  cmp -s "$tmp/committed.md" "$root/docs/large-batch.md" && ok ||
+    fail "docs/large-batch.md is not what docs/study gives: $(diff "$tmp/committed.md" "$root/docs/large-batch.md" | head -8)"
+else
+  fail "docs/study/study.json is missing"
+fi
+finish
