@@ -42,6 +42,21 @@ def read_csv(path, need=()):
         return None
 
 
+def read_layers(path):
+    """The weight tensors' rows of a layers.csv (step, name, grad_std_precond), [] if none."""
+    import csv
+    try:
+        with open(path) as f:
+            rows = list(csv.DictReader(f))
+        return [dict(step=float(r["step"]), name=r["name"],
+                     grad_std_precond=float(r["grad_std_precond"]))
+                for r in rows if r["name"].endswith(".weight")]
+    except FileNotFoundError:
+        return []
+    except (OSError, KeyError, TypeError, ValueError, csv.Error) as e:
+        die(f"{path}: {e}")
+
+
 class Run:
     """One run's results: state done / diverged / missing, final accuracies, curves."""
 
@@ -501,34 +516,32 @@ def plots(R, figdir, prefix):
     legend(axs[0][0])
     save(fig, "steps")
 
-    # 3. per-layer gradient std, deep MLP, largest batch
+    # 3. per-layer gradient std, deep MLP, largest batch: at the first and the last logged step
     for m, M in R.models.items():
         if not M.get("stats"):
             continue
         b = max(M["batches"])
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig, axs = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
         any_ = False
         for p in M["procs"]:
             c = R.cells.get((m, b, p))
             if not c or not c["seeds"] or c["seeds"][0].state != "done":
                 continue
-            rows = read_csv(os.path.join(c["seeds"][0].d, "layers.csv"), ["step", "grad_std"])
-            if not rows:
+            wr = read_layers(os.path.join(c["seeds"][0].d, "layers.csv"))
+            if not wr:
                 continue
-            with open(os.path.join(c["seeds"][0].d, "layers.csv")) as f:
-                names = [ln.split(",")[2] for ln in f.read().splitlines()[1:]]
-            wr = [(r, n) for r, n in zip(rows, names) if n.endswith(".weight")]
-            first = min(r["step"] for r, _ in wr)
-            y = [r["grad_std_precond"] for r, _ in wr if r["step"] == first]
-            ax.plot(range(1, len(y) + 1), y, label=f"{p}", **dict(style(p), ms=3))
+            for ax, step in zip(axs, (min(r["step"] for r in wr), max(r["step"] for r in wr))):
+                y = [r["grad_std_precond"] for r in wr if r["step"] == step]
+                ax.plot(range(1, len(y) + 1), y, label=p, **dict(style(p), ms=3))
+                ax.set_title(f"{m}, global batch {b}, step {step:.0f}")
             any_ = True
         if any_:
-            ax.set_yscale("log")
-            ax.set_xlabel("weight layer")
-            ax.set_ylabel("std of the (preconditioned) gradient, first logged step")
-            ax.set_title(f"{m}, global batch {b}: gradient scale per layer at the chosen rates")
-            ax.grid(alpha=0.3, which="both")
-            ax.legend(fontsize=7)
+            for ax in axs:
+                ax.set_yscale("log")
+                ax.set_xlabel("weight layer (input → output)")
+                ax.grid(alpha=0.3, which="both")
+            axs[0].set_ylabel("std of the weight gradient after the preconditioner (seed 1)")
+            legend(axs[0])
             save(fig, f"layers-{m}")
         else:
             plt.close(fig)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The large-batch study's driver and report at a tiny scale (scripts/study.py,
 # scripts/study_report.py), and the committed report against its committed CSVs.
-#  1. a tiny local study (LeNet on 1,500 samples, two procedures, two global batches, two
-#     seeds, one epoch): every cell finishes with its grid bracketed or flagged, the seeds run
+#  1. a tiny local study (LeNet and the 12-layer MLP on 1,500 samples, two procedures, two
+#     global batches, two seeds, one epoch): every cell finishes with its grid bracketed or flagged, the seeds run
 #     at the chosen rate, a second `run` starts nothing, `bench` writes the time model's
 #     measurements, the report has every table and every plot;
 #  2. docs/large-batch.md is exactly what study_report.py makes of docs/study/ (every number
@@ -17,13 +17,13 @@ source "$root/tests/cli_lib.sh"
 EXPECT_PREFIX=study.py
 
 res=$tmp/study
-tiny=(--results "$res" --nnprec "$nnprec" --models lenet --procs a-default e-seed-dynamic
+tiny=(--results "$res" --nnprec "$nnprec" --models lenet mlp --procs a-default e-seed-dynamic
       --batches 32 128 --epochs 1 --train-limit 1500 --val-split 300 --seeds 1 2)
 timeout 600 "$py" "$root/scripts/study.py" run "${tiny[@]}" > "$tmp/run.log" 2>&1 ||
   fail "study.py run: $(tail -3 "$tmp/run.log")"
-grep -q '4/4 cells done' "$tmp/run.log" && ok || fail "not every cell finished: $(tail -3 "$tmp/run.log")"
+grep -q '8/8 cells done' "$tmp/run.log" && ok || fail "not every cell finished: $(tail -3 "$tmp/run.log")"
 "$py" "$root/scripts/study.py" plan "${tiny[@]}" > "$tmp/plan.log" 2>&1
-grep -q '4/4 cells done; 0 run(s) can start now' "$tmp/plan.log" && ok || fail "plan: $(cat "$tmp/plan.log")"
+grep -q '8/8 cells done; 0 run(s) can start now' "$tmp/plan.log" && ok || fail "plan: $(cat "$tmp/plan.log")"
 # the plan's grids: four rates x3 apart at least, grown while the best was at an edge
 "$py" - "$res" <<'PY' && ok || fail "grids and seeds in study.json"
 import json, os, sys
@@ -69,7 +69,7 @@ for t in "Test accuracy (%) at the end" "Steps to 85% validation" "Learning rate
          "## 3. Verdict" "Model against measured 2-rank" "Modeled time to 85%"; do
   grep -q "$t" "$tmp/report.md" && ok || fail "report lacks '$t'"
 done
-for f in accuracy steps time-model curves-lenet; do
+for f in accuracy steps time-model curves-lenet curves-mlp layers-mlp; do
   [ -s "$tmp/large-batch-$f.png" ] && ok || fail "no plot large-batch-$f.png"
 done
 # the export holds the CSVs and no checkpoint, and makes the same report
