@@ -49,6 +49,9 @@ typedef struct {
      * moment and output-gradient second moment on the step's global batch; 0 predicts
      * them from the weight stds (the forward pass of second moments) */
     int measure;
+    /* samples each BatchNorm layer's batch statistics are taken over (the global batch with
+     * --bn sync, a rank's share with --bn local); 0: many (the finite-batch factor is 1) */
+    int bn_batch;
 } nnp_precond_cfg;
 
 /* Points of the fixed quadrature grid for Gaussian expectations (corrected formula). */
@@ -67,9 +70,21 @@ typedef struct {
     double *sums;         /* [n_sums] workspace for the allreduce: (sum w, sum w^2) per
                            * tensor over this rank's share of the parameters, then, when
                            * measuring, (sum x^2, sum dz^2) per trainable layer over this
-                           * rank's samples, then the sample count */
-    int n_tr;             /* trainable layers */
-    size_t n_sums;        /* 2n, or 2n + 2 n_tr + 1 when measuring */
+                           * rank's samples, the sample count, and for every dense or conv
+                           * layer that feeds a BatchNorm layer the sum of x per input
+                           * channel (dense: per input feature) */
+    int n_tr;             /* trainable layers (dense, conv and BatchNorm) */
+    size_t n_sums;        /* 2n, or 2n + 2 n_tr + 1 + n_csum when measuring */
+    size_t n_csum;        /* input channels of the layers that feed a BatchNorm layer */
+    /* corrected formula, predicted moments: the sweep over the network's layers */
+    double *eg;           /* [n_layers + 1] predicted E[g^2] of the gradient at act[i] */
+    double *bf;           /* [n_layers] backward factor of layer i: E[dx^2] / E[dy^2] */
+    double *ef;           /* [n_layers] factor on a layer's own output-gradient moment (1, or
+                           * the Jensen factor of a layer that feeds a BatchNorm layer) */
+    double *part[4];      /* element distributions as weighted particles (residual blocks,
+                           * dropout): the current one, a block's input, its branch output,
+                           * and scratch; NULL for networks that need none */
+    size_t part_cap;      /* (value, weight) pairs each of part[0..2] holds */
     int measured;         /* the last update used measured moments */
     int64_t updated_at;   /* step of the last dynamic update, -1 before the first */
 } nnp_precond;

@@ -96,9 +96,26 @@ void nnp_precond_defaults(nnp_precond_cfg *cfg)
     cfg->bias_prior = 0;
     cfg->floor = 1e-12;
     cfg->measure = 1;
+    cfg->bn_batch = 0;
 }
 
 static void quad_setup(double *q);
+static double norm_jensen(const nnp_init_cfg *ic, const nnp_tensor *t);
+
+/* Element distributions as weighted particles (the corrected formula's sweep, section 7 of
+ * docs/preconditioner.md): NP_Q nodes of a materialized distribution (the midpoints of the
+ * quadrature grid), NP_S particles a residual block's shortcut is compressed to at its add. */
+#define NP_Q 240
+#define NP_S 256
+
+/* 1 if layer i is a dense or conv layer whose output goes straight into a BatchNorm layer:
+ * its weights are scale-invariant and its output gradient sums to zero over each channel. */
+static int feeds_bn(const nnp_net *net, int i)
+{
+    const nnp_layer_kind k = net->layers[i].kind;
+    return (k == NNP_L_DENSE || k == NNP_L_CONV2D) && i + 1 < net->n_layers &&
+           net->layers[i + 1].kind == NNP_L_BN;
+}
 
 static int pos_finite(double x) { return isfinite(x) && x > 0; }
 
@@ -133,6 +150,8 @@ static nnp_status check_cfg(const nnp_precond_cfg *c)
  * corrected: the std the chosen initializer draws with. */
 static double prior_sigma(const nnp_precond_cfg *c, const nnp_net *net, const nnp_tensor *t)
 {
+    if (t->norm) /* BatchNorm: scale 1 (its root mean square) and shift 0 under every --init */
+        return t->is_bias ? 0.0 : 1.0;
     if (c->formula == NNP_PFORM_CORRECTED)
         return nnp_init_std(&c->init, net, t);
     if (t->is_bias)
@@ -152,7 +171,9 @@ nnp_status nnp_precond_init(nnp_precond *p, const nnp_precond_cfg *cfg, const nn
     NNP_CALL(check_cfg(cfg));
     if (net->n_tensors <= 0)
         return nnp_error(NNP_ERR_ARG, "preconditioner: the network has no parameter tensors");
-    if (cfg->mode != NNP_PRECOND_NONE) {
+    if (cfg->mode != NNP_PRECOND_NONE && cfg->formula == NNP_PFORM_SEED) {
+        /* the seed's formula is a fixed recipe for plain stacks; the corrected one is
+         * derived for these layers (docs/preconditioner.md, section 7) */
         static const struct { nnp_layer_kind k; const char *what; } underived[] = {
             {NNP_L_BN, "BatchNorm layers"},
             {NNP_L_GAP, "global average pooling (gap)"},
@@ -161,10 +182,13 @@ nnp_status nnp_precond_init(nnp_precond *p, const nnp_precond_cfg *cfg, const nn
         };
         for (size_t u = 0; u < sizeof underived / sizeof underived[0]; u++)
             if (nnp_net_has(net, underived[u].k))
-                return nnp_error(NNP_ERR_ARG, "the preconditioner is not derived for %s yet "
-                                              "(model %s): use --precond none",
+                return nnp_error(NNP_ERR_ARG, "--precond-formula seed is not defined for %s "
+                                              "(model %s): use --precond-formula corrected",
                                  underived[u].what, net->spec);
     }
+    if (cfg->bn_batch < 0)
+        return nnp_error(NNP_ERR_ARG, "preconditioner: BatchNorm batch must be >= 0 (got %d)",
+                         cfg->bn_batch);
     size_t n = (size_t)net->n_tensors;
     p->cfg = *cfg;
     p->n = net->n_tensors;
@@ -175,22 +199,44 @@ nnp_status nnp_precond_init(nnp_precond *p, const nnp_precond_cfg *cfg, const nn
     p->scale = nnp_calloc(n, sizeof(double));
     p->n_tr = net->n_trainable;
     p->n_sums = 2 * n;
+    for (int i = 0; i < net->n_layers; i++)
+        if (feeds_bn(net, i))
+            p->n_csum += (size_t)net->layers[i].in.c;
     if (cfg->mode == NNP_PRECOND_DYNAMIC && cfg->formula == NNP_PFORM_CORRECTED && cfg->measure)
-        p->n_sums += 2 * (size_t)p->n_tr + 1;
+        p->n_sums += 2 * (size_t)p->n_tr + 1 + p->n_csum;
     p->sums = nnp_calloc(p->n_sums, sizeof(double));
     p->q = nnp_calloc(n, sizeof(double));
     p->v = nnp_calloc(n, sizeof(double));
     p->quad = nnp_calloc(3 * (size_t)NNP_PRECOND_QUAD, sizeof(double));
-    if (!p->sigma || !p->gain || !p->prec || !p->scale || !p->sums || !p->q || !p->v ||
-        !p->quad) {
+    const size_t nl = (size_t)net->n_layers;
+    p->eg = nnp_calloc(nl + 1, sizeof(double));
+    p->bf = nnp_calloc(nl, sizeof(double));
+    p->ef = nnp_calloc(nl, sizeof(double));
+    int bad = !p->sigma || !p->gain || !p->prec || !p->scale || !p->sums || !p->q || !p->v ||
+              !p->quad || !p->eg || !p->bf || !p->ef;
+    /* particles: a residual block's sum holds its shortcut's NP_S particles times the
+     * branch's; dropout and BatchNorm after an activation need one materialized grid */
+    const int adds = nnp_net_has(net, NNP_L_RES_ADD);
+    if (!bad && (adds || nnp_net_has(net, NNP_L_DROPOUT) || nnp_net_has(net, NNP_L_BN))) {
+        p->part_cap = adds ? (size_t)NP_S * (NP_Q + 2) + 2 : NP_Q + 4;
+        for (int k = 0; k < 3; k++)
+            bad |= !(p->part[k] = nnp_malloc(2 * p->part_cap * sizeof(double)));
+        bad |= !(p->part[3] = nnp_malloc(2 * (size_t)(NP_S + NP_Q) * sizeof(double)));
+    }
+    if (bad) {
         nnp_precond_free(p);
         return NNP_ERR_NOMEM;
     }
     quad_setup(p->quad);
+    /* a layer feeding a BatchNorm layer: its output gradient carries E[1/std^2] of the
+     * BatchNorm, which the spread of the prior's weight norms raises (norm_jensen) */
+    for (size_t i = 0; i < nl; i++)
+        p->ef[i] = feeds_bn(net, (int)i) ? norm_jensen(&cfg->init, &net->tensors[net->layers[i].tensor])
+                                         : 1.0;
     for (size_t j = 0; j < n; j++) {
         const nnp_tensor *t = &net->tensors[j];
         p->sigma[j] = prior_sigma(cfg, net, t);
-        if (cfg->mode == NNP_PRECOND_STATIC && !t->is_bias && !(p->sigma[j] > 0)) {
+        if (cfg->mode == NNP_PRECOND_STATIC && !t->is_bias && !t->norm && !(p->sigma[j] > 0)) {
             nnp_status e = nnp_error(NNP_ERR_ARG,
                                      "--precond static: the initializer gives %s no spread "
                                      "(std 0), so its prior defines no multiplier; use "
@@ -216,6 +262,11 @@ void nnp_precond_free(nnp_precond *p)
     NNP_FREE(p->q);
     NNP_FREE(p->v);
     NNP_FREE(p->quad);
+    NNP_FREE(p->eg);
+    NNP_FREE(p->bf);
+    NNP_FREE(p->ef);
+    for (int k = 0; k < 4; k++)
+        NNP_FREE(p->part[k]);
     p->n = 0;
 }
 
@@ -289,12 +340,32 @@ void nnp_precond_batch_sums(nnp_precond *p, const nnp_net *net, int B)
     if (p->n_sums <= 2 * (size_t)p->n)
         return;
     double *m = p->sums + 2 * (size_t)p->n;
+    double *cs = m + 2 * (size_t)p->n_tr + 1; /* per-channel sums of x, layer after layer */
     for (int i = 0, k = 0; i < net->n_layers; i++) {
         const nnp_layer *L = &net->layers[i];
         if (L->tensor < 0)
             continue;
-        m[2 * k] = B > 0 ? sum_sq(net->act[i], (size_t)B * nnp_shape_size(L->in)) : 0.0;
+        /* a layer's own input: a projection shortcut's first layer reads its block's input;
+         * a BatchNorm layer's weight multiplies x_hat, whose second moment is 1 */
+        const float *x = nnp_layer_input(net, i);
+        const size_t nx = (size_t)B * nnp_shape_size(L->in);
+        m[2 * k] = B > 0 && L->kind != NNP_L_BN ? sum_sq(x, nx) : 0.0;
         m[2 * k + 1] = B > 0 ? sum_sq(net->dact[i + 1], (size_t)B * nnp_shape_size(L->out)) : 0.0;
+        if (feeds_bn(net, i)) {
+            const int C = L->in.c;
+            const size_t S = (size_t)L->in.h * L->in.w;
+            for (int c = 0; c < C; c++)
+                cs[c] = 0.0;
+            for (int n = 0; n < B; n++)
+                for (int c = 0; c < C; c++) {
+                    const float *xc = x + ((size_t)n * C + c) * S;
+                    double t = 0.0;
+                    for (size_t e = 0; e < S; e++)
+                        t += xc[e];
+                    cs[c] += t;
+                }
+            cs += C;
+        }
         k++;
     }
     m[2 * (size_t)p->n_tr] = B;
@@ -317,7 +388,8 @@ nnp_status nnp_precond_from_sums(nnp_precond *p, const nnp_net *net, int64_t ste
                              "preconditioner: non-finite activation or gradient moments at "
                              "step %lld",
                              (long long)step);
-    p->measured = p->n_sums > 2 * (size_t)p->n && p->sums[p->n_sums - 1] > 0;
+    p->measured = p->n_sums > 2 * (size_t)p->n &&
+                  p->sums[2 * (size_t)p->n + 2 * (size_t)p->n_tr] > 0;
     for (int j = 0; j < p->n; j++) {
         const nnp_tensor *t = &net->tensors[j];
         if (t->is_bias && p->cfg.bias_prior) {
@@ -326,8 +398,10 @@ nnp_status nnp_precond_from_sums(nnp_precond *p, const nnp_net *net, int64_t ste
         }
         double nn = (double)t->n;
         double mean = p->sums[2 * j] / nn;
-        /* E[w^2] - E[w]^2 loses digits when |mean| >> std; rounding can make it negative */
-        double var = p->sums[2 * j + 1] / nn - mean * mean;
+        /* E[w^2] - E[w]^2 loses digits when |mean| >> std; rounding can make it negative.
+         * A BatchNorm scale or shift is measured by its root mean square: the scale starts
+         * at 1 with no spread, and it is its size that scales the layer's output. */
+        double var = p->sums[2 * j + 1] / nn - (t->norm ? 0.0 : mean * mean);
         if (!(var > 0))
             var = 0;
         double s = sqrt(var);
@@ -527,80 +601,487 @@ static double mean_fan_in(const nnp_layer *L, const nnp_tensor *t)
     return L->conv.C * conv_taps(&L->conv) / ((double)L->conv.OH * L->conv.OW);
 }
 
-/* Walk the non-trainable layers [first, last] from element distribution f: f becomes the
- * distribution at their output, and the return value is the backward factor d (the mean
- * squared derivative of the block, averaged over its input elements). */
-static double walk_block(const nnp_precond *p, const nnp_net *net, int first, int last, fdist *f)
+/* ---- corrected formula: the sweep over the layers ---------------------------------------- */
+
+/* An element distribution during the sweep: the lazily evaluated fdist (a Gaussian, or a
+ * window maximum of Gaussians, through monotone activations) or, after an operation it cannot
+ * express (a residual sum, dropout, BatchNorm of an activation's output), n weighted
+ * particles: (value, weight) pairs in buf, ascending once sorted. */
+typedef struct {
+    fdist f;
+    int part;
+    size_t n;
+    double *buf;
+} dist;
+
+static void d_gauss(dist *d, double mu, double s)
 {
-    double d = 1.0;
-    for (int i = first; i <= last; i++) {
+    d->f = (fdist){.mu = mu, .s = s, .K = 1, .nact = 0};
+    d->part = 0;
+    d->n = 0;
+}
+
+static void d_copy(dist *dst, const dist *src)
+{
+    dst->f = src->f;
+    dst->part = src->part;
+    dst->n = src->n;
+    if (src->part)
+        memcpy(dst->buf, src->buf, 2 * src->n * sizeof(double));
+}
+
+/* The particles of an fdist: the NP_Q midpoints t of the quadrature grid's intervals (no
+ * node at 0, a relu's kink), weights h K phi(t) Phi(t)^(K-1), values the activations of
+ * mu + s t: as accurate for smooth moments as the grid itself. */
+static void d_materialize(dist *d)
+{
+    if (d->part)
+        return;
+    const fdist *f = &d->f;
+    const double h = 2.0 * QT / NP_Q;
+    for (int i = 0; i < NP_Q; i++) {
+        const double t = -QT + h * (i + 0.5);
+        double w = h * exp(-0.5 * t * t) / SQRT_2PI;
+        if (f->K > 1)
+            w *= f->K * pow(0.5 * erfc(-t / sqrt(2.0)), f->K - 1);
+        double x = f->mu + f->s * t;
+        for (int k = 0; k < f->nact; k++)
+            x = act_f(f->act[k], f->alpha[k], x);
+        d->buf[2 * i] = x;
+        d->buf[2 * i + 1] = w;
+    }
+    d->n = NP_Q;
+    d->part = 1;
+}
+
+static void pair_swap(double *a, size_t i, size_t j)
+{
+    const double x = a[2 * i], w = a[2 * i + 1];
+    a[2 * i] = a[2 * j];
+    a[2 * i + 1] = a[2 * j + 1];
+    a[2 * j] = x;
+    a[2 * j + 1] = w;
+}
+
+static void sift_down(double *a, size_t i, size_t n)
+{
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= n)
+            return;
+        if (c + 1 < n && a[2 * (c + 1)] > a[2 * c])
+            c++;
+        if (!(a[2 * c] > a[2 * i]))
+            return;
+        pair_swap(a, i, c);
+        i = c;
+    }
+}
+
+/* Sort the particles by value in place (heapsort: no allocation, as in a training step). */
+static void d_sort(dist *d)
+{
+    double *a = d->buf;
+    const size_t n = d->n;
+    for (size_t i = n / 2; i-- > 0;)
+        sift_down(a, i, n);
+    for (size_t e = n; e-- > 1;) {
+        pair_swap(a, 0, e);
+        sift_down(a, 0, e);
+    }
+}
+
+static double d_weight(const dist *d)
+{
+    double W = 0.0;
+    for (size_t i = 0; i < d->n; i++)
+        W += d->buf[2 * i + 1];
+    return W;
+}
+
+/* Compress to m particles of equal weight: each the mean of the particles (or the parts of
+ * them) in one m-quantile of the distribution. The mean is kept, the second moment loses
+ * only the spread inside each quantile (the tails'), and a point mass (a relu's zeros)
+ * stays exact. scr holds 2m doubles. */
+static void d_compress(dist *d, size_t m, double *scr)
+{
+    if (!d->part || d->n <= m)
+        return;
+    d_sort(d);
+    const double bw = d_weight(d) / (double)m;
+    size_t b = 0;
+    double acc_w = 0.0, acc_x = 0.0;
+    for (size_t i = 0; i < d->n; i++) {
+        const double x = d->buf[2 * i];
+        double w = d->buf[2 * i + 1];
+        while (w > 0) {
+            const double room = bw - acc_w;
+            if (b + 1 < m && w >= room) { /* fill the quantile and close it */
+                acc_x += room * x;
+                scr[2 * b] = acc_x / bw;
+                scr[2 * b + 1] = bw;
+                b++;
+                w -= room;
+                acc_w = acc_x = 0.0;
+            } else {
+                acc_w += w;
+                acc_x += w * x;
+                w = 0.0;
+            }
+        }
+    }
+    if (acc_w > 0) {
+        scr[2 * b] = acc_x / acc_w;
+        scr[2 * b + 1] = acc_w;
+        b++;
+    }
+    memcpy(d->buf, scr, 2 * b * sizeof(double));
+    d->n = b;
+}
+
+/* E[x], E[x^2]. */
+static void d_moments(const double *quad, const dist *d, double *m1, double *m2)
+{
+    if (!d->part) {
+        fd_moments(quad, &d->f, m1, m2, NULL, 0, 1, NULL);
+        return;
+    }
+    double W = 0.0, a1 = 0.0, a2 = 0.0;
+    for (size_t i = 0; i < d->n; i++) {
+        const double x = d->buf[2 * i], w = d->buf[2 * i + 1];
+        W += w;
+        a1 += w * x;
+        a2 += w * x * x;
+    }
+    *m1 = a1 / W;
+    *m2 = a2 / W;
+}
+
+/* E[a'(x)^2] for one more activation a on the element, taken at the maximum of Kmore
+ * elements (a max pool of that window right after a: the gradient reaches its maximum). */
+static double d_dfac(const double *quad, dist *d, nnp_act a, float alpha, int Kmore)
+{
+    if (!d->part) {
+        double m1, m2, dd;
+        fd_moments(quad, &d->f, &m1, &m2, &a, alpha, Kmore, &dd);
+        return dd;
+    }
+    if (Kmore > 1)
+        d_sort(d); /* the maximum's weights need the order; a is monotone */
+    const double W = d_weight(d);
+    double F = 0.0, acc = 0.0;
+    for (size_t i = 0; i < d->n; i++) {
+        const double x = d->buf[2 * i], w = d->buf[2 * i + 1];
+        const double wk = Kmore > 1 ? pow((F + w) / W, Kmore) - pow(F / W, Kmore) : w / W;
+        const double g = act_df(a, alpha, x);
+        acc += wk * g * g;
+        F += w;
+    }
+    return acc;
+}
+
+static void d_act(const double *quad, dist *d, nnp_act a, float alpha)
+{
+    if (d->part) {
+        for (size_t i = 0; i < d->n; i++)
+            d->buf[2 * i] = act_f(a, alpha, d->buf[2 * i]);
+        return;
+    }
+    fdist *f = &d->f;
+    if (f->nact == FD_MAXACT)
+        fd_reset(quad, f, 1);
+    f->act[f->nact] = a;
+    f->alpha[f->nact] = alpha;
+    f->nact++;
+}
+
+/* The maximum of K independent elements (a max pool's window). */
+static void d_max(dist *d, int K)
+{
+    if (!d->part) {
+        d->f.K *= K;
+        return;
+    }
+    d_sort(d);
+    const double W = d_weight(d);
+    double F = 0.0;
+    for (size_t i = 0; i < d->n; i++) {
+        const double w = d->buf[2 * i + 1];
+        d->buf[2 * i + 1] = W * (pow((F + w) / W, K) - pow(F / W, K));
+        F += w;
+    }
+}
+
+/* x -> a x + b with a > 0. */
+static void d_affine(dist *d, double a, double b)
+{
+    if (!d->part && d->f.nact == 0 && d->f.K == 1) {
+        d->f.mu = a * d->f.mu + b;
+        d->f.s *= a;
+        return;
+    }
+    d_materialize(d);
+    for (size_t i = 0; i < d->n; i++)
+        d->buf[2 * i] = a * d->buf[2 * i] + b;
+}
+
+/* Average pooling of `pool` elements taken as independent: a normal with the same mean and
+ * the variance divided by pool (as fd_reset). */
+static void d_pool(const double *quad, dist *d, int pool)
+{
+    double m1, m2;
+    d_moments(quad, d, &m1, &m2);
+    const double var = m2 - m1 * m1;
+    d_gauss(d, m1, sqrt(var > 0 ? var / pool : 0.0));
+}
+
+/* Inverted dropout: 0 with probability P, x/(1-P) otherwise. */
+static void d_dropout(dist *d, double P, size_t cap, double *scr)
+{
+    d_materialize(d);
+    if (d->n + 1 > cap)
+        d_compress(d, NP_Q, scr);
+    const double W = d_weight(d);
+    for (size_t i = 0; i < d->n; i++) {
+        d->buf[2 * i] /= 1.0 - P;
+        d->buf[2 * i + 1] *= 1.0 - P;
+    }
+    d->buf[2 * d->n] = 0.0;
+    d->buf[2 * d->n + 1] = P * W;
+    d->n++;
+}
+
+/* The sum of independent elements of S (a block's shortcut) and Y (its branch): S compressed
+ * to NP_S particles, Y to NP_Q, out the NP_S x NP_Q pairwise sums. */
+static void d_add(dist *out, dist *S, dist *Y, double *scr)
+{
+    d_materialize(S);
+    d_materialize(Y);
+    d_compress(S, NP_S, scr);
+    d_compress(Y, NP_Q, scr);
+    size_t k = 0;
+    for (size_t i = 0; i < S->n; i++)
+        for (size_t j = 0; j < Y->n; j++, k++) {
+            out->buf[2 * k] = S->buf[2 * i] + Y->buf[2 * j];
+            out->buf[2 * k + 1] = S->buf[2 * i + 1] * Y->buf[2 * j + 1];
+        }
+    out->n = k;
+    out->part = 1;
+}
+
+static void d_swap(dist *a, dist *b)
+{
+    const dist t = *a;
+    *a = *b;
+    *b = t;
+}
+
+/* E[1/|w|^2] |w|^2-mean for the n iid prior weights of one output channel: the factor by
+ * which a BatchNorm layer's mean 1/std^2 exceeds 1/mean std^2 through the spread of its
+ * input layer's weight norms (Jensen). With M(t) = E[exp(-t w^2)] for unit-variance w,
+ * E[1/sum w^2] = int_0^inf M(t)^n dt: n/(n-2) for normal weights, a quadrature for
+ * uniform ones, 1 for orthogonal rows (equal norms). 1 for n <= 2 (undefined). */
+static double norm_jensen(const nnp_init_cfg *ic, const nnp_tensor *t)
+{
+    const double n = t->fan_in;
+    if (n <= 2.0)
+        return 1.0;
+    switch (ic->kind) {
+    case NNP_INIT_ORTHOGONAL:
+        if (t->shape[0] <= t->fan_in) /* orthonormal rows: every output's norm is the same */
+            return 1.0;
+        return n / (n - 2.0);
+    case NNP_INIT_PYTORCH:
+    case NNP_INIT_XAVIER_UNIFORM:
+    case NNP_INIT_KAIMING_UNIFORM:
+    case NNP_INIT_UNIFORM: {
+        /* w = sqrt(3) v, v ~ U(-1, 1): M(u) = sqrt(pi/(12 u)) erf(sqrt(3 u)); u = e^s */
+        const double lo = -40.0, hi = 120.0, h = 0.02;
+        double acc = 0.0;
+        for (double s = lo; s <= hi; s += h) {
+            const double u = exp(s);
+            const double M = sqrt(3.14159265358979323846 / (12.0 * u)) * erf(sqrt(3.0 * u));
+            acc += pow(M, n) * u;
+        }
+        return n * acc * h;
+    }
+    default: return n / (n - 2.0);
+    }
+}
+
+/* The forward pass of second moments (corrected formula, predicted moments): q and v of
+ * every tensor and the backward factor bf[i] of every layer, E[dx^2]/E[dy^2] per element.
+ * The network input is taken as normalized: N(0, 1) elements. Section 7 of
+ * docs/preconditioner.md derives each rule. */
+static void sweep_forward(nnp_precond *p, const nnp_net *net)
+{
+    const double *quad = p->quad;
+    double *scr = p->part[3];
+    dist cur = {.buf = p->part[0]}, blk = {.buf = p->part[1]}, br = {.buf = p->part[2]};
+    d_gauss(&cur, 0.0, 1.0);
+    double vw = -1.0; /* within-channel variance of a dense/conv output feeding a BatchNorm */
+    for (int i = 0; i < net->n_layers; i++) {
         const nnp_layer *L = &net->layers[i];
-        double ratio = (double)nnp_shape_size(L->out) / (double)nnp_shape_size(L->in);
+        const double ratio = (double)nnp_shape_size(L->out) / (double)nnp_shape_size(L->in);
+        double bf = 1.0, vw_next = -1.0;
         switch (L->kind) {
+        case NNP_L_DENSE:
+        case NNP_L_CONV2D: {
+            const int jw = L->tensor, jb = jw + 1;
+            const nnp_tensor *t = &net->tensors[jw];
+            double m1, q;
+            d_moments(quad, &cur, &m1, &q);
+            const double sw = p->sigma[jw], sb = p->sigma[jb], nin = mean_fan_in(L, t);
+            const double v = nin * sw * sw * q + sb * sb;
+            p->q[jw] = q;
+            if (feeds_bn(net, i)) {
+                /* BatchNorm removes each channel's mean over the batch: what it normalizes
+                 * and what the weight gradient sees is the input's spread about its mean */
+                const double qc = q - m1 * m1;
+                p->q[jw] = qc > 0 ? qc : q;
+                vw_next = nin * sw * sw * p->q[jw];
+            }
+            p->q[jb] = 1.0;
+            p->v[jw] = p->v[jb] = v;
+            bf = mean_fan_out(L, t) * sw * sw;
+            d_gauss(&cur, 0.0, sqrt(v));
+            break;
+        }
+        case NNP_L_BN: {
+            const int jw = L->tensor, jb = jw + 1;
+            const double sg = p->sigma[jw], sbeta = p->sigma[jb];
+            double var;
+            if (vw >= 0) { /* x_hat of a dense/conv output: normal with variance var/(var+eps) */
+                var = vw;
+                d_gauss(&cur, 0.0, sqrt(sg * sg * var / (var + NNP_BN_EPS) + sbeta * sbeta));
+            } else { /* of anything else: the element standardized, times the scale */
+                double m1, m2;
+                d_moments(quad, &cur, &m1, &m2);
+                var = m2 - m1 * m1 > 0 ? m2 - m1 * m1 : 0.0;
+                const double a = sg / sqrt(var + NNP_BN_EPS);
+                d_affine(&cur, a, -m1 * a);
+                if (!cur.part && cur.f.nact == 0 && cur.f.K == 1)
+                    cur.f.s = sqrt(cur.f.s * cur.f.s + sbeta * sbeta);
+            }
+            /* backward: gamma/std on the gradient projected off the channel's mean and
+             * x_hat (N-2 of N dimensions), with E[1/std^2] of a batch variance over N
+             * normal values N/(N-3) times 1/var */
+            const double N = (double)p->cfg.bn_batch * L->in.h * L->in.w;
+            bf = sg * sg / (var + NNP_BN_EPS) * (N > 3 ? (N - 2) / (N - 3) : 1.0);
+            double m1, m2;
+            d_moments(quad, &cur, &m1, &m2);
+            p->q[jw] = p->q[jb] = 1.0; /* x_hat has unit second moment; beta's input is 1 */
+            p->v[jw] = p->v[jb] = m2;
+            break;
+        }
         case NNP_L_ACT: {
-            const nnp_layer *next = i < last ? &net->layers[i + 1] : NULL;
-            int Kmore = next && next->kind == NNP_L_MAXPOOL ? next->k * next->k : 1;
-            double m1, m2, dd;
-            fd_moments(p->quad, f, &m1, &m2, &L->act, L->alpha, Kmore, &dd);
-            d *= dd;
-            if (f->nact == FD_MAXACT)
-                fd_reset(p->quad, f, 1);
-            f->act[f->nact] = L->act;
-            f->alpha[f->nact] = L->alpha;
-            f->nact++;
+            const nnp_layer *next = i + 1 < net->n_layers ? &net->layers[i + 1] : NULL;
+            const int Kmore = next && next->kind == NNP_L_MAXPOOL ? next->k * next->k : 1;
+            bf = d_dfac(quad, &cur, L->act, L->alpha, Kmore);
+            d_act(quad, &cur, L->act, L->alpha);
             break;
         }
         case NNP_L_MAXPOOL: /* one input per output; the element becomes a window maximum */
-            d *= ratio;
-            f->K *= L->k * L->k;
+            bf = ratio;
+            d_max(&cur, L->k * L->k);
             break;
         case NNP_L_AVGPOOL: /* k*k inputs, 1/k^2 each */
-            d *= ratio / ((double)L->k * L->k);
-            fd_reset(p->quad, f, L->k * L->k);
+            bf = ratio / ((double)L->k * L->k);
+            d_pool(quad, &cur, L->k * L->k);
+            break;
+        case NNP_L_GAP: /* the average pool of the whole map, positions taken as independent */
+            bf = ratio / ((double)L->in.h * L->in.w);
+            d_pool(quad, &cur, L->in.h * L->in.w);
+            break;
+        case NNP_L_DROPOUT: /* kept units scaled by 1/(1-P): E[x^2] and E[g^2] times 1/(1-P) */
+            if (L->drop > 0.0f) {
+                bf = 1.0 / (1.0 - (double)L->drop);
+                d_dropout(&cur, (double)L->drop, p->part_cap, scr);
+            }
             break;
         case NNP_L_FLATTEN: break;
-        case NNP_L_DENSE:
-        case NNP_L_CONV2D: break; /* not reached: blocks hold no trainable layer */
-        case NNP_L_BN:
-        case NNP_L_GAP:
-        case NNP_L_DROPOUT:
-        case NNP_L_RES_FORK:
-        case NNP_L_RES_ADD: break; /* not reached: nnp_precond_init refuses them */
+        case NNP_L_RES_FORK: /* the block's input, kept for the shortcut */
+            d_copy(&blk, &cur);
+            break;
+        case NNP_L_RES_ADD: { /* branch + shortcut, independent: into the free slot */
+            dist *S = L->proj ? &cur : &blk, *Y = L->proj ? &br : &cur;
+            dist *out = L->proj ? &blk : &br;
+            d_add(out, S, Y, scr);
+            d_swap(&cur, out);
+            break;
+        }
+        }
+        p->bf[i] = bf;
+        vw = vw_next;
+        /* the branch ends before a projection shortcut's first layer, which reads the
+         * block's input */
+        if (i + 1 < net->n_layers && net->layers[i + 1].src != i + 1) {
+            d_swap(&cur, &br);
+            d_copy(&cur, &blk);
         }
     }
-    return d;
 }
 
-/* The forward pass of second moments (corrected formula): q, v of every tensor and the
- * backward factor d of the block below every weight (returned in gain[] as d, turned
- * into g by the caller). The network input is taken as normalized: N(0, 1) elements. */
-static void forward_sweep(nnp_precond *p, const nnp_net *net)
+/* Predicted moments: the forward sweep, then the gradient's mean square at every activation
+ * from a unit one at the last trainable layer's output, summed where paths join (a block's
+ * input gets its branch's and its shortcut's); prec_k = sqrt(e_L / e_k). */
+static void predicted_scales(nnp_precond *p, const nnp_net *net)
 {
-    fdist f = {.mu = 0.0, .s = 1.0, .K = 1, .nact = 0};
-    int first = 0; /* first layer of the current block */
-    for (int i = 0; i < net->n_layers; i++) {
+    sweep_forward(p, net);
+    double *eg = p->eg;
+    int last = -1;
+    for (int i = 0; i < net->n_layers; i++)
+        if (net->layers[i].tensor >= 0)
+            last = i;
+    memset(eg, 0, ((size_t)net->n_layers + 1) * sizeof(double));
+    eg[last + 1] = 1.0;
+    for (int i = last; i >= 0; i--) {
+        const nnp_layer *L = &net->layers[i];
+        const double g = eg[i + 1];
+        if (L->kind == NNP_L_RES_ADD) { /* both summands get the output's gradient */
+            eg[i] += g;
+            eg[L->proj ? L->branch_end : L->fork] += g;
+        } else {
+            eg[L->src] += p->bf[i] * g;
+        }
+    }
+    const double eL = eg[last + 1] * p->ef[last];
+    double e_prev = -1.0;
+    for (int i = 0; i <= last; i++) {
         const nnp_layer *L = &net->layers[i];
         if (L->tensor < 0)
             continue;
-        double d = walk_block(p, net, first, i - 1, &f);
-        double m1, q;
-        fd_moments(p->quad, &f, &m1, &q, NULL, 0, 1, NULL);
-        int jw = L->tensor, jb = jw + 1;
-        double sw = p->sigma[jw], sb = p->sigma[jb];
-        double v = mean_fan_in(L, &net->tensors[jw]) * sw * sw * q + sb * sb;
-        p->q[jw] = q;
-        p->q[jb] = 1.0;
-        p->v[jw] = p->v[jb] = v;
-        p->gain[jw] = d;
-        f = (fdist){.mu = 0.0, .s = sqrt(v), .K = 1, .nact = 0};
-        first = i + 1;
+        const int jw = L->tensor, jb = jw + 1;
+        const double e = eg[i + 1] * p->ef[i];
+        const double prec = e > 0 ? sqrt(eL / e) : 1.0;
+        const double below = e_prev >= 0 ? e_prev : eg[L->src];
+        p->gain[jw] = e > 0 ? sqrt(below / e) : 1.0; /* prec_{k-1} / prec_k */
+        p->gain[jb] = p->cfg.bias_gain;
+        p->prec[jw] = p->prec[jb] = prec;
+        e_prev = e;
+    }
+    if (p->cfg.bias_gain != 1.0) { /* prec_j is the product of 1/g over the tensors after j */
+        double f = 1.0;
+        for (int j = p->n - 1; j >= 0; j--) {
+            p->prec[j] *= f;
+            if (net->tensors[j].is_bias)
+                f /= p->cfg.bias_gain;
+        }
+    }
+    for (int j = 0; j < p->n; j++) {
+        if (net->tensors[j].is_bias)
+            p->scale[j] = p->prec[j] * p->sigma[j - 1]; /* the weight's scale, on input 1 */
+        else
+            p->scale[j] = p->prec[j] * p->sigma[j] / sqrt(p->q[j] > 0 ? p->q[j] : 1.0);
     }
 }
 
 /* Dynamic corrected with measured moments: the forward pass of second moments and the
  * backward gains are replaced by what the step's global batch shows. With q_k the mean
- * square of layer k's input and e_k that of the gradient at its output (the loss gradient
- * reaching its pre-activation), prec_k = sqrt(e_L / e_k) (the last layer's 1), and
+ * square of layer k's own input (a projection shortcut's: its block's input; a BatchNorm
+ * layer's: x_hat, 1; a layer feeding a BatchNorm layer: centred per input channel, since
+ * its output gradient sums to zero over each channel) and e_k that of the gradient at its
+ * output, prec_k = sqrt(e_L / e_k) (the last layer's 1), and
  *     weight m = prec_k sigma_W / sqrt(q_k),    bias m = prec_k sigma_W.
  * A layer whose input or output gradient is all zero has a zero gradient: it keeps
  * factor 1 for the missing moment. */
@@ -608,6 +1089,7 @@ static void measured_scales(nnp_precond *p, const nnp_net *net)
 {
     const double *m = p->sums + 2 * (size_t)p->n;
     const double N = m[2 * (size_t)p->n_tr];
+    const double *cs = m + 2 * (size_t)p->n_tr + 1;
     double eL = 0.0;
     for (int i = 0, k = 0; i < net->n_layers; i++) {
         const nnp_layer *L = &net->layers[i];
@@ -622,7 +1104,17 @@ static void measured_scales(nnp_precond *p, const nnp_net *net)
         if (L->tensor < 0)
             continue;
         const int jw = L->tensor, jb = jw + 1;
-        double q = m[2 * k] / (N * (double)nnp_shape_size(L->in));
+        const double nin = N * (double)nnp_shape_size(L->in);
+        double q = L->kind == NNP_L_BN ? 1.0 : m[2 * k] / nin;
+        if (feeds_bn(net, i)) { /* minus the mean square of the channel means */
+            const int C = L->in.c;
+            const double per_c = N * (double)L->in.h * L->in.w;
+            double mm = 0.0;
+            for (int c = 0; c < C; c++)
+                mm += cs[c] * cs[c];
+            q -= mm / (per_c * nin);
+            cs += C;
+        }
         double e = m[2 * k + 1] / (N * (double)nnp_shape_size(L->out));
         double prec = e > 0 && eL > 0 ? sqrt(eL / e) : 1.0;
         p->q[jw] = q > 0 ? q : 1.0;
@@ -648,39 +1140,30 @@ void nnp_precond_recompute(nnp_precond *p, const nnp_net *net)
         }
         return;
     }
-    const int corrected = p->cfg.formula == NNP_PFORM_CORRECTED;
-    if (corrected && p->measured) {
-        measured_scales(p, net);
+    if (p->cfg.formula == NNP_PFORM_CORRECTED) {
+        if (p->measured)
+            measured_scales(p, net);
+        else
+            predicted_scales(p, net);
         return;
     }
-    if (corrected)
-        forward_sweep(p, net); /* q, v, and d in gain[] of every weight */
-    for (int j = 0; j < n; j++) {
+    for (int j = 0; j < n; j++) { /* the seed's formula */
         const nnp_tensor *t = &net->tensors[j];
         if (t->is_bias) {
             p->gain[j] = p->cfg.bias_gain;
-        } else if (!corrected) {
+        } else {
             double fo = 1.0; /* prod(shape[:-1]) */
             for (int d = 0; d + 1 < t->ndim; d++)
                 fo *= t->shape[d];
             double g = sqrt(fo) * p->sigma[j];
             p->gain[j] = t->ndim == 2 ? g * sqrt(p->cfg.relu_factor) : g;
-            p->q[j] = 1.0;
-        } else {
-            double d = p->gain[j];
-            p->gain[j] = sqrt(mean_fan_out(&net->layers[t->layer], t) * d) * p->sigma[j];
         }
+        p->q[j] = 1.0;
     }
     double prec = 1.0;
     for (int j = n - 1; j >= 0; j--) {
-        const nnp_tensor *t = &net->tensors[j];
         p->prec[j] = prec;
-        if (!corrected)
-            p->scale[j] = prec * p->sigma[j];
-        else if (t->is_bias)
-            p->scale[j] = prec * p->sigma[j - 1]; /* the weight's scale, on input 1 */
-        else
-            p->scale[j] = prec * p->sigma[j] / sqrt(p->q[j] > 0 ? p->q[j] : 1.0);
+        p->scale[j] = prec * p->sigma[j];
         prec /= p->gain[j];
     }
 }
