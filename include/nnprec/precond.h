@@ -85,6 +85,10 @@ typedef struct {
                            * dropout): the current one, a block's input, its branch output,
                            * and scratch; NULL for networks that need none */
     size_t part_cap;      /* (value, weight) pairs each of part[0..2] holds */
+    int n_blk;            /* residual blocks */
+    double *blk;          /* per residual block, what the sweep keeps for the backward pass:
+                           * its shortcut's and branch's particles at the add, and those at
+                           * the start of the activations that lead into it */
     int measured;         /* the last update used measured moments */
     int64_t updated_at;   /* step of the last dynamic update, -1 before the first */
 } nnp_precond;

@@ -107,6 +107,8 @@ static double norm_jensen(const nnp_init_cfg *ic, const nnp_tensor *t);
  * quadrature grid), NP_S particles a residual block's shortcut is compressed to at its add. */
 #define NP_Q 240
 #define NP_S 256
+/* doubles kept per residual block (blk_view) */
+#define BLK_DOUBLES (4 + 5 * (size_t)NP_S + 4 * (size_t)(NP_Q + 2))
 
 /* 1 if layer i is a dense or conv layer whose output goes straight into a BatchNorm layer:
  * its weights are scale-invariant and its output gradient sums to zero over each channel. */
@@ -115,6 +117,20 @@ static int feeds_bn(const nnp_net *net, int i)
     const nnp_layer_kind k = net->layers[i].kind;
     return (k == NNP_L_DENSE || k == NNP_L_CONV2D) && i + 1 < net->n_layers &&
            net->layers[i + 1].kind == NNP_L_BN;
+}
+
+/* The groups of a layer's input that share one weight (a conv's input channels, of S
+ * positions each; a dense layer's input features, S = 1): a layer feeding a BatchNorm layer
+ * sees its input about each group's batch mean. */
+static void input_groups(const nnp_layer *L, int *C, size_t *S)
+{
+    if (L->kind == NNP_L_CONV2D) {
+        *C = L->in.c;
+        *S = (size_t)L->in.h * L->in.w;
+    } else {
+        *C = (int)nnp_shape_size(L->in);
+        *S = 1;
+    }
 }
 
 static int pos_finite(double x) { return isfinite(x) && x > 0; }
@@ -200,8 +216,12 @@ nnp_status nnp_precond_init(nnp_precond *p, const nnp_precond_cfg *cfg, const nn
     p->n_tr = net->n_trainable;
     p->n_sums = 2 * n;
     for (int i = 0; i < net->n_layers; i++)
-        if (feeds_bn(net, i))
-            p->n_csum += (size_t)net->layers[i].in.c;
+        if (feeds_bn(net, i)) {
+            int C;
+            size_t S;
+            input_groups(&net->layers[i], &C, &S);
+            p->n_csum += (size_t)C;
+        }
     if (cfg->mode == NNP_PRECOND_DYNAMIC && cfg->formula == NNP_PFORM_CORRECTED && cfg->measure)
         p->n_sums += 2 * (size_t)p->n_tr + 1 + p->n_csum;
     p->sums = nnp_calloc(p->n_sums, sizeof(double));
@@ -221,8 +241,12 @@ nnp_status nnp_precond_init(nnp_precond *p, const nnp_precond_cfg *cfg, const nn
         p->part_cap = adds ? (size_t)NP_S * (NP_Q + 2) + 2 : NP_Q + 4;
         for (int k = 0; k < 3; k++)
             bad |= !(p->part[k] = nnp_malloc(2 * p->part_cap * sizeof(double)));
-        bad |= !(p->part[3] = nnp_malloc(2 * (size_t)(NP_S + NP_Q) * sizeof(double)));
+        bad |= !(p->part[3] = nnp_malloc(4 * (size_t)(NP_S + NP_Q) * sizeof(double)));
     }
+    for (int i = 0; i < net->n_layers; i++)
+        p->n_blk += net->layers[i].kind == NNP_L_RES_FORK;
+    if (!bad && p->n_blk > 0)
+        bad |= !(p->blk = nnp_calloc((size_t)p->n_blk * BLK_DOUBLES, sizeof(double)));
     if (bad) {
         nnp_precond_free(p);
         return NNP_ERR_NOMEM;
@@ -267,6 +291,8 @@ void nnp_precond_free(nnp_precond *p)
     NNP_FREE(p->ef);
     for (int k = 0; k < 4; k++)
         NNP_FREE(p->part[k]);
+    NNP_FREE(p->blk);
+    p->n_blk = 0;
     p->n = 0;
 }
 
@@ -352,8 +378,9 @@ void nnp_precond_batch_sums(nnp_precond *p, const nnp_net *net, int B)
         m[2 * k] = B > 0 && L->kind != NNP_L_BN ? sum_sq(x, nx) : 0.0;
         m[2 * k + 1] = B > 0 ? sum_sq(net->dact[i + 1], (size_t)B * nnp_shape_size(L->out)) : 0.0;
         if (feeds_bn(net, i)) {
-            const int C = L->in.c;
-            const size_t S = (size_t)L->in.h * L->in.w;
+            int C;
+            size_t S;
+            input_groups(L, &C, &S);
             for (int c = 0; c < C; c++)
                 cs[c] = 0.0;
             for (int n = 0; n < B; n++)
@@ -702,27 +729,43 @@ static double d_weight(const dist *d)
 /* Compress to m particles of equal weight: each the mean of the particles (or the parts of
  * them) in one m-quantile of the distribution. The mean is kept, the second moment loses
  * only the spread inside each quantile (the tails'), and a point mass (a relu's zeros)
- * stays exact. scr holds 2m doubles. */
-static void d_compress(dist *d, size_t m, double *scr)
+ * stays exact. scr holds 2m doubles. With bnd (2m doubles) the particles come out sorted
+ * also when there are at most m, and bnd receives each one's range of values (lo, hi). */
+static void d_compress(dist *d, size_t m, double *scr, double *bnd)
 {
-    if (!d->part || d->n <= m)
+    if (!d->part || (d->n <= m && !bnd))
         return;
     d_sort(d);
+    if (d->n <= m) {
+        for (size_t i = 0; i < d->n; i++)
+            bnd[2 * i] = bnd[2 * i + 1] = d->buf[2 * i];
+        return;
+    }
     const double bw = d_weight(d) / (double)m;
     size_t b = 0;
-    double acc_w = 0.0, acc_x = 0.0;
+    double acc_w = 0.0, acc_x = 0.0, lo = 0.0, hi = 0.0;
+    int open = 0;
     for (size_t i = 0; i < d->n; i++) {
         const double x = d->buf[2 * i];
         double w = d->buf[2 * i + 1];
         while (w > 0) {
             const double room = bw - acc_w;
+            if (!open)
+                lo = x;
+            open = 1;
+            hi = x;
             if (b + 1 < m && w >= room) { /* fill the quantile and close it */
                 acc_x += room * x;
                 scr[2 * b] = acc_x / bw;
                 scr[2 * b + 1] = bw;
+                if (bnd) {
+                    bnd[2 * b] = lo;
+                    bnd[2 * b + 1] = hi;
+                }
                 b++;
                 w -= room;
                 acc_w = acc_x = 0.0;
+                open = 0;
             } else {
                 acc_w += w;
                 acc_x += w * x;
@@ -733,6 +776,10 @@ static void d_compress(dist *d, size_t m, double *scr)
     if (acc_w > 0) {
         scr[2 * b] = acc_x / acc_w;
         scr[2 * b + 1] = acc_w;
+        if (bnd) {
+            bnd[2 * b] = lo;
+            bnd[2 * b + 1] = hi;
+        }
         b++;
     }
     memcpy(d->buf, scr, 2 * b * sizeof(double));
@@ -840,7 +887,7 @@ static void d_dropout(dist *d, double P, size_t cap, double *scr)
 {
     d_materialize(d);
     if (d->n + 1 > cap)
-        d_compress(d, NP_Q, scr);
+        d_compress(d, NP_Q, scr, NULL);
     const double W = d_weight(d);
     for (size_t i = 0; i < d->n; i++) {
         d->buf[2 * i] /= 1.0 - P;
@@ -852,13 +899,14 @@ static void d_dropout(dist *d, double P, size_t cap, double *scr)
 }
 
 /* The sum of independent elements of S (a block's shortcut) and Y (its branch): S compressed
- * to NP_S particles, Y to NP_Q, out the NP_S x NP_Q pairwise sums. */
-static void d_add(dist *out, dist *S, dist *Y, double *scr)
+ * to NP_S particles (sorted, their value ranges into bnd), Y to NP_Q, out the pairwise
+ * sums. */
+static void d_add(dist *out, dist *S, dist *Y, double *scr, double *bnd)
 {
     d_materialize(S);
     d_materialize(Y);
-    d_compress(S, NP_S, scr);
-    d_compress(Y, NP_Q, scr);
+    d_compress(S, NP_S, scr, bnd);
+    d_compress(Y, NP_Q, scr, NULL);
     size_t k = 0;
     for (size_t i = 0; i < S->n; i++)
         for (size_t j = 0; j < Y->n; j++, k++) {
@@ -909,6 +957,82 @@ static double norm_jensen(const nnp_init_cfg *ic, const nnp_tensor *t)
     }
 }
 
+/* What the sweep keeps of residual block k for the backward pass: its shortcut's particles
+ * at the add, sorted (value, weight, the range of values each stands for and the gradient's
+ * mean square given that value), its branch's particles, and the particles at the start of
+ * the activations that lead into the block when they start elsewhere than at the previous
+ * block's add. hdr: the counts nS, nY, npre, and the branch's input gradient c. */
+typedef struct {
+    double *hdr;
+    double *Sx, *Sw, *Slo, *Shi, *Se;
+    double *Y, *pre; /* (value, weight) pairs */
+} blkv;
+
+static blkv blk_view(const nnp_precond *p, int k)
+{
+    double *b = p->blk + (size_t)k * BLK_DOUBLES;
+    blkv v = {.hdr = b};
+    v.Sx = b + 4;
+    v.Sw = v.Sx + NP_S;
+    v.Slo = v.Sw + NP_S;
+    v.Shi = v.Slo + NP_S;
+    v.Se = v.Shi + NP_S;
+    v.Y = v.Se + NP_S;
+    v.pre = v.Y + 2 * (NP_Q + 2);
+    return v;
+}
+
+/* If layers i+1 .. j-1 are activations and layer j starts a residual block with an identity
+ * shortcut, j; else -1. Along such a chain each element keeps its unit: the shortcut carries
+ * it, and its activations' derivatives, into the block's sum. */
+static int chain_to_fork(const nnp_net *net, int i)
+{
+    int j = i + 1;
+    while (j < net->n_layers && net->layers[j].kind == NNP_L_ACT)
+        j++;
+    return j < net->n_layers && net->layers[j].kind == NNP_L_RES_FORK && !net->layers[j].proj
+               ? j
+               : -1;
+}
+
+/* The activations of layers [first, last] (all NNP_L_ACT) applied to s: the value, and the
+ * product of their squared derivatives along the way into *g2. */
+static double chain_apply(const nnp_net *net, int first, int last, double s, double *g2)
+{
+    double g = 1.0;
+    for (int i = first; i <= last; i++) {
+        const nnp_layer *L = &net->layers[i];
+        const double d = act_df(L->act, L->alpha, s);
+        g *= d * d;
+        s = act_f(L->act, L->alpha, s);
+    }
+    *g2 = g;
+    return s;
+}
+
+/* The gradient's mean square at the input of identity block k given the element's value v:
+ * its shortcut's (the mean over the shortcut particles whose range holds v) plus its
+ * branch's, which the branch's first layer spreads over all units alike. */
+static double blk_efun(const blkv *b, double v)
+{
+    const size_t n = (size_t)b->hdr[0];
+    size_t lo = 0, hi = n; /* first particle with Shi >= v */
+    while (lo < hi) {
+        const size_t mid = (lo + hi) / 2;
+        if (b->Shi[mid] < v)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == n)
+        lo = n - 1;
+    double acc = 0.0;
+    size_t cnt = 0;
+    for (size_t a = lo; a < n && b->Slo[a] <= v; a++, cnt++)
+        acc += b->Se[a];
+    return b->hdr[3] + (cnt ? acc / (double)cnt : b->Se[lo]);
+}
+
 /* The forward pass of second moments (corrected formula, predicted moments): q and v of
  * every tensor and the backward factor bf[i] of every layer, E[dx^2]/E[dy^2] per element.
  * The network input is taken as normalized: N(0, 1) elements. Section 7 of
@@ -920,6 +1044,7 @@ static void sweep_forward(nnp_precond *p, const nnp_net *net)
     dist cur = {.buf = p->part[0]}, blk = {.buf = p->part[1]}, br = {.buf = p->part[2]};
     d_gauss(&cur, 0.0, 1.0);
     double vw = -1.0; /* within-channel variance of a dense/conv output feeding a BatchNorm */
+    int kb = -1;      /* the current residual block */
     for (int i = 0; i < net->n_layers; i++) {
         const nnp_layer *L = &net->layers[i];
         const double ratio = (double)nnp_shape_size(L->out) / (double)nnp_shape_size(L->in);
@@ -1001,15 +1126,38 @@ static void sweep_forward(nnp_precond *p, const nnp_net *net)
             break;
         case NNP_L_FLATTEN: break;
         case NNP_L_RES_FORK: /* the block's input, kept for the shortcut */
+            kb++;
             d_copy(&blk, &cur);
             break;
         case NNP_L_RES_ADD: { /* branch + shortcut, independent: into the free slot */
             dist *S = L->proj ? &cur : &blk, *Y = L->proj ? &br : &cur;
             dist *out = L->proj ? &blk : &br;
-            d_add(out, S, Y, scr);
+            double *bnd = scr + 2 * (NP_S + NP_Q);
+            d_add(out, S, Y, scr, bnd);
+            const blkv bv = blk_view(p, kb);
+            bv.hdr[0] = (double)S->n;
+            bv.hdr[1] = (double)Y->n;
+            for (size_t a = 0; a < S->n; a++) {
+                bv.Sx[a] = S->buf[2 * a];
+                bv.Sw[a] = S->buf[2 * a + 1];
+                bv.Slo[a] = bnd[2 * a];
+                bv.Shi[a] = bnd[2 * a + 1];
+            }
+            memcpy(bv.Y, Y->buf, 2 * Y->n * sizeof(double));
             d_swap(&cur, out);
             break;
         }
+        }
+        /* the distribution where a chain of activations into an identity block starts,
+         * unless it starts at the previous block's sum (which the backward pass rebuilds);
+         * between blocks the slot br is free */
+        if (L->kind != NNP_L_ACT && L->kind != NNP_L_RES_ADD && chain_to_fork(net, i) > i + 1) {
+            const blkv bv = blk_view(p, kb + 1);
+            d_copy(&br, &cur);
+            d_materialize(&br);
+            d_compress(&br, NP_Q + 2, scr, NULL);
+            bv.hdr[2] = (double)br.n;
+            memcpy(bv.pre, br.buf, 2 * br.n * sizeof(double));
         }
         p->bf[i] = bf;
         vw = vw_next;
@@ -1035,15 +1183,73 @@ static void predicted_scales(nnp_precond *p, const nnp_net *net)
             last = i;
     memset(eg, 0, ((size_t)net->n_layers + 1) * sizeof(double));
     eg[last + 1] = 1.0;
+    int kb = p->n_blk;        /* blocks above i */
+    int skip_lo = -1, skip_hi = -2; /* a chain of activations handled at its fork or add */
     for (int i = last; i >= 0; i--) {
         const nnp_layer *L = &net->layers[i];
+        if (i >= skip_lo && i <= skip_hi)
+            continue;
         const double g = eg[i + 1];
-        if (L->kind == NNP_L_RES_ADD) { /* both summands get the output's gradient */
-            eg[i] += g;
-            eg[L->proj ? L->branch_end : L->fork] += g;
-        } else {
-            eg[L->src] += p->bf[i] * g;
+        if (L->kind == NNP_L_RES_ADD) {
+            /* Both summands get the output's gradient; along the chain of activations above
+             * (up to the next layer j) each element keeps its unit, and into an identity
+             * block j its gradient depends on its value (blk_efun). Over the sum's
+             * particles: the branch gets the mean, the shortcut's particle a the mean over
+             * the branch's particles given a. */
+            const blkv bv = blk_view(p, --kb);
+            int j = i + 1;
+            while (j < net->n_layers && net->layers[j].kind == NNP_L_ACT)
+                j++;
+            const int fun = j < net->n_layers && j <= last && chain_to_fork(net, i) == j;
+            const blkv nv = fun ? blk_view(p, kb + 1) : bv;
+            const double e_j = eg[j];
+            const size_t nS = (size_t)bv.hdr[0], nY = (size_t)bv.hdr[1];
+            double tot = 0.0, wtot = 0.0;
+            for (size_t a = 0; a < nS; a++) {
+                double ea = 0.0, wa = 0.0;
+                for (size_t b = 0; b < nY; b++) {
+                    double g2;
+                    const double v = chain_apply(net, i + 1, j - 1, bv.Sx[a] + bv.Y[2 * b], &g2);
+                    const double w = bv.Y[2 * b + 1];
+                    ea += w * g2 * (fun ? blk_efun(&nv, v) : e_j);
+                    wa += w;
+                }
+                bv.Se[a] = ea / wa;
+                tot += bv.Sw[a] * bv.Se[a];
+                wtot += bv.Sw[a];
+            }
+            const double e_mean = tot / wtot;
+            eg[i] += e_mean;
+            eg[L->proj ? L->branch_end : L->fork] += e_mean;
+            continue;
         }
+        if (L->kind == NNP_L_RES_FORK) {
+            eg[i] += g; /* the branch's input gradient; the shortcut's came from the add */
+            if (L->proj)
+                continue;
+            const blkv bv = blk_view(p, kb);
+            bv.hdr[3] = g;
+            int c0 = i;
+            while (c0 > 0 && net->layers[c0 - 1].kind == NNP_L_ACT)
+                c0--;
+            if (c0 == i)
+                continue;
+            skip_lo = c0; /* the activations below: at the previous block's add, or here */
+            skip_hi = i - 1;
+            if (net->layers[c0 - 1].kind == NNP_L_RES_ADD)
+                continue;
+            const size_t np = (size_t)bv.hdr[2];
+            double acc = 0.0, W = 0.0;
+            for (size_t a = 0; a < np; a++) {
+                double g2;
+                const double v = chain_apply(net, c0, i - 1, bv.pre[2 * a], &g2);
+                acc += bv.pre[2 * a + 1] * g2 * blk_efun(&bv, v);
+                W += bv.pre[2 * a + 1];
+            }
+            eg[c0] += acc / W;
+            continue;
+        }
+        eg[L->src] += p->bf[i] * g;
     }
     const double eL = eg[last + 1] * p->ef[last];
     double e_prev = -1.0;
@@ -1106,9 +1312,11 @@ static void measured_scales(nnp_precond *p, const nnp_net *net)
         const int jw = L->tensor, jb = jw + 1;
         const double nin = N * (double)nnp_shape_size(L->in);
         double q = L->kind == NNP_L_BN ? 1.0 : m[2 * k] / nin;
-        if (feeds_bn(net, i)) { /* minus the mean square of the channel means */
-            const int C = L->in.c;
-            const double per_c = N * (double)L->in.h * L->in.w;
+        if (feeds_bn(net, i)) { /* minus the mean square of the group means */
+            int C;
+            size_t S;
+            input_groups(L, &C, &S);
+            const double per_c = N * (double)S;
             double mm = 0.0;
             for (int c = 0; c < C; c++)
                 mm += cs[c] * cs[c];

@@ -1,0 +1,317 @@
+/* test_precond_blocks.c - the corrected preconditioner on BatchNorm, residual blocks, global
+ * average pooling and dropout (docs/preconditioner.md, section 7).
+ *
+ *  1. Static prediction against Monte Carlo, at initialization (fresh weights from the
+ *     --init, N(0,1) input and N(0,1) loss gradient per trial, BatchNorm in training mode):
+ *     a. forward: the second moment q_j of every dense/conv layer's own input (a projection
+ *        shortcut's: its block's input; about each input group's batch mean for a layer
+ *        feeding a BatchNorm layer) over the prediction p.q[j];
+ *     b. backward: T_j = prec_j^2 E[G_j^2] / A_j for every tensor, with A_j the summed input
+ *        energy of the derivation (section 1; centred for a layer feeding BatchNorm; for
+ *        BatchNorm's scale and shift the B*H*W values of x_hat, unit second moment, and 1).
+ *     Both ratios are 1 under the derivation. R independent trials; the per-trial ratios'
+ *     spread gives the effective chi2 dof of their mean, nu = 2R/s^2 (s^2 inflated to its
+ *     upper 2-sigma confidence value), and the mean must lie in chi2_ratio_bounds(nu, 4),
+ *     as in test_precond. The bias of a layer feeding BatchNorm has gradient 0 (the
+ *     normalization removes the channel's mean): checked to be 0 to float rounding.
+ *  2. Equalization: the step of each weight tensor (BatchNorm scales included) in units of
+ *     its own scale, std(m_j G_j) / (sigma_j sqrt(N_j)) with N_j the (sample, position)
+ *     terms each gradient element sums (dense B, conv B*OH*OW, BatchNorm B*H*W), has the
+ *     same size in every layer: the spread max/min over the weight tensors is at most 1.5
+ *     with measured moments (dynamic) and 2 with the static prediction, where without the
+ *     preconditioner it is far larger (the check has the power to see it).
+ *  3. Measured moments of a residual network: the sums over pieces of a batch equal the
+ *     whole batch's, and a projection shortcut's measured input moment is its block's input.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "nnprec/init.h"
+#include "nnprec/net.h"
+#include "nnprec/precond.h"
+#include "nnprec/rng.h"
+#include "test_util.h"
+
+#define Z 4.0
+#define MAXT 128
+
+static const char *RESMLP = "resmlp:784-256x12-10";
+static const char *RESMLP_BN = "resmlp-bn:784-256x12-10";
+/* small conv net with every new item: bn after conv, identity and projection blocks, gap,
+ * dropout before the classifier */
+static const char *SMALL_CONV = "seq:1x12x12/conv:8:3:1:1/bn/relu/res[conv:8:3:1:1/bn/relu/"
+                                "conv:8:3:1:1/bn]/relu/res[conv:16:3:2:1/bn]/relu/gap/"
+                                "dropout:0.3/dense:10";
+
+static int n_trials = 16;
+
+static nnp_net *make_net(const char *spec, int B)
+{
+    nnp_net *net = NULL;
+    if (nnp_net_create(spec, (nnp_shape){1, 28, 28}, NNP_ACT_RELU, B, &net) != NNP_OK) {
+        fprintf(stderr, "cannot build %s: %s\n", spec, nnp_error_msg());
+        exit(2);
+    }
+    return net;
+}
+
+static nnp_init_cfg init_of(const char *name)
+{
+    nnp_init_cfg ic;
+    if (nnp_init_parse(name, &ic) != NNP_OK) {
+        fprintf(stderr, "init %s: %s\n", name, nnp_error_msg());
+        exit(2);
+    }
+    return ic;
+}
+
+static nnp_precond_cfg cfg_of(nnp_precond_mode mode, const nnp_init_cfg *ic, int B, int measure)
+{
+    nnp_precond_cfg c;
+    nnp_precond_defaults(&c);
+    c.mode = mode;
+    c.init = *ic;
+    c.bn_batch = B;
+    c.measure = measure;
+    return c;
+}
+
+/* Mean of R iid ratios whose expectation is 1; 1 if it lies in the chi2 bounds at z = 4 for
+ * the dof their spread implies (test_precond.c's rule). */
+static int ratio_ok(const double *x, int R, double *mean_out, double *lo_out, double *hi_out)
+{
+    double m = 0, s2 = 0;
+    for (int r = 0; r < R; r++)
+        m += x[r];
+    m /= R;
+    for (int r = 0; r < R; r++)
+        s2 += (x[r] - m) * (x[r] - m);
+    s2 /= (R - 1);
+    double clo, chi;
+    chi2_ratio_bounds(R - 1, 2.0, &clo, &chi);
+    s2 /= clo;
+    double nu = 2.0 * R / (s2 > 1e-300 ? s2 : 1e-300);
+    chi2_ratio_bounds(nu, Z, lo_out, hi_out);
+    *mean_out = m;
+    return m >= *lo_out && m <= *hi_out;
+}
+
+static double mean_sq(const float *x, size_t n)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++)
+        s += (double)x[i] * x[i];
+    return s / (double)n;
+}
+
+static int feeds_bn(const nnp_net *net, int i)
+{
+    const nnp_layer_kind k = net->layers[i].kind;
+    return (k == NNP_L_DENSE || k == NNP_L_CONV2D) && i + 1 < net->n_layers &&
+           net->layers[i + 1].kind == NNP_L_BN;
+}
+
+/* One trial: weights from ic (init_seed), N(0,1) input and loss gradient (data_seed),
+ * forward and backward in training mode. */
+static void draw_trial(nnp_net *net, const nnp_init_cfg *ic, uint64_t init_seed,
+                       uint64_t data_seed, float *x, int B)
+{
+    ASSERT_OK(nnp_init_net(net, ic, init_seed));
+    nnp_rng g;
+    nnp_rng_seed(&g, data_seed, NNP_STREAM_DATA);
+    nnp_rng_fill_normal(&g, x, (size_t)B * nnp_shape_size(net->input), 0.0, 1.0);
+    net->step = (long long)data_seed; /* a fresh dropout mask per trial */
+    nnp_net_forward(net, B, x);
+    nnp_rng_fill_normal(&g, net->dact[net->n_layers], (size_t)B * (size_t)net->n_classes, 0.0,
+                        1.0);
+    nnp_net_backward(net, B, NULL, NULL);
+}
+
+/* Batch mean of every input group of layer L (conv: channel over batch and positions; dense:
+ * feature over the batch) into mu, or zeros when not centred. */
+static void group_means(const nnp_layer *L, const float *x, int B, int center, double *mu)
+{
+    const int conv = L->kind == NNP_L_CONV2D;
+    const int C = conv ? L->in.c : (int)nnp_shape_size(L->in);
+    const size_t S = conv ? (size_t)L->in.h * L->in.w : 1;
+    for (int c = 0; c < C; c++) {
+        double s = 0;
+        for (int n = 0; center && n < B; n++)
+            for (size_t e = 0; e < S; e++)
+                s += x[((size_t)n * C + c) * S + e];
+        mu[c] = center ? s / ((double)B * S) : 0.0;
+    }
+}
+
+/* A_j of a weight: dense B * mean_i E_n[(x_ni - mu_i)^2]; conv the mean over (c, tap) of
+ * sum_b sum_p (x_c(p*s - pad + tap) - mu_c)^2 over the taps inside the input. */
+static double input_energy(const nnp_layer *L, const float *x, int B, const double *mu)
+{
+    if (L->kind != NNP_L_CONV2D) {
+        const size_t F = nnp_shape_size(L->in);
+        double t = 0;
+        for (int n = 0; n < B; n++)
+            for (size_t i = 0; i < F; i++) {
+                const double d = x[(size_t)n * F + i] - mu[i];
+                t += d * d;
+            }
+        return t / (double)F;
+    }
+    const nnp_conv_geom *g = &L->conv;
+    double tot = 0;
+    for (int b = 0; b < B; b++)
+        for (int c = 0; c < g->C; c++) {
+            const float *xc = x + ((size_t)b * g->C + c) * g->H * g->W;
+            for (int u = 0; u < g->k; u++)
+                for (int v = 0; v < g->k; v++)
+                    for (int oh = 0; oh < g->OH; oh++) {
+                        const int h = oh * g->s - g->p + u;
+                        if (h < 0 || h >= g->H)
+                            continue;
+                        for (int ow = 0; ow < g->OW; ow++) {
+                            const int w = ow * g->s - g->p + v;
+                            if (w >= 0 && w < g->W) {
+                                const double d = xc[h * g->W + w] - mu[c];
+                                tot += d * d;
+                            }
+                        }
+                    }
+        }
+    return tot / ((double)g->C * g->k * g->k);
+}
+
+/* (sample, position) terms each gradient element of tensor t sums. */
+static double terms_of(const nnp_net *net, const nnp_tensor *t, int B)
+{
+    const nnp_layer *L = &net->layers[t->layer];
+    if (L->kind == NNP_L_CONV2D)
+        return (double)B * L->conv.OH * L->conv.OW;
+    if (L->kind == NNP_L_BN)
+        return (double)B * L->in.h * L->in.w;
+    return B;
+}
+
+/* ---- 1. static prediction against Monte Carlo ------------------------------------------ */
+
+static void block_stats(const char *spec, const char *init, int B, int R)
+{
+    nnp_net *net = make_net(spec, B);
+    nnp_init_cfg ic = init_of(init);
+    float *x = malloc((size_t)B * nnp_shape_size(net->input) * sizeof(float));
+    double *mu = malloc(4096 * sizeof(double));
+    nnp_precond_cfg c = cfg_of(NNP_PRECOND_STATIC, &ic, B, 0);
+    nnp_precond p;
+    ASSERT_OK(nnp_precond_init(&p, &c, net));
+    const int n = p.n;
+    if (n > MAXT) {
+        fprintf(stderr, "%s: more than %d tensors\n", spec, MAXT);
+        exit(2);
+    }
+    double *T = calloc((size_t)R * MAXT, sizeof(double)), *Q = calloc((size_t)R * MAXT, sizeof(double));
+    double zero_rel = 0; /* largest |grad| of a bias feeding bn, relative to its weight's */
+    for (int r = 0; r < R; r++) {
+        draw_trial(net, &ic, 200 + (uint64_t)r, 600 + (uint64_t)r, x, B);
+        for (int j = 0; j < n; j++) {
+            const nnp_tensor *t = &net->tensors[j];
+            const nnp_layer *L = &net->layers[t->layer];
+            const double g2 = mean_sq(net->grads + t->off, t->n);
+            double A;
+            if (L->kind == NNP_L_BN || t->is_bias) {
+                A = terms_of(net, t, B);
+            } else {
+                const float *in = nnp_layer_input(net, t->layer);
+                group_means(L, in, B, feeds_bn(net, t->layer), mu);
+                A = input_energy(L, in, B, mu);
+                const double terms = L->kind == NNP_L_CONV2D ? (double)B * L->conv.OH * L->conv.OW
+                                                             : (double)B;
+                /* forward: the layer's input moment, its input energy per term read over
+                 * the predicted one (a conv's taps read fewer terms at the borders) */
+                Q[j * R + r] = A / terms / p.q[j];
+                if (L->kind == NNP_L_CONV2D) { /* taps inside the input, per output position */
+                    double ins = 0;
+                    const nnp_conv_geom *g = &L->conv;
+                    for (int u = 0; u < g->k; u++)
+                        for (int oh = 0; oh < g->OH; oh++) {
+                            const int h = oh * g->s - g->p + u;
+                            for (int v = 0; v < g->k; v++)
+                                for (int ow = 0; ow < g->OW; ow++) {
+                                    const int w = ow * g->s - g->p + v;
+                                    ins += h >= 0 && h < g->H && w >= 0 && w < g->W;
+                                }
+                        }
+                    Q[j * R + r] /= ins / ((double)g->k * g->k * g->OH * g->OW);
+                }
+            }
+            if (t->is_bias && feeds_bn(net, t->layer)) {
+                const double gw = sqrt(mean_sq(net->grads + t[-1].off, t[-1].n));
+                const double rel = sqrt(g2) / gw;
+                zero_rel = rel > zero_rel ? rel : zero_rel;
+                continue;
+            }
+            T[j * R + r] = p.prec[j] * p.prec[j] * g2 / A;
+        }
+    }
+    printf("  %s, --init %s, B=%d, %d trials: forward q_j and T_j = E[(prec_j G_j)^2]/A_j "
+           "(derivation: 1)\n", spec, init, B, R);
+    printf("    %-28s %9s %8s %17s %8s %17s\n", "tensor", "pred q", "q ratio", "chi2 bounds",
+           "T", "chi2 bounds");
+    double worst = 0;
+    for (int j = 0; j < n; j++) {
+        const nnp_tensor *t = &net->tensors[j];
+        const nnp_layer *L = &net->layers[t->layer];
+        if (t->is_bias && feeds_bn(net, t->layer))
+            continue;
+        double m, lo, hi, qm = 1, qlo = 1, qhi = 1;
+        const int ok = ratio_ok(T + j * R, R, &m, &lo, &hi);
+        int qok = 1;
+        const int has_q = !t->is_bias && L->kind != NNP_L_BN;
+        if (has_q)
+            qok = ratio_ok(Q + j * R, R, &qm, &qlo, &qhi);
+        char qcol[64] = "", qb[64] = "";
+        if (has_q) {
+            snprintf(qcol, sizeof qcol, "%8.4f", qm);
+            snprintf(qb, sizeof qb, "[%7.4f,%7.4f]", qlo, qhi);
+        }
+        printf("    %-28s %9.4g %8s %17s %8.4f [%7.4f,%7.4f]%s%s\n", t->name, p.q[j], qcol, qb, m,
+               lo, hi, qok ? "" : "  <-- q FAIL", ok ? "" : "  <-- T FAIL");
+        ASSERT_TRUE(ok);
+        ASSERT_TRUE(qok);
+        worst = fabs(log(m)) > worst ? fabs(log(m)) : worst;
+    }
+    printf("    worst |log T| %.3f; gradient of a bias feeding bn / its weight's: %.2g\n", worst,
+           zero_rel);
+    ASSERT_TRUE(zero_rel < 1e-4);
+    free(x);
+    free(mu);
+    free(T);
+    free(Q);
+    nnp_precond_free(&p);
+    nnp_net_free(net);
+}
+
+#define TIMED(call)                                                                \
+    do {                                                                           \
+        clock_t t0_ = clock();                                                     \
+        call;                                                                      \
+        printf("    (%.2f s cpu)\n", (double)(clock() - t0_) / CLOCKS_PER_SEC);    \
+    } while (0)
+
+int main(int argc, char **argv)
+{
+    if (argc == 3 && strcmp(argv[1], "--trials") == 0) {
+        n_trials = atoi(argv[2]);
+        if (n_trials < 3) {
+            fprintf(stderr, "usage: %s [--trials N>=3]\n", argv[0]);
+            return 2;
+        }
+    }
+    TIMED(block_stats(RESMLP, "pytorch", 64, n_trials));
+    TIMED(block_stats(RESMLP_BN, "pytorch", 64, n_trials));
+    TIMED(block_stats(SMALL_CONV, "pytorch", 16, n_trials));
+    TIMED(block_stats("resnet8", "pytorch", 32, n_trials));
+    fflush(stdout);
+    TEST_MAIN_END();
+}
