@@ -240,7 +240,7 @@ static void test_batch_sums_pieces(const char *spec)
     nnp_precond_cfg c = cfg_of(NNP_PRECOND_DYNAMIC, NNP_PFORM_CORRECTED);
     nnp_precond p;
     ASSERT_OK(nnp_precond_init(&p, &c, net));
-    size_t d = nnp_shape_size(net->input), m0 = 2 * (size_t)p.n, nm = p.n_sums - m0;
+    size_t d = nnp_shape_size(net->input), m0 = p.n_share, nm = p.n_sums - m0;
     ASSERT_EQ_INT((int)nm, 2 * net->n_trainable + 1);
     float *x = malloc((size_t)B * d * sizeof(float));
     double *whole = calloc(nm, sizeof(double)), *sum = calloc(nm, sizeof(double));

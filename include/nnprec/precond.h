@@ -74,13 +74,28 @@ typedef struct {
                            * layer that feeds a BatchNorm layer the sum of x per input
                            * channel (dense: per input feature) */
     int n_tr;             /* trainable layers (dense, conv and BatchNorm) */
-    size_t n_sums;        /* 2n, or 2n + 2 n_tr + 1 + n_csum when measuring */
+    size_t n_sums;        /* 2n, or n_share + 2 n_tr + 1 + n_csum when measuring */
+    size_t n_share;       /* the sums over shares of the flat buffers: 2n, and when measuring
+                           * |G|^2 of every BatchNorm scale and shift after them */
     size_t n_csum;        /* input channels of the layers that feed a BatchNorm layer */
     /* corrected formula, predicted moments: the sweep over the network's layers */
     double *eg;           /* [n_layers + 1] predicted E[g^2] of the gradient at act[i] */
     double *bf;           /* [n_layers] backward factor of layer i: E[dx^2] / E[dy^2] */
     double *ef;           /* [n_layers] factor on a layer's own output-gradient moment (1, or
                            * the Jensen factor of a layer that feeds a BatchNorm layer) */
+    double *sg;           /* [n_layers + 1] predicted batch-sum energy of the gradient at act[i]:
+                           * E[(sum over a channel's N values of g)^2] / N */
+    double *mf;           /* [n_layers] E[f'(x)] of an activation layer (1 for dropout) */
+    double *xm;           /* [n_layers] E[x] of a trainable layer's input */
+    double *bnc;          /* [2 n_layers] BatchNorm layer: E[G_scale^2]/N per unit of e where a
+                           * residual sum or a chain into a block found it, and a flag */
+    double *bno;          /* BatchNorm layer i: its output's particles, count first, at
+                           * i * (1 + 2 (NNP_PRECOND_QUAD + 1)); NULL without BatchNorm */
+    double *rho;          /* [n] corrected, predicted: E[(prec_j G_j)^2] over what the
+                           * element-wise derivation gives (A_j for a weight, N e for a bias),
+                           * from the gradient's batch sums: 1 in plain stacks; a bias's or
+                           * BatchNorm shift's batch-sum ratio; a BatchNorm scale's sum of
+                           * g x_hat; multipliers divide by its square root */
     double *part[4];      /* element distributions as weighted particles (residual blocks,
                            * dropout): the current one, a block's input, its branch output,
                            * and scratch; NULL for networks that need none */
@@ -116,10 +131,14 @@ void nnp_precond_local_sums(nnp_precond *p, const nnp_net *net, int rank, int si
  * nnp_precond_local_sums, also called by the optimizer to produce the next step's sums in
  * the same pass that writes the parameters (nnp_optim_want_sums). */
 void nnp_precond_range_sums(const float *w, size_t a, size_t b, double *s1, double *s2);
-/* When measuring (p->n_sums > 2n): this rank's part of the batch moments, from the forward
- * and backward pass of its B samples still in net->act / net->dact, into
- * p->sums[2n .. n_sums). Ranks with B = 0 add zeros. Call after backward. */
+/* When measuring (p->n_sums > n_share): this rank's part of the batch moments, from the
+ * forward and backward pass of its B samples still in net->act / net->dact, into
+ * p->sums[n_share .. n_sums). Ranks with B = 0 add zeros. Call after backward. */
 void nnp_precond_batch_sums(nnp_precond *p, const nnp_net *net, int B);
+/* When measuring: |G_j|^2 of every BatchNorm scale and shift over this rank's share of the
+ * (allreduced) gradient buffer, nnp_split(n_params, size, rank), into p->sums[2n ..
+ * n_share). Call after the gradient allreduce. */
+void nnp_precond_grad_sums(nnp_precond *p, const nnp_net *net, int rank, int size);
 /* From GLOBAL sums in p->sums (after the caller's allreduce of 2n doubles): population
  * std of each tensor, floored; recompute gain/prec/scale. Errors: NNP_ERR_NUMERIC naming the
  * tensor if a sum is not finite. */

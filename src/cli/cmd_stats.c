@@ -155,6 +155,7 @@ static nnp_status build_config(stats_cfg *c)
         snprintf(c->init_names[0], sizeof c->init_names[0], "%s", O.init);
         NNP_CALL(nnp_init_parse(O.init, &c->inits[0]));
         c->pcfg.init = c->inits[0]; /* the corrected formula's static prior */
+        c->pcfg.bn_batch = O.batch;  /* one process: BatchNorm over the whole batch */
     }
     return NNP_OK;
 }
@@ -278,6 +279,7 @@ static nnp_status run_stats(const stats_cfg *c, nnp_net *net, stats_input *in)
              * batch the forward and backward pass just ran */
             nnp_precond_local_sums(&pc, net, 0, 1);
             nnp_precond_batch_sums(&pc, net, B);
+            nnp_precond_grad_sums(&pc, net, 0, 1);
             s = nnp_precond_from_sums(&pc, net, 0);
         }
         if (s != NNP_OK)

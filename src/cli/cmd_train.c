@@ -385,6 +385,10 @@ static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *
         cfg->bn = NNP_BN_LOCAL;
     else
         return nnp_error(NNP_ERR_ARG, "--bn must be sync or local, got '%s'", O.bn);
+    /* the samples BatchNorm's statistics are taken over: the preconditioner's finite-batch
+     * factors (docs/preconditioner.md, section 7) */
+    cfg->precond.bn_batch = cfg->bn == NNP_BN_SYNC ? cfg->global_batch
+                                                   : (cfg->global_batch + size - 1) / size;
     if (strcmp(O.allreduce, "fused") == 0)
         cfg->allreduce = NNP_AR_FUSED;
     else if (strcmp(O.allreduce, "bucketed") == 0)

@@ -107,6 +107,8 @@ static double norm_jensen(const nnp_init_cfg *ic, const nnp_tensor *t);
  * quadrature grid), NP_S particles a residual block's shortcut is compressed to at its add. */
 #define NP_Q 240
 #define NP_S 256
+/* doubles kept per BatchNorm layer's output particles (count, then pairs) */
+#define BNO_DOUBLES (1 + 2 * (size_t)(NP_Q + 2))
 /* doubles kept per residual block (blk_view) */
 #define BLK_DOUBLES (4 + 5 * (size_t)NP_S + 4 * (size_t)(NP_Q + 2))
 
@@ -214,7 +216,7 @@ nnp_status nnp_precond_init(nnp_precond *p, const nnp_precond_cfg *cfg, const nn
     p->prec = nnp_calloc(n, sizeof(double));
     p->scale = nnp_calloc(n, sizeof(double));
     p->n_tr = net->n_trainable;
-    p->n_sums = 2 * n;
+    p->n_sums = p->n_share = 2 * n;
     for (int i = 0; i < net->n_layers; i++)
         if (feeds_bn(net, i)) {
             int C;
@@ -222,8 +224,11 @@ nnp_status nnp_precond_init(nnp_precond *p, const nnp_precond_cfg *cfg, const nn
             input_groups(&net->layers[i], &C, &S);
             p->n_csum += (size_t)C;
         }
-    if (cfg->mode == NNP_PRECOND_DYNAMIC && cfg->formula == NNP_PFORM_CORRECTED && cfg->measure)
-        p->n_sums += 2 * (size_t)p->n_tr + 1 + p->n_csum;
+    if (cfg->mode == NNP_PRECOND_DYNAMIC && cfg->formula == NNP_PFORM_CORRECTED && cfg->measure) {
+        for (int j = 0; j < net->n_tensors; j++)
+            p->n_share += (size_t)(net->tensors[j].norm != 0);
+        p->n_sums = p->n_share + 2 * (size_t)p->n_tr + 1 + p->n_csum;
+    }
     p->sums = nnp_calloc(p->n_sums, sizeof(double));
     p->q = nnp_calloc(n, sizeof(double));
     p->v = nnp_calloc(n, sizeof(double));
@@ -232,8 +237,16 @@ nnp_status nnp_precond_init(nnp_precond *p, const nnp_precond_cfg *cfg, const nn
     p->eg = nnp_calloc(nl + 1, sizeof(double));
     p->bf = nnp_calloc(nl, sizeof(double));
     p->ef = nnp_calloc(nl, sizeof(double));
+    p->sg = nnp_calloc(nl + 1, sizeof(double));
+    p->mf = nnp_calloc(nl, sizeof(double));
+    p->xm = nnp_calloc(nl, sizeof(double));
+    p->bnc = nnp_calloc(2 * nl, sizeof(double));
+    p->rho = nnp_calloc(n, sizeof(double));
     int bad = !p->sigma || !p->gain || !p->prec || !p->scale || !p->sums || !p->q || !p->v ||
-              !p->quad || !p->eg || !p->bf || !p->ef;
+              !p->quad || !p->eg || !p->bf || !p->ef || !p->sg || !p->mf || !p->xm || !p->bnc ||
+              !p->rho;
+    if (!bad && nnp_net_has(net, NNP_L_BN))
+        bad |= !(p->bno = nnp_calloc(nl * BNO_DOUBLES, sizeof(double)));
     /* particles: a residual block's sum holds its shortcut's NP_S particles times the
      * branch's; dropout and BatchNorm after an activation need one materialized grid */
     const int adds = nnp_net_has(net, NNP_L_RES_ADD);
@@ -289,6 +302,12 @@ void nnp_precond_free(nnp_precond *p)
     NNP_FREE(p->eg);
     NNP_FREE(p->bf);
     NNP_FREE(p->ef);
+    NNP_FREE(p->sg);
+    NNP_FREE(p->mf);
+    NNP_FREE(p->xm);
+    NNP_FREE(p->bnc);
+    NNP_FREE(p->bno);
+    NNP_FREE(p->rho);
     for (int k = 0; k < 4; k++)
         NNP_FREE(p->part[k]);
     NNP_FREE(p->blk);
@@ -339,6 +358,25 @@ void nnp_precond_local_sums(nnp_precond *p, const nnp_net *net, int rank, int si
     }
 }
 
+void nnp_precond_grad_sums(nnp_precond *p, const nnp_net *net, int rank, int size)
+{
+    if (p->n_sums <= p->n_share)
+        return;
+    size_t lo, hi;
+    nnp_split(net->n_params, size, rank, &lo, &hi);
+    double *gn = p->sums + 2 * (size_t)p->n;
+    for (int j = 0; j < p->n; j++) {
+        const nnp_tensor *t = &net->tensors[j];
+        if (!t->norm)
+            continue;
+        const size_t a = t->off > lo ? t->off : lo;
+        const size_t b = t->off + t->n < hi ? t->off + t->n : hi;
+        double s1 = 0.0, s2 = 0.0;
+        nnp_precond_range_sums(net->grads, a, b, &s1, &s2);
+        *gn++ = s2;
+    }
+}
+
 /* Sum of squares of n floats: 16 float lanes over blocks of 512 elements (32 terms per lane,
  * relative rounding ~1e-6 per block), each block's total added in double. This pass runs
  * every step over every activation, so it is kept at float SIMD width. */
@@ -363,9 +401,9 @@ static double sum_sq(const float *x, size_t n)
 
 void nnp_precond_batch_sums(nnp_precond *p, const nnp_net *net, int B)
 {
-    if (p->n_sums <= 2 * (size_t)p->n)
+    if (p->n_sums <= p->n_share)
         return;
-    double *m = p->sums + 2 * (size_t)p->n;
+    double *m = p->sums + p->n_share;
     double *cs = m + 2 * (size_t)p->n_tr + 1; /* per-channel sums of x, layer after layer */
     for (int i = 0, k = 0; i < net->n_layers; i++) {
         const nnp_layer *L = &net->layers[i];
@@ -415,8 +453,7 @@ nnp_status nnp_precond_from_sums(nnp_precond *p, const nnp_net *net, int64_t ste
                              "preconditioner: non-finite activation or gradient moments at "
                              "step %lld",
                              (long long)step);
-    p->measured = p->n_sums > 2 * (size_t)p->n &&
-                  p->sums[2 * (size_t)p->n + 2 * (size_t)p->n_tr] > 0;
+    p->measured = p->n_sums > p->n_share && p->sums[p->n_share + 2 * (size_t)p->n_tr] > 0;
     for (int j = 0; j < p->n; j++) {
         const nnp_tensor *t = &net->tensors[j];
         if (t->is_bias && p->cfg.bias_prior) {
@@ -511,8 +548,11 @@ static int relu_like(nnp_act a) { return a == NNP_ACT_RELU || a == NNP_ACT_LEAKY
  * activation applied to it, taken at the maximum of K*Kmore elements (a max pool of window
  * Kmore right after that activation: the gradient reaches only the window's maximum). */
 static void fd_moments(const double *quad, const fdist *f, double *m1, double *m2,
-                       const nnp_act *da, float dalpha, int Kmore, double *dd)
+                       const nnp_act *da, float dalpha, int Kmore, double *dd, double *dm)
 {
+    double dm_ = 0.0;
+    if (!dm)
+        dm = &dm_; /* E[da'(x)] at the same place, for the batch sums of section 7 */
     int need_m = 1, need_d = da != NULL;
     /* closed forms: a relu-like activation (or none) straight on N(0, s^2) ... */
     if (f->mu == 0.0 && f->K == 1 && (f->nact == 0 || (f->nact == 1 && relu_like(f->act[0])))) {
@@ -530,12 +570,13 @@ static void fd_moments(const double *quad, const fdist *f, double *m1, double *m
     /* ... and the derivative of a relu-like activation (or identity) on the maximum of
      * K*Kmore symmetric elements: positive with probability 1 - 2^-(K Kmore) */
     if (need_d && *da == NNP_ACT_IDENTITY) {
-        *dd = 1.0;
+        *dd = *dm = 1.0;
         need_d = 0;
     } else if (need_d && f->mu == 0.0 && f->nact == 0 && relu_like(*da)) {
-        double a2 = *da == NNP_ACT_LEAKY_RELU ? (double)dalpha * dalpha : 0.0;
+        double a1 = *da == NNP_ACT_LEAKY_RELU ? (double)dalpha : 0.0;
         double p0 = ldexp(1.0, -(f->K * Kmore));
-        *dd = (1.0 - p0) + p0 * a2;
+        *dd = (1.0 - p0) + p0 * a1 * a1;
+        *dm = (1.0 - p0) + p0 * a1;
         need_d = 0;
     }
     if (!need_m && !need_d)
@@ -543,7 +584,7 @@ static void fd_moments(const double *quad, const fdist *f, double *m1, double *m
     const double *t = quad, *phi = quad + QN, *Phi = quad + 2 * QN;
     const double h = 2.0 * QT / (QN - 1);
     const int Kd = f->K * Kmore;
-    double a1 = 0, a2 = 0, ad = 0;
+    double a1 = 0, a2 = 0, ad = 0, ad1 = 0;
     for (int i = 0; i < QN; i++) {
         double x = f->mu + f->s * t[i];
         for (int k = 0; k < f->nact; k++)
@@ -564,14 +605,17 @@ static void fd_moments(const double *quad, const fdist *f, double *m1, double *m
                 w *= Phi[i];
             double g = act_df(*da, dalpha, x);
             ad += w * Kd * wt * g * g;
+            ad1 += w * Kd * wt * g;
         }
     }
     if (need_m) {
         *m1 = a1 * h;
         *m2 = a2 * h;
     }
-    if (need_d)
+    if (need_d) {
         *dd = ad * h;
+        *dm = ad1 * h;
+    }
 }
 
 /* Replace f by a normal with its mean and second moment (after average pooling over `pool`
@@ -579,7 +623,7 @@ static void fd_moments(const double *quad, const fdist *f, double *m1, double *m
 static void fd_reset(const double *quad, fdist *f, int pool)
 {
     double m1, m2;
-    fd_moments(quad, f, &m1, &m2, NULL, 0, 1, NULL);
+    fd_moments(quad, f, &m1, &m2, NULL, 0, 1, NULL, NULL);
     double var = m2 - m1 * m1;
     f->mu = m1;
     f->s = sqrt(var > 0 ? var / pool : 0.0);
@@ -790,7 +834,7 @@ static void d_compress(dist *d, size_t m, double *scr, double *bnd)
 static void d_moments(const double *quad, const dist *d, double *m1, double *m2)
 {
     if (!d->part) {
-        fd_moments(quad, &d->f, m1, m2, NULL, 0, 1, NULL);
+        fd_moments(quad, &d->f, m1, m2, NULL, 0, 1, NULL, NULL);
         return;
     }
     double W = 0.0, a1 = 0.0, a2 = 0.0;
@@ -805,25 +849,28 @@ static void d_moments(const double *quad, const dist *d, double *m1, double *m2)
 }
 
 /* E[a'(x)^2] for one more activation a on the element, taken at the maximum of Kmore
- * elements (a max pool of that window right after a: the gradient reaches its maximum). */
-static double d_dfac(const double *quad, dist *d, nnp_act a, float alpha, int Kmore)
+ * elements (a max pool of that window right after a: the gradient reaches its maximum);
+ * E[a'(x)] there into *mu. */
+static double d_dfac(const double *quad, dist *d, nnp_act a, float alpha, int Kmore, double *mu)
 {
     if (!d->part) {
         double m1, m2, dd;
-        fd_moments(quad, &d->f, &m1, &m2, &a, alpha, Kmore, &dd);
+        fd_moments(quad, &d->f, &m1, &m2, &a, alpha, Kmore, &dd, mu);
         return dd;
     }
     if (Kmore > 1)
         d_sort(d); /* the maximum's weights need the order; a is monotone */
     const double W = d_weight(d);
-    double F = 0.0, acc = 0.0;
+    double F = 0.0, acc = 0.0, acc1 = 0.0;
     for (size_t i = 0; i < d->n; i++) {
         const double x = d->buf[2 * i], w = d->buf[2 * i + 1];
         const double wk = Kmore > 1 ? pow((F + w) / W, Kmore) - pow(F / W, Kmore) : w / W;
         const double g = act_df(a, alpha, x);
         acc += wk * g * g;
+        acc1 += wk * g;
         F += w;
     }
+    *mu = acc1;
     return acc;
 }
 
@@ -1056,6 +1103,7 @@ static void sweep_forward(nnp_precond *p, const nnp_net *net)
             const nnp_tensor *t = &net->tensors[jw];
             double m1, q;
             d_moments(quad, &cur, &m1, &q);
+            p->xm[i] = m1;
             const double sw = p->sigma[jw], sb = p->sigma[jb], nin = mean_fan_in(L, t);
             const double v = nin * sw * sw * q + sb * sb;
             p->q[jw] = q;
@@ -1065,6 +1113,13 @@ static void sweep_forward(nnp_precond *p, const nnp_net *net)
                 const double qc = q - m1 * m1;
                 p->q[jw] = qc > 0 ? qc : q;
                 vw_next = nin * sw * sw * p->q[jw];
+                /* about the mean of a group's Nc terms in the batch: (Nc - 1)/Nc of it */
+                int C;
+                size_t S;
+                input_groups(L, &C, &S);
+                const double Nc = (double)p->cfg.bn_batch * (double)S;
+                if (Nc > 1)
+                    p->q[jw] *= (Nc - 1.0) / Nc;
             }
             p->q[jb] = 1.0;
             p->v[jw] = p->v[jb] = v;
@@ -1097,12 +1152,20 @@ static void sweep_forward(nnp_precond *p, const nnp_net *net)
             d_moments(quad, &cur, &m1, &m2);
             p->q[jw] = p->q[jb] = 1.0; /* x_hat has unit second moment; beta's input is 1 */
             p->v[jw] = p->v[jb] = m2;
+            /* its output's particles, for the gradient of its scale (predicted_scales) */
+            double *o = p->bno + (size_t)i * BNO_DOUBLES;
+            if (cur.part && cur.n > NP_Q + 2)
+                d_compress(&cur, NP_Q, scr, NULL);
+            dist tmp = {.buf = o + 1};
+            d_copy(&tmp, &cur);
+            d_materialize(&tmp);
+            o[0] = (double)tmp.n;
             break;
         }
         case NNP_L_ACT: {
             const nnp_layer *next = i + 1 < net->n_layers ? &net->layers[i + 1] : NULL;
             const int Kmore = next && next->kind == NNP_L_MAXPOOL ? next->k * next->k : 1;
-            bf = d_dfac(quad, &cur, L->act, L->alpha, Kmore);
+            bf = d_dfac(quad, &cur, L->act, L->alpha, Kmore, &p->mf[i]);
             d_act(quad, &cur, L->act, L->alpha);
             break;
         }
@@ -1119,6 +1182,7 @@ static void sweep_forward(nnp_precond *p, const nnp_net *net)
             d_pool(quad, &cur, L->in.h * L->in.w);
             break;
         case NNP_L_DROPOUT: /* kept units scaled by 1/(1-P): E[x^2] and E[g^2] times 1/(1-P) */
+            p->mf[i] = 1.0;
             if (L->drop > 0.0f) {
                 bf = 1.0 / (1.0 - (double)L->drop);
                 d_dropout(&cur, (double)L->drop, p->part_cap, scr);
@@ -1170,61 +1234,136 @@ static void sweep_forward(nnp_precond *p, const nnp_net *net)
     }
 }
 
-/* Predicted moments: the forward sweep, then the gradient's mean square at every activation
- * from a unit one at the last trainable layer's output, summed where paths join (a block's
- * input gets its branch's and its shortcut's); prec_k = sqrt(e_L / e_k). */
+/* Chain statistics of a residual sum or of the activations into a block: over the
+ * particles, the derivative D of the chain of activations [first, last], the value v it
+ * reaches and the gradient's mean square there, e(v) (blk_efun of the block it leads into,
+ * or the constant e_j). cs[0] E[D^2 e(v)], cs[1] E[D], cs[2] E[D^2 x^2 e(v)], cs[3] E[D x],
+ * with x the particle's own value times xs (a BatchNorm output over its scale: x_hat). */
+typedef struct {
+    const nnp_net *net;
+    int first, last;
+    const blkv *fun; /* NULL: the constant e_j */
+    double e_j;
+} chainctx;
+
+static void chain_stats(const chainctx *c, double s, double x, double w, double *acc)
+{
+    double g2;
+    const double v = chain_apply(c->net, c->first, c->last, s, &g2);
+    const double e = c->fun ? blk_efun(c->fun, v) : c->e_j;
+    const double D = sqrt(g2);
+    acc[0] += w * g2 * e;
+    acc[1] += w * D;
+    acc[2] += w * g2 * x * x * e;
+    acc[3] += w * D * x;
+    acc[4] += w;
+}
+
+/* The batch-sum energy below a chain with statistics acc (chain_stats, normalized): the
+ * gradient's values D g over a channel's N terms, with E[g g'] = (s_j - e_j)/(N - 1) between
+ * terms: E[(sum D g)^2]/N = E[D^2 e] + E[D]^2 (s_j - e_j). */
+static double chain_sum_energy(const double *acc, double s_j, double e_j)
+{
+    return acc[0] + acc[1] * acc[1] * (s_j - e_j);
+}
+
+/* Predicted moments: the forward sweep, then the gradient's mean square e at every
+ * activation from a unit one at the last trainable layer's output, summed where paths join
+ * (a block's input gets its branch's and its shortcut's); prec_k = sqrt(e_L / e_k). Along
+ * with e, the batch-sum energy s (the square of a channel's summed gradient per term, e for
+ * independent terms): a BatchNorm layer's input gradient sums to zero over each channel,
+ * global average pooling spreads one value over the map; it sets the gradients of biases
+ * and BatchNorm shifts and scales (rho) and what BatchNorm's backward removes. */
 static void predicted_scales(nnp_precond *p, const nnp_net *net)
 {
     sweep_forward(p, net);
-    double *eg = p->eg;
+    double *eg = p->eg, *sg = p->sg;
+    const int nl = net->n_layers;
     int last = -1;
-    for (int i = 0; i < net->n_layers; i++)
+    for (int i = 0; i < nl; i++)
         if (net->layers[i].tensor >= 0)
             last = i;
-    memset(eg, 0, ((size_t)net->n_layers + 1) * sizeof(double));
-    eg[last + 1] = 1.0;
-    int kb = p->n_blk;        /* blocks above i */
+    memset(eg, 0, ((size_t)nl + 1) * sizeof(double));
+    memset(sg, 0, ((size_t)nl + 1) * sizeof(double));
+    memset(p->bnc, 0, 2 * (size_t)nl * sizeof(double));
+    eg[last + 1] = sg[last + 1] = 1.0;
+    int kb = p->n_blk;              /* blocks above i */
     int skip_lo = -1, skip_hi = -2; /* a chain of activations handled at its fork or add */
     for (int i = last; i >= 0; i--) {
         const nnp_layer *L = &net->layers[i];
         if (i >= skip_lo && i <= skip_hi)
             continue;
-        const double g = eg[i + 1];
-        if (L->kind == NNP_L_RES_ADD) {
-            /* Both summands get the output's gradient; along the chain of activations above
-             * (up to the next layer j) each element keeps its unit, and into an identity
-             * block j its gradient depends on its value (blk_efun). Over the sum's
-             * particles: the branch gets the mean, the shortcut's particle a the mean over
-             * the branch's particles given a. */
+        const double g = eg[i + 1], s = sg[i + 1];
+        switch (L->kind) {
+        case NNP_L_RES_ADD: {
+            /* Both summands get the output's gradient; along the activations above (up to
+             * the next layer j) each element keeps its unit, and into an identity block j
+             * its gradient depends on its value (blk_efun). Over the sum's particles: the
+             * branch gets the mean, the shortcut's particle a the mean given a. */
             const blkv bv = blk_view(p, --kb);
             int j = i + 1;
-            while (j < net->n_layers && net->layers[j].kind == NNP_L_ACT)
+            while (j < nl && net->layers[j].kind == NNP_L_ACT)
                 j++;
-            const int fun = j < net->n_layers && j <= last && chain_to_fork(net, i) == j;
+            const int fun = j < nl && j <= last && chain_to_fork(net, i) == j;
             const blkv nv = fun ? blk_view(p, kb + 1) : bv;
-            const double e_j = eg[j];
+            const chainctx cc = {net, i + 1, j - 1, fun ? &nv : NULL, eg[j]};
+            /* a summand that is a BatchNorm output: the gradient of its scale */
+            const int ls = i - 1, lb = L->proj ? L->branch_end - 1 : -1;
+            const int bn_s = net->layers[ls].kind == NNP_L_BN;
+            const int bn_b = lb >= 0 && net->layers[lb].kind == NNP_L_BN;
+            const double xs_s = bn_s ? 1.0 / p->sigma[net->layers[ls].tensor] : 0.0;
+            const double xs_b = bn_b ? 1.0 / p->sigma[net->layers[lb].tensor] : 0.0;
             const size_t nS = (size_t)bv.hdr[0], nY = (size_t)bv.hdr[1];
-            double tot = 0.0, wtot = 0.0;
+            /* act[i] is the shortcut's output (projection, S) or the branch's (identity, Y) */
+            double acc_i[5] = {0}, acc_o[5] = {0}, tot = 0.0, wtot = 0.0;
             for (size_t a = 0; a < nS; a++) {
                 double ea = 0.0, wa = 0.0;
                 for (size_t b = 0; b < nY; b++) {
+                    const double ya = bv.Sx[a], yb = bv.Y[2 * b];
+                    const double w = bv.Sw[a] * bv.Y[2 * b + 1];
                     double g2;
-                    const double v = chain_apply(net, i + 1, j - 1, bv.Sx[a] + bv.Y[2 * b], &g2);
-                    const double w = bv.Y[2 * b + 1];
-                    ea += w * g2 * (fun ? blk_efun(&nv, v) : e_j);
+                    const double v = chain_apply(net, i + 1, j - 1, ya + yb, &g2);
+                    const double e = fun ? blk_efun(&nv, v) : cc.e_j, D = sqrt(g2);
+                    const double xi = (L->proj ? ya : yb) * xs_s, xo = yb * xs_b;
+                    ea += w * g2 * e;
                     wa += w;
+                    acc_i[1] += w * D;
+                    acc_i[2] += w * g2 * e * xi * xi;
+                    acc_i[3] += w * D * xi;
+                    acc_o[2] += w * g2 * e * xo * xo;
+                    acc_o[3] += w * D * xo;
                 }
                 bv.Se[a] = ea / wa;
-                tot += bv.Sw[a] * bv.Se[a];
-                wtot += bv.Sw[a];
+                tot += ea;
+                wtot += wa;
+            }
+            acc_i[0] = acc_o[0] = tot;
+            acc_o[1] = acc_i[1];
+            acc_i[4] = acc_o[4] = wtot;
+            for (int k = 0; k < 4; k++) {
+                acc_i[k] /= acc_i[4];
+                acc_o[k] /= acc_o[4];
             }
             const double e_mean = tot / wtot;
+            const double s_add = chain_sum_energy(acc_i, sg[j], eg[j]);
+            const int other = L->proj ? L->branch_end : L->fork;
             eg[i] += e_mean;
-            eg[L->proj ? L->branch_end : L->fork] += e_mean;
+            eg[other] += e_mean;
+            sg[i] += s_add;
+            sg[other] += s_add;
+            if (bn_s) { /* E[G_scale^2]/N = E[D^2 x^2 e] + E[D x]^2 (s_j - e_j) */
+                p->bnc[2 * ls] = chain_sum_energy(acc_i + 2, sg[j], eg[j]);
+                p->bnc[2 * ls + 1] = 1.0;
+            }
+            if (bn_b) {
+                p->bnc[2 * lb] = chain_sum_energy(acc_o + 2, sg[j], eg[j]);
+                p->bnc[2 * lb + 1] = 1.0;
+            }
             continue;
         }
-        if (L->kind == NNP_L_RES_FORK) {
+        case NNP_L_RES_FORK: {
             eg[i] += g; /* the branch's input gradient; the shortcut's came from the add */
+            sg[i] += s;
             if (L->proj)
                 continue;
             const blkv bv = blk_view(p, kb);
@@ -1238,16 +1377,78 @@ static void predicted_scales(nnp_precond *p, const nnp_net *net)
             skip_hi = i - 1;
             if (net->layers[c0 - 1].kind == NNP_L_RES_ADD)
                 continue;
+            const int lp = c0 - 1, bn = net->layers[lp].kind == NNP_L_BN;
+            const double xs = bn ? 1.0 / p->sigma[net->layers[lp].tensor] : 0.0;
+            const chainctx cc = {net, c0, i - 1, &bv, 0.0};
             const size_t np = (size_t)bv.hdr[2];
-            double acc = 0.0, W = 0.0;
-            for (size_t a = 0; a < np; a++) {
-                double g2;
-                const double v = chain_apply(net, c0, i - 1, bv.pre[2 * a], &g2);
-                acc += bv.pre[2 * a + 1] * g2 * blk_efun(&bv, v);
-                W += bv.pre[2 * a + 1];
+            double acc[5] = {0};
+            for (size_t a = 0; a < np; a++)
+                chain_stats(&cc, bv.pre[2 * a], bv.pre[2 * a] * xs, bv.pre[2 * a + 1], acc);
+            for (int k = 0; k < 4; k++)
+                acc[k] /= acc[4];
+            eg[c0] += acc[0];
+            sg[c0] += chain_sum_energy(acc, sg[i], eg[i]);
+            if (bn) {
+                p->bnc[2 * lp] = chain_sum_energy(acc + 2, sg[i], eg[i]);
+                p->bnc[2 * lp + 1] = 1.0;
             }
-            eg[c0] += acc / W;
             continue;
+        }
+        case NNP_L_BN: {
+            const int jw = L->tensor, jb = jw + 1;
+            double gs = p->bnc[2 * i]; /* E[G_scale^2]/N */
+            if (!(p->bnc[2 * i + 1] > 0)) {
+                /* its output through activations [i+1, j-1] to a layer j that mixes units */
+                int j = i + 1;
+                while (j < nl && net->layers[j].kind == NNP_L_ACT)
+                    j++;
+                const double *o = p->bno + (size_t)i * BNO_DOUBLES;
+                const chainctx cc = {net, i + 1, j - 1, NULL, eg[j]};
+                const double xs = 1.0 / p->sigma[jw];
+                double acc[5] = {0};
+                for (size_t a = 0; a < (size_t)o[0]; a++)
+                    chain_stats(&cc, o[1 + 2 * a], o[1 + 2 * a] * xs, o[2 + 2 * a], acc);
+                for (int k = 0; k < 4; k++)
+                    acc[k] /= acc[4];
+                gs = chain_sum_energy(acc + 2, sg[j], eg[j]);
+            }
+            p->rho[jw] = g > 0 ? gs / g : 1.0;
+            p->rho[jb] = g > 0 ? s / g : 1.0;
+            /* backward: gamma/std on the gradient projected off the channel's sum and its
+             * sum with x_hat, E[1/std^2] of a batch variance of N normal values N/(N-3)
+             * times 1/var (bf = gamma^2/var) */
+            const double N = (double)p->cfg.bn_batch * L->in.h * L->in.w;
+            double e_in = N > 3 ? N / (N - 3) * (g - (s + gs) / N) : g;
+            eg[L->src] += p->bf[i] * (e_in > 0 ? e_in : 0.0);
+            continue; /* the input's gradient sums to 0 over each channel: s = 0 */
+        }
+        case NNP_L_ACT:
+            sg[L->src] += p->mf[i] * p->mf[i] * s + (p->bf[i] - p->mf[i] * p->mf[i]) * g;
+            break;
+        case NNP_L_DROPOUT:
+            sg[L->src] += s + (p->bf[i] - 1.0) * g;
+            break;
+        case NNP_L_AVGPOOL: /* one output's gradient spread over its k*k inputs */
+            sg[L->src] += (double)L->k * L->k * p->bf[i] * s;
+            break;
+        case NNP_L_GAP:
+            sg[L->src] += (double)L->in.h * L->in.w * p->bf[i] * s;
+            break;
+        case NNP_L_DENSE:
+        case NNP_L_CONV2D: {
+            /* the batch sums of the gradient: the bias's E[G^2] is N s; a weight's gains
+             * E[x]^2 (s - e) over its input's N terms of mean E[x] (0 about a BatchNorm's
+             * channel mean) */
+            const int jw = L->tensor, jb = jw + 1;
+            const double r = g > 0 ? s / g : 1.0;
+            p->rho[jb] = r > 1e-9 ? r : 1.0; /* 0: feeds a BatchNorm, its gradient is 0 */
+            const double xm = feeds_bn(net, i) ? 0.0 : p->xm[i];
+            p->rho[jw] = p->q[jw] > 0 ? 1.0 + xm * xm * (r - 1.0) / p->q[jw] : 1.0;
+            sg[L->src] += p->bf[i] * s;
+            break;
+        }
+        case NNP_L_MAXPOOL:
+        case NNP_L_FLATTEN: sg[L->src] += p->bf[i] * s; break;
         }
         eg[L->src] += p->bf[i] * g;
     }
@@ -1275,10 +1476,13 @@ static void predicted_scales(nnp_precond *p, const nnp_net *net)
         }
     }
     for (int j = 0; j < p->n; j++) {
-        if (net->tensors[j].is_bias)
-            p->scale[j] = p->prec[j] * p->sigma[j - 1]; /* the weight's scale, on input 1 */
+        double r = p->rho[j];
+        if (!(r > 0) || fabs(r - 1.0) < 1e-12)
+            r = p->rho[j] = 1.0;
+        if (net->tensors[j].is_bias) /* the weight's scale, on input 1 */
+            p->scale[j] = p->prec[j] * p->sigma[j - 1] / sqrt(r);
         else
-            p->scale[j] = p->prec[j] * p->sigma[j] / sqrt(p->q[j] > 0 ? p->q[j] : 1.0);
+            p->scale[j] = p->prec[j] * p->sigma[j] / sqrt((p->q[j] > 0 ? p->q[j] : 1.0) * r);
     }
 }
 
@@ -1293,9 +1497,10 @@ static void predicted_scales(nnp_precond *p, const nnp_net *net)
  * factor 1 for the missing moment. */
 static void measured_scales(nnp_precond *p, const nnp_net *net)
 {
-    const double *m = p->sums + 2 * (size_t)p->n;
+    const double *m = p->sums + p->n_share;
     const double N = m[2 * (size_t)p->n_tr];
     const double *cs = m + 2 * (size_t)p->n_tr + 1;
+    const double *gn = p->sums + 2 * (size_t)p->n; /* |G|^2 of the BatchNorm tensors */
     double eL = 0.0;
     for (int i = 0, k = 0; i < net->n_layers; i++) {
         const nnp_layer *L = &net->layers[i];
@@ -1331,8 +1536,18 @@ static void measured_scales(nnp_precond *p, const nnp_net *net)
         p->prec[jw] = p->prec[jb] = prec;
         p->gain[jb] = p->cfg.bias_gain;
         p->gain[jw] = prev_prec > 0 ? prec / prev_prec : 1.0; /* sqrt(e_{k-1} / e_k) */
-        p->scale[jw] = prec * p->sigma[jw] / sqrt(p->q[jw]);
-        p->scale[jb] = prec * p->sigma[jw];
+        p->rho[jw] = p->rho[jb] = 1.0;
+        if (L->kind == NNP_L_BN && e > 0) {
+            /* BatchNorm's scale and shift sum a channel's gradient (times x_hat) over its
+             * N S terms: their gradients' own squares give the batch-sum ratios */
+            const double terms = N * (double)L->in.h * L->in.w * L->in.c;
+            const double rw = gn[0] / (terms * e), rb = gn[1] / (terms * e);
+            p->rho[jw] = rw > 0 ? rw : 1.0;
+            p->rho[jb] = rb > 0 ? rb : 1.0;
+            gn += 2;
+        }
+        p->scale[jw] = prec * p->sigma[jw] / sqrt(p->q[jw] * p->rho[jw]);
+        p->scale[jb] = prec * p->sigma[jw] / sqrt(p->rho[jb]);
         prev_prec = prec;
         k++;
     }

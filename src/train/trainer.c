@@ -840,17 +840,18 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
                 nnp_precond_local_sums(&pc, net, x.share_rank, x.share_size);
             sums_ready = 0;
             nnp_precond_batch_sums(&pc, net, B); /* when measuring: this step's moments */
+            nnp_precond_grad_sums(&pc, net, x.share_rank, x.share_size);
             if (split_norms && cfg->optim.kind == NNP_OPT_LARS) {
                 /* LARS's partial norms (||w||^2 and the raw ||g||^2) do not depend on the
                  * multipliers: they travel in the preconditioner's message, in front */
                 exchange_norms(&x, &opt, scale, b.norms);
                 memcpy(b.norms + n_norms, pc.sums, pc.n_sums * sizeof(double));
-                st = exchange_sum_f64_mixed(&x, b.norms, n_norms + 2 * (size_t)pc.n,
+                st = exchange_sum_f64_mixed(&x, b.norms, n_norms + pc.n_share,
                                             n_norms + pc.n_sums);
                 memcpy(pc.sums, b.norms + n_norms, pc.n_sums * sizeof(double));
                 norms_ready = 1;
             } else
-                st = exchange_sum_f64_mixed(&x, pc.sums, 2 * (size_t)pc.n, pc.n_sums);
+                st = exchange_sum_f64_mixed(&x, pc.sums, pc.n_share, pc.n_sums);
             if (st == NNP_OK)
                 st = nnp_precond_from_sums(&pc, net, step);
             st = nnp_comm_agree(comm, st);
