@@ -46,7 +46,7 @@ static const char *SMALL_CONV = "seq:1x12x12/conv:8:3:1:1/bn/relu/res[conv:8:3:1
                                 "conv:8:3:1:1/bn]/relu/res[conv:16:3:2:1/bn]/relu/gap/"
                                 "dropout:0.3/dense:10";
 
-static int n_trials = 16;
+static int n_trials = 16, n_trials_eq = 3;
 
 static nnp_net *make_net(const char *spec, int B)
 {
@@ -310,6 +310,158 @@ static void block_stats(const char *spec, const char *init, int B, int R, model_
     nnp_net_free(net);
 }
 
+/* ---- 2. equalization -------------------------------------------------------------------- */
+
+/* For the modes none, static, dynamic predicting the moments from the weight stds, and
+ * dynamic measuring them: over R draws, the rms of std(m_j G_j) / (sigma_j sqrt(N_j)) per
+ * tensor (the step in units of its own scale per summed term; sigma_j of a bias: its
+ * weight's); the spread max/min over every tensor whose gradient is not identically 0. */
+static void equalization(const char *spec, const char *init, int B, int R, double max_static,
+                         double max_dynamic)
+{
+    nnp_net *net = make_net(spec, B);
+    nnp_init_cfg ic = init_of(init);
+    float *x = malloc((size_t)B * nnp_shape_size(net->input) * sizeof(float));
+    enum { NONE, STATIC, DYN_W, DYN_M, NV };
+    static const char *names[NV] = {"none", "static", "dyn-weights", "dyn-moments"};
+    double sd[NV][MAXT] = {{0}};
+    for (int r = 0; r < R; r++) {
+        draw_trial(net, &ic, 300 + (uint64_t)r, 700 + (uint64_t)r, x, B);
+        for (int k = 0; k < NV; k++) {
+            nnp_precond p;
+            nnp_precond_cfg c = cfg_of(k == NONE ? NNP_PRECOND_NONE
+                                       : k == STATIC ? NNP_PRECOND_STATIC : NNP_PRECOND_DYNAMIC,
+                                       &ic, B, k == DYN_M);
+            ASSERT_OK(nnp_precond_init(&p, &c, net));
+            if (c.mode == NNP_PRECOND_DYNAMIC) {
+                nnp_precond_local_sums(&p, net, 0, 1);
+                nnp_precond_batch_sums(&p, net, B);
+                nnp_precond_grad_sums(&p, net, 0, 1);
+                ASSERT_OK(nnp_precond_from_sums(&p, net, 0));
+                ASSERT_EQ_INT(p.measured, k == DYN_M);
+            }
+            for (int j = 0; j < net->n_tensors && j < MAXT; j++) {
+                const nnp_tensor *t = &net->tensors[j];
+                /* none: the raw gradient in units of the prior's scale */
+                double sig = t->is_bias ? p.sigma[j - 1] : p.sigma[j];
+                if (k == NONE) {
+                    const nnp_tensor *w = t->is_bias ? t - 1 : t;
+                    sig = w->norm ? 1.0 : nnp_init_std(&ic, net, w);
+                }
+                const double g2 = mean_sq(net->grads + t->off, t->n);
+                const double m = p.scale[j] * sqrt(g2) / (sig * sqrt(terms_of(net, t, B)));
+                sd[k][j] += m * m / R;
+            }
+            nnp_precond_free(&p);
+        }
+    }
+    double spread[NV];
+    for (int k = 0; k < NV; k++) {
+        double lo = INFINITY, hi = 0;
+        for (int j = 0; j < net->n_tensors && j < MAXT; j++) {
+            const nnp_tensor *t = &net->tensors[j];
+            if (t->is_bias && feeds_bn(net, t->layer))
+                continue; /* its gradient is 0 */
+            const double v = sqrt(sd[k][j]);
+            lo = v < lo ? v : lo;
+            hi = v > hi ? v : hi;
+        }
+        spread[k] = hi / lo;
+    }
+    printf("    %-24.24s %-8s B=%-3d", spec, init, B);
+    for (int k = 0; k < NV; k++)
+        printf("  %s %7.3g", names[k], spread[k]);
+    printf("\n");
+    if (!(spread[STATIC] <= max_static))
+        TEST_FAIL_("%s: static spread %.3g > %g", spec, spread[STATIC], max_static);
+    if (!(spread[DYN_W] <= max_static))
+        TEST_FAIL_("%s: dynamic (weights) spread %.3g > %g", spec, spread[DYN_W], max_static);
+    if (!(spread[DYN_M] <= max_dynamic))
+        TEST_FAIL_("%s: dynamic (moments) spread %.3g > %g", spec, spread[DYN_M], max_dynamic);
+    if (!(spread[NONE] > 10)) /* the check has the power to see an unequal network */
+        TEST_FAIL_("%s: spread without a preconditioner %.3g <= 10", spec, spread[NONE]);
+    nnp_test_checks += 4;
+    free(x);
+    nnp_net_free(net);
+}
+
+/* ---- 3. measured moments of a residual network ------------------------------------------ */
+
+/* The layout of the measured sums with BatchNorm and residual blocks; a projection
+ * shortcut's input moment is its block's input's, not the branch output's before it in the
+ * layer list; a BatchNorm layer's is x_hat's (1, not summed); pieces of a batch add up to the
+ * whole (the network input's moment and the count; with synchronized BatchNorm the rest too:
+ * the ddp_equivalence_resmlp_bn_dynamic test). */
+static void batch_sums_pieces(void)
+{
+    enum { B = 18 };
+    const char *spec = "seq:1x8x8/conv:4:3:1:1/relu/res[conv:4:3:1:1/relu/conv:4:3:1:1]/relu/"
+                       "res[conv:8:3:2:1/bn/relu/conv:8:3:1:1/bn]/relu/gap/dense:10";
+    nnp_net *net = NULL;
+    ASSERT_OK(nnp_net_create(spec, (nnp_shape){1, 8, 8}, NNP_ACT_RELU, B, &net));
+    if (!net)
+        return;
+    nnp_init_cfg ic = init_of("pytorch");
+    ASSERT_OK(nnp_init_net(net, &ic, 3));
+    nnp_precond_cfg c = cfg_of(NNP_PRECOND_DYNAMIC, &ic, B, 1);
+    nnp_precond p;
+    ASSERT_OK(nnp_precond_init(&p, &c, net));
+    /* the layers feeding bn: the second block's convs (4 and 8 input channels) and its
+     * shortcut's (4) */
+    ASSERT_EQ_INT((int)p.n_csum, 4 + 8 + 4);
+    ASSERT_EQ_INT((int)p.n_share, 2 * p.n + 6); /* 3 bn layers (the shortcut's too) */
+    ASSERT_EQ_INT((int)p.n_sums, (int)p.n_share + 2 * net->n_trainable + 1 + (int)p.n_csum);
+    const size_t d = nnp_shape_size(net->input);
+    float *x = malloc((size_t)B * d * sizeof(float));
+    nnp_rng r;
+    nnp_rng_seed(&r, 5, NNP_STREAM_DATA);
+    nnp_rng_fill_normal(&r, x, (size_t)B * d, 0, 1);
+    nnp_net_forward(net, B, x);
+    nnp_rng_fill_normal(&r, net->dact[net->n_layers], (size_t)B * 10, 0, 1);
+    nnp_net_backward(net, B, NULL, NULL);
+    nnp_precond_batch_sums(&p, net, B);
+    const double *m = p.sums + p.n_share;
+    for (int i = 0, k = 0; i < net->n_layers; i++) {
+        const nnp_layer *L = &net->layers[i];
+        if (L->tensor < 0)
+            continue;
+        if (L->res == NNP_RES_SHORTCUT && L->kind == NNP_L_CONV2D) {
+            /* reads the block's input act[fork], not the branch output before it */
+            const double want = mean_sq(net->act[L->fork], (size_t)B * nnp_shape_size(L->in)) *
+                                (double)B * nnp_shape_size(L->in);
+            ASSERT_CLOSE(m[2 * k], want, 1e-5, 0);
+            const double wrong = mean_sq(net->act[i], (size_t)B * nnp_shape_size(L->in)) *
+                                 (double)B * nnp_shape_size(L->in);
+            ASSERT_TRUE(fabs(wrong - want) > 1e-3 * want);
+        }
+        if (L->kind == NNP_L_BN)
+            ASSERT_NEAR(m[2 * k], 0.0, 0); /* x_hat: 1 by construction */
+        k++;
+    }
+    /* pieces: the input moment of the first layer and the sample count add up */
+    double *whole = calloc(p.n_sums, sizeof(double)), *sum = calloc(p.n_sums, sizeof(double));
+    memcpy(whole, p.sums, p.n_sums * sizeof(double));
+    const int pieces[] = {5, 7, 1, 0, 5};
+    int at = 0;
+    for (size_t q = 0; q < sizeof pieces / sizeof pieces[0]; q++) {
+        const int b = pieces[q];
+        if (b > 0)
+            nnp_net_forward(net, b, x + (size_t)at * d);
+        nnp_precond_batch_sums(&p, net, b);
+        for (size_t i = p.n_share; i < p.n_sums; i++)
+            sum[i] += p.sums[i];
+        at += b;
+    }
+    /* the first trainable layers' input moments (the network input, before any bn) */
+    ASSERT_CLOSE(sum[p.n_share], whole[p.n_share], 1e-5, 0);
+    ASSERT_NEAR(sum[p.n_share + 2 * (size_t)net->n_trainable], B, 0);
+    free(whole);
+    free(sum);
+    free(x);
+    nnp_precond_free(&p);
+    nnp_net_free(net);
+}
+
 #define TIMED(call)                                                                \
     do {                                                                           \
         clock_t t0_ = clock();                                                     \
@@ -340,11 +492,19 @@ int main(int argc, char **argv)
         TIMED(block_stats(spec, init, B, n_trials, (model_tol){0, 0, 0}));
         TEST_MAIN_END();
     }
+    batch_sums_pieces();
     /* no BatchNorm: the derivation's bounds as they are */
     TIMED(block_stats(RESMLP, "pytorch", 64, n_trials, (model_tol){0, 0, 0}));
     TIMED(block_stats(RESMLP_BN, "pytorch", 64, n_trials, (model_tol){0.12, 0.3, 0.03}));
     TIMED(block_stats(SMALL_CONV, "pytorch", 16, n_trials, (model_tol){0.15, 0.3, 0.06}));
     TIMED(block_stats("resnet8", "pytorch", 16, n_trials, (model_tol){0.15, 0.3, 0.06}));
+    printf("  max/min over the tensors of the step in units of the tensor's scale, per summed "
+           "term, %d draws:\n", n_trials_eq);
+    TIMED(equalization(RESMLP, "pytorch", 64, n_trials_eq, 2.0, 1.5));
+    TIMED(equalization(RESMLP_BN, "pytorch", 64, n_trials_eq, 2.0, 1.5));
+    TIMED(equalization(SMALL_CONV, "pytorch", 16, n_trials_eq, 2.0, 1.5));
+    TIMED(equalization("resnet8", "pytorch", 16, n_trials_eq, 2.0, 1.5));
+    TIMED(equalization("resnet8", "kaiming-normal", 16, n_trials_eq, 2.0, 1.5));
     fflush(stdout);
     TEST_MAIN_END();
 }
