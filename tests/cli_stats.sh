@@ -37,18 +37,30 @@ else
   fail "collapse run failed: $(cat "$tmp/err")"
 fi
 
-# bn, gap and dropout: stats (no preconditioner: not derived for them) and bench --layers run
+# bn, gap and dropout: stats (also with the preconditioner) and bench --layers run
 bnm=seq:1x28x28/conv:4:3/bn/relu/gap/dropout:0.2/dense:16/bn/relu/dense:10
 "$nnprec" stats --model $bnm --batch 16 --synthetic > "$tmp/bn.out" 2>&1 &&
   [ "$(grep -c '^ *[0-9]\+  bn[12] ' "$tmp/bn.out")" = 2 ] && ok || fail "stats on bn: $(cat "$tmp/bn.out")"
 "$nnprec" bench --layers --model $bnm --batch 16 --reps 2 > "$tmp/bnb.out" 2>&1 &&
   grep -q 'batchnorm2d 4' "$tmp/bnb.out" && grep -q 'dropout p=0.2' "$tmp/bnb.out" && ok ||
   fail "bench --layers on bn: $(tail -3 "$tmp/bnb.out")"
-expect 2 "not derived for BatchNorm layers" "$nnprec" stats --model $bnm --precond static
-# residual blocks: stats names the shortcut's tensors; the preconditioner is refused
+for pc in static dynamic; do
+  "$nnprec" stats --model $bnm --batch 16 --synthetic --precond $pc > "$tmp/bnp.out" 2>&1 &&
+    grep -q 'pgrad_std' "$tmp/bnp.out" && [ "$(grep -c '^ *[0-9]\+  bn[12] .* [0-9.e+-]\+$' "$tmp/bnp.out")" = 2 ] &&
+    ok || fail "stats --precond $pc on bn: $(cat "$tmp/bnp.out")"
+done
+expect 2 "--precond-formula seed is not defined for BatchNorm layers" "$nnprec" stats --model $bnm \
+  --precond static --precond-formula seed
+# residual blocks: stats names the shortcut's tensors, with and without the preconditioner
 "$nnprec" stats --model resnet8 --batch 8 --synthetic > "$tmp/res.out" 2>&1 &&
   grep -q ' layers\.5\.shortcut\.0 ' "$tmp/res.out" && ok || fail "stats on resnet8: $(tail -3 "$tmp/res.out")"
-expect 2 "not derived for residual blocks" "$nnprec" stats --model resmlp:784-32x3-10 --precond static
+for m in resnet8 resmlp:784-32x3-10 resmlp-bn:784-32x3-10; do
+  for pc in static dynamic; do
+    "$nnprec" stats --model $m --batch 8 --synthetic --precond $pc > "$tmp/resp.out" 2>&1 &&
+      grep -q 'pgrad_std' "$tmp/resp.out" && ! grep -qi 'nan\|inf' "$tmp/resp.out" && ok ||
+      fail "stats --model $m --precond $pc: $(tail -3 "$tmp/resp.out")"
+  done
+done
 expect 2 "unknown option '--bogus'" "$nnprec" stats --bogus 1
 expect 2 "give --model SPEC or --depth D" "$nnprec" stats
 expect 2 "--grad must be normal or loss" "$nnprec" stats --depth 3 --grad foo
