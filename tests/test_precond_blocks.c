@@ -198,7 +198,7 @@ static double terms_of(const nnp_net *net, const nnp_tensor *t, int B)
 
 /* Where the element-wise derivation is an approximation, the bounds get room (docs/
  * preconditioner.md, section 7, measured with 48 trials): tol_w for weights (zero padding's
- * border offsets, finite batch and width; T 0.83-1.02 on resnet8 at B = 16, 0.90-1.00 on
+ * border offsets, finite batch and width; T 0.83-1.01 on resnet8 at B = 16, 0.90-0.98 on
  * resmlp-bn), tol_bn for BatchNorm's scale and shift (0.74-1.08), tol_q for the input
  * moments (border positions' own means: up to +5% on resnet8's 7x7 maps). */
 typedef struct {

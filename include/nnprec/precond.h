@@ -18,6 +18,11 @@
  *             by quadrature, pooling); weight m_j = prec_j s_j / sqrt(q_j), bias
  *             m_j = prec_j s_W (the weight of a constant input 1), so every tensor's
  *             preconditioned step is the same size in units of its layer's weight scale.
+ *             With BatchNorm, residual blocks, gap and dropout (docs/preconditioner.md
+ *             section 7) prec_k = sqrt(e_L/e_k) from a backward pass of second moments that
+ *             adds the paths where they join; BatchNorm's scale and shift are in units of
+ *             the scale's root mean square, and biases and BatchNorm's tensors divide by the
+ *             gradient's batch-sum ratio (rho).
  *   seed      exactly seed 000's code, quirks included: prior of --init seed with the
  *             constants below, fan-out of a tensor of shape s is prod(s[:-1]), the relu
  *             factor enters dense (2-D) weights only, m_j = prec_j s_j, bias std bias_std.

@@ -26,6 +26,14 @@
  *   window maximum, average pooling outputs/(inputs*k*k));
  *     weight m_j = prec_j sigma_j / sqrt(q_j),   bias m_j = prec_j sigma_W
  * (a bias is the weight of a constant input 1 in its layer's units).
+ *
+ * BatchNorm, residual blocks, gap and dropout (docs/preconditioner.md section 7): the sweep
+ * covers every layer (sweep_forward), carrying element distributions as weighted particles
+ * once a residual sum or dropout makes them other than a Gaussian through activations, and
+ * the backward pass of second moments (predicted_scales) adds the gradients where paths
+ * join, conditions them on each unit's value along identity shortcuts, and carries the
+ * gradient's batch-sum energy, which sets what biases and BatchNorm's scale and shift see;
+ * prec_k = sqrt(e_L / e_k).
  */
 #include "nnprec/precond.h"
 #include <math.h>
