@@ -430,9 +430,9 @@ static void batch_sums_pieces(void)
             const double want = mean_sq(net->act[L->fork], (size_t)B * nnp_shape_size(L->in)) *
                                 (double)B * nnp_shape_size(L->in);
             ASSERT_CLOSE(m[2 * k], want, 1e-5, 0);
-            const double wrong = mean_sq(net->act[i], (size_t)B * nnp_shape_size(L->in)) *
-                                 (double)B * nnp_shape_size(L->in);
-            ASSERT_TRUE(fabs(wrong - want) > 1e-3 * want);
+            /* (the branch output act[i] has another shape and another mean square) */
+            const double other = mean_sq(net->act[i], (size_t)B * nnp_shape_size(net->layers[i - 1].out));
+            ASSERT_TRUE(fabs(other * (double)B * nnp_shape_size(L->in) - want) > 1e-3 * want);
         }
         if (L->kind == NNP_L_BN)
             ASSERT_NEAR(m[2 * k], 0.0, 0); /* x_hat: 1 by construction */
