@@ -227,13 +227,19 @@ static void warn_static_spread(const nnp_net *net, const nnp_precond_cfg *c)
     if (nnp_precond_init(&p, c, net) != NNP_OK)
         return; /* the trainer reports it */
     double lo = INFINITY, hi = 0;
-    for (int j = 0; j < p.n; j++)
-        if (!net->tensors[j].is_bias) {
-            lo = p.prec[j] < lo ? p.prec[j] : lo;
-            hi = p.prec[j] > hi ? p.prec[j] : hi;
-        }
+    for (int j = 0; j < p.n; j++) {
+        const nnp_tensor *t = &net->tensors[j];
+        /* BatchNorm sets the gains of its own tensors and of the layer feeding it (scale
+         * invariance, docs/preconditioner.md section 7), not the prior's depth profile */
+        const int l = t->layer;
+        if (t->is_bias || t->norm ||
+            (l + 1 < net->n_layers && net->layers[l + 1].kind == NNP_L_BN))
+            continue;
+        lo = p.prec[j] < lo ? p.prec[j] : lo;
+        hi = p.prec[j] > hi ? p.prec[j] : hi;
+    }
     nnp_precond_free(&p);
-    if (hi / lo > 100)
+    if (hi > 0 && hi / lo > 100)
         fprintf(stderr, "[warn]  --precond static: under the prior of --init %s the backward "
                         "gains make the multipliers span %.0fx across layers; they hold only "
                         "while the weights keep that prior's statistics: use --precond dynamic, "
