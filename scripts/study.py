@@ -83,7 +83,7 @@ MODELS = {
                 target=80.0, procs=list(PROCEDURES), stats=True),
     # about 25x the cost of a LeNet step here: a reduced matrix (stated in the report)
     "resnet8": dict(spec="resnet8", epochs=3, batches=[128, 2048], target=85.0,
-                    procs=["a-default", "f-lars", "g-lamb"]),
+                    procs=["a-default", "f-lars", "g-lamb", "i-default-dynamic"]),
 }
 STUDY = dict(val_split=5000, seeds=[1, 2, 3], tune_seed=1, grid=[-2, -1, 0, 1], max_points=7,
              warmup_frac=0.05, evals_per_epoch=4)
