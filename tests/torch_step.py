@@ -232,12 +232,6 @@ def main():
     torch.manual_seed(0)
     fails = []
 
-    def check(what, r, limit=tol):
-        ok = r <= limit
-        print("%-44s %.3g%s" % (what, r, "" if ok else "   > %g  MISMATCH" % limit))
-        if not ok:
-            fails.append(what)
-
     model, shape, info = c2t.load_checkpoint(init_path)
     with h5py.File(step_path, "r") as hs, h5py.File(init_path, "r") as hi:
         arch = c2t.text_attr(hs.attrs["architecture"])
@@ -251,6 +245,9 @@ def main():
             sys.exit("torch_step.py: %s is not one step over the whole training set" % step_path)
         if c2t.text_attr(opt["kind"]) != "sgd":
             sys.exit("torch_step.py: the run's optimizer is not sgd")
+        if o.get("val-split", "0") != "0":
+            sys.exit("torch_step.py: the run held out samples (--val-split): its training set "
+                     "is not the file's first samples")
         lr = float(o["lr"])
         groups = [g for g in hs if g not in ("optimizer", "precond")
                   and isinstance(hs[g], h5py.Group) and "weight" in hs[g]]
@@ -266,11 +263,14 @@ def main():
     assert len(trainable) == len(groups)
 
     # BatchNorm's initial state; INIT's scale and shift moved by at most lr*|grad| ~ 1e-30
+    names0 = {id(m): n for n, m in model.named_modules()}
     with torch.no_grad():
         for m in trainable:
             if isinstance(m, bn_types):
                 if not (torch.all(m.weight == 1) and m.bias.abs().max() < 1e-20):
                     fails.append("BatchNorm's initial scale 1 and shift 0")
+                    print("%s: nnprec's initial BatchNorm scale is not 1 or its shift not 0"
+                          "   MISMATCH" % names0[id(m)])
                 m.weight.fill_(1)
                 m.bias.zero_()
                 m.reset_running_stats()
