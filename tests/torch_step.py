@@ -263,14 +263,14 @@ def main():
     assert len(trainable) == len(groups)
 
     # BatchNorm's initial state; INIT's scale and shift moved by at most lr*|grad| ~ 1e-30
-    names0 = {id(m): n for n, m in model.named_modules()}
+    names = {id(m): n for n, m in model.named_modules()}
     with torch.no_grad():
         for m in trainable:
             if isinstance(m, bn_types):
                 if not (torch.all(m.weight == 1) and m.bias.abs().max() < 1e-20):
                     fails.append("BatchNorm's initial scale 1 and shift 0")
                     print("%s: nnprec's initial BatchNorm scale is not 1 or its shift not 0"
-                          "   MISMATCH" % names0[id(m)])
+                          "   MISMATCH" % names[id(m)])
                 m.weight.fill_(1)
                 m.bias.zero_()
                 m.reset_running_stats()
@@ -350,7 +350,6 @@ def main():
             kids = list(mod)
             pre_bn |= {id(a) for a, b in zip(kids, kids[1:])
                        if isinstance(a, (nn.Linear, nn.Conv2d)) and isinstance(b, bn_types)}
-    names = {id(m): n for n, m in model.named_modules()}
     r64, r32 = ref[torch.float64], ref[torch.float32]
     # per quantity: (nnprec's value, the reference's by dtype, slack) for each tensor
     rows = {"parameter": [], "update": [], "running statistic": [], "momentum buffer": []}
