@@ -3,7 +3,7 @@
 # ranks for 2 epochs (a few minutes on two cores). Results go to results/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh
+bash scripts/install-deps.sh --demo   # no PyTorch or Slurm: those are for the tests
 bash scripts/build.sh
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 mkdir -p results

@@ -4,11 +4,19 @@
 # PyTorch for the plots and reference benchmarks, and Slurm + munge for the batch-script
 # test (tests/slurm_requeue.sh runs a real one-node Slurm). Safe to run again: the
 # package scripts start no daemon.
+#
+#   scripts/install-deps.sh          everything (the test suite's needs)
+#   scripts/install-deps.sh --demo   only what scripts/demo.sh and the commands it prints
+#                                    need: no PyTorch, h5py or Slurm (a much smaller download)
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libopenblas-dev
       libhdf5-dev hdf5-tools zlib1g-dev dataset-fashion-mnist
-      python3 python3-numpy python3-matplotlib python3-h5py python3-torch
-      slurmctld slurmd slurm-client munge)
+      python3 python3-numpy python3-matplotlib)
+case ${1:-} in
+  --demo) ;;
+  "") pkgs+=(python3-h5py python3-torch slurmctld slurmd slurm-client munge) ;;
+  *) echo "install-deps.sh: error: unknown option '$1' (--demo or nothing)" >&2; exit 2 ;;
+esac
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
