@@ -100,13 +100,13 @@ for m in resmlp:784-256x12-10 mlp:784-256x12-10; do
   [ -n "$acc" ] && awk -v a="$acc" "BEGIN { exit !($want) }" && ok || fail "$m after 400 steps: '$acc%', want $want"
 done
 # a residual network's step (synchronized bn, projection shortcut) allocates nothing
-"$mpiexec" -n 2 --oversubscribe "$nnprec" train --steps 10 --train-limit 200 --test-limit 50 \
+"$mpiexec" -n 2 --oversubscribe "$nnprec" train --steps 10 --train-limit 200 --test-limit 50 --verbose \
   --model 'seq:1x28x28/conv:4:3:2:1/bn/relu/res[conv:4:3:1:1/bn/relu/conv:4:3:1:1/bn]/relu/res[conv:8:3:2:1/bn]/relu/gap/dense:10' \
   > "$tmp/resrun.log" 2>&1 && grep -q '^\[check\] 0 allocations inside 10 training steps' "$tmp/resrun.log" && ok ||
   fail "allocations in a step with residual blocks: $(grep -E 'check|error' "$tmp/resrun.log")"
 # synchronized BatchNorm, gap and dropout allocate nothing in the step either
 "$mpiexec" -n 2 --oversubscribe "$nnprec" train --model seq:1x28x28/conv:4:3/bn/relu/gap/dropout:0.2/dense:10 \
-  --steps 10 --train-limit 200 --test-limit 50 > "$tmp/bnrun.log" 2>&1 &&
+  --steps 10 --train-limit 200 --test-limit 50 --verbose > "$tmp/bnrun.log" 2>&1 &&
   grep -q '^\[check\] 0 allocations inside 10 training steps' "$tmp/bnrun.log" && ok ||
   fail "allocations in a step with bn: $(grep -E 'check|error' "$tmp/bnrun.log")"
 # --precond with lars: one warning line (the trust ratio divides the multipliers out);
@@ -212,7 +212,7 @@ expect 1 "the test set in $tmp/t0 is empty" "$nnprec" train --train-limit 64 --s
 
 # a short real run writes its CSV files with the documented columns
 timeout 120 "$mpiexec" -n 2 --oversubscribe "$nnprec" train --train-limit 640 --test-limit 200 \
-  --epochs 2 --log-every 2 --out "$tmp/run" > "$tmp/run.log" 2>&1 || fail "short run failed: $(tail -3 "$tmp/run.log")"
+  --epochs 2 --log-every 2 --out "$tmp/run" --verbose > "$tmp/run.log" 2>&1 || fail "short run failed: $(tail -3 "$tmp/run.log")"
 head -1 "$tmp/run/train.csv" | grep -q '^step,epoch,train_loss,train_acc,lr,samples_per_s,wall_s$' && ok || fail "train.csv header"
 head -1 "$tmp/run/eval.csv" | grep -q '^step,epoch,test_loss,test_acc,wall_s$' && ok || fail "eval.csv header"
 # 640 samples / (64 per rank x 2 ranks) = 5 steps per epoch, 10 steps, a row every 2
@@ -263,6 +263,13 @@ grep -q '^\[train\] epoch .* samples/s ETA' "$tmp/run.log" && ok || fail "progre
 grep -q '1 BLAS thread per rank\|OPENBLAS_NUM_THREADS' "$tmp/run.log" && ok || fail "BLAS thread note"
 # the allocation counter (nnp_malloc/nnp_calloc) does not move during training steps
 grep -q '^\[check\] 0 allocations inside 10 training steps' "$tmp/run.log" && ok || fail "allocations in the step: $(grep check "$tmp/run.log")"
+# without --verbose no [check] line; a phase the run never entered (fused: no allreduce
+# thread, no balancing, no preconditioner) has no [time] row
+"$mpiexec" -n 2 --oversubscribe "$nnprec" train --train-limit 640 --test-limit 200 --steps 5 \
+  > "$tmp/plain.log" 2>&1 || fail "plain run failed: $(tail -3 "$tmp/plain.log")"
+! grep -q '^\[check\]' "$tmp/plain.log" && grep -q '^\[time\]  forward ' "$tmp/plain.log" &&
+  ! grep -Eq '^\[time\]  (ar_thread|balance|precond) ' "$tmp/plain.log" && ok ||
+  fail "console without --verbose: $(grep -E 'check|time' "$tmp/plain.log")"
 
 # --val-split: N samples held out by the seed, the same at any rank count, evaluated with the
 # test set (eval.csv gains val_loss,val_acc); a resume must keep the same N
@@ -323,7 +330,7 @@ grep -q '^\[setup\] learning rate 0.05 at global batch 64 (--lr 0.1 for batch 25
 # batches as two ranks' shares of it, so the estimates agree up to float rounding
 expect 2 "--noise-ema goes with --noise-scale" "$nnprec" train --noise-ema 0.5
 expect 2 "--noise-ema must be in (0, 1\], got 0" "$nnprec" train --noise-scale --noise-ema 0
-ns_args=(train --train-limit 2000 --test-limit 100 --global-batch 64 --steps 30 --log-every 10)
+ns_args=(train --train-limit 2000 --test-limit 100 --global-batch 64 --steps 30 --log-every 10 --verbose)
 for np in 1 2; do
   for v in plain noise; do
     extra=(); [ $v = noise ] && extra=(--noise-scale --noise-ema 0.1)

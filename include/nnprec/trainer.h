@@ -45,6 +45,7 @@ typedef struct {
     int64_t balance_every; /* steps between re-splits of the global batch by rank speed; 0 = even */
     const char *out_dir;   /* where train.csv, eval.csv, timing.csv, layers.csv go ("" = none) */
     int quiet;             /* no progress lines (warnings still print) */
+    int verbose;           /* internal checks too (the step's allocation counter) */
     /* checkpoints (rank 0 writes OUT_DIR/ckpt-STEP.h5, see docs/checkpoint.md) */
     int64_t checkpoint_every; /* steps between checkpoints; 0 = only at the end */
     int keep;              /* checkpoints kept (older ones deleted); 0 = all */

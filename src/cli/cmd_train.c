@@ -43,7 +43,7 @@ typedef struct {
     double prelu, pprior, pbias_std, pbias_gain, pfloor;
     double lars_eta, lamb_clip;
     int lars_exclude_bias;
-    int nesterov, epochs, batch, global_batch, step_epochs, precond_every, threads, quiet, keep;
+    int nesterov, epochs, batch, global_batch, step_epochs, precond_every, threads, quiet, verbose, keep;
     int64_t steps, warmup, eval_every, test_every, log_every, stats_every, check_replicas, balance;
     int64_t seed, train_limit, test_limit, checkpoint_every;
     int64_t val_split;
@@ -160,6 +160,8 @@ static nnp_option opts[] = {
       "--noise-scale: weight of a new step in its moving averages (window ~1/X steps)"),
     OPT_F("quiet", quiet, "0",
           "no progress lines (the final [done] line, warnings and errors still print)"),
+    OPT_F("verbose", verbose, "0",
+          "internal checks too: the allocations counted inside the training steps"),
 };
 #define N_OPTS ((int)(sizeof opts / sizeof opts[0]))
 
@@ -435,6 +437,7 @@ static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *
     cfg->stop_file = O.stop_file;
     cfg->out_dir = O.out;
     cfg->quiet = O.quiet;
+    cfg->verbose = O.verbose;
     return NNP_OK;
 }
 

@@ -1137,8 +1137,9 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             for (int i = 0; i < T_N; i++)
                 sum += mean[i];
             for (int i = 0; i < T_N; i++)
-                printf("[time]  %-10s %10.3f %10.3f %10.3f %6.1f%%\n", timer_names[i], mn[i],
-                       mean[i], mx[i], sum > 0 ? 100.0 * mean[i] / sum : 0);
+                if (mx[i] >= 0.0005) /* a phase this run never entered has no row */
+                    printf("[time]  %-10s %10.3f %10.3f %10.3f %6.1f%%\n", timer_names[i],
+                           mn[i], mean[i], mx[i], sum > 0 ? 100.0 * mean[i] / sum : 0);
             if (noise) {
                 const double *w = tot_timers; /* rank 0's own local work */
                 const double work = w[T_DATA] + w[T_FWD] + w[T_BWD] + w[T_PREC] + w[T_OPT];
@@ -1146,8 +1147,9 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
                        noise_t, work, work > 0 ? 100.0 * noise_t / work : 0,
                        size == 1 ? ", the extra pass over half of each batch included" : "");
             }
-            printf("[check] %lu allocations inside %lld training steps on rank 0\n", step_allocs,
-                   (long long)(res->steps - first_step));
+            if (cfg->verbose)
+                printf("[check] %lu allocations inside %lld training steps on rank 0\n",
+                       step_allocs, (long long)(res->steps - first_step));
         }
         if (st == NNP_OK)
             st = report_ranks(comm, cfg, tot_timers, my_samples, b.rank_t);
