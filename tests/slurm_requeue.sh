@@ -2,13 +2,20 @@
 # slurm/train.sbatch under a real one-node Slurm (scripts/slurm-local.sh): a 2-task LeNet
 # run gets SIGUSR1 on its batch shell (what --signal=B:USR1@120 sends before the time
 # limit), checkpoints, exits 75, requeues itself, resumes from the checkpoint and finishes.
-# Checks: the job was restarted exactly once and completed with exit code 0, the log shows
-# the signal, the stop at a checkpoint, the requeue and the resume from that checkpoint, the
-# final checkpoint holds the requested step count, and train.csv runs without a gap.
+# With srun, the signal is sent by hand (scancel --batch --signal=USR1); with mpirun, Slurm's
+# own timer sends it: the job has a one-minute limit and --signal=B:USR1@55, so it is
+# signalled and requeued (once or more) until its training is done.
+# Checks: the job was restarted (exactly once with srun) and completed with exit code 0, the
+# log shows the signal, the stop at a checkpoint, the requeue and the resume from that
+# checkpoint, the final checkpoint holds the requested step count, train.csv runs without a
+# gap, and (mpirun) the final parameters equal those of the same run left uninterrupted, bit
+# for bit.
 #
 # usage: tests/slurm_requeue.sh [NNPREC]     (as root; default NNPREC: build/nnprec)
 # Environment: SLURM_TEST_LAUNCH  launchers to test, in turn     [srun mpirun]
 #              SLURM_TEST_STEPS   training steps per job (3000: about 35 s here) [3000]
+#              SLURM_TEST_TIMER_STEPS  the same for the timer-signalled job     [4000]
+#              SLURM_TEST_STUDY   0: skip the study part                         [1]
 # Slurm is started if it is not running and then stopped again on exit; one that was
 # already up is left running.
 set -uo pipefail
@@ -41,15 +48,32 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_TH
 # steps of one stored checkpoint: h5dump prints "(0): 4000" for the scalar attribute
 ckpt_step() { h5dump -a /step "$1" 2>/dev/null | sed -n 's/^ *(0): *\([0-9]*\).*/\1/p'; }
 
+# 4000 samples, global batch 32: 125 steps per epoch; a checkpoint every 20 steps
+train_args=(--model lenet --train-limit 4000 --test-limit 1000 --global-batch 32 --eval-every 1000
+            --log-every 50 --checkpoint-every 20 --keep 2 --seed 5)
+timer_steps=${SLURM_TEST_TIMER_STEPS:-4000}
+same_params() { # same_params A.h5 B.h5: every parameter dataset of LeNet identical
+    for g in conv1 conv2 fc1 fc2 fc3; do
+        for d in weight bias; do
+            h5diff -q "$1" "$2" "/$g/$d" "/$g/$d" > /dev/null || return 1
+        done
+    done
+}
+ref_pid=
+if [[ " $launchers " == *" mpirun "* ]]; then
+    # the timer-signalled job's uninterrupted twin, outside Slurm, meanwhile
+    timeout 600 mpirun -np 2 "$nnprec" train "${train_args[@]}" --steps "$timer_steps" --quiet \
+        --out "$tmp/ref" > "$tmp/ref.log" 2>&1 &
+    ref_pid=$!
+fi
+
 for launch in $launchers; do
     out=$tmp/run-$launch
-    say "$launch: submitting ($steps steps of LeNet on 2 tasks)"
-    # 4000 samples, global batch 32: 125 steps per epoch; a checkpoint every 20 steps
+    if [ "$launch" = mpirun ]; then n=$timer_steps; lim=(--time=1 --signal=B:USR1@55); else n=$steps; lim=(--time=10); fi
+    say "$launch: submitting ($n steps of LeNet on 2 tasks, ${lim[*]})"
     NNPREC=$nnprec OUT=$out LAUNCH=$launch \
-        timeout 300 sbatch --wait --parsable -n 2 --time=10 --chdir="$tmp" \
-        "$root/slurm/train.sbatch" --model lenet --train-limit 4000 --test-limit 1000 \
-        --global-batch 32 --steps "$steps" --eval-every 1000 --log-every 50 \
-        --checkpoint-every 20 --keep 2 --seed 5 > "$tmp/sbatch-$launch.txt" 2>&1 &
+        timeout 400 sbatch --wait --parsable -n 2 "${lim[@]}" --chdir="$tmp" \
+        "$root/slurm/train.sbatch" "${train_args[@]}" --steps "$n" > "$tmp/sbatch-$launch.txt" 2>&1 &
     sbatch_pid=$!
     job=
     for _ in $(seq 100); do
@@ -59,14 +83,16 @@ for launch in $launchers; do
     done
     if [ -z "$job" ]; then fail "$launch: sbatch gave no job id: $(cat "$tmp/sbatch-$launch.txt")"; continue; fi
     log=$tmp/nnprec-train-$job.out
-    # let it train past a few checkpoints, then send what --signal=B:USR1 would send
-    for _ in $(seq 600); do
-        s=$(sed -n 's/^ckpt-0*\([0-9][0-9]*\)\.h5$/\1/p' "$out/latest" 2>/dev/null)
-        [ -n "$s" ] && [ "$s" -ge 200 ] && break
-        sleep 0.1
-    done
-    say "$launch: job $job at checkpoint step ${s:-none}: scancel --batch --signal=USR1"
-    scancel --batch --signal=USR1 "$job"
+    if [ "$launch" != mpirun ]; then
+        # let it train past a few checkpoints, then send what --signal=B:USR1 would send
+        for _ in $(seq 600); do
+            s=$(sed -n 's/^ckpt-0*\([0-9][0-9]*\)\.h5$/\1/p' "$out/latest" 2>/dev/null)
+            [ -n "$s" ] && [ "$s" -ge 200 ] && break
+            sleep 0.1
+        done
+        say "$launch: job $job at checkpoint step ${s:-none}: scancel --batch --signal=USR1"
+        scancel --batch --signal=USR1 "$job"
+    fi
     t_sig=$SECONDS
     wait "$sbatch_pid"
     rc=$?
@@ -77,7 +103,12 @@ for launch in $launchers; do
     check "$launch: JobState=COMPLETED ExitCode=0:0" \
         grep -q 'JobState=COMPLETED' <<<"$info"
     grep -q 'ExitCode=0:0' <<<"$info" || fail "$launch: $(grep -o 'ExitCode=[^ ]*' <<<"$info")"
-    check "$launch: restarted exactly once (Restarts=1)" grep -q 'Restarts=1 ' <<<"$info"
+    if [ "$launch" = mpirun ]; then
+        check "$launch: restarted by Slurm's timer ($(grep -o 'Restarts=[0-9]*' <<<"$info"))" \
+            grep -Eq 'Restarts=[1-9][0-9]* ' <<<"$info"
+    else
+        check "$launch: restarted exactly once (Restarts=1)" grep -q 'Restarts=1 ' <<<"$info"
+    fi
     check "$launch: the batch shell got SIGUSR1" grep -q 'got SIGUSR1' "$log"
     stop=$(sed -n 's/^\[stop\]  stop request (\(SIGUSR1\|stop file\)) after step \([0-9]*\):.*/\2/p' "$log" | head -n 1)
     check "$launch: the ranks stopped at a checkpoint (step ${stop:-?})" \
@@ -90,12 +121,17 @@ for launch in $launchers; do
               grep -Eq "checkpoint to resume from: .*/ckpt-0*${stop:-x}\.h5$" "$log"'
     check "$launch: nnprec resumed at step $stop" \
         grep -Eq "^\[ckpt\]  resumed from .*ckpt-0*${stop:-x}\.h5 at step ${stop:-x} " "$log"
-    check "$launch: second run ended with exit code 0" grep -q 'step exit code 0' "$log"
+    check "$launch: the last run ended with exit code 0" grep -q 'step exit code 0' "$log"
     last=$out/$(cat "$out/latest" 2>/dev/null)
-    check "$launch: final checkpoint holds step $steps" [ "$(ckpt_step "$last")" = "$steps" ]
-    check "$launch: train.csv steps increase up to $steps without repeats" \
-        awk -F, -v n="$steps" 'NR > 1 { if ($1 <= p) bad = 1; p = $1 } END { exit bad || p != n }' \
+    check "$launch: final checkpoint holds step $n" [ "$(ckpt_step "$last")" = "$n" ]
+    check "$launch: train.csv steps increase up to $n without repeats" \
+        awk -F, -v n="$n" 'NR > 1 { if ($1 <= p) bad = 1; p = $1 } END { exit bad || p != n }' \
         "$out/train.csv"
+    if [ "$launch" = mpirun ]; then
+        wait "$ref_pid"
+        check "$launch: final parameters equal the uninterrupted run's, bit for bit" \
+            same_params "$last" "$tmp/ref/$(cat "$tmp/ref/latest" 2>/dev/null)"
+    fi
     if [ "$fails" -gt 0 ]; then
         echo "---- $log"; cat "$log"; echo "---- scontrol show job $job"; echo "$info"
     fi
