@@ -218,7 +218,7 @@ def header(R, out, figlink):
     n_cells = len(R.cells)
     n_done = sum(1 for c in R.cells.values() if c["phase"] == "done")
     if n_done < n_cells:
-        w(f"**Partial: {n_done} of {n_cells} cells finished** (the others show \"(running)\"); "
+        w(f"**Partial: {n_done} of {n_cells} cells finished** (the others show \"(not finished)\"); "
           "`scripts/study.py run` continues where it stopped.\n\n")
     limit = f" (tests only: the first {meta['train_limit']} samples)" if meta.get("train_limit") else ""
     w(f"* Data: Fashion-MNIST, all of the training set{limit} less a validation split of "
@@ -276,7 +276,7 @@ def header(R, out, figlink):
 
 def cell_acc(f):
     if f is None:
-        return "(running)"
+        return "(not finished)"
     mu, sd, n, N, nd = f
     if N == 0:
         return "did not train"
@@ -288,7 +288,7 @@ def cell_acc(f):
 
 def cell_steps(s):
     if s is None:
-        return "(running)"
+        return "(not finished)"
     mu, sd, n, N = s
     if N == 0:
         return "did not train"
