@@ -71,6 +71,19 @@ nnp_status nnp_comm_reduce_scatter_f32(nnp_comm *c, float *buf, size_t n);
  * call before the first collective of the training loop, which must not allocate). */
 nnp_status nnp_comm_shard_setup(nnp_comm *c, size_t n);
 nnp_status nnp_comm_allgather_shares_f32(nnp_comm *c, float *buf, size_t n);
+/* --deterministic (docs/determinism.md): shares with explicit bounds, rank r's share of an
+ * n-vector being [off[r], off[r + 1]) (off[0] = 0, off[size] = n).
+ * share_blocks: this rank holds q vectors vecs[0..q) of n floats, rank r holds q_all[r]; every
+ * rank receives every other rank's pieces of ITS share, rank by rank and vector by vector, in
+ * recv: rank r's vector t at recv + (first_r + t) * len, first_r = q_all[0] + ... + q_all[r-1],
+ * len = its share's length (its own pieces' room is left untouched). req: room for
+ * 2 * (size - 1) * max(q_all) requests (nnp_comm_share_requests). */
+nnp_status nnp_comm_share_blocks_f32(nnp_comm *c, float *const *vecs, int q, const int *q_all,
+                                     const size_t *off, float *recv, void *req);
+/* Bytes of request room share_blocks needs for at most q_max vectors per rank (local). */
+size_t nnp_comm_share_requests(const nnp_comm *c, int q_max);
+/* Every rank's share [off[r], off[r + 1]) of buf to every rank (in place). */
+nnp_status nnp_comm_allgather_off_f32(nnp_comm *c, float *buf, const size_t *off);
 /* Gather n doubles per rank to rank 0: out[rank * n + i] (out is used on rank 0 only). */
 nnp_status nnp_comm_gather_f64(nnp_comm *c, const double *in, size_t n, double *out);
 

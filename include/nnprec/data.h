@@ -57,6 +57,10 @@ nnp_status nnp_idx_paths(const char *dir, const char *split, char *images, char 
 /* Contiguous share of rank r when `count` items are split over p ranks:
  * [count*r/p, count*(r+1)/p). Shares differ by at most one item. */
 void nnp_split(size_t count, int p, int r, size_t *lo, size_t *hi);
+/* Rank r's share of `count` items cut into units of `unit` items (the last may be shorter),
+ * whole units split over p ranks as nnp_split splits them: [lo, hi) in items. The unit
+ * boundaries do not depend on p (--deterministic's micro-shards; unit 0: nnp_split). */
+void nnp_split_units(size_t count, size_t unit, int p, int r, size_t *lo, size_t *hi);
 /* Shares of a global batch of G items in proportion to each rank's speed (items per
  * second, > 0): every share is in [1, cap], they sum to G, and the largest finishing time
  * share[r] / speed[r] is as small as whole items allow. Requires p <= G <= p * cap.

@@ -177,6 +177,26 @@ void nnp_net_backward(nnp_net *net, int B, nnp_grad_ready_fn on_ready, void *ctx
 void nnp_net_forward_layer(nnp_net *net, int i, int B);
 void nnp_net_backward_layer(nnp_net *net, int i, int B);
 
+/* ---- micro-sharded passes (--deterministic, docs/determinism.md) ------------------------
+ * The local batch of B samples is cut into micro-shards of S samples (the last may be
+ * shorter), and every layer runs each micro-shard as a call of its own on that micro-shard's
+ * rows of the batch buffers: every kernel sees the same shapes, whatever the local batch a
+ * micro-shard sits in, so each sample's activations and each micro-shard's gradients come out
+ * bit for bit the same at any rank count. Requires B <= max_batch and, with conv layers, room
+ * for ceil(B/S) micro-shards' workspaces (true when B <= max_batch). Not for BatchNorm in
+ * training mode (its statistics span the batch). */
+void nnp_net_forward_shards(nnp_net *net, int B, int S);
+/* Backward of the same samples: a trainable layer's weight and bias gradients of micro-shard
+ * c go to sink->slot(ctx, tensor, c) (tensor: the weight's index, then the bias's; n floats of
+ * that tensor each), then sink->done(ctx, weight tensor, c) is called. net->grads is not
+ * written. Layers run last to first, each over all its micro-shards in order. */
+typedef struct {
+    float *(*slot)(void *ctx, int tensor, int shard);
+    void (*done)(void *ctx, int weight_tensor, int shard);
+    void *ctx;
+} nnp_shard_sink;
+void nnp_net_backward_shards(nnp_net *net, int B, int S, const nnp_shard_sink *sink);
+
 /* A rank with no sample in this step's batch, in training with a sum hook: joins the
  * BatchNorm layers' sums of one forward and one backward as a rank with 0 samples (the
  * running statistics move as on every other rank); their gradients become 0. */

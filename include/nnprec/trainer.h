@@ -61,6 +61,11 @@ typedef struct {
      * weighting a new step by noise_ema */
     int noise_scale;
     double noise_ema;
+    /* --deterministic (docs/determinism.md): the parameters after every step are the same
+     * bits at any rank count; the global batch is cut into micro-shards of micro_shard
+     * samples (global_batch a multiple of it), summed over one fixed tree */
+    int deterministic;
+    int micro_shard;
 } nnp_train_cfg;
 
 /* Install SIGTERM/SIGUSR1 handlers: the first signal asks the training loop to finish its

@@ -32,11 +32,12 @@ nnp_status nnp_cmd_stats(nnp_comm *comm, int argc, char **argv);
 nnp_status nnp_cmd_eval(nnp_comm *comm, int argc, char **argv);
 nnp_status nnp_cmd_info(nnp_comm *comm, int argc, char **argv);
 
-/* This rank's shard (nnp_split of the count) of the first `limit` (0 = all) test samples of
- * `data`, an IDX folder or an HDF5 file (FILE.h5); *count (may be NULL) receives the count
- * over all ranks. mean/std are left for the caller to set. Defined in cmd_train.c. */
-nnp_status nnp_cli_load_test(nnp_comm *comm, const char *data, int64_t limit, nnp_dataset *test,
-                             size_t *count);
+/* This rank's shard (nnp_split_units of the count: whole units of `unit` samples, 0 for an
+ * even split) of the first `limit` (0 = all) test samples of `data`, an IDX folder or an HDF5
+ * file (FILE.h5); *count (may be NULL) receives the count over all ranks. mean/std are left
+ * for the caller to set. Defined in cmd_train.c. */
+nnp_status nnp_cli_load_test(nnp_comm *comm, const char *data, int64_t limit, size_t unit,
+                             nnp_dataset *test, size_t *count);
 
 /* --data names an HDF5 dataset file rather than an IDX folder: it ends in .h5 or is a
  * regular file. Defined in cmd_train.c. */

@@ -117,7 +117,7 @@ nnp_status nnp_cmd_eval(nnp_comm *comm, int argc, char **argv)
     size_t count = 0;
     s = model_options(&meta, &act, &loss);
     if (s == NNP_OK)
-        s = nnp_cli_load_test(comm, data, O.test_limit, &test, &count);
+        s = nnp_cli_load_test(comm, data, O.test_limit, 0, &test, &count);
     test.mean = meta.norm_mean;
     test.std = meta.norm_std;
     if (s == NNP_OK && !(meta.norm_std > 0))

@@ -52,6 +52,7 @@ typedef struct {
     double warmup_epochs;
     int noise_scale;
     double noise_ema;
+    int deterministic, micro_shard;
 } train_opts;
 
 static train_opts O;
@@ -158,6 +159,13 @@ static nnp_option opts[] = {
       "the progress lines"),
     OPT_D("noise-ema", noise_ema, "0.01",
       "--noise-scale: weight of a new step in its moving averages (window ~1/X steps)"),
+    OPT_F("deterministic", deterministic, "0",
+          "the parameters after every step are the same bits at any rank count: the global "
+          "batch is cut into micro-shards (--micro-shard) that every rank computes alike and "
+          "that are summed over one fixed tree (docs/determinism.md)"),
+    OPT_I("micro-shard", micro_shard, "0",
+          "--deterministic: samples per micro-shard; the global batch must be a multiple (0: "
+          "the largest of 64, 32, 16, 8, 4, 2, 1 that divides it)"),
     OPT_F("quiet", quiet, "0",
           "no progress lines (the final [done] line, warnings and errors still print)"),
     OPT_F("verbose", verbose, "0",
@@ -422,6 +430,30 @@ static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *
         return nnp_error(NNP_ERR_ARG, "--noise-ema must be in (0, 1], got %g", O.noise_ema);
     cfg->noise_scale = O.noise_scale;
     cfg->noise_ema = O.noise_ema;
+    if (opt_set("micro-shard") && !O.deterministic)
+        return nnp_error(NNP_ERR_ARG, "--micro-shard goes with --deterministic");
+    if (O.micro_shard < 0)
+        return nnp_error(NNP_ERR_ARG, "--micro-shard must be >= 0, got %d", O.micro_shard);
+    cfg->deterministic = O.deterministic;
+    if (O.deterministic) {
+        int S = O.micro_shard;
+        for (int k = 64; S == 0; k /= 2)
+            if (cfg->global_batch % k == 0)
+                S = k;
+        if (cfg->global_batch % S != 0)
+            return nnp_error(NNP_ERR_ARG, "--deterministic: the global batch %d is not a whole "
+                                          "number of micro-shards of %d samples (--micro-shard)",
+                             cfg->global_batch, S);
+        cfg->micro_shard = S;
+        if (O.balance > 0)
+            return nnp_error(NNP_ERR_ARG, "--deterministic fixes which micro-shards each rank "
+                                          "computes: it does not go with --balance");
+        if (O.noise_scale)
+            return nnp_error(NNP_ERR_ARG, "--deterministic does not support --noise-scale yet");
+        if (size > 1 && (cfg->allreduce == NNP_AR_BUCKETED || cfg->allreduce == NNP_AR_SHM))
+            return nnp_error(NNP_ERR_ARG, "--deterministic works with --allreduce fused and "
+                                          "sharded; not yet with %s", O.allreduce);
+    }
     if (O.threads < 0)
         return nnp_error(NNP_ERR_ARG, "--threads must be >= 0");
     if (O.checkpoint_every < 0 || O.keep < 0)
@@ -475,9 +507,10 @@ int nnp_cli_data_is_h5(const char *data)
 }
 
 /* This rank's shard of the first `limit` (0 = all) test samples of `data` (an IDX folder or
- * an HDF5 file): nnp_split of the test count. *count (may be NULL) gets that count. */
-nnp_status nnp_cli_load_test(nnp_comm *comm, const char *data, int64_t limit, nnp_dataset *test,
-                             size_t *count)
+ * an HDF5 file): nnp_split_units of the test count (whole units of `unit` samples; 0: an even
+ * split). *count (may be NULL) gets that count. */
+nnp_status nnp_cli_load_test(nnp_comm *comm, const char *data, int64_t limit, size_t unit,
+                             nnp_dataset *test, size_t *count)
 {
     char img[4096], lab[4096];
     int h5 = nnp_cli_data_is_h5(data);
@@ -494,7 +527,7 @@ nnp_status nnp_cli_load_test(nnp_comm *comm, const char *data, int64_t limit, nn
     if (limit > 0 && (size_t)limit < nt)
         nt = (size_t)limit;
     size_t lo, hi;
-    nnp_split(nt, nnp_comm_size(comm), nnp_comm_rank(comm), &lo, &hi);
+    nnp_split_units(nt, unit, nnp_comm_size(comm), nnp_comm_rank(comm), &lo, &hi);
     NNP_CALL(h5 ? nnp_h5_load(data, "test", nt, lo, hi, test)
                 : nnp_idx_load(img, lab, nt, lo, hi, test));
     if (count)
@@ -503,7 +536,7 @@ nnp_status nnp_cli_load_test(nnp_comm *comm, const char *data, int64_t limit, nn
 }
 
 /* Load the whole (limited) training set and this rank's shard of the test set. */
-static nnp_status load_data(nnp_comm *comm, nnp_dataset *train, nnp_dataset *test)
+static nnp_status load_data(nnp_comm *comm, size_t unit, nnp_dataset *train, nnp_dataset *test)
 {
     char img[4096], lab[4096];
     /* test hook: make one rank fail its data load, to check that every rank stops cleanly */
@@ -517,7 +550,7 @@ static nnp_status load_data(nnp_comm *comm, nnp_dataset *train, nnp_dataset *tes
         NNP_CALL(nnp_idx_paths(O.data, "train", img, lab, sizeof img));
         NNP_CALL(nnp_idx_load(img, lab, (size_t)O.train_limit, 0, (size_t)-1, train));
     }
-    NNP_CALL(nnp_cli_load_test(comm, O.data, O.test_limit, test, NULL));
+    NNP_CALL(nnp_cli_load_test(comm, O.data, O.test_limit, unit, test, NULL));
     if (train->n == 0)
         return nnp_error(NNP_ERR_ARG, "the training set in %s is empty", O.data);
     return NNP_OK;
@@ -525,7 +558,7 @@ static nnp_status load_data(nnp_comm *comm, nnp_dataset *train, nnp_dataset *tes
 
 /* --val-split N: take N samples chosen by the seed out of the training set; this rank keeps
  * its nnp_split share of them as its shard of the validation set. */
-static nnp_status hold_out(nnp_comm *comm, nnp_dataset *train, nnp_dataset *val)
+static nnp_status hold_out(nnp_comm *comm, size_t unit, nnp_dataset *train, nnp_dataset *val)
 {
     const size_t N = train->n, nv = (size_t)O.val_split;
     if (nv >= N)
@@ -537,7 +570,7 @@ static nnp_status hold_out(nnp_comm *comm, nnp_dataset *train, nnp_dataset *val)
     if (s == NNP_OK) {
         size_t lo, hi;
         nnp_holdout_mask((uint64_t)O.seed, N, nv, perm, is_val);
-        nnp_split(nv, nnp_comm_size(comm), nnp_comm_rank(comm), &lo, &hi);
+        nnp_split_units(nv, unit, nnp_comm_size(comm), nnp_comm_rank(comm), &lo, &hi);
         s = nnp_dataset_holdout(train, is_val, lo, hi, val);
     }
     free(perm);
@@ -685,9 +718,11 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
     }
     nnp_dataset train = {0}, test = {0}, val = {0};
     nnp_net *net = NULL;
-    s = load_data(comm, &train, &test);
+    /* --deterministic: the test and validation shards are whole micro-shards */
+    const size_t unit = cfg.deterministic ? (size_t)cfg.micro_shard : 0;
+    s = load_data(comm, unit, &train, &test);
     if (s == NNP_OK && O.val_split > 0)
-        s = hold_out(comm, &train, &val);
+        s = hold_out(comm, unit, &train, &val);
     if (s == NNP_OK && resume[0]) {
         if (O.normalize[0] && (mean != meta.norm_mean || std != meta.norm_std))
             s = nnp_error(NNP_ERR_ARG, "--normalize %s differs from the checkpoint's mean %.9g std "
@@ -705,6 +740,8 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
     int max_batch = (cfg.global_batch + size - 1) / size;
     if (cfg.balance_every > 0 && size > 1) /* room for a fast rank to take up to twice as much */
         max_batch = 2 * max_batch < cfg.global_batch ? 2 * max_batch : cfg.global_batch;
+    if (cfg.deterministic) /* whole micro-shards */
+        max_batch = (cfg.global_batch / cfg.micro_shard + size - 1) / size * cfg.micro_shard;
     if (s == NNP_OK)
         s = nnp_net_create(O.model, (nnp_shape){train.c, train.h, train.w}, act, max_batch, &net);
     if (s == NNP_OK && nnp_shape_size(net->input) != (size_t)train.c * train.h * train.w)

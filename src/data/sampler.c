@@ -29,6 +29,18 @@ void nnp_split(size_t count, int p, int r, size_t *lo, size_t *hi)
     *hi = split_point(count, (size_t)p, (size_t)r + 1);
 }
 
+void nnp_split_units(size_t count, size_t unit, int p, int r, size_t *lo, size_t *hi)
+{
+    if (unit == 0) {
+        nnp_split(count, p, r, lo, hi);
+        return;
+    }
+    size_t a, b;
+    nnp_split((count + unit - 1) / unit, p, r, &a, &b);
+    *lo = a * unit < count ? a * unit : count;
+    *hi = b * unit < count ? b * unit : count;
+}
+
 void nnp_split_weighted(size_t G, int p, const double *speed, size_t cap, size_t *share)
 {
     double S = 0;

@@ -245,6 +245,55 @@ nnp_status nnp_comm_allgather_shares_f32(nnp_comm *c, float *buf, size_t n)
                      "MPI_Allgatherv");
 }
 
+size_t nnp_comm_share_requests(const nnp_comm *c, int q_max)
+{
+    return 2 * (size_t)(c->size > 1 ? c->size - 1 : 1) * (size_t)(q_max > 0 ? q_max : 1) *
+           sizeof(MPI_Request);
+}
+
+nnp_status nnp_comm_share_blocks_f32(nnp_comm *c, float *const *vecs, int q, const int *q_all,
+                                     const size_t *off, float *recv, void *req)
+{
+    const int p = c->size, me = c->rank;
+    if (p == 1)
+        return NNP_OK;
+    MPI_Request *rq = req;
+    int nr = 0;
+    const size_t len = off[me + 1] - off[me];
+    size_t first = 0;
+    for (int r = 0; r < p; r++) {
+        if (r != me)
+            for (int t = 0; t < q_all[r] && len > 0; t++)
+                MPI_Irecv(recv + (first + (size_t)t) * len, (int)len, MPI_FLOAT, r, 80 + t,
+                          c->comm, &rq[nr++]);
+        first += (size_t)q_all[r];
+    }
+    for (int r = 0; r < p; r++) {
+        const size_t n = off[r + 1] - off[r];
+        if (r == me || n == 0)
+            continue;
+        for (int t = 0; t < q; t++)
+            MPI_Isend(vecs[t] + off[r], (int)n, MPI_FLOAT, r, 80 + t, c->comm, &rq[nr++]);
+    }
+    return mpi_check(MPI_Waitall(nr, rq, MPI_STATUSES_IGNORE), "MPI_Waitall(gradient shares)");
+}
+
+nnp_status nnp_comm_allgather_off_f32(nnp_comm *c, float *buf, const size_t *off)
+{
+    if (c->size == 1)
+        return NNP_OK;
+    for (int r = 0; r < c->size; r++) {
+        if (off[r + 1] > (size_t)INT_MAX)
+            return nnp_error(NNP_ERR_ARG, "%zu values are too many for the sharded collectives "
+                                          "(at most %d)", off[r + 1], INT_MAX);
+        c->counts[r] = (int)(off[r + 1] - off[r]);
+        c->displs[r] = (int)off[r];
+    }
+    return mpi_check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, c->counts, c->displs,
+                                    MPI_FLOAT, c->comm),
+                     "MPI_Allgatherv");
+}
+
 nnp_status nnp_comm_gather_f64(nnp_comm *c, const double *in, size_t n, double *out)
 {
     if (c->size == 1) {

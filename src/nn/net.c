@@ -904,11 +904,15 @@ int nnp_net_has(const nnp_net *net, nnp_layer_kind kind)
     return 0;
 }
 
-void nnp_net_forward_layer(nnp_net *net, int i, int B)
+/* Layer i over the samples [row0, row0 + B) of the batch buffers: every activation, gradient,
+ * argmax and skip buffer is read and written from that sample on; conv's im2col workspace is
+ * ws. A whole-batch pass is row0 = 0 with the layer's own workspace. */
+static void forward_rows(nnp_net *net, int i, int B, size_t row0, float *ws)
 {
     const nnp_layer *L = &net->layers[i];
-    const float *in = net->act[L->src];
-    float *out = net->act[i + 1];
+    const size_t nin = nnp_shape_size(L->in), nout = nnp_shape_size(L->out);
+    const float *in = net->act[L->src] + row0 * nin;
+    float *out = net->act[i + 1] + row0 * nout;
     switch (L->kind) {
     case NNP_L_DENSE: {
         const nnp_tensor *w = &net->tensors[L->tensor];
@@ -918,16 +922,15 @@ void nnp_net_forward_layer(nnp_net *net, int i, int B)
     }
     case NNP_L_CONV2D: {
         const nnp_tensor *w = &net->tensors[L->tensor];
-        nnp_conv2d_forward(&L->conv, B, in, net->params + w->off, net->params + w[1].off, out,
-                           net->ws[i]);
+        nnp_conv2d_forward(&L->conv, B, in, net->params + w->off, net->params + w[1].off, out, ws);
         break;
     }
-    case NNP_L_MAXPOOL: nnp_maxpool_forward(&L->pool, B, in, out, net->argmax[i]); break;
+    case NNP_L_MAXPOOL:
+        nnp_maxpool_forward(&L->pool, B, in, out, net->argmax[i] + row0 * nout);
+        break;
     case NNP_L_AVGPOOL: nnp_avgpool_forward(&L->pool, B, in, out); break;
     case NNP_L_FLATTEN: break; /* aliased buffers */
-    case NNP_L_ACT:
-        nnp_act_forward(L->act, L->alpha, (size_t)B * nnp_shape_size(L->in), in, out);
-        break;
+    case NNP_L_ACT: nnp_act_forward(L->act, L->alpha, (size_t)B * nin, in, out); break;
     case NNP_L_BN: {
         const nnp_tensor *w = &net->tensors[L->tensor];
         const int C = L->in.c, S = L->in.h * L->in.w;
@@ -947,21 +950,26 @@ void nnp_net_forward_layer(nnp_net *net, int i, int B)
     case NNP_L_GAP: nnp_gap_forward(B, L->in.c, L->in.h * L->in.w, in, out); break;
     case NNP_L_DROPOUT:
         if (net->training && L->drop > 0.0f)
-            nnp_dropout_forward(B, nnp_shape_size(L->in), L->drop, dropout_key(net, i),
-                                net->sample_ids, in, out);
+            nnp_dropout_forward(B, nin, L->drop, dropout_key(net, i),
+                                net->sample_ids ? net->sample_ids + row0 : NULL, in, out);
         else
-            memcpy(out, in, (size_t)B * nnp_shape_size(L->in) * sizeof(float));
+            memcpy(out, in, (size_t)B * nin * sizeof(float));
         break;
     case NNP_L_RES_FORK: break; /* aliased buffers */
     case NNP_L_RES_ADD: {
         /* act[i]: the shortcut's output (projection) or the branch output (identity) */
-        const float *other = net->act[L->proj ? L->branch_end : L->fork];
-        const size_t m = (size_t)B * nnp_shape_size(L->out);
+        const float *other = net->act[L->proj ? L->branch_end : L->fork] + row0 * nout;
+        const size_t m = (size_t)B * nout;
         for (size_t k = 0; k < m; k++)
             out[k] = in[k] + other[k];
         break;
     }
     }
+}
+
+void nnp_net_forward_layer(nnp_net *net, int i, int B)
+{
+    forward_rows(net, i, B, 0, net->ws[i]);
 }
 
 const float *nnp_net_forward(nnp_net *net, int B, const float *x)
@@ -973,30 +981,33 @@ const float *nnp_net_forward(nnp_net *net, int B, const float *x)
     return net->act[net->n_layers];
 }
 
-void nnp_net_backward_layer(nnp_net *net, int i, int B)
+/* Backward of layer i over the samples [row0, row0 + B) (see forward_rows); a trainable
+ * layer's weight and bias gradients go to gw and gb. */
+static void backward_rows(nnp_net *net, int i, int B, size_t row0, float *ws, float *gw,
+                          float *gb)
 {
     const nnp_layer *L = &net->layers[i];
-    const float *dy = net->dact[i + 1];
+    const size_t nin = nnp_shape_size(L->in), nout = nnp_shape_size(L->out);
+    const float *dy = net->dact[i + 1] + row0 * nout;
     /* the first layer's input gradient is never needed; a projection shortcut's first
      * layer writes its own buffer, which its block's fork adds */
-    float *dx = net->dskip[i] ? net->dskip[i] : i > 0 ? net->dact[i] : NULL;
+    float *dx = net->dskip[i] ? net->dskip[i] + row0 * nin : i > 0 ? net->dact[i] + row0 * nin : NULL;
     switch (L->kind) {
     case NNP_L_DENSE: {
         const nnp_tensor *w = &net->tensors[L->tensor];
-        nnp_dense_backward(B, w->fan_in, w->fan_out, net->act[L->src], net->params + w->off, dy, dx,
-                           net->grads + w->off, net->grads + w[1].off);
+        nnp_dense_backward(B, w->fan_in, w->fan_out, net->act[L->src] + row0 * nin,
+                           net->params + w->off, dy, dx, gw, gb);
         break;
     }
     case NNP_L_CONV2D: {
         const nnp_tensor *w = &net->tensors[L->tensor];
-        /* the forward pass of this batch left im2col(input) in this layer's ws */
-        nnp_conv2d_backward_cached(&L->conv, B, net->params + w->off, dy, dx,
-                                   net->grads + w->off, net->grads + w[1].off, net->ws[i]);
+        /* the forward pass of these samples left im2col(input) in ws */
+        nnp_conv2d_backward_cached(&L->conv, B, net->params + w->off, dy, dx, gw, gb, ws);
         break;
     }
     case NNP_L_MAXPOOL:
         if (dx)
-            nnp_maxpool_backward(&L->pool, B, dy, net->argmax[i], dx);
+            nnp_maxpool_backward(&L->pool, B, dy, net->argmax[i] + row0 * nout, dx);
         break;
     case NNP_L_AVGPOOL:
         if (dx)
@@ -1005,16 +1016,16 @@ void nnp_net_backward_layer(nnp_net *net, int i, int B)
     case NNP_L_FLATTEN: break;
     case NNP_L_ACT:
         if (dx)
-            nnp_act_backward(L->act, L->alpha, (size_t)B * nnp_shape_size(L->in), net->act[i],
-                             net->act[i + 1], dy, dx);
+            nnp_act_backward(L->act, L->alpha, (size_t)B * nin, net->act[i] + row0 * nin,
+                             net->act[i + 1] + row0 * nout, dy, dx);
         break;
     case NNP_L_BN: {
         /* training mode only: the forward's batch statistics (every rank joins the sums,
          * also as the first layer, where dx is not needed) */
         const nnp_tensor *w = &net->tensors[L->tensor];
-        nnp_bn_backward(B, L->in.c, L->in.h * L->in.w, net->act[i], net->params + w->off,
-                        net->bn_stat + L->roff + (size_t)L->bn, dy, dx, net->grads + w->off,
-                        net->grads + w[1].off, net->bn_sums, net->bn_sum, net->bn_sum_ctx);
+        nnp_bn_backward(B, L->in.c, L->in.h * L->in.w, net->act[i] + row0 * nin,
+                        net->params + w->off, net->bn_stat + L->roff + (size_t)L->bn, dy, dx, gw,
+                        gb, net->bn_sums, net->bn_sum, net->bn_sum_ctx);
         break;
     }
     case NNP_L_GAP:
@@ -1024,23 +1035,32 @@ void nnp_net_backward_layer(nnp_net *net, int i, int B)
     case NNP_L_DROPOUT:
         if (dx) {
             if (net->training && L->drop > 0.0f)
-                nnp_dropout_backward(B, nnp_shape_size(L->in), L->drop, dropout_key(net, i),
-                                     net->sample_ids, dy, dx);
+                nnp_dropout_backward(B, nin, L->drop, dropout_key(net, i),
+                                     net->sample_ids ? net->sample_ids + row0 : NULL, dy, dx);
             else
-                memcpy(dx, dy, (size_t)B * nnp_shape_size(L->in) * sizeof(float));
+                memcpy(dx, dy, (size_t)B * nin * sizeof(float));
         }
         break;
     case NNP_L_RES_ADD: break; /* its input and the branch output share its output's gradient */
     case NNP_L_RES_FORK: {
         /* dact[i] (shared with the branch's input) += the shortcut's input gradient */
-        const float *g = L->proj ? net->dskip[L->branch_end] : net->dact[L->add + 1];
-        float *d = net->dact[i];
-        const size_t m = (size_t)B * nnp_shape_size(L->in);
+        const float *g =
+            (L->proj ? net->dskip[L->branch_end] : net->dact[L->add + 1]) + row0 * nin;
+        float *d = net->dact[i] + row0 * nin;
+        const size_t m = (size_t)B * nin;
         for (size_t k = 0; k < m; k++)
             d[k] += g[k];
         break;
     }
     }
+}
+
+void nnp_net_backward_layer(nnp_net *net, int i, int B)
+{
+    const nnp_layer *L = &net->layers[i];
+    const nnp_tensor *w = L->tensor >= 0 ? &net->tensors[L->tensor] : NULL;
+    backward_rows(net, i, B, 0, net->ws[i], w ? net->grads + w->off : NULL,
+                  w ? net->grads + w[1].off : NULL);
 }
 
 void nnp_net_backward(nnp_net *net, int B, nnp_grad_ready_fn on_ready, void *ctx)
@@ -1049,6 +1069,49 @@ void nnp_net_backward(nnp_net *net, int B, nnp_grad_ready_fn on_ready, void *ctx
         nnp_net_backward_layer(net, i, B);
         if (on_ready && net->layers[i].tensor >= 0)
             on_ready(ctx, net->layers[i].tensor);
+    }
+}
+
+/* ---- micro-sharded passes ----------------------------------------------------------------- */
+
+/* Samples in micro-shard c of a local batch of B samples cut into micro-shards of S. */
+static int shard_rows(int c, int S, int B)
+{
+    const int r = B - c * S;
+    return r < S ? r : S;
+}
+
+/* Layer i's workspace for micro-shard c: the layer's own one cut into pieces of the size a
+ * micro-shard needs (it is sized for max_batch >= the local batch). */
+static float *shard_ws(const nnp_net *net, int i, int c, int S)
+{
+    const nnp_layer *L = &net->layers[i];
+    if (!net->ws[i])
+        return NULL;
+    return net->ws[i] + (size_t)c * nnp_conv2d_workspace(&L->conv, S);
+}
+
+void nnp_net_forward_shards(nnp_net *net, int B, int S)
+{
+    const int n = B > 0 ? (B + S - 1) / S : 0;
+    for (int i = 0; i < net->n_layers; i++)
+        for (int c = 0; c < n; c++)
+            forward_rows(net, i, shard_rows(c, S, B), (size_t)c * (size_t)S, shard_ws(net, i, c, S));
+}
+
+void nnp_net_backward_shards(nnp_net *net, int B, int S, const nnp_shard_sink *sink)
+{
+    const int n = B > 0 ? (B + S - 1) / S : 0;
+    for (int i = net->n_layers - 1; i >= 0; i--) {
+        const int j = net->layers[i].tensor;
+        for (int c = 0; c < n; c++) {
+            float *gw = j >= 0 ? sink->slot(sink->ctx, j, c) : NULL;
+            float *gb = j >= 0 ? sink->slot(sink->ctx, j + 1, c) : NULL;
+            backward_rows(net, i, shard_rows(c, S, B), (size_t)c * (size_t)S,
+                          shard_ws(net, i, c, S), gw, gb);
+            if (j >= 0)
+                sink->done(sink->ctx, j, c);
+        }
     }
 }
 

@@ -52,7 +52,173 @@ static void buckets_ready(void *ctx, int j)
     }
 }
 
-nnp_status exchange_setup(exchange *x, nnp_comm *comm, nnp_net *net, const nnp_train_cfg *cfg)
+/* ---- --deterministic ----------------------------------------------------------------------- */
+
+/* Buffers for every batch size an epoch has (the full global batch and the last, partial
+ * one): the deepest stack, the most blocks of this rank and of any rank, and of all ranks
+ * together. */
+static nnp_status det_setup(exchange *x, const nnp_train_cfg *cfg, size_t N)
+{
+    nnp_net *net = x->net;
+    const int P = nnp_comm_size(x->comm), me = nnp_comm_rank(x->comm);
+    const size_t G = (size_t)cfg->global_batch, S = (size_t)cfg->micro_shard;
+    x->det = 1;
+    x->S = (int)S;
+    NNP_CALL(det_pieces_init(&x->pieces, net));
+    x->off = nnp_malloc(((size_t)P + 1) * sizeof(size_t));
+    x->q_all = nnp_malloc((size_t)P * sizeof(int));
+    x->nodes = nnp_malloc((size_t)P * DET_MAX_DEPTH * sizeof(det_node));
+    if (!x->off || !x->q_all || !x->nodes)
+        return NNP_ERR_NOMEM;
+    det_pieces_shares(&x->pieces, P, x->off);
+    size_t gcs[2];
+    int ngc = 0;
+    gcs[ngc++] = N < G ? N : G;
+    if (N > G && N % G)
+        gcs[ngc++] = N % G;
+    int depth = 1, q_any = 1;
+    size_t q_sum = 1;
+    x->q_max = 1;
+    for (int k = 0; k < ngc; k++) {
+        const int M = (int)((gcs[k] + S - 1) / S);
+        size_t sum = 0;
+        for (int r = 0; r < P; r++) {
+            size_t a, b;
+            nnp_split((size_t)M, P, r, &a, &b);
+            const int q = det_blocks(M, (int)a, (int)b, x->nodes);
+            sum += (size_t)q;
+            q_any = q > q_any ? q : q_any;
+            if (r == me) {
+                const int d = det_max_depth(M, (int)a, (int)b);
+                depth = d > depth ? d : depth;
+                x->q_max = q > x->q_max ? q : x->q_max;
+            }
+        }
+        q_sum = sum > q_sum ? sum : q_sum;
+    }
+    for (int j = 0; j < net->n_tensors; j++) {
+        const int k = net->tensors[j].is_bias ? 1 : 0;
+        x->pool_n[k] = net->tensors[j].n > x->pool_n[k] ? net->tensors[j].n : x->pool_n[k];
+    }
+    for (int k = 0; k < 2 && depth > 1; k++)
+        if (!(x->pool[k] = nnp_malloc((size_t)(depth - 1) * x->pool_n[k] * sizeof(float) + 1)))
+            return NNP_ERR_NOMEM;
+    if (x->q_max > 1 &&
+        !(x->blocks = nnp_malloc((size_t)(x->q_max - 1) * net->n_params * sizeof(float))))
+        return NNP_ERR_NOMEM;
+    size_t most = 0;
+    for (int r = 0; r < P; r++)
+        most = x->off[r + 1] - x->off[r] > most ? x->off[r + 1] - x->off[r] : most;
+    x->vec = nnp_malloc((size_t)x->q_max * sizeof(float *));
+    x->req = nnp_malloc(nnp_comm_share_requests(x->comm, q_any));
+    if (!x->vec || !x->req)
+        return NNP_ERR_NOMEM;
+    if (P > 1 && !(x->recv = nnp_malloc(q_sum * most * sizeof(float) + 1)))
+        return NNP_ERR_NOMEM;
+    x->vec[0] = net->grads;
+    for (int t = 1; t < x->q_max; t++)
+        x->vec[t] = x->blocks + (size_t)(t - 1) * net->n_params;
+    if (x->sharded) {
+        x->lo = x->off[me];
+        x->hi = x->off[me + 1];
+    }
+    return NNP_OK;
+}
+
+void exchange_det_begin(exchange *x, size_t gc, size_t *lo, size_t *hi)
+{
+    const int P = nnp_comm_size(x->comm), me = nnp_comm_rank(x->comm);
+    size_t a, b;
+    x->M = (int)((gc + (size_t)x->S - 1) / (size_t)x->S);
+    nnp_split((size_t)x->M, P, me, &a, &b);
+    x->a = (int)a;
+    x->b = (int)b;
+    x->q = 0;
+    det_stack_reset(&x->st, x->M);
+    nnp_split_units(gc, (size_t)x->S, P, me, lo, hi);
+}
+
+/* Stack position p of tensor t: the tensor's own gradients at the bottom, else the pool of
+ * its kind (weights or biases). */
+static float *det_buf(exchange *x, int t, int p)
+{
+    const nnp_tensor *T = &x->net->tensors[t];
+    if (p == 0)
+        return x->net->grads + T->off;
+    const int k = T->is_bias ? 1 : 0;
+    return x->pool[k] + (size_t)(p - 1) * x->pool_n[k];
+}
+
+static float *det_slot(void *ctx, int t, int shard)
+{
+    exchange *x = ctx;
+    (void)shard;
+    return det_buf(x, t, x->st.depth);
+}
+
+/* A micro-shard's gradients of a layer's two tensors are in their slots: push the leaf onto
+ * the tree (the weight's and the bias's stacks merge alike; st holds the weight's, the
+ * bias's buffers follow the same positions). After the layer's last micro-shard, blocks
+ * other than the first move to their own vectors. */
+static void det_done(void *ctx, int j, int shard)
+{
+    exchange *x = ctx;
+    const nnp_net *net = x->net;
+    const det_node leaf = {0, x->a + shard};
+    det_stack sb = x->st; /* the bias: same nodes, its own buffers */
+    for (int p = 0; p < sb.depth; p++)
+        sb.buf[p] = det_buf(x, j + 1, p);
+    det_push(&x->st, leaf, det_buf(x, j, x->st.depth), net->tensors[j].n);
+    det_push(&sb, leaf, det_buf(x, j + 1, sb.depth), net->tensors[j + 1].n);
+    if (x->a + shard + 1 < x->b)
+        return;
+    x->q = x->st.depth;
+    for (int p = 1; p < x->q; p++)
+        for (int t = j; t <= j + 1; t++)
+            memcpy(x->vec[p] + net->tensors[t].off, det_buf(x, t, p),
+                   net->tensors[t].n * sizeof(float));
+    det_stack_reset(&x->st, x->M);
+}
+
+nnp_shard_sink exchange_det_sink(exchange *x)
+{
+    return (nnp_shard_sink){det_slot, det_done, x};
+}
+
+/* After backward: every rank's blocks summed over the tree, for this rank's share (sharded)
+ * or for all of it (fused: the shares are then gathered). */
+static nnp_status det_grads(exchange *x)
+{
+    nnp_net *net = x->net;
+    const int P = nnp_comm_size(x->comm), me = nnp_comm_rank(x->comm);
+    if (P == 1)
+        return NNP_OK; /* one block, the root, already in net->grads */
+    for (int r = 0; r < P; r++) {
+        size_t a, b;
+        nnp_split((size_t)x->M, P, r, &a, &b);
+        x->q_all[r] = det_blocks(x->M, (int)a, (int)b, x->nodes + (size_t)r * DET_MAX_DEPTH);
+    }
+    NNP_CALL(nnp_comm_share_blocks_f32(x->comm, x->vec, x->q, x->q_all, x->off, x->recv,
+                                       x->req));
+    const size_t lo = x->off[me], len = x->off[me + 1] - lo;
+    if (len > 0) {
+        det_stack s;
+        det_stack_reset(&s, x->M);
+        size_t first = 0;
+        for (int r = 0; r < P; r++) {
+            for (int t = 0; t < x->q_all[r]; t++)
+                det_push(&s, x->nodes[(size_t)r * DET_MAX_DEPTH + (size_t)t],
+                         r == me ? x->vec[t] + lo : x->recv + (first + (size_t)t) * len, len);
+            first += (size_t)x->q_all[r];
+        }
+        if (s.buf[0] != net->grads + lo)
+            memcpy(net->grads + lo, s.buf[0], len * sizeof(float));
+    }
+    return x->sharded ? NNP_OK : nnp_comm_allgather_off_f32(x->comm, net->grads, x->off);
+}
+
+nnp_status exchange_setup(exchange *x, nnp_comm *comm, nnp_net *net, const nnp_train_cfg *cfg,
+                          size_t n_train)
 {
     const int size = nnp_comm_size(comm), rank = nnp_comm_rank(comm);
     memset(x, 0, sizeof *x);
@@ -73,6 +239,8 @@ nnp_status exchange_setup(exchange *x, nnp_comm *comm, nnp_net *net, const nnp_t
             st = nnp_comm_async_start(comm, x->n_buckets, x->chunk_bytes, &x->async);
     } else if (x->mode == NNP_AR_SHARDED)
         st = nnp_comm_shard_setup(comm, net->n_params);
+    if (st == NNP_OK && cfg->deterministic)
+        st = det_setup(x, cfg, n_train);
     return st;
 }
 
@@ -103,6 +271,8 @@ nnp_status exchange_grads(exchange *x, double *wait_s, double *ar_s, double *thr
 {
     nnp_net *net = x->net;
     double t0 = nnp_comm_wtime();
+    if (x->det && nnp_comm_size(x->comm) == 1)
+        return NNP_OK;
     if (x->mode == NNP_AR_BUCKETED) {
         /* buckets not yet submitted (none unless this rank had no samples), then wait */
         buckets_ready(x, 0);
@@ -118,7 +288,9 @@ nnp_status exchange_grads(exchange *x, double *wait_s, double *ar_s, double *thr
     double t1 = nnp_comm_wtime();
     *wait_s += t1 - t0;
     nnp_status st;
-    if (x->sh)
+    if (x->det)
+        st = det_grads(x);
+    else if (x->sh)
         st = nnp_comm_shm_reduce(x->sh);
     else if (x->sharded)
         st = nnp_comm_reduce_scatter_f32(x->comm, net->grads, net->n_params);
@@ -147,6 +319,8 @@ nnp_status exchange_gather(exchange *x, float *buf)
 {
     if (!x->sharded)
         return NNP_OK;
+    if (x->det && !x->sh)
+        return nnp_comm_allgather_off_f32(x->comm, buf, x->off);
     return x->sh ? nnp_comm_shm_allgather(x->sh, buf)
                  : nnp_comm_allgather_shares_f32(x->comm, buf, x->net->n_params);
 }
@@ -207,6 +381,8 @@ nnp_status exchange_params(exchange *x, double *ar_s)
     nnp_status st = NNP_OK;
     if (x->sh) /* every share stored before anyone computes with the parameters */
         st = nnp_comm_shm_fence(x->sh);
+    else if (x->sharded && x->det)
+        st = nnp_comm_allgather_off_f32(x->comm, x->net->params, x->off);
     else if (x->sharded)
         st = nnp_comm_allgather_shares_f32(x->comm, x->net->params, x->net->n_params);
     else
@@ -242,4 +418,21 @@ void exchange_stop(exchange *x)
     x->async = NULL;
     free(x->bucket_start);
     x->bucket_start = NULL;
+    det_pieces_free(&x->pieces);
+    free(x->off);
+    free(x->q_all);
+    free(x->nodes);
+    free(x->pool[0]);
+    free(x->pool[1]);
+    free(x->blocks);
+    free(x->recv);
+    free(x->vec);
+    free(x->req);
+    x->off = NULL;
+    x->q_all = NULL;
+    x->nodes = NULL;
+    x->pool[0] = x->pool[1] = NULL;
+    x->blocks = x->recv = NULL;
+    x->vec = NULL;
+    x->req = NULL;
 }

@@ -15,6 +15,7 @@
 #include "nnprec/net.h"
 #include "nnprec/optim.h"
 #include "nnprec/trainer.h"
+#include "detsum.h"
 
 typedef struct {
     nnp_comm *comm;
@@ -37,13 +38,38 @@ typedef struct {
      * split them (sharded: all ranks; shm: the node's); the preconditioner's sums use it */
     size_t lo, hi;
     int share_rank, share_size;
+    /* --deterministic (detsum.h): micro-shards of S samples; the shares off[r..r+1) start at
+     * piece boundaries. Backward leaves this rank's blocks of the tree in net->grads (the
+     * first) and blocks (the others, one n_params vector each); the exchange sums every
+     * rank's blocks over the tree for this rank's share, in recv. */
+    int det, S;
+    det_pieces pieces;
+    size_t *off;             /* [size + 1] */
+    int M, a, b;             /* this step's micro-shards and this rank's [a, b) */
+    int q, q_max;            /* this rank's blocks after backward; the most it can have */
+    int *q_all;              /* [size] this step's blocks per rank */
+    det_node *nodes;         /* [size][DET_MAX_DEPTH] every rank's blocks */
+    det_stack st;            /* backward's tree, one layer at a time */
+    float *pool[2];          /* stack positions 1..: weight tensors, bias tensors */
+    size_t pool_n[2];        /* floats per position */
+    float *blocks;           /* (q_max - 1) x n_params */
+    float *recv;             /* every rank's blocks' pieces of this rank's share */
+    float **vec;             /* [q_max]: this rank's blocks */
+    void *req;
 } exchange;
 
-/* Local setup, before the caller's agreement: every allocation the mode needs. */
-nnp_status exchange_setup(exchange *x, nnp_comm *comm, nnp_net *net, const nnp_train_cfg *cfg);
+/* Local setup, before the caller's agreement: every allocation the mode needs (with
+ * cfg->deterministic: for a training set of n_train samples). */
+nnp_status exchange_setup(exchange *x, nnp_comm *comm, nnp_net *net, const nnp_train_cfg *cfg,
+                          size_t n_train);
 /* Collective, after the agreement and after the parameters are final (resume): shm moves
  * the parameters and gradients into the node's shared window. */
 nnp_status exchange_start(exchange *x);
+/* --deterministic: start a step whose global batch has gc samples; [*lo, *hi) are this
+ * rank's samples (whole micro-shards). */
+void exchange_det_begin(exchange *x, size_t gc, size_t *lo, size_t *hi);
+/* --deterministic: the sink for nnp_net_backward_shards of this step. */
+nnp_shard_sink exchange_det_sink(exchange *x);
 /* The callback and its context for nnp_net_backward (NULL unless bucketed). */
 void exchange_backward_hook(exchange *x, nnp_grad_ready_fn *cb, void **ctx);
 /* After backward; adds the time waiting for the slowest rank, in the allreduce, and in

@@ -159,6 +159,19 @@ static void close_outputs(outputs *o)
         }
 }
 
+/* Loss of the samples [row0, row0 + B) of a local batch (y: their labels); fills their rows
+ * of net->dact[n_layers] with scale * dloss/dlogits. */
+static double rows_loss(nnp_net *net, nnp_loss_kind loss, int B, size_t row0,
+                        const unsigned char *y, float scale, int want_grad, int *correct)
+{
+    const size_t nc = (size_t)net->n_classes;
+    const float *logits = net->act[net->n_layers] + row0 * nc;
+    float *dl = want_grad ? net->dact[net->n_layers] + row0 * nc : NULL;
+    if (loss == NNP_LOSS_MSE)
+        return nnp_mse_onehot(B, net->n_classes, logits, y, scale, dl, correct);
+    return nnp_softmax_ce(B, net->n_classes, logits, y, scale, dl, correct);
+}
+
 /* Loss of a local batch; fills net->dact[n_layers] with scale * dloss/dlogits. */
 static double batch_loss(nnp_net *net, nnp_loss_kind loss, int B, const unsigned char *y,
                          float scale, int want_grad, int *correct)
@@ -190,6 +203,51 @@ nnp_status nnp_evaluate(nnp_comm *comm, nnp_net *net, nnp_loss_kind loss,
     NNP_CALL(nnp_comm_allreduce_sum_f64(comm, tot, 3));
     *mean_loss = tot[2] > 0 ? tot[0] / tot[2] : NAN;
     *acc = tot[2] > 0 ? tot[1] / tot[2] : NAN;
+    return NNP_OK;
+}
+
+/* --deterministic: evaluate `set` (this rank's shard: whole micro-shards of S samples,
+ * nnp_split_units) in micro-shards, each forward as in training; the micro-shards' loss sums go
+ * to every rank in one message where every other rank adds zeros, and each rank adds them in
+ * order. buf: room for ceil(total / S) + 1 doubles; rank_n: [size]. */
+static nnp_status evaluate_det(nnp_comm *comm, nnp_net *net, nnp_loss_kind loss,
+                               const nnp_dataset *set, int S, double *buf, double *rank_n,
+                               double *mean_loss, double *acc)
+{
+    const int rank = nnp_comm_rank(comm), size = nnp_comm_size(comm);
+    NNP_CALL(nnp_comm_allgather_f64(comm, (double)set->n, rank_n));
+    size_t first = 0, total = 0;
+    for (int r = 0; r < size; r++) {
+        first += r < rank ? (size_t)rank_n[r] : 0;
+        total += (size_t)rank_n[r];
+    }
+    const size_t nch = (total + (size_t)S - 1) / (size_t)S, c0 = first / (size_t)S;
+    memset(buf, 0, (nch + 1) * sizeof(double));
+    const int training = net->training;
+    net->training = 0;
+    const size_t step = (size_t)(net->max_batch / S) * (size_t)S;
+    double hits = 0;
+    for (size_t i = 0; i < set->n; i += step) {
+        const int B = (int)(set->n - i < step ? set->n - i : step);
+        nnp_dataset_slice(set, i, B, net->act[0], NULL);
+        nnp_net_forward_shards(net, B, S);
+        for (int c = 0; c * S < B; c++) {
+            const int rows = B - c * S < S ? B - c * S : S;
+            int correct = 0;
+            buf[c0 + i / (size_t)S + (size_t)c] =
+                rows_loss(net, loss, rows, (size_t)c * (size_t)S, set->y + i + (size_t)c * (size_t)S,
+                          1.0f, 0, &correct);
+            hits += correct;
+        }
+    }
+    net->training = training;
+    buf[nch] = hits;
+    NNP_CALL(nnp_comm_allreduce_sum_f64(comm, buf, nch + 1));
+    double l = 0;
+    for (size_t c = 0; c < nch; c++)
+        l += buf[c];
+    *mean_loss = total > 0 ? l / (double)total : NAN;
+    *acc = total > 0 ? buf[nch] / (double)total : NAN;
     return NNP_OK;
 }
 
@@ -506,6 +564,87 @@ typedef struct {
                           then room for the preconditioner's sums riding along */
 } train_bufs;
 
+/* ---- --deterministic: sums over pieces and micro-shards (detsum.h) ------------------------- */
+
+typedef struct {
+    double *msg;        /* the preconditioner's message: 2 doubles per piece, then, measuring,
+                           2 per trainable layer per micro-shard */
+    double *part;       /* lars, lamb: 2 doubles per piece */
+    double *lossv;      /* the stop check's kinds, then each micro-shard's loss sum */
+    float **act, **dact; /* [n_layers + 1]: a micro-shard's rows of the batch buffers */
+    double *eval, *rank_n; /* evaluate_det's buffers */
+} det_bufs;
+
+/* The dynamic preconditioner's global sums in pc->sums: sum w and sum w^2 of every tensor
+ * over pieces (this rank takes those in its share), and, measuring, the moments of every
+ * micro-shard of the step (this rank's B samples in the batch buffers), added in order. */
+static nnp_status det_precond_sums(nnp_comm *comm, exchange *x, nnp_precond *pc,
+                                   const nnp_net *net, int B, size_t gc, det_bufs *d)
+{
+    const det_pieces *P = &x->pieces;
+    const int me = nnp_comm_rank(comm);
+    const size_t n_mom = pc->n_sums > 2 * (size_t)pc->n ? 2 * (size_t)pc->n_tr : 0;
+    const size_t base = 2 * (size_t)P->n, len = base + (size_t)x->M * n_mom;
+    memset(d->msg, 0, len * sizeof(double));
+    int p0, p1;
+    det_pieces_range(P, x->off[me], x->off[me + 1], &p0, &p1);
+    for (int k = p0; k < p1; k++)
+        nnp_precond_range_sums(net->params, P->lo[k], P->lo[k + 1], &d->msg[2 * k],
+                               &d->msg[2 * k + 1]);
+    for (int c = 0; n_mom > 0 && c * x->S < B; c++) {
+        const size_t row0 = (size_t)c * (size_t)x->S;
+        nnp_net v = *net;
+        for (int k = 0; k <= net->n_layers; k++) {
+            const size_t n = nnp_shape_size(k > 0 ? net->layers[k - 1].out : net->layers[0].in);
+            d->act[k] = net->act[k] + row0 * n;
+            d->dact[k] = net->dact[k] + row0 * n;
+        }
+        v.act = d->act;
+        v.dact = d->dact;
+        nnp_precond_batch_sums(pc, &v, B - c * x->S < x->S ? B - c * x->S : x->S);
+        memcpy(d->msg + base + (size_t)(x->a + c) * n_mom, pc->sums + 2 * (size_t)pc->n,
+               n_mom * sizeof(double));
+    }
+    NNP_CALL(nnp_comm_allreduce_sum_f64(comm, d->msg, len));
+    det_pieces_fold(P, pc->n, d->msg, 2, pc->sums);
+    for (size_t e = 0; e < n_mom; e++) {
+        double t = 0.0;
+        for (int m = 0; m < x->M; m++)
+            t += d->msg[base + (size_t)m * n_mom + e];
+        pc->sums[2 * (size_t)pc->n + e] = t;
+    }
+    if (n_mom > 0)
+        pc->sums[pc->n_sums - 1] = (double)gc;
+    return NNP_OK;
+}
+
+/* LARS's ||w||^2 and ||g||^2, LAMB's ||w||^2 and ||u||^2 (after its first pass), of every
+ * tensor over pieces: all of them here (every rank updates everything), or those of this
+ * rank's share summed over the ranks. params: the copy this rank updates. */
+static nnp_status det_norms(nnp_comm *comm, exchange *x, const nnp_optim *opt,
+                            const nnp_net *net, const float *params, int all, det_bufs *d,
+                            double *norms)
+{
+    const det_pieces *P = &x->pieces;
+    int p0 = 0, p1 = P->n;
+    if (!all) {
+        det_pieces_range(P, x->lo, x->hi, &p0, &p1);
+        memset(d->part, 0, 2 * (size_t)P->n * sizeof(double));
+    }
+    const float *second = opt->cfg.kind == NNP_OPT_LARS ? net->grads : opt->buf3;
+    for (int k = p0; k < p1; k++) {
+        double u1 = 0, u2 = 0, v1 = 0, v2 = 0;
+        nnp_precond_range_sums(params, P->lo[k], P->lo[k + 1], &u1, &u2);
+        nnp_precond_range_sums(second, P->lo[k], P->lo[k + 1], &v1, &v2);
+        d->part[2 * k] = u2;
+        d->part[2 * k + 1] = v2;
+    }
+    if (!all)
+        NNP_CALL(nnp_comm_allreduce_sum_f64(comm, d->part, 2 * (size_t)P->n));
+    det_pieces_fold(P, net->n_tensors, d->part, 2, norms);
+    return NNP_OK;
+}
+
 /* --balance: every rank shares its samples/s of local work since the last call; each keeps
  * the same smoothed speeds and computes the same new shares of the global batch. The
  * gradient is still the mean over the same global batch: only which rank computes which
@@ -545,6 +684,10 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     const int noise = cfg->noise_scale;
     float *noise_half = NULL;
     nnp_noise noise_ema = {cfg->noise_ema, 0, 0, 0};
+    /* --deterministic (docs/determinism.md): micro-shards of S samples */
+    const int det = cfg->deterministic;
+    const int S = det ? cfg->micro_shard : 0;
+    det_bufs dt = {0};
     const size_t spe = nnp_batches_per_epoch(N, G); /* steps per epoch */
     int64_t total = cfg->steps > 0 ? cfg->steps : (int64_t)cfg->epochs * (int64_t)spe;
     if (N == 0 || G == 0)
@@ -552,6 +695,25 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     else if ((size_t)net->max_batch * (size_t)size < G)
         st = nnp_error(NNP_ERR_ARG, "global batch %zu does not fit %d ranks x batch %d", G, size,
                        net->max_batch);
+    else if (det && (S <= 0 || G % (size_t)S != 0))
+        st = nnp_error(NNP_ERR_ARG, "--deterministic: the global batch %zu is not a whole number "
+                                    "of micro-shards of %d samples (--micro-shard)", G, S);
+    else if (det && (size_t)net->max_batch <
+                        ((G / (size_t)S + (size_t)size - 1) / (size_t)size) * (size_t)S)
+        st = nnp_error(NNP_ERR_ARG, "--deterministic: batch %d per rank holds fewer than %zu "
+                                    "micro-shards of %d", net->max_batch,
+                       (G / (size_t)S + (size_t)size - 1) / (size_t)size, S);
+    else if (det && cfg->balance_every > 0)
+        st = nnp_error(NNP_ERR_ARG, "--deterministic fixes every rank's micro-shards: it does not "
+                                    "go with --balance");
+    else if (det && cfg->noise_scale)
+        st = nnp_error(NNP_ERR_ARG, "--deterministic does not support --noise-scale yet");
+    else if (det && net->n_bn > 0)
+        st = nnp_error(NNP_ERR_ARG, "--deterministic does not support BatchNorm (bn) yet");
+    else if (det && size > 1 && (cfg->allreduce == NNP_AR_BUCKETED || cfg->allreduce == NNP_AR_SHM))
+        st = nnp_error(NNP_ERR_ARG, "--deterministic works with --allreduce fused and sharded; "
+                                    "not yet with %s",
+                       cfg->allreduce == NNP_AR_BUCKETED ? "bucketed" : "shm");
     if (st == NNP_OK) {
         b.perm = nnp_malloc(N * sizeof(uint32_t));
         b.idx = nnp_malloc((size_t)net->max_batch * sizeof(uint32_t));
@@ -570,12 +732,30 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     if (st == NNP_OK)
         st = nnp_precond_init(&pc, &cfg->precond, net);
     if (st == NNP_OK) /* the --allreduce mode's buffers (exchange.h) */
-        st = exchange_setup(&x, comm, net, cfg);
-    /* lars, lamb over shares: 2T partial norms, and the preconditioner's sums after them */
-    const int split_norms = x.sharded && nnp_optim_layerwise(cfg->optim.kind);
+        st = exchange_setup(&x, comm, net, cfg, N);
+    /* lars, lamb over shares: 2T partial norms, and the preconditioner's sums after them
+     * (--deterministic: always, their norms over pieces) */
+    const int split_norms = (x.sharded || det) && nnp_optim_layerwise(cfg->optim.kind);
     if (st == NNP_OK && split_norms &&
         !(b.norms = nnp_malloc((2 * (size_t)net->n_tensors + pc.n_sums) * sizeof(double))))
         st = NNP_ERR_NOMEM;
+    if (st == NNP_OK && det) {
+        const size_t M = ((G < N ? G : N) + (size_t)S - 1) / (size_t)S; /* the most per step */
+        const size_t n_mom = pc.n_sums > 2 * (size_t)pc.n ? 2 * (size_t)pc.n_tr : 0;
+        double nt[2] = {(double)test->n, cfg->val ? (double)cfg->val->n : 0};
+        st = nnp_comm_allreduce_sum_f64(comm, nt, 2); /* collective: every rank gets here */
+        const size_t ne = ((size_t)(nt[0] > nt[1] ? nt[0] : nt[1]) + (size_t)S - 1) / (size_t)S;
+        dt.msg = nnp_malloc((2 * (size_t)x.pieces.n + M * n_mom + 1) * sizeof(double));
+        dt.part = nnp_malloc((2 * (size_t)x.pieces.n + 1) * sizeof(double));
+        dt.lossv = nnp_malloc((N_STOP_KINDS + M) * sizeof(double));
+        dt.act = nnp_malloc(((size_t)net->n_layers + 1) * sizeof(float *));
+        dt.dact = nnp_malloc(((size_t)net->n_layers + 1) * sizeof(float *));
+        dt.eval = nnp_malloc((ne + 1) * sizeof(double));
+        dt.rank_n = nnp_malloc((size_t)size * sizeof(double));
+        if (st == NNP_OK && (!dt.msg || !dt.part || !dt.lossv || !dt.act || !dt.dact ||
+                             !dt.eval || !dt.rank_n))
+            st = NNP_ERR_NOMEM;
+    }
     st = nnp_comm_agree(comm, st);
     if (st != NNP_OK)
         goto done;
@@ -642,8 +822,10 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         if (first_step == total) {
             /* a finished run: nothing to train, and its files stay as they are; the
              * checkpoint's test figures are reported as the run's */
-            st = nnp_evaluate(comm, net, cfg->loss, test, &res->final_test_loss,
-                              &res->final_test_acc);
+            st = det ? evaluate_det(comm, net, cfg->loss, test, S, dt.eval, dt.rank_n,
+                                    &res->final_test_loss, &res->final_test_acc)
+                     : nnp_evaluate(comm, net, cfg->loss, test, &res->final_test_loss,
+                                    &res->final_test_acc);
             goto done;
         }
     }
@@ -723,7 +905,9 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         }
         /* global batch bi is perm[bi*G, min((bi+1)*G, N)); this rank takes its slice */
         size_t g0 = bi * G, gc = (g0 + G <= N ? G : N - g0), lo, hi;
-        if (balance)
+        if (det)
+            exchange_det_begin(&x, gc, &lo, &hi);
+        else if (balance)
             nnp_split_shares(gc, G, b.share, rank, &lo, &hi);
         else
             nnp_split(gc, size, rank, &lo, &hi);
@@ -760,7 +944,21 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
 
         int correct = 0;
         double step_loss = 0;
-        if (B > 0) {
+        if (det) {
+            /* every micro-shard on its own: its loss sum goes to the stop check's message */
+            memset(dt.lossv, 0, (N_STOP_KINDS + (size_t)x.M) * sizeof(double));
+            if (B > 0)
+                nnp_net_forward_shards(net, B, S);
+            for (int c = 0; c * S < B; c++) {
+                int hits = 0;
+                const double l = rows_loss(net, cfg->loss, B - c * S < S ? B - c * S : S,
+                                           (size_t)c * (size_t)S, b.y + (size_t)c * (size_t)S,
+                                           1.0f / (float)gc, 1, &hits);
+                dt.lossv[N_STOP_KINDS + x.a + c] = l;
+                step_loss += l / (double)gc; /* local: for the finiteness check only */
+                correct += hits;
+            }
+        } else if (B > 0) {
             nnp_net_forward(net, B, net->act[0]);
             step_loss = batch_loss(net, cfg->loss, B, b.y, 1.0f / (float)gc, 1, &correct) / (double)gc;
             loss_acc[0] += step_loss;
@@ -779,7 +977,10 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             on_ready = noise_ready;
             ready_ctx = &nh;
         }
-        if (B > 0)
+        if (det) {
+            const nnp_shard_sink sink = exchange_det_sink(&x);
+            nnp_net_backward_shards(net, B, S, &sink);
+        } else if (B > 0)
             nnp_net_backward(net, B, on_ready, ready_ctx);
         else {
             memset(net->grads, 0, net->n_params * sizeof(float));
@@ -833,7 +1034,14 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         }
         t3 = nnp_comm_wtime();
 
-        if (dynamic && step % cfg->precond.every == 0) {
+        if (dynamic && step % cfg->precond.every == 0 && det) {
+            st = det_precond_sums(comm, &x, &pc, net, B, gc, &dt);
+            if (st == NNP_OK)
+                st = nnp_precond_from_sums(&pc, net, step);
+            st = nnp_comm_agree(comm, st);
+            if (st != NNP_OK)
+                goto done;
+        } else if (dynamic && step % cfg->precond.every == 0) {
             /* the previous step's optimizer pass left this rank's sums in pc.sums, except
              * on the first step of a run (or of a resumed run) */
             if (!sums_ready)
@@ -874,13 +1082,29 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         }
 
         double lr = nnp_sched_lr(&sched, step, epoch);
-        if (dynamic && (step + 1) % cfg->precond.every == 0) {
+        if (dynamic && !det && (step + 1) % cfg->precond.every == 0) {
             /* the next step updates the multipliers: sum this rank's share of the new
              * parameters in the optimizer's own pass */
             nnp_optim_want_sums(&opt, pc.sums, x.lo, x.hi);
             sums_ready = 1;
         }
-        if (split_norms) {
+        if (split_norms && det) {
+            /* --deterministic: the norms over pieces; pass 1 and 2 over what this rank
+             * updates (everything unless sharded) */
+            if (x.sharded) {
+                exchange_norms(&x, &opt, scale, b.norms);
+                st = det_norms(comm, &x, &opt, net, x.own_params, 0, &dt, b.norms);
+                if (st != NNP_OK)
+                    goto done;
+                exchange_apply(&x, &opt, lr, scale, b.norms);
+            } else {
+                nnp_optim_norms_range(&opt, net, scale, 0, net->n_params, b.norms);
+                st = det_norms(comm, &x, &opt, net, net->params, 1, &dt, b.norms);
+                if (st != NNP_OK)
+                    goto done;
+                nnp_optim_apply_range(&opt, net, lr, scale, 0, net->n_params, b.norms);
+            }
+        } else if (split_norms) {
             /* lars, lamb over shares: pass 1 over this rank's share (LAMB: with this step's
              * multipliers, so after the preconditioner's message), one sum of 2T doubles
              * over the ranks (unless it went with the preconditioner's), pass 2 */
@@ -909,11 +1133,31 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             stop = stop > 0 ? stop : 1;
         if (!isfinite(step_loss))
             stop = STOP_DIVERGED;
-        if (rank == 0 && B > 0)
+        if (rank == 0 && B > 0 && !det)
             watch_loss(&lw, step_loss * (double)gc / B, done_steps);
         if (rank == 0 && out.err[0])
             stop = STOP_OUTPUT;
-        if (size > 1 && noise) {
+        if (det) {
+            /* the stop check as a sum that counts each kind of request, carrying every
+             * micro-shard's loss sum (one rank's value, zeros from the others: exact);
+             * the step's loss is their sum in order, the same bits on every rank */
+            for (int k = 0; k < N_STOP_KINDS; k++)
+                dt.lossv[k] = stop == stop_kinds[k];
+            if ((st = nnp_comm_allreduce_sum_f64(comm, dt.lossv, N_STOP_KINDS + (size_t)x.M)) !=
+                NNP_OK)
+                goto done;
+            stop = 0;
+            for (int k = 0; k < N_STOP_KINDS; k++)
+                if (dt.lossv[k] > 0 && stop_kinds[k] > stop)
+                    stop = stop_kinds[k];
+            double l = 0.0;
+            for (int m = 0; m < x.M; m++)
+                l += dt.lossv[N_STOP_KINDS + m];
+            step_loss = l / (double)gc;
+            loss_acc[0] += step_loss; /* the global step's, on every rank */
+            if (rank == 0)
+                watch_loss(&lw, step_loss, done_steps);
+        } else if (size > 1 && noise) {
             /* --noise-scale: the same single allreduce, as a sum that counts each kind of
              * stop request and carries the noise-scale sums after them */
             double v[N_STOP_KINDS + NNP_NS_N];
@@ -965,7 +1209,9 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
 
         int is_last = done_steps == total;
         if ((done_steps % log_every == 0 || is_last || diverged) && !out_failed) {
-            double m[3] = {loss_acc[0], loss_acc[1], loss_acc[2]};
+            /* --deterministic: every rank holds the global losses already (rank 0 gives
+             * them, the others zeros) */
+            double m[3] = {det && rank > 0 ? 0.0 : loss_acc[0], loss_acc[1], loss_acc[2]};
             double mn[T_N], mean[T_N], mx[T_N];
             st = nnp_comm_allreduce_sum_f64(comm, m, 3);
             if (st == NNP_OK)
@@ -1030,9 +1276,12 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             const int with_test = !cfg->val || cfg->test_every <= 0 || is_last ||
                                   done_steps % cfg->test_every == 0;
             if (with_test)
-                st = nnp_evaluate(comm, net, cfg->loss, test, &tl, &ta);
+                st = det ? evaluate_det(comm, net, cfg->loss, test, S, dt.eval, dt.rank_n, &tl, &ta)
+                         : nnp_evaluate(comm, net, cfg->loss, test, &tl, &ta);
             if (st == NNP_OK && cfg->val)
-                st = nnp_evaluate(comm, net, cfg->loss, cfg->val, &vl, &va);
+                st = det ? evaluate_det(comm, net, cfg->loss, cfg->val, S, dt.eval, dt.rank_n, &vl,
+                                        &va)
+                         : nnp_evaluate(comm, net, cfg->loss, cfg->val, &vl, &va);
             if (st != NNP_OK)
                 goto done;
             res->final_test_loss = tl;
@@ -1177,5 +1426,12 @@ done:
     free(b.share);
     free(b.speed);
     free(b.norms);
+    free(dt.msg);
+    free(dt.part);
+    free(dt.lossv);
+    free(dt.act);
+    free(dt.dact);
+    free(dt.eval);
+    free(dt.rank_n);
     return st;
 }
