@@ -105,6 +105,15 @@ typedef struct nnp_comm_shm nnp_comm_shm;
 
 /* Collective: allocate the node's shared parameters and every rank's gradients (n floats). */
 nnp_status nnp_comm_shm_start(nnp_comm *c, size_t n, nnp_comm_shm **out);
+/* --deterministic: the same with room for nvec gradient vectors per rank (the first is the
+ * one nnp_comm_shm_buffers gives) and the node shares' bounds moved up to the next of the
+ * sorted cut points cuts[0..ncuts). */
+nnp_status nnp_comm_shm_start_det(nnp_comm *c, size_t n, int nvec, const size_t *cuts, int ncuts,
+                                  nnp_comm_shm **out);
+/* Local: node rank lrank's gradient vector t (readable by every node rank after a fence). */
+float *nnp_comm_shm_vec(const nnp_comm_shm *s, int lrank, int t);
+/* Local: the number of nodes (1: every rank shares this window). */
+int nnp_comm_shm_nodes(const nnp_comm_shm *s);
 /* Local: the node's shared parameters and this rank's shared gradients (n floats each). */
 void nnp_comm_shm_buffers(const nnp_comm_shm *s, float **params, float **grads);
 /* Local: copy this rank's share of params (a private n-vector) into the node's shared

@@ -450,9 +450,9 @@ static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *
                                           "computes: it does not go with --balance");
         if (O.noise_scale)
             return nnp_error(NNP_ERR_ARG, "--deterministic does not support --noise-scale yet");
-        if (size > 1 && (cfg->allreduce == NNP_AR_BUCKETED || cfg->allreduce == NNP_AR_SHM))
-            return nnp_error(NNP_ERR_ARG, "--deterministic works with --allreduce fused and "
-                                          "sharded; not yet with %s", O.allreduce);
+        if (size > 1 && cfg->allreduce == NNP_AR_BUCKETED)
+            return nnp_error(NNP_ERR_ARG, "--deterministic works with --allreduce fused, sharded "
+                                          "and shm; not with bucketed");
     }
     if (O.threads < 0)
         return nnp_error(NNP_ERR_ARG, "--threads must be >= 0");

@@ -434,11 +434,58 @@ struct nnp_comm_shm {
     float *params;        /* the node's one copy of the parameters (in node rank 0's segment) */
     float **grads;        /* [lsize]: every node rank's gradients, mapped here */
     int *counts, *displs; /* [lsize]: the node shares */
+    size_t stride;        /* floats between a rank's gradient vectors (--deterministic: nvec) */
+    int nvec;
 };
+
+/* Share q of L of an n-vector: nnp_split's, each bound moved up to the next of the sorted
+ * cut points cuts[0..ncuts) (none: as it is). */
+static void share_bounds(size_t n, int L, int q, const size_t *cuts, int ncuts, size_t *lo,
+                         size_t *hi)
+{
+    nnp_split(n, L, q, lo, hi);
+    for (int e = 0; e < 2 && cuts; e++) {
+        size_t *b = e ? hi : lo;
+        if (*b == 0 || *b == n)
+            continue;
+        int k = 0;
+        while (k < ncuts && cuts[k] < *b)
+            k++;
+        *b = k < ncuts ? cuts[k] : n;
+    }
+}
 
 /* Every rank makes every collective call below whatever failed locally before it, so that
  * no rank is left waiting; the caller agrees on the status afterwards. */
+static nnp_status shm_start(nnp_comm *c, size_t n, int nvec, const size_t *cuts, int ncuts,
+                            nnp_comm_shm **out);
+
 nnp_status nnp_comm_shm_start(nnp_comm *c, size_t n, nnp_comm_shm **out)
+{
+    return shm_start(c, n, 1, NULL, 0, out);
+}
+
+nnp_status nnp_comm_shm_start_det(nnp_comm *c, size_t n, int nvec, const size_t *cuts, int ncuts,
+                                  nnp_comm_shm **out)
+{
+    return shm_start(c, n, nvec, cuts, ncuts, out);
+}
+
+float *nnp_comm_shm_vec(const nnp_comm_shm *s, int lrank, int t)
+{
+    return s->grads[lrank] + (size_t)t * s->stride;
+}
+
+int nnp_comm_shm_nodes(const nnp_comm_shm *s)
+{
+    int k = 1;
+    if (s->cross != MPI_COMM_NULL)
+        MPI_Comm_size(s->cross, &k);
+    return k;
+}
+
+static nnp_status shm_start(nnp_comm *c, size_t n, int nvec, const size_t *cuts, int ncuts,
+                            nnp_comm_shm **out)
 {
     *out = NULL;
     nnp_comm_shm *s = nnp_calloc(1, sizeof *s);
@@ -483,10 +530,23 @@ nnp_status nnp_comm_shm_start(nnp_comm *c, size_t n, nnp_comm_shm **out)
      * that file system is too small (a container's 64 MB /dev/shm), the allocation hangs
      * instead of failing, so check the room first */
     const size_t stride = (n + 15) & ~(size_t)15; /* gradients start on a 64-byte boundary */
+    { /* every rank the same room (rank 0's decides where the parameters sit) */
+        int most = nvec;
+        nnp_status s3 = mpi_check(MPI_Allreduce(&nvec, &most, 1, MPI_INT, MPI_MAX, c->comm),
+                                  "MPI_Allreduce(vectors)");
+        if (s3 != NNP_OK) {
+            st = s3;
+            goto fail;
+        }
+        nvec = most;
+    }
     const char *dir = getenv("OMPI_MCA_osc_sm_backing_directory");
     if (!dir || !dir[0])
         dir = "/dev/shm";
-    double need = ((double)s->lsize + 1.0) * (double)stride * sizeof(float) + 1048576.0, room = -1;
+    s->stride = stride;
+    s->nvec = nvec;
+    double need = ((double)s->lsize * nvec + 1.0) * (double)stride * sizeof(float) + 1048576.0,
+           room = -1;
     struct statvfs fs;
     if (statvfs(dir, &fs) == 0)
         room = (double)fs.f_bavail * (double)fs.f_frsize;
@@ -529,7 +589,7 @@ nnp_status nnp_comm_shm_start(nnp_comm *c, size_t n, nnp_comm_shm **out)
         st = NNP_ERR_NOMEM;
     for (int q = 0; q < s->lsize && st == NNP_OK; q++) {
         size_t lo, hi;
-        nnp_split(n, s->lsize, q, &lo, &hi);
+        share_bounds(n, s->lsize, q, cuts, ncuts, &lo, &hi);
         if (hi > (size_t)INT_MAX)
             st = nnp_error(NNP_ERR_ARG, "%zu values are too many for --allreduce shm (at most %d)",
                            n, INT_MAX);
@@ -538,7 +598,7 @@ nnp_status nnp_comm_shm_start(nnp_comm *c, size_t n, nnp_comm_shm **out)
             s->displs[q] = (int)lo;
         }
     }
-    nnp_split(n, s->lsize, s->lrank, &s->lo, &s->hi);
+    share_bounds(n, s->lsize, s->lrank, cuts, ncuts, &s->lo, &s->hi);
     /* every rank's gradients on their own pages (noncontig), first touched by their owner;
      * node rank 0's segment also holds the parameters, each share first touched by the
      * rank that updates it (so that its pages sit near that rank's core) */
@@ -546,7 +606,7 @@ nnp_status nnp_comm_shm_start(nnp_comm *c, size_t n, nnp_comm_shm **out)
     MPI_Info_create(&info);
     MPI_Info_set(info, "alloc_shared_noncontig", "true");
     float *mine = NULL;
-    const size_t own = s->lrank == 0 ? 2 * stride : stride;
+    const size_t own = (size_t)nvec * stride + (s->lrank == 0 ? stride : 0);
     s2 = mpi_check(MPI_Win_allocate_shared((MPI_Aint)(own * sizeof(float)), (int)sizeof(float),
                                            info, s->node, &mine, &s->win),
                    "MPI_Win_allocate_shared");
@@ -556,7 +616,7 @@ nnp_status nnp_comm_shm_start(nnp_comm *c, size_t n, nnp_comm_shm **out)
         st = s2;
         goto fail;
     }
-    memset(mine, 0, stride * sizeof(float));
+    memset(mine, 0, (size_t)nvec * stride * sizeof(float));
     for (int q = 0; q < s->lsize && s->grads; q++) {
         MPI_Aint bytes;
         int unit;
@@ -564,7 +624,7 @@ nnp_status nnp_comm_shm_start(nnp_comm *c, size_t n, nnp_comm_shm **out)
         MPI_Win_shared_query(s->win, q, &bytes, &unit, &base);
         s->grads[q] = base;
         if (q == 0)
-            s->params = base + stride;
+            s->params = base + (size_t)nvec * stride;
     }
     if (s->params)
         memset(s->params + s->lo, 0, (s->hi - s->lo) * sizeof(float));

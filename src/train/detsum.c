@@ -20,6 +20,17 @@ static void add_into(float *restrict a, const float *restrict b, size_t n)
 
 void det_push(det_stack *s, det_node nd, float *buf, size_t n)
 {
+    det_push_out(s, nd, buf, n, NULL);
+}
+
+static void add_to(float *restrict out, const float *a, const float *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = a[i] + b[i];
+}
+
+void det_push_out(det_stack *s, det_node nd, float *buf, size_t n, float *scratch)
+{
     s->node[s->depth] = nd;
     s->buf[s->depth] = buf;
     s->depth++;
@@ -31,8 +42,13 @@ void det_push(det_stack *s, det_node nd, float *buf, size_t n)
             det_node *l = &s->node[s->depth - 2];
             if (l->level != t->level || l->index != t->index - 1)
                 break;
-            if (buf)
-                add_into(s->buf[s->depth - 2], s->buf[s->depth - 1], n);
+            float *left = s->buf[s->depth - 2];
+            if (buf && scratch) {
+                float *o = scratch + (size_t)(s->depth - 2) * n;
+                add_to(o, left, s->buf[s->depth - 1], n);
+                s->buf[s->depth - 2] = o;
+            } else if (buf)
+                add_into(left, s->buf[s->depth - 1], n);
             l->level++;
             l->index >>= 1;
             s->depth--;

@@ -45,6 +45,9 @@ void det_stack_reset(det_stack *s, int M);
  * is. Pushing the micro-shards a..b-1 leaves that range's blocks on the stack; pushing every
  * rank's blocks in rank order leaves the root. */
 void det_push(det_stack *s, det_node nd, float *buf, size_t n);
+/* The same, but a merge at stack position p writes scratch + p * n (left and right are only
+ * read: they may be other ranks' memory). */
+void det_push_out(det_stack *s, det_node nd, float *buf, size_t n, float *scratch);
 
 /* The blocks of the micro-shards [a, b) of M, left to right, into out (DET_MAX_DEPTH room);
  * returns their count (0 when a == b). */

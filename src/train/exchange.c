@@ -198,6 +198,22 @@ static nnp_status det_grads(exchange *x)
         nnp_split((size_t)x->M, P, r, &a, &b);
         x->q_all[r] = det_blocks(x->M, (int)a, (int)b, x->nodes + (size_t)r * DET_MAX_DEPTH);
     }
+    if (x->sh) {
+        /* one node (node rank = rank): every rank's blocks read in place for this rank's
+         * share, the tree's sums in private scratch */
+        const size_t lo = x->lo, len = x->hi - x->lo;
+        if (len == 0)
+            return NNP_OK;
+        det_stack s;
+        det_stack_reset(&s, x->M);
+        for (int r = 0; r < P; r++)
+            for (int t = 0; t < x->q_all[r]; t++)
+                det_push_out(&s, x->nodes[(size_t)r * DET_MAX_DEPTH + (size_t)t],
+                             nnp_comm_shm_vec(x->sh, r, t) + lo, len, x->recv);
+        if (s.buf[0] != net->grads + lo)
+            memcpy(net->grads + lo, s.buf[0], len * sizeof(float));
+        return NNP_OK;
+    }
     NNP_CALL(nnp_comm_share_blocks_f32(x->comm, x->vec, x->q, x->q_all, x->off, x->recv,
                                        x->req));
     const size_t lo = x->off[me], len = x->off[me + 1] - lo;
@@ -249,7 +265,16 @@ nnp_status exchange_start(exchange *x)
     if (x->mode != NNP_AR_SHM)
         return NNP_OK;
     nnp_net *net = x->net;
-    NNP_CALL(nnp_comm_agree(x->comm, nnp_comm_shm_start(x->comm, net->n_params, &x->sh)));
+    if (x->det) {
+        /* room for this rank's blocks, node shares at piece boundaries (as x->off) */
+        nnp_status st = nnp_comm_shm_start_det(x->comm, net->n_params, x->q_max, x->pieces.lo,
+                                               x->pieces.n, &x->sh);
+        if (st == NNP_OK && nnp_comm_shm_nodes(x->sh) > 1)
+            st = nnp_error(NNP_ERR_ARG, "--deterministic with --allreduce shm works on one node "
+                                        "only (yet): use --allreduce sharded");
+        NNP_CALL(nnp_comm_agree(x->comm, st));
+    } else
+        NNP_CALL(nnp_comm_agree(x->comm, nnp_comm_shm_start(x->comm, net->n_params, &x->sh)));
     float *params, *grads;
     nnp_comm_shm_buffers(x->sh, &params, &grads);
     nnp_comm_shm_share(x->sh, &x->lo, &x->hi, &x->share_rank, &x->share_size);
@@ -257,6 +282,8 @@ nnp_status exchange_start(exchange *x)
     nnp_comm_shm_store(x->sh, net->params);
     net->params = params;
     net->grads = grads;
+    for (int t = 0; x->det && t < x->q_max; t++) /* the blocks in the window */
+        x->vec[t] = nnp_comm_shm_vec(x->sh, x->share_rank, t);
     return nnp_comm_shm_fence(x->sh);
 }
 

@@ -710,10 +710,9 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         st = nnp_error(NNP_ERR_ARG, "--deterministic does not support --noise-scale yet");
     else if (det && net->n_bn > 0)
         st = nnp_error(NNP_ERR_ARG, "--deterministic does not support BatchNorm (bn) yet");
-    else if (det && size > 1 && (cfg->allreduce == NNP_AR_BUCKETED || cfg->allreduce == NNP_AR_SHM))
-        st = nnp_error(NNP_ERR_ARG, "--deterministic works with --allreduce fused and sharded; "
-                                    "not yet with %s",
-                       cfg->allreduce == NNP_AR_BUCKETED ? "bucketed" : "shm");
+    else if (det && size > 1 && cfg->allreduce == NNP_AR_BUCKETED)
+        st = nnp_error(NNP_ERR_ARG, "--deterministic works with --allreduce fused, sharded and "
+                                    "shm; not with bucketed");
     if (st == NNP_OK) {
         b.perm = nnp_malloc(N * sizeof(uint32_t));
         b.idx = nnp_malloc((size_t)net->max_batch * sizeof(uint32_t));
