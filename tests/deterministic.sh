@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# --deterministic: the same bits at any rank count (docs/determinism.md). In a regime where
+# plain data-parallel training does part ways between rank counts (SGD lr 0.01 momentum 0.9,
+# global batch 48; checked below: without --deterministic 1 and 3 ranks end at other
+# parameters), every step's training loss and accuracy (train.csv, --log-every 1), the final
+# test loss and accuracy, and a hash of the final checkpoint's parameter datasets must be
+# identical at 1, 2, 3 and 4 ranks:
+#   lenet                     fused
+#   mlp:784-256x12-10         --init pytorch --precond dynamic (measured moments): fused,
+#                             sharded and shm at 2 and 3 ranks
+#   resume                    the mlp run checkpointed on 2 ranks at step 50, resumed on 3
+# 100 steps each (300 would take three times the CI time) over 2000 samples, so step 42 is
+# the epoch's last, partial batch of 32 samples (micro-shards of 12, 12 and 8, and at 2
+# ranks one rank with two blocks of the tree). --micro-shard 12 gives 4 micro-shards per
+# full step: 3 ranks hold 1, 1 and 2 of them, 4 ranks one each.
+# usage: deterministic.sh NNPREC MPIEXEC
+set -uo pipefail
+nnprec=$1 mpiexec=$2
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+passes=0 fails=0
+ok() { passes=$((passes + 1)); }
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+
+common=(train --global-batch 48 --train-limit 2000 --test-limit 500
+        --steps 100 --eval-every 100 --log-every 1 --lr 0.01 --seed 3 --quiet)
+det=(--deterministic --micro-shard 12)
+mlp=(--model mlp:784-256x12-10 --init pytorch --precond dynamic)
+# run NP DIR [options]: train into DIR (a log next to it); 1 on failure
+run() {
+  local np=$1 d=$2
+  shift 2
+  local t0=$SECONDS rc=0
+  "$mpiexec" -n "$np" --oversubscribe "$nnprec" "${common[@]}" --out "$d" "$@" > "$d.log" 2>&1 ||
+    rc=$?
+  echo "$(basename "$d") on $np rank(s): $((SECONDS - t0)) s"
+  [ "$rc" = 0 ] || { fail "$(basename "$d"): exit $rc ($(tail -2 "$d.log"))"; return 1; }
+}
+# params_hash FILE.h5: sha256 of every parameter dataset's bytes (weight, bias; not the
+# optimizer's or the preconditioner's), in the file's order
+params_hash() {
+  local f=$1
+  rm -f "$tmp/ds.bin"
+  h5dump $(h5ls -r "$f" | awk '$2 == "Dataset" && $1 ~ /\/(weight|bias)$/ &&
+                              $1 !~ /^\/(optimizer|precond)/ { printf " -d %s", $1 }') \
+    -b LE -o "$tmp/ds.bin" "$f" > /dev/null && sha256sum < "$tmp/ds.bin" | cut -c1-16
+}
+# summary DIR: what must be identical: every train.csv row's step, loss and accuracy, the
+# last eval.csv row's test loss and accuracy, and the parameters' hash
+summary() {
+  printf '%s %s %s\n' "$(cut -d, -f1,3,4 "$1/train.csv" | sha256sum | cut -c1-16)" \
+    "$(tail -n 1 "$1/eval.csv" | cut -d, -f3,4)" "$(params_hash "$1/ckpt-00000100.h5")"
+}
+# same NAME REF DIR: DIR's summary equals REF's
+same() {
+  local a b
+  a=$(summary "$2") b=$(summary "$3")
+  [ "$(wc -l < "$3/train.csv")" = 101 ] || { fail "$1: $(($(wc -l < "$3/train.csv") - 1)) steps logged"; return; }
+  [ "$a" = "$b" ] && ok || fail "$1 differs from 1 rank: $b, not $a"
+}
+
+# lenet and the mlp with the dynamic preconditioner, 1-4 ranks
+for np in 1 2 3 4; do
+  run "$np" "$tmp/lenet$np" "${det[@]}"
+  run "$np" "$tmp/mlp$np" "${det[@]}" "${mlp[@]}"
+done
+for np in 2 3 4; do
+  same "lenet at $np ranks" "$tmp/lenet1" "$tmp/lenet$np"
+  same "mlp at $np ranks" "$tmp/mlp1" "$tmp/mlp$np"
+done
+echo "lenet: $(summary "$tmp/lenet1"); mlp: $(summary "$tmp/mlp1")"
+# the runs train: the mean loss of the last 10 steps is below 90% of the first 10 steps'
+for m in lenet mlp; do
+  awk -F, 'NR > 1 && NR <= 11 { a += $3 } NR > 91 { b += $3 } END { exit !(b < 0.9 * a) }' \
+    "$tmp/${m}1/train.csv" && ok || fail "$m does not train: $(sed -n 2p "$tmp/${m}1/train.csv"), $(tail -n 1 "$tmp/${m}1/train.csv")"
+done
+
+# the other --allreduce modes
+for mode in sharded shm; do
+  for np in 2 3; do
+    run "$np" "$tmp/$mode$np" "${det[@]}" "${mlp[@]}" --allreduce "$mode" &&
+      same "mlp $mode at $np ranks" "$tmp/mlp1" "$tmp/$mode$np"
+  done
+done
+
+# a checkpoint of 2 ranks resumed on 3
+d=$tmp/resume
+run 2 "$d" "${det[@]}" "${mlp[@]}" --steps 50 &&
+  run 3 "$d" "${det[@]}" "${mlp[@]}" --resume auto &&
+  same "2 ranks resumed on 3" "$tmp/mlp1" "$d"
+
+# without --deterministic the same recipe does depend on the rank count (what the mode is for)
+run 1 "$tmp/plain1" && run 3 "$tmp/plain3" &&
+  { [ "$(params_hash "$tmp/plain1/ckpt-00000100.h5")" != "$(params_hash "$tmp/plain3/ckpt-00000100.h5")" ] &&
+      ok || fail "without --deterministic, 1 and 3 ranks ended at the same parameters"; }
+
+# errors: a global batch that is not a whole number of micro-shards, --balance, bucketed,
+# --micro-shard alone
+err() { # err NP PATTERN options...: the run fails with one error line matching PATTERN
+  local np=$1 pat=$2 out
+  shift 2
+  out=$("$mpiexec" -n "$np" --oversubscribe "$nnprec" "${common[@]}" "$@" 2>&1) &&
+    { fail "no error for $*"; return; }
+  grep -q "^nnprec: error.*$pat" <<< "$out" && ok || fail "for $*: want '$pat', got: $out"
+}
+err 1 "global batch 48 is not a whole number of micro-shards of 10" --deterministic --micro-shard 10
+err 2 "does not go with --balance" --deterministic --balance 5
+err 2 "not with bucketed" --deterministic --allreduce bucketed
+err 1 "micro-shard goes with --deterministic" --micro-shard 12
+
+echo "$passes passed, $fails failed"
+[ "$fails" = 0 ]
