@@ -8,6 +8,8 @@
 #   lenet                     fused
 #   mlp:784-256x12-10         --init pytorch --precond dynamic (measured moments): fused,
 #                             sharded and shm at 2 and 3 ranks
+#   bn                        conv and dense BatchNorm, a residual block with dropout: 1 and
+#                             3 ranks (shm)
 #   resume                    the mlp run checkpointed on 2 ranks at step 50, resumed on 3
 # 100 steps each (300 would take three times the CI time) over 2000 samples, so step 42 is
 # the epoch's last, partial batch of 32 samples (micro-shards of 12, 12 and 8, and at 2
@@ -37,13 +39,14 @@ run() {
   echo "$(basename "$d") on $np rank(s): $((SECONDS - t0)) s"
   [ "$rc" = 0 ] || { fail "$(basename "$d"): exit $rc ($(tail -2 "$d.log"))"; return 1; }
 }
-# params_hash FILE.h5: sha256 of every parameter dataset's bytes (weight, bias; not the
-# optimizer's or the preconditioner's), in the file's order
+# params_hash FILE.h5: sha256 of the bytes of every dataset of the model's layers (weights,
+# biases, BatchNorm's running statistics; not the optimizer's or the preconditioner's), in
+# the file's order
 params_hash() {
   local f=$1
   rm -f "$tmp/ds.bin"
-  h5dump $(h5ls -r "$f" | awk '$2 == "Dataset" && $1 ~ /\/(weight|bias)$/ &&
-                              $1 !~ /^\/(optimizer|precond)/ { printf " -d %s", $1 }') \
+  h5dump $(h5ls -r "$f" | awk '$2 == "Dataset" && $1 !~ /^\/(optimizer|precond)/ {
+                                 printf " -d %s", $1 }') \
     -b LE -o "$tmp/ds.bin" "$f" > /dev/null && sha256sum < "$tmp/ds.bin" | cut -c1-16
 }
 # summary DIR: what must be identical: every train.csv row's step, loss and accuracy, the
@@ -84,6 +87,13 @@ for mode in sharded shm; do
   done
 done
 
+# BatchNorm (its statistics from every micro-shard's sums, added in order) and a residual
+# block with dropout, over shm
+bnm=seq:1x28x28/conv:8:3:1:1/bn/relu/maxpool:2/flatten/dense:32/bn/relu/res[dense:32/bn/relu/dropout:0.2/dense:32/bn]/relu/dense:10
+run 1 "$tmp/bn1" "${det[@]}" --model "$bnm" --lr 0.003 &&
+  run 3 "$tmp/bn3" "${det[@]}" --model "$bnm" --lr 0.003 --allreduce shm &&
+  same "bn at 3 ranks" "$tmp/bn1" "$tmp/bn3"
+
 # a checkpoint of 2 ranks resumed on 3
 d=$tmp/resume
 run 2 "$d" "${det[@]}" "${mlp[@]}" --steps 50 &&
@@ -108,6 +118,7 @@ err 1 "global batch 48 is not a whole number of micro-shards of 10" --determinis
 err 2 "does not go with --balance" --deterministic --balance 5
 err 2 "not with bucketed" --deterministic --allreduce bucketed
 err 1 "micro-shard goes with --deterministic" --micro-shard 12
+err 2 "does not go with --bn local" --deterministic --bn local --model "$bnm"
 
 echo "$passes passed, $fails failed"
 [ "$fails" = 0 ]

@@ -74,6 +74,16 @@ typedef void (*nnp_sum_fn)(void *ctx, double *buf, size_t n);
 void nnp_bn_forward_train(int B, int C, int S, const float *x, const float *gamma,
                           const float *beta, float *y, float *rm, float *rv, double *stat,
                           double *sums, nnp_sum_fn sum, void *ctx);
+/* The parts of nnp_bn_forward_train, for a batch whose sums are formed otherwise
+ * (--deterministic: one micro-shard at a time): stat_sums fills sums[2C+1] with this x's
+ * sum x, sum x^2 per channel and its count; forward_apply takes GLOBAL sums to stat, the
+ * running statistics and y; normalize is its last part, y from stat. */
+void nnp_bn_stat_sums(int B, int C, int S, const float *x, double *sums);
+void nnp_bn_forward_apply(int B, int C, int S, const float *x, const float *gamma,
+                          const float *beta, float *y, float *rm, float *rv, double *stat,
+                          const double *sums);
+void nnp_bn_normalize(int B, int C, int S, const float *x, const float *gamma, const float *beta,
+                      const double *stat, float *y);
 /* Evaluation mode: y = (x - rm) / sqrt(rv + eps) * gamma + beta. */
 void nnp_bn_forward_eval(int B, int C, int S, const float *x, const float *gamma,
                          const float *beta, const float *rm, const float *rv, float *y);
@@ -85,6 +95,12 @@ void nnp_bn_forward_eval(int B, int C, int S, const float *x, const float *gamma
 void nnp_bn_backward(int B, int C, int S, const float *x, const float *gamma,
                      const double *stat, const float *dy, float *dx, float *dgamma,
                      float *dbeta, double *sums, nnp_sum_fn sum, void *ctx);
+/* Its parts: grad_sums fills sums[2C] with this batch's sum dy and sum dy*x_hat per channel;
+ * backward_apply writes dx (NULL: nothing) from GLOBAL sums. */
+void nnp_bn_grad_sums(int B, int C, int S, const float *x, const double *stat, const float *dy,
+                      double *sums);
+void nnp_bn_backward_apply(int B, int C, int S, const float *x, const float *gamma,
+                           const double *stat, const float *dy, float *dx, const double *sums);
 
 /* ---- global average pooling: x[B, C, S] -> y[B, C] (mean over the S = H*W positions) --- */
 void nnp_gap_forward(int B, int C, int S, const float *x, float *y);

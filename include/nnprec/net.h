@@ -153,6 +153,14 @@ typedef struct {
     long long step;
     const uint32_t *sample_ids;
     int has_dropout;
+    /* micro-sharded passes in training with BatchNorm (nnp_net_forward_shards): the caller's
+     * scratch shard_sums, room for a local batch's micro-shards x (2 max C + 1) doubles,
+     * takes each micro-shard's sums; bn_shard_sum(ctx, shard_sums, n, width, out) writes
+     * the sums over every rank's micro-shards (width each) to out; every rank calls it once
+     * per BatchNorm layer and pass, also with n = 0 */
+    double *shard_sums;
+    void (*bn_shard_sum)(void *ctx, const double *shard_sums, int n, size_t width, double *out);
+    void *bn_shard_ctx;
 } nnp_net;
 
 /* Parse spec for input shape `input` (used when the spec gives none) and n_classes outputs
@@ -182,9 +190,9 @@ void nnp_net_backward_layer(nnp_net *net, int i, int B);
  * shorter), and every layer runs each micro-shard as a call of its own on that micro-shard's
  * rows of the batch buffers: every kernel sees the same shapes, whatever the local batch a
  * micro-shard sits in, so each sample's activations and each micro-shard's gradients come out
- * bit for bit the same at any rank count. Requires B <= max_batch and, with conv layers, room
- * for ceil(B/S) micro-shards' workspaces (true when B <= max_batch). Not for BatchNorm in
- * training mode (its statistics span the batch). */
+ * bit for bit the same at any rank count. Requires ceil(B/S) * S <= max_batch (room for the
+ * micro-shards' conv workspaces). BatchNorm in training mode takes its statistics from each
+ * micro-shard's sums through net->bn_shard_sum (set it, and shard_sums). */
 void nnp_net_forward_shards(nnp_net *net, int B, int S);
 /* Backward of the same samples: a trainable layer's weight and bias gradients of micro-shard
  * c go to sink->slot(ctx, tensor, c) (tensor: the weight's index, then the bias's; n floats of

@@ -450,6 +450,9 @@ static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *
                                           "computes: it does not go with --balance");
         if (O.noise_scale)
             return nnp_error(NNP_ERR_ARG, "--deterministic does not support --noise-scale yet");
+        if (cfg->bn == NNP_BN_LOCAL && opt_set("bn"))
+            return nnp_error(NNP_ERR_ARG, "--deterministic takes BatchNorm's statistics over the "
+                                          "global batch: it does not go with --bn local");
         if (size > 1 && cfg->allreduce == NNP_AR_BUCKETED)
             return nnp_error(NNP_ERR_ARG, "--deterministic works with --allreduce fused, sharded "
                                           "and shm; not with bucketed");

@@ -1091,12 +1091,67 @@ static float *shard_ws(const nnp_net *net, int i, int c, int S)
     return net->ws[i] + (size_t)c * nnp_conv2d_workspace(&L->conv, S);
 }
 
+/* BatchNorm layer i in training over n micro-shards: each one's sums, the global sums from
+ * the net's shard hook (every rank calls it, also with no micro-shard), then the batch's
+ * statistics and y (an element-wise pass, the same wherever a sample sits). */
+static void bn_forward_shards(nnp_net *net, int i, int B, int S, int n)
+{
+    const nnp_layer *L = &net->layers[i];
+    const nnp_tensor *w = &net->tensors[L->tensor];
+    const int C = L->in.c, Sp = L->in.h * L->in.w;
+    const size_t nin = nnp_shape_size(L->in), width = 2 * (size_t)C + 1;
+    const float *in = net->act[L->src];
+    for (int c = 0; c < n; c++)
+        nnp_bn_stat_sums(shard_rows(c, S, B), C, Sp, in + (size_t)c * (size_t)S * nin,
+                         net->shard_sums + (size_t)c * width);
+    net->bn_shard_sum(net->bn_shard_ctx, net->shard_sums, n, width, net->bn_sums);
+    float *rm = net->running + L->roff;
+    const int track = !net->freeze_running;
+    nnp_bn_forward_apply(B, C, Sp, in, net->params + w->off, net->params + w[1].off,
+                         net->act[i + 1], track ? rm : NULL, track ? rm + C : NULL,
+                         net->bn_stat + L->roff + (size_t)L->bn, net->bn_sums);
+    if (track)
+        net->tracked[L->bn]++;
+}
+
+/* Its backward: each micro-shard's sum dy and sum dy*x_hat are its gradients of beta and
+ * gamma (handed to the sink) and, summed over every rank's micro-shards, what dx needs. */
+static void bn_backward_shards(nnp_net *net, int i, int B, int S, int n,
+                               const nnp_shard_sink *sink)
+{
+    const nnp_layer *L = &net->layers[i];
+    const int j = L->tensor, C = L->in.c, Sp = L->in.h * L->in.w;
+    const nnp_tensor *w = &net->tensors[j];
+    const size_t nin = nnp_shape_size(L->in), width = 2 * (size_t)C;
+    const double *stat = net->bn_stat + L->roff + (size_t)L->bn;
+    const float *x = net->act[i], *dy = net->dact[i + 1];
+    for (int c = 0; c < n; c++) {
+        double *cs = net->shard_sums + (size_t)c * width;
+        const size_t off = (size_t)c * (size_t)S * nin;
+        nnp_bn_grad_sums(shard_rows(c, S, B), C, Sp, x + off, stat, dy + off, cs);
+        float *gw = sink->slot(sink->ctx, j, c), *gb = sink->slot(sink->ctx, j + 1, c);
+        for (int k = 0; k < C; k++) {
+            gb[k] = (float)cs[k];
+            gw[k] = (float)cs[C + k];
+        }
+        sink->done(sink->ctx, j, c);
+    }
+    net->bn_shard_sum(net->bn_shard_ctx, net->shard_sums, n, width, net->bn_sums);
+    float *dx = net->dskip[i] ? net->dskip[i] : i > 0 ? net->dact[i] : NULL;
+    nnp_bn_backward_apply(B, C, Sp, x, net->params + w->off, stat, dy, dx, net->bn_sums);
+}
+
 void nnp_net_forward_shards(nnp_net *net, int B, int S)
 {
     const int n = B > 0 ? (B + S - 1) / S : 0;
-    for (int i = 0; i < net->n_layers; i++)
+    for (int i = 0; i < net->n_layers; i++) {
+        if (net->layers[i].kind == NNP_L_BN && net->training) {
+            bn_forward_shards(net, i, B, S, n);
+            continue;
+        }
         for (int c = 0; c < n; c++)
             forward_rows(net, i, shard_rows(c, S, B), (size_t)c * (size_t)S, shard_ws(net, i, c, S));
+    }
 }
 
 void nnp_net_backward_shards(nnp_net *net, int B, int S, const nnp_shard_sink *sink)
@@ -1104,6 +1159,10 @@ void nnp_net_backward_shards(nnp_net *net, int B, int S, const nnp_shard_sink *s
     const int n = B > 0 ? (B + S - 1) / S : 0;
     for (int i = net->n_layers - 1; i >= 0; i--) {
         const int j = net->layers[i].tensor;
+        if (net->layers[i].kind == NNP_L_BN) {
+            bn_backward_shards(net, i, B, S, n, sink);
+            continue;
+        }
         for (int c = 0; c < n; c++) {
             float *gw = j >= 0 ? sink->slot(sink->ctx, j, c) : NULL;
             float *gb = j >= 0 ? sink->slot(sink->ctx, j + 1, c) : NULL;

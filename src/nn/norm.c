@@ -12,9 +12,7 @@
 #include "nnprec/layers.h"
 #include "nnprec/rng.h"
 
-void nnp_bn_forward_train(int B, int C, int S, const float *x, const float *gamma,
-                          const float *beta, float *y, float *rm, float *rv, double *stat,
-                          double *sums, nnp_sum_fn sum, void *ctx)
+void nnp_bn_stat_sums(int B, int C, int S, const float *x, double *sums)
 {
     const size_t Sz = (size_t)S;
     memset(sums, 0, (2 * (size_t)C + 1) * sizeof(double));
@@ -31,8 +29,12 @@ void nnp_bn_forward_train(int B, int C, int S, const float *x, const float *gamm
             sums[C + c] += s2;
         }
     sums[2 * C] = (double)B * (double)S;
-    if (sum)
-        sum(ctx, sums, 2 * (size_t)C + 1);
+}
+
+void nnp_bn_forward_apply(int B, int C, int S, const float *x, const float *gamma,
+                          const float *beta, float *y, float *rm, float *rv, double *stat,
+                          const double *sums)
+{
     const double N = sums[2 * C];
     stat[2 * C] = N;
     for (int c = 0; c < C; c++) {
@@ -53,6 +55,13 @@ void nnp_bn_forward_train(int B, int C, int S, const float *x, const float *gamm
             rv[c] = (float)((1.0 - m) * rv[c] + m * unbiased);
         }
     }
+    nnp_bn_normalize(B, C, S, x, gamma, beta, stat, y);
+}
+
+void nnp_bn_normalize(int B, int C, int S, const float *x, const float *gamma, const float *beta,
+                      const double *stat, float *y)
+{
+    const size_t Sz = (size_t)S;
     for (int n = 0; n < B; n++)
         for (int c = 0; c < C; c++) {
             const float a = (float)(gamma[c] * stat[C + c]);
@@ -62,6 +71,16 @@ void nnp_bn_forward_train(int B, int C, int S, const float *x, const float *gamm
             for (size_t s = 0; s < Sz; s++)
                 q[s] = p[s] * a + b;
         }
+}
+
+void nnp_bn_forward_train(int B, int C, int S, const float *x, const float *gamma,
+                          const float *beta, float *y, float *rm, float *rv, double *stat,
+                          double *sums, nnp_sum_fn sum, void *ctx)
+{
+    nnp_bn_stat_sums(B, C, S, x, sums);
+    if (sum)
+        sum(ctx, sums, 2 * (size_t)C + 1);
+    nnp_bn_forward_apply(B, C, S, x, gamma, beta, y, rm, rv, stat, sums);
 }
 
 void nnp_bn_forward_eval(int B, int C, int S, const float *x, const float *gamma,
@@ -80,9 +99,8 @@ void nnp_bn_forward_eval(int B, int C, int S, const float *x, const float *gamma
         }
 }
 
-void nnp_bn_backward(int B, int C, int S, const float *x, const float *gamma,
-                     const double *stat, const float *dy, float *dx, float *dgamma,
-                     float *dbeta, double *sums, nnp_sum_fn sum, void *ctx)
+void nnp_bn_grad_sums(int B, int C, int S, const float *x, const double *stat, const float *dy,
+                      double *sums)
 {
     const size_t Sz = (size_t)S;
     memset(sums, 0, 2 * (size_t)C * sizeof(double));
@@ -99,12 +117,12 @@ void nnp_bn_backward(int B, int C, int S, const float *x, const float *gamma,
             sums[c] += s1;
             sums[C + c] += s2;
         }
-    for (int c = 0; c < C; c++) {
-        dbeta[c] = (float)sums[c];
-        dgamma[c] = (float)sums[C + c];
-    }
-    if (sum)
-        sum(ctx, sums, 2 * (size_t)C);
+}
+
+void nnp_bn_backward_apply(int B, int C, int S, const float *x, const float *gamma,
+                           const double *stat, const float *dy, float *dx, const double *sums)
+{
+    const size_t Sz = (size_t)S;
     const double N = stat[2 * C];
     if (!dx || !(N > 0))
         return;
@@ -119,6 +137,20 @@ void nnp_bn_backward(int B, int C, int S, const float *x, const float *gamma,
                 q[s] = (float)(k * (d[s] - m1 - (p[s] - mean) * inv * m2));
         }
     }
+}
+
+void nnp_bn_backward(int B, int C, int S, const float *x, const float *gamma,
+                     const double *stat, const float *dy, float *dx, float *dgamma,
+                     float *dbeta, double *sums, nnp_sum_fn sum, void *ctx)
+{
+    nnp_bn_grad_sums(B, C, S, x, stat, dy, sums);
+    for (int c = 0; c < C; c++) {
+        dbeta[c] = (float)sums[c];
+        dgamma[c] = (float)sums[C + c];
+    }
+    if (sum)
+        sum(ctx, sums, 2 * (size_t)C);
+    nnp_bn_backward_apply(B, C, S, x, gamma, stat, dy, dx, sums);
 }
 
 void nnp_gap_forward(int B, int C, int S, const float *x, float *y)

@@ -573,7 +573,33 @@ typedef struct {
     double *lossv;      /* the stop check's kinds, then each micro-shard's loss sum */
     float **act, **dact; /* [n_layers + 1]: a micro-shard's rows of the batch buffers */
     double *eval, *rank_n; /* evaluate_det's buffers */
+    /* BatchNorm: every micro-shard's sums (net->shard_sums) and the message that adds them
+     * over the ranks */
+    double *shard_sums, *bn_buf;
+    nnp_comm *comm;
+    const exchange *x;
+    nnp_status bn_st;     /* the first failed BatchNorm message, for the step's check */
 } det_bufs;
+
+/* net->bn_shard_sum: each micro-shard's sums in the step's message (one rank's values, zeros
+ * from the others), every rank adding them in micro-shard order. */
+static void det_bn_sum(void *ctx, const double *shard, int n, size_t width, double *out)
+{
+    det_bufs *d = ctx;
+    const size_t len = (size_t)d->x->M * width;
+    memset(d->bn_buf, 0, len * sizeof(double));
+    if (n > 0)
+        memcpy(d->bn_buf + (size_t)d->x->a * width, shard, (size_t)n * width * sizeof(double));
+    nnp_status st = nnp_comm_allreduce_sum_f64(d->comm, d->bn_buf, len);
+    if (d->bn_st == NNP_OK)
+        d->bn_st = st;
+    for (size_t e = 0; e < width; e++) {
+        double t = 0.0;
+        for (int m = 0; m < d->x->M; m++)
+            t += d->bn_buf[(size_t)m * width + e];
+        out[e] = t;
+    }
+}
 
 /* The dynamic preconditioner's global sums in pc->sums: sum w and sum w^2 of every tensor
  * over pieces (this rank takes those in its share), and, measuring, the moments of every
@@ -708,8 +734,9 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
                                     "go with --balance");
     else if (det && cfg->noise_scale)
         st = nnp_error(NNP_ERR_ARG, "--deterministic does not support --noise-scale yet");
-    else if (det && net->n_bn > 0)
-        st = nnp_error(NNP_ERR_ARG, "--deterministic does not support BatchNorm (bn) yet");
+    else if (det && net->n_bn > 0 && cfg->bn != NNP_BN_SYNC)
+        st = nnp_error(NNP_ERR_ARG, "--deterministic takes BatchNorm's statistics over the global "
+                                    "batch: it does not go with --bn local");
     else if (det && size > 1 && cfg->allreduce == NNP_AR_BUCKETED)
         st = nnp_error(NNP_ERR_ARG, "--deterministic works with --allreduce fused, sharded and "
                                     "shm; not with bucketed");
@@ -751,6 +778,19 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         dt.dact = nnp_malloc(((size_t)net->n_layers + 1) * sizeof(float *));
         dt.eval = nnp_malloc((ne + 1) * sizeof(double));
         dt.rank_n = nnp_malloc((size_t)size * sizeof(double));
+        int maxc = 0;
+        for (int i = 0; i < net->n_layers; i++)
+            if (net->layers[i].kind == NNP_L_BN && net->layers[i].in.c > maxc)
+                maxc = net->layers[i].in.c;
+        if (maxc > 0) {
+            const size_t w = 2 * (size_t)maxc + 1;
+            dt.shard_sums = nnp_malloc((size_t)(net->max_batch / S) * w * sizeof(double));
+            dt.bn_buf = nnp_malloc(M * w * sizeof(double));
+            if (!dt.shard_sums || !dt.bn_buf)
+                st = NNP_ERR_NOMEM;
+        }
+        dt.comm = comm;
+        dt.x = &x;
         if (st == NNP_OK && (!dt.msg || !dt.part || !dt.lossv || !dt.act || !dt.dact ||
                              !dt.eval || !dt.rank_n))
             st = NNP_ERR_NOMEM;
@@ -880,9 +920,12 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     /* the pass context of the net (net.h): synchronized BatchNorm sums over the ranks, and
      * the dropout mask's key (seed, step, dataset index of each local sample) */
     bn_sync bns = {comm, NNP_OK};
-    const int bn_synced = net->n_bn > 0 && size > 1 && cfg->bn == NNP_BN_SYNC;
+    const int bn_synced = net->n_bn > 0 && size > 1 && cfg->bn == NNP_BN_SYNC && !det;
     net->bn_sum = bn_synced ? bn_sync_sum : NULL;
     net->bn_sum_ctx = bn_synced ? &bns : NULL;
+    net->shard_sums = dt.shard_sums;
+    net->bn_shard_sum = det ? det_bn_sum : NULL;
+    net->bn_shard_ctx = det ? &dt : NULL;
     net->seed = cfg->seed;
     net->sample_ids = b.idx;
     net->training = 1;
@@ -946,8 +989,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         if (det) {
             /* every micro-shard on its own: its loss sum goes to the stop check's message */
             memset(dt.lossv, 0, (N_STOP_KINDS + (size_t)x.M) * sizeof(double));
-            if (B > 0)
-                nnp_net_forward_shards(net, B, S);
+            nnp_net_forward_shards(net, B, S); /* B = 0: joins BatchNorm's sums */
             for (int c = 0; c * S < B; c++) {
                 int hits = 0;
                 const double l = rows_loss(net, cfg->loss, B - c * S < S ? B - c * S : S,
@@ -985,8 +1027,8 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             memset(net->grads, 0, net->n_params * sizeof(float));
             nnp_net_sync_idle(net); /* joins BatchNorm's sums as a rank with 0 samples */
         }
-        if (bns.st != NNP_OK) {
-            st = bns.st;
+        if (bns.st != NNP_OK || dt.bn_st != NNP_OK) {
+            st = bns.st != NNP_OK ? bns.st : dt.bn_st;
             goto done;
         }
         double ns[NNP_NS_N] = {0}; /* this rank's share of the noise-scale sums (noise.h) */
@@ -1412,6 +1454,9 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
 done:
     net->bn_sum = NULL;
     net->bn_sum_ctx = NULL;
+    net->shard_sums = NULL;
+    net->bn_shard_sum = NULL;
+    net->bn_shard_ctx = NULL;
     net->sample_ids = NULL;
     exchange_stop(&x);
     close_outputs(&out);
@@ -1432,5 +1477,7 @@ done:
     free(dt.dact);
     free(dt.eval);
     free(dt.rank_n);
+    free(dt.shard_sums);
+    free(dt.bn_buf);
     return st;
 }
