@@ -10,6 +10,7 @@
 #                             sharded and shm at 2 and 3 ranks
 #   bn                        conv and dense BatchNorm, a residual block with dropout: 1 and
 #                             3 ranks (shm)
+#   noise                     lenet with --noise-scale (its columns too): 1 and 3 ranks
 #   resume                    the mlp run checkpointed on 2 ranks at step 50, resumed on 3
 # 100 steps each (300 would take three times the CI time) over 2000 samples, so step 42 is
 # the epoch's last, partial batch of 32 samples (micro-shards of 12, 12 and 8, and at 2
@@ -93,6 +94,13 @@ bnm=seq:1x28x28/conv:8:3:1:1/bn/relu/maxpool:2/flatten/dense:32/bn/relu/res[dens
 run 1 "$tmp/bn1" "${det[@]}" --model "$bnm" --lr 0.003 &&
   run 3 "$tmp/bn3" "${det[@]}" --model "$bnm" --lr 0.003 --allreduce shm &&
   same "bn at 3 ranks" "$tmp/bn1" "$tmp/bn3"
+
+# --noise-scale: its small batches are the micro-shards, so its columns agree too
+run 1 "$tmp/noise1" "${det[@]}" --noise-scale &&
+  run 3 "$tmp/noise3" "${det[@]}" --noise-scale --allreduce sharded &&
+  { cmp -s <(cut -d, -f1,3,4,8- "$tmp/noise1/train.csv") <(cut -d, -f1,3,4,8- "$tmp/noise3/train.csv") &&
+      [ "$(params_hash "$tmp/noise1/ckpt-00000100.h5")" = "$(params_hash "$tmp/lenet1/ckpt-00000100.h5")" ] &&
+      ok || fail "--noise-scale: 1 and 3 ranks differ, or the noise scale changed the run"; }
 
 # a checkpoint of 2 ranks resumed on 3
 d=$tmp/resume

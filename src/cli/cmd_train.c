@@ -448,8 +448,6 @@ static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *
         if (O.balance > 0)
             return nnp_error(NNP_ERR_ARG, "--deterministic fixes which micro-shards each rank "
                                           "computes: it does not go with --balance");
-        if (O.noise_scale)
-            return nnp_error(NNP_ERR_ARG, "--deterministic does not support --noise-scale yet");
         if (cfg->bn == NNP_BN_LOCAL && opt_set("bn"))
             return nnp_error(NNP_ERR_ARG, "--deterministic takes BatchNorm's statistics over the "
                                           "global batch: it does not go with --bn local");

@@ -15,6 +15,7 @@
 #include <string.h>
 #include "nnprec/alloc.h"
 #include "nnprec/data.h"
+#include "nnprec/precond.h"
 
 static nnp_status buckets_plan(exchange *x, double bucket_mb)
 {
@@ -135,6 +136,8 @@ void exchange_det_begin(exchange *x, size_t gc, size_t *lo, size_t *hi)
     x->b = (int)b;
     x->q = 0;
     det_stack_reset(&x->st, x->M);
+    if (x->leaf_sq)
+        memset(x->leaf_sq, 0, (size_t)(b - a) * sizeof(double));
     nnp_split_units(gc, (size_t)x->S, P, me, lo, hi);
 }
 
@@ -165,6 +168,12 @@ static void det_done(void *ctx, int j, int shard)
     exchange *x = ctx;
     const nnp_net *net = x->net;
     const det_node leaf = {0, x->a + shard};
+    if (x->leaf_sq) { /* --noise-scale: the micro-shard's |g|^2, layer after layer */
+        double u = 0, w2 = 0, b2 = 0;
+        nnp_precond_range_sums(det_buf(x, j, x->st.depth), 0, net->tensors[j].n, &u, &w2);
+        nnp_precond_range_sums(det_buf(x, j + 1, x->st.depth), 0, net->tensors[j + 1].n, &u, &b2);
+        x->leaf_sq[shard] += w2 + b2;
+    }
     det_stack sb = x->st; /* the bias: same nodes, its own buffers */
     for (int p = 0; p < sb.depth; p++)
         sb.buf[p] = det_buf(x, j + 1, p);
@@ -455,6 +464,8 @@ void exchange_stop(exchange *x)
     free(x->recv);
     free(x->vec);
     free(x->req);
+    free(x->leaf_sq);
+    x->leaf_sq = NULL;
     x->off = NULL;
     x->q_all = NULL;
     x->nodes = NULL;

@@ -56,6 +56,8 @@ typedef struct {
     float *recv;             /* every rank's blocks' pieces of this rank's share */
     float **vec;             /* [q_max]: this rank's blocks */
     void *req;
+    double *leaf_sq;         /* --noise-scale (the caller's, or NULL): each local micro-shard's
+                                squared gradient norm, summed as backward hands it over */
 } exchange;
 
 /* Local setup, before the caller's agreement: every allocation the mode needs (with

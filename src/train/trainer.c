@@ -581,6 +581,13 @@ typedef struct {
     nnp_status bn_st;     /* the first failed BatchNorm message, for the step's check */
 } det_bufs;
 
+/* The stop check's message: the stop kinds, each micro-shard's loss sum, and with
+ * --noise-scale each micro-shard's |g|^2 and the pieces' |G|^2. */
+static size_t det_msg_len(const exchange *x, int noise)
+{
+    return N_STOP_KINDS + (size_t)x->M + (noise ? (size_t)x->M + (size_t)x->pieces.n : 0);
+}
+
 /* net->bn_shard_sum: each micro-shard's sums in the step's message (one rank's values, zeros
  * from the others), every rank adding them in micro-shard order. */
 static void det_bn_sum(void *ctx, const double *shard, int n, size_t width, double *out)
@@ -732,8 +739,6 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     else if (det && cfg->balance_every > 0)
         st = nnp_error(NNP_ERR_ARG, "--deterministic fixes every rank's micro-shards: it does not "
                                     "go with --balance");
-    else if (det && cfg->noise_scale)
-        st = nnp_error(NNP_ERR_ARG, "--deterministic does not support --noise-scale yet");
     else if (det && net->n_bn > 0 && cfg->bn != NNP_BN_SYNC)
         st = nnp_error(NNP_ERR_ARG, "--deterministic takes BatchNorm's statistics over the global "
                                     "batch: it does not go with --bn local");
@@ -747,10 +752,10 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         b.rank_t = nnp_malloc((size_t)size * (T_N + 1) * sizeof(double));
         b.share = nnp_malloc((size_t)size * sizeof(size_t));
         b.speed = nnp_malloc((size_t)size * sizeof(double));
-        if (noise && size == 1) /* the first half's gradient (noise.h) */
+        if (noise && size == 1 && !det) /* the first half's gradient (noise.h) */
             noise_half = nnp_malloc(net->n_params * sizeof(float));
         if (!b.perm || !b.idx || !b.y || !b.rank_t || !b.share || !b.speed ||
-            (noise && size == 1 && !noise_half))
+            (noise_half == NULL && noise && size == 1 && !det))
             st = NNP_ERR_NOMEM;
     }
     if (st == NNP_OK)
@@ -767,13 +772,16 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         st = NNP_ERR_NOMEM;
     if (st == NNP_OK && det) {
         const size_t M = ((G < N ? G : N) + (size_t)S - 1) / (size_t)S; /* the most per step */
+        const size_t n_msg = N_STOP_KINDS + M + (noise ? M + (size_t)x.pieces.n : 0);
         const size_t n_mom = pc.n_sums > 2 * (size_t)pc.n ? 2 * (size_t)pc.n_tr : 0;
         double nt[2] = {(double)test->n, cfg->val ? (double)cfg->val->n : 0};
         st = nnp_comm_allreduce_sum_f64(comm, nt, 2); /* collective: every rank gets here */
         const size_t ne = ((size_t)(nt[0] > nt[1] ? nt[0] : nt[1]) + (size_t)S - 1) / (size_t)S;
         dt.msg = nnp_malloc((2 * (size_t)x.pieces.n + M * n_mom + 1) * sizeof(double));
         dt.part = nnp_malloc((2 * (size_t)x.pieces.n + 1) * sizeof(double));
-        dt.lossv = nnp_malloc((N_STOP_KINDS + M) * sizeof(double));
+        dt.lossv = nnp_malloc(n_msg * sizeof(double));
+        if (noise && !(x.leaf_sq = nnp_calloc((size_t)(net->max_batch / S), sizeof(double))))
+            st = NNP_ERR_NOMEM;
         dt.act = nnp_malloc(((size_t)net->n_layers + 1) * sizeof(float *));
         dt.dact = nnp_malloc(((size_t)net->n_layers + 1) * sizeof(float *));
         dt.eval = nnp_malloc((ne + 1) * sizeof(double));
@@ -988,7 +996,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         double step_loss = 0;
         if (det) {
             /* every micro-shard on its own: its loss sum goes to the stop check's message */
-            memset(dt.lossv, 0, (N_STOP_KINDS + (size_t)x.M) * sizeof(double));
+            memset(dt.lossv, 0, det_msg_len(&x, noise) * sizeof(double));
             nnp_net_forward_shards(net, B, S); /* B = 0: joins BatchNorm's sums */
             for (int c = 0; c * S < B; c++) {
                 int hits = 0;
@@ -1032,7 +1040,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             goto done;
         }
         double ns[NNP_NS_N] = {0}; /* this rank's share of the noise-scale sums (noise.h) */
-        if (noise && size > 1 && B > 0) {
+        if (noise && size > 1 && B > 0 && !det) {
             if (nh.next > 0) /* the first tensors, if backward's last call did not reach them */
                 noise_ready(&nh, 0);
             const double m = (double)gc / B; /* the gradient was scaled by 1/gc, not 1/B */
@@ -1066,7 +1074,19 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         if ((st = exchange_grads(&x, &timers[T_WAIT], &timers[T_AR], &timers[T_ARTHREAD])) !=
             NNP_OK)
             goto done;
-        if (noise) {
+        if (noise && det) {
+            /* |G_big|^2 over the pieces of this rank's share, into the stop check's message */
+            const double tg = nnp_comm_wtime();
+            int p0, p1;
+            double *big = dt.lossv + N_STOP_KINDS + 2 * (size_t)x.M;
+            det_pieces_range(&x.pieces, x.off[rank], x.off[rank + 1], &p0, &p1);
+            for (int k = p0; k < p1; k++) {
+                double unused = 0;
+                nnp_precond_range_sums(net->grads, x.pieces.lo[k], x.pieces.lo[k + 1], &unused,
+                                       &big[k]);
+            }
+            noise_t += nnp_comm_wtime() - tg;
+        } else if (noise) {
             /* |G_big|^2 over this rank's share of the summed gradient (shm: every node holds
              * all the shares, so the world's sum counts each node once per node) */
             const double tg = nnp_comm_wtime();
@@ -1184,9 +1204,24 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
              * the step's loss is their sum in order, the same bits on every rank */
             for (int k = 0; k < N_STOP_KINDS; k++)
                 dt.lossv[k] = stop == stop_kinds[k];
-            if ((st = nnp_comm_allreduce_sum_f64(comm, dt.lossv, N_STOP_KINDS + (size_t)x.M)) !=
+            for (int c = 0; noise && c * S < B; c++) /* each micro-shard's |g|^2 */
+                dt.lossv[N_STOP_KINDS + (size_t)x.M + (size_t)(x.a + c)] = x.leaf_sq[c];
+            if ((st = nnp_comm_allreduce_sum_f64(comm, dt.lossv, det_msg_len(&x, noise))) !=
                 NNP_OK)
                 goto done;
+            if (noise) { /* the pieces of the noise scale are the micro-shards */
+                const double *v = dt.lossv + N_STOP_KINDS;
+                memset(ns, 0, sizeof ns);
+                for (int m = 0; m < x.M; m++) {
+                    const double rows = (double)(gc - (size_t)m * (size_t)S < (size_t)S
+                                                     ? gc - (size_t)m * (size_t)S : (size_t)S);
+                    ns[NNP_NS_SMALL] += ((double)gc / rows) * ((double)gc / rows) * v[x.M + m];
+                    ns[NNP_NS_INV] += 1.0 / rows;
+                }
+                ns[NNP_NS_PIECES] = x.M;
+                for (int k = 0; k < x.pieces.n; k++)
+                    ns[NNP_NS_BIG] += v[2 * (size_t)x.M + (size_t)k];
+            }
             stop = 0;
             for (int k = 0; k < N_STOP_KINDS; k++)
                 if (dt.lossv[k] > 0 && stop_kinds[k] > stop)
