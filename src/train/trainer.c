@@ -570,6 +570,7 @@ typedef struct {
     double *msg;        /* the preconditioner's message: 2 doubles per piece, then, measuring,
                            2 per trainable layer per micro-shard */
     double *part;       /* lars, lamb: 2 doubles per piece */
+    double *fold;       /* 3 doubles per tensor */
     double *lossv;      /* the stop check's kinds, then each micro-shard's loss sum */
     float **act, **dact; /* [n_layers + 1]: a micro-shard's rows of the batch buffers */
     double *eval, *rank_n; /* evaluate_det's buffers */
@@ -608,23 +609,28 @@ static void det_bn_sum(void *ctx, const double *shard, int n, size_t width, doub
     }
 }
 
-/* The dynamic preconditioner's global sums in pc->sums: sum w and sum w^2 of every tensor
- * over pieces (this rank takes those in its share), and, measuring, the moments of every
- * micro-shard of the step (this rank's B samples in the batch buffers), added in order. */
+/* The dynamic preconditioner's global sums in pc->sums, laid out as nnp_precond_local_sums,
+ * nnp_precond_grad_sums and nnp_precond_batch_sums leave them: sum w and sum w^2 of every
+ * tensor and, measuring, |G|^2 of every BatchNorm scale and shift over pieces (this rank takes
+ * those in its share), and the batch sums of every micro-shard of the step (this rank's B
+ * samples in the batch buffers), added in order. */
 static nnp_status det_precond_sums(nnp_comm *comm, exchange *x, nnp_precond *pc,
-                                   const nnp_net *net, int B, size_t gc, det_bufs *d)
+                                   const nnp_net *net, int B, det_bufs *d)
 {
     const det_pieces *P = &x->pieces;
     const int me = nnp_comm_rank(comm);
-    const size_t n_mom = pc->n_sums > 2 * (size_t)pc->n ? 2 * (size_t)pc->n_tr : 0;
-    const size_t base = 2 * (size_t)P->n, len = base + (size_t)x->M * n_mom;
+    const size_t n2 = 2 * (size_t)pc->n, nb = pc->n_sums - pc->n_share;
+    const size_t base = 3 * (size_t)P->n, len = base + (size_t)x->M * nb;
     memset(d->msg, 0, len * sizeof(double));
     int p0, p1;
     det_pieces_range(P, x->off[me], x->off[me + 1], &p0, &p1);
-    for (int k = p0; k < p1; k++)
-        nnp_precond_range_sums(net->params, P->lo[k], P->lo[k + 1], &d->msg[2 * k],
-                               &d->msg[2 * k + 1]);
-    for (int c = 0; n_mom > 0 && c * x->S < B; c++) {
+    for (int k = p0; k < p1; k++) {
+        double *v = d->msg + 3 * (size_t)k, unused = 0;
+        nnp_precond_range_sums(net->params, P->lo[k], P->lo[k + 1], &v[0], &v[1]);
+        if (pc->n_share > n2 && net->tensors[P->tensor[k]].norm)
+            nnp_precond_range_sums(net->grads, P->lo[k], P->lo[k + 1], &unused, &v[2]);
+    }
+    for (int c = 0; nb > 0 && c * x->S < B; c++) {
         const size_t row0 = (size_t)c * (size_t)x->S;
         nnp_net v = *net;
         for (int k = 0; k <= net->n_layers; k++) {
@@ -635,19 +641,23 @@ static nnp_status det_precond_sums(nnp_comm *comm, exchange *x, nnp_precond *pc,
         v.act = d->act;
         v.dact = d->dact;
         nnp_precond_batch_sums(pc, &v, B - c * x->S < x->S ? B - c * x->S : x->S);
-        memcpy(d->msg + base + (size_t)(x->a + c) * n_mom, pc->sums + 2 * (size_t)pc->n,
-               n_mom * sizeof(double));
+        memcpy(d->msg + base + (size_t)(x->a + c) * nb, pc->sums + pc->n_share,
+               nb * sizeof(double));
     }
     NNP_CALL(nnp_comm_allreduce_sum_f64(comm, d->msg, len));
-    det_pieces_fold(P, pc->n, d->msg, 2, pc->sums);
-    for (size_t e = 0; e < n_mom; e++) {
+    det_pieces_fold(P, pc->n, d->msg, 3, d->fold);
+    for (int j = 0, k = 0; j < pc->n; j++) {
+        pc->sums[2 * j] = d->fold[3 * j];
+        pc->sums[2 * j + 1] = d->fold[3 * j + 1];
+        if (pc->n_share > n2 && net->tensors[j].norm)
+            pc->sums[n2 + (size_t)k++] = d->fold[3 * j + 2];
+    }
+    for (size_t e = 0; e < nb; e++) {
         double t = 0.0;
         for (int m = 0; m < x->M; m++)
-            t += d->msg[base + (size_t)m * n_mom + e];
-        pc->sums[2 * (size_t)pc->n + e] = t;
+            t += d->msg[base + (size_t)m * nb + e];
+        pc->sums[pc->n_share + e] = t;
     }
-    if (n_mom > 0)
-        pc->sums[pc->n_sums - 1] = (double)gc;
     return NNP_OK;
 }
 
@@ -773,11 +783,12 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     if (st == NNP_OK && det) {
         const size_t M = ((G < N ? G : N) + (size_t)S - 1) / (size_t)S; /* the most per step */
         const size_t n_msg = N_STOP_KINDS + M + (noise ? M + (size_t)x.pieces.n : 0);
-        const size_t n_mom = pc.n_sums > 2 * (size_t)pc.n ? 2 * (size_t)pc.n_tr : 0;
+        const size_t n_mom = pc.n_sums - pc.n_share; /* the batch sums, per micro-shard */
         double nt[2] = {(double)test->n, cfg->val ? (double)cfg->val->n : 0};
         st = nnp_comm_allreduce_sum_f64(comm, nt, 2); /* collective: every rank gets here */
         const size_t ne = ((size_t)(nt[0] > nt[1] ? nt[0] : nt[1]) + (size_t)S - 1) / (size_t)S;
-        dt.msg = nnp_malloc((2 * (size_t)x.pieces.n + M * n_mom + 1) * sizeof(double));
+        dt.msg = nnp_malloc((3 * (size_t)x.pieces.n + M * n_mom + 1) * sizeof(double));
+        dt.fold = nnp_malloc((3 * (size_t)net->n_tensors + 1) * sizeof(double));
         dt.part = nnp_malloc((2 * (size_t)x.pieces.n + 1) * sizeof(double));
         dt.lossv = nnp_malloc(n_msg * sizeof(double));
         if (noise && !(x.leaf_sq = nnp_calloc((size_t)(net->max_batch / S), sizeof(double))))
@@ -799,8 +810,8 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         }
         dt.comm = comm;
         dt.x = &x;
-        if (st == NNP_OK && (!dt.msg || !dt.part || !dt.lossv || !dt.act || !dt.dact ||
-                             !dt.eval || !dt.rank_n))
+        if (st == NNP_OK && (!dt.msg || !dt.fold || !dt.part || !dt.lossv || !dt.act ||
+                             !dt.dact || !dt.eval || !dt.rank_n))
             st = NNP_ERR_NOMEM;
     }
     st = nnp_comm_agree(comm, st);
@@ -1096,7 +1107,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         t3 = nnp_comm_wtime();
 
         if (dynamic && step % cfg->precond.every == 0 && det) {
-            st = det_precond_sums(comm, &x, &pc, net, B, gc, &dt);
+            st = det_precond_sums(comm, &x, &pc, net, B, &dt);
             if (st == NNP_OK)
                 st = nnp_precond_from_sums(&pc, net, step);
             st = nnp_comm_agree(comm, st);
@@ -1506,6 +1517,7 @@ done:
     free(b.speed);
     free(b.norms);
     free(dt.msg);
+    free(dt.fold);
     free(dt.part);
     free(dt.lossv);
     free(dt.act);
