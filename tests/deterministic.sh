@@ -8,8 +8,8 @@
 #   lenet                     fused
 #   mlp:784-256x12-10         --init pytorch --precond dynamic (measured moments): fused,
 #                             sharded and shm at 2 and 3 ranks
-#   bn                        conv and dense BatchNorm, a residual block with dropout: 1 and
-#                             3 ranks (shm)
+#   bn                        conv and dense BatchNorm, a residual block with dropout, the
+#                             dynamic preconditioner: 1 and 3 ranks (shm)
 #   noise                     lenet with --noise-scale (its columns too): 1 and 3 ranks
 #   resume                    the mlp run checkpointed on 2 ranks at step 50, resumed on 3
 # 100 steps each (300 would take three times the CI time) over 2000 samples, so step 42 is
@@ -89,10 +89,10 @@ for mode in sharded shm; do
 done
 
 # BatchNorm (its statistics from every micro-shard's sums, added in order) and a residual
-# block with dropout, over shm
+# block with dropout, with the dynamic preconditioner (its BatchNorm sums), over shm
 bnm=seq:1x28x28/conv:8:3:1:1/bn/relu/maxpool:2/flatten/dense:32/bn/relu/res[dense:32/bn/relu/dropout:0.2/dense:32/bn]/relu/dense:10
-run 1 "$tmp/bn1" "${det[@]}" --model "$bnm" --lr 0.003 &&
-  run 3 "$tmp/bn3" "${det[@]}" --model "$bnm" --lr 0.003 --allreduce shm &&
+run 1 "$tmp/bn1" "${det[@]}" --model "$bnm" --lr 0.003 --precond dynamic &&
+  run 3 "$tmp/bn3" "${det[@]}" --model "$bnm" --lr 0.003 --precond dynamic --allreduce shm &&
   same "bn at 3 ranks" "$tmp/bn1" "$tmp/bn3"
 
 # --noise-scale: its small batches are the micro-shards, so its columns agree too
