@@ -23,7 +23,8 @@ void det_push(det_stack *s, det_node nd, float *buf, size_t n)
     det_push_out(s, nd, buf, n, NULL);
 }
 
-static void add_to(float *restrict out, const float *a, const float *b, size_t n)
+/* out may be a (a merge into a stack position's scratch that already holds the left) */
+static void add_to(float *out, const float *a, const float *b, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         out[i] = a[i] + b[i];
