@@ -6,8 +6,9 @@ same machine), and where the time goes (the phases of timing.csv, mean over rank
 
   scripts/bench_deterministic.py [--rounds 3] [--micro-shard 0 16 32] [--ranks 2]
 
---micro-shard 0 is the default size (the largest of 64, 32, ... 1 that divides the global
-batch: 64 for both cases); give several to compare sizes (docs/determinism.md).
+--micro-shard 0 is the default size (the largest power of two up to 256 that cuts the global
+batch into at least 4 micro-shards: 32 for LeNet's 128, 128 for the MLP's 512); give several
+to compare sizes (docs/determinism.md).
 """
 import argparse
 import csv

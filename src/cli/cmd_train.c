@@ -165,7 +165,7 @@ static nnp_option opts[] = {
           "that are summed over one fixed tree (docs/determinism.md)"),
     OPT_I("micro-shard", micro_shard, "0",
           "--deterministic: samples per micro-shard; the global batch must be a multiple (0: "
-          "the largest of 64, 32, 16, 8, 4, 2, 1 that divides it)"),
+          "the largest power of two up to 256 that cuts it into at least 4 micro-shards)"),
     OPT_F("quiet", quiet, "0",
           "no progress lines (the final [done] line, warnings and errors still print)"),
     OPT_F("verbose", verbose, "0",
@@ -436,9 +436,13 @@ static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *
         return nnp_error(NNP_ERR_ARG, "--micro-shard must be >= 0, got %d", O.micro_shard);
     cfg->deterministic = O.deterministic;
     if (O.deterministic) {
+        /* default: the largest power of two up to 256 that divides the global batch into at
+         * least 4 micro-shards (docs/determinism.md: larger ones run faster, and G / S
+         * bounds the ranks that compute) */
         int S = O.micro_shard;
-        for (int k = 64; S == 0; k /= 2)
-            if (cfg->global_batch % k == 0)
+        const int least = cfg->global_batch < 4 ? cfg->global_batch : 4;
+        for (int k = 256; S == 0; k /= 2)
+            if (cfg->global_batch % k == 0 && cfg->global_batch / k >= least)
                 S = k;
         if (cfg->global_batch % S != 0)
             return nnp_error(NNP_ERR_ARG, "--deterministic: the global batch %d is not a whole "
@@ -777,6 +781,10 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
                O.test_limit > 0 && (size_t)O.test_limit < test.n_total ? (size_t)O.test_limit
                                                                       : test.n_total,
                test.n, train.c, train.h, train.w, train.n_classes);
+        if (cfg.deterministic)
+            printf("[setup] --deterministic: micro-shards of %d samples, %d per global batch "
+                   "(docs/determinism.md)\n",
+                   cfg.micro_shard, cfg.global_batch / cfg.micro_shard);
         if (O.val_split > 0)
             printf("[setup] validation set: %lld samples held out of the training set (chosen "
                    "by --seed; %zu on rank 0)\n",
