@@ -7,7 +7,7 @@
 # identical at 1, 2, 3 and 4 ranks:
 #   lenet                     fused
 #   mlp:784-256x12-10         --init pytorch --precond dynamic (measured moments): fused,
-#                             sharded and shm at 2 and 3 ranks
+#                             sharded and shm at 2 and 3 ranks, shm over 2 "nodes" of 2
 #   bn                        conv and dense BatchNorm, a residual block with dropout, the
 #                             dynamic preconditioner: 1 and 3 ranks (shm)
 #   noise                     lenet with --noise-scale (its columns too): 1 and 3 ranks
@@ -87,6 +87,11 @@ for mode in sharded shm; do
       same "mlp $mode at $np ranks" "$tmp/mlp1" "$tmp/$mode$np"
   done
 done
+
+# shm over "nodes" of 2 ranks (NNPREC_SHM_NODE_RANKS): other nodes' blocks of a share come
+# through the ranks with the same node-local rank
+NNPREC_SHM_NODE_RANKS=2 run 4 "$tmp/nodes4" "${det[@]}" "${mlp[@]}" --allreduce shm &&
+  same "mlp shm over 2 nodes of 2 ranks" "$tmp/mlp1" "$tmp/nodes4"
 
 # BatchNorm (its statistics from every micro-shard's sums, added in order) and a residual
 # block with dropout, with the dynamic preconditioner (its BatchNorm sums), over shm

@@ -114,6 +114,16 @@ nnp_status nnp_comm_shm_start_det(nnp_comm *c, size_t n, int nvec, const size_t 
 float *nnp_comm_shm_vec(const nnp_comm_shm *s, int lrank, int t);
 /* Local: the number of nodes (1: every rank shares this window). */
 int nnp_comm_shm_nodes(const nnp_comm_shm *s);
+/* Local: nodes are numbered in the order of their lowest ranks; node_of[w] and lrank_of[w]
+ * are rank w's node and node-local rank (arrays of the communicator's size), *node this
+ * rank's node. */
+void nnp_comm_shm_layout(const nnp_comm_shm *s, const int **node_of, const int **lrank_of,
+                         int *node);
+/* Collective over the ranks with this node-local rank on every node: each node's
+ * counts[node] floats from send (counts[this node] of them here) gathered into recv, node
+ * after node in node order. */
+nnp_status nnp_comm_shm_cross_gather_f32(nnp_comm_shm *s, const float *send, float *recv,
+                                         const size_t *counts);
 /* Local: the node's shared parameters and this rank's shared gradients (n floats each). */
 void nnp_comm_shm_buffers(const nnp_comm_shm *s, float **params, float **grads);
 /* Local: copy this rank's share of params (a private n-vector) into the node's shared

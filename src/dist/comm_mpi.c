@@ -436,7 +436,54 @@ struct nnp_comm_shm {
     int *counts, *displs; /* [lsize]: the node shares */
     size_t stride;        /* floats between a rank's gradient vectors (--deterministic: nvec) */
     int nvec;
+    /* the layout: nodes numbered in the order of their lowest ranks; every rank's node and
+     * node-local rank; the node of each rank of `cross`, and gather counts (nnodes) */
+    int nnodes, node_idx;
+    int *node_of, *lrank_of, *cross_node, *gcounts, *gdispls;
 };
+
+/* Collective (node, then everyone, then cross): the layout fields of s. */
+static nnp_status shm_layout(nnp_comm *c, nnp_comm_shm *s)
+{
+    const int P = c->size;
+    int leader = c->rank;
+    NNP_CALL(mpi_check(MPI_Bcast(&leader, 1, MPI_INT, 0, s->node), "MPI_Bcast(node)"));
+    int mine[2] = {leader, s->lrank}, *all = nnp_malloc(2 * (size_t)P * sizeof(int));
+    s->node_of = nnp_malloc((size_t)P * sizeof(int));
+    s->lrank_of = nnp_malloc((size_t)P * sizeof(int));
+    nnp_status st = all && s->node_of && s->lrank_of ? NNP_OK : NNP_ERR_NOMEM;
+    int dummy[2];
+    nnp_status s2 = mpi_check(MPI_Allgather(mine, 2, MPI_INT, all ? all : dummy, 2, MPI_INT,
+                                            c->comm),
+                              "MPI_Allgather(layout)");
+    st = st == NNP_OK ? s2 : st;
+    if (st == NNP_OK) {
+        s->nnodes = 0;
+        for (int w = 0; w < P; w++) { /* node index: leaders in rank order */
+            int k = 0;
+            for (int v = 0; v < P; v++)
+                k += all[2 * v + 1] == 0 && all[2 * v] < all[2 * w];
+            s->node_of[w] = k;
+            s->lrank_of[w] = all[2 * w + 1];
+            s->nnodes = k + 1 > s->nnodes ? k + 1 : s->nnodes;
+        }
+        s->node_idx = s->node_of[c->rank];
+    }
+    free(all);
+    s->cross_node = nnp_calloc((size_t)(P > 0 ? P : 1), sizeof(int));
+    s->gcounts = nnp_calloc((size_t)(P > 0 ? P : 1), sizeof(int));
+    s->gdispls = nnp_calloc((size_t)(P > 0 ? P : 1), sizeof(int));
+    if (st == NNP_OK && (!s->cross_node || !s->gcounts || !s->gdispls))
+        st = NNP_ERR_NOMEM;
+    if (s->cross != MPI_COMM_NULL) {
+        int k = st == NNP_OK ? s->node_idx : 0;
+        s2 = mpi_check(MPI_Allgather(&k, 1, MPI_INT, s->cross_node ? s->cross_node : dummy, 1,
+                                     MPI_INT, s->cross),
+                       "MPI_Allgather(cross layout)");
+        st = st == NNP_OK ? s2 : st;
+    }
+    return st;
+}
 
 /* Share q of L of an n-vector: nnp_split's, each bound moved up to the next of the sorted
  * cut points cuts[0..ncuts) (none: as it is). */
@@ -478,10 +525,36 @@ float *nnp_comm_shm_vec(const nnp_comm_shm *s, int lrank, int t)
 
 int nnp_comm_shm_nodes(const nnp_comm_shm *s)
 {
-    int k = 1;
-    if (s->cross != MPI_COMM_NULL)
-        MPI_Comm_size(s->cross, &k);
-    return k;
+    return s->nnodes > 0 ? s->nnodes : 1;
+}
+
+void nnp_comm_shm_layout(const nnp_comm_shm *s, const int **node_of, const int **lrank_of,
+                         int *node)
+{
+    *node_of = s->node_of;
+    *lrank_of = s->lrank_of;
+    *node = s->node_idx;
+}
+
+nnp_status nnp_comm_shm_cross_gather_f32(nnp_comm_shm *s, const float *send, float *recv,
+                                         const size_t *counts)
+{
+    if (s->cross == MPI_COMM_NULL)
+        return NNP_OK;
+    int K;
+    MPI_Comm_size(s->cross, &K);
+    for (int k = 0; k < K; k++) { /* node k's data at the sum of the nodes' before it */
+        size_t d = 0;
+        for (int j = 0; j < s->cross_node[k]; j++)
+            d += counts[j];
+        if (counts[s->cross_node[k]] > (size_t)INT_MAX || d > (size_t)INT_MAX)
+            return nnp_error(NNP_ERR_ARG, "too many values for the cross-node gather");
+        s->gcounts[k] = (int)counts[s->cross_node[k]];
+        s->gdispls[k] = (int)d;
+    }
+    return mpi_check(MPI_Allgatherv(send, (int)counts[s->node_idx], MPI_FLOAT, recv, s->gcounts,
+                                    s->gdispls, MPI_FLOAT, s->cross),
+                     "MPI_Allgatherv(across nodes)");
 }
 
 static nnp_status shm_start(nnp_comm *c, size_t n, int nvec, const size_t *cuts, int ncuts,
@@ -628,6 +701,8 @@ static nnp_status shm_start(nnp_comm *c, size_t n, int nvec, const size_t *cuts,
     }
     if (s->params)
         memset(s->params + s->lo, 0, (s->hi - s->lo) * sizeof(float));
+    s2 = shm_layout(c, s);
+    st = st == NNP_OK ? s2 : st;
     MPI_Win_lock_all(MPI_MODE_NOCHECK, s->win);
     *out = s;
     return st;
@@ -735,6 +810,11 @@ void nnp_comm_shm_stop(nnp_comm_shm *s)
     free(s->grads);
     free(s->counts);
     free(s->displs);
+    free(s->node_of);
+    free(s->lrank_of);
+    free(s->cross_node);
+    free(s->gcounts);
+    free(s->gdispls);
     free(s);
 }
 

@@ -116,6 +116,10 @@ static nnp_status det_setup(exchange *x, const nnp_train_cfg *cfg, size_t N)
         return NNP_ERR_NOMEM;
     if (P > 1 && !(x->recv = nnp_malloc(q_sum * most * sizeof(float) + 1)))
         return NNP_ERR_NOMEM;
+    x->q_sum = q_sum;
+    x->most = most;
+    x->plo = x->off[me];
+    x->phi = x->off[me + 1];
     x->vec[0] = net->grads;
     for (int t = 1; t < x->q_max; t++)
         x->vec[t] = x->blocks + (size_t)(t - 1) * net->n_params;
@@ -194,6 +198,59 @@ nnp_shard_sink exchange_det_sink(exchange *x)
     return (nnp_shard_sink){det_slot, det_done, x};
 }
 
+/* shm: every rank's blocks of this rank's share summed over the tree into its gradients'
+ * share: the node's ranks' read in place from the window, other nodes' gathered from the
+ * ranks with this node-local rank there (each packs its node's blocks), the sums in private
+ * scratch. */
+static nnp_status det_grads_shm(exchange *x)
+{
+    nnp_net *net = x->net;
+    const int P = nnp_comm_size(x->comm);
+    const size_t lo = x->lo, len = x->hi - x->lo;
+    const int nodes = nnp_comm_shm_nodes(x->sh);
+    const int *node_of, *lrank_of;
+    int me;
+    nnp_comm_shm_layout(x->sh, &node_of, &lrank_of, &me);
+    /* where rank w's blocks of the share start in recv (other nodes: node after node, each
+     * node's ranks in node-local rank order) */
+    size_t *at = x->at;
+    if (nodes > 1) {
+        for (int k = 0; k < nodes; k++)
+            x->node_n[k] = 0;
+        for (int w = 0; w < P; w++)
+            x->node_n[node_of[w]] += (size_t)x->q_all[w] * len;
+        size_t pos = 0;
+        for (int i = 0; i < P; i++) { /* node after node, node-local ranks in order */
+            const int w = x->world_of[i];
+            at[w] = pos;
+            pos += (size_t)x->q_all[w] * len;
+        }
+        /* this node's blocks, packed in the same order */
+        size_t first = 0;
+        for (int k = 0; k < me; k++)
+            first += x->node_n[k];
+        for (int w = 0; w < P; w++)
+            if (node_of[w] == me)
+                for (int t = 0; t < x->q_all[w]; t++)
+                    memcpy(x->pack + at[w] - first + (size_t)t * len,
+                           nnp_comm_shm_vec(x->sh, lrank_of[w], t) + lo, len * sizeof(float));
+        NNP_CALL(nnp_comm_shm_cross_gather_f32(x->sh, x->pack, x->recv, x->node_n));
+    }
+    if (len == 0)
+        return NNP_OK;
+    det_stack s;
+    det_stack_reset(&s, x->M);
+    for (int w = 0; w < P; w++)
+        for (int t = 0; t < x->q_all[w]; t++) {
+            float *v = node_of[w] == me ? nnp_comm_shm_vec(x->sh, lrank_of[w], t) + lo
+                                        : x->recv + at[w] + (size_t)t * len;
+            det_push_out(&s, x->nodes[(size_t)w * DET_MAX_DEPTH + (size_t)t], v, len, x->scratch);
+        }
+    if (s.buf[0] != net->grads + lo)
+        memcpy(net->grads + lo, s.buf[0], len * sizeof(float));
+    return NNP_OK;
+}
+
 /* After backward: every rank's blocks summed over the tree, for this rank's share (sharded)
  * or for all of it (fused: the shares are then gathered). */
 static nnp_status det_grads(exchange *x)
@@ -207,22 +264,8 @@ static nnp_status det_grads(exchange *x)
         nnp_split((size_t)x->M, P, r, &a, &b);
         x->q_all[r] = det_blocks(x->M, (int)a, (int)b, x->nodes + (size_t)r * DET_MAX_DEPTH);
     }
-    if (x->sh) {
-        /* one node (node rank = rank): every rank's blocks read in place for this rank's
-         * share, the tree's sums in private scratch */
-        const size_t lo = x->lo, len = x->hi - x->lo;
-        if (len == 0)
-            return NNP_OK;
-        det_stack s;
-        det_stack_reset(&s, x->M);
-        for (int r = 0; r < P; r++)
-            for (int t = 0; t < x->q_all[r]; t++)
-                det_push_out(&s, x->nodes[(size_t)r * DET_MAX_DEPTH + (size_t)t],
-                             nnp_comm_shm_vec(x->sh, r, t) + lo, len, x->recv);
-        if (s.buf[0] != net->grads + lo)
-            memcpy(net->grads + lo, s.buf[0], len * sizeof(float));
-        return NNP_OK;
-    }
+    if (x->sh)
+        return det_grads_shm(x);
     NNP_CALL(nnp_comm_share_blocks_f32(x->comm, x->vec, x->q, x->q_all, x->off, x->recv,
                                        x->req));
     const size_t lo = x->off[me], len = x->off[me + 1] - lo;
@@ -275,12 +318,42 @@ nnp_status exchange_start(exchange *x)
         return NNP_OK;
     nnp_net *net = x->net;
     if (x->det) {
-        /* room for this rank's blocks, node shares at piece boundaries (as x->off) */
+        /* room for this rank's blocks, node shares at piece boundaries */
         nnp_status st = nnp_comm_shm_start_det(x->comm, net->n_params, x->q_max, x->pieces.lo,
                                                x->pieces.n, &x->sh);
-        if (st == NNP_OK && nnp_comm_shm_nodes(x->sh) > 1)
-            st = nnp_error(NNP_ERR_ARG, "--deterministic with --allreduce shm works on one node "
-                                        "only (yet): use --allreduce sharded");
+        const int nodes = st == NNP_OK ? nnp_comm_shm_nodes(x->sh) : 1;
+        if (st == NNP_OK) {
+            /* node shares (longer than the ranks' when there are several nodes) */
+            const int P = nnp_comm_size(x->comm), L = P / nodes;
+            size_t *off = nnp_malloc(((size_t)L + 1) * sizeof(size_t));
+            if (off) {
+                det_pieces_shares(&x->pieces, L, off);
+                for (int l = 0; l < L; l++)
+                    x->most = off[l + 1] - off[l] > x->most ? off[l + 1] - off[l] : x->most;
+                free(off);
+                free(x->recv);
+                x->recv = nnp_malloc(x->q_sum * x->most * sizeof(float) + 1);
+            }
+            if (!off || !x->recv)
+                st = NNP_ERR_NOMEM;
+            x->scratch = nnp_malloc(x->q_sum * x->most * sizeof(float) + 1);
+            if (nodes > 1) {
+                x->pack = nnp_malloc(x->q_sum * x->most * sizeof(float) + 1);
+                x->node_n = nnp_malloc((size_t)nodes * sizeof(size_t));
+                x->at = nnp_malloc((size_t)P * sizeof(size_t));
+                x->world_of = nnp_malloc((size_t)P * sizeof(int));
+                if (x->world_of) {
+                    const int *node_of, *lrank_of;
+                    int node;
+                    nnp_comm_shm_layout(x->sh, &node_of, &lrank_of, &node);
+                    for (int w = 0; w < P; w++)
+                        x->world_of[node_of[w] * L + lrank_of[w]] = w;
+                }
+            }
+            if (!x->scratch ||
+                (nodes > 1 && (!x->pack || !x->node_n || !x->at || !x->world_of)))
+                st = NNP_ERR_NOMEM;
+        }
         NNP_CALL(nnp_comm_agree(x->comm, st));
     } else
         NNP_CALL(nnp_comm_agree(x->comm, nnp_comm_shm_start(x->comm, net->n_params, &x->sh)));
@@ -293,6 +366,13 @@ nnp_status exchange_start(exchange *x)
     net->grads = grads;
     for (int t = 0; x->det && t < x->q_max; t++) /* the blocks in the window */
         x->vec[t] = nnp_comm_shm_vec(x->sh, x->share_rank, t);
+    if (x->det) { /* every node holds every share: the first node's ranks sum the pieces */
+        const int *node_of, *lrank_of;
+        int node;
+        nnp_comm_shm_layout(x->sh, &node_of, &lrank_of, &node);
+        x->plo = node == 0 ? x->lo : 0;
+        x->phi = node == 0 ? x->hi : 0;
+    }
     return nnp_comm_shm_fence(x->sh);
 }
 
@@ -465,7 +545,16 @@ void exchange_stop(exchange *x)
     free(x->vec);
     free(x->req);
     free(x->leaf_sq);
+    free(x->pack);
+    free(x->scratch);
+    free(x->node_n);
+    free(x->at);
+    free(x->world_of);
+    x->at = NULL;
+    x->world_of = NULL;
     x->leaf_sq = NULL;
+    x->pack = x->scratch = NULL;
+    x->node_n = NULL;
     x->off = NULL;
     x->q_all = NULL;
     x->nodes = NULL;

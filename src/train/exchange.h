@@ -58,6 +58,15 @@ typedef struct {
     void *req;
     double *leaf_sq;         /* --noise-scale (the caller's, or NULL): each local micro-shard's
                                 squared gradient norm, summed as backward hands it over */
+    size_t plo, phi;         /* the parameters whose pieces this rank sums for the messages
+                                of pieces: its share (shm over several nodes: on the first
+                                node; empty on the others, which hold the same shares) */
+    size_t q_sum, most;      /* the most blocks of all ranks together; the longest share */
+    float *pack, *scratch;   /* shm: this node's blocks' pieces of the share, for the other
+                                nodes; the tree's sums */
+    size_t *node_n;          /* shm over several nodes: [nodes] floats each node sends, */
+    size_t *at;              /* [size] where each rank's blocks start in recv, */
+    int *world_of;           /* [size] the rank of node k's node-local rank l at k * L + l */
 } exchange;
 
 /* Local setup, before the caller's agreement: every allocation the mode needs (with

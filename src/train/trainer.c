@@ -618,12 +618,11 @@ static nnp_status det_precond_sums(nnp_comm *comm, exchange *x, nnp_precond *pc,
                                    const nnp_net *net, int B, det_bufs *d)
 {
     const det_pieces *P = &x->pieces;
-    const int me = nnp_comm_rank(comm);
     const size_t n2 = 2 * (size_t)pc->n, nb = pc->n_sums - pc->n_share;
     const size_t base = 3 * (size_t)P->n, len = base + (size_t)x->M * nb;
     memset(d->msg, 0, len * sizeof(double));
     int p0, p1;
-    det_pieces_range(P, x->off[me], x->off[me + 1], &p0, &p1);
+    det_pieces_range(P, x->plo, x->phi, &p0, &p1);
     for (int k = p0; k < p1; k++) {
         double *v = d->msg + 3 * (size_t)k, unused = 0;
         nnp_precond_range_sums(net->params, P->lo[k], P->lo[k + 1], &v[0], &v[1]);
@@ -671,7 +670,7 @@ static nnp_status det_norms(nnp_comm *comm, exchange *x, const nnp_optim *opt,
     const det_pieces *P = &x->pieces;
     int p0 = 0, p1 = P->n;
     if (!all) {
-        det_pieces_range(P, x->lo, x->hi, &p0, &p1);
+        det_pieces_range(P, x->plo, x->phi, &p0, &p1);
         memset(d->part, 0, 2 * (size_t)P->n * sizeof(double));
     }
     const float *second = opt->cfg.kind == NNP_OPT_LARS ? net->grads : opt->buf3;
@@ -1090,7 +1089,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             const double tg = nnp_comm_wtime();
             int p0, p1;
             double *big = dt.lossv + N_STOP_KINDS + 2 * (size_t)x.M;
-            det_pieces_range(&x.pieces, x.off[rank], x.off[rank + 1], &p0, &p1);
+            det_pieces_range(&x.pieces, x.plo, x.phi, &p0, &p1);
             for (int k = p0; k < p1; k++) {
                 double unused = 0;
                 nnp_precond_range_sums(net->grads, x.pieces.lo[k], x.pieces.lo[k + 1], &unused,
