@@ -55,7 +55,7 @@ def main():
     if not os.access(a.nnprec, os.X_OK):
         die(f"{a.nnprec} is not an executable (build first)")
     if any(s < 0 for s in a.micro_shard):
-        die("--micro-shard sizes must be >= 0")
+        ap.error("--micro-shard sizes must be >= 0")
     configs = [("fused", [])] + [
         (f"det S={s or 'default'}", ["--deterministic"] + (["--micro-shard", str(s)] if s else []))
         for s in a.micro_shard]

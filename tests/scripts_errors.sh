@@ -175,6 +175,10 @@ check 2 "image format" bench_scaling.py --nnprec "$nnprec" --plot s.xyz
 check 2 "positive" bench_noise.py --nnprec "$nnprec" --rounds 0
 check 2 "positive" bench_noise.py --nnprec "$nnprec" --ranks 0
 check 1 "not an executable" bench_noise.py --nnprec nowhere/nnprec
+check 2 "positive" bench_deterministic.py --nnprec "$nnprec" --rounds 0
+check 2 "positive" bench_deterministic.py --nnprec "$nnprec" --ranks 0
+check 2 ">= 0" bench_deterministic.py --nnprec "$nnprec" --micro-shard -1
+check 1 "not an executable" bench_deterministic.py --nnprec nowhere/nnprec
 
 # --- plot_noise.py
 mkdir -p ns plain
