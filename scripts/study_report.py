@@ -242,8 +242,10 @@ def header(R, out, figlink):
       "(tests/ddp_equivalence.sh: 1–4 ranks, every allreduce mode, the same losses up to the "
       "order of float32 sums), so these are the trajectories a 64- or 1024-rank run with the "
       "same global batch would follow, up to that rounding, which a chaotic run grows into a "
-      "different but statistically equivalent trajectory (docs/results.md §3); only the time "
-      "per step changes, which section 4 models.\n\n")
+      "different but statistically equivalent trajectory (docs/results.md §3); with "
+      "`--deterministic` (not used here) runs are bit for bit the same at any rank count "
+      "(tests/deterministic.sh, docs/determinism.md). Only the time per step changes with "
+      "the rank count, which section 4 models.\n\n")
     w("| model | spec | epochs | global batches | target (validation) | procedures |\n"
       "|---|---|---|---|---|---|\n")
     for m, M in R.models.items():
