@@ -97,7 +97,8 @@ nnp_status nnp_ckpt_path(const char *dir, int64_t step, char *buf, size_t cap);
 nnp_status nnp_ckpt_publish(const char *dir, const char *path, int keep);
 /* The checkpoint to resume from in dir: the file DIR/latest names, or if there is no
  * DIR/latest the ckpt-*.h5 with the highest step. *found = 0 (and NNP_OK) when there is none.
- * Errors: NNP_ERR_IO if DIR/latest names a missing file or cannot be read, NNP_ERR_ARG if the
+ * Errors: NNP_ERR_IO if DIR/latest names a missing file or cannot be read, NNP_ERR_FORMAT if
+ * it names anything but a file name in dir ("../x", "/abs", "sub/x"), NNP_ERR_ARG if the
  * path does not fit. */
 nnp_status nnp_ckpt_latest(const char *dir, char *buf, size_t cap, int *found);
 

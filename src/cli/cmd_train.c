@@ -20,6 +20,7 @@
 #include "nnprec/optim.h"
 #include "nnprec/options.h"
 #include "nnprec/precond.h"
+#include "nnprec/rundir.h"
 #include "nnprec/trainer.h"
 
 /* OpenBLAS's runtime thread control (declared by its cblas.h, which only linalg code uses). */
@@ -125,7 +126,9 @@ static nnp_option opts[] = {
           "evaluation)"),
     OPT_L("log-every", log_every, "100", "steps between log rows and progress lines"),
     OPT_L("stats-every", stats_every, "0", "steps between per-tensor rows in OUT/layers.csv (0: off)"),
-    OPT_S("out", out, "", "output folder: train.csv, eval.csv, timing.csv, ranks.csv, layers.csv, ckpt-STEP.h5, latest"),
+    OPT_S("out", out, "",
+          "output folder, created with its parents and locked for the run (OUT/.lock): "
+          "train.csv, eval.csv, timing.csv, ranks.csv, layers.csv, ckpt-STEP.h5, latest"),
     OPT_S("precond", precond, "none", "gradient preconditioner: none | static | dynamic"),
     OPT_S("precond-formula", pformula, "corrected", "corrected | seed (seed 000's exact formulas)"),
     OPT_I("precond-every", precond_every, "1", "dynamic: recompute the multipliers every K steps"),
@@ -599,8 +602,7 @@ static nnp_status make_out_dir(const char *dir)
 {
     if (!dir[0])
         return NNP_OK;
-    if (mkdir(dir, 0777) != 0 && errno != EEXIST)
-        return nnp_error(NNP_ERR_IO, "cannot create output folder %s: %s", dir, strerror(errno));
+    NNP_CALL(nnp_mkdir_p(dir));
     struct stat st;
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
         return nnp_error(NNP_ERR_IO, "output path %s is not a folder", dir);
@@ -676,7 +678,13 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
     static char resume[4096];
     static nnp_ckpt_meta meta;
     resume[0] = '\0';
-    if (rank == 0 && O.resume[0]) {
+    /* the run folder first, before anything reads or writes it: created with its parents
+     * and locked for this run (a second run into it is refused at once) */
+    if (rank == 0 && O.out[0])
+        s = nnp_rundir_acquire(O.out);
+    if (s != NNP_OK) {
+        /* nothing to agree on yet */
+    } else if (rank == 0 && O.resume[0]) {
         if (strcmp(O.resume, "auto") == 0) {
             int found = 0;
             struct stat sb;
@@ -704,6 +712,9 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
     if (s == NNP_OK && rank == 0 && O.stop_file[0] && access(O.stop_file, F_OK) == 0)
         s = nnp_error(NNP_ERR_ARG, "--stop-file %s exists already: remove it (it would stop the "
                                    "run after its first step)", O.stop_file);
+    /* the temporary files an interrupted run left (a checkpoint being written, ...) */
+    if (s == NNP_OK && rank == 0 && O.out[0])
+        s = nnp_rundir_clean(O.out, O.quiet);
     s = nnp_comm_agree(comm, s);
     if (s == NNP_OK)
         s = nnp_comm_bcast(comm, resume, sizeof resume, 0);

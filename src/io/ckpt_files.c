@@ -2,7 +2,7 @@
  * file-system helpers of the module (see ckpt.h and docs/checkpoint.md).
  *
  * Nothing here touches HDF5. DIR/latest is a one-line text file naming the newest
- * checkpoint; it is replaced atomically (write latest.tmp, fsync, rename, fsync the
+ * checkpoint (a file name in DIR: anything else is refused on reading); it is replaced atomically (write latest.tmp, fsync, rename, fsync the
  * directory), and old ckpt-<step>.h5 files beyond the `keep` newest are deleted after it.
  */
 #include <ctype.h>
@@ -17,6 +17,7 @@
 
 #include "ckpt_impl.h"
 #include "nnprec/alloc.h"
+#include "nnprec/rundir.h"
 
 /* ---- file-system helpers --------------------------------------------------------------- */
 
@@ -202,8 +203,13 @@ nnp_status nnp_ckpt_latest(const char *dir, char *buf, size_t cap, int *found)
         if (len == 0)
             return nnp_error(NNP_ERR_IO, "%s is empty: it should name the latest checkpoint",
                              latest);
-        int k = name[0] == '/' ? snprintf(buf, cap, "%s", name)
-                               : snprintf(buf, cap, "%s/%s", dir, name);
+        /* a name in the folder, as nnp_ckpt_publish writes it: a path elsewhere (another
+         * run's file, ../x, /abs) is not this run's checkpoint */
+        if (!nnp_rundir_plain_name(name))
+            return nnp_error(NNP_ERR_FORMAT, "%s names '%s', which is not a file in %s: latest "
+                                             "must hold the name of a checkpoint in its own "
+                                             "folder", latest, name, dir);
+        int k = snprintf(buf, cap, "%s/%s", dir, name);
         if (k < 0 || (size_t)k >= cap)
             return nnp_error(NNP_ERR_ARG, "checkpoint path too long in %s", dir);
         struct stat st;
