@@ -18,6 +18,9 @@
  * caller's buffers (no copy). Reading validates everything (format, version, model spec, architecture,
  * dataset presence, shapes, dtypes, optimizer and preconditioner state) before it modifies
  * anything, and each mismatch has its own message naming the path and the field.
+ * Every dataset carries the XXH64 of its data (attribute xxh64, hash.h), and every read
+ * checks it: a flipped bit anywhere in the data is an error naming the dataset. Files
+ * written before checksums (no root attribute "checksum") still load, unverified.
  */
 #ifndef NNPREC_CKPT_H
 #define NNPREC_CKPT_H
@@ -52,6 +55,8 @@ typedef struct {
     char model[256];       /* read: the model spec; write: ignored (net->spec is written) */
     char options[8192];    /* "name=value\n" per training option */
     /* filled by read, ignored by write: */
+    int checksums;         /* 1: every dataset carries the xxh64 of its data, which every read
+                            * verifies; 0: a file written before checksums (not verified) */
     char created[40];      /* ISO 8601 UTC time of writing */
     char version[32];      /* nnprec version that wrote the file */
 } nnp_ckpt_meta;
@@ -82,6 +87,12 @@ int nnp_ckpt_option(const nnp_ckpt_meta *meta, const char *name, char *buf, size
 
 /* Human-readable summary of a checkpoint (for `nnprec info`). */
 nnp_status nnp_ckpt_info(const char *path, FILE *out);
+
+/* Read every dataset of the file and check it against its checksum (`nnprec info
+ * --verify`); *n_sets and *bytes (may be NULL) get what was checked. Errors: as
+ * nnp_ckpt_read's for an unreadable file; NNP_ERR_FORMAT naming the first dataset whose
+ * data does not match its checksum or lacks one, or a file written before checksums. */
+nnp_status nnp_ckpt_verify(const char *path, int *n_sets, size_t *bytes);
 
 /* The canonical architecture string of a net, in seq-spec syntax without the "seq:" prefix
  * ("1x28x28/conv:6:3:1:2/relu/maxpool:2:2/..."); stored as the `architecture` attribute. */

@@ -146,6 +146,9 @@ nnp_status nnp_cmd_eval(nnp_comm *comm, int argc, char **argv)
                data, count, size, size == 1 ? "" : "s", meta.norm_mean, meta.norm_std);
         printf("test loss %.6f accuracy %.2f%% (%.0f of %zu)\n", tl, 100.0 * ta,
                ta * (double)count, count);
+        if (!meta.checksums)
+            printf("[note]  %s has no checksums (written before nnprec stored them): its data "
+                   "was not verified\n", O.checkpoint);
         fflush(stdout);
     }
     nnp_net_free(net);

@@ -1,6 +1,7 @@
-/* cmd_info.c - `nnprec info FILE|RUNDIR`: a checkpoint's summary (format, model, step,
- * options, parameter and optimizer datasets), printed by rank 0 with nnp_ckpt_info; a run
- * folder stands for its latest checkpoint, as in `nnprec eval`. A missing or invalid file is
+/* cmd_info.c - `nnprec info [--verify] FILE|RUNDIR`: a checkpoint's summary (format, model,
+ * step, options, parameter and optimizer datasets), printed by rank 0 with nnp_ckpt_info,
+ * and with --verify every dataset checked against its checksum; a run folder stands for its
+ * latest checkpoint, as in `nnprec eval`. A missing or invalid file is
  * one error line and exit code 1 on every rank.
  */
 #include <stdio.h>
@@ -11,11 +12,13 @@
 #include "nnprec/options.h"
 
 static const char *USAGE =
-    "usage: nnprec info FILE|RUNDIR\n\n"
+    "usage: nnprec info [--verify] FILE|RUNDIR\n\n"
     "Print the summary of the checkpoint FILE (or of a run folder's latest checkpoint): format\n"
     "and version, the nnprec version and time that wrote it, model and architecture, step and\n"
     "epoch, seed, normalization, global batch and ranks, every parameter dataset, the optimizer\n"
-    "and preconditioner state, the run's options.\n";
+    "and preconditioner state, the run's options.\n\n"
+    "  --verify   also read every dataset and check it against its checksum (xxh64); a\n"
+    "             mismatch, or a file without checksums, is an error (exit code 1)\n";
 
 nnp_status nnp_cmd_info(nnp_comm *comm, int argc, char **argv)
 {
@@ -27,9 +30,12 @@ nnp_status nnp_cmd_info(nnp_comm *comm, int argc, char **argv)
             return NNP_OK;
         }
     nnp_status s = NNP_OK;
+    int verify = argc > 0 && strcmp(argv[0], "--verify") == 0;
+    argc -= verify;
+    argv += verify;
     if (argc != 1 || argv[0][0] == '-')
-        s = nnp_error(NNP_ERR_ARG, "usage: nnprec info FILE|RUNDIR (one checkpoint file or "
-                                   "run folder)");
+        s = nnp_error(NNP_ERR_ARG, "usage: nnprec info [--verify] FILE|RUNDIR (one checkpoint "
+                                   "file or run folder)");
     if (s != NNP_OK)
         return rank == 0 ? s : nnp_remote(s);
     if (rank == 0) {
@@ -44,6 +50,15 @@ nnp_status nnp_cmd_info(nnp_comm *comm, int argc, char **argv)
             s = nnp_error(NNP_ERR_IO, "no checkpoint in %s", argv[0]);
         if (s == NNP_OK)
             s = nnp_ckpt_info(path, stdout);
+        if (s == NNP_OK && verify) {
+            int n = 0;
+            size_t bytes = 0;
+            fflush(stdout);
+            s = nnp_ckpt_verify(path, &n, &bytes);
+            if (s == NNP_OK)
+                printf("verified         %d datasets, %zu bytes: every checksum matches\n", n,
+                       bytes);
+        }
         fflush(stdout);
     }
     return nnp_comm_agree(comm, s);

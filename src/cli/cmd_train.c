@@ -728,6 +728,9 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
         if (strcmp(meta.model, O.model) != 0)
             s = nnp_error(NNP_ERR_ARG, "checkpoint %s holds model '%s', --model is '%s'", resume,
                           meta.model, O.model);
+        if (s == NNP_OK && rank == 0 && !meta.checksums && !O.quiet)
+            printf("[note]  %s has no checksums (written before nnprec stored them): its data "
+                   "is not verified\n", resume);
         s = nnp_comm_agree(comm, s);
         if (s != NNP_OK)
             return s;

@@ -15,6 +15,11 @@
 
 #define NNP__CKPT_PATH_CAP 4096
 
+/* Every dataset's checksum: the attribute (uint64) holding the XXH64, seed 0, of its data
+ * as little-endian bytes (hash.h); the root attribute "checksum" names it. Files without
+ * that root attribute predate checksums. */
+#define NNP__CKPT_HASH_ATTR "xxh64"
+
 /* ---- HDF5 error handling (ckpt_write.c; quiet on/off in h5util.h) ---------------------- */
 
 /* The reason for the last failure: errno if set, else HDF5's innermost message (buf holds

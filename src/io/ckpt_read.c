@@ -21,6 +21,7 @@
 
 #include "ckpt_impl.h"
 #include "nnprec/alloc.h"
+#include "nnprec/hash.h"
 
 /* ---- small utilities ------------------------------------------------------------------- */
 
@@ -38,6 +39,15 @@ static void shape_str(int ndim, const hsize_t *d, char *buf, size_t cap)
     }
 }
 
+/* An HDF5 failure to decode what should be there (HDF5 checks the checksums of the file's
+ * metadata: a flipped bit in an object header or index fails here). */
+static nnp_status damaged(const char *path, const char *what)
+{
+    char reason[512];
+    return nnp_error(NNP_ERR_FORMAT, "checkpoint %s: cannot read %s: %s (the file is damaged)",
+                     path, what, nnp__ckpt_h5_reason(0, reason));
+}
+
 /* ---- read ------------------------------------------------------------------------------ */
 
 /* Read a scalar attribute of any numeric type, converted to mtype. Returns 0, or -1 with an
@@ -45,7 +55,14 @@ static void shape_str(int ndim, const hsize_t *d, char *buf, size_t cap)
 static int attr_num(const char *path, hid_t loc, const char *where, const char *name,
                     hid_t mtype, void *v)
 {
-    if (H5Aexists(loc, name) <= 0) {
+    htri_t has = H5Aexists(loc, name);
+    if (has < 0) {
+        char what[128];
+        snprintf(what, sizeof what, "attribute %s%s", where, name);
+        damaged(path, what);
+        return -1;
+    }
+    if (!has) {
         nnp_error(NNP_ERR_FORMAT, "checkpoint %s: attribute %s%s missing", path, where, name);
         return -1;
     }
@@ -82,7 +99,14 @@ static int attr_string(const char *path, hid_t loc, const char *where, const cha
                        char *buf, size_t cap)
 {
     buf[0] = '\0';
-    if (H5Aexists(loc, name) <= 0) {
+    htri_t has = H5Aexists(loc, name);
+    if (has < 0) {
+        char what[128];
+        snprintf(what, sizeof what, "attribute %s%s", where, name);
+        damaged(path, what);
+        return -1;
+    }
+    if (!has) {
         nnp_error(NNP_ERR_FORMAT, "checkpoint %s: attribute %s%s missing", path, where, name);
         return -1;
     }
@@ -160,7 +184,10 @@ static nnp_status open_ckpt(const char *path, hid_t *out)
 static nnp_status check_format(const char *path, hid_t f)
 {
     char fmt[128];
-    if (H5Aexists(f, "format") <= 0)
+    htri_t has = H5Aexists(f, "format");
+    if (has < 0)
+        return damaged(path, "its root attributes");
+    if (!has)
         return nnp_error(NNP_ERR_FORMAT,
                          "checkpoint %s: not an nnprec checkpoint (no format attribute)", path);
     if (attr_string(path, f, "", "format", fmt, sizeof fmt) != 0)
@@ -238,6 +265,15 @@ static nnp_status read_meta_attrs(const char *path, hid_t f, nnp_ckpt_meta *m)
                              "checkpoint %s: the noise-scale attributes have impossible values",
                              path);
     }
+    if (H5Aexists(f, "checksum") > 0) {
+        char kind[32];
+        if (attr_string(path, f, "", "checksum", kind, sizeof kind))
+            return NNP_ERR_FORMAT;
+        if (strcmp(kind, NNP__CKPT_HASH_ATTR) != 0)
+            return nnp_error(NNP_ERR_FORMAT, "checkpoint %s: unknown checksum '%s' (this nnprec "
+                                             "knows %s)", path, kind, NNP__CKPT_HASH_ATTR);
+        m->checksums = 1;
+    }
     m->epoch = (int)epoch;
     m->global_batch = (int)gb;
     m->world_size = (int)ws;
@@ -259,18 +295,34 @@ static hid_t check_dset(const char *path, hid_t f, const char *name, size_t esiz
     const char *p = name;
     while ((p = strchr(p + 1, '/')) != NULL) {
         snprintf(part, sizeof part, "%.*s", (int)(p - name), name);
-        if (H5Lexists(f, part, H5P_DEFAULT) <= 0) {
+        htri_t has = H5Lexists(f, part, H5P_DEFAULT);
+        if (has < 0) {
+            damaged(path, part);
+            return -1;
+        }
+        if (!has) {
             nnp_error(NNP_ERR_FORMAT, "checkpoint %s: dataset %s missing (no group %s)", path,
                       name, part);
             return -1;
         }
     }
-    if (H5Lexists(f, name, H5P_DEFAULT) <= 0) {
+    htri_t has = H5Lexists(f, name, H5P_DEFAULT);
+    if (has < 0) {
+        damaged(path, name);
+        return -1;
+    }
+    if (!has) {
         nnp_error(NNP_ERR_FORMAT, "checkpoint %s: dataset %s missing", path, name);
         return -1;
     }
     hid_t o = H5Oopen(f, name, H5P_DEFAULT);
-    if (o < 0 || H5Iget_type(o) != H5I_DATASET) {
+    if (o < 0) {
+        char what[300];
+        snprintf(what, sizeof what, "dataset %s", name);
+        damaged(path, what);
+        return -1;
+    }
+    if (H5Iget_type(o) != H5I_DATASET) {
         if (o >= 0)
             H5Oclose(o);
         nnp_error(NNP_ERR_FORMAT, "checkpoint %s: %s is not a dataset", path, name);
@@ -311,6 +363,38 @@ static hid_t check_dset(const char *path, hid_t f, const char *name, size_t esiz
         return -1;
     }
     return o;
+}
+
+/* Check the bytes read from dataset d against its xxh64 attribute. Returns NNP_OK, or
+ * NNP_ERR_FORMAT naming the dataset (no attribute, or data that does not match it). */
+static nnp_status check_hash(const char *path, hid_t d, const void *data, size_t bytes)
+{
+    char name[256] = "?";
+    uint64_t want = 0;
+    int have = H5Aexists(d, NNP__CKPT_HASH_ATTR) > 0;
+    hid_t a = have ? H5Aopen(d, NNP__CKPT_HASH_ATTR, H5P_DEFAULT) : -1;
+    hid_t t = a >= 0 ? H5Aget_type(a) : -1;
+    hid_t sp = a >= 0 ? H5Aget_space(a) : -1;
+    int ok = t >= 0 && sp >= 0 && H5Tget_class(t) == H5T_INTEGER && H5Tget_size(t) == 8 &&
+             H5Sget_simple_extent_npoints(sp) == 1 && H5Aread(a, H5T_NATIVE_UINT64, &want) >= 0;
+    nnp__ckpt_close_id(sp);
+    nnp__ckpt_close_id(t);
+    nnp__ckpt_close_id(a);
+    if (!ok) {
+        H5Iget_name(d, name, sizeof name);
+        return nnp_error(NNP_ERR_FORMAT, "checkpoint %s: dataset %s has %s checksum (attribute "
+                                         "%s): the file is damaged", path, name,
+                         have ? "an unreadable" : "no", NNP__CKPT_HASH_ATTR);
+    }
+    uint64_t got = nnp_xxh64(data, bytes, 0);
+    if (got != want) {
+        H5Iget_name(d, name, sizeof name);
+        return nnp_error(NNP_ERR_FORMAT, "checkpoint %s: dataset %s is corrupt: its data does "
+                                         "not match its checksum (xxh64 %016llx stored, %016llx "
+                                         "computed)", path, name, (unsigned long long)want,
+                         (unsigned long long)got);
+    }
+    return NNP_OK;
 }
 
 typedef struct {
@@ -509,9 +593,10 @@ nnp_status nnp_ckpt_read(const char *path, nnp_net *net, nnp_optim *opt, nnp_pre
         s = read_meta_attrs(path, f, m);
     if (s == NNP_OK)
         s = validate(path, f, net, opt, pc, rd, &n_rd, &opt_t, &pc_updated);
-    /* Read every dataset into one scratch block first, check that it is finite (training
-     * from a nan would only report a divergence later, evaluating one a meaningless
-     * accuracy), and only then copy into the caller's buffers: a failure changes nothing. */
+    /* Read every dataset into one scratch block first, check it against its checksum (a
+     * file written before checksums: not) and that it is finite (training from a nan would
+     * only report a divergence later, evaluating one a meaningless accuracy), and only then
+     * copy into the caller's buffers: a failure changes nothing. */
     size_t total = 0;
     size_t *bytes = nnp_calloc((size_t)n_rd, sizeof *bytes); /* n_rd = 0: still a pointer */
     if (!bytes && s == NNP_OK)
@@ -540,6 +625,8 @@ nnp_status nnp_ckpt_read(const char *path, nnp_net *net, nnp_optim *opt, nnp_pre
                           nnp__ckpt_h5_reason(err, reason));
             break;
         }
+        if (m->checksums && (s = check_hash(path, rd[i].id, scratch + at, bytes[i])) != NNP_OK)
+            break;
         int finite = 1;
         if (rd[i].mtype == H5T_NATIVE_FLOAT)
             for (size_t k = 0; k < bytes[i] / 4; k++)
@@ -611,6 +698,103 @@ int nnp_ckpt_option(const nnp_ckpt_meta *meta, const char *name, char *buf, size
         p = e + 1;
     }
     return 0;
+}
+
+/* ---- verify ---------------------------------------------------------------------------- */
+
+typedef struct {
+    const char *path;
+    nnp_status s;
+    int n;
+    size_t bytes;
+} verify_ctx;
+
+/* One object of the file: a dataset is read whole in its own width and checked. */
+static herr_t verify_link(hid_t loc, const char *name, const H5L_info_t *li, void *data)
+{
+    verify_ctx *c = data;
+    if (li->type != H5L_TYPE_HARD)
+        return 0;
+    hid_t o = H5Oopen(loc, name, H5P_DEFAULT);
+    if (o < 0) {
+        c->s = nnp_error(NNP_ERR_FORMAT, "checkpoint %s: cannot open /%s", c->path, name);
+        return 1;
+    }
+    if (H5Iget_type(o) != H5I_DATASET) {
+        H5Oclose(o);
+        return 0;
+    }
+    hid_t t = H5Dget_type(o), sp = H5Dget_space(o);
+    H5T_class_t cls = t >= 0 ? H5Tget_class(t) : H5T_NO_CLASS;
+    size_t es = t >= 0 ? H5Tget_size(t) : 0;
+    hssize_t np = sp >= 0 ? H5Sget_simple_extent_npoints(sp) : -1;
+    hid_t mt = cls == H5T_FLOAT && es == 4     ? H5T_NATIVE_FLOAT
+               : cls == H5T_FLOAT && es == 8   ? H5T_NATIVE_DOUBLE
+               : cls == H5T_INTEGER && es == 8 ? (H5Tget_sign(t) == H5T_SGN_NONE ? H5T_NATIVE_UINT64
+                                                                                 : H5T_NATIVE_INT64)
+                                               : -1;
+    char ts[32] = "unknown";
+    if (t >= 0)
+        nnp__h5_dtype_str(t, ts, sizeof ts);
+    nnp__ckpt_close_id(t);
+    nnp__ckpt_close_id(sp);
+    size_t bytes = np > 0 ? (size_t)np * es : 0;
+    void *buf = NULL;
+    if (mt < 0 || np < 0)
+        c->s = nnp_error(NNP_ERR_FORMAT, "checkpoint %s: dataset /%s has dtype %s, which no "
+                                         "nnprec checkpoint holds", c->path, name, ts);
+    else if (bytes && !(buf = nnp_malloc(bytes)))
+        c->s = NNP_ERR_NOMEM;
+    else if (bytes && H5Dread(o, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0) {
+        char reason[512];
+        c->s = nnp_error(NNP_ERR_IO, "checkpoint %s: cannot read dataset /%s: %s", c->path, name,
+                         nnp__ckpt_h5_reason(0, reason));
+    } else
+        c->s = check_hash(c->path, o, buf, bytes);
+    free(buf);
+    H5Oclose(o);
+    if (c->s != NNP_OK)
+        return 1;
+    c->n++;
+    c->bytes += bytes;
+    return 0;
+}
+
+nnp_status nnp_ckpt_verify(const char *path, int *n_sets, size_t *bytes)
+{
+    nnp__h5_quiet q;
+    nnp__h5_quiet_on(&q);
+    hid_t f;
+    nnp_status s = open_ckpt(path, &f);
+    if (s != NNP_OK) {
+        nnp__h5_quiet_off(&q);
+        return s;
+    }
+    nnp_ckpt_meta *m = nnp_malloc(sizeof *m);
+    verify_ctx c = {path, NNP_OK, 0, 0};
+    s = m ? check_format(path, f) : NNP_ERR_NOMEM;
+    if (s == NNP_OK)
+        s = read_meta_attrs(path, f, m);
+    if (s == NNP_OK && !m->checksums)
+        s = nnp_error(NNP_ERR_FORMAT, "checkpoint %s has no checksums (written by an nnprec "
+                                      "that did not store them): its data cannot be verified",
+                      path);
+    if (s == NNP_OK && H5Lvisit(f, H5_INDEX_NAME, H5_ITER_INC, verify_link, &c) < 0 &&
+        c.s == NNP_OK) {
+        char reason[512];
+        c.s = nnp_error(NNP_ERR_FORMAT, "checkpoint %s: cannot walk its datasets: %s", path,
+                        nnp__ckpt_h5_reason(0, reason));
+    }
+    if (s == NNP_OK)
+        s = c.s;
+    if (n_sets)
+        *n_sets = c.n;
+    if (bytes)
+        *bytes = c.bytes;
+    free(m);
+    H5Fclose(f);
+    nnp__h5_quiet_off(&q);
+    return s;
 }
 
 /* ---- info ------------------------------------------------------------------------------ */
@@ -723,6 +907,11 @@ nnp_status nnp_ckpt_info(const char *path, FILE *out)
         fprintf(out, "global batch     %d on %d rank%s\n", m->global_batch, m->world_size,
                 m->world_size == 1 ? "" : "s");
         fprintf(out, "wall time        %.1f s\n", m->wall_s);
+        fprintf(out, "checksums        %s\n",
+                m->checksums ? "xxh64 of every dataset, checked on every read (all of them: "
+                               "nnprec info --verify)"
+                             : "none (written before nnprec stored them: the data is not "
+                               "verified)");
         fprintf(out, "parameters:\n");
         info_ctx c = {out, 0};
         hsize_t idx = 0;

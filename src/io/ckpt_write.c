@@ -31,6 +31,7 @@
 
 #include "ckpt_impl.h"
 #include "nnprec/alloc.h"
+#include "nnprec/hash.h"
 
 #ifndef NNP_VERSION
 #define NNP_VERSION "unknown"
@@ -202,8 +203,9 @@ typedef struct {
 
 /* A contiguous dataset whose storage is allocated at creation (no fill): HDF5 records its
  * layout, and the caller writes `data` at the dataset's file offset later. The file type is
- * the native one, so the bytes in memory are the bytes in the file on any host. Returns the
- * open dataset (the caller may add attributes) or -1. */
+ * the native one, so the bytes in memory are the bytes in the file on any host. The
+ * dataset's xxh64 attribute is the XXH64 of those bytes. Returns the open dataset (the
+ * caller may add attributes) or -1. */
 static hid_t dset_plan(hid_t loc, const char *name, hid_t type, int ndim, const hsize_t *dims,
                        const void *data, size_t esize, wctx *w)
 {
@@ -228,6 +230,11 @@ static hid_t dset_plan(hid_t loc, const char *name, hid_t type, int ndim, const 
         return -1;
     haddr_t off = H5Dget_offset(d);
     if (n > 0 && off == HADDR_UNDEF) {
+        H5Dclose(d);
+        return -1;
+    }
+    /* the checksum of the bytes about to be written, verified by every read */
+    if (attr_u64(d, NNP__CKPT_HASH_ATTR, nnp_xxh64(data, n * esize, 0)) < 0) {
         H5Dclose(d);
         return -1;
     }
@@ -383,6 +390,7 @@ static int write_root(hid_t f, const nnp_net *net, const nnp_ckpt_meta *m, wctx 
     errno = 0;
     int bad = attr_str(f, "format", NNP_CKPT_FORMAT) < 0 ||
               attr_i64(f, "format_version", NNP_CKPT_VERSION) < 0 ||
+              attr_str(f, "checksum", NNP__CKPT_HASH_ATTR) < 0 ||
               attr_str(f, "nnprec_version", NNP_VERSION) < 0 ||
               attr_str(f, "model", net->spec) < 0 || attr_str(f, "architecture", arch) < 0 ||
               attr_i64(f, "n_params", (int64_t)net->n_params) < 0 ||
@@ -441,6 +449,11 @@ static nnp_status write_structure(const char *tmp, const nnp_net *net, const nnp
     hid_t fcpl = H5Pcreate(H5P_FILE_CREATE), fapl = nnp__ckpt_make_fapl();
     if (fcpl >= 0)
         H5Pset_link_creation_order(fcpl, H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED);
+    /* HDF5 1.8's file format: its superblock, object headers (attributes included) and
+     * indexes carry checksums that HDF5 verifies on every read; the data's own are the
+     * xxh64 attributes (readable by any HDF5 >= 1.8) */
+    if (fapl >= 0)
+        H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_V18);
     errno = 0;
     hid_t f = (fcpl >= 0 && fapl >= 0) ? H5Fcreate(tmp, H5F_ACC_TRUNC, fcpl, fapl) : -1;
     int err = errno;
