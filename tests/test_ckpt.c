@@ -41,6 +41,7 @@
 
 #include "nnprec/ckpt.h"
 #include "nnprec/h5data.h"
+#include "nnprec/hash.h"
 #include "nnprec/net.h"
 #include "nnprec/optim.h"
 #include "nnprec/precond.h"
@@ -935,8 +936,33 @@ static void remove_tree(const char *path)
     rmdir(path);
 }
 
+/* The checksum is XXH64: the values of libxxhash's XXH64() (and the specification's "" and
+ * "abc"), over every tail length and both the 32-byte stripes and the short path. */
+static void test_xxh64(void)
+{
+    unsigned char b[100];
+    for (int i = 0; i < 100; i++)
+        b[i] = (unsigned char)((i * 7) & 0xff);
+    ASSERT_TRUE(nnp_xxh64(NULL, 0, 0) == 0xef46db3751d8e999ULL);
+    ASSERT_TRUE(nnp_xxh64("abc", 3, 0) == 0x44bc2cf5ad770999ULL);
+    ASSERT_TRUE(nnp_xxh64(b, 100, 0) == 0x8e2272c08247d5dbULL);
+    ASSERT_TRUE(nnp_xxh64(b, 37, 1) == 0x82358c40922af044ULL);
+    ASSERT_TRUE(nnp_xxh64(b, 8, 2) == 0x3f68cdceb6f6d173ULL);
+    ASSERT_TRUE(nnp_xxh64(b, 31, 0) == 0x0f187c62b1e722b7ULL);
+    /* one flipped bit anywhere changes it */
+    const uint64_t h = nnp_xxh64(b, 100, 0);
+    int same = 0;
+    for (int i = 0; i < 800; i++) {
+        b[i / 8] ^= (unsigned char)(1u << (i % 8));
+        same += nnp_xxh64(b, 100, 0) == h;
+        b[i / 8] ^= (unsigned char)(1u << (i % 8));
+    }
+    ASSERT_TRUE(same == 0);
+}
+
 int main(void)
 {
+    test_xxh64();
     snprintf(g_dir, sizeof g_dir, "/tmp/nnp_ckpt_XXXXXX");
     if (!mkdtemp(g_dir)) {
         perror("mkdtemp");
