@@ -900,8 +900,60 @@ static void test_layerwise_ranges(void)
     }
 }
 
+/* Every optimizer's step names the first tensor whose new parameters are not finite
+ * (o.nonfinite), found by its update loop; -1 when all are finite; a range step sees only
+ * its range. Tensor 2 of mlp:3-4-2 (fc2.weight) gets a nan gradient, which makes one of its
+ * new parameters nan under every rule. */
+static void test_nonfinite(void)
+{
+    nnp_net *net = NULL;
+    ASSERT_OK(nnp_net_create("mlp:3-4-2", (nnp_shape){3, 1, 1}, NNP_ACT_RELU, 1, &net));
+    if (!net)
+        return;
+    const nnp_opt_kind kinds[5] = {NNP_OPT_SGD, NNP_OPT_ADAM, NNP_OPT_ADAMW, NNP_OPT_LARS,
+                                   NNP_OPT_LAMB};
+    for (int k = 0; k < 5; k++) {
+        for (int mom = 0; mom < 2; mom++) {
+            nnp_optim_cfg c = {0};
+            c.kind = kinds[k];
+            c.momentum = mom ? 0.9 : 0.0;
+            c.beta1 = 0.9;
+            c.beta2 = 0.999;
+            c.eps = 1e-8;
+            c.lars_eta = 0.001;
+            c.lamb_clip = 10;
+            if (mom && (c.kind != NNP_OPT_SGD && c.kind != NNP_OPT_LARS))
+                continue;
+            nnp_optim o;
+            ASSERT_OK(nnp_optim_init(&o, &c, net->n_params));
+            ASSERT_EQ_INT(o.nonfinite, -1);
+            for (size_t i = 0; i < net->n_params; i++) {
+                net->params[i] = 0.1f * (float)(i % 7) - 0.3f;
+                net->grads[i] = 0.01f * (float)(i % 5) - 0.02f;
+            }
+            nnp_optim_step(&o, net, 0.1, NULL);
+            ASSERT_EQ_INT(o.nonfinite, -1);
+            const nnp_tensor *T = &net->tensors[2];
+            net->grads[T->off + T->n / 2] = NAN;
+            nnp_optim_step(&o, net, 0.1, NULL);
+            if (o.nonfinite != 2)
+                TEST_FAIL_("%s momentum %d: nonfinite %d after a nan gradient in tensor 2",
+                           nnp_opt_name(c.kind), mom, o.nonfinite);
+            /* a range that stops before tensor 2 does not see it */
+            net->params[T->off + T->n / 2] = NAN;
+            nnp_optim_step_range(&o, net, 0.1, NULL, 0, T->off);
+            ASSERT_EQ_INT(o.nonfinite, -1);
+            nnp_optim_step_range(&o, net, 0.1, NULL, T->off, net->n_params);
+            ASSERT_EQ_INT(o.nonfinite, 2);
+            nnp_optim_free(&o);
+        }
+    }
+    nnp_net_free(net);
+}
+
 int main(void)
 {
+    test_nonfinite();
     test_hand_worked();
     test_reference_sequences();
     test_range_steps();

@@ -52,6 +52,10 @@ typedef struct {
      * preconditioner's statistics for the next step, without another pass */
     double *sums;
     size_t sums_lo, sums_hi;
+    /* after every step (nnp_optim_step, _step_range, _apply_range): the index of the first
+     * tensor with an updated parameter (in the step's range) that is an inf or a nan, or -1.
+     * The update loops find it as they write the parameters, with no pass of their own. */
+    int nonfinite;
 } nnp_optim;
 
 nnp_status nnp_opt_parse(const char *name, nnp_opt_kind *out); /* sgd|adam|adamw|lars|lamb */

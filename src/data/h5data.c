@@ -4,12 +4,14 @@
  * reads 1/p of a sharded test set from disk. The images keep their stored type (uint8 or
  * float32, converted from any byte order by HDF5); labels of any integer type are read
  * whole as int64 and range-checked, which fixes n_classes file-wide and catches a bad label
- * anywhere in the file.
+ * anywhere in the file. Float images are checked for non-finite values as they are read
+ * (an error naming the sample), so training never sees one.
  */
 #include "nnprec/h5data.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -213,6 +215,19 @@ static nnp_status load(const char *path, const char *split, size_t limit, size_t
         return nnp_error(NNP_ERR_IO, "%s: cannot read rows %zu..%zu of /%s/images%s%s", path,
                          first, first + n, split, errno ? ": " : " (truncated or corrupt file)",
                          errno ? strerror(errno) : "");
+    if (!is_u8) { /* float pixels: checked once here, so no nan or inf ever reaches a step */
+        const float *x = dst;
+        for (size_t i = 0; i < n * D; i++)
+            if (!isfinite(x[i])) {
+                const size_t k = i % D;
+                return nnp_error(NNP_ERR_FORMAT,
+                                 "%s: /%s/images sample %zu holds a non-finite value (%s) at "
+                                 "channel %zu, row %zu, column %zu",
+                                 path, split, first + i / D, isnan(x[i]) ? "nan" : "inf",
+                                 k / (size_t)(dims[2] * dims[3]), k / (size_t)dims[3] % (size_t)dims[2],
+                                 k % (size_t)dims[3]);
+            }
+    }
     out->n = n;
     return NNP_OK;
 }

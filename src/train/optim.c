@@ -10,7 +10,9 @@
  * a tensor: the first updates the moments, keeps u in a scratch buffer and sums ||w||^2 and
  * ||u||^2, the second steps along the kept u.
  * Every inner loop is a straight pass over one tensor with loop-invariant float
- * coefficients, so the compiler can vectorize it; the step allocates nothing.
+ * coefficients, so the compiler can vectorize it; the step allocates nothing. The update
+ * loops also OR the exponent bits of the new parameters (fin_bits), so every step knows,
+ * at no extra pass, the first tensor whose parameters are no longer finite.
  */
 #include "nnprec/optim.h"
 #include <math.h>
@@ -48,6 +50,17 @@ const char *nnp_opt_name(nnp_opt_kind k)
     case NNP_OPT_LAMB: return "lamb";
     }
     return "?";
+}
+
+/* The finiteness check folded into every update loop: fin_bits(v) has bit 31 set exactly
+ * when v is an inf or a nan (all exponent bits set: adding 1 to the exponent field carries
+ * into bit 31). The loops OR it over their new parameters, which vectorizes like the update
+ * itself; (acc >> 31) is then 1 when any of them is no longer finite. */
+static inline uint32_t fin_bits(float v)
+{
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    return (u & 0x7f800000u) + 0x00800000u;
 }
 
 /* x in [lo, hi) and finite */
@@ -91,6 +104,7 @@ nnp_status nnp_optim_init(nnp_optim *o, const nnp_optim_cfg *cfg, size_t n)
     if (!o || !cfg)
         return nnp_error(NNP_ERR_ARG, "nnp_optim_init: NULL argument");
     memset(o, 0, sizeof *o);
+    o->nonfinite = -1;
     if ((unsigned)cfg->kind > (unsigned)NNP_OPT_LAMB)
         return nnp_error(NNP_ERR_ARG, "unknown optimizer kind %d", (int)cfg->kind);
     NNP_CALL(validate(cfg));
@@ -131,53 +145,72 @@ void nnp_optim_free(nnp_optim *o)
     o->t = 0;
 }
 
+/* The update kernels return 1 when one of their new parameters is not finite (fin_bits). */
+
 /* p <- p - lr*(s*g + wd*p) */
-static void sgd_plain(size_t n, float *restrict p, const float *restrict g, float s, float wd,
-                      float lr)
+static int sgd_plain(size_t n, float *restrict p, const float *restrict g, float s, float wd,
+                     float lr)
 {
-    for (size_t i = 0; i < n; i++)
-        p[i] -= lr * (s * g[i] + wd * p[i]);
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        const float v = p[i] - lr * (s * g[i] + wd * p[i]);
+        p[i] = v;
+        bad |= fin_bits(v);
+    }
+    return (int)(bad >> 31);
 }
 
 /* First momentum step: buf <- d (torch clones d_p into the buffer, no dampening). */
-static void sgd_mom_first(size_t n, float *restrict p, const float *restrict g,
-                          float *restrict buf, float s, float wd, float lr, float mom,
-                          int nesterov)
+static int sgd_mom_first(size_t n, float *restrict p, const float *restrict g,
+                         float *restrict buf, float s, float wd, float lr, float mom,
+                         int nesterov)
 {
+    uint32_t bad = 0;
     if (nesterov) {
         for (size_t i = 0; i < n; i++) {
             float d = s * g[i] + wd * p[i];
             buf[i] = d;
-            p[i] -= lr * (d + mom * d);
+            const float v = p[i] - lr * (d + mom * d);
+            p[i] = v;
+            bad |= fin_bits(v);
         }
     } else {
         for (size_t i = 0; i < n; i++) {
             float d = s * g[i] + wd * p[i];
             buf[i] = d;
-            p[i] -= lr * d;
+            const float v = p[i] - lr * d;
+            p[i] = v;
+            bad |= fin_bits(v);
         }
     }
+    return (int)(bad >> 31);
 }
 
 /* buf <- mom*buf + (1-dampening)*d; step along buf, or d + mom*buf for Nesterov. */
-static void sgd_mom(size_t n, float *restrict p, const float *restrict g, float *restrict buf,
-                    float s, float wd, float lr, float mom, float one_m_damp, int nesterov)
+static int sgd_mom(size_t n, float *restrict p, const float *restrict g, float *restrict buf,
+                   float s, float wd, float lr, float mom, float one_m_damp, int nesterov)
 {
+    uint32_t bad = 0;
     if (nesterov) {
         for (size_t i = 0; i < n; i++) {
             float d = s * g[i] + wd * p[i];
             float b = mom * buf[i] + one_m_damp * d;
             buf[i] = b;
-            p[i] -= lr * (d + mom * b);
+            const float v = p[i] - lr * (d + mom * b);
+            p[i] = v;
+            bad |= fin_bits(v);
         }
     } else {
         for (size_t i = 0; i < n; i++) {
             float d = s * g[i] + wd * p[i];
             float b = mom * buf[i] + one_m_damp * d;
             buf[i] = b;
-            p[i] -= lr * b;
+            const float v = p[i] - lr * b;
+            p[i] = v;
+            bad |= fin_bits(v);
         }
     }
+    return (int)(bad >> 31);
 }
 
 /* Adam with (coupled) decay wd and AdamW's decoupled factor `keep` = 1 - lr*wd_decoupled:
@@ -185,10 +218,11 @@ static void sgd_mom(size_t n, float *restrict p, const float *restrict g, float 
  *   p <- p - step * m / (sqrt(v) * inv_sqrt_bc2 + eps)
  * with c1 = 1-b1, c2 = 1-b2 (formed in double), step = lr/(1-b1^t) and
  * inv_sqrt_bc2 = 1/sqrt(1-b2^t), as torch's _single_tensor_adam. */
-static void adam_update(size_t n, float *restrict p, const float *restrict g, float *restrict m,
-                        float *restrict v, float s, float wd, float keep, float b1, float c1,
-                        float b2, float c2, float step, float inv_sqrt_bc2, float eps)
+static int adam_update(size_t n, float *restrict p, const float *restrict g, float *restrict m,
+                       float *restrict v, float s, float wd, float keep, float b1, float c1,
+                       float b2, float c2, float step, float inv_sqrt_bc2, float eps)
 {
+    uint32_t bad = 0;
     for (size_t i = 0; i < n; i++) {
         float pi = keep * p[i];
         float d = s * g[i] + wd * pi;
@@ -196,8 +230,11 @@ static void adam_update(size_t n, float *restrict p, const float *restrict g, fl
         float vi = b2 * v[i] + c2 * d * d;
         m[i] = mi;
         v[i] = vi;
-        p[i] = pi - step * mi / (sqrtf(vi) * inv_sqrt_bc2 + eps);
+        const float w = pi - step * mi / (sqrtf(vi) * inv_sqrt_bc2 + eps);
+        p[i] = w;
+        bad |= fin_bits(w);
     }
+    return (int)(bad >> 31);
 }
 
 void nnp_optim_want_sums(nnp_optim *o, double *sums, size_t lo, size_t hi)
@@ -304,10 +341,15 @@ static void lamb_moments(size_t n, const float *restrict p, const float *restric
 }
 
 /* LAMB pass 2: p <- p - step*u with step = lr * trust ratio */
-static void lamb_apply(size_t n, float *restrict p, const float *restrict u, float step)
+static int lamb_apply(size_t n, float *restrict p, const float *restrict u, float step)
 {
-    for (size_t i = 0; i < n; i++)
-        p[i] -= step * u[i];
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        const float v = p[i] - step * u[i];
+        p[i] = v;
+        bad |= fin_bits(v);
+    }
+    return (int)(bad >> 31);
 }
 
 /* Pass 1 for the part [a, b) of tensor j: its two partial squared norms. */
@@ -327,8 +369,8 @@ static void layer_norms(nnp_optim *o, const nnp_net *net, int j, size_t a, size_
 }
 
 /* Pass 2 for the part [a, b) of tensor j with its global squared norms n1, n2; sd is
- * scale[j] in double. */
-static void layer_apply(nnp_optim *o, nnp_net *net, int j, size_t a, size_t b, double lr,
+ * scale[j] in double. Returns 1 when a new parameter is not finite. */
+static int layer_apply(nnp_optim *o, nnp_net *net, int j, size_t a, size_t b, double lr,
                         double sd, const lamb_coef *k, double n1, double n2)
 {
     const nnp_optim_cfg *c = &o->cfg;
@@ -346,18 +388,16 @@ static void layer_apply(nnp_optim *o, nnp_net *net, int j, size_t a, size_t b, d
         const float s = (float)(lam * sd), wdl = (float)(lam * wd), flr = (float)lr;
         const float mom = (float)c->momentum, one_m_damp = (float)(1.0 - c->dampening);
         if (!o->buf1)
-            sgd_plain(n, p, g, s, wdl, flr);
-        else if (o->t == 1)
-            sgd_mom_first(n, p, g, o->buf1 + a, s, wdl, flr, mom, c->nesterov);
-        else
-            sgd_mom(n, p, g, o->buf1 + a, s, wdl, flr, mom, one_m_damp, c->nesterov);
-    } else {
-        /* phi(||w||) = min(||w||, clip) over ||u||; 1 when either norm is 0 */
-        const double un = sqrt(n2);
-        const double ratio =
-            ex || !(wn > 0 && un > 0) ? 1.0 : (wn < c->lamb_clip ? wn : c->lamb_clip) / un;
-        lamb_apply(n, p, o->buf3 + a, (float)(lr * ratio));
+            return sgd_plain(n, p, g, s, wdl, flr);
+        if (o->t == 1)
+            return sgd_mom_first(n, p, g, o->buf1 + a, s, wdl, flr, mom, c->nesterov);
+        return sgd_mom(n, p, g, o->buf1 + a, s, wdl, flr, mom, one_m_damp, c->nesterov);
     }
+    /* phi(||w||) = min(||w||, clip) over ||u||; 1 when either norm is 0 */
+    const double un = sqrt(n2);
+    const double ratio =
+        ex || !(wn > 0 && un > 0) ? 1.0 : (wn < c->lamb_clip ? wn : c->lamb_clip) / un;
+    return lamb_apply(n, p, o->buf3 + a, (float)(lr * ratio));
 }
 
 void nnp_optim_norms_range(nnp_optim *o, const nnp_net *net, const double *scale, size_t lo,
@@ -379,12 +419,14 @@ void nnp_optim_apply_range(nnp_optim *o, nnp_net *net, double lr, const double *
                            size_t lo, size_t hi, const double *norms)
 {
     lamb_coef k = lamb_coefs(&o->cfg, o->t);
+    o->nonfinite = -1;
     for (int j = 0; j < net->n_tensors; j++) {
         const nnp_tensor *T = &net->tensors[j];
         size_t a = T->off > lo ? T->off : lo, b = T->off + T->n < hi ? T->off + T->n : hi;
-        if (a < b)
-            layer_apply(o, net, j, a, b, lr, scale ? scale[j] : 1.0, &k, norms[2 * j],
-                        norms[2 * j + 1]);
+        if (a < b && layer_apply(o, net, j, a, b, lr, scale ? scale[j] : 1.0, &k, norms[2 * j],
+                                 norms[2 * j + 1]) &&
+            o->nonfinite < 0)
+            o->nonfinite = j;
         if (o->sums)
             tensor_sums(o, net, j);
     }
@@ -398,13 +440,15 @@ static void layerwise_step_range(nnp_optim *o, nnp_net *net, double lr, const do
 {
     int64_t t = ++o->t;
     lamb_coef k = lamb_coefs(&o->cfg, t);
+    o->nonfinite = -1;
     for (int j = 0; j < net->n_tensors; j++) {
         const nnp_tensor *T = &net->tensors[j];
         size_t a = T->off > lo ? T->off : lo, b = T->off + T->n < hi ? T->off + T->n : hi;
         if (a < b) {
             double sd = scale ? scale[j] : 1.0, n1, n2;
             layer_norms(o, net, j, a, b, (float)sd, &k, &n1, &n2);
-            layer_apply(o, net, j, a, b, lr, sd, &k, n1, n2);
+            if (layer_apply(o, net, j, a, b, lr, sd, &k, n1, n2) && o->nonfinite < 0)
+                o->nonfinite = j;
         }
         if (o->sums)
             tensor_sums(o, net, j);
@@ -435,6 +479,7 @@ void nnp_optim_step_range(nnp_optim *o, nnp_net *net, double lr, const double *s
     float awd = adamw ? 0.0f : wd;
     float keep = adamw ? (float)(1.0 - lr * c->weight_decay) : 1.0f;
     float step = (float)(lr / bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
+    o->nonfinite = -1;
     for (int j = 0; j < net->n_tensors; j++) {
         const nnp_tensor *T = &net->tensors[j];
         /* the part [a, b) of tensor j inside [lo, hi) */
@@ -444,16 +489,19 @@ void nnp_optim_step_range(nnp_optim *o, nnp_net *net, double lr, const double *s
             float s = scale ? (float)scale[j] : 1.0f;
             float *p = net->params + a;
             const float *g = net->grads + a;
+            int bad;
             if (c->kind != NNP_OPT_SGD)
-                adam_update(n, p, g, o->buf1 + a, o->buf2 + a, s, awd, keep, (float)b1,
-                            (float)(1.0 - b1), (float)b2, (float)(1.0 - b2), step, inv_sqrt_bc2,
-                            (float)c->eps);
+                bad = adam_update(n, p, g, o->buf1 + a, o->buf2 + a, s, awd, keep, (float)b1,
+                                  (float)(1.0 - b1), (float)b2, (float)(1.0 - b2), step,
+                                  inv_sqrt_bc2, (float)c->eps);
             else if (!o->buf1)
-                sgd_plain(n, p, g, s, wd, flr);
+                bad = sgd_plain(n, p, g, s, wd, flr);
             else if (t == 1)
-                sgd_mom_first(n, p, g, o->buf1 + a, s, wd, flr, mom, c->nesterov);
+                bad = sgd_mom_first(n, p, g, o->buf1 + a, s, wd, flr, mom, c->nesterov);
             else
-                sgd_mom(n, p, g, o->buf1 + a, s, wd, flr, mom, one_m_damp, c->nesterov);
+                bad = sgd_mom(n, p, g, o->buf1 + a, s, wd, flr, mom, one_m_damp, c->nesterov);
+            if (bad && o->nonfinite < 0)
+                o->nonfinite = j;
         }
         if (o->sums)
             tensor_sums(o, net, j);

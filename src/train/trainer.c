@@ -34,9 +34,10 @@
  * records the signal; the loop turns it into a stop agreed by every rank (one tiny
  * allreduce per step), so all ranks finish the same step and rank 0 checkpoints it. */
 static volatile sig_atomic_t stop_signal = 0;
-/* per-step stop values beyond any signal number: a non-finite loss on some rank, and a
- * failed write of rank 0's CSV files (the larger wins) */
-enum { STOP_DIVERGED = 1000, STOP_OUTPUT = 1001 };
+/* per-step stop values beyond any signal number: a non-finite loss on some rank, a failed
+ * write of rank 0's CSV files, and parameters that the optimizer step left non-finite (the
+ * largest wins) */
+enum { STOP_DIVERGED = 1000, STOP_OUTPUT = 1001, STOP_PARAMS = 1002 };
 
 static void on_signal(int sig)
 {
@@ -461,6 +462,26 @@ static nnp_status checkpoint(nnp_comm *comm, const nnp_train_cfg *cfg, const nnp
     return nnp_comm_agree(comm, st);
 }
 
+/* The optimizer step left parameters that are not finite on some rank (each rank knows the
+ * first such tensor of the part it updated): one more allreduce, on this failure path only,
+ * finds the first tensor over all ranks, and rank 0 reports it. Nothing of these
+ * parameters is checkpointed: the last checkpoint stays the latest. */
+static nnp_status nonfinite_params(nnp_comm *comm, const nnp_train_cfg *cfg, const nnp_net *net,
+                                   const nnp_optim *opt, int64_t step)
+{
+    double first = opt->nonfinite >= 0 ? (double)(net->n_tensors - opt->nonfinite) : 0;
+    NNP_CALL(nnp_comm_allreduce_max_f64(comm, &first, 1));
+    const int j = first > 0 ? net->n_tensors - (int)first : 0;
+    if (nnp_comm_rank(comm) != 0)
+        return NNP_ERR_REMOTE;
+    return nnp_error(NNP_ERR_NUMERIC,
+                     "training diverged at step %lld: the optimizer step left non-finite "
+                     "parameters (nan or inf), first in %s; lower --lr, or check the data%s",
+                     (long long)step, net->tensors[j].name,
+                     cfg->out_dir && cfg->out_dir[0] ? "; no checkpoint was written for this step"
+                                                     : "");
+}
+
 /* Test hook: NNPREC_FAULT_DRIFT=RANK:STEP makes rank RANK nudge one parameter after step
  * STEP, so tests can check that --check-replicas catches diverged replicas (with
  * --allreduce shm, the copies of different nodes: a node's ranks share one). */
@@ -540,7 +561,7 @@ static void noise_ready(void *ctx, int first_final)
 
 /* The kinds of per-step stop request; with --noise-scale the stop check is a sum that counts
  * each kind, and the largest kind present wins, as the plain check's max. */
-static const double stop_kinds[] = {1, SIGUSR1, SIGTERM, STOP_DIVERGED, STOP_OUTPUT};
+static const double stop_kinds[] = {1, SIGUSR1, SIGTERM, STOP_DIVERGED, STOP_OUTPUT, STOP_PARAMS};
 enum { N_STOP_KINDS = sizeof stop_kinds / sizeof stop_kinds[0] };
 
 /* Test hook: NNPREC_FAULT_SLOW=RANK:USEC makes rank RANK sleep USEC microseconds per sample
@@ -1208,6 +1229,8 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             watch_loss(&lw, step_loss * (double)gc / B, done_steps);
         if (rank == 0 && out.err[0])
             stop = STOP_OUTPUT;
+        if (opt.nonfinite >= 0) /* found by the optimizer's own pass (optim.h) */
+            stop = STOP_PARAMS;
         if (det) {
             /* the stop check as a sum that counts each kind of request, carrying every
              * micro-shard's loss sum (one rank's value, zeros from the others: exact);
@@ -1264,7 +1287,8 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             if (nnp_noise_estimate(ns, (double)gc, &g2, &tr))
                 nnp_noise_update(&noise_ema, g2, tr);
         }
-        const int diverged = stop == STOP_DIVERGED, out_failed = stop == STOP_OUTPUT;
+        const int diverged = stop == STOP_DIVERGED || stop == STOP_PARAMS;
+        const int out_failed = stop == STOP_OUTPUT;
         if (balance && stop < STOP_DIVERGED && done_steps % cfg->balance_every == 0) {
             const double t7 = nnp_comm_wtime();
             st = rebalance(comm, &b, bal_n, bal_t, G, (size_t)net->max_batch);
@@ -1403,6 +1427,10 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         }
         res->steps = done_steps;
 
+        if (stop == STOP_PARAMS) {
+            st = nonfinite_params(comm, cfg, net, &opt, done_steps);
+            goto done;
+        }
         if (diverged) {
             /* no checkpoint of these parameters: the last one written stays the latest */
             st = rank != 0 ? NNP_ERR_REMOTE
