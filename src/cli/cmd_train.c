@@ -22,6 +22,7 @@
 #include "nnprec/precond.h"
 #include "nnprec/rundir.h"
 #include "nnprec/trainer.h"
+#include "nnprec/watchdog.h"
 
 /* OpenBLAS's runtime thread control (declared by its cblas.h, which only linalg code uses). */
 void openblas_set_num_threads(int n);
@@ -48,6 +49,7 @@ typedef struct {
     int64_t steps, warmup, eval_every, test_every, log_every, stats_every, check_replicas, balance;
     int64_t seed, train_limit, test_limit, checkpoint_every;
     int64_t val_split;
+    double collective_timeout;
     char lr_scaling[NNP_OPT_STRLEN];
     int base_batch;
     double warmup_epochs;
@@ -157,6 +159,11 @@ static nnp_option opts[] = {
     OPT_I("keep", keep, "3", "checkpoints to keep in --out (0: all)"),
     OPT_S("resume", resume, "", "checkpoint FILE to resume from, or auto (latest in --out, if any)"),
     OPT_S("stop-file", stop_file, "", "checkpoint and exit 75 when this file appears (rank 0 polls)"),
+    OPT_D("collective-timeout", collective_timeout, "600",
+          "a rank that waits this many seconds in one MPI call (another rank stopped, hangs or "
+          "died) names the call, the step and the phase and exits 75, so the job can be "
+          "requeued; it must exceed any wait of a healthy run (the slowest rank's data load, "
+          "rank 0's checkpoint writes) (0: wait forever)"),
     OPT_F("noise-scale", noise_scale, "0",
       "log the gradient noise scale tr(Sigma)/|G|^2 (McCandlish et al. 2018) in train.csv and "
       "the progress lines"),
@@ -464,6 +471,9 @@ static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *
     }
     if (O.threads < 0)
         return nnp_error(NNP_ERR_ARG, "--threads must be >= 0");
+    if (!(O.collective_timeout >= 0 && O.collective_timeout <= 1e9))
+        return nnp_error(NNP_ERR_ARG, "--collective-timeout must be in [0, 1e9] seconds, got %g",
+                         O.collective_timeout);
     if (O.checkpoint_every < 0 || O.keep < 0)
         return nnp_error(NNP_ERR_ARG, "--checkpoint-every and --keep must be >= 0");
     if (strcmp(O.resume, "auto") == 0 && !O.out[0])
@@ -673,6 +683,11 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
                         "(docs/optimizers.md)\n",
                 O.precond);
 
+    /* before the first collective: from here on no rank waits for another forever */
+    s = nnp_comm_agree(comm, nnp_watchdog_start(O.collective_timeout, rank, NNP_EXIT_REQUEUE));
+    if (s != NNP_OK)
+        return s;
+    nnp_watchdog_phase("setup", NULL);
     setup_threads(comm);
     /* resolve --resume on rank 0 (auto: the latest checkpoint in --out, if any) and share */
     static char resume[4096];
@@ -836,7 +851,9 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
                    (double)cfg.sched.warmup / (double)spe, spe);
         nnp_train_result res;
         char lbuf[32];
+        nnp_watchdog_phase("training", &net->step);
         s = nnp_train(comm, &cfg, net, &train, &test, &res);
+        nnp_watchdog_phase("the end of the run", NULL);
         /* printed with --quiet too: the one line that says how the run ended */
         if (s == NNP_OK && rank == 0 && res.steps == res.first_step && res.steps > 0)
             printf("[done]  nothing to train: %s is at step %lld, this run's last; its test loss "

@@ -1,9 +1,12 @@
 /* options.c - table-driven option parsing and help (see options.h). */
 #include "nnprec/options.h"
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 /* Plain decimal text only: strtol/strtod would also take leading blanks, a '+' sign
  * (integers), and hexadecimal ("0x10"), none of which anyone means on a command line. */
@@ -183,9 +186,21 @@ static const char *trim(const char *v, char *line, size_t *len)
  * may have blanks around it, a string's is kept as it stands. */
 static nnp_status apply_file(nnp_option *opts, int n, const char *path)
 {
-    FILE *f = fopen(path, "r");
-    if (!f)
+    /* a regular file only, opened without blocking (a FIFO would wait for a writer) */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
         return nnp_error(NNP_ERR_ARG, "--config %s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return nnp_error(NNP_ERR_ARG, "--config %s: not a regular file", path);
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    FILE *f = fdopen(fd, "r");
+    if (!f) {
+        close(fd);
+        return nnp_error(NNP_ERR_ARG, "--config %s: %s", path, strerror(errno));
+    }
     char line[NNP_OPT_STRLEN + 256];
     nnp_status s = NNP_OK;
     for (int ln = 1; s == NNP_OK && fgets(line, sizeof line, f); ln++) {

@@ -20,6 +20,7 @@
 #include <hdf5.h>
 
 #include "nnprec/alloc.h"
+#include "nnprec/rundir.h"
 #include "../io/h5util.h"
 
 /* Open /split/name as a dataset; error names file and dataset. */
@@ -62,9 +63,10 @@ static void close_all(h5_ids *h)
 static nnp_status load(const char *path, const char *split, size_t limit, size_t lo, size_t hi,
                        nnp_dataset *out, h5_ids *h)
 {
-    int fd = open(path, O_RDONLY);
+    nnp_status st;
+    int fd = nnp_open_regular(path, "data file", &st); /* a FIFO: an error, not a wait */
     if (fd < 0)
-        return nnp_error(NNP_ERR_IO, "cannot open data file %s: %s", path, strerror(errno));
+        return st;
     close(fd);
     if (H5Fis_hdf5(path) <= 0)
         return nnp_error(NNP_ERR_FORMAT, "%s: not a valid HDF5 file", path);

@@ -12,12 +12,15 @@
 #include "nnprec/data.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include "nnprec/alloc.h"
+#include "nnprec/rundir.h"
 
 #define IDX_MAGIC_IMAGES 0x00000803u
 #define IDX_MAGIC_LABELS 0x00000801u
@@ -98,11 +101,20 @@ static uint32_t be32(const unsigned char *b)
 
 static nnp_status open_idx(const char *path, const char *kind, gzFile *out)
 {
+    /* a regular file only, opened without blocking (a FIFO would wait for a writer) */
+    char what[32];
+    nnp_status s;
+    snprintf(what, sizeof what, "%s file", kind);
+    int fd = nnp_open_regular(path, what, &s);
+    if (fd < 0)
+        return s;
     errno = 0;
-    gzFile f = gzopen(path, "rb");
-    if (!f)
+    gzFile f = gzdopen(fd, "rb");
+    if (!f) {
+        close(fd);
         return nnp_error(NNP_ERR_IO, "cannot open %s file %s: %s", kind, path,
                          open_errstr());
+    }
     gzbuffer(f, 1u << 17);
     *out = f;
     return NNP_OK;
@@ -232,12 +244,14 @@ nnp_status nnp_idx_load(const char *images_path, const char *labels_path, size_t
     return s;
 }
 
+/* Whether path can be opened for reading (without blocking: O_NONBLOCK; a FIFO or another
+ * special file found here is then refused by open_idx with its own message). */
 static int readable(const char *path)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
         return 0;
-    fclose(f);
+    close(fd);
     return 1;
 }
 

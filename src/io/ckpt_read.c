@@ -22,6 +22,7 @@
 #include "ckpt_impl.h"
 #include "nnprec/alloc.h"
 #include "nnprec/hash.h"
+#include "nnprec/rundir.h"
 
 /* ---- small utilities ------------------------------------------------------------------- */
 
@@ -156,14 +157,11 @@ static int attr_string(const char *path, hid_t loc, const char *where, const cha
 static nnp_status open_ckpt(const char *path, hid_t *out)
 {
     *out = -1;
-    int fd = open(path, O_RDONLY);
+    nnp_status s;
+    int fd = nnp_open_regular(path, "checkpoint", &s); /* a FIFO: an error, not a wait */
     if (fd < 0)
-        return nnp_error(NNP_ERR_IO, "cannot open checkpoint %s: %s", path, strerror(errno));
-    struct stat st;
-    int isdir = fstat(fd, &st) == 0 && S_ISDIR(st.st_mode);
+        return s;
     close(fd);
-    if (isdir)
-        return nnp_error(NNP_ERR_IO, "cannot open checkpoint %s: %s", path, strerror(EISDIR));
     if (H5Fis_hdf5(path) <= 0)
         return nnp_error(NNP_ERR_FORMAT, "checkpoint %s: not a valid HDF5 file", path);
     hid_t fapl = nnp__ckpt_make_fapl();
