@@ -61,7 +61,7 @@ expect 1 "checkpoint $tmp/trunc.h5: not a valid HDF5 file" "$nnprec" info "$tmp/
 expect 1 "checkpoint $tmp/run/train.csv: not a valid HDF5 file" "$nnprec" info "$tmp/run/train.csv"
 expect 1 "cannot open checkpoint $tmp/missing.h5" "$mpiexec" -n 2 --oversubscribe "$nnprec" info "$tmp/missing.h5"
 expect 2 "eval needs --checkpoint" "$nnprec" eval
-expect 2 "usage: nnprec info FILE" "$nnprec" info
+expect 2 "usage: nnprec info \[--verify\] FILE" "$nnprec" info
 expect 1 "$tmp/nowhere" "$nnprec" eval --checkpoint "$ck" --data "$tmp/nowhere"
 
 # 4. the same data as HDF5: the same run, the same losses bit for bit
@@ -124,13 +124,20 @@ expect 2 "checkpoint $ck was written with 2000 training samples, this run has 30
   "$mpiexec" -n 2 --oversubscribe "$nnprec" train --train-limit 3000 --batch 32 --seed 5 --steps 80 --resume "$ck"
 expect 2 "normalize 0.5,0.5 differs from the checkpoint's mean" \
   "$nnprec" "${rargs[@]}" --steps 80 --batch 64 --resume "$ck" --normalize 0.5,0.5
-# a checkpoint edited with h5py: an impossible step, a zero std, a nan weight
+# a checkpoint edited with h5py: an impossible step, a zero std, a nan weight (in a file
+# without checksums, as written before them: with its checksum the edit is corruption)
 $py - "$ck" "$tmp" <<'PY' || fail "could not write the edited checkpoints"
 import shutil, sys, h5py, numpy as np
 ck, d = sys.argv[1], sys.argv[2]
+def nan_weight(f, strip):
+    f["fc1/weight"][0, 0] = np.nan
+    if strip:
+        del f.attrs["checksum"]
+        f.visititems(lambda n, o: o.attrs.__delitem__("xxh64") if isinstance(o, h5py.Dataset) else None)
 for name, edit in [("negstep", lambda f: f.attrs.__setitem__("step", np.int64(-5))),
                    ("std0", lambda f: f.attrs.__setitem__("norm_std", 0.0)),
-                   ("nanw", lambda f: f["fc1/weight"].__setitem__((0, 0), np.nan))]:
+                   ("nanw", lambda f: nan_weight(f, True)),
+                   ("nanw_sum", lambda f: nan_weight(f, False))]:
     shutil.copy(ck, f"{d}/{name}.h5")
     with h5py.File(f"{d}/{name}.h5", "r+") as f:
         edit(f)
@@ -140,5 +147,7 @@ expect 1 "checkpoint $tmp/negstep.h5: attribute step has an impossible value" \
 expect 1 "checkpoint $tmp/std0.h5: attribute norm_std has an impossible value" "$nnprec" eval --checkpoint "$tmp/std0.h5"
 expect 1 "checkpoint $tmp/nanw.h5: dataset /fc1/weight holds non-finite values" \
   "$mpiexec" -n 2 --oversubscribe "$nnprec" eval --checkpoint "$tmp/nanw.h5"
+expect 1 "checkpoint $tmp/nanw_sum.h5: dataset /fc1/weight is corrupt" \
+  "$mpiexec" -n 2 --oversubscribe "$nnprec" eval --checkpoint "$tmp/nanw_sum.h5"
 
 finish
