@@ -125,10 +125,11 @@ static nnp_status load(const char *path, const char *split, size_t limit, size_t
     h->sl = H5Dget_space(h->dl);
     if (h->tl < 0 || h->sl < 0)
         return nnp_error(NNP_ERR_FORMAT, "%s: cannot read the type of /%s/labels", path, split);
-    if (H5Tget_class(h->tl) != H5T_INTEGER) {
+    if (H5Tget_class(h->tl) != H5T_INTEGER || H5Tget_size(h->tl) > 8) {
         char ts[32];
         nnp__h5_dtype_str(h->tl, ts, sizeof ts);
-        return nnp_error(NNP_ERR_FORMAT, "%s: /%s/labels has dtype %s, expected an integer type",
+        return nnp_error(NNP_ERR_FORMAT, "%s: /%s/labels has dtype %s, expected an integer type "
+                                         "(of at most 64 bits)",
                          path, split, ts);
     }
     int ndl = H5Sget_simple_extent_ndims(h->sl);

@@ -46,17 +46,18 @@ static const char *gz_msg(gzFile f, const char *path, int *zerr)
     return msg;
 }
 
-/* Read exactly `len` bytes. Returns NNP_OK, or an error naming the path and `what`. */
-static nnp_status read_exact(gzFile f, const char *path, void *buf, size_t len,
-                             const char *what)
+/* Read up to `len` bytes, stopping early only at the end of the file; *done gets the
+ * count. Returns NNP_OK, or an error naming the path and `what` (a read or gzip error). */
+static nnp_status read_upto(gzFile f, const char *path, void *buf, size_t len,
+                            const char *what, size_t *done)
 {
     unsigned char *p = buf;
-    size_t done = 0;
-    while (done < len) {
-        size_t want = len - done;
+    *done = 0;
+    while (*done < len) {
+        size_t want = len - *done;
         if (want > (1u << 30))
             want = 1u << 30;
-        int got = gzread(f, p + done, (unsigned)want);
+        int got = gzread(f, p + *done, (unsigned)want);
         if (got < 0) {
             int zerr = 0;
             const char *msg = gz_msg(f, path, &zerr);
@@ -66,11 +67,60 @@ static nnp_status read_exact(gzFile f, const char *path, void *buf, size_t len,
             return nnp_error(NNP_ERR_FORMAT, "%s: corrupt data in %s: %s", path, what, msg);
         }
         if (got == 0)
-            return nnp_error(NNP_ERR_FORMAT,
-                             "%s: truncated %s: expected %zu bytes, found only %zu", path,
-                             what, len, done);
-        done += (size_t)got;
+            break;
+        *done += (size_t)got;
     }
+    return NNP_OK;
+}
+
+/* Read exactly `len` bytes. Returns NNP_OK, or an error naming the path and `what`. */
+static nnp_status read_exact(gzFile f, const char *path, void *buf, size_t len,
+                             const char *what)
+{
+    size_t done;
+    NNP_CALL(read_upto(f, path, buf, len, what, &done));
+    if (done < len)
+        return nnp_error(NNP_ERR_FORMAT, "%s: truncated %s: expected %zu bytes, found only %zu",
+                         path, what, len, done);
+    return NNP_OK;
+}
+
+/* Read exactly `len` bytes into a new buffer (*out, to free) that grows with what the file
+ * actually holds (from 16 MiB, doubling): a header that promises more than the file has (a
+ * flipped bit in a count) is a truncation error, not an allocation of gigabytes. */
+static nnp_status read_grow(gzFile f, const char *path, size_t len, const char *what,
+                            unsigned char **out)
+{
+    size_t cap = len < ((size_t)1 << 24) ? len : (size_t)1 << 24, done = 0;
+    unsigned char *buf = nnp_malloc(cap ? cap : 1);
+    *out = NULL;
+    if (!buf)
+        return NNP_ERR_NOMEM;
+    while (done < len) {
+        if (done == cap) {
+            size_t nc = cap <= len / 2 ? 2 * cap : len;
+            unsigned char *nb = nnp_malloc(nc);
+            if (!nb) {
+                free(buf);
+                return NNP_ERR_NOMEM;
+            }
+            memcpy(nb, buf, done);
+            free(buf);
+            buf = nb;
+            cap = nc;
+        }
+        size_t got;
+        nnp_status s = read_upto(f, path, buf + done, cap - done, what, &got);
+        done += got;
+        if (s == NNP_OK && done < cap)
+            s = nnp_error(NNP_ERR_FORMAT, "%s: truncated %s: expected %zu bytes, found only %zu",
+                          path, what, len, done);
+        if (s != NNP_OK) {
+            free(buf);
+            return s;
+        }
+    }
+    *out = buf;
     return NNP_OK;
 }
 
@@ -166,13 +216,13 @@ static nnp_status load(gzFile fi, gzFile fl, const char *images_path, const char
         return nnp_error(NNP_ERR_FORMAT, "%s: %u labels, expected %u to match images in %s",
                          labels_path, (unsigned)NL, (unsigned)N, images_path);
 
-    /* All labels (N bytes): catches truncation anywhere and fixes n_classes file-wide. */
-    unsigned char *labels = N ? nnp_malloc(N) : NULL;
-    if (N && !labels)
-        return NNP_ERR_NOMEM;
-    nnp_status s = read_exact(fl, labels_path, labels, N, "label data");
-    if (s == NNP_OK)
-        s = expect_end(fl, labels_path, "label data");
+    /* All labels (N bytes): catches truncation anywhere and fixes n_classes file-wide; once
+     * they are read, N is a count the files really hold. */
+    unsigned char *labels;
+    nnp_status s = read_grow(fl, labels_path, N, "label data", &labels);
+    if (s != NNP_OK)
+        return s;
+    s = expect_end(fl, labels_path, "label data");
     if (s != NNP_OK) {
         free(labels);
         return s;
@@ -208,9 +258,8 @@ static nnp_status load(gzFile fi, gzFile fl, const char *images_path, const char
         return nnp_error(NNP_ERR_FORMAT, "%s: %zu images of %zu pixels do not fit in memory",
                          images_path, n, D);
     }
-    out->pix = nnp_malloc(n * D);
     out->y = nnp_malloc(n);
-    if (!out->pix || !out->y) {
+    if (!out->y) {
         free(labels);
         return NNP_ERR_NOMEM;
     }
@@ -218,7 +267,8 @@ static nnp_status load(gzFile fi, gzFile fl, const char *images_path, const char
     free(labels);
 
     NNP_CALL(skip_bytes(fi, images_path, first * D));
-    NNP_CALL(read_exact(fi, images_path, out->pix, n * D, "image data"));
+    /* the image size comes from the header too: the buffer grows with the data read */
+    NNP_CALL(read_grow(fi, images_path, n * D, "image data", &out->pix));
     if (first + n == N)
         NNP_CALL(expect_end(fi, images_path, "image data"));
     out->n = n;

@@ -135,6 +135,7 @@ static int attr_string(const char *path, hid_t loc, const char *where, const cha
         }
         hid_t mt = H5Tcopy(H5T_C_S1);
         H5Tset_size(mt, sz + 1);
+        H5Tset_cset(mt, H5Tget_cset(t)); /* HDF5 converts no character set into another */
         ok = H5Aread(a, mt, s) >= 0;
         s[sz] = '\0';
         if (ok)

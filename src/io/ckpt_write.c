@@ -172,15 +172,20 @@ static herr_t attr_f64(hid_t loc, const char *name, double v)
     return attr_write(loc, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &v);
 }
 
-/* Variable-length UTF-8 string (h5py reads it as str). */
+/* A fixed-length, NUL-terminated UTF-8 string of the value's own length (h5py reads it as
+ * bytes). Fixed-length, not variable-length: a variable-length string lives in the file's
+ * global heap, which has no checksum, and a single damaged byte there makes HDF5 1.10 loop
+ * forever on reading it (found by tests/fuzz/fuzz_ckpt.c; h5dump hangs on it too); a
+ * fixed-length one lives in its object header, which the 1.8 format checksums. */
 static herr_t attr_str(hid_t loc, const char *name, const char *v)
 {
     hid_t t = H5Tcopy(H5T_C_S1);
     if (t < 0)
         return -1;
-    H5Tset_size(t, H5T_VARIABLE);
+    H5Tset_size(t, strlen(v) + 1);
+    H5Tset_strpad(t, H5T_STR_NULLTERM);
     H5Tset_cset(t, H5T_CSET_UTF8);
-    herr_t r = attr_write(loc, name, t, t, &v);
+    herr_t r = attr_write(loc, name, t, t, v);
     H5Tclose(t);
     return r;
 }
