@@ -2,8 +2,9 @@
 # Install what nnprec needs on Debian 12 (run as root): compiler, CMake, Open MPI, OpenBLAS,
 # HDF5, zlib, the Fashion-MNIST data set, Debian's Python with matplotlib, h5py and
 # PyTorch for the plots and reference benchmarks, and Slurm + munge for the batch-script
-# test (tests/slurm_requeue.sh runs a real one-node Slurm). Safe to run again: the
-# package scripts start no daemon.
+# test (tests/slurm_requeue.sh runs a real one-node Slurm), and clang with its libFuzzer
+# runtime for the fuzz harnesses (scripts/fuzz.sh). Safe to run again: the package scripts
+# start no daemon.
 #
 #   scripts/install-deps.sh          everything (the test suite's needs)
 #   scripts/install-deps.sh --demo   only what scripts/demo.sh and the commands it prints
@@ -14,7 +15,8 @@ pkgs=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libopenblas-de
       python3 python3-numpy python3-matplotlib)
 case ${1:-} in
   --demo) ;;
-  "") pkgs+=(python3-h5py python3-torch slurmctld slurmd slurm-client munge) ;;
+  "") pkgs+=(python3-h5py python3-torch slurmctld slurmd slurm-client munge
+            clang libclang-rt-14-dev) ;;
   *) echo "install-deps.sh: error: unknown option '$1' (--demo or nothing)" >&2; exit 2 ;;
 esac
 missing=()
