@@ -2,8 +2,9 @@
  * file-system helpers of the module (see ckpt.h and docs/checkpoint.md).
  *
  * Nothing here touches HDF5. DIR/latest is a one-line text file naming the newest
- * checkpoint (a file name in DIR: anything else is refused on reading); it is replaced atomically (write latest.tmp, fsync, rename, fsync the
- * directory), and old ckpt-<step>.h5 files beyond the `keep` newest are deleted after it.
+ * checkpoint (a file name in DIR: anything else is refused on reading); it is replaced
+ * atomically (write latest.tmp, fsync, rename, fsync the directory), and old ckpt-<step>.h5
+ * files beyond the `keep` newest are deleted after it.
  */
 #include <ctype.h>
 #include <dirent.h>

@@ -75,7 +75,8 @@ static int is_our_tmp(const char *name)
         return 1;
     if (strncmp(name, "ckpt-", 5) == 0 && n > 12 && strcmp(name + n - 7, ".h5.tmp") == 0)
         return 1;
-    return n > 8 && (strcmp(name + n - 8, ".csv.tmp") == 0 || strcmp(name + n - 8, ".txt.tmp") == 0);
+    return n > 8 &&
+           (strcmp(name + n - 8, ".csv.tmp") == 0 || strcmp(name + n - 8, ".txt.tmp") == 0);
 }
 
 nnp_status nnp_rundir_clean(const char *dir, int quiet)

@@ -561,7 +561,8 @@ static void noise_ready(void *ctx, int first_final)
 
 /* The kinds of per-step stop request; with --noise-scale the stop check is a sum that counts
  * each kind, and the largest kind present wins, as the plain check's max. */
-static const double stop_kinds[] = {1, SIGUSR1, SIGTERM, STOP_DIVERGED, STOP_OUTPUT, STOP_PARAMS};
+static const double stop_kinds[] = {1, SIGUSR1, SIGTERM, STOP_DIVERGED, STOP_OUTPUT,
+                                    STOP_PARAMS};
 enum { N_STOP_KINDS = sizeof stop_kinds / sizeof stop_kinds[0] };
 
 /* Test hook: NNPREC_FAULT_SLOW=RANK:USEC makes rank RANK sleep USEC microseconds per sample
