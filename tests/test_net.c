@@ -74,7 +74,13 @@ static void test_specs(void)
                          /* empty items and widths that strtok/strtol would let through */
                          "mlp:784--10", "mlp:784-32-10-", "mlp:-784-10", "mlp:784- 32-10",
                          "mlp:784-+32-10", "mlp:784-0x20-10", "seq:1x28x28//dense:10",
-                         "seq:1x28x28/dense:10/", "seq:/1x28x28/dense:10", "seq:1x28x28/dense: 10"};
+                         "seq:1x28x28/dense:10/", "seq:/1x28x28/dense:10", "seq:1x28x28/dense: 10",
+                         /* empty fields (found by tests/fuzz/fuzz_spec.c: "conv:4:43:::2:310"
+                          * was read as conv:4:43:2:310) and shape parts */
+                         "seq:1x28x28/conv:4:3::1/flatten/dense:10",
+                         "seq:1x28x28/conv:4:3:1:/flatten/dense:10", "seq:1x28x28/dense:10:",
+                         "seq:1x28x28/:relu/flatten/dense:10", "seq:1xx28x28/flatten/dense:10",
+                         "seq:1x28x28x/flatten/dense:10"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         net = NULL;
         ASSERT_STATUS(nnp_net_create(bad[i], (nnp_shape){1, 28, 28}, NNP_ACT_RELU, 2, &net),

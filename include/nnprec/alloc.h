@@ -22,4 +22,10 @@ void *nnp_calloc_at(size_t n, size_t size, const char *file, int line);
 /* Number of successful nnp_malloc/nnp_calloc calls so far in this process. */
 unsigned long nnp_alloc_count(void);
 
+/* A cap on the size of any one allocation (bytes; 0, the default: none): a larger request
+ * fails as one the system refuses would, with the out-of-memory message. For the fuzz
+ * harnesses (tests/fuzz), which must not hand the machine every size a model spec or a
+ * damaged header asks for. */
+void nnp_alloc_set_limit(size_t bytes);
+
 #endif

@@ -5,10 +5,13 @@
 #include "nnprec/status.h"
 
 static atomic_ulong n_allocs;
+static size_t limit; /* nnp_alloc_set_limit; 0: none */
+
+void nnp_alloc_set_limit(size_t bytes) { limit = bytes; }
 
 void *nnp_malloc_at(size_t bytes, const char *file, int line)
 {
-    void *p = malloc(bytes ? bytes : 1);
+    void *p = limit && bytes > limit ? NULL : malloc(bytes ? bytes : 1);
     if (!p) {
         nnp_error(NNP_ERR_NOMEM, "out of memory allocating %zu bytes (%s:%d)", bytes, file, line);
         return NULL;
@@ -19,7 +22,8 @@ void *nnp_malloc_at(size_t bytes, const char *file, int line)
 
 void *nnp_calloc_at(size_t n, size_t size, const char *file, int line)
 {
-    void *p = calloc(n ? n : 1, size ? size : 1);
+    const int over = limit && size && n > limit / size;
+    void *p = over ? NULL : calloc(n ? n : 1, size ? size : 1);
     if (!p) {
         nnp_error(NNP_ERR_NOMEM, "out of memory allocating %zu x %zu bytes (%s:%d)", n, size,
                   file, line);

@@ -119,6 +119,11 @@ static nnp_status parse_item(builder *b, char *item)
     char *args[6] = {0};
     int na = 0;
     char *save = NULL;
+    /* strtok_r would skip empty fields: "conv:8:3::1" is a typo, not conv:8:3:1 */
+    const size_t len = strlen(item);
+    if (item[0] == ':' || (len > 0 && item[len - 1] == ':') || strstr(item, "::"))
+        return nnp_error(NNP_ERR_ARG, "empty field in item '%s' of model spec '%s'", item,
+                         b->spec);
     for (char *t = strtok_r(item, ":", &save); t && na < 6; t = strtok_r(NULL, ":", &save))
         args[na++] = t;
     if (na == 0)
@@ -224,7 +229,10 @@ static int parse_shape(const char *tok, nnp_shape *s)
 {
     int d[3], n = 0;
     char buf[64];
-    if (strlen(tok) >= sizeof buf || !isdigit((unsigned char)tok[0]))
+    const size_t len = strlen(tok);
+    /* strtok_r would skip empty parts: "1xx28" is not a shape */
+    if (len >= sizeof buf || !isdigit((unsigned char)tok[0]) || tok[len - 1] == 'x' ||
+        strstr(tok, "xx"))
         return -1;
     strcpy(buf, tok);
     char *save = NULL;

@@ -7,6 +7,7 @@
  * checksums of its 1.8 format most damaged metadata is refused there. */
 #include <stdint.h>
 #include "fuzz_util.h"
+#include "nnprec/alloc.h"
 #include "nnprec/ckpt.h"
 #include "nnprec/net.h"
 #include "nnprec/optim.h"
@@ -15,6 +16,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    nnp_alloc_set_limit((size_t)256 << 20); /* what a header asks for fails as NNP_ERR_NOMEM */
     static nnp_ckpt_meta meta;
     const char *path = fuzz_file("ckpt.h5", data, size);
     if (nnp_ckpt_read_meta(path, &meta) == NNP_OK) {

@@ -4,6 +4,7 @@
  * so every layer the parser accepts is also sized consistently. */
 #include <stdint.h>
 #include "fuzz_util.h"
+#include "nnprec/alloc.h"
 #include "nnprec/net.h"
 #include "nnprec/status.h"
 
@@ -23,6 +24,7 @@ static int small_numbers(const char *s)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    nnp_alloc_set_limit((size_t)64 << 20); /* a huge network fails as NNP_ERR_NOMEM */
     if (size < 3 || size > 514)
         return 0;
     static const nnp_shape shapes[4] = {{1, 28, 28}, {3, 8, 8}, {784, 1, 1}, {2, 5, 7}};
@@ -36,7 +38,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     nnp_net *net = NULL;
     if (nnp_net_create(spec, in, act, 2, &net) == NNP_OK && net) {
         /* small networks only: a spec may ask for millions of units */
-        if (net->n_params < 2000000) {
+        size_t acts = 0;
+        for (int i = 0; i < net->n_layers; i++)
+            acts += nnp_shape_size(net->layers[i].out);
+        if (net->n_params < 2000000 && acts < ((size_t)8 << 20)) {
             for (size_t i = 0; i < net->n_params; i++)
                 net->params[i] = 0.01f * (float)(i % 13) - 0.06f;
             size_t n_in = nnp_shape_size(net->input);
