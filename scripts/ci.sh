@@ -18,7 +18,10 @@ echo "== multi-rank and command-line tests under AddressSanitizer + UBSan"
 # out-of-memory tests ask for huge buffers, which ASan must refuse instead of aborting.
 # Left out: the --balance tests (their injected slow rank is too small a difference next
 # to the sanitizers' own slowdown) and slurm_requeue (timing-driven, 1.5-2.5 minutes here).
-# The fuzz harnesses (label fuzz) build their own sanitizer tree and ran in the first pass.
+# The fuzz harnesses (label fuzz) build their own sanitizer tree and ran in the first pass;
+# the report scripts' tests (study, scaling_report, scripts_compare: Python over tiny runs)
+# add nothing under the sanitizers that the tests above do not.
 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:allocator_may_return_null=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  ctest --test-dir build-asan --output-on-failure -j 2 -LE 'unit|fuzz' -E 'balance|slurm_requeue'
+  ctest --test-dir build-asan --output-on-failure -j 2 -LE 'unit|fuzz' \
+    -E 'balance|slurm_requeue|^study$|scaling_report|scripts_compare'
