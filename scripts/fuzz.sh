@@ -13,16 +13,18 @@
 # is saved in the build folder and the script exits 1. With --merge the new inputs that add
 # coverage are merged into tests/fuzz/corpus/NAME (minimized), to be committed.
 #
-# usage: scripts/fuzz.sh [--build-dir DIR] [--time SECONDS] [--runs N] [--build-only]
-#                        [--merge] [NAME...]          (default: all harnesses, 60 s each)
+# usage: scripts/fuzz.sh [--build-dir DIR] [--time SECONDS] [--runs N] [--seed N]
+#                        [--build-only] [--merge] [NAME...]  (default: all harnesses, 60 s each)
+# --runs N with --seed N is reproducible: the same inputs every time (what CTest runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bdir=build-fuzz time=60 runs=0 build_only=0 merge=0 names=()
+bdir=build-fuzz time=60 runs=0 seed= build_only=0 merge=0 names=()
 while [ $# -gt 0 ]; do
   case $1 in
     --build-dir) bdir=$2; shift 2 ;;
     --time) time=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
+    --seed) seed=$2; shift 2 ;;
     --build-only) build_only=1; shift ;;
     --merge) merge=1; shift ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
@@ -88,6 +90,7 @@ for n in "${names[@]}"; do
   fi
   limit=(-max_total_time="$time")
   [ "$runs" -gt 0 ] && limit=(-runs="$runs")
+  [ -n "$seed" ] && limit+=(-seed="$seed")
   # one process, the HDF5 library's own errors silenced by nnprec; inputs up to 64 kB
   if "$bin" "${limit[@]}" -rss_limit_mb=2048 -max_len=65536 -timeout=20 -print_final_stats=1 \
        -artifact_prefix="$bdir/crashes/$n-" "$work" "$seeds" > "$bdir/$n.log" 2>&1; then

@@ -69,9 +69,13 @@ fi
 
 for launch in $launchers; do
     out=$tmp/run-$launch
-    if [ "$launch" = mpirun ]; then n=$timer_steps; lim=(--time=1 --signal=B:USR1@55); else n=$steps; lim=(--time=10); fi
+    # the timer's job must outlast the signal (5-35 s into each run) on any machine: rank 0
+    # sleeps 600 us per sample (NNPREC_FAULT_SLOW, a test hook that changes no number), so
+    # 4000 steps of 16 samples take at least 38 s
+    slow=
+    if [ "$launch" = mpirun ]; then n=$timer_steps; lim=(--time=1 --signal=B:USR1@55); slow=0:600; else n=$steps; lim=(--time=10); fi
     say "$launch: submitting ($n steps of LeNet on 2 tasks, ${lim[*]})"
-    NNPREC=$nnprec OUT=$out LAUNCH=$launch \
+    NNPREC_FAULT_SLOW=$slow NNPREC=$nnprec OUT=$out LAUNCH=$launch \
         timeout 400 sbatch --wait --parsable -n 2 "${lim[@]}" --chdir="$tmp" \
         "$root/slurm/train.sbatch" "${train_args[@]}" --steps "$n" > "$tmp/sbatch-$launch.txt" 2>&1 &
     sbatch_pid=$!
