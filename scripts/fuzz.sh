@@ -13,12 +13,13 @@
 # is saved in the build folder and the script exits 1. With --merge the new inputs that add
 # coverage are merged into tests/fuzz/corpus/NAME (minimized), to be committed.
 #
-# usage: scripts/fuzz.sh [--build-dir DIR] [--time SECONDS] [--runs N] [--seed N]
+# usage: scripts/fuzz.sh [--build-dir DIR] [--time SECONDS] [--runs N] [--seed N] [--fresh]
 #                        [--build-only] [--merge] [NAME...]  (default: all harnesses, 60 s each)
-# --runs N with --seed N is reproducible: the same inputs every time (what CTest runs).
+# --fresh empties the work corpus first: a run from the seeds alone. --runs N --seed N
+# --fresh is reproducible: the same inputs every time (what CTest runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bdir=build-fuzz time=60 runs=0 seed= build_only=0 merge=0 names=()
+bdir=build-fuzz time=60 runs=0 seed= build_only=0 merge=0 fresh=0 names=()
 while [ $# -gt 0 ]; do
   case $1 in
     --build-dir) bdir=$2; shift 2 ;;
@@ -27,6 +28,7 @@ while [ $# -gt 0 ]; do
     --seed) seed=$2; shift 2 ;;
     --build-only) build_only=1; shift ;;
     --merge) merge=1; shift ;;
+    --fresh) fresh=1; shift ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     -*) echo "fuzz.sh: unknown option $1" >&2; exit 2 ;;
     *) names+=("$1"); shift ;;
@@ -82,6 +84,7 @@ export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$PWD/tests/fuzz/lsan.supp:print
 status=0
 for n in "${names[@]}"; do
   bin=$bdir/fuzz_$n work=$bdir/corpus/$n seeds=tests/fuzz/corpus/$n reg=tests/fuzz/regress/$n
+  [ "$fresh" = 1 ] && rm -rf "$work"
   mkdir -p "$work" "$bdir/crashes"
   if [ -d "$reg" ] && [ -n "$(ls -A "$reg")" ]; then
     if ! "$bin" "$reg"/* > "$bdir/$n.regress.log" 2>&1; then

@@ -40,8 +40,11 @@ for i, (shape, kw, mode) in enumerate(cases):
         f.write(struct.pack(">H", len(img) % 65536) + bytes([mode]) + img + lab)
 
 # h5data: an HDF5 dataset file + a mode byte
+# HDF5 1.8's format (checksummed metadata): with h5py's default, the oldest format, a
+# damaged local heap crashes HDF5 1.10 itself (docs/reliability.md), which would end every
+# run that mutates into it
 def h5file(path, train_x, train_y, test_x, test_y):
-    with h5py.File(path, "w", libver="earliest") as f:
+    with h5py.File(path, "w", libver=("v108", "v108")) as f:
         f["train/images"], f["train/labels"] = train_x, train_y
         f["test/images"], f["test/labels"] = test_x, test_y
 def h5seed(name, mode, *arrays):
