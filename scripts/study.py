@@ -35,6 +35,7 @@ import sys
 import time
 
 from clitools import ArgParser, die, why, positive_int, read_numeric_csv
+from experiments import diverged_at  # noqa: E402  (diverged.txt: the step it diverged at)
 
 PROG = "study.py"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -166,14 +167,6 @@ class Study:
 
 
 # ---------------------------------------------------------------- run states
-def diverged_at(d):
-    try:
-        with open(os.path.join(d, "diverged.txt")) as f:
-            return int(f.read().split()[0])
-    except (FileNotFoundError, ValueError, IndexError):
-        return None
-
-
 def final_eval(d, epochs):
     """The last eval.csv row if the run reached the end of its budget, else None."""
     try:

@@ -16,6 +16,7 @@ import os
 import sys
 
 from clitools import ArgParser, die, read_numeric_csv
+from experiments import mean_std  # mean and sample std of the values that are not None
 
 PROG = "study_report.py"
 PRECOND = ("d-seed-static", "e-seed-dynamic", "i-default-dynamic")
@@ -24,15 +25,6 @@ RANKS = [2 ** i for i in range(11)]  # 1 ... 1024
 
 def fmt_lr(lr):
     return "%.4g" % lr
-
-
-def mean_std(xs):
-    xs = [x for x in xs if x is not None]
-    if not xs:
-        return None, None
-    m = sum(xs) / len(xs)
-    s = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-    return m, s
 
 
 def read_csv(path, need=()):
