@@ -197,4 +197,20 @@ check 1 "lacks the column" plot_noise.py plain --out p.png
 left=$(find . -maxdepth 1 \( -name 'p.*' -o -name '.png' \))
 [ -z "$left" ] && ok || fail "plot_noise.py wrote $left"
 
+# --- plot_trace.py (a real trace is drawn in tests/trace.sh)
+printf '{"traceEvents": [{"name": "data", "ph": "X", "pid": 0, "tid": 0, "ts": 0, "dur": 5, "args": {"step": 1}}]}\n' > t.json
+printf '{"traceEvents": [{"name": "data", "ph": "X", "pid": 0}]}\n' > bad-event.json
+printf '{"traceEvents": [' > cut.json
+printf '[1, 2]\n' > list.json
+check 2 "A:B" plot_trace.py t.json --out p.png --steps 3
+check 2 "1 <= A <= B" plot_trace.py t.json --out p.png --steps 4:2
+check 2 "image format" plot_trace.py t.json --out p.xyz
+check 1 "No such file" plot_trace.py nowhere.json --out p.png
+check 1 "is not a trace (JSON" plot_trace.py cut.json --out p.png
+check 1 "no traceEvents list" plot_trace.py list.json --out p.png
+check 1 "an event without" plot_trace.py bad-event.json --out p.png
+check 1 "has no events in steps 2:3" plot_trace.py t.json --out p.png --steps 2:3
+left=$(find . -maxdepth 1 \( -name 'p.*' -o -name '.png' \))
+[ -z "$left" ] && ok || fail "plot_trace.py wrote $left"
+
 finish

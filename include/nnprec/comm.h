@@ -59,6 +59,9 @@ void nnp_comm_async_submit(nnp_comm_async *a, float *buf, size_t n);
 /* Block until every queued range is reduced. *busy_s receives the time the thread spent in
  * MPI for them (to measure how much of it was hidden behind computation). */
 nnp_status nnp_comm_async_wait(nnp_comm_async *a, double *busy_s);
+/* After a wait: the number of ranges it waited for, and (0 <= i < that number) when the
+ * thread started and finished range i (nnp_comm_wtime). */
+int nnp_comm_async_job_time(const nnp_comm_async *a, int i, double *t0, double *t1);
 void nnp_comm_async_stop(nnp_comm_async *a);
 
 /* Gather one double per rank to every rank: out[size]. */

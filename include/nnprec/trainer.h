@@ -66,6 +66,10 @@ typedef struct {
      * samples (global_batch a multiple of it), summed over one fixed tree */
     int deterministic;
     int micro_shard;
+    /* --trace (trace.h): rank 0 writes every rank's phases of steps trace_a..trace_b
+     * (counted from 1; trace_a = 0: the run's first 20 steps) to trace_path ("" = none) */
+    const char *trace_path;
+    int64_t trace_a, trace_b;
 } nnp_train_cfg;
 
 /* Install SIGTERM/SIGUSR1 handlers: the first signal asks the training loop to finish its

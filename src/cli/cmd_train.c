@@ -21,6 +21,7 @@
 #include "nnprec/options.h"
 #include "nnprec/precond.h"
 #include "nnprec/rundir.h"
+#include "nnprec/trace.h"
 #include "nnprec/trainer.h"
 #include "nnprec/watchdog.h"
 
@@ -40,7 +41,7 @@ typedef struct {
     char pmeasure[NNP_OPT_STRLEN];
     char pformula[NNP_OPT_STRLEN], pbias[NNP_OPT_STRLEN], allreduce[NNP_OPT_STRLEN];
     char resume[NNP_OPT_STRLEN], stop_file[NNP_OPT_STRLEN], bn[NNP_OPT_STRLEN];
-    char config[NNP_OPT_STRLEN];
+    char config[NNP_OPT_STRLEN], trace[NNP_OPT_STRLEN], trace_steps[NNP_OPT_STRLEN];
     double lr, momentum, dampening, wd, beta1, beta2, eps, gamma, min_lr, bucket_mb;
     double prelu, pprior, pbias_std, pbias_gain, pfloor;
     double lars_eta, lamb_clip;
@@ -176,6 +177,13 @@ static nnp_option opts[] = {
     OPT_I("micro-shard", micro_shard, "0",
           "--deterministic: samples per micro-shard; the global batch must be a multiple (0: "
           "the largest power of two up to 256 that cuts it into at least 4 micro-shards)"),
+    OPT_S("trace", trace, "",
+          "write a timeline of every rank's phases (data, forward, backward, allreduce, "
+          "preconditioner, optimizer, evaluation, checkpoint, ...) for --trace-steps to FILE.json "
+          "(Chrome trace events: opens in ui.perfetto.dev and chrome://tracing)"),
+    OPT_S("trace-steps", trace_steps, "",
+          "--trace: the steps A:B to record, counted from 1 as in the log (default: the run's "
+          "first 20)"),
     OPT_F("quiet", quiet, "0",
           "no progress lines (the final [done] line, warnings and errors still print)"),
     OPT_F("verbose", verbose, "0",
@@ -485,6 +493,17 @@ static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *
     cfg->checkpoint_every = O.checkpoint_every;
     cfg->keep = O.keep;
     cfg->stop_file = O.stop_file;
+    if (O.trace_steps[0] && !O.trace[0])
+        return nnp_error(NNP_ERR_ARG, "--trace-steps goes with --trace FILE.json");
+    cfg->trace_path = O.trace;
+    cfg->trace_a = cfg->trace_b = 0;
+    if (O.trace_steps[0]) {
+        NNP_CALL(nnp_trace_parse_steps(O.trace_steps, &cfg->trace_a, &cfg->trace_b));
+        if (cfg->trace_b - cfg->trace_a >= 100000)
+            return nnp_error(NNP_ERR_ARG, "--trace-steps %s spans more than 100000 steps, too "
+                                          "many events for a trace viewer; trace a window",
+                             O.trace_steps);
+    }
     cfg->out_dir = O.out;
     cfg->quiet = O.quiet;
     cfg->verbose = O.verbose;

@@ -309,6 +309,7 @@ nnp_status nnp_comm_gather_f64(nnp_comm *c, const double *in, size_t n, double *
 typedef struct {
     float *buf;
     size_t n;
+    double t0, t1; /* when the thread started and finished it */
 } async_job;
 
 struct nnp_comm_async {
@@ -319,6 +320,7 @@ struct nnp_comm_async {
     pthread_cond_t cv;
     async_job *jobs;        /* [max_jobs] queue, reset at every wait */
     int max_jobs, n_jobs, n_done, stop;
+    int last_n;             /* jobs of the last wait, whose times stay in jobs[] */
     int rc;                 /* first MPI error code seen by the thread */
     double busy_s;          /* time in MPI since the last wait */
 };
@@ -332,7 +334,8 @@ static void *async_main(void *arg)
             pthread_cond_wait(&a->cv, &a->mu);
         if (a->stop)
             break;
-        async_job j = a->jobs[a->n_done];
+        const int idx = a->n_done;
+        async_job j = a->jobs[idx];
         pthread_mutex_unlock(&a->mu);
         double t0 = nnp_comm_wtime();
         int rc = MPI_SUCCESS;
@@ -340,9 +343,11 @@ static void *async_main(void *arg)
             size_t m = j.n - off < a->chunk ? j.n - off : a->chunk;
             rc = MPI_Allreduce(MPI_IN_PLACE, j.buf + off, (int)m, MPI_FLOAT, MPI_SUM, a->c->comm);
         }
-        double dt = nnp_comm_wtime() - t0;
+        const double t1 = nnp_comm_wtime();
         pthread_mutex_lock(&a->mu);
-        a->busy_s += dt;
+        a->busy_s += t1 - t0;
+        a->jobs[idx].t0 = t0;
+        a->jobs[idx].t1 = t1;
         if (rc != MPI_SUCCESS && a->rc == MPI_SUCCESS)
             a->rc = rc;
         a->n_done++;
@@ -388,7 +393,7 @@ void nnp_comm_async_submit(nnp_comm_async *a, float *buf, size_t n)
 {
     pthread_mutex_lock(&a->mu);
     if (a->n_jobs < a->max_jobs) /* the trainer sizes max_jobs to its bucket count */
-        a->jobs[a->n_jobs++] = (async_job){buf, n};
+        a->jobs[a->n_jobs++] = (async_job){buf, n, 0.0, 0.0};
     pthread_cond_broadcast(&a->cv);
     pthread_mutex_unlock(&a->mu);
 }
@@ -402,10 +407,20 @@ nnp_status nnp_comm_async_wait(nnp_comm_async *a, double *busy_s)
     if (busy_s)
         *busy_s = a->busy_s;
     a->busy_s = 0;
+    a->last_n = a->n_jobs;
     a->n_jobs = a->n_done = 0;
     a->rc = MPI_SUCCESS;
     pthread_mutex_unlock(&a->mu);
     return mpi_check(rc, "MPI_Allreduce(gradient bucket)");
+}
+
+int nnp_comm_async_job_time(const nnp_comm_async *a, int i, double *t0, double *t1)
+{
+    if (i >= 0 && i < a->last_n) {
+        *t0 = a->jobs[i].t0;
+        *t1 = a->jobs[i].t1;
+    }
+    return a->last_n;
 }
 
 void nnp_comm_async_stop(nnp_comm_async *a)

@@ -394,8 +394,18 @@ nnp_status exchange_grads(exchange *x, double *wait_s, double *ar_s, double *thr
         buckets_ready(x, 0);
         double busy = 0;
         NNP_CALL(nnp_comm_async_wait(x->async, &busy));
-        *ar_s += nnp_comm_wtime() - t0;
+        const double t1 = nnp_comm_wtime();
+        *ar_s += t1 - t0;
         *thread_s += busy;
+        if (x->trace) {
+            nnp_trace_add(x->trace, NNP_TR_AR_WAIT, NNP_TR_MAIN, x->step, t0, t1);
+            double b0 = 0, b1 = 0;
+            const int nb = nnp_comm_async_job_time(x->async, 0, &b0, &b1);
+            for (int k = 0; k < nb; k++) {
+                nnp_comm_async_job_time(x->async, k, &b0, &b1);
+                nnp_trace_add(x->trace, NNP_TR_BUCKET, NNP_TR_COMM, x->step, b0, b1);
+            }
+        }
         return NNP_OK;
     }
     if (nnp_comm_size(x->comm) == 1)
@@ -412,7 +422,12 @@ nnp_status exchange_grads(exchange *x, double *wait_s, double *ar_s, double *thr
         st = nnp_comm_reduce_scatter_f32(x->comm, net->grads, net->n_params);
     else
         st = nnp_comm_allreduce_sum_f32(x->comm, net->grads, net->n_params, x->chunk_bytes);
-    *ar_s += nnp_comm_wtime() - t1;
+    const double t2 = nnp_comm_wtime();
+    *ar_s += t2 - t1;
+    if (x->trace) {
+        nnp_trace_add(x->trace, NNP_TR_AR_WAIT, NNP_TR_MAIN, x->step, t0, t1);
+        nnp_trace_add(x->trace, NNP_TR_ALLREDUCE, NNP_TR_MAIN, x->step, t1, t2);
+    }
     return st;
 }
 
@@ -503,7 +518,10 @@ nnp_status exchange_params(exchange *x, double *ar_s)
         st = nnp_comm_allgather_shares_f32(x->comm, x->net->params, x->net->n_params);
     else
         return NNP_OK;
-    *ar_s += nnp_comm_wtime() - t0;
+    const double t1 = nnp_comm_wtime();
+    *ar_s += t1 - t0;
+    if (x->trace)
+        nnp_trace_add(x->trace, NNP_TR_ALLGATHER, NNP_TR_MAIN, x->step, t0, t1);
     return st;
 }
 

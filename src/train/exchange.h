@@ -14,6 +14,7 @@
 #include "nnprec/comm.h"
 #include "nnprec/net.h"
 #include "nnprec/optim.h"
+#include "nnprec/trace.h"
 #include "nnprec/trainer.h"
 #include "detsum.h"
 
@@ -67,6 +68,8 @@ typedef struct {
     size_t *node_n;          /* shm over several nodes: [nodes] floats each node sends, */
     size_t *at;              /* [size] where each rank's blocks start in recv, */
     int *world_of;           /* [size] the rank of node k's node-local rank l at k * L + l */
+    nnp_trace *trace;        /* --trace (or NULL): the exchange's own phases of step */
+    int64_t step;            /*   the step being done, counted from 1 */
 } exchange;
 
 /* Local setup, before the caller's agreement: every allocation the mode needs (with

@@ -745,6 +745,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     nnp_precond pc = {0};
     outputs out = {0};
     exchange x = {0};
+    nnp_trace tr = {0}; /* --trace */
     const int noise = cfg->noise_scale;
     float *noise_half = NULL;
     nnp_noise noise_ema = {cfg->noise_ema, 0, 0, 0};
@@ -975,6 +976,25 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
                "parameters\n",
                (long long)total, spe, G, size, size > 1 ? "s" : "", net->n_params);
 
+    /* --trace: the window clipped to this run, room for every phase of a step */
+    if (cfg->trace_path && cfg->trace_path[0]) {
+        int64_t ta = cfg->trace_a > 0 ? cfg->trace_a : first_step + 1;
+        int64_t tb = cfg->trace_a > 0 ? cfg->trace_b : first_step + 20;
+        if (ta <= first_step)
+            ta = first_step + 1;
+        if (tb > total)
+            tb = total;
+        if (rank == 0 && ta > tb)
+            fprintf(stderr, "[warn]  --trace-steps %lld:%lld lies outside this run's steps "
+                            "%lld..%lld: %s will hold no events\n",
+                    (long long)cfg->trace_a, (long long)cfg->trace_b, (long long)first_step + 1,
+                    (long long)total, cfg->trace_path);
+        if ((st = nnp_trace_start(&tr, comm, cfg->trace_path, ta, tb, 16 + x.n_buckets)) !=
+            NNP_OK)
+            goto done;
+        x.trace = &tr;
+    }
+
     res->steps = first_step;
     for (int64_t step = first_step; step < total; step++) {
         const int epoch = (int)(step / (int64_t)spe);
@@ -1005,6 +1025,8 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         }
         double t1 = nnp_comm_wtime();
         timers[T_DATA] += t1 - t0;
+        nnp_trace_add(&tr, NNP_TR_DATA, NNP_TR_MAIN, step + 1, t0, t1);
+        x.step = step + 1;
         /* one rank, --noise-scale: an extra pass over the first half of the batch gives the
          * small batch's gradient, kept; the whole batch then runs exactly as without it */
         const int B1 = noise_half ? B / 2 : 0;
@@ -1020,6 +1042,8 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             const double tb = nnp_comm_wtime();
             timers[T_FWD] += ta - t1;
             timers[T_BWD] += tb - ta;
+            nnp_trace_add(&tr, NNP_TR_FORWARD, NNP_TR_MAIN, step + 1, t1, ta);
+            nnp_trace_add(&tr, NNP_TR_BACKWARD, NNP_TR_MAIN, step + 1, ta, tb);
             noise_t += tb - t1;
             t1 = tb;
         }
@@ -1046,6 +1070,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         }
         double t2 = nnp_comm_wtime();
         timers[T_FWD] += t2 - t1;
+        nnp_trace_add(&tr, NNP_TR_FORWARD, NNP_TR_MAIN, step + 1, t1, t2);
         nnp_grad_ready_fn on_ready;
         void *ready_ctx;
         exchange_backward_hook(&x, &on_ready, &ready_ctx);
@@ -1096,6 +1121,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         }
         double t3 = nnp_comm_wtime();
         timers[T_BWD] += t3 - t2;
+        nnp_trace_add(&tr, NNP_TR_BACKWARD, NNP_TR_MAIN, step + 1, t2, t3);
         bal_t += t3 - t0; /* local work that grows with the batch: data, forward, backward */
         bal_n += B;
         my_samples += B;
@@ -1161,6 +1187,8 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         }
         double t5 = nnp_comm_wtime();
         timers[T_PREC] += t5 - t3;
+        if (dynamic && step % cfg->precond.every == 0)
+            nnp_trace_add(&tr, NNP_TR_PRECOND, NNP_TR_MAIN, step + 1, t3, t5);
 
         if (cfg->stats_every > 0 && step % cfg->stats_every == 0) {
             /* rank 0 writes every tensor's gradient statistics: it needs all of them */
@@ -1173,6 +1201,9 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             if ((st = exchange_hold(&x)) != NNP_OK)
                 goto done;
         }
+        const double t_opt = nnp_comm_wtime();
+        if (t_opt > t5 && cfg->stats_every > 0 && step % cfg->stats_every == 0)
+            nnp_trace_add(&tr, NNP_TR_STATS, NNP_TR_MAIN, step + 1, t5, t_opt);
 
         double lr = nnp_sched_lr(&sched, step, epoch);
         if (dynamic && !det && (step + 1) % cfg->precond.every == 0) {
@@ -1211,9 +1242,12 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         } else
             exchange_update(&x, &opt, lr, scale);
         step_allocs += nnp_alloc_count() - allocs_before; /* the step must allocate nothing */
-        timers[T_OPT] += nnp_comm_wtime() - t5;
+        const double t6 = nnp_comm_wtime();
+        timers[T_OPT] += t6 - t5;
+        nnp_trace_add(&tr, NNP_TR_OPTIMIZER, NNP_TR_MAIN, step + 1, t_opt, t6);
         if ((st = exchange_params(&x, &timers[T_AR])) != NNP_OK)
             goto done;
+        const double t_stop = nnp_comm_wtime();
         samples_since_log += (int64_t)gc;
 
         const int64_t done_steps = step + 1;
@@ -1283,10 +1317,11 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             memcpy(ns, v + N_STOP_KINDS, sizeof ns);
         } else if (size > 1 && (st = nnp_comm_allreduce_max_f64(comm, &stop, 1)) != NNP_OK)
             goto done;
+        nnp_trace_add(&tr, NNP_TR_STOP_CHECK, NNP_TR_MAIN, done_steps, t_stop, nnp_comm_wtime());
         if (noise) {
-            double g2, tr;
-            if (nnp_noise_estimate(ns, (double)gc, &g2, &tr))
-                nnp_noise_update(&noise_ema, g2, tr);
+            double g2, trs;
+            if (nnp_noise_estimate(ns, (double)gc, &g2, &trs))
+                nnp_noise_update(&noise_ema, g2, trs);
         }
         const int diverged = stop == STOP_DIVERGED || stop == STOP_PARAMS;
         const int out_failed = stop == STOP_OUTPUT;
@@ -1342,9 +1377,9 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
                             (long long)done_steps, fe, tl, ta, lr, sps,
                             wall_before + now - t_start);
                     if (noise) {
-                        double g2, tr, bs;
-                        nnp_noise_read(&noise_ema, &g2, &tr, &bs);
-                        fprintf(out.train_csv, ",%.6g,%.6g,%.6g", g2, tr, bs);
+                        double g2, trs, bs;
+                        nnp_noise_read(&noise_ema, &g2, &trs, &bs);
+                        fprintf(out.train_csv, ",%.6g,%.6g,%.6g", g2, trs, bs);
                     }
                     fputc('\n', out.train_csv);
                 }
@@ -1361,8 +1396,8 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
                                  sizeof eta);
                     char nbuf[48] = "";
                     if (noise) {
-                        double g2, tr, bs;
-                        nnp_noise_read(&noise_ema, &g2, &tr, &bs);
+                        double g2, trs, bs;
+                        nnp_noise_read(&noise_ema, &g2, &trs, &bs);
                         snprintf(nbuf, sizeof nbuf, " noise scale %.4g", bs);
                     }
                     char lbuf[32];
@@ -1383,6 +1418,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         }
 
         if (stop < STOP_DIVERGED && (done_steps % eval_every == 0 || is_last)) {
+            const double t_ev = nnp_comm_wtime();
             double tl = NAN, ta = NAN, vl = NAN, va = NAN;
             const int with_test = !cfg->val || cfg->test_every <= 0 || is_last ||
                                   done_steps % cfg->test_every == 0;
@@ -1425,6 +1461,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
                 }
             }
             t_log += nnp_comm_wtime() - now; /* evaluation does not count as training time */
+            nnp_trace_add(&tr, NNP_TR_EVAL, NNP_TR_MAIN, done_steps, t_ev, nnp_comm_wtime());
         }
         res->steps = done_steps;
 
@@ -1461,6 +1498,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             if (st != NNP_OK)
                 goto done;
             t_log += nnp_comm_wtime() - t_ck; /* nor does checkpointing */
+            nnp_trace_add(&tr, NNP_TR_CHECKPOINT, NNP_TR_MAIN, done_steps, t_ck, nnp_comm_wtime());
         }
         if (out_failed) {
             st = rank != 0 ? NNP_ERR_REMOTE
@@ -1526,6 +1564,13 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     }
 
 done:
+    /* the trace, wherever every rank got to the same place: the end, or a stop request */
+    if (tr.on && (st == NNP_OK || st == NNP_ERR_INTERRUPTED)) {
+        const nnp_status ts = nnp_trace_finish(&tr, comm);
+        if (st == NNP_OK)
+            st = ts;
+    }
+    nnp_trace_free(&tr);
     net->bn_sum = NULL;
     net->bn_sum_ctx = NULL;
     net->shard_sums = NULL;
