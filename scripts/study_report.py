@@ -410,7 +410,10 @@ def model_section(R, out):
     w(f"\nAllreduce at 2 ranks, fitted as 2α + β·S over {len(R.bench['allreduce'])} sizes: "
       f"α = {1e6 * alpha:.1f} µs, 1/β = {1e-9 / beta:.2f} GB/s. Modeled at P ranks as "
       "2⌈log2 P⌉α + 2(P−1)/P·S·β (tree latency, ring bandwidth; S = the parameters' bytes), "
-      "plus one rank's measured compute time at the local batch B/P.\n\n")
+      "plus one rank's measured compute time at the local batch B/P"
+      + (f" (timed with {R.bench['compute_copies']} copies running at once, one per core, as "
+         "ranks that share a node compute)" if R.bench.get("compute_copies", 1) > 1 else
+         " (timed alone)") + ".\n\n")
     chk = R.model_check()
     if chk:
         w("Model against measured 2-rank steps (ms per step):\n\n| model | global batch | "
