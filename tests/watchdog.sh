@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # --collective-timeout and files that could block (docs/reliability.md):
 #  1. at 2 ranks, rank 1 stopped (SIGSTOP) in the middle of training: rank 0 reports the MPI
-#     call, the phase and the step it waits in and exits 75 within the timeout plus a few
+#     call, the phase and the step it waits in, names rank 1 as stopped (the node's board of
+#     ranks, src/dist/watchdog.c; at 3 ranks a slow rank is named too, behind the others in
+#     MPI calls), and exits 75 within the timeout plus a few
 #     seconds, and mpiexec ends rank 1 too; with the fused allreduce, the bucketed one (its
 #     communication thread is the one waiting) and shm; the run then resumes from its latest
 #     checkpoint (--resume auto) and finishes;
@@ -65,7 +67,7 @@ for mode in fused bucketed shm; do
   [ "$rc" = 75 ] && ok || fail "$mode: exit code $rc, want 75: $(tail -3 "$out.err")"
   awk -v s="$secs" 'BEGIN { exit !(s <= 4 + 5) }' && ok || fail "$mode: ended $secs s after the stop (timeout 4)"
   n=$(grep -c '^nnprec: error' "$out.err")
-  grep -q "^nnprec: error (rank 0): no progress for [4-6] s in MPI_[A-Za-z]* .*(training, step [0-9]*): another rank has stopped, hangs or died, or is that much slower (--collective-timeout 4); exiting with code 75 so that the job can be requeued and resumed from its latest checkpoint$" "$out.err" \
+  grep -q "^nnprec: error (rank 0): no progress for [4-6] s in MPI_[A-Za-z]* .*(training, step [0-9]*): another rank has stopped, hangs or died, or is that much slower (--collective-timeout 4); on this node: rank 1 stopped (step [0-9]*, training, \(inside\|outside\) MPI\(, [0-9]* MPI calls\? behind this one\)\?); exiting with code 75 so that the job can be requeued and resumed from its latest checkpoint$" "$out.err" \
     && [ "$n" = 1 ] && ok || fail "$mode: want one line from rank 0, got: $(grep nnprec "$out.err")"
   # mpiexec ends the stopped rank as it leaves (allow it a few seconds to go)
   for _ in $(seq 1 50); do
@@ -81,6 +83,19 @@ for mode in fused bucketed shm; do
     && ok || fail "$mode: resuming after the timeout: $(tail -3 "$out.r.out")"
 done
 echo "the line (fused): $(grep '^nnprec' "$tmp/stop_fused.err")"
+
+# 1b. three ranks, rank 2 alive but stuck outside MPI (a data load that takes minutes): the
+#     others name it, behind them in MPI calls, and not rank 1, which waits with them
+out=$tmp/slow
+NNPREC_FAULT_SLOW=2:60000000 "$mpiexec" -n 3 --oversubscribe "$nnprec" "${long[@]}" --batch 8 \
+  --steps 30 --collective-timeout 3 --out "$out" > "$out.out" 2> "$out.err" &
+pid=$!
+wait_run 40
+line=$(grep '^nnprec: error (rank 0)' "$out.err")
+echo "the line (3 ranks, rank 2 slow): $line"
+[ "$rc" = 75 ] && ok || fail "slow rank: exit code $rc, want 75: $(tail -3 "$out.err")"
+echo "$line" | grep -q "on this node: rank 2 alive (step 1, training, outside MPI, [0-9]* MPI calls\? behind this one); exiting" \
+  && ! echo "$line" | grep -q "rank 1 " && ok || fail "slow rank: the line does not name rank 2 alone: $line"
 
 # 2. the whole job stopped for twice the timeout, then continued: it goes on
 out=$tmp/pause
