@@ -115,6 +115,19 @@ run 2 "$d" "${det[@]}" "${mlp[@]}" --steps $((steps / 2)) &&
   run 3 "$d" "${det[@]}" "${mlp[@]}" --resume auto &&
   same "2 ranks resumed on 3" "$tmp/mlp1" "$d"
 
+# the checkpoint records the micro-shards: another --micro-shard is refused, no
+# --deterministic is warned about, nnprec info shows them
+ck=$(ls "$d"/ckpt-*.h5 | head -1)
+"$nnprec" info "$ck" | grep -q "^deterministic    micro-shards of 12 samples" && ok ||
+  fail "nnprec info does not show the micro-shards: $("$nnprec" info "$ck" 2>&1 | head -12)"
+out=$("$nnprec" "${common[@]}" "${mlp[@]}" --deterministic --micro-shard 24 --resume "$ck" 2>&1) &&
+  fail "resuming with another --micro-shard ran" ||
+  { grep -q "^nnprec: error: checkpoint $ck was written with --deterministic --micro-shard 12, this run has 24 (the trajectory depends on it: resume with --micro-shard 12)$" <<< "$out" &&
+      ok || fail "resuming with another --micro-shard: $out"; }
+out=$("$nnprec" "${common[@]}" "${mlp[@]}" --steps $((steps / 2 + 1)) --resume "$ck" 2>&1) &&
+  grep -q "^\[warn\]  checkpoint $ck was written with --deterministic; without it this run is no longer the same bits at every rank count (add --deterministic --micro-shard 12)$" <<< "$out" &&
+  ok || fail "resuming without --deterministic: $out"
+
 # without --deterministic the same recipe does depend on the rank count (what the mode is for)
 run 1 "$tmp/plain1" && run 3 "$tmp/plain3" &&
   { [ "$(params_hash "$tmp/plain1/ckpt-000000$steps.h5")" != "$(params_hash "$tmp/plain3/ckpt-000000$steps.h5")" ] &&

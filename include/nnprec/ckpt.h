@@ -49,6 +49,8 @@ typedef struct {
                             * 0 when the file predates this attribute */
     int64_t val_split;     /* --val-split: samples held out of the training set (0: none;
                             * the attribute is absent then) */
+    int micro_shard;       /* --deterministic: samples per micro-shard, which the trajectory
+                            * depends on (0: a run without it; the attribute is absent then) */
     int noise_scale;       /* --noise-scale: the run logs it, and these are its moving */
     double noise_ema_g2, noise_ema_tr; /* averages (noise.h) after noise_steps steps; the */
     int64_t noise_steps;   /* attributes are absent without it */

@@ -253,6 +253,15 @@ static nnp_status read_meta_attrs(const char *path, hid_t f, nnp_ckpt_meta *m)
             return nnp_error(NNP_ERR_FORMAT,
                              "checkpoint %s: attribute val_split has an impossible value", path);
     }
+    if (H5Aexists(f, "micro_shard") > 0) {
+        int64_t s = 0;
+        if (attr_num(path, f, "", "micro_shard", H5T_NATIVE_INT64, &s))
+            return NNP_ERR_FORMAT;
+        if (s < 1 || s > INT32_MAX)
+            return nnp_error(NNP_ERR_FORMAT,
+                             "checkpoint %s: attribute micro_shard has an impossible value", path);
+        m->micro_shard = (int)s;
+    }
     if (H5Aexists(f, "noise_steps") > 0) {
         m->noise_scale = 1;
         if (attr_num(path, f, "", "noise_steps", H5T_NATIVE_INT64, &m->noise_steps) ||
@@ -905,6 +914,10 @@ nnp_status nnp_ckpt_info(const char *path, FILE *out)
         fprintf(out, "normalization    mean %.9g std %.9g\n", m->norm_mean, m->norm_std);
         fprintf(out, "global batch     %d on %d rank%s\n", m->global_batch, m->world_size,
                 m->world_size == 1 ? "" : "s");
+        if (m->micro_shard > 0)
+            fprintf(out, "deterministic    micro-shards of %d samples (bitwise the same at any "
+                         "rank count; resume with --deterministic --micro-shard %d)\n",
+                    m->micro_shard, m->micro_shard);
         fprintf(out, "wall time        %.1f s\n", m->wall_s);
         fprintf(out, "checksums        %s\n",
                 m->checksums ? "xxh64 of every dataset, checked on every read (all of them: "

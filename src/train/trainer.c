@@ -436,6 +436,7 @@ static nnp_status checkpoint(nnp_comm *comm, const nnp_train_cfg *cfg, const nnp
         meta.wall_s = wall_s;
         meta.train_samples = (int64_t)n_train;
         meta.val_split = cfg->val_split;
+        meta.micro_shard = cfg->deterministic ? cfg->micro_shard : 0;
         meta.noise_scale = cfg->noise_scale;
         meta.noise_ema_g2 = ns->ema_g2;
         meta.noise_ema_tr = ns->ema_tr;
@@ -866,6 +867,19 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
                            "checkpoint %s was written with --val-split %lld, this run has %lld "
                            "(the held-out samples and the sample order depend on it)",
                            cfg->resume, (long long)meta.val_split, (long long)cfg->val_split);
+        /* --deterministic: the trajectory depends on the micro-shards (a checkpoint written
+         * without it may start a deterministic run: from there on every rank count agrees) */
+        if (st == NNP_OK && det && meta.micro_shard > 0 && meta.micro_shard != S)
+            st = nnp_error(NNP_ERR_ARG,
+                           "checkpoint %s was written with --deterministic --micro-shard %d, "
+                           "this run has %d (the trajectory depends on it: resume with "
+                           "--micro-shard %d)",
+                           cfg->resume, meta.micro_shard, S, meta.micro_shard);
+        if (st == NNP_OK && !det && meta.micro_shard > 0 && rank == 0)
+            fprintf(stderr, "[warn]  checkpoint %s was written with --deterministic; without "
+                            "it this run is no longer the same bits at every rank count (add "
+                            "--deterministic --micro-shard %d)\n",
+                    cfg->resume, meta.micro_shard);
         /* the sample order depends on the training set's size: another --train-limit or
          * --data would continue with other batches (older files lack train_samples, but
          * their epoch and position must still agree with this run's batches per epoch) */
