@@ -182,7 +182,12 @@ def mark_diverged(d):
     """A run whose log says it diverged gets diverged.txt (a result, not a failure)."""
     try:
         with open(os.path.join(d, "log.txt"), errors="replace") as f:
-            m = re.findall(r"training diverged at step (\d+)", f.read())
+            # (nnprec before 2026-12-06 said "preconditioner: non-finite weight sums of T
+            # at step N" or "... activation or gradient moments at step N", N counted from
+            # 0, when the dynamic preconditioner met the divergence first)
+            m = [m1 or str(int(m2) + 1) for m1, m2 in re.findall(
+                r"training diverged at step (\d+)|preconditioner: non-finite (?:weight sums "
+                r"of \S+|activation or gradient moments) at step (\d+)", f.read())]
     except FileNotFoundError:
         return False
     if not m:

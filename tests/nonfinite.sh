@@ -36,6 +36,10 @@ expect 1 "training diverged at step [0-9]*: the optimizer step left non-finite p
   "${mpi[@]}" "${big[@]}" --optim lars --lr 1e36 --allreduce sharded
 expect 1 "training diverged at step 1: the optimizer step left non-finite parameters (nan or inf), first in conv1\.weight" \
   "${mpi[@]}" "${big[@]}" --optim adam --lr 1e38 --allreduce shm
+# the dynamic preconditioner, which measures the layers' moments first, says the same
+expect 1 "^nnprec: error: training diverged at step [0-9]*: the layers' activation or gradient moments the preconditioner measures are no longer finite; lower --lr$" \
+  "$nnprec" train --model lenet --precond dynamic --lr 50 --steps 30 --train-limit 1000 \
+  --test-limit 100 --global-batch 64 --quiet
 
 # 2. non-finite input data
 $py - "$tmp" <<'EOF' || { echo "cannot write the datasets"; exit 1; }

@@ -451,16 +451,17 @@ nnp_status nnp_precond_from_sums(nnp_precond *p, const nnp_net *net, int64_t ste
         double s1 = p->sums[2 * j], s2 = p->sums[2 * j + 1];
         if (!isfinite(s1) || !isfinite(s2))
             return nnp_error(NNP_ERR_NUMERIC,
-                             "preconditioner: non-finite weight sums of %s at step %lld "
-                             "(sum %g, sum of squares %g)",
-                             t->name, (long long)step, s1, s2);
+                             "training diverged at step %lld: the preconditioner's sums of %s "
+                             "are no longer finite (sum %g, sum of squares %g); lower --lr",
+                             (long long)step + 1, t->name, s1, s2);
     }
     for (size_t k = 2 * (size_t)p->n; k < p->n_sums; k++)
         if (!isfinite(p->sums[k]))
             return nnp_error(NNP_ERR_NUMERIC,
-                             "preconditioner: non-finite activation or gradient moments at "
-                             "step %lld",
-                             (long long)step);
+                             "training diverged at step %lld: the layers' activation or "
+                             "gradient moments the preconditioner measures are no longer "
+                             "finite; lower --lr",
+                             (long long)step + 1);
     p->measured = p->n_sums > p->n_share && p->sums[p->n_share + 2 * (size_t)p->n_tr] > 0;
     for (int j = 0; j < p->n; j++) {
         const nnp_tensor *t = &net->tensors[j];
