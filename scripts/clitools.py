@@ -90,6 +90,22 @@ def save_figure(fig, path, dpi, title=None):
     print("wrote %s" % path)
 
 
+def add_figure_args(ap):
+    """--out PNG (required), --title and --dpi, for a script that writes one figure; check
+    them with figure_args()."""
+    ap.add_argument("--out", required=True, metavar="PNG", help="output image")
+    ap.add_argument("--title", help="figure title (default: none)")
+    ap.add_argument("--dpi", type=positive_int, default=110, help="resolution (default 110)")
+
+
+def figure_args(ap, a, max_dpi=1000):
+    """Exit 2 (through ap.error) for an --out that is not an image name or a --dpi above
+    max_dpi (a figure of W x H inches is 1000 W x 1000 H pixels at most by default)."""
+    image_path(ap, "--out", a.out)
+    if a.dpi > max_dpi:
+        ap.error("--dpi %d is too large (at most %d)" % (a.dpi, max_dpi))
+
+
 def image_path(ap, opt, path, folder_must_exist=False):
     """Exit 2 (through ap.error) unless PATH ends in an image format matplotlib writes;
     exit 1 if PATH is a folder or, with folder_must_exist, if its folder is missing."""

@@ -17,10 +17,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from clitools import ArgParser, die, positive_int, read_numeric_csv, save_figure, image_path  # noqa: E402
+from clitools import ArgParser, die, positive_int, read_numeric_csv, save_figure, add_figure_args, figure_args  # noqa: E402
 
 PROG = "plot_noise.py"
-MAX_DPI = 1000  # a 9x3.6-inch figure: at most 9000x3600 pixels
 COLUMNS = ("step", "epoch", "g2", "trsigma", "noise_scale")
 
 
@@ -43,15 +42,11 @@ def main():
     ap = ArgParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", metavar="RUN_DIR",
                     help="run directory holding train.csv (or the CSV itself)")
-    ap.add_argument("--out", required=True, metavar="PNG", help="output image")
+    add_figure_args(ap)
     ap.add_argument("--batch", type=positive_int, action="append",
                     help="global batch of each run (once per run, in order): drawn as a line")
-    ap.add_argument("--title", help="figure title (default: none)")
-    ap.add_argument("--dpi", type=positive_int, default=110, help="resolution (default 110)")
     a = ap.parse_args()
-    image_path(ap, "--out", a.out)
-    if a.dpi > MAX_DPI:
-        ap.error("--dpi %d is too large (at most %d)" % (a.dpi, MAX_DPI))
+    figure_args(ap, a)
     if a.batch and len(a.batch) != len(a.runs):
         ap.error("--batch: give one per run (%d runs, %d batches)" % (len(a.runs), len(a.batch)))
 

@@ -16,9 +16,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from clitools import ArgParser, die, positive_int, save_figure, image_path, why  # noqa: E402
+from clitools import ArgParser, die, save_figure, add_figure_args, figure_args, why  # noqa: E402
 
-MAX_DPI = 1000
 ORDER = ["data", "forward", "backward", "allreduce wait", "allreduce", "allreduce bucket",
          "preconditioner", "stats", "optimizer", "allgather", "stop check", "evaluation",
          "checkpoint"]
@@ -58,14 +57,10 @@ def read_trace(path):
 def main():
     ap = ArgParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("trace", metavar="FILE.json", help="the trace of nnprec train --trace")
-    ap.add_argument("--out", required=True, metavar="PNG", help="output image")
+    add_figure_args(ap)
     ap.add_argument("--steps", metavar="A:B", help="draw only steps A..B (default: all)")
-    ap.add_argument("--title", help="figure title (default: none)")
-    ap.add_argument("--dpi", type=positive_int, default=110, help="resolution (default 110)")
     a = ap.parse_args()
-    image_path(ap, "--out", a.out)
-    if a.dpi > MAX_DPI:
-        ap.error("--dpi %d is too large (at most %d)" % (a.dpi, MAX_DPI))
+    figure_args(ap, a)
     lo, hi = parse_steps(ap, a.steps) if a.steps else (1, float("inf"))
 
     ev = [e for e in read_trace(a.trace) if lo <= e[5] <= hi]
