@@ -44,6 +44,7 @@
 #include "nnprec/optim.h"
 #include "nnprec/precond.h"
 #include "nnprec/rng.h"
+#include "test_nets.h"
 #include "test_util.h"
 
 #define HALF_ULP6 5.0e-7 /* half a unit in the 6th decimal of the reference tables */
@@ -56,27 +57,6 @@ static const char *NOPAD_SPEC =
 static const char *FULLPAD_SPEC = "seq:1x16x16/conv:6:3:1:2/relu/conv:16:3:1:2/relu/flatten/"
                                   "dense:120/relu/dense:84/relu/dense:10";
 static const char *MLP_SPEC = "mlp:784-256x12-10";
-
-static nnp_net *make_net(const char *spec, int B)
-{
-    nnp_net *net = NULL;
-    nnp_status s = nnp_net_create(spec, (nnp_shape){1, 28, 28}, NNP_ACT_RELU, B, &net);
-    if (s != NNP_OK) {
-        fprintf(stderr, "cannot build %s: %s\n", spec, nnp_error_msg());
-        exit(2);
-    }
-    return net;
-}
-
-static nnp_init_cfg init_of(const char *name)
-{
-    nnp_init_cfg ic;
-    if (nnp_init_parse(name, &ic) != NNP_OK) {
-        fprintf(stderr, "init %s: %s\n", name, nnp_error_msg());
-        exit(2);
-    }
-    return ic;
-}
 
 static nnp_init_cfg seed_init(void) { return init_of("seed"); }
 

@@ -33,6 +33,7 @@
 #include "nnprec/net.h"
 #include "nnprec/precond.h"
 #include "nnprec/rng.h"
+#include "test_nets.h"
 #include "test_util.h"
 
 #define Z 4.0
@@ -47,26 +48,6 @@ static const char *SMALL_CONV = "seq:1x12x12/conv:8:3:1:1/bn/relu/res[conv:8:3:1
                                 "dropout:0.3/dense:10";
 
 static int n_trials = 16, n_trials_eq = 3;
-
-static nnp_net *make_net(const char *spec, int B)
-{
-    nnp_net *net = NULL;
-    if (nnp_net_create(spec, (nnp_shape){1, 28, 28}, NNP_ACT_RELU, B, &net) != NNP_OK) {
-        fprintf(stderr, "cannot build %s: %s\n", spec, nnp_error_msg());
-        exit(2);
-    }
-    return net;
-}
-
-static nnp_init_cfg init_of(const char *name)
-{
-    nnp_init_cfg ic;
-    if (nnp_init_parse(name, &ic) != NNP_OK) {
-        fprintf(stderr, "init %s: %s\n", name, nnp_error_msg());
-        exit(2);
-    }
-    return ic;
-}
 
 static nnp_precond_cfg cfg_of(nnp_precond_mode mode, const nnp_init_cfg *ic, int B, int measure)
 {
