@@ -51,10 +51,9 @@ static nnp_status damaged(const char *path, const char *what)
 
 /* ---- read ------------------------------------------------------------------------------ */
 
-/* Read a scalar attribute of any numeric type, converted to mtype. Returns 0, or -1 with an
- * error recorded (missing: "attribute X missing"; non-numeric: "has type T"). */
-static int attr_num(const char *path, hid_t loc, const char *where, const char *name,
-                    hid_t mtype, void *v)
+/* 0 when attribute `name` exists at loc; -1 with the error recorded ("attribute X missing",
+ * or the file is damaged there) when it does not. */
+static int attr_present(const char *path, hid_t loc, const char *where, const char *name)
 {
     htri_t has = H5Aexists(loc, name);
     if (has < 0) {
@@ -67,6 +66,16 @@ static int attr_num(const char *path, hid_t loc, const char *where, const char *
         nnp_error(NNP_ERR_FORMAT, "checkpoint %s: attribute %s%s missing", path, where, name);
         return -1;
     }
+    return 0;
+}
+
+/* Read a scalar attribute of any numeric type, converted to mtype. Returns 0, or -1 with an
+ * error recorded (missing: "attribute X missing"; non-numeric: "has type T"). */
+static int attr_num(const char *path, hid_t loc, const char *where, const char *name,
+                    hid_t mtype, void *v)
+{
+    if (attr_present(path, loc, where, name) < 0)
+        return -1;
     hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
     hid_t t = a >= 0 ? H5Aget_type(a) : -1;
     hid_t sp = a >= 0 ? H5Aget_space(a) : -1;
@@ -100,17 +109,8 @@ static int attr_string(const char *path, hid_t loc, const char *where, const cha
                        char *buf, size_t cap)
 {
     buf[0] = '\0';
-    htri_t has = H5Aexists(loc, name);
-    if (has < 0) {
-        char what[128];
-        snprintf(what, sizeof what, "attribute %s%s", where, name);
-        damaged(path, what);
+    if (attr_present(path, loc, where, name) < 0)
         return -1;
-    }
-    if (!has) {
-        nnp_error(NNP_ERR_FORMAT, "checkpoint %s: attribute %s%s missing", path, where, name);
-        return -1;
-    }
     hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
     hid_t t = a >= 0 ? H5Aget_type(a) : -1;
     int ok = t >= 0 && H5Tget_class(t) == H5T_STRING;
