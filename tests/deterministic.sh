@@ -12,8 +12,8 @@
 #                             dynamic preconditioner: 1 and 3 ranks (shm)
 #   noise                     lenet with --noise-scale (its columns too): 1 and 3 ranks
 #   resume                    the mlp run checkpointed on 2 ranks at step 30, resumed on 3
-# 60 steps each, and lenet and the mlp also 300 steps at 1-4 ranks (not under the
-# sanitizers, where it would take minutes) over 1000 samples, so step 21 is the epoch's last, partial batch
+# 60 steps each, and lenet and the mlp (also sharded, shm and resumed) for 300 steps (not
+# under the sanitizers, where it would take minutes) over 1000 samples, so step 21 is the epoch's last, partial batch
 # of 40 samples (micro-shards of 12, 12, 12 and 4). --micro-shard 12 gives 4 micro-shards
 # per step: 3 ranks hold 1, 1 and 2 of them (two blocks of the tree), 4 ranks one each.
 # usage: deterministic.sh NNPREC MPIEXEC
@@ -93,6 +93,14 @@ if [ -z "${ASAN_OPTIONS:-}" ]; then
     steps=300 same "lenet, 300 steps, at $np ranks" "$tmp/lenet1_300" "$tmp/lenet${np}_300"
     steps=300 same "mlp, 300 steps, at $np ranks" "$tmp/mlp1_300" "$tmp/mlp${np}_300"
   done
+  for mode in sharded shm; do
+    run 3 "$tmp/${mode}3_300" "${det[@]}" "${mlp[@]}" --steps 300 --eval-every 300 --allreduce "$mode" &&
+      steps=300 same "mlp, 300 steps, $mode at 3 ranks" "$tmp/mlp1_300" "$tmp/${mode}3_300"
+  done
+  d=$tmp/resume_300 # checkpointed on 2 ranks at step 150, resumed on 3
+  run 2 "$d" "${det[@]}" "${mlp[@]}" --steps 150 --eval-every 150 &&
+    run 3 "$d" "${det[@]}" "${mlp[@]}" --steps 300 --eval-every 300 --resume auto &&
+    steps=300 same "mlp, 300 steps, 2 ranks resumed on 3 at step 150" "$tmp/mlp1_300" "$d"
 fi
 
 # the other --allreduce modes
