@@ -44,6 +44,13 @@ bnm=seq:1x28x28/conv:4:3/bn/relu/gap/dropout:0.2/dense:16/bn/relu/dense:10
 "$nnprec" bench --layers --model $bnm --batch 16 --reps 2 > "$tmp/bnb.out" 2>&1 &&
   grep -q 'batchnorm2d 4' "$tmp/bnb.out" && grep -q 'dropout p=0.2' "$tmp/bnb.out" && ok ||
   fail "bench --layers on bn: $(tail -3 "$tmp/bnb.out")"
+# bench --optim: a row for each optimizer, the layer-wise ones with their extra time
+"$nnprec" bench --optim --model $bnm --batch 16 --reps 3 > "$tmp/bo.out" 2>&1 &&
+  grep -q '^forward + backward: [0-9.]* ms$' "$tmp/bo.out" && grep -q '^sgd  *[0-9.]*  *$' "$tmp/bo.out" &&
+  grep -q '^lars  *[0-9.]*  *-\?[0-9.]* (sgd)  *-\?[0-9.]*%$' "$tmp/bo.out" &&
+  grep -q '^lamb  *[0-9.]*  *-\?[0-9.]* (adam)  *-\?[0-9.]*%$' "$tmp/bo.out" && ok ||
+  fail "bench --optim: $(cat "$tmp/bo.out")"
+expect 2 "give one of --layers, --optim and --allreduce-mb" "$nnprec" bench --optim --layers
 for pc in static dynamic; do
   "$nnprec" stats --model $bnm --batch 16 --synthetic --precond $pc > "$tmp/bnp.out" 2>&1 &&
     grep -q 'pgrad_std' "$tmp/bnp.out" && [ "$(grep -c '^ *[0-9]\+  bn[12] .* [0-9.e+-]\+$' "$tmp/bnp.out")" = 2 ] &&
