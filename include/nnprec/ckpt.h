@@ -49,6 +49,9 @@ typedef struct {
                             * 0 when the file predates this attribute */
     int64_t val_split;     /* --val-split: samples held out of the training set (0: none;
                             * the attribute is absent then) */
+    double lr_factor;      /* --on-nonfinite rollback: the factor on the scheduled learning
+                            * rate, halved by every rollback (1: none; absent then) */
+    int64_t rollbacks;     /* rollbacks done so far (absent when 0) */
     int micro_shard;       /* --deterministic: samples per micro-shard, which the trajectory
                             * depends on (0: a run without it; the attribute is absent then) */
     int noise_scale;       /* --noise-scale: the run logs it, and these are its moving */
@@ -114,5 +117,9 @@ nnp_status nnp_ckpt_publish(const char *dir, const char *path, int keep);
  * it names anything but a file name in dir ("../x", "/abs", "sub/x"), NNP_ERR_ARG if the
  * path does not fit. */
 nnp_status nnp_ckpt_latest(const char *dir, char *buf, size_t cap, int *found);
+
+/* The ckpt-*.h5 in DIR with the highest step below `step` (--on-nonfinite rollback going
+ * further back). *found = 0 (and NNP_OK) when there is none. */
+nnp_status nnp_ckpt_before(const char *dir, int64_t step, char *buf, size_t cap, int *found);
 
 #endif

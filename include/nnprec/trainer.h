@@ -70,6 +70,10 @@ typedef struct {
      * (counted from 1; trace_a = 0: the run's first 20 steps) to trace_path ("" = none) */
     const char *trace_path;
     int64_t trace_a, trace_b;
+    /* --on-nonfinite rollback: a step whose loss or parameters are not finite sends every
+     * rank back to the latest checkpoint in out_dir with the learning rate halved, at most
+     * `rollbacks` times over the run (0: stop, the default) */
+    int rollbacks;
 } nnp_train_cfg;
 
 /* Install SIGTERM/SIGUSR1 handlers: the first signal asks the training loop to finish its

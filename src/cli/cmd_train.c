@@ -42,6 +42,8 @@ typedef struct {
     char pformula[NNP_OPT_STRLEN], pbias[NNP_OPT_STRLEN], allreduce[NNP_OPT_STRLEN];
     char resume[NNP_OPT_STRLEN], stop_file[NNP_OPT_STRLEN], bn[NNP_OPT_STRLEN];
     char config[NNP_OPT_STRLEN], trace[NNP_OPT_STRLEN], trace_steps[NNP_OPT_STRLEN];
+    char on_nonfinite[NNP_OPT_STRLEN];
+    int rollbacks;
     double lr, momentum, dampening, wd, beta1, beta2, eps, gamma, min_lr, bucket_mb;
     double prelu, pprior, pbias_std, pbias_gain, pfloor;
     double lars_eta, lamb_clip;
@@ -160,6 +162,11 @@ static nnp_option opts[] = {
     OPT_I("keep", keep, "3", "checkpoints to keep in --out (0: all)"),
     OPT_S("resume", resume, "", "checkpoint FILE to resume from, or auto (latest in --out, if any)"),
     OPT_S("stop-file", stop_file, "", "checkpoint and exit 75 when this file appears (rank 0 polls)"),
+    OPT_S("on-nonfinite", on_nonfinite, "stop",
+          "a step whose loss or parameters are not finite: stop (exit 1) | rollback (every rank "
+          "goes back to the latest checkpoint in --out with the learning rate halved, logged "
+          "in OUT/rollbacks.csv, at most --rollbacks times)"),
+    OPT_I("rollbacks", rollbacks, "3", "--on-nonfinite rollback: at most this many over the run"),
     OPT_D("collective-timeout", collective_timeout, "600",
           "a rank that waits this many seconds in one MPI call (another rank stopped, hangs or "
           "died) names the call, the step and the phase and exits 75, so the job can be "
@@ -493,6 +500,18 @@ static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *
     cfg->checkpoint_every = O.checkpoint_every;
     cfg->keep = O.keep;
     cfg->stop_file = O.stop_file;
+    if (strcmp(O.on_nonfinite, "stop") != 0 && strcmp(O.on_nonfinite, "rollback") != 0)
+        return nnp_error(NNP_ERR_ARG, "--on-nonfinite must be stop or rollback, got '%s'",
+                         O.on_nonfinite);
+    const int rb = strcmp(O.on_nonfinite, "rollback") == 0;
+    if (rb && !O.out[0])
+        return nnp_error(NNP_ERR_ARG, "--on-nonfinite rollback needs --out (the checkpoints it "
+                                      "goes back to)");
+    if (opt_set("rollbacks") && !rb)
+        return nnp_error(NNP_ERR_ARG, "--rollbacks goes with --on-nonfinite rollback");
+    if (O.rollbacks < 1 || O.rollbacks > 60)
+        return nnp_error(NNP_ERR_ARG, "--rollbacks must be in 1..60, got %d", O.rollbacks);
+    cfg->rollbacks = rb ? O.rollbacks : 0;
     if (O.trace_steps[0] && !O.trace[0])
         return nnp_error(NNP_ERR_ARG, "--trace-steps goes with --trace FILE.json");
     cfg->trace_path = O.trace;

@@ -241,3 +241,25 @@ nnp_status nnp_ckpt_latest(const char *dir, char *buf, size_t cap, int *found)
     }
     return NNP_OK;
 }
+
+nnp_status nnp_ckpt_before(const char *dir, int64_t step, char *buf, size_t cap, int *found)
+{
+    *found = 0;
+    if (cap)
+        buf[0] = '\0';
+    ckpt_entry *list;
+    size_t n;
+    NNP_CALL(list_ckpts(dir, &list, &n));
+    nnp_status s = NNP_OK;
+    for (size_t i = 0; i < n; i++) /* newest first */
+        if (list[i].step < step) {
+            int k = snprintf(buf, cap, "%s/%s", dir, list[i].name);
+            if (k < 0 || (size_t)k >= cap)
+                s = nnp_error(NNP_ERR_ARG, "checkpoint path too long in %s", dir);
+            else
+                *found = 1;
+            break;
+        }
+    free(list);
+    return s;
+}

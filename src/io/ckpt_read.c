@@ -253,6 +253,21 @@ static nnp_status read_meta_attrs(const char *path, hid_t f, nnp_ckpt_meta *m)
             return nnp_error(NNP_ERR_FORMAT,
                              "checkpoint %s: attribute val_split has an impossible value", path);
     }
+    m->lr_factor = 1.0;
+    if (H5Aexists(f, "lr_factor") > 0) {
+        if (attr_num(path, f, "", "lr_factor", H5T_NATIVE_DOUBLE, &m->lr_factor))
+            return NNP_ERR_FORMAT;
+        if (!(m->lr_factor > 0 && m->lr_factor <= 1))
+            return nnp_error(NNP_ERR_FORMAT,
+                             "checkpoint %s: attribute lr_factor has an impossible value", path);
+    }
+    if (H5Aexists(f, "rollbacks") > 0) {
+        if (attr_num(path, f, "", "rollbacks", H5T_NATIVE_INT64, &m->rollbacks))
+            return NNP_ERR_FORMAT;
+        if (m->rollbacks < 1)
+            return nnp_error(NNP_ERR_FORMAT,
+                             "checkpoint %s: attribute rollbacks has an impossible value", path);
+    }
     if (H5Aexists(f, "micro_shard") > 0) {
         int64_t s = 0;
         if (attr_num(path, f, "", "micro_shard", H5T_NATIVE_INT64, &s))
@@ -914,6 +929,10 @@ nnp_status nnp_ckpt_info(const char *path, FILE *out)
         fprintf(out, "normalization    mean %.9g std %.9g\n", m->norm_mean, m->norm_std);
         fprintf(out, "global batch     %d on %d rank%s\n", m->global_batch, m->world_size,
                 m->world_size == 1 ? "" : "s");
+        if (m->rollbacks > 0)
+            fprintf(out, "rollbacks        %lld (--on-nonfinite rollback): learning rate x%g "
+                         "from here on\n",
+                    (long long)m->rollbacks, m->lr_factor);
         if (m->micro_shard > 0)
             fprintf(out, "deterministic    micro-shards of %d samples (bitwise the same at any "
                          "rank count; resume with --deterministic --micro-shard %d)\n",

@@ -419,7 +419,8 @@ static int all_finite(const float *v, size_t n)
  * that are no longer finite are not written: the latest checkpoint stays a usable one. */
 static nnp_status checkpoint(nnp_comm *comm, const nnp_train_cfg *cfg, const nnp_net *net,
                              const nnp_optim *opt, const nnp_precond *pc, int64_t step,
-                             size_t spe, size_t n_train, double wall_s, const nnp_noise *ns)
+                             size_t spe, size_t n_train, double wall_s, const nnp_noise *ns,
+                             double lr_factor, int64_t rollbacks)
 {
     nnp_status st = NNP_OK;
     if (nnp_comm_rank(comm) == 0) {
@@ -437,6 +438,8 @@ static nnp_status checkpoint(nnp_comm *comm, const nnp_train_cfg *cfg, const nnp
         meta.train_samples = (int64_t)n_train;
         meta.val_split = cfg->val_split;
         meta.micro_shard = cfg->deterministic ? cfg->micro_shard : 0;
+        meta.lr_factor = lr_factor;
+        meta.rollbacks = rollbacks;
         meta.noise_scale = cfg->noise_scale;
         meta.noise_ema_g2 = ns->ema_g2;
         meta.noise_ema_tr = ns->ema_tr;
@@ -461,6 +464,90 @@ static nnp_status checkpoint(nnp_comm *comm, const nnp_train_cfg *cfg, const nnp
         }
     }
     return nnp_comm_agree(comm, st);
+}
+
+/* --on-nonfinite rollback: every rank reads a checkpoint in --out, the latest, or with
+ * before > 0 the newest one before that step (its parameters, optimizer and preconditioner
+ * state; shm: into this rank's private copy, then its share into the node's window), and
+ * rank 0 cuts its CSV files back to that step and records the rollback in
+ * OUT/rollbacks.csv. *meta gets the checkpoint's metadata; *found = 0 when there is no such
+ * checkpoint (nothing changed). Collective; on this failure path only, so it may open
+ * files. */
+static nnp_status rollback(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
+                           nnp_optim *opt, nnp_precond *pc, exchange *x, outputs *out,
+                           int64_t at, int64_t before, double lr_factor, int64_t n,
+                           nnp_ckpt_meta *meta, int *found)
+{
+    static char path[4096];
+    const int rank = nnp_comm_rank(comm);
+    nnp_status st = NNP_OK;
+    path[0] = '\0';
+    if (rank == 0) {
+        st = before > 0 ? nnp_ckpt_before(cfg->out_dir, before, path, sizeof path, found)
+                        : nnp_ckpt_latest(cfg->out_dir, path, sizeof path, found);
+        if (st == NNP_OK && !*found)
+            path[0] = '\0';
+    }
+    st = nnp_comm_agree(comm, st);
+    if (st == NNP_OK)
+        st = nnp_comm_bcast(comm, path, sizeof path, 0);
+    if (st != NNP_OK)
+        return st;
+    *found = path[0] != '\0';
+    if (!*found)
+        return NNP_OK;
+    float *shared = net->params;
+    if (x->sh)
+        net->params = x->own_params;
+    st = nnp_ckpt_read(path, net, opt, pc, meta);
+    net->params = shared;
+    NNP_CALL(nnp_comm_agree(comm, st));
+    if (x->sh) { /* as exchange_start: each rank's share into the node's copy */
+        nnp_comm_shm_store(x->sh, x->own_params);
+        NNP_CALL(nnp_comm_shm_fence(x->sh));
+    }
+    if (rank == 0) {
+        close_outputs(out);
+        st = open_outputs(cfg, meta->step, out);
+        char csv[4200];
+        snprintf(csv, sizeof csv, "%s/rollbacks.csv", cfg->out_dir);
+        const int fresh = access(csv, F_OK) != 0;
+        FILE *f = st == NNP_OK ? fopen(csv, "a") : NULL;
+        if (st == NNP_OK && !f)
+            st = nnp_error(NNP_ERR_IO, "cannot write %s: %s", csv, strerror(errno));
+        if (f) {
+            if (fresh)
+                fprintf(f, "step,restored_step,lr_factor,rollback\n");
+            fprintf(f, "%lld,%lld,%.17g,%lld\n", (long long)at, (long long)meta->step, lr_factor,
+                    (long long)n);
+            if (fclose(f) != 0)
+                st = nnp_error(NNP_ERR_IO, "cannot write %s: %s", csv, strerror(errno));
+        }
+        if (st == NNP_OK) {
+            printf("[rollback] step %lld was not finite: back to step %lld (%s), learning rate "
+                   "x%g from here on (rollback %lld of %d)\n",
+                   (long long)at, (long long)meta->step, path, lr_factor, (long long)n,
+                   cfg->rollbacks);
+            fflush(stdout);
+        }
+    }
+    return nnp_comm_agree(comm, st);
+}
+
+/* Whether an agreed error of the preconditioner (a rank's NNP_ERR_NUMERIC: its sums are no
+ * longer finite; the others' NNP_ERR_REMOTE of that kind) is a divergence that
+ * --on-nonfinite rollback has a rollback left for. */
+static int rollback_numeric(nnp_status st, int64_t done, const nnp_train_cfg *cfg, int rank)
+{
+    const nnp_status kind = st == NNP_ERR_REMOTE ? nnp_remote_kind() : st;
+    if (kind != NNP_ERR_NUMERIC || cfg->rollbacks == 0)
+        return 0;
+    if (done < cfg->rollbacks)
+        return 1;
+    if (rank == 0)
+        fprintf(stderr, "[warn]  --on-nonfinite rollback: all %d rollbacks are spent\n",
+                cfg->rollbacks);
+    return 0;
 }
 
 /* The optimizer step left parameters that are not finite on some rank (each rank knows the
@@ -844,6 +931,10 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     /* resume: every rank reads and validates the same checkpoint */
     int64_t first_step = 0;
     double wall_before = 0;
+    double lr_factor = 1.0; /* --on-nonfinite rollback: halved by each rollback */
+    int64_t n_rollbacks = 0;
+    int64_t restored = 0;   /* the step the last rollback went back to (0: none) */
+    int64_t diverged_at = 0; /* the furthest step at which the run has diverged */
     if (cfg->resume && cfg->resume[0]) {
         static nnp_ckpt_meta meta;
         st = nnp_ckpt_read(cfg->resume, net, &opt, &pc, &meta);
@@ -905,6 +996,8 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             goto done;
         first_step = meta.step;
         wall_before = meta.wall_s;
+        lr_factor = meta.lr_factor;
+        n_rollbacks = meta.rollbacks;
         noise_ema.ema_g2 = meta.noise_ema_g2; /* the noise scale's averages go on */
         noise_ema.ema_tr = meta.noise_ema_tr;
         noise_ema.n = meta.noise_steps;
@@ -1011,6 +1104,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
 
     res->steps = first_step;
     for (int64_t step = first_step; step < total; step++) {
+        nnp_status prec_st = NNP_OK; /* the preconditioner met a divergence (rollback) */
         const int epoch = (int)(step / (int64_t)spe);
         const size_t bi = (size_t)(step % (int64_t)spe);
         const unsigned long allocs_before = nnp_alloc_count();
@@ -1172,6 +1266,10 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             if (st == NNP_OK)
                 st = nnp_precond_from_sums(&pc, net, step);
             st = nnp_comm_agree(comm, st);
+            if (st != NNP_OK && rollback_numeric(st, n_rollbacks, cfg, rank)) {
+                prec_st = st; /* the multipliers met the divergence first: no update, and */
+                st = NNP_OK;  /* the stop check below takes the divergence path */
+            }
             if (st != NNP_OK)
                 goto done;
         } else if (dynamic && step % cfg->precond.every == 0) {
@@ -1196,6 +1294,10 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             if (st == NNP_OK)
                 st = nnp_precond_from_sums(&pc, net, step);
             st = nnp_comm_agree(comm, st);
+            if (st != NNP_OK && rollback_numeric(st, n_rollbacks, cfg, rank)) {
+                prec_st = st; /* the multipliers met the divergence first: no update, and */
+                st = NNP_OK;  /* the stop check below takes the divergence path */
+            }
             if (st != NNP_OK)
                 goto done;
         }
@@ -1204,7 +1306,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         if (dynamic && step % cfg->precond.every == 0)
             nnp_trace_add(&tr, NNP_TR_PRECOND, NNP_TR_MAIN, step + 1, t3, t5);
 
-        if (cfg->stats_every > 0 && step % cfg->stats_every == 0) {
+        if (cfg->stats_every > 0 && step % cfg->stats_every == 0 && prec_st == NNP_OK) {
             /* rank 0 writes every tensor's gradient statistics: it needs all of them */
             if (cfg->out_dir && cfg->out_dir[0] && (st = exchange_gather(&x, net->grads)) != NNP_OK)
                 goto done;
@@ -1219,14 +1321,16 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         if (t_opt > t5 && cfg->stats_every > 0 && step % cfg->stats_every == 0)
             nnp_trace_add(&tr, NNP_TR_STATS, NNP_TR_MAIN, step + 1, t5, t_opt);
 
-        double lr = nnp_sched_lr(&sched, step, epoch);
-        if (dynamic && !det && (step + 1) % cfg->precond.every == 0) {
+        double lr = nnp_sched_lr(&sched, step, epoch) * lr_factor;
+        if (dynamic && !det && (step + 1) % cfg->precond.every == 0 && prec_st == NNP_OK) {
             /* the next step updates the multipliers: sum this rank's share of the new
              * parameters in the optimizer's own pass */
             nnp_optim_want_sums(&opt, pc.sums, x.lo, x.hi);
             sums_ready = 1;
         }
-        if (split_norms && det) {
+        if (prec_st != NNP_OK) {
+            norms_ready = 0; /* no update: the step goes to the rollback */
+        } else if (split_norms && det) {
             /* --deterministic: the norms over pieces; pass 1 and 2 over what this rank
              * updates (everything unless sharded) */
             if (x.sharded) {
@@ -1272,7 +1376,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         double stop = stop_signal;
         if (rank == 0 && cfg->stop_file && cfg->stop_file[0] && access(cfg->stop_file, F_OK) == 0)
             stop = stop > 0 ? stop : 1;
-        if (!isfinite(step_loss))
+        if (!isfinite(step_loss) || prec_st != NNP_OK)
             stop = STOP_DIVERGED;
         if (rank == 0 && B > 0 && !det)
             watch_loss(&lw, step_loss * (double)gc / B, done_steps);
@@ -1479,6 +1583,51 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         }
         res->steps = done_steps;
 
+        if (diverged && n_rollbacks < cfg->rollbacks) {
+            /* --on-nonfinite rollback: back to the latest checkpoint, the rate halved (also
+             * when the preconditioner met the divergence first: prec_st) */
+            static nnp_ckpt_meta rm;
+            int found = 0;
+            const int64_t at = step + 1;
+            /* diverging again before getting past the step where it last diverged: the state
+             * it restored was on its way already, so one checkpoint further back */
+            const int64_t before = restored > 0 && at <= diverged_at ? restored : 0;
+            st = rollback(comm, cfg, net, &opt, &pc, &x, &out, at, before,
+                          lr_factor * 0.5, n_rollbacks + 1, &rm, &found);
+            if (st != NNP_OK)
+                goto done;
+            if (found) {
+                nnp_error_clear(); /* the preconditioner's message, if it came from there */
+                lr_factor *= 0.5;
+                n_rollbacks++;
+                noise_ema.ema_g2 = rm.noise_ema_g2;
+                noise_ema.ema_tr = rm.noise_ema_tr;
+                noise_ema.n = rm.noise_steps;
+                cur_epoch = -1; /* the permutation of the restored step's epoch */
+                sums_ready = norms_ready = 0;
+                memset(&lw, 0, sizeof lw);
+                loss_acc[0] = loss_acc[1] = loss_acc[2] = 0;
+                samples_since_log = 0;
+                t_log = nnp_comm_wtime();
+                res->steps = rm.step;
+                restored = rm.step;
+                if (at > diverged_at)
+                    diverged_at = at;
+                step = rm.step - 1; /* the loop's step++ makes it the restored step */
+                continue;
+            }
+            if (rank == 0)
+                fprintf(stderr, "[warn]  --on-nonfinite rollback: no %scheckpoint in %s to go "
+                                "back to (--checkpoint-every sets how often one is written, "
+                                "--keep how many stay)\n",
+                        restored > 0 ? "older " : "", cfg->out_dir);
+            if (prec_st != NNP_OK) { /* from the preconditioner: its error stands */
+                st = prec_st;
+                goto done;
+            }
+        } else if (diverged && cfg->rollbacks > 0 && rank == 0)
+            fprintf(stderr, "[warn]  --on-nonfinite rollback: all %d rollbacks are spent\n",
+                    cfg->rollbacks);
         if (stop == STOP_PARAMS) {
             st = nonfinite_params(comm, cfg, net, &opt, done_steps);
             goto done;
@@ -1508,7 +1657,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             if (st != NNP_OK)
                 goto done;
             st = checkpoint(comm, cfg, net, &opt, &pc, done_steps, spe, N,
-                            wall_before + t_ck - t_start, &noise_ema);
+                            wall_before + t_ck - t_start, &noise_ema, lr_factor, n_rollbacks);
             if (st != NNP_OK)
                 goto done;
             t_log += nnp_comm_wtime() - t_ck; /* nor does checkpointing */
