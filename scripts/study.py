@@ -212,7 +212,8 @@ def score(st, d, epochs):
 def cell_plan(st, model, batch, proc):
     """What a cell needs now: (runs to start [(lr, seed)], status dict). The tuning grid
     starts at STUDY['grid'] and grows by one rate on the side of the best one while the best
-    is at an edge (at most max_points rates); once bracketed, the other seeds run at it."""
+    is at an edge, or downwards while no rate trains (at most max_points rates); once
+    bracketed, the other seeds run at it."""
     E = st.epochs(model)
     ks = list(STUDY["grid"])
     seed = STUDY["tune_seed"]
@@ -229,6 +230,9 @@ def cell_plan(st, model, batch, proc):
         if todo:
             return todo, dict(phase="tune", ks=ks)
         best = max(ks, key=lambda k: (accs[k], -abs(k)))  # ties: the rate nearer the centre
+        if accs[best] <= CHANCE and len(ks) < STUDY["max_points"]:
+            ks.insert(0, ks[0] - 1)  # nothing trained: the rates are too large, go lower
+            continue
         if accs[best] <= CHANCE:
             return [], dict(phase="done", ks=ks, best=None, accs=accs, note="no rate trained")
         if len(ks) < STUDY["max_points"] and best == ks[0]:
