@@ -255,7 +255,7 @@ rows='^ ?[0-9]+ [a-z].* -> [0-9x]+ +[0-9.]+ +[0-9.]+ +[0-9.]+%'
   fail "bench --layers GFLOP/s column: $(cat "$tmp/lbench.log")"
 grep -q '^total: .* ms per forward + backward of batch 4' "$tmp/lbench.log" && ok || fail "bench --layers total"
 expect 2 "--reps in 1..1000" "$nnprec" bench --layers --reps 0
-expect 2 "give --layers or --allreduce-mb, not both" "$nnprec" bench --layers --allreduce-mb 1
+expect 2 "give one of --layers, --optim and --allreduce-mb" "$nnprec" bench --layers --allreduce-mb 1
 expect 2 "--collective goes with --allreduce-mb" "$nnprec" bench --collective shm
 expect 2 "(4 bytes to 4096 MiB), got '1e-9'" "$nnprec" bench --allreduce-mb 1e-9
 expect 2 "--chunk-mb >= 1/256" "$nnprec" bench --allreduce-mb 1 --chunk-mb 1e-6
