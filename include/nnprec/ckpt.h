@@ -50,7 +50,8 @@ typedef struct {
     int64_t val_split;     /* --val-split: samples held out of the training set (0: none;
                             * the attribute is absent then) */
     double lr_factor;      /* --on-nonfinite rollback: the factor on the scheduled learning
-                            * rate, halved by every rollback (1: none; absent then) */
+                            * rate, halved by every rollback (write: 0 or 1 for none, and the
+                            * attribute is absent; read: 1 then) */
     int64_t rollbacks;     /* rollbacks done so far (absent when 0) */
     int micro_shard;       /* --deterministic: samples per micro-shard, which the trajectory
                             * depends on (0: a run without it; the attribute is absent then) */

@@ -411,7 +411,8 @@ static int write_root(hid_t f, const nnp_net *net, const nnp_ckpt_meta *m, wctx 
               (m->train_samples > 0 && attr_i64(f, "train_samples", m->train_samples) < 0) ||
               (m->val_split > 0 && attr_i64(f, "val_split", m->val_split) < 0) ||
               (m->micro_shard > 0 && attr_i64(f, "micro_shard", m->micro_shard) < 0) ||
-              (m->lr_factor != 1.0 && attr_f64(f, "lr_factor", m->lr_factor) < 0) ||
+              (m->lr_factor > 0 && m->lr_factor < 1 &&
+               attr_f64(f, "lr_factor", m->lr_factor) < 0) ||
               (m->rollbacks > 0 && attr_i64(f, "rollbacks", m->rollbacks) < 0) ||
               (m->noise_scale && (attr_f64(f, "noise_ema_g2", m->noise_ema_g2) < 0 ||
                                   attr_f64(f, "noise_ema_trsigma", m->noise_ema_tr) < 0 ||
