@@ -139,7 +139,9 @@ run 2 "$d" "${det[@]}" "${mlp[@]}" --steps $((steps / 2)) &&
 # the checkpoint records the micro-shards: another --micro-shard is refused, no
 # --deterministic is warned about, nnprec info shows them
 ck=$(ls "$d"/ckpt-*.h5 | head -1)
-"$nnprec" info "$ck" | grep -q "^deterministic    micro-shards of 12 samples" && ok ||
+# (the output first, then grep: grep -q may close the pipe early, and pipefail is on)
+info=$("$nnprec" info "$ck" 2>&1)
+grep -q "^deterministic    micro-shards of 12 samples" <<< "$info" && ok ||
   fail "nnprec info does not show the micro-shards: $("$nnprec" info "$ck" 2>&1 | head -12)"
 out=$("$nnprec" "${common[@]}" "${mlp[@]}" --deterministic --micro-shard 24 --resume "$ck" 2>&1) &&
   fail "resuming with another --micro-shard ran" ||

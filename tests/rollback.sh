@@ -34,7 +34,8 @@ for m in "1 fused" "2 shm" "2 sharded" "3 bucketed"; do
   cut -d, -f1 "$d/train.csv" | tail -n +2 | awk 'NR != $1 { bad = 1 } END { exit bad || NR != 80 }' &&
     ok || fail "$m: train.csv does not hold steps 1..80 once each: $(cut -d, -f1 "$d/train.csv" | tr '\n' ' ')"
 done
-"$nnprec" info "$tmp/r1fused" | grep -q "^rollbacks        2 (--on-nonfinite rollback): learning rate x0.25 from here on$" &&
+info=$("$nnprec" info "$tmp/r1fused" 2>&1) # (not piped into grep -q: pipefail is on)
+grep -q "^rollbacks        2 (--on-nonfinite rollback): learning rate x0.25 from here on$" <<< "$info" &&
   ok || fail "nnprec info: $("$nnprec" info "$tmp/r1fused" | head -14)"
 
 # resumed after the rollbacks, from step 60: the same rows 61..80 (the factor x0.25 came back)
