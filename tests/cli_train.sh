@@ -166,10 +166,10 @@ NNPREC_SHM_NODE_RANKS=1 NNPREC_FAULT_DRIFT=1:12 expect 1 "replicas diverged at s
 # only checkpoints with finite parameters
 nan_args=(train --train-limit 640 --test-limit 100 --steps 40 --log-every 10 --checkpoint-every 1)
 expect 1 "training diverged at step [0-9]*: the \(loss is no longer finite\|optimizer step left non-finite parameters\)" \
-  "$mpiexec" -n 2 --oversubscribe "$nnprec" "${nan_args[@]}" --lr 1e4 --out "$tmp/nan"
-tail -1 "$tmp/nan/train.csv" | grep -qi ',-\?nan,' && ok || fail "the diverged step is not in train.csv: $(tail -1 "$tmp/nan/train.csv")"
+  "$mpiexec" -n 2 --oversubscribe "$nnprec" "${nan_args[@]}" --lr 1e4 --out "$tmp/div"
+tail -1 "$tmp/div/train.csv" | grep -qi ',-\?nan,' && ok || fail "the diverged step is not in train.csv: $(tail -1 "$tmp/div/train.csv")"
 # (its parameter datasets: the optimizer's buffers may hold an inf already)
-ck="$tmp/nan/$(cat "$tmp/nan/latest")"
+ck="$tmp/div/$(cat "$tmp/div/latest")"
 ds=$(h5ls -r "$ck" | awk '$2 == "Dataset" && $1 !~ /^\/(optimizer|precond)/ { printf " -d %s", $1 }')
 [ -f "$ck" ] && [ -n "$ds" ] && ! grep -qiw 'nan\|inf' <<< "$(h5dump $ds "$ck")" &&
   ok || fail "the latest checkpoint after divergence is missing or not finite: $(grep -iw 'nan\|inf' <<< "$(h5dump $ds "$ck")" | head -3)"
