@@ -277,7 +277,7 @@ def write_meta(st, status):
                 train_limit=st.train_limit, n_train=st.n_train(), base_batch=BASE_BATCH,
                 study=STUDY, cells=cells)
     os.makedirs(st.results, exist_ok=True)
-    tmp = os.path.join(st.results, "study.json.tmp")
+    tmp = os.path.join(st.results, f"study.json.{os.getpid()}.tmp")  # drivers side by side
     with open(tmp, "w") as f:
         json.dump(meta, f, indent=1)
     os.replace(tmp, os.path.join(st.results, "study.json"))
