@@ -302,8 +302,10 @@ def launch(st, run, ranks, nnprec):
     m, b, p, lr, seed = run
     d = st.run_dir(m, b, p, lr, seed)
     os.makedirs(d, exist_ok=True)
-    argv = (["mpirun", "-np", str(ranks), nnprec, "train"] + st.argv(m, b, p, lr, seed)
-            + ["--out", d, "--resume", "auto", "--threads", "1"])
+    # not bound: Open MPI binds each job's ranks from core 0 on, without seeing the other
+    # jobs, so two 1-rank runs at once would share core 0 and leave the other idle
+    argv = (["mpirun", "-np", str(ranks), "--bind-to", "none", nnprec, "train"]
+            + st.argv(m, b, p, lr, seed) + ["--out", d, "--resume", "auto", "--threads", "1"])
     with open(os.path.join(d, "command.txt"), "w") as f:
         f.write(" ".join(argv) + "\n")
     log = open(os.path.join(d, "log.txt"), "a")
@@ -412,7 +414,9 @@ def time_steps(st, a, model, ranks, batch, steps, copies=1):
         d = os.path.join(st.results, "bench", f"{model}-np{ranks}-b{batch}-c{c}")
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(d)
-        argv = (["mpirun", "-np", str(ranks), a.nnprec, "train", "--model",
+        # copies side by side: not bound (as launch(): each job would be bound to core 0)
+        bind = ["--bind-to", "none"] if copies > 1 else []
+        argv = (["mpirun", "-np", str(ranks)] + bind + [a.nnprec, "train", "--model",
                  MODELS[model]["spec"], "--global-batch", str(batch), "--steps",
                  str(steps + every), "--log-every", str(every), "--eval-every", str(10 ** 9),
                  "--threads", "1", "--quiet", "--out", d]
