@@ -106,16 +106,23 @@ static double layer_flop(const nnp_net *net, int i, int Bt)
     return 0;
 }
 
+/* The network of --model, --act and --batch (not yet initialized) and the PyTorch
+ * initialization for it. */
+static nnp_status bench_net(nnp_net **net, nnp_init_cfg *ic)
+{
+    nnp_act act;
+    NNP_CALL(nnp_act_parse(B.act, &act));
+    NNP_CALL(nnp_init_parse("pytorch", ic));
+    return nnp_net_create(B.model, (nnp_shape){1, 28, 28}, act, B.batch, net);
+}
+
 /* --layers: every layer's forward and backward in the network the trainer runs (same
  * kernels, buffers and batch), each timed alone; median of --reps full passes. */
 static nnp_status bench_layers(void)
 {
-    nnp_act act;
-    NNP_CALL(nnp_act_parse(B.act, &act));
     nnp_init_cfg ic;
-    NNP_CALL(nnp_init_parse("pytorch", &ic));
     nnp_net *net = NULL;
-    NNP_CALL(nnp_net_create(B.model, (nnp_shape){1, 28, 28}, act, B.batch, &net));
+    NNP_CALL(bench_net(&net, &ic));
     const int n = net->n_layers, reps = B.reps;
     double *tf = nnp_malloc((size_t)n * (size_t)reps * sizeof(double));
     double *tb = nnp_malloc((size_t)n * (size_t)reps * sizeof(double));
@@ -186,12 +193,9 @@ static nnp_status bench_optim(void)
     } opts[] = {{"sgd", NNP_OPT_SGD, 0}, {"lars", NNP_OPT_LARS, 0}, {"adam", NNP_OPT_ADAM, 0},
                 {"lamb", NNP_OPT_LAMB, 0.01}};
     enum { K = 4 };
-    nnp_act act;
-    NNP_CALL(nnp_act_parse(B.act, &act));
     nnp_init_cfg ic;
-    NNP_CALL(nnp_init_parse("pytorch", &ic));
     nnp_net *net = NULL;
-    NNP_CALL(nnp_net_create(B.model, (nnp_shape){1, 28, 28}, act, B.batch, &net));
+    NNP_CALL(bench_net(&net, &ic));
     const int n = net->n_layers, reps = B.reps;
     nnp_optim o[K];
     memset(o, 0, sizeof o);
