@@ -20,11 +20,13 @@ echo "== multi-rank and command-line tests under AddressSanitizer + UBSan"
 # to the sanitizers' own slowdown) and slurm_requeue (timing-driven, 1.5-2.5 minutes here).
 # The fuzz harnesses (label fuzz) build their own sanitizer tree and ran in the first pass;
 # the report scripts' tests (study, scaling_report, scripts_compare: Python over tiny runs)
-# and newcomer (the README's path on a fresh Release build of its own) add nothing under
-# the sanitizers that the tests above do not. Nor do the optimizer and
+# newcomer (the README's path on a fresh Release build of its own), scripts_errors (the
+# Python scripts on bad input) and precond_init (400-step training runs whose code the
+# dynamic-preconditioner equivalence tests cover here) add nothing under the sanitizers
+# that the tests above do not. Nor do the optimizer and
 # layer equivalence tests repeated over the shm and bucketed allreduce modes: each
 # optimizer and layer runs here once, and each allreduce mode runs here on its own test.
 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:allocator_may_return_null=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan --output-on-failure -j 2 -LE 'unit|fuzz' \
-    -E 'balance|slurm_requeue|^study$|scaling_report|scripts_compare|newcomer|ddp_equivalence_(lars|lamb|noise|bn_conv|bn_mlp|res_mlp|resmlp)_(shm|bucketed)$'
+    -E 'balance|slurm_requeue|^study$|scaling_report|scripts_compare|newcomer|scripts_errors|precond_init|ddp_equivalence_(lars|lamb|noise|bn_conv|bn_mlp|res_mlp|resmlp)_(shm|bucketed)$'
