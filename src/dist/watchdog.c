@@ -54,6 +54,7 @@ typedef struct {
     atomic_uint_fast64_t calls; /* MPI calls entered */
     atomic_int in_call;
     atomic_int pid;
+    atomic_int gave_up;         /* its own watchdog fired: it waited too, it is no culprit */
     atomic_llong step;          /* 0-based step in progress, -1 outside training */
     char phase[40];             /* a copy of where.phase, always NUL-terminated */
 } __attribute__((aligned(64))) board_slot;
@@ -258,10 +259,14 @@ static void board_report(char *buf, size_t cap)
         const uint_fast64_t calls = atomic_load_explicit(&b->calls, memory_order_relaxed);
         const int in = atomic_load_explicit(&b->in_call, memory_order_relaxed);
         const long long step = atomic_load_explicit(&b->step, memory_order_relaxed);
-        const char *what = st == 0 ? "gone" : st == 'T' || st == 't' ? "stopped"
+        /* a rank whose own watchdog fired first may already be gone: it waited too */
+        const int gave = atomic_load_explicit(&b->gave_up, memory_order_acquire);
+        const char *what = gave ? NULL : st == 0 ? "gone" : st == 'T' || st == 't' ? "stopped"
                          : st == 'Z' || st == 'X' ? "dead" : NULL;
         if (!what && calls >= mine)
             continue; /* waiting with this one, or past it */
+        if (gave)
+            what = "timed out too";
         char ph[sizeof b->phase];
         memcpy(ph, b->phase, sizeof ph);
         ph[sizeof ph - 1] = 0;
@@ -309,6 +314,8 @@ static void fire(double waited)
                  (long long)__atomic_load_n(step, __ATOMIC_RELAXED) + 1);
     else
         snprintf(at, sizeof at, "%s", phase);
+    if (me)
+        atomic_store_explicit(&me->gave_up, 1, memory_order_release);
     board_report(ranks, sizeof ranks);
     int n = snprintf(line, sizeof line,
                      "nnprec: error (rank %d): no progress for %.0f s in %s (%s): another rank "
