@@ -78,6 +78,25 @@ void nnp_keep_range(size_t N, size_t limit, size_t lo, size_t hi, size_t *first,
 size_t nnp_batches_per_epoch(size_t N, size_t G);
 /* The permutation of epoch `epoch`: perm[N]. */
 void nnp_epoch_permutation(uint64_t seed, int epoch, uint32_t *perm, size_t N);
+/* --shuffle: the order of an epoch's samples. block == 0: the uniform permutation above.
+ * block > 0 (--shuffle block:BLOCK:WINDOW): the blocks of `block` consecutive samples (the
+ * last may be shorter) in a random order, then the samples of every `window` consecutive
+ * blocks of that order shuffled among themselves. A global batch then draws on about
+ * `window` blocks, so a streaming reader of storage chunked by `block` rows reads a few
+ * whole chunks instead of one chunk per sample (docs/data.md). Both use the epoch's stream,
+ * so the order is a function of (seed, epoch, N, block, window) only. */
+typedef struct {
+    size_t block, window;
+} nnp_shuffle;
+void nnp_epoch_order(uint64_t seed, int epoch, const nnp_shuffle *sh, uint32_t *perm, size_t N);
+/* The samples rank r of p takes at global step `step` (counted from 0) of epochs of N
+ * samples in global batches of G: the slice nnp_split_units(count, unit, p, r) of global
+ * batch step % (batches per epoch) of the epoch's order, into idx; returns their number.
+ * perm[N] holds the order of epoch *perm_epoch (-1: none yet), recomputed when the step's
+ * epoch differs. The trainer's even and --deterministic splits; not --balance's. */
+int nnp_step_samples(uint64_t seed, const nnp_shuffle *sh, size_t N, size_t G, size_t unit,
+                     int p, int r, int64_t step, uint32_t *perm, int *perm_epoch,
+                     uint32_t *idx);
 
 /* ---- validation split (--val-split) ----------------------------------------------------- */
 /* The n_val samples held out of a training set of N as a validation set: is_val[i] = 1 for

@@ -20,6 +20,7 @@
 #include "nnprec/net.h"
 #include "nnprec/optim.h"
 #include "nnprec/precond.h"
+#include "nnprec/stream.h"
 
 typedef enum { NNP_LOSS_CE, NNP_LOSS_MSE } nnp_loss_kind;
 typedef enum { NNP_AR_FUSED, NNP_AR_BUCKETED, NNP_AR_SHARDED, NNP_AR_SHM } nnp_allreduce_mode;
@@ -74,6 +75,13 @@ typedef struct {
      * rank back to the latest checkpoint in out_dir with the learning rate halved, at most
      * `rollbacks` times over the run (0: stop, the default) */
     int rollbacks;
+    /* --shuffle (data.h): the order of each epoch's samples; {0, 0}: a uniform permutation */
+    nnp_shuffle shuffle;
+    /* --stream (stream.h): the training set is read from this stream as training goes, and
+     * `train` is its header (n, shape, labels); NULL: held in memory. prefetch: the batches
+     * read ahead (0: read in the step) */
+    struct nnp_stream *stream;
+    int prefetch;
 } nnp_train_cfg;
 
 /* Install SIGTERM/SIGUSR1 handlers: the first signal asks the training loop to finish its

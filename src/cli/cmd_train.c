@@ -21,6 +21,7 @@
 #include "nnprec/options.h"
 #include "nnprec/precond.h"
 #include "nnprec/rundir.h"
+#include "nnprec/stream.h"
 #include "nnprec/trace.h"
 #include "nnprec/trainer.h"
 #include "nnprec/watchdog.h"
@@ -59,6 +60,9 @@ typedef struct {
     int noise_scale;
     double noise_ema;
     int deterministic, micro_shard;
+    int stream, prefetch;
+    double data_memory_mb;
+    char shuffle[NNP_OPT_STRLEN];
 } train_opts;
 
 static train_opts O;
@@ -119,6 +123,20 @@ static nnp_option opts[] = {
     OPT_S("data", data, DEFAULT_DATA,
       "folder with the IDX files (train-*/t10k-*, .gz or raw), or an HDF5 file FILE.h5"),
     OPT_S("normalize", normalize, "", "MEAN,STD applied to pixels in [0,1] (default: training set's)"),
+    OPT_F("stream", stream, "0",
+          "read the training set from the HDF5 file as training goes, each rank only its "
+          "samples of the coming steps, instead of holding it in memory (docs/data.md); also "
+          "chosen when the training set exceeds --data-memory-mb"),
+    OPT_D("data-memory-mb", data_memory_mb, "0",
+          "an HDF5 training set larger than this many MB (each rank holds all of it) is "
+          "streamed (0: a quarter of the node's memory over the ranks sharing the node)"),
+    OPT_I("prefetch", prefetch, "4",
+          "--stream: batches a reader thread reads ahead (0: read in the step)"),
+    OPT_S("shuffle", shuffle, "full",
+          "epoch order: full (a uniform permutation) | block[:ROWS[:WINDOW]] (blocks of ROWS "
+          "consecutive samples in random order, shuffled within every WINDOW blocks: a "
+          "streaming reader reads whole chunks; ROWS default: the file's chunk rows, else "
+          "1024; WINDOW default 16)"),
     OPT_L("train-limit", train_limit, "0", "use only the first N training samples (0: all)"),
     OPT_L("test-limit", test_limit, "0", "use only the first N test samples (0: all)"),
     OPT_L("val-split", val_split, "0",
@@ -280,6 +298,31 @@ static void warn_static_spread(const nnp_net *net, const nnp_precond_cfg *c)
                         "while the weights keep that prior's statistics: use --precond dynamic, "
                         "or an --init that keeps the gradient scale (kaiming-normal)\n",
                 O.init, hi / lo);
+}
+
+/* --shuffle full | block[:ROWS[:WINDOW]] into sh (block rows 0: the file's chunk rows or
+ * 1024, decided once the data is open: see stream_or_load). */
+static nnp_status parse_shuffle(const char *v, nnp_shuffle *sh)
+{
+    sh->block = sh->window = 0;
+    if (strcmp(v, "full") == 0)
+        return NNP_OK;
+    if (strcmp(v, "block") == 0) {
+        sh->block = (size_t)-1; /* ROWS to be decided */
+        sh->window = 16;
+        return NNP_OK;
+    }
+    long long r = 0, w = 16;
+    char tail;
+    const int ok = (sscanf(v, "block:%lld%c", &r, &tail) == 1 ||
+                    sscanf(v, "block:%lld:%lld%c", &r, &w, &tail) == 2) &&
+                   r >= 1 && w >= 1 && r <= (1LL << 30) && w <= (1LL << 30);
+    if (!ok)
+        return nnp_error(NNP_ERR_ARG, "--shuffle must be full, block, block:ROWS or "
+                                      "block:ROWS:WINDOW (ROWS, WINDOW >= 1), got '%s'", v);
+    sh->block = (size_t)r;
+    sh->window = (size_t)w;
+    return NNP_OK;
 }
 
 static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *act, int size)
@@ -523,6 +566,12 @@ static nnp_status build_config(nnp_train_cfg *cfg, nnp_init_cfg *init, nnp_act *
                                           "many events for a trace viewer; trace a window",
                              O.trace_steps);
     }
+    if (O.prefetch < 0 || O.prefetch > 64)
+        return nnp_error(NNP_ERR_ARG, "--prefetch must be in 0..64, got %d", O.prefetch);
+    cfg->prefetch = O.prefetch;
+    if (!(O.data_memory_mb >= 0) || !isfinite(O.data_memory_mb))
+        return nnp_error(NNP_ERR_ARG, "--data-memory-mb must be >= 0, got %g", O.data_memory_mb);
+    NNP_CALL(parse_shuffle(O.shuffle, &cfg->shuffle));
     cfg->out_dir = O.out;
     cfg->quiet = O.quiet;
     cfg->verbose = O.verbose;
@@ -588,6 +637,52 @@ nnp_status nnp_cli_load_test(nnp_comm *comm, const char *data, int64_t limit, si
                 : nnp_idx_load(img, lab, nt, lo, hi, test));
     if (count)
         *count = nt;
+    return NNP_OK;
+}
+
+/* Whether to stream the training set: --stream, or an HDF5 training set larger than
+ * --data-memory-mb (why: the reason, for the setup line). */
+static nnp_status want_stream(nnp_comm *comm, int *stream, char *why, size_t cap)
+{
+    *stream = 0;
+    why[0] = 0;
+    if (!nnp_cli_data_is_h5(O.data)) {
+        if (O.stream)
+            return nnp_error(NNP_ERR_ARG, "--stream reads HDF5 files; %s is an IDX folder: "
+                                          "convert it with scripts/idx_to_h5.py", O.data);
+        return NNP_OK;
+    }
+    nnp_dataset probe = {0}; /* one row: the sample size and type */
+    NNP_CALL(nnp_h5_load(O.data, "train", (size_t)O.train_limit, 0, 1, &probe));
+    size_t n = probe.n_total;
+    if (O.train_limit > 0 && (size_t)O.train_limit < n)
+        n = (size_t)O.train_limit;
+    const double mb = (double)n * probe.c * probe.h * probe.w * (probe.xf ? 4.0 : 1.0) / 1048576.0;
+    nnp_dataset_free(&probe);
+    double budget = O.data_memory_mb;
+    if (budget <= 0) {
+        const double node = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+        const int local = nnp_comm_local_size(comm) > 0 ? nnp_comm_local_size(comm) : 1;
+        budget = node / 4.0 / local / 1048576.0;
+    }
+    if (O.stream) {
+        snprintf(why, cap, "--stream; %.0f MB", mb);
+        *stream = 1;
+    } else if (mb > budget) {
+        if (O.val_split > 0) {
+            if (nnp_comm_rank(comm) == 0)
+                fprintf(stderr, "[warn]  the training set (%.0f MB) exceeds --data-memory-mb "
+                                "%.0f, but --val-split holds it in memory (streaming does not "
+                                "take --val-split yet)\n", mb, budget);
+            return NNP_OK;
+        }
+        snprintf(why, cap, "%.0f MB > --data-memory-mb %.0f", mb, budget);
+        *stream = 1;
+    }
+    if (*stream && O.val_split > 0)
+        return nnp_error(NNP_ERR_ARG, "--stream does not take --val-split yet: hold the training "
+                                      "set in memory, or write the validation samples to their "
+                                      "own file");
     return NNP_OK;
 }
 
@@ -792,7 +887,26 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
     nnp_net *net = NULL;
     /* --deterministic: the test and validation shards are whole micro-shards */
     const size_t unit = cfg.deterministic ? (size_t)cfg.micro_shard : 0;
-    s = load_data(comm, unit, &train, &test);
+    nnp_stream *stream = NULL;
+    nnp_dataset *shdr = NULL;
+    size_t chunk_rows = 0;
+    int streaming = 0;
+    char stream_why[160];
+    s = nnp_comm_agree(comm, want_stream(comm, &streaming, stream_why, sizeof stream_why));
+    if (s == NNP_OK && streaming) {
+        s = nnp_stream_open(O.data, (size_t)O.train_limit, &stream, &shdr, &chunk_rows);
+        if (s == NNP_OK) {
+            train = *shdr; /* its labels stay the stream's */
+            s = nnp_cli_load_test(comm, O.data, O.test_limit, unit, &test, NULL);
+        }
+        if (s == NNP_OK && train.n == 0)
+            s = nnp_error(NNP_ERR_ARG, "the training set in %s is empty", O.data);
+        s = nnp_comm_agree(comm, s);
+    } else if (s == NNP_OK)
+        s = load_data(comm, unit, &train, &test);
+    if (cfg.shuffle.block == (size_t)-1) /* --shuffle block: the file's chunks */
+        cfg.shuffle.block = chunk_rows ? chunk_rows : 1024;
+    cfg.stream = stream;
     if (s == NNP_OK && O.val_split > 0)
         s = hold_out(comm, unit, &train, &val);
     if (s == NNP_OK && resume[0]) {
@@ -802,6 +916,18 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
                           O.normalize, meta.norm_mean, meta.norm_std);
         mean = meta.norm_mean;
         std = meta.norm_std;
+    } else if (s == NNP_OK && !O.normalize[0] && stream) {
+        /* rank 0 reads the file once; the others take its figures */
+        double mv[2] = {0, 0};
+        if (rank == 0)
+            s = nnp_stream_moments(stream, &mv[0], &mv[1]);
+        s = nnp_comm_agree(comm, s);
+        if (s == NNP_OK)
+            s = nnp_comm_bcast(comm, mv, sizeof mv, 0);
+        mean = mv[0];
+        std = mv[1];
+        if (s == NNP_OK && !(std > 0))
+            s = nnp_error(NNP_ERR_NUMERIC, "training images have zero variance; give --normalize");
     } else if (s == NNP_OK && !O.normalize[0]) {
         nnp_dataset_moments(&train, &mean, &std);
         if (!(std > 0))
@@ -809,6 +935,10 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
     }
     train.mean = test.mean = val.mean = mean;
     train.std = test.std = val.std = std;
+    if (shdr) {
+        shdr->mean = mean;
+        shdr->std = std;
+    }
     int max_batch = (cfg.global_batch + size - 1) / size;
     if (cfg.balance_every > 0 && size > 1) /* room for a fast rank to take up to twice as much */
         max_batch = 2 * max_batch < cfg.global_batch ? 2 * max_batch : cfg.global_batch;
@@ -848,6 +978,17 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
                O.test_limit > 0 && (size_t)O.test_limit < test.n_total ? (size_t)O.test_limit
                                                                       : test.n_total,
                test.n, train.c, train.h, train.w, train.n_classes);
+        const int ahead = stream && O.prefetch > 0 && nnp_stream_threaded(stream);
+        if (stream)
+            printf("[setup] streaming the training set (%s): each rank reads its samples of "
+                   "the coming steps, %s%s\n",
+                   stream_why,
+                   ahead ? "a reader thread reads ahead" : "read in the step",
+                   ahead ? "" : O.prefetch == 0 ? " (--prefetch 0)"
+                                                : " (the HDF5 library is not thread-safe)");
+        if (cfg.shuffle.block)
+            printf("[setup] --shuffle block: blocks of %zu samples in random order, shuffled "
+                   "within every %zu blocks\n", cfg.shuffle.block, cfg.shuffle.window);
         if (cfg.deterministic)
             printf("[setup] --deterministic: micro-shards of %d samples, %d per global batch "
                    "(docs/determinism.md)\n",
@@ -907,6 +1048,9 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
                    100.0 * res.final_test_acc, done_val(&res));
     }
     nnp_net_free(net);
+    if (stream) /* train is the stream's header: its labels go with it */
+        memset(&train, 0, sizeof train);
+    nnp_stream_close(stream);
     nnp_dataset_free(&train);
     nnp_dataset_free(&test);
     nnp_dataset_free(&val);

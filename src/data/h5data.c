@@ -22,6 +22,7 @@
 #include "nnprec/alloc.h"
 #include "nnprec/rundir.h"
 #include "../io/h5util.h"
+#include "h5data_impl.h"
 
 /* Open /split/name as a dataset; error names file and dataset. */
 static nnp_status open_dset(const char *path, hid_t f, const char *split, const char *name,
@@ -44,11 +45,7 @@ static nnp_status open_dset(const char *path, hid_t f, const char *split, const 
     return NNP_OK;
 }
 
-typedef struct {
-    hid_t f, di, dl, si, sl, ti, tl, ms;
-} h5_ids;
-
-static void close_all(h5_ids *h)
+void nnp__h5_close(nnp__h5_ids *h)
 {
     if (h->ms >= 0) H5Sclose(h->ms);
     if (h->ti >= 0) H5Tclose(h->ti);
@@ -58,11 +55,13 @@ static void close_all(h5_ids *h)
     if (h->di >= 0) H5Dclose(h->di);
     if (h->dl >= 0) H5Dclose(h->dl);
     if (h->f >= 0) H5Fclose(h->f);
+    h->f = h->di = h->dl = h->si = h->sl = h->ti = h->tl = h->ms = -1;
 }
 
-static nnp_status load(const char *path, const char *split, size_t limit, size_t lo, size_t hi,
-                       nnp_dataset *out, h5_ids *h)
+nnp_status nnp__h5_open_split(const char *path, const char *split, nnp__h5_ids *h,
+                              nnp__h5_split *sp)
 {
+    memset(sp, 0, sizeof *sp);
     nnp_status st;
     int fd = nnp_open_regular(path, "data file", &st); /* a FIFO: an error, not a wait */
     if (fd < 0)
@@ -150,18 +149,41 @@ static nnp_status load(const char *path, const char *split, size_t limit, size_t
         free(labels);
         return nnp_error(NNP_ERR_FORMAT, "%s: cannot read /%s/labels", path, split);
     }
+    sp->labels = labels;
     int64_t maxl = -1;
     for (size_t i = 0; i < N; i++) {
         if (labels[i] < 0 || labels[i] > 255) {
             nnp_status s = nnp_error(NNP_ERR_FORMAT,
                                      "%s: /%s/labels[%zu] = %lld, expected a class in 0..255",
                                      path, split, i, (long long)labels[i]);
-            free(labels);
-            return s;
+            return s; /* the caller frees sp->labels */
         }
         if (labels[i] > maxl)
             maxl = labels[i];
     }
+    sp->nd = nd;
+    memcpy(sp->dims, dims, sizeof dims);
+    sp->is_u8 = is_u8;
+    sp->N = N;
+    sp->D = (size_t)(dims[1] * dims[2] * dims[3]);
+    sp->n_classes = (int)maxl + 1;
+    return NNP_OK;
+}
+
+static nnp_status load(const char *path, const char *split, size_t limit, size_t lo, size_t hi,
+                       nnp_dataset *out, nnp__h5_ids *h)
+{
+    nnp__h5_split sp;
+    nnp_status s = nnp__h5_open_split(path, split, h, &sp);
+    if (s != NNP_OK) {
+        free(sp.labels);
+        return s;
+    }
+    int64_t *labels = sp.labels;
+    const size_t N = sp.N;
+    const int nd = sp.nd, is_u8 = sp.is_u8;
+    const hsize_t *dims = sp.dims;
+    const int64_t maxl = sp.n_classes - 1;
 
     size_t first, n;
     nnp_keep_range(N, limit, lo, hi, &first, &n);
@@ -243,9 +265,9 @@ nnp_status nnp_h5_load(const char *path, const char *split, size_t limit, size_t
         return nnp_error(NNP_ERR_ARG, "nnp_h5_load: NULL argument");
     nnp__h5_quiet q;
     nnp__h5_quiet_on(&q);
-    h5_ids h = {-1, -1, -1, -1, -1, -1, -1, -1};
+    nnp__h5_ids h = {-1, -1, -1, -1, -1, -1, -1, -1};
     nnp_status s = load(path, split, limit, lo, hi, out, &h);
-    close_all(&h);
+    nnp__h5_close(&h);
     nnp__h5_quiet_off(&q);
     if (s != NNP_OK)
         nnp_dataset_free(out);

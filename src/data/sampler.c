@@ -99,6 +99,69 @@ void nnp_epoch_permutation(uint64_t seed, int epoch, uint32_t *perm, size_t N)
     nnp_rng_permutation(&r, perm, N);
 }
 
+/* Shuffle a[0..n) in place (Fisher-Yates, as nnp_rng_permutation draws). */
+static void shuffle(nnp_rng *r, uint32_t *a, size_t n)
+{
+    for (size_t i = n; i > 1; i--) {
+        size_t j = (size_t)nnp_rng_below(r, (uint64_t)i);
+        uint32_t t = a[i - 1];
+        a[i - 1] = a[j];
+        a[j] = t;
+    }
+}
+
+void nnp_epoch_order(uint64_t seed, int epoch, const nnp_shuffle *sh, uint32_t *perm, size_t N)
+{
+    if (!sh || sh->block == 0 || N == 0) {
+        nnp_epoch_permutation(seed, epoch, perm, N);
+        return;
+    }
+    const size_t K = sh->block, nb = (N + K - 1) / K, W = sh->window ? sh->window : 1;
+    nnp_rng r;
+    nnp_rng_seed(&r, seed, (uint64_t)NNP_STREAM_SHUFFLE + ((uint64_t)epoch << 8));
+    nnp_rng_permutation(&r, perm, nb); /* the blocks' order in perm[0, nb) */
+    /* expand in place from the back: block k of the order starts at position >= k, so the
+     * order's entries 0..k-1, still to be read, are never overwritten */
+    size_t end = N;
+    for (size_t k = nb; k-- > 0;) {
+        const size_t b = perm[k], lo = b * K, n = b == nb - 1 ? N - lo : K;
+        end -= n;
+        for (size_t i = n; i-- > 0;)
+            perm[end + i] = (uint32_t)(lo + i);
+    }
+    /* then each window of W blocks (in the order's positions) shuffled within itself */
+    size_t pos = 0;
+    for (size_t k = 0; k < nb; k += W) {
+        size_t n = 0;
+        for (size_t j = k; j < k + W && j < nb; j++) {
+            const size_t b = perm[pos + n] / K; /* the block at this position of the order */
+            n += b == nb - 1 ? N - b * K : K;
+        }
+        shuffle(&r, perm + pos, n);
+        pos += n;
+    }
+}
+
+int nnp_step_samples(uint64_t seed, const nnp_shuffle *sh, size_t N, size_t G, size_t unit,
+                     int p, int r, int64_t step, uint32_t *perm, int *perm_epoch, uint32_t *idx)
+{
+    const size_t spe = nnp_batches_per_epoch(N, G);
+    if (spe == 0)
+        return 0;
+    const int epoch = (int)(step / (int64_t)spe);
+    const size_t bi = (size_t)(step % (int64_t)spe);
+    if (epoch != *perm_epoch) {
+        nnp_epoch_order(seed, epoch, sh, perm, N);
+        *perm_epoch = epoch;
+    }
+    const size_t g0 = bi * G, gc = g0 + G <= N ? G : N - g0;
+    size_t lo, hi;
+    nnp_split_units(gc, unit, p, r, &lo, &hi);
+    for (size_t i = lo; i < hi; i++)
+        idx[i - lo] = perm[g0 + i];
+    return (int)(hi - lo);
+}
+
 void nnp_keep_range(size_t N, size_t limit, size_t lo, size_t hi, size_t *first, size_t *n)
 {
     size_t end = N;

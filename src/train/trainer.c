@@ -65,9 +65,14 @@ void nnp_train_install_signals(void)
  * actually waits for; ar_thread is the time the communication thread spent in MPI in
  * bucketed mode (1 - allreduce/ar_thread is the share hidden behind backward); balance is
  * the exchange of rank speeds for --balance. */
-enum { T_DATA, T_FWD, T_BWD, T_WAIT, T_AR, T_ARTHREAD, T_PREC, T_OPT, T_BAL, T_N };
+enum { T_DATA, T_FWD, T_BWD, T_WAIT, T_AR, T_ARTHREAD, T_PREC, T_OPT, T_BAL, T_DWAIT,
+       T_PREFETCH, T_N };
 static const char *timer_names[T_N] = {"data",      "forward",   "backward",  "ar_wait", "allreduce",
-                                       "ar_thread", "precond",   "optimizer", "balance"};
+                                       "ar_thread", "precond",   "optimizer", "balance",
+                                       "data_wait", "prefetch"};
+/* --stream: data_wait is the part of data spent waiting for the reader, prefetch the reader
+ * thread's own time (beside the step, not in it): neither adds to the step's phases */
+#define T_STEP_PHASES T_DWAIT
 
 typedef struct {
     FILE *train_csv, *eval_csv, *timing_csv, *layers_csv;
@@ -350,16 +355,32 @@ static nnp_status reduce_timers(nnp_comm *comm, const double *t, double *mn, dou
     return NNP_OK;
 }
 
+/* This process's peak resident memory in MB (VmHWM of /proc/self/status; 0 where unknown). */
+static double peak_rss_mb(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f)
+        return 0;
+    char line[256];
+    double kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %lf kB", &kb) == 1)
+            break;
+    fclose(f);
+    return kb / 1024.0;
+}
+
 /* Every rank's phase totals, gathered on rank 0: OUT/ranks.csv, and a line naming the
  * slowest rank, since in synchronous training every step waits for it (ar_wait). */
 static nnp_status report_ranks(nnp_comm *comm, const nnp_train_cfg *cfg, const double *t,
                                double samples, double *all)
 {
     const int size = nnp_comm_size(comm);
-    enum { W = T_N + 1 }; /* the phases, then the samples this rank computed */
+    enum { W = T_N + 2 }; /* the phases, the samples this rank computed, its peak memory */
     double mine[W];
     memcpy(mine, t, T_N * sizeof(double));
     mine[T_N] = samples;
+    mine[T_N + 1] = peak_rss_mb();
     NNP_CALL(nnp_comm_gather_f64(comm, mine, W, all));
     if (nnp_comm_rank(comm) != 0)
         return NNP_OK;
@@ -387,12 +408,12 @@ static nnp_status report_ranks(nnp_comm *comm, const nnp_train_cfg *cfg, const d
     fprintf(f, "rank");
     for (int i = 0; i < T_N; i++)
         fprintf(f, ",%s_s", timer_names[i]);
-    fprintf(f, ",samples\n");
+    fprintf(f, ",samples,peak_rss_mb\n");
     for (int r = 0; r < size; r++) {
         fprintf(f, "%d", r);
         for (int i = 0; i < T_N; i++)
             fprintf(f, ",%.6f", all[(size_t)r * W + i]);
-        fprintf(f, ",%.0f\n", all[(size_t)r * W + T_N]);
+        fprintf(f, ",%.0f,%.1f\n", all[(size_t)r * W + T_N], all[(size_t)r * W + T_N + 1]);
     }
     return fclose(f) == 0 ? NNP_OK : nnp_error(NNP_ERR_IO, "cannot write %s", path);
 }
@@ -666,7 +687,7 @@ typedef struct {
     uint32_t *perm;
     uint32_t *idx;     /* this step's local sample indices */
     unsigned char *y;  /* this step's local labels */
-    double *rank_t;    /* every rank's phase totals and samples at the end, [size][T_N + 1]
+    double *rank_t;    /* every rank's phase totals, samples and memory at the end, [size][T_N + 2]
                           (filled on rank 0; --balance's scratch before that) */
     size_t *share;     /* --balance: every rank's samples of a full global batch */
     double *speed;     /* --balance: every rank's smoothed samples/s of local work */
@@ -818,6 +839,43 @@ static nnp_status rebalance(nnp_comm *comm, train_bufs *b, double n, double t, s
     return NNP_OK;
 }
 
+/* --stream: rank(s) could not read step `step`'s samples (ds, on this rank). Every rank
+ * stops here, before the step changed anything: the state after `step` steps is
+ * checkpointed (unless the latest checkpoint holds it already), and the rank that failed
+ * reports the file and sample, and that checkpoint. */
+static nnp_status data_error_stop(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
+                                  nnp_optim *opt, nnp_precond *pc, exchange *x, int64_t step,
+                                  int64_t last_ckpt, size_t spe, size_t N, double wall_s,
+                                  const nnp_noise *ns, double lr_factor, int64_t rollbacks,
+                                  nnp_status ds)
+{
+    static char why[5120]; /* the reader's message, kept across the checkpoint's calls */
+    snprintf(why, sizeof why, "%s", ds != NNP_OK ? nnp_error_msg() : "");
+    const int have_dir = cfg->out_dir && cfg->out_dir[0];
+    nnp_status st = NNP_OK;
+    if (have_dir && step > last_ckpt) {
+        if (opt->buf1)
+            st = exchange_gather(x, opt->buf1);
+        if (opt->buf2 && st == NNP_OK)
+            st = exchange_gather(x, opt->buf2);
+        if (st == NNP_OK)
+            st = checkpoint(comm, cfg, net, opt, pc, step, spe, N, wall_s, ns, lr_factor,
+                            rollbacks);
+        if (st != NNP_OK)
+            return st;
+    }
+    if (ds == NNP_OK)
+        return nnp_remote(NNP_ERR_IO);
+    nnp_error_clear(); /* the reader's message, now extended (the first message would win) */
+    if (!have_dir)
+        return nnp_error(ds, "%s; nothing was saved (no --out)", why);
+    if (step == 0)
+        return nnp_error(ds, "%s; no step was trained", why);
+    return nnp_error(ds, "%s; the state after step %lld is in the checkpoint of that step: "
+                         "resume with --resume auto once the file is whole",
+                     why, (long long)step);
+}
+
 nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
                      const nnp_dataset *train, const nnp_dataset *test, nnp_train_result *res)
 {
@@ -862,6 +920,10 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     else if (det && net->n_bn > 0 && cfg->bn != NNP_BN_SYNC)
         st = nnp_error(NNP_ERR_ARG, "--deterministic takes BatchNorm's statistics over the global "
                                     "batch: it does not go with --bn local");
+    else if (cfg->stream && cfg->balance_every > 0 && size > 1)
+        st = nnp_error(NNP_ERR_ARG, "--stream reads every rank's samples ahead of the step: it "
+                                    "does not go with --balance, whose shares follow the ranks' "
+                                    "speeds");
     else if (det && size > 1 && cfg->allreduce == NNP_AR_BUCKETED)
         st = nnp_error(NNP_ERR_ARG, "--deterministic works with --allreduce fused, sharded and "
                                     "shm; not with bucketed");
@@ -869,7 +931,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         b.perm = nnp_malloc(N * sizeof(uint32_t));
         b.idx = nnp_malloc((size_t)net->max_batch * sizeof(uint32_t));
         b.y = nnp_malloc((size_t)net->max_batch);
-        b.rank_t = nnp_malloc((size_t)size * (T_N + 1) * sizeof(double));
+        b.rank_t = nnp_malloc((size_t)size * (T_N + 2) * sizeof(double));
         b.share = nnp_malloc((size_t)size * sizeof(size_t));
         b.speed = nnp_malloc((size_t)size * sizeof(double));
         if (noise && size == 1 && !det) /* the first half's gradient (noise.h) */
@@ -1102,6 +1164,17 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         x.trace = &tr;
     }
 
+    /* --stream: the reader starts on this run's first step (stream.h) */
+    double busy_prev = 0;
+    int64_t last_ckpt = first_step; /* the step of the latest checkpoint (a data error's stop) */
+    if (cfg->stream) {
+        const nnp_stream_plan sp = {cfg->seed, cfg->shuffle, G, det ? (size_t)S : 0, size, rank,
+                                    net->max_batch, cfg->prefetch, first_step, total};
+        st = nnp_comm_agree(comm, nnp_stream_start(cfg->stream, &sp));
+        if (st != NNP_OK)
+            goto done;
+    }
+
     res->steps = first_step;
     for (int64_t step = first_step; step < total; step++) {
         nnp_status prec_st = NNP_OK; /* the preconditioner met a divergence (rollback) */
@@ -1110,7 +1183,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         const unsigned long allocs_before = nnp_alloc_count();
         double t0 = nnp_comm_wtime();
         if (epoch != cur_epoch) {
-            nnp_epoch_permutation(cfg->seed, epoch, b.perm, N);
+            nnp_epoch_order(cfg->seed, epoch, &cfg->shuffle, b.perm, N);
             cur_epoch = epoch;
         }
         /* global batch bi is perm[bi*G, min((bi+1)*G, N)); this rank takes its slice */
@@ -1125,7 +1198,27 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
         for (int i = 0; i < B; i++)
             b.idx[i] = b.perm[g0 + lo + (size_t)i];
         net->step = step;
-        nnp_dataset_gather(train, b.idx, B, net->act[0], b.y);
+        if (cfg->stream) {
+            double w = 0;
+            const nnp_status ds =
+                nnp_stream_batch(cfg->stream, step, b.idx, B, net->act[0], b.y, &w);
+            timers[T_DWAIT] += w;
+            const double bz = nnp_stream_busy_s(cfg->stream);
+            timers[T_PREFETCH] += bz - busy_prev;
+            busy_prev = bz;
+            /* a read error on any rank stops every rank before the step changes anything */
+            double bad = ds != NNP_OK;
+            if ((st = nnp_comm_allreduce_max_f64(comm, &bad, 1)) != NNP_OK)
+                goto done;
+            if (bad > 0) {
+                st = data_error_stop(comm, cfg, net, &opt, &pc, &x, step, last_ckpt, spe, N,
+                                     wall_before + nnp_comm_wtime() - t_start, &noise_ema,
+                                     lr_factor, n_rollbacks, ds);
+                goto done;
+            }
+        } else {
+            nnp_dataset_gather(train, b.idx, B, net->act[0], b.y);
+        }
         if (slow_rank == rank && B > 0) {
             long us = slow_usec * B;
             struct timespec ts = {us / 1000000, (us % 1000000) * 1000};
@@ -1660,6 +1753,7 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
                             wall_before + t_ck - t_start, &noise_ema, lr_factor, n_rollbacks);
             if (st != NNP_OK)
                 goto done;
+            last_ckpt = done_steps;
             t_log += nnp_comm_wtime() - t_ck; /* nor does checkpointing */
             nnp_trace_add(&tr, NNP_TR_CHECKPOINT, NNP_TR_MAIN, done_steps, t_ck, nnp_comm_wtime());
         }
@@ -1699,12 +1793,18 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             printf("[time]  %-10s %10s %10s %10s %7s\n", "phase", "min_s", "mean_s", "max_s",
                    "share");
             double sum = 0;
-            for (int i = 0; i < T_N; i++)
+            for (int i = 0; i < T_STEP_PHASES; i++)
                 sum += mean[i];
             for (int i = 0; i < T_N; i++)
-                if (mx[i] >= 0.0005) /* a phase this run never entered has no row */
-                    printf("[time]  %-10s %10.3f %10.3f %10.3f %6.1f%%\n", timer_names[i],
-                           mn[i], mean[i], mx[i], sum > 0 ? 100.0 * mean[i] / sum : 0);
+                if (mx[i] >= 0.0005) { /* a phase this run never entered has no row */
+                    if (i < T_STEP_PHASES)
+                        printf("[time]  %-10s %10.3f %10.3f %10.3f %6.1f%%\n", timer_names[i],
+                               mn[i], mean[i], mx[i], sum > 0 ? 100.0 * mean[i] / sum : 0);
+                    else
+                        printf("[time]  %-10s %10.3f %10.3f %10.3f  (%s)\n", timer_names[i],
+                               mn[i], mean[i], mx[i],
+                               i == T_DWAIT ? "part of data" : "reader thread, beside the step");
+                }
             if (noise) {
                 const double *w = tot_timers; /* rank 0's own local work */
                 const double work = w[T_DATA] + w[T_FWD] + w[T_BWD] + w[T_PREC] + w[T_OPT];

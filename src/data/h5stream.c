@@ -1,0 +1,635 @@
+/* h5stream.c - the streaming reader of --stream (see stream.h, docs/data.md).
+ *
+ * The ring: slot k holds step s with s % K == k once the reader has published it
+ * (slot.step == s). The reader fills steps next, next+1, ... while next < expect + K, so it
+ * never writes a slot the consumer may still be copying; the consumer takes step `expect`,
+ * frees its slot and moves on. A step out of sequence (a rollback) bumps `gen`: the reader
+ * drops whatever it was reading and starts over there. Everything is allocated in
+ * nnp_stream_start; the reader's sort is an in-place heapsort (glibc's qsort may allocate).
+ *
+ * HDF5 does the reading: the batch's rows, sorted, become one hyperslab selection, read
+ * with one H5Dread into a staging buffer in file order, then copied to their positions.
+ * HDF5 reads each chunk the selection touches once (a compressed chunk is decompressed once
+ * through the chunk cache, sized to hold a few chunks). A file that shrinks or disappears
+ * under a run would read as zeros past its end (HDF5's POSIX driver fills short reads), so
+ * the reader checks the file with stat(2) around every read and stops with an error naming
+ * the sample instead.
+ */
+#include "nnprec/stream.h"
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <hdf5.h>
+
+#include "nnprec/alloc.h"
+#include "nnprec/rundir.h"
+#include "../io/h5util.h"
+#include "h5data_impl.h"
+
+typedef struct {
+    int64_t step;        /* the step this slot holds, -1: none */
+    int B;
+    nnp_status st;
+    char msg[4608];
+    uint32_t *idx;       /* [max_batch] the samples, as the plan gives them */
+    unsigned char *raw;  /* [max_batch * row_bytes] as stored */
+    unsigned char *y;    /* [max_batch] labels */
+} slot_t;
+
+struct nnp_stream {
+    char path[4096];
+    nnp__h5_ids h;
+    nnp__h5_split sp;
+    nnp_dataset hdr;
+    size_t chunk_rows, row_bytes, esize;
+    struct stat st0;     /* the file as opened: a change in size or inode is an error */
+    hid_t dxpl, ms;
+    nnp_stream_plan plan;
+    /* the reader's own order */
+    uint32_t *perm;
+    int perm_epoch;
+    uint64_t *keys;      /* [max_batch] (row << 32 | position), sorted */
+    unsigned char *stage;/* [max_batch * row_bytes] rows in file order */
+    slot_t *slots;
+    int K, threaded, started, threadsafe;
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int64_t expect, next;
+    uint64_t gen;
+    int quit;
+    double busy;
+};
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* ---- opening ------------------------------------------------------------------------- */
+
+static nnp_status open_stream(nnp_stream *s, size_t limit)
+{
+    nnp_status st;
+    int fd = nnp_open_regular(s->path, "data file", &st);
+    if (fd < 0)
+        return st;
+    if (fstat(fd, &s->st0) != 0) {
+        close(fd);
+        return nnp_error(NNP_ERR_IO, "cannot stat %s: %s", s->path, strerror(errno));
+    }
+    close(fd);
+    hbool_t ts = 0;
+    H5is_library_threadsafe(&ts);
+    s->threadsafe = ts > 0;
+    NNP_CALL(nnp__h5_open_split(s->path, "train", &s->h, &s->sp));
+    const nnp__h5_split *sp = &s->sp;
+
+    /* the layout: contiguous (or compact), or chunks of whole samples */
+    hid_t dcpl = H5Dget_create_plist(s->h.di);
+    if (dcpl < 0)
+        return nnp_error(NNP_ERR_FORMAT, "%s: cannot read the layout of /train/images", s->path);
+    H5D_layout_t layout = H5Pget_layout(dcpl);
+    s->chunk_rows = 0;
+    if (layout == H5D_CHUNKED) {
+        hsize_t cd[4] = {0, 0, 0, 0};
+        int cn = H5Pget_chunk(dcpl, 4, cd);
+        int whole = cn == sp->nd;
+        for (int i = 1; i < cn && whole; i++)
+            whole = cd[i] == (sp->nd == 3 ? sp->dims[i + 1] : sp->dims[i]);
+        if (!whole) {
+            char got[96] = "", want[96];
+            for (int i = 0, n = 0; i < cn && n < (int)sizeof got; i++)
+                n += snprintf(got + n, sizeof got - (size_t)n, "%s%llu", i ? ", " : "",
+                              (unsigned long long)cd[i]);
+            if (sp->nd == 3)
+                snprintf(want, sizeof want, "1024x%llux%llu", (unsigned long long)sp->dims[2],
+                         (unsigned long long)sp->dims[3]);
+            else
+                snprintf(want, sizeof want, "1024x%llux%llux%llu",
+                         (unsigned long long)sp->dims[1], (unsigned long long)sp->dims[2],
+                         (unsigned long long)sp->dims[3]);
+            H5Pclose(dcpl);
+            return nnp_error(NNP_ERR_FORMAT,
+                             "%s: /train/images is stored in chunks of (%s): streaming reads "
+                             "whole samples and needs chunks of whole samples, e.g. %s "
+                             "(h5repack -l /train/images:CHUNK=%s), or train without --stream",
+                             s->path, got, want, want);
+        }
+        s->chunk_rows = (size_t)cd[0];
+    }
+    H5Pclose(dcpl);
+
+    size_t first, n;
+    nnp_keep_range(sp->N, limit, 0, (size_t)-1, &first, &n);
+    if (n > UINT32_MAX)
+        return nnp_error(NNP_ERR_ARG, "%s: %zu training samples; --stream takes at most %u "
+                                      "(32-bit sample indices)", s->path, n, UINT32_MAX);
+    s->esize = sp->is_u8 ? 1 : sizeof(float);
+    s->row_bytes = sp->D * s->esize;
+    nnp_dataset *d = &s->hdr;
+    d->n = n;
+    d->c = (int)sp->dims[1];
+    d->h = (int)sp->dims[2];
+    d->w = (int)sp->dims[3];
+    d->n_total = sp->N;
+    d->first = 0;
+    d->n_classes = sp->n_classes;
+    d->mean = 0.0;
+    d->std = 1.0;
+    d->y = nnp_malloc(n ? n : 1);
+    if (!d->y)
+        return NNP_ERR_NOMEM;
+    for (size_t i = 0; i < n; i++)
+        d->y[i] = (unsigned char)sp->labels[i];
+    NNP_FREE(s->sp.labels);
+
+    /* the chunk cache holds a few chunks, so a compressed chunk that a batch needs several
+     * rows of is decompressed once; 1 MiB (HDF5's default) at least */
+    if (s->chunk_rows) {
+        hid_t dapl = H5Dget_access_plist(s->h.di);
+        if (dapl >= 0) {
+            size_t chunk = s->chunk_rows * s->row_bytes, nbytes = 4 * chunk;
+            if (nbytes < ((size_t)1 << 20))
+                nbytes = (size_t)1 << 20;
+            H5Pset_chunk_cache(dapl, 12421, nbytes, 1.0);
+            H5Dclose(s->h.di);
+            s->h.di = H5Dopen2(s->h.f, "/train/images", dapl);
+            H5Pclose(dapl);
+            if (s->h.di < 0)
+                return nnp_error(NNP_ERR_FORMAT, "%s: cannot reopen /train/images", s->path);
+        }
+    }
+    return NNP_OK;
+}
+
+nnp_status nnp_stream_open(const char *path, size_t limit, nnp_stream **out, nnp_dataset **hdr,
+                           size_t *chunk_rows)
+{
+    *out = NULL;
+    nnp_stream *s = nnp_calloc(1, sizeof *s);
+    if (!s)
+        return NNP_ERR_NOMEM;
+    snprintf(s->path, sizeof s->path, "%s", path);
+    s->h = (nnp__h5_ids){-1, -1, -1, -1, -1, -1, -1, -1};
+    s->dxpl = s->ms = -1;
+    s->perm_epoch = -1;
+    nnp__h5_quiet q;
+    nnp__h5_quiet_on(&q);
+    nnp_status st = open_stream(s, limit);
+    nnp__h5_quiet_off(&q);
+    if (st != NNP_OK) {
+        nnp_stream_close(s);
+        return st;
+    }
+    *out = s;
+    *hdr = &s->hdr;
+    if (chunk_rows)
+        *chunk_rows = s->chunk_rows;
+    return NNP_OK;
+}
+
+/* ---- reading rows -------------------------------------------------------------------- */
+
+/* Is the file still the one opened, whole? An error message naming `what` if not. */
+static nnp_status check_file(nnp_stream *s, const char *what, char *msg, size_t cap)
+{
+    struct stat now;
+    if (stat(s->path, &now) != 0) {
+        snprintf(msg, cap, "%s: %s while training read it (%s): stopping", s->path,
+                 errno == ENOENT ? "the file was removed" : strerror(errno), what);
+        return NNP_ERR_IO;
+    }
+    if (now.st_ino != s->st0.st_ino || now.st_dev != s->st0.st_dev) {
+        snprintf(msg, cap, "%s: the file was replaced while training read it (%s): stopping",
+                 s->path, what);
+        return NNP_ERR_IO;
+    }
+    if (now.st_size < s->st0.st_size) {
+        snprintf(msg, cap, "%s: the file was truncated from %lld to %lld bytes while training "
+                           "read it (%s): stopping",
+                 s->path, (long long)s->st0.st_size, (long long)now.st_size, what);
+        return NNP_ERR_IO;
+    }
+    return NNP_OK;
+}
+
+/* Read rows [r0, r0 + n) into dst, or report which sample could not be read. */
+static nnp_status read_rows(nnp_stream *s, size_t r0, size_t n, void *dst, char *msg, size_t cap)
+{
+    const nnp__h5_split *sp = &s->sp;
+    hid_t fs = H5Dget_space(s->h.di);
+    hsize_t start[4] = {(hsize_t)r0, 0, 0, 0}, count[4] = {(hsize_t)n, sp->dims[1], sp->dims[2],
+                                                          sp->dims[3]};
+    if (sp->nd == 3) {
+        count[1] = sp->dims[2];
+        count[2] = sp->dims[3];
+    }
+    hsize_t m = (hsize_t)(n * sp->D);
+    hid_t ms = H5Screate_simple(1, &m, NULL);
+    int ok = fs >= 0 && ms >= 0 &&
+             H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL) >= 0 &&
+             H5Dread(s->h.di, sp->is_u8 ? H5T_NATIVE_UCHAR : H5T_NATIVE_FLOAT, ms, fs,
+                     H5P_DEFAULT, dst) >= 0;
+    if (ms >= 0)
+        H5Sclose(ms);
+    if (fs >= 0)
+        H5Sclose(fs);
+    if (!ok) {
+        snprintf(msg, cap, "%s: cannot read sample %zu of /train/images (truncated or corrupt "
+                           "file)", s->path, r0);
+        return NNP_ERR_IO;
+    }
+    return NNP_OK;
+}
+
+/* Float samples: a non-finite value is an error naming the sample (as nnp_h5_load's). */
+static nnp_status check_finite(const nnp_stream *s, const float *x, size_t n, const size_t *rows,
+                               size_t r0, char *msg, size_t cap)
+{
+    const size_t D = s->sp.D;
+    for (size_t i = 0; i < n * D; i++)
+        if (!isfinite(x[i])) {
+            snprintf(msg, cap, "%s: /train/images sample %zu holds a non-finite value (%s)",
+                     s->path, rows ? rows[i / D] : r0 + i / D, isnan(x[i]) ? "nan" : "inf");
+            return NNP_ERR_FORMAT;
+        }
+    return NNP_OK;
+}
+
+static void sift(uint64_t *a, size_t i, size_t n)
+{
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= n)
+            return;
+        if (c + 1 < n && a[c + 1] > a[c])
+            c++;
+        if (a[i] >= a[c])
+            return;
+        uint64_t t = a[i];
+        a[i] = a[c];
+        a[c] = t;
+        i = c;
+    }
+}
+
+static void heapsort_u64(uint64_t *a, size_t n)
+{
+    for (size_t i = n / 2; i-- > 0;)
+        sift(a, i, n);
+    for (size_t e = n; e-- > 1;) {
+        uint64_t t = a[0];
+        a[0] = a[e];
+        a[e] = t;
+        sift(a, 0, e);
+    }
+}
+
+/* Fill slot sl with step `step`: the plan's samples, read in file order, then placed. */
+static void fill(nnp_stream *s, slot_t *sl, int64_t step)
+{
+    const nnp_stream_plan *p = &s->plan;
+    sl->st = NNP_OK;
+    sl->msg[0] = 0;
+    sl->B = nnp_step_samples(p->seed, &p->shuffle, s->hdr.n, p->G, p->unit, p->p, p->r, step,
+                             s->perm, &s->perm_epoch, sl->idx);
+    const int B = sl->B;
+    if (B == 0)
+        return;
+    char what[96];
+    snprintf(what, sizeof what, "step %lld, sample %u", (long long)step + 1, sl->idx[0]);
+    if ((sl->st = check_file(s, what, sl->msg, sizeof sl->msg)) != NNP_OK)
+        return;
+    for (int i = 0; i < B; i++)
+        s->keys[i] = (uint64_t)sl->idx[i] << 32 | (uint64_t)i;
+    heapsort_u64(s->keys, (size_t)B);
+
+    /* the union of the runs of consecutive rows, one read */
+    const nnp__h5_split *sp = &s->sp;
+    hid_t fs = H5Dget_space(s->h.di);
+    int ok = fs >= 0 && H5Sselect_none(fs) >= 0;
+    hsize_t count[4] = {0, sp->dims[1], sp->dims[2], sp->dims[3]};
+    if (sp->nd == 3) {
+        count[1] = sp->dims[2];
+        count[2] = sp->dims[3];
+    }
+    for (int i = 0; i < B && ok;) {
+        int j = i + 1;
+        while (j < B && (s->keys[j] >> 32) == (s->keys[j - 1] >> 32) + 1)
+            j++;
+        hsize_t start[4] = {(hsize_t)(s->keys[i] >> 32), 0, 0, 0};
+        count[0] = (hsize_t)(j - i);
+        ok = H5Sselect_hyperslab(fs, H5S_SELECT_OR, start, NULL, count, NULL) >= 0;
+        i = j;
+    }
+    hsize_t m0[1] = {0}, mc[1] = {(hsize_t)B * sp->D};
+    ok = ok && H5Sselect_hyperslab(s->ms, H5S_SELECT_SET, m0, NULL, mc, NULL) >= 0 &&
+         H5Dread(s->h.di, sp->is_u8 ? H5T_NATIVE_UCHAR : H5T_NATIVE_FLOAT, s->ms, fs, s->dxpl,
+                 s->stage) >= 0;
+    if (fs >= 0)
+        H5Sclose(fs);
+    if (!ok) {
+        /* which sample: the first of the batch's rows that cannot be read alone */
+        for (int i = 0; i < B; i++) {
+            const size_t row = (size_t)(s->keys[i] >> 32);
+            if (read_rows(s, row, 1, s->stage, sl->msg, sizeof sl->msg) != NNP_OK) {
+                size_t len = strlen(sl->msg);
+                snprintf(sl->msg + len, sizeof sl->msg - len, " at step %lld", (long long)step + 1);
+                sl->st = NNP_ERR_IO;
+                return;
+            }
+        }
+        snprintf(sl->msg, sizeof sl->msg, "%s: cannot read the samples of step %lld (%u, ...) "
+                                          "of /train/images", s->path, (long long)step + 1,
+                 sl->idx[0]);
+        sl->st = NNP_ERR_IO;
+        return;
+    }
+    if ((sl->st = check_file(s, what, sl->msg, sizeof sl->msg)) != NNP_OK)
+        return;
+    const size_t R = s->row_bytes;
+    for (int k = 0; k < B; k++) {
+        const size_t pos = (size_t)(s->keys[k] & 0xffffffffu);
+        memcpy(sl->raw + pos * R, s->stage + (size_t)k * R, R);
+        sl->y[pos] = s->hdr.y[sl->idx[pos]];
+    }
+    if (!sp->is_u8) {
+        for (int i = 0; i < B; i++) {
+            const size_t row = sl->idx[i];
+            sl->st = check_finite(s, (const float *)(sl->raw + (size_t)i * R), 1, NULL, row,
+                                  sl->msg, sizeof sl->msg);
+            if (sl->st != NNP_OK)
+                return;
+        }
+    }
+}
+
+/* ---- moments ------------------------------------------------------------------------- */
+
+nnp_status nnp_stream_moments(nnp_stream *s, double *mean, double *std)
+{
+    const size_t N = s->hdr.n, D = s->sp.D;
+    *mean = *std = 0.0;
+    if (N == 0)
+        return NNP_OK;
+    size_t rows = ((size_t)8 << 20) / s->row_bytes; /* blocks of about 8 MB */
+    if (rows < 1)
+        rows = 1;
+    if (s->chunk_rows && rows > s->chunk_rows)
+        rows -= rows % s->chunk_rows; /* whole chunks */
+    void *buf = nnp_malloc(rows * s->row_bytes);
+    if (!buf)
+        return NNP_ERR_NOMEM;
+    char msg[4608];
+    nnp_status st = NNP_OK;
+    nnp__h5_quiet q;
+    nnp__h5_quiet_on(&q);
+    const double total = (double)N * (double)D;
+    if (s->sp.is_u8) {
+        /* the histogram of nnp_dataset_moments: exact counts, the same sums */
+        uint64_t hist[256] = {0};
+        for (size_t r0 = 0; r0 < N && st == NNP_OK; r0 += rows) {
+            const size_t n = N - r0 < rows ? N - r0 : rows;
+            st = read_rows(s, r0, n, buf, msg, sizeof msg);
+            const unsigned char *px = buf;
+            for (size_t k = 0; st == NNP_OK && k < n * D; k++)
+                hist[px[k]]++;
+        }
+        if (st == NNP_OK) {
+            double sum = 0.0;
+            for (int v = 0; v < 256; v++)
+                sum += (double)hist[v] * (v / 255.0);
+            double m = sum / total, ss = 0.0;
+            for (int v = 0; v < 256; v++) {
+                double dv = v / 255.0 - m;
+                ss += (double)hist[v] * dv * dv;
+            }
+            *mean = m;
+            *std = sqrt(ss / total);
+        }
+    } else {
+        /* two passes in sample order, as nnp_dataset_moments sums them */
+        double sum = 0.0, m = 0.0, ss = 0.0;
+        for (int pass = 0; pass < 2 && st == NNP_OK; pass++) {
+            for (size_t r0 = 0; r0 < N && st == NNP_OK; r0 += rows) {
+                const size_t n = N - r0 < rows ? N - r0 : rows;
+                st = read_rows(s, r0, n, buf, msg, sizeof msg);
+                if (st == NNP_OK && pass == 0)
+                    st = check_finite(s, buf, n, NULL, r0, msg, sizeof msg);
+                const float *x = buf;
+                for (size_t k = 0; st == NNP_OK && k < n * D; k++) {
+                    if (pass == 0) {
+                        sum += x[k];
+                    } else {
+                        double dv = (double)x[k] - m;
+                        ss += dv * dv;
+                    }
+                }
+            }
+            m = sum / total;
+        }
+        *mean = m;
+        *std = sqrt(ss / total);
+    }
+    nnp__h5_quiet_off(&q);
+    free(buf);
+    return st == NNP_OK ? NNP_OK : nnp_error(st, "%s", msg);
+}
+
+/* ---- the reader thread ---------------------------------------------------------------- */
+
+static void *reader_main(void *arg)
+{
+    nnp_stream *s = arg;
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* errors become the slot's message */
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        while (!s->quit && (s->next >= s->plan.total || s->next >= s->expect + s->K))
+            pthread_cond_wait(&s->cv, &s->mu);
+        if (s->quit)
+            break;
+        const int64_t step = s->next;
+        const uint64_t gen = s->gen;
+        slot_t *sl = &s->slots[step % s->K];
+        pthread_mutex_unlock(&s->mu);
+        const double t0 = now_s();
+        fill(s, sl, step);
+        const double dt = now_s() - t0;
+        pthread_mutex_lock(&s->mu);
+        s->busy += dt;
+        if (gen == s->gen) { /* else a rollback moved the stream: dropped */
+            sl->step = step;
+            s->next = step + 1;
+            pthread_cond_broadcast(&s->cv);
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+nnp_status nnp_stream_start(nnp_stream *s, const nnp_stream_plan *plan)
+{
+    if (s->started)
+        return nnp_error(NNP_ERR_ARG, "nnp_stream_start: already started");
+    s->plan = *plan;
+    s->threaded = plan->prefetch > 0 && s->threadsafe;
+    s->K = plan->prefetch > 0 ? plan->prefetch : 1;
+    const size_t mb = plan->max_batch > 0 ? (size_t)plan->max_batch : 1;
+    s->perm = nnp_malloc((s->hdr.n ? s->hdr.n : 1) * sizeof *s->perm);
+    s->keys = nnp_malloc(mb * sizeof *s->keys);
+    s->stage = nnp_malloc(mb * s->row_bytes);
+    s->slots = nnp_calloc((size_t)s->K, sizeof *s->slots);
+    if (!s->perm || !s->keys || !s->stage || !s->slots)
+        return NNP_ERR_NOMEM;
+    for (int k = 0; k < s->K; k++) {
+        slot_t *sl = &s->slots[k];
+        sl->step = -1;
+        sl->idx = nnp_malloc(mb * sizeof *sl->idx);
+        sl->raw = nnp_malloc(mb * s->row_bytes);
+        sl->y = nnp_malloc(mb);
+        if (!sl->idx || !sl->raw || !sl->y)
+            return NNP_ERR_NOMEM;
+    }
+    hsize_t m = (hsize_t)(mb * s->sp.D);
+    nnp__h5_quiet q;
+    nnp__h5_quiet_on(&q);
+    s->ms = H5Screate_simple(1, &m, NULL);
+    s->dxpl = H5Pcreate(H5P_DATASET_XFER);
+    nnp__h5_quiet_off(&q);
+    if (s->ms < 0 || s->dxpl < 0)
+        return nnp_error(NNP_ERR_IO, "%s: cannot set up the streaming reads", s->path);
+    s->expect = s->next = plan->first_step;
+    if (s->threaded) {
+        if (pthread_mutex_init(&s->mu, NULL) != 0 || pthread_cond_init(&s->cv, NULL) != 0)
+            return nnp_error(NNP_ERR_IO, "cannot create the reader thread's lock");
+        if (pthread_create(&s->th, NULL, reader_main, s) != 0) {
+            pthread_mutex_destroy(&s->mu);
+            pthread_cond_destroy(&s->cv);
+            return nnp_error(NNP_ERR_IO, "cannot start the reader thread: %s", strerror(errno));
+        }
+    }
+    s->started = 1;
+    return NNP_OK;
+}
+
+/* ---- the consumer ---------------------------------------------------------------------- */
+
+nnp_status nnp_stream_batch(nnp_stream *s, int64_t step, const uint32_t *idx, int B, float *x,
+                            unsigned char *y, double *wait_s)
+{
+    *wait_s = 0;
+    slot_t *sl;
+    if (!s->threaded) {
+        sl = &s->slots[0];
+        const double t0 = now_s();
+        nnp__h5_quiet q;
+        nnp__h5_quiet_on(&q);
+        fill(s, sl, step);
+        nnp__h5_quiet_off(&q);
+        const double dt = now_s() - t0;
+        s->busy += dt;
+        *wait_s = dt;
+    } else {
+        const double t0 = now_s();
+        pthread_mutex_lock(&s->mu);
+        if (step != s->expect) { /* a rollback: start over at `step` */
+            s->gen++;
+            s->expect = s->next = step;
+            for (int k = 0; k < s->K; k++)
+                s->slots[k].step = -1;
+            pthread_cond_broadcast(&s->cv);
+        }
+        sl = &s->slots[step % s->K];
+        while (sl->step != step)
+            pthread_cond_wait(&s->cv, &s->mu);
+        pthread_mutex_unlock(&s->mu);
+        *wait_s = now_s() - t0;
+    }
+    nnp_status st = NNP_OK;
+    if (sl->st != NNP_OK)
+        st = nnp_error(sl->st, "%s", sl->msg);
+    else if (sl->B != B || (B > 0 && memcmp(sl->idx, idx, (size_t)B * sizeof *idx) != 0))
+        st = nnp_error(NNP_ERR_ARG, "internal error: the streaming reader read other samples "
+                                    "than step %lld takes (%d against %d)",
+                       (long long)step + 1, sl->B, B);
+    if (st == NNP_OK && B > 0) {
+        nnp_dataset v = s->hdr; /* the slot's rows as a dataset: the same normalization */
+        v.n = (size_t)B;
+        v.pix = s->sp.is_u8 ? sl->raw : NULL;
+        v.xf = s->sp.is_u8 ? NULL : (float *)sl->raw;
+        v.y = sl->y;
+        nnp_dataset_slice(&v, 0, B, x, y);
+    }
+    if (s->threaded) {
+        pthread_mutex_lock(&s->mu);
+        if (sl->step == step)
+            sl->step = -1;
+        if (s->expect == step)
+            s->expect = step + 1;
+        pthread_cond_broadcast(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+    }
+    return st;
+}
+
+double nnp_stream_busy_s(nnp_stream *s)
+{
+    if (!s->threaded)
+        return s->busy;
+    pthread_mutex_lock(&s->mu);
+    double b = s->busy;
+    pthread_mutex_unlock(&s->mu);
+    return b;
+}
+
+int nnp_stream_threaded(const nnp_stream *s)
+{
+    return s->started ? s->threaded : s->threadsafe;
+}
+
+void nnp_stream_close(nnp_stream *s)
+{
+    if (!s)
+        return;
+    if (s->started && s->threaded) {
+        pthread_mutex_lock(&s->mu);
+        s->quit = 1;
+        pthread_cond_broadcast(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->th, NULL);
+        pthread_mutex_destroy(&s->mu);
+        pthread_cond_destroy(&s->cv);
+    }
+    nnp__h5_quiet q;
+    nnp__h5_quiet_on(&q);
+    if (s->ms >= 0)
+        H5Sclose(s->ms);
+    if (s->dxpl >= 0)
+        H5Pclose(s->dxpl);
+    nnp__h5_close(&s->h);
+    nnp__h5_quiet_off(&q);
+    if (s->slots)
+        for (int k = 0; k < s->K; k++) {
+            free(s->slots[k].idx);
+            free(s->slots[k].raw);
+            free(s->slots[k].y);
+        }
+    free(s->slots);
+    free(s->perm);
+    free(s->keys);
+    free(s->stage);
+    free(s->sp.labels);
+    free(s->hdr.y);
+    free(s);
+}
