@@ -557,6 +557,97 @@ static void test_order(void)
     ASSERT_TRUE(memcmp(perm, perm2, sizeof perm) == 0);
 }
 
+/* --shuffle block:K:W: a permutation, a function of (seed, epoch); every window of the
+ * order holds exactly the samples of W whole blocks (the last window fewer). */
+static void test_block_order(void)
+{
+    enum { N = 103, K = 10, W = 3, NB = (N + K - 1) / K };
+    uint32_t perm[N], perm2[N];
+    const nnp_shuffle sh = {K, W}, full = {0, 0};
+    for (int epoch = 0; epoch < 4; epoch++) {
+        nnp_epoch_order(99, epoch, &sh, perm, N);
+        int seen[N] = {0}, once = 1;
+        for (int i = 0; i < N; i++)
+            if (perm[i] >= N || seen[perm[i]]++)
+                once = 0;
+        ASSERT_TRUE(once);
+        /* walk the windows: W distinct blocks each, every block whole inside one window */
+        int pos = 0, windows = 0, whole = 1;
+        int block_window[NB];
+        for (int b = 0; b < NB; b++)
+            block_window[b] = -1;
+        while (pos < N) {
+            int blocks[W], nb = 0, n = 0;
+            for (int i = pos; i < N && nb <= W; i++) {
+                int b = (int)perm[i] / K, known = 0;
+                for (int j = 0; j < nb; j++)
+                    known |= blocks[j] == b;
+                if (!known) {
+                    if (nb == W)
+                        break;
+                    blocks[nb++] = b;
+                }
+                n++;
+            }
+            int want = 0;
+            for (int j = 0; j < nb; j++) {
+                want += blocks[j] == NB - 1 ? N - (NB - 1) * K : K;
+                whole &= block_window[blocks[j]] == -1;
+                block_window[blocks[j]] = windows;
+            }
+            whole &= n == want;
+            pos += n;
+            windows++;
+        }
+        ASSERT_TRUE(whole);
+        ASSERT_EQ_INT(windows, (NB + W - 1) / W);
+        /* the samples of a window are shuffled, not left in block order */
+        int in_order = 1;
+        for (int i = 1; i < K * W; i++)
+            in_order &= perm[i] == perm[i - 1] + 1;
+        ASSERT_TRUE(!in_order);
+    }
+    nnp_epoch_order(99, 2, &sh, perm, N);
+    nnp_epoch_order(99, 2, &sh, perm2, N);
+    ASSERT_TRUE(memcmp(perm, perm2, sizeof perm) == 0);
+    nnp_epoch_order(99, 3, &sh, perm2, N);
+    ASSERT_TRUE(memcmp(perm, perm2, sizeof perm) != 0);
+    /* full: the uniform permutation, unchanged */
+    nnp_epoch_order(99, 2, &full, perm, N);
+    nnp_epoch_permutation(99, 2, perm2, N);
+    ASSERT_TRUE(memcmp(perm, perm2, sizeof perm) == 0);
+}
+
+/* nnp_step_samples (the streaming reader's plan): over the ranks, in rank order, the global
+ * batch of the step from the epoch's order; whole units with --deterministic's micro-shards;
+ * the last, short batch of an epoch included. */
+static void test_step_samples(void)
+{
+    enum { N = 103, G = 10 };
+    const nnp_shuffle sh = {8, 2};
+    uint32_t perm[N], ref[N], idx[G];
+    int perm_epoch = -1;
+    for (size_t unit = 0; unit <= 4; unit += 4)
+        for (int p = 1; p <= 4; p++)
+            for (int64_t step = 0; step < 3 * 11; step++) {
+                const int epoch = (int)(step / 11), bi = (int)(step % 11);
+                nnp_epoch_order(7, epoch, &sh, ref, N);
+                const int g0 = bi * G, gc = g0 + G <= N ? G : N - g0;
+                int got = 0, same = 1, units = 1;
+                for (int r = 0; r < p; r++) {
+                    int B = nnp_step_samples(7, &sh, N, G, unit, p, r, step, perm, &perm_epoch,
+                                             idx);
+                    for (int i = 0; i < B; i++)
+                        same &= idx[i] == ref[g0 + got + i];
+                    if (unit && got + B < gc)
+                        units &= (got + B) % (int)unit == 0;
+                    got += B;
+                }
+                ASSERT_TRUE(same && units);
+                ASSERT_EQ_INT(got, gc);
+            }
+}
+
 static void test_fashion_mnist(void)
 {
     const char *dir = "/usr/share/datasets/fashion-mnist";
@@ -755,6 +846,8 @@ int main(void)
     test_split();
     test_split_weighted();
     test_order();
+    test_block_order();
+    test_step_samples();
     test_holdout();
     test_fashion_mnist();
 

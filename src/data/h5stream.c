@@ -9,8 +9,8 @@
  *
  * HDF5 does the reading: the batch's rows, sorted, become one hyperslab selection, read
  * with one H5Dread into a staging buffer in file order, then copied to their positions.
- * HDF5 reads each chunk the selection touches once (a compressed chunk is decompressed once
- * through the chunk cache, sized to hold a few chunks). A file that shrinks or disappears
+ * HDF5 reads each chunk the selection touches once per batch (without a chunk cache: see
+ * open_stream). A file that shrinks or disappears
  * under a run would read as zeros past its end (HDF5's POSIX driver fills short reads), so
  * the reader checks the file with stat(2) around every read and stops with an error naming
  * the sample instead.
@@ -154,15 +154,14 @@ static nnp_status open_stream(nnp_stream *s, size_t limit)
         d->y[i] = (unsigned char)sp->labels[i];
     NNP_FREE(s->sp.labels);
 
-    /* the chunk cache holds a few chunks, so a compressed chunk that a batch needs several
-     * rows of is decompressed once; 1 MiB (HDF5's default) at least */
+    /* No chunk cache: HDF5 then reads only the selected rows' bytes of an uncompressed
+     * chunk, and inflates a compressed chunk once per read that needs it. With a cache that
+     * could hold a chunk, HDF5 1.10.8 kept every chunk the reads touched, far beyond the
+     * cache's size (measured: the whole set in memory after a few batches; docs/data.md). */
     if (s->chunk_rows) {
         hid_t dapl = H5Dget_access_plist(s->h.di);
         if (dapl >= 0) {
-            size_t chunk = s->chunk_rows * s->row_bytes, nbytes = 4 * chunk;
-            if (nbytes < ((size_t)1 << 20))
-                nbytes = (size_t)1 << 20;
-            H5Pset_chunk_cache(dapl, 12421, nbytes, 1.0);
+            H5Pset_chunk_cache(dapl, 0, 0, 1.0);
             H5Dclose(s->h.di);
             s->h.di = H5Dopen2(s->h.f, "/train/images", dapl);
             H5Pclose(dapl);
@@ -296,6 +295,35 @@ static void heapsort_u64(uint64_t *a, size_t n)
     }
 }
 
+/* Read the rows of sorted keys [k0, k1) into stage rows k0 .. k1-1, one H5Dread. */
+static int read_sorted(nnp_stream *s, int k0, int k1)
+{
+    const nnp__h5_split *sp = &s->sp;
+    hid_t fs = H5Dget_space(s->h.di);
+    int ok = fs >= 0 && H5Sselect_none(fs) >= 0;
+    hsize_t count[4] = {0, sp->dims[1], sp->dims[2], sp->dims[3]};
+    if (sp->nd == 3) {
+        count[1] = sp->dims[2];
+        count[2] = sp->dims[3];
+    }
+    for (int i = k0; i < k1 && ok;) {
+        int j = i + 1;
+        while (j < k1 && (s->keys[j] >> 32) == (s->keys[j - 1] >> 32) + 1)
+            j++;
+        hsize_t start[4] = {(hsize_t)(s->keys[i] >> 32), 0, 0, 0};
+        count[0] = (hsize_t)(j - i);
+        ok = H5Sselect_hyperslab(fs, H5S_SELECT_OR, start, NULL, count, NULL) >= 0;
+        i = j;
+    }
+    hsize_t m0[1] = {(hsize_t)k0 * sp->D}, mc[1] = {(hsize_t)(k1 - k0) * sp->D};
+    ok = ok && H5Sselect_hyperslab(s->ms, H5S_SELECT_SET, m0, NULL, mc, NULL) >= 0 &&
+         H5Dread(s->h.di, sp->is_u8 ? H5T_NATIVE_UCHAR : H5T_NATIVE_FLOAT, s->ms, fs, s->dxpl,
+                 s->stage) >= 0;
+    if (fs >= 0)
+        H5Sclose(fs);
+    return ok;
+}
+
 /* Fill slot sl with step `step`: the plan's samples, read in file order, then placed. */
 static void fill(nnp_stream *s, slot_t *sl, int64_t step)
 {
@@ -316,29 +344,7 @@ static void fill(nnp_stream *s, slot_t *sl, int64_t step)
     heapsort_u64(s->keys, (size_t)B);
 
     /* the union of the runs of consecutive rows, one read */
-    const nnp__h5_split *sp = &s->sp;
-    hid_t fs = H5Dget_space(s->h.di);
-    int ok = fs >= 0 && H5Sselect_none(fs) >= 0;
-    hsize_t count[4] = {0, sp->dims[1], sp->dims[2], sp->dims[3]};
-    if (sp->nd == 3) {
-        count[1] = sp->dims[2];
-        count[2] = sp->dims[3];
-    }
-    for (int i = 0; i < B && ok;) {
-        int j = i + 1;
-        while (j < B && (s->keys[j] >> 32) == (s->keys[j - 1] >> 32) + 1)
-            j++;
-        hsize_t start[4] = {(hsize_t)(s->keys[i] >> 32), 0, 0, 0};
-        count[0] = (hsize_t)(j - i);
-        ok = H5Sselect_hyperslab(fs, H5S_SELECT_OR, start, NULL, count, NULL) >= 0;
-        i = j;
-    }
-    hsize_t m0[1] = {0}, mc[1] = {(hsize_t)B * sp->D};
-    ok = ok && H5Sselect_hyperslab(s->ms, H5S_SELECT_SET, m0, NULL, mc, NULL) >= 0 &&
-         H5Dread(s->h.di, sp->is_u8 ? H5T_NATIVE_UCHAR : H5T_NATIVE_FLOAT, s->ms, fs, s->dxpl,
-                 s->stage) >= 0;
-    if (fs >= 0)
-        H5Sclose(fs);
+    int ok = read_sorted(s, 0, B);
     if (!ok) {
         /* which sample: the first of the batch's rows that cannot be read alone */
         for (int i = 0; i < B; i++) {
@@ -364,7 +370,7 @@ static void fill(nnp_stream *s, slot_t *sl, int64_t step)
         memcpy(sl->raw + pos * R, s->stage + (size_t)k * R, R);
         sl->y[pos] = s->hdr.y[sl->idx[pos]];
     }
-    if (!sp->is_u8) {
+    if (!s->sp.is_u8) {
         for (int i = 0; i < B; i++) {
             const size_t row = sl->idx[i];
             sl->st = check_finite(s, (const float *)(sl->raw + (size_t)i * R), 1, NULL, row,
