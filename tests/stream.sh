@@ -46,7 +46,7 @@ run 1 "$tmp/s1p0" --data "$tmp/big.h5" --stream --prefetch 0
 same "$tmp/m1" "$tmp/s1" "1 rank, chosen by --data-memory-mb"
 same "$tmp/m1" "$tmp/s1p0" "1 rank, --prefetch 0"
 timeout 60 "$nnprec" train --steps 1 --test-limit 100 --data "$tmp/big.h5" --data-memory-mb 8 > "$tmp/setup.log" 2>&1
-grep -q "^\[setup\] streaming the training set (45 MB > --data-memory-mb 8): each rank reads its samples of the coming steps, a reader thread reads ahead$" "$tmp/setup.log" 2> /dev/null \
+grep -q "^\[setup\] streaming the training set (45 MB > --data-memory-mb 8): each rank reads its samples of the coming steps, with pread(2), a reader thread reads ahead$" "$tmp/setup.log" 2> /dev/null \
   && ok || fail "the setup line: $(grep stream "$tmp/setup.log" 2>&1)"
 
 # memory: the streaming rank does not hold the 45 MB (ranks.csv: peak_rss_mb, VmHWM)
@@ -111,9 +111,9 @@ done
 expect 1 "bad.h5: /train/images is stored in chunks of (100, 1, 14, 14): streaming reads whole samples" \
   "$nnprec" train --data "$tmp/bad.h5" --stream --steps 1
 run 1 "$tmp/badmem" --data "$tmp/bad.h5" --steps 2 --train-limit 500 # in memory the layout is fine
-$py - "$tmp/gz.h5" "$tmp/nolabels.h5" "$tmp/f64.h5" << 'EOF'
+$py - "$tmp/gz.h5" "$tmp/nolabels.h5" "$tmp/f64.h5" "$tmp/f32.h5" << 'EOF'
 import shutil, sys, h5py, numpy as np
-src, nolab, f64 = sys.argv[1:]
+src, nolab, f64, f32 = sys.argv[1:]
 shutil.copy(src, nolab)
 with h5py.File(nolab, "a") as f:
     del f["train/labels"]
@@ -122,7 +122,16 @@ with h5py.File(f64, "a") as f:
     x = f["train/images"][:]
     del f["train/images"]
     f.create_dataset("train/images", data=x.astype(np.float64), chunks=(128, 1, 28, 28))
+shutil.copy(src, f32)
+with h5py.File(f32, "a") as f:
+    x = f["train/images"][:]
+    del f["train/images"]
+    f.create_dataset("train/images", data=(x / 255.0).astype("<f4"), chunks=(100, 1, 28, 28))
 EOF
+# float32 pixels, little-endian, in chunks of 100: read directly, the same trajectory
+run 1 "$tmp/mf" --data "$tmp/f32.h5"
+run 1 "$tmp/sf" --data "$tmp/f32.h5" --stream
+same "$tmp/mf" "$tmp/sf" "float32 pixels"
 expect 1 "nolabels.h5: dataset /train/labels missing" "$nnprec" train --data "$tmp/nolabels.h5" --stream --steps 1
 expect 1 "f64.h5: /train/images has dtype float64, expected uint8 or float32" \
   "$nnprec" train --data "$tmp/f64.h5" --stream --steps 1

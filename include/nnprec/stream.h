@@ -3,8 +3,10 @@
  * A rank that streams holds only the labels (one byte per sample) and a ring of `prefetch`
  * batch buffers, allocated before the first step. A reader thread computes the samples this
  * rank takes at each coming step (nnp_step_samples: the same order as in memory), reads them
- * from /train/images with one hyperslab selection per batch (its rows sorted, so HDF5 reads
- * every chunk the batch touches once) and fills the ring up to `prefetch` steps ahead. The
+ * from /train/images (uncompressed rows with pread(2) at their file offsets, one call per
+ * run of consecutive rows; compressed ones through HDF5, one hyperslab selection per batch,
+ * which inflates every chunk the batch touches once) and fills the ring up to `prefetch`
+ * steps ahead. The
  * training step copies a filled buffer out, normalized exactly as nnp_dataset_gather does, so
  * a streamed run's trajectory is the in-memory run's, bit for bit.
  *
@@ -58,6 +60,10 @@ double nnp_stream_busy_s(nnp_stream *s);
 /* Whether batches are read ahead by a thread (0: in the step); before nnp_stream_start,
  * whether they can be (a thread-safe HDF5 library). */
 int nnp_stream_threaded(const nnp_stream *s);
+
+/* Whether rows are read with pread(2) at their file offsets (uncompressed, native byte
+ * order) rather than through HDF5. */
+int nnp_stream_direct(const nnp_stream *s);
 
 void nnp_stream_close(nnp_stream *s);
 

@@ -981,8 +981,8 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
         const int ahead = stream && O.prefetch > 0 && nnp_stream_threaded(stream);
         if (stream)
             printf("[setup] streaming the training set (%s): each rank reads its samples of "
-                   "the coming steps, %s%s\n",
-                   stream_why,
+                   "the coming steps, %s%s%s\n",
+                   stream_why, nnp_stream_direct(stream) ? "with pread(2), " : "through HDF5, ",
                    ahead ? "a reader thread reads ahead" : "read in the step",
                    ahead ? "" : O.prefetch == 0 ? " (--prefetch 0)"
                                                 : " (the HDF5 library is not thread-safe)");

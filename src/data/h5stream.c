@@ -51,6 +51,9 @@ struct nnp_stream {
     nnp_dataset hdr;
     size_t chunk_rows, row_bytes, esize;
     struct stat st0;     /* the file as opened: a change in size or inode is an error */
+    int fd;              /* direct reads: the file, and where each chunk's rows start */
+    uint64_t *chunk_at;  /* [n_chunks] file offsets (contiguous: one, for "chunk" 0) */
+    size_t n_chunks, direct_rows; /* rows per direct "chunk" (contiguous: every row) */
     hid_t dxpl, ms;
     nnp_stream_plan plan;
     /* the reader's own order */
@@ -78,6 +81,78 @@ static double now_s(void)
 
 /* ---- opening ------------------------------------------------------------------------- */
 
+/* Direct reads: uncompressed uint8 (or little-endian float32) rows, contiguous or in chunks
+ * of whole samples, are read with pread(2) at their file offsets (from H5Dget_offset or
+ * H5Dget_chunk_info, taken once here), one call per run of consecutive rows in a chunk,
+ * bypassing HDF5's per-read selection work (measured: several ms for a batch of 64 random
+ * rows). Anything else (filters, another byte order, chunks not yet written) reads through
+ * HDF5. */
+static nnp_status direct_setup(nnp_stream *s)
+{
+    hid_t dcpl = H5Dget_create_plist(s->h.di);
+    if (dcpl < 0)
+        return NNP_OK;
+    const int filters = H5Pget_nfilters(dcpl);
+    const H5D_layout_t layout = H5Pget_layout(dcpl);
+    H5Pclose(dcpl);
+    const int native = s->sp.is_u8 || H5Tget_order(s->h.ti) == H5T_ORDER_LE;
+    if (filters != 0 || !native || H5Tget_size(s->h.ti) != s->esize)
+        return NNP_OK;
+    if (layout == H5D_CONTIGUOUS) {
+        haddr_t a = H5Dget_offset(s->h.di);
+        if (a == HADDR_UNDEF)
+            return NNP_OK;
+        s->chunk_at = nnp_malloc(sizeof *s->chunk_at);
+        if (!s->chunk_at)
+            return NNP_ERR_NOMEM;
+        s->chunk_at[0] = (uint64_t)a;
+        s->n_chunks = 1;
+        s->direct_rows = s->sp.N ? s->sp.N : 1;
+        return NNP_OK;
+    }
+    if (layout != H5D_CHUNKED || s->chunk_rows == 0)
+        return NNP_OK;
+    const size_t nc = (s->sp.N + s->chunk_rows - 1) / s->chunk_rows;
+    hsize_t have = 0;
+    hid_t fs = H5Dget_space(s->h.di);
+    if (fs < 0)
+        return NNP_OK;
+    if (H5Dget_num_chunks(s->h.di, fs, &have) < 0 || have != nc || nc == 0) {
+        H5Sclose(fs);
+        return NNP_OK; /* chunks not all written: HDF5 fills them */
+    }
+    uint64_t *at = nnp_malloc(nc * sizeof *at);
+    if (!at) {
+        H5Sclose(fs);
+        return NNP_ERR_NOMEM;
+    }
+    for (size_t c = 0; c < nc; c++)
+        at[c] = UINT64_MAX;
+    int ok = 1;
+    for (hsize_t i = 0; i < have && ok; i++) {
+        hsize_t off[4] = {0, 0, 0, 0};
+        unsigned mask = 0;
+        haddr_t addr = HADDR_UNDEF;
+        hsize_t size = 0;
+        ok = H5Dget_chunk_info(s->h.di, fs, i, off, &mask, &addr, &size) >= 0 &&
+             addr != HADDR_UNDEF && off[0] % s->chunk_rows == 0 &&
+             off[0] / s->chunk_rows < nc && size >= s->chunk_rows * s->row_bytes;
+        if (ok)
+            at[off[0] / s->chunk_rows] = (uint64_t)addr;
+    }
+    H5Sclose(fs);
+    for (size_t c = 0; c < nc && ok; c++)
+        ok = at[c] != UINT64_MAX;
+    if (!ok) {
+        free(at);
+        return NNP_OK;
+    }
+    s->chunk_at = at;
+    s->n_chunks = nc;
+    s->direct_rows = s->chunk_rows;
+    return NNP_OK;
+}
+
 static nnp_status open_stream(nnp_stream *s, size_t limit)
 {
     nnp_status st;
@@ -88,7 +163,7 @@ static nnp_status open_stream(nnp_stream *s, size_t limit)
         close(fd);
         return nnp_error(NNP_ERR_IO, "cannot stat %s: %s", s->path, strerror(errno));
     }
-    close(fd);
+    s->fd = fd; /* kept for the direct reads */
     hbool_t ts = 0;
     H5is_library_threadsafe(&ts);
     s->threadsafe = ts > 0;
@@ -154,6 +229,8 @@ static nnp_status open_stream(nnp_stream *s, size_t limit)
         d->y[i] = (unsigned char)sp->labels[i];
     NNP_FREE(s->sp.labels);
 
+    NNP_CALL(direct_setup(s));
+
     /* No chunk cache: HDF5 then reads only the selected rows' bytes of an uncompressed
      * chunk, and inflates a compressed chunk once per read that needs it. With a cache that
      * could hold a chunk, HDF5 1.10.8 kept every chunk the reads touched, far beyond the
@@ -182,6 +259,7 @@ nnp_status nnp_stream_open(const char *path, size_t limit, nnp_stream **out, nnp
     snprintf(s->path, sizeof s->path, "%s", path);
     s->h = (nnp__h5_ids){-1, -1, -1, -1, -1, -1, -1, -1};
     s->dxpl = s->ms = -1;
+    s->fd = -1;
     s->perm_epoch = -1;
     nnp__h5_quiet q;
     nnp__h5_quiet_on(&q);
@@ -295,6 +373,36 @@ static void heapsort_u64(uint64_t *a, size_t n)
     }
 }
 
+/* Read the rows of sorted keys [0, B) into stage rows 0 .. B-1 with pread: one call per
+ * run of consecutive rows within a chunk. 0 on a failed or short read (*bad: its row). */
+static int read_direct(nnp_stream *s, int B, size_t *bad)
+{
+    const size_t R = s->row_bytes, C = s->direct_rows;
+    for (int i = 0; i < B;) {
+        const size_t r0 = (size_t)(s->keys[i] >> 32), c = r0 / C;
+        int j = i + 1;
+        while (j < B && (s->keys[j] >> 32) == (s->keys[j - 1] >> 32) + 1 &&
+               (size_t)(s->keys[j] >> 32) / C == c)
+            j++;
+        const size_t want = (size_t)(j - i) * R;
+        const off_t at = (off_t)(s->chunk_at[c] + (uint64_t)(r0 - c * C) * R);
+        size_t got = 0;
+        errno = 0;
+        while (got < want) {
+            ssize_t n = pread(s->fd, s->stage + (size_t)i * R + got, want - got, at + (off_t)got);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0) {
+                *bad = r0 + got / R;
+                return 0;
+            }
+            got += (size_t)n;
+        }
+        i = j;
+    }
+    return 1;
+}
+
 /* Read the rows of sorted keys [k0, k1) into stage rows k0 .. k1-1, one H5Dread. */
 static int read_sorted(nnp_stream *s, int k0, int k1)
 {
@@ -344,7 +452,15 @@ static void fill(nnp_stream *s, slot_t *sl, int64_t step)
     heapsort_u64(s->keys, (size_t)B);
 
     /* the union of the runs of consecutive rows, one read */
-    int ok = read_sorted(s, 0, B);
+    size_t bad = 0;
+    if (s->chunk_at && !read_direct(s, B, &bad)) {
+        snprintf(sl->msg, sizeof sl->msg, "%s: cannot read sample %zu of /train/images at step "
+                 "%lld (%s)", s->path, bad, (long long)step + 1,
+                 errno ? strerror(errno) : "the file ends before it");
+        sl->st = NNP_ERR_IO;
+        return;
+    }
+    int ok = s->chunk_at ? 1 : read_sorted(s, 0, B);
     if (!ok) {
         /* which sample: the first of the batch's rows that cannot be read alone */
         for (int i = 0; i < B; i++) {
@@ -599,6 +715,11 @@ double nnp_stream_busy_s(nnp_stream *s)
     return b;
 }
 
+int nnp_stream_direct(const nnp_stream *s)
+{
+    return s->chunk_at != NULL;
+}
+
 int nnp_stream_threaded(const nnp_stream *s)
 {
     return s->started ? s->threaded : s->threadsafe;
@@ -637,5 +758,8 @@ void nnp_stream_close(nnp_stream *s)
     free(s->stage);
     free(s->sp.labels);
     free(s->hdr.y);
+    free(s->chunk_at);
+    if (s->fd >= 0)
+        close(s->fd);
     free(s);
 }
