@@ -213,4 +213,12 @@ check 1 "has no events in steps 2:3" plot_trace.py t.json --out p.png --steps 2:
 left=$(find . -maxdepth 1 \( -name 'p.*' -o -name '.png' \))
 [ -z "$left" ] && ok || fail "plot_trace.py wrote $left"
 
+# --- bench_stream.py (make_h5_dataset.py has its own test, tests/make_h5.sh)
+check 1 "not an executable" bench_stream.py --nnprec nowhere/nnprec
+check 2 "positive" bench_stream.py --nnprec "$nnprec" --steps 0
+check 2 "positive" bench_stream.py --nnprec "$nnprec" --ranks -1
+check 1 "no such file" bench_stream.py --nnprec "$nnprec" --file nowhere.h5
+check 1 "no such folder" bench_stream.py --nnprec "$nnprec" --file t.json --out nowhere
+check 1 "not found" bench_stream.py --nnprec "$nnprec" --mpiexec no-such-mpiexec
+
 finish
