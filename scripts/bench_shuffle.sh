@@ -45,7 +45,7 @@ base=""
 for o in $orders; do
   stats=$(for s in $(seq 1 "$seeds"); do tail -1 "$dir/${o//:/_}-s$s/eval.csv" | cut -d, -f4; done |
           awk '{ x[NR] = 100 * $1; m += 100 * $1 } END { m /= NR; for (i = 1; i <= NR; i++) v += (x[i] - m)^2;
-                 printf "%.2f %.2f", m, NR > 1 ? sqrt(v / (NR - 1)) : 0 }')
+                 printf "%.2f %.2f", m, (NR > 1 ? sqrt(v / (NR - 1)) : 0) }')
   read -r mean sd <<< "$stats"
   [ -z "$base" ] && base=$mean
   echo "| $o | $mean ± $sd | $(awk -v a="$mean" -v b="$base" 'BEGIN { printf "%+.2f", a - b }') |"

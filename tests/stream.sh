@@ -79,6 +79,12 @@ cmp -s <(cut -d, -f3 "$tmp/mb/train.csv") <(cut -d, -f3 "$tmp/m2/train.csv") &&
 run 2 "$tmp/r" --data "$tmp/gz.h5" --stream --steps 15
 run 2 "$tmp/r" --data "$tmp/gz.h5" --stream --resume auto
 same "$tmp/m2" "$tmp/r" "streamed, resumed at step 15"
+# the order is the checkpoint's: another --shuffle is refused, and nnprec info shows it
+expect 2 "was written with --shuffle full, this run has block:128:4 (the sample order depends on it)" \
+  "$nnprec" train --data "$tmp/gz.h5" --stream --steps 40 --global-batch 128 --seed 5 --shuffle block:128:4 --resume auto --out "$tmp/r"
+info=$("$nnprec" info "$tmp/mb" 2>&1)
+grep -q "^shuffle          block:128:4 (resume with --shuffle block:128:4)$" <<< "$info" && ok ||
+  fail "nnprec info: no shuffle line: $info"
 
 # 5. the file truncated, then removed, under a running 2-rank job: every rank stops, the
 #    error names the file and a sample (each rank that met it prints its line), the state

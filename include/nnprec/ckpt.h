@@ -55,6 +55,8 @@ typedef struct {
     int64_t rollbacks;     /* rollbacks done so far (absent when 0) */
     int micro_shard;       /* --deterministic: samples per micro-shard, which the trajectory
                             * depends on (0: a run without it; the attribute is absent then) */
+    int64_t shuffle_block, shuffle_window; /* --shuffle block:ROWS:WINDOW, which the sample
+                            * order depends on (0: the full permutation; attributes absent) */
     int noise_scale;       /* --noise-scale: the run logs it, and these are its moving */
     double noise_ema_g2, noise_ema_tr; /* averages (noise.h) after noise_steps steps; the */
     int64_t noise_steps;   /* attributes are absent without it */

@@ -277,6 +277,15 @@ static nnp_status read_meta_attrs(const char *path, hid_t f, nnp_ckpt_meta *m)
                              "checkpoint %s: attribute micro_shard has an impossible value", path);
         m->micro_shard = (int)s;
     }
+    if (H5Aexists(f, "shuffle_block") > 0) {
+        if (attr_num(path, f, "", "shuffle_block", H5T_NATIVE_INT64, &m->shuffle_block) ||
+            attr_num(path, f, "", "shuffle_window", H5T_NATIVE_INT64, &m->shuffle_window))
+            return NNP_ERR_FORMAT;
+        if (m->shuffle_block < 1 || m->shuffle_block > (1LL << 30) || m->shuffle_window < 1 ||
+            m->shuffle_window > (1LL << 30))
+            return nnp_error(NNP_ERR_FORMAT, "checkpoint %s: attribute shuffle_block or "
+                                             "shuffle_window has an impossible value", path);
+    }
     if (H5Aexists(f, "noise_steps") > 0) {
         m->noise_scale = 1;
         if (attr_num(path, f, "", "noise_steps", H5T_NATIVE_INT64, &m->noise_steps) ||
@@ -937,6 +946,10 @@ nnp_status nnp_ckpt_info(const char *path, FILE *out)
             fprintf(out, "deterministic    micro-shards of %d samples (bitwise the same at any "
                          "rank count; resume with --deterministic --micro-shard %d)\n",
                     m->micro_shard, m->micro_shard);
+        if (m->shuffle_block > 0)
+            fprintf(out, "shuffle          block:%lld:%lld (resume with --shuffle block:%lld:%lld)\n",
+                    (long long)m->shuffle_block, (long long)m->shuffle_window,
+                    (long long)m->shuffle_block, (long long)m->shuffle_window);
         fprintf(out, "wall time        %.1f s\n", m->wall_s);
         fprintf(out, "checksums        %s\n",
                 m->checksums ? "xxh64 of every dataset, checked on every read (all of them: "

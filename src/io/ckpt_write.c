@@ -411,6 +411,8 @@ static int write_root(hid_t f, const nnp_net *net, const nnp_ckpt_meta *m, wctx 
               (m->train_samples > 0 && attr_i64(f, "train_samples", m->train_samples) < 0) ||
               (m->val_split > 0 && attr_i64(f, "val_split", m->val_split) < 0) ||
               (m->micro_shard > 0 && attr_i64(f, "micro_shard", m->micro_shard) < 0) ||
+              (m->shuffle_block > 0 && (attr_i64(f, "shuffle_block", m->shuffle_block) < 0 ||
+                                        attr_i64(f, "shuffle_window", m->shuffle_window) < 0)) ||
               (m->lr_factor > 0 && m->lr_factor < 1 &&
                attr_f64(f, "lr_factor", m->lr_factor) < 0) ||
               (m->rollbacks > 0 && attr_i64(f, "rollbacks", m->rollbacks) < 0) ||

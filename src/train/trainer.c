@@ -459,6 +459,8 @@ static nnp_status checkpoint(nnp_comm *comm, const nnp_train_cfg *cfg, const nnp
         meta.train_samples = (int64_t)n_train;
         meta.val_split = cfg->val_split;
         meta.micro_shard = cfg->deterministic ? cfg->micro_shard : 0;
+        meta.shuffle_block = (int64_t)cfg->shuffle.block;
+        meta.shuffle_window = (int64_t)cfg->shuffle.window;
         meta.lr_factor = lr_factor;
         meta.rollbacks = rollbacks;
         meta.noise_scale = cfg->noise_scale;
@@ -1033,6 +1035,20 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
                             "it this run is no longer the same bits at every rank count (add "
                             "--deterministic --micro-shard %d)\n",
                     cfg->resume, meta.micro_shard);
+        if (st == NNP_OK && ((size_t)meta.shuffle_block != cfg->shuffle.block ||
+                             (meta.shuffle_block > 0 &&
+                              (size_t)meta.shuffle_window != cfg->shuffle.window))) {
+            char was[64] = "full", now[64] = "full";
+            if (meta.shuffle_block > 0)
+                snprintf(was, sizeof was, "block:%lld:%lld", (long long)meta.shuffle_block,
+                         (long long)meta.shuffle_window);
+            if (cfg->shuffle.block > 0)
+                snprintf(now, sizeof now, "block:%zu:%zu", cfg->shuffle.block,
+                         cfg->shuffle.window);
+            st = nnp_error(NNP_ERR_ARG, "checkpoint %s was written with --shuffle %s, this run "
+                                        "has %s (the sample order depends on it)",
+                           cfg->resume, was, now);
+        }
         /* the sample order depends on the training set's size: another --train-limit or
          * --data would continue with other batches (older files lack train_samples, but
          * their epoch and position must still agree with this run's batches per epoch) */
