@@ -25,8 +25,13 @@ echo "== multi-rank and command-line tests under AddressSanitizer + UBSan"
 # dynamic-preconditioner equivalence tests cover here) add nothing under the sanitizers
 # that the tests above do not. Nor do the optimizer and
 # layer equivalence tests repeated over the shm and bucketed allreduce modes: each
-# optimizer and layer runs here once, and each allreduce mode runs here on its own test.
+# optimizer and layer runs here once, and each allreduce mode runs here on its own test
+# (LAMB's sharded norms, LARS with the preconditioner over shm and the plain residual MLP
+# also run their code in ddp_equivalence_lars_sharded and ddp_equivalence_res_mlp_dynamic).
+# Also left out: ckpt_resume (the checkpoint code runs here in cli_ckpt, ckpt_integrity,
+# rollback and stream's resume), watchdog (sleeps and timeouts around a few hundred lines),
+# torch_step and make_h5 (PyTorch and Python around one nnprec step, and none).
 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:allocator_may_return_null=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan --output-on-failure -j 2 -LE 'unit|fuzz' \
-    -E 'balance|slurm_requeue|^study$|scaling_report|scripts_compare|newcomer|scripts_errors|precond_init|ddp_equivalence_(lars|lamb|noise|bn_conv|bn_mlp|res_mlp|resmlp)_(shm|bucketed)$'
+    -E 'balance|slurm_requeue|^study$|scaling_report|scripts_compare|newcomer|scripts_errors|precond_init|ckpt_resume|^watchdog$|torch_step|^make_h5$|ddp_equivalence_(lars|lamb|noise|bn_conv|bn_mlp|res_mlp|resmlp)_(shm|bucketed)$|ddp_equivalence_(lamb_sharded|lars_precond_shm|res_mlp)$'
