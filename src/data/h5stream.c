@@ -278,6 +278,23 @@ nnp_status nnp_stream_open(const char *path, size_t limit, nnp_stream **out, nnp
 
 /* ---- reading rows -------------------------------------------------------------------- */
 
+/* pread n bytes at `at` into buf, whatever the kernel splits them into; the bytes read (n
+ * unless the file ends before, or errno says why). */
+static size_t pread_all(int fd, unsigned char *buf, size_t n, off_t at)
+{
+    size_t got = 0;
+    errno = 0;
+    while (got < n) {
+        ssize_t m = pread(fd, buf + got, n - got, at + (off_t)got);
+        if (m < 0 && errno == EINTR)
+            continue;
+        if (m <= 0)
+            break;
+        got += (size_t)m;
+    }
+    return got;
+}
+
 /* Is the file still the one opened, whole? An error message naming `what` if not. */
 static nnp_status check_file(nnp_stream *s, const char *what, char *msg, size_t cap)
 {
@@ -311,18 +328,11 @@ static nnp_status read_rows(nnp_stream *s, size_t r0, size_t n, void *dst, char 
             const size_t c = r / C, k = (c + 1) * C - r < r0 + n - r ? (c + 1) * C - r : r0 + n - r;
             const off_t at = (off_t)(s->chunk_at[c] + (uint64_t)(r - c * C) * R);
             unsigned char *to = (unsigned char *)dst + (r - r0) * R;
-            size_t got = 0;
-            errno = 0;
-            while (got < k * R) {
-                ssize_t m = pread(s->fd, to + got, k * R - got, at + (off_t)got);
-                if (m < 0 && errno == EINTR)
-                    continue;
-                if (m <= 0) {
-                    snprintf(msg, cap, "%s: cannot read sample %zu of /train/images (%s)",
-                             s->path, r + got / R, errno ? strerror(errno) : "the file ends before it");
-                    return NNP_ERR_IO;
-                }
-                got += (size_t)m;
+            const size_t got = pread_all(s->fd, to, k * R, at);
+            if (got < k * R) {
+                snprintf(msg, cap, "%s: cannot read sample %zu of /train/images (%s)", s->path,
+                         r + got / R, errno ? strerror(errno) : "the file ends before it");
+                return NNP_ERR_IO;
             }
             r += k;
         }
@@ -410,17 +420,10 @@ static int read_direct(nnp_stream *s, int B, size_t *bad)
             j++;
         const size_t want = (size_t)(j - i) * R;
         const off_t at = (off_t)(s->chunk_at[c] + (uint64_t)(r0 - c * C) * R);
-        size_t got = 0;
-        errno = 0;
-        while (got < want) {
-            ssize_t n = pread(s->fd, s->stage + (size_t)i * R + got, want - got, at + (off_t)got);
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n <= 0) {
-                *bad = r0 + got / R;
-                return 0;
-            }
-            got += (size_t)n;
+        const size_t got = pread_all(s->fd, s->stage + (size_t)i * R, want, at);
+        if (got < want) {
+            *bad = r0 + got / R;
+            return 0;
         }
         i = j;
     }
