@@ -142,25 +142,46 @@ nnp_status nnp__h5_open_split(const char *path, const char *split, nnp__h5_ids *
                          "/%s/images",
                          path, split, (unsigned long long)NL, N, split);
 
-    int64_t *labels = N ? nnp_malloc(N * sizeof *labels) : NULL;
-    if (N && !labels)
-        return NNP_ERR_NOMEM;
-    if (N && H5Dread(h->dl, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, labels) < 0) {
+    /* read in blocks of 1 Mi labels as int64, kept as bytes: N bytes in all, whatever the
+     * stored type (a streamed set of 10^9 samples would need 8 GB as int64) */
+    unsigned char *labels = nnp_malloc(N ? N : 1);
+    enum { LB = 1 << 20 };
+    int64_t *blk = N ? nnp_malloc((N < LB ? N : LB) * sizeof *blk) : NULL;
+    if (!labels || (N && !blk)) {
         free(labels);
-        return nnp_error(NNP_ERR_FORMAT, "%s: cannot read /%s/labels", path, split);
+        free(blk);
+        return NNP_ERR_NOMEM;
     }
     sp->labels = labels;
     int64_t maxl = -1;
-    for (size_t i = 0; i < N; i++) {
-        if (labels[i] < 0 || labels[i] > 255) {
-            nnp_status s = nnp_error(NNP_ERR_FORMAT,
-                                     "%s: /%s/labels[%zu] = %lld, expected a class in 0..255",
-                                     path, split, i, (long long)labels[i]);
-            return s; /* the caller frees sp->labels */
+    for (size_t b0 = 0; b0 < N; b0 += LB) {
+        const hsize_t start = (hsize_t)b0, cnt = (hsize_t)(N - b0 < LB ? N - b0 : LB);
+        hid_t fs = H5Dget_space(h->dl), ms = H5Screate_simple(1, &cnt, NULL);
+        const int ok = fs >= 0 && ms >= 0 &&
+                       H5Sselect_hyperslab(fs, H5S_SELECT_SET, &start, NULL, &cnt, NULL) >= 0 &&
+                       H5Dread(h->dl, H5T_NATIVE_INT64, ms, fs, H5P_DEFAULT, blk) >= 0;
+        if (ms >= 0)
+            H5Sclose(ms);
+        if (fs >= 0)
+            H5Sclose(fs);
+        if (!ok) {
+            free(blk);
+            return nnp_error(NNP_ERR_FORMAT, "%s: cannot read /%s/labels", path, split);
         }
-        if (labels[i] > maxl)
-            maxl = labels[i];
+        for (size_t k = 0; k < (size_t)cnt; k++) {
+            const int64_t v = blk[k];
+            if (v < 0 || v > 255) {
+                free(blk);
+                return nnp_error(NNP_ERR_FORMAT,
+                                 "%s: /%s/labels[%zu] = %lld, expected a class in 0..255",
+                                 path, split, b0 + k, (long long)v); /* the caller frees sp->labels */
+            }
+            labels[b0 + k] = (unsigned char)v;
+            if (v > maxl)
+                maxl = v;
+        }
     }
+    free(blk);
     sp->nd = nd;
     memcpy(sp->dims, dims, sizeof dims);
     sp->is_u8 = is_u8;
@@ -179,7 +200,7 @@ static nnp_status load(const char *path, const char *split, size_t limit, size_t
         free(sp.labels);
         return s;
     }
-    int64_t *labels = sp.labels;
+    unsigned char *labels = sp.labels;
     const size_t N = sp.N;
     const int nd = sp.nd, is_u8 = sp.is_u8;
     const hsize_t *dims = sp.dims;
@@ -219,7 +240,7 @@ static nnp_status load(const char *path, const char *split, size_t limit, size_t
         return NNP_ERR_NOMEM;
     }
     for (size_t i = 0; i < n; i++)
-        out->y[i] = (unsigned char)labels[first + i];
+        out->y[i] = labels[first + i];
     free(labels);
 
     /* rows [first, end) only */

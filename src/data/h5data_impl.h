@@ -18,8 +18,8 @@ typedef struct {
     int is_u8;         /* uint8 pixels, else float32 */
     size_t N, D;       /* samples, values per sample */
     int n_classes;     /* max label + 1 over the whole file */
-    int64_t *labels;   /* [N], every label (checked to be in 0..255); the caller frees it,
-                          also after an error */
+    unsigned char *labels; /* [N], every label (checked to be in 0..255); the caller frees
+                              it, also after an error */
 } nnp__h5_split;
 
 /* Open path and check /SPLIT/images and /SPLIT/labels (types, ranks, shapes, counts, label

@@ -222,12 +222,8 @@ static nnp_status open_stream(nnp_stream *s, size_t limit)
     d->n_classes = sp->n_classes;
     d->mean = 0.0;
     d->std = 1.0;
-    d->y = nnp_malloc(n ? n : 1);
-    if (!d->y)
-        return NNP_ERR_NOMEM;
-    for (size_t i = 0; i < n; i++)
-        d->y[i] = (unsigned char)sp->labels[i];
-    NNP_FREE(s->sp.labels);
+    d->y = s->sp.labels; /* N bytes; the first n are the training set's */
+    s->sp.labels = NULL;
 
     NNP_CALL(direct_setup(s));
 
