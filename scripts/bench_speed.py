@@ -5,7 +5,9 @@ For each case (LeNet batch 64, mlp:784-1024x4-10 batch 256) it alternates nnprec
 PyTorch runs --rounds times (the machine is shared, so interleaving keeps both under the
 same load) and reports the median samples/s of each, and their ratio. For the MLP it also
 prints the GFLOP/s nnprec achieves as a fraction of what cblas_sgemm reaches on exactly the
-same GEMM shapes in the same run (`nnprec bench`), and which OpenBLAS kernel ran.
+same GEMM shapes in the same run (`nnprec bench`), and which OpenBLAS kernel ran. Beside
+the speeds: each process's peak resident memory (the kernel's maximum RSS of the child,
+from wait4), the largest over the rounds.
 
   scripts/bench_speed.py [--nnprec build/nnprec] [--rounds 3]
 """
@@ -24,26 +26,37 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = [("lenet", 64, 400), ("mlp:784-1024x4-10", 256, 60)]
 
 
+def run_rss(cmd, capture=False):
+    """Run cmd; (its stdout or None, its peak resident memory in MB from wait4)."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE if capture else None, text=True)
+    out = p.stdout.read() if capture else None
+    _, status, ru = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        raise subprocess.CalledProcessError(p.returncode, cmd)
+    return out, ru.ru_maxrss / 1024.0
+
+
 def nnprec_sps(nnprec, model, batch, steps, threads):
     with tempfile.TemporaryDirectory() as d:
         log_every = max(steps // 5, 1)
         cmd = [nnprec, "train", "--model", model, "--batch", str(batch), "--steps", str(steps),
                "--threads", str(threads), "--log-every", str(log_every), "--eval-every",
                str(10 ** 9), "--test-limit", "100", "--check-replicas", "0", "--quiet", "--out", d]
-        subprocess.run(cmd, check=True)
+        _, rss = run_rss(cmd)
         rows = list(csv.DictReader(open(os.path.join(d, "train.csv"))))
         # the first interval includes warm-up (page faults, OpenBLAS buffers)
-        return statistics.median(float(r["samples_per_s"]) for r in rows[1:])
+        return statistics.median(float(r["samples_per_s"]) for r in rows[1:]), rss
 
 
 def torch_sps(model, batch, steps, threads):
-    out = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "scripts", "torch_ref.py"), "bench",
-                          "--model", model, "--batch", str(batch), "--steps", str(steps),
-                          "--threads", str(threads)], check=True, capture_output=True, text=True).stdout
+    out, rss = run_rss(["/usr/bin/python3", os.path.join(ROOT, "scripts", "torch_ref.py"), "bench",
+                        "--model", model, "--batch", str(batch), "--steps", str(steps),
+                        "--threads", str(threads)], capture=True)
     m = re.search(r"samples_per_s: ([\d.]+)", out)
     if not m:
         die(f"torch_ref.py printed no 'samples_per_s:' line: {out.strip()[-200:]}")
-    return float(m.group(1)), out.splitlines()[0]
+    return float(m.group(1)), out.splitlines()[0], rss
 
 
 def main():
@@ -63,15 +76,20 @@ def main():
         die(f"`{a.nnprec} bench` printed no 'total: ... GFLOP/s' line")
     print(gemm.splitlines()[0])
     gflop_step, gemm_rate = float(total.group(3)), float(total.group(4))
-    print(f"{'model':<20} {'batch':>5} {'nnprec samples/s':>17} {'torch samples/s':>16} {'ratio':>6}")
+    print(f"{'model':<20} {'batch':>5} {'nnprec samples/s':>17} {'torch samples/s':>16} {'ratio':>6}"
+          f" {'nnprec MB':>10} {'torch MB':>9}")
     for model, batch, steps in CASES:
-        ours, theirs, tver = [], [], ""
+        ours, theirs, tver, mem_o, mem_t = [], [], "", 0.0, 0.0
         for _ in range(a.rounds):
-            ours.append(nnprec_sps(a.nnprec, model, batch, steps, a.threads))
-            t, tver = torch_sps(model, batch, steps, a.threads)
+            o, r = nnprec_sps(a.nnprec, model, batch, steps, a.threads)
+            ours.append(o)
+            mem_o = max(mem_o, r)
+            t, tver, r = torch_sps(model, batch, steps, a.threads)
             theirs.append(t)
+            mem_t = max(mem_t, r)
         o, t = statistics.median(ours), statistics.median(theirs)
-        print(f"{model:<20} {batch:>5} {o:>17.0f} {t:>16.0f} {o / t:>6.2f}x", flush=True)
+        print(f"{model:<20} {batch:>5} {o:>17.0f} {t:>16.0f} {o / t:>6.2f}x {mem_o:>10.0f} "
+              f"{mem_t:>9.0f}", flush=True)
         if model.startswith("mlp"):
             achieved = o / batch * gflop_step
             print(f"  MLP: nnprec {achieved:.1f} GFLOP/s = {100 * achieved / gemm_rate:.0f}% of "
