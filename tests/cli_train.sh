@@ -257,6 +257,7 @@ rows='^ ?[0-9]+ [a-z].* -> [0-9x]+ +[0-9.]+ +[0-9.]+ +[0-9.]+%'
 [ "$(grep -E "$rows" "$tmp/lbench.log" | grep -cE '(conv|dense) .*% +[0-9]+\.[0-9]+$')" = 5 ] && ok ||
   fail "bench --layers GFLOP/s column: $(cat "$tmp/lbench.log")"
 grep -q '^total: .* ms per forward + backward of batch 4' "$tmp/lbench.log" && ok || fail "bench --layers total"
+grep -qE '^peak resident memory: [1-9][0-9]*\.[0-9] MB' "$tmp/lbench.log" && ok || fail "bench --layers: no peak memory line"
 expect 2 "--reps in 1..1000" "$nnprec" bench --layers --reps 0
 expect 2 "give one of --layers, --optim and --allreduce-mb" "$nnprec" bench --layers --allreduce-mb 1
 expect 2 "--collective goes with --allreduce-mb" "$nnprec" bench --collective shm

@@ -28,4 +28,7 @@ unsigned long nnp_alloc_count(void);
  * damaged header asks for. */
 void nnp_alloc_set_limit(size_t bytes);
 
+/* This process's peak resident memory in MB (VmHWM of /proc/self/status; 0 where unknown). */
+double nnp_peak_rss_mb(void);
+
 #endif

@@ -172,6 +172,8 @@ static nnp_status bench_layers(void)
     printf("total: %.3f ms per forward + backward of batch %d, %.0f samples/s (layers only: "
            "no loss, data or optimizer)\n",
            1e3 * sum, B.batch, sum > 0 ? B.batch / sum : 0.0);
+    printf("peak resident memory: %.1f MB (this process: the network's buffers at batch %d, "
+           "the libraries)\n", nnp_peak_rss_mb(), B.batch);
 out:
     free(tf);
     free(tb);

@@ -1,5 +1,7 @@
 /* alloc.c - checked allocation with a process-wide counter (see alloc.h). */
 #include "nnprec/alloc.h"
+
+#include <stdio.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include "nnprec/status.h"
@@ -34,3 +36,17 @@ void *nnp_calloc_at(size_t n, size_t size, const char *file, int line)
 }
 
 unsigned long nnp_alloc_count(void) { return atomic_load(&n_allocs); }
+
+double nnp_peak_rss_mb(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f)
+        return 0;
+    char line[256];
+    double kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %lf kB", &kb) == 1)
+            break;
+    fclose(f);
+    return kb / 1024.0;
+}

@@ -355,21 +355,6 @@ static nnp_status reduce_timers(nnp_comm *comm, const double *t, double *mn, dou
     return NNP_OK;
 }
 
-/* This process's peak resident memory in MB (VmHWM of /proc/self/status; 0 where unknown). */
-static double peak_rss_mb(void)
-{
-    FILE *f = fopen("/proc/self/status", "r");
-    if (!f)
-        return 0;
-    char line[256];
-    double kb = 0;
-    while (fgets(line, sizeof line, f))
-        if (sscanf(line, "VmHWM: %lf kB", &kb) == 1)
-            break;
-    fclose(f);
-    return kb / 1024.0;
-}
-
 /* Every rank's phase totals, gathered on rank 0: OUT/ranks.csv, and a line naming the
  * slowest rank, since in synchronous training every step waits for it (ar_wait). */
 static nnp_status report_ranks(nnp_comm *comm, const nnp_train_cfg *cfg, const double *t,
@@ -380,7 +365,7 @@ static nnp_status report_ranks(nnp_comm *comm, const nnp_train_cfg *cfg, const d
     double mine[W];
     memcpy(mine, t, T_N * sizeof(double));
     mine[T_N] = samples;
-    mine[T_N + 1] = peak_rss_mb();
+    mine[T_N + 1] = nnp_peak_rss_mb();
     NNP_CALL(nnp_comm_gather_f64(comm, mine, W, all));
     if (nnp_comm_rank(comm) != 0)
         return NNP_OK;
