@@ -39,6 +39,10 @@ void nnp_dataset_gather(const nnp_dataset *d, const uint32_t *idx, int B, float 
 void nnp_dataset_slice(const nnp_dataset *d, size_t start, int B, float *x, unsigned char *y);
 /* Mean and std of the scaled values (v/255 or v) over every value held (double sums). */
 void nnp_dataset_moments(const nnp_dataset *d, double *mean, double *std);
+/* The mean and std of uint8 values v/255 from their histogram (total = the sum of its
+ * counts), exactly as nnp_dataset_moments computes them for uint8 data. */
+void nnp_moments_from_histogram(const uint64_t hist[256], double total, double *mean,
+                                double *std);
 void nnp_dataset_free(nnp_dataset *d);
 
 /* Read an IDX pair (gzip'd .gz or raw): images (magic 0x803, N x H x W uint8) and labels

@@ -34,6 +34,10 @@ nnp_status nnp_stream_open(const char *path, size_t limit, nnp_stream **out, nnp
  * (uint8; float32: two) of blocks of rows: the same bits as nnp_dataset_moments on the same
  * samples held in memory. */
 nnp_status nnp_stream_moments(nnp_stream *s, double *mean, double *std);
+/* uint8 images: the histogram of the pixel values of samples [lo, hi) (the ranks' shares
+ * summed give nnp_moments_from_histogram the same counts as one pass). */
+int nnp_stream_is_u8(const nnp_stream *s);
+nnp_status nnp_stream_histogram(nnp_stream *s, size_t lo, size_t hi, uint64_t hist[256]);
 
 /* Start reading ahead. The order: steps of global batches of G samples over hdr->n samples,
  * epochs ordered by (seed, sh), rank r of p taking nnp_split_units(count, unit, p, r);

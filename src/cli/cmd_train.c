@@ -917,13 +917,31 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
         mean = meta.norm_mean;
         std = meta.norm_std;
     } else if (s == NNP_OK && !O.normalize[0] && stream) {
-        /* rank 0 reads the file once; the others take its figures */
+        /* uint8: every rank counts the pixel values of its share of the samples, and the
+         * counts are summed (exact in double below 2^53 values): the in-memory figures, the
+         * file read once in all; float32: rank 0 sums in sample order, as in memory */
         double mv[2] = {0, 0};
-        if (rank == 0)
-            s = nnp_stream_moments(stream, &mv[0], &mv[1]);
-        s = nnp_comm_agree(comm, s);
-        if (s == NNP_OK)
-            s = nnp_comm_bcast(comm, mv, sizeof mv, 0);
+        if (nnp_stream_is_u8(stream)) {
+            uint64_t hist[256];
+            double hd[256];
+            size_t lo, hi;
+            nnp_split(train.n, size, rank, &lo, &hi);
+            s = nnp_comm_agree(comm, nnp_stream_histogram(stream, lo, hi, hist));
+            for (int v = 0; v < 256; v++)
+                hd[v] = (double)hist[v];
+            if (s == NNP_OK)
+                s = nnp_comm_allreduce_sum_f64(comm, hd, 256);
+            for (int v = 0; v < 256; v++)
+                hist[v] = (uint64_t)hd[v];
+            nnp_moments_from_histogram(hist, (double)train.n * train.c * train.h * train.w,
+                                       &mv[0], &mv[1]);
+        } else {
+            if (rank == 0)
+                s = nnp_stream_moments(stream, &mv[0], &mv[1]);
+            s = nnp_comm_agree(comm, s);
+            if (s == NNP_OK)
+                s = nnp_comm_bcast(comm, mv, sizeof mv, 0);
+        }
         mean = mv[0];
         std = mv[1];
         if (s == NNP_OK && !(std > 0))

@@ -76,16 +76,7 @@ void nnp_dataset_moments(const nnp_dataset *d, double *mean, double *std)
         uint64_t hist[256] = {0};
         for (size_t k = 0; k < total; k++)
             hist[d->pix[k]]++;
-        double s = 0.0;
-        for (int v = 0; v < 256; v++)
-            s += (double)hist[v] * (v / 255.0);
-        double m = s / (double)total, ss = 0.0;
-        for (int v = 0; v < 256; v++) {
-            double dv = v / 255.0 - m;
-            ss += (double)hist[v] * dv * dv;
-        }
-        *mean = m;
-        *std = sqrt(ss / (double)total);
+        nnp_moments_from_histogram(hist, (double)total, mean, std);
     } else {
         /* Two passes: the centred sum of squares avoids cancellation for data far from 0. */
         double s = 0.0;
@@ -99,6 +90,21 @@ void nnp_dataset_moments(const nnp_dataset *d, double *mean, double *std)
         *mean = m;
         *std = sqrt(ss / (double)total);
     }
+}
+
+void nnp_moments_from_histogram(const uint64_t hist[256], double total, double *mean,
+                                double *std)
+{
+    double s = 0.0;
+    for (int v = 0; v < 256; v++)
+        s += (double)hist[v] * (v / 255.0);
+    double m = s / total, ss = 0.0;
+    for (int v = 0; v < 256; v++) {
+        double dv = v / 255.0 - m;
+        ss += (double)hist[v] * dv * dv;
+    }
+    *mean = m;
+    *std = sqrt(ss / total);
 }
 
 void nnp_dataset_free(nnp_dataset *d)

@@ -522,17 +522,61 @@ static void fill(nnp_stream *s, slot_t *sl, int64_t step)
 
 /* ---- moments ------------------------------------------------------------------------- */
 
+/* Blocks of about 8 MB of whole rows (whole chunks where chunked), for the passes below. */
+static size_t pass_rows(const nnp_stream *s)
+{
+    size_t rows = ((size_t)8 << 20) / s->row_bytes;
+    if (rows < 1)
+        rows = 1;
+    if (s->chunk_rows && rows > s->chunk_rows)
+        rows -= rows % s->chunk_rows;
+    return rows;
+}
+
+int nnp_stream_is_u8(const nnp_stream *s)
+{
+    return s->sp.is_u8;
+}
+
+nnp_status nnp_stream_histogram(nnp_stream *s, size_t lo, size_t hi, uint64_t hist[256])
+{
+    memset(hist, 0, 256 * sizeof *hist);
+    if (!s->sp.is_u8)
+        return nnp_error(NNP_ERR_ARG, "nnp_stream_histogram: %s holds float32 images", s->path);
+    if (hi > s->hdr.n)
+        hi = s->hdr.n;
+    const size_t rows = pass_rows(s), D = s->sp.D;
+    unsigned char *buf = nnp_malloc(rows * s->row_bytes);
+    if (!buf)
+        return NNP_ERR_NOMEM;
+    char msg[4608];
+    nnp_status st = NNP_OK;
+    nnp__h5_quiet q;
+    nnp__h5_quiet_on(&q);
+    for (size_t r0 = lo; r0 < hi && st == NNP_OK; r0 += rows) {
+        const size_t n = hi - r0 < rows ? hi - r0 : rows;
+        st = read_rows(s, r0, n, buf, msg, sizeof msg);
+        for (size_t k = 0; st == NNP_OK && k < n * D; k++)
+            hist[buf[k]]++;
+    }
+    nnp__h5_quiet_off(&q);
+    free(buf);
+    return st == NNP_OK ? NNP_OK : nnp_error(st, "%s", msg);
+}
+
 nnp_status nnp_stream_moments(nnp_stream *s, double *mean, double *std)
 {
     const size_t N = s->hdr.n, D = s->sp.D;
     *mean = *std = 0.0;
     if (N == 0)
         return NNP_OK;
-    size_t rows = ((size_t)8 << 20) / s->row_bytes; /* blocks of about 8 MB */
-    if (rows < 1)
-        rows = 1;
-    if (s->chunk_rows && rows > s->chunk_rows)
-        rows -= rows % s->chunk_rows; /* whole chunks */
+    if (s->sp.is_u8) {
+        uint64_t hist[256];
+        NNP_CALL(nnp_stream_histogram(s, 0, N, hist));
+        nnp_moments_from_histogram(hist, (double)N * (double)D, mean, std);
+        return NNP_OK;
+    }
+    const size_t rows = pass_rows(s);
     void *buf = nnp_malloc(rows * s->row_bytes);
     if (!buf)
         return NNP_ERR_NOMEM;
@@ -541,52 +585,28 @@ nnp_status nnp_stream_moments(nnp_stream *s, double *mean, double *std)
     nnp__h5_quiet q;
     nnp__h5_quiet_on(&q);
     const double total = (double)N * (double)D;
-    if (s->sp.is_u8) {
-        /* the histogram of nnp_dataset_moments: exact counts, the same sums */
-        uint64_t hist[256] = {0};
+    /* float32: two passes in sample order, as nnp_dataset_moments sums them */
+    double sum = 0.0, m = 0.0, ss = 0.0;
+    for (int pass = 0; pass < 2 && st == NNP_OK; pass++) {
         for (size_t r0 = 0; r0 < N && st == NNP_OK; r0 += rows) {
             const size_t n = N - r0 < rows ? N - r0 : rows;
             st = read_rows(s, r0, n, buf, msg, sizeof msg);
-            const unsigned char *px = buf;
-            for (size_t k = 0; st == NNP_OK && k < n * D; k++)
-                hist[px[k]]++;
-        }
-        if (st == NNP_OK) {
-            double sum = 0.0;
-            for (int v = 0; v < 256; v++)
-                sum += (double)hist[v] * (v / 255.0);
-            double m = sum / total, ss = 0.0;
-            for (int v = 0; v < 256; v++) {
-                double dv = v / 255.0 - m;
-                ss += (double)hist[v] * dv * dv;
-            }
-            *mean = m;
-            *std = sqrt(ss / total);
-        }
-    } else {
-        /* two passes in sample order, as nnp_dataset_moments sums them */
-        double sum = 0.0, m = 0.0, ss = 0.0;
-        for (int pass = 0; pass < 2 && st == NNP_OK; pass++) {
-            for (size_t r0 = 0; r0 < N && st == NNP_OK; r0 += rows) {
-                const size_t n = N - r0 < rows ? N - r0 : rows;
-                st = read_rows(s, r0, n, buf, msg, sizeof msg);
-                if (st == NNP_OK && pass == 0)
-                    st = check_finite(s, buf, n, NULL, r0, msg, sizeof msg);
-                const float *x = buf;
-                for (size_t k = 0; st == NNP_OK && k < n * D; k++) {
-                    if (pass == 0) {
-                        sum += x[k];
-                    } else {
-                        double dv = (double)x[k] - m;
-                        ss += dv * dv;
-                    }
+            if (st == NNP_OK && pass == 0)
+                st = check_finite(s, buf, n, NULL, r0, msg, sizeof msg);
+            const float *x = buf;
+            for (size_t k = 0; st == NNP_OK && k < n * D; k++) {
+                if (pass == 0) {
+                    sum += x[k];
+                } else {
+                    double dv = (double)x[k] - m;
+                    ss += dv * dv;
                 }
             }
-            m = sum / total;
         }
-        *mean = m;
-        *std = sqrt(ss / total);
+        m = sum / total;
     }
+    *mean = m;
+    *std = sqrt(ss / total);
     nnp__h5_quiet_off(&q);
     free(buf);
     return st == NNP_OK ? NNP_OK : nnp_error(st, "%s", msg);
