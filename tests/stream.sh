@@ -2,7 +2,7 @@
 # --stream (docs/data.md): a generated HDF5 set (scripts/make_h5_dataset.py) read as training
 # goes gives the in-memory run's per-step losses and parameters bit for bit, at 1 and 2 ranks
 # (even split and --deterministic, read ahead and in the step, full and block shuffle, a
-# resumed run); chosen by --data-memory-mb far below the set's size, a streaming rank's peak
+# resumed run, --val-split, uint8 and float32); chosen by --data-memory-mb far below the set's size, a streaming rank's peak
 # memory stays under the in-memory rank's by most of the set; a file truncated or removed
 # mid-run stops every rank with the file and sample named, after checkpointing; bad layouts
 # and options are refused before training.
@@ -67,6 +67,14 @@ det=(--deterministic --micro-shard 16 --global-batch 64)
 run 1 "$tmp/d1" --data "$tmp/flat.h5" "${det[@]}"
 run 2 "$tmp/d2" --data "$tmp/flat.h5" "${det[@]}" --stream
 same "$tmp/d1" "$tmp/d2" "--deterministic, 1 rank in memory against 2 streaming"
+
+# --val-split: the same samples held out (read into memory), the same normalization (uint8:
+# every rank's histogram less the held-out values; float32: rank 0's pass skipping them)
+run 2 "$tmp/mv" --data "$tmp/gz.h5" --val-split 700
+run 2 "$tmp/sv" --data "$tmp/gz.h5" --val-split 700 --stream
+same "$tmp/mv" "$tmp/sv" "2 ranks, --val-split 700"
+cmp -s <(cut -d, -f1-4,6- "$tmp/mv/eval.csv") <(cut -d, -f1-4,6- "$tmp/sv/eval.csv") && ok ||
+  fail "--val-split: test and validation figures differ: $(diff "$tmp/mv/eval.csv" "$tmp/sv/eval.csv")"
 
 # 3. --shuffle block: the same order in memory and streamed, not the full permutation's
 run 2 "$tmp/mb" --data "$tmp/gz.h5" --shuffle block:128:4
@@ -138,11 +146,13 @@ EOF
 run 1 "$tmp/mf" --data "$tmp/f32.h5"
 run 1 "$tmp/sf" --data "$tmp/f32.h5" --stream
 same "$tmp/mf" "$tmp/sf" "float32 pixels"
+run 1 "$tmp/mfv" --data "$tmp/f32.h5" --val-split 300
+run 1 "$tmp/sfv" --data "$tmp/f32.h5" --val-split 300 --stream
+same "$tmp/mfv" "$tmp/sfv" "float32 pixels, --val-split 300"
 expect 1 "nolabels.h5: dataset /train/labels missing" "$nnprec" train --data "$tmp/nolabels.h5" --stream --steps 1
 expect 1 "f64.h5: /train/images has dtype float64, expected uint8 or float32" \
   "$nnprec" train --data "$tmp/f64.h5" --stream --steps 1
 expect 2 "--stream reads HDF5 files" "$nnprec" train --stream --steps 1
-expect 2 "--stream does not take --val-split yet" "$nnprec" train --data "$tmp/gz.h5" --stream --val-split 100 --steps 1
 expect 2 "--stream reads every rank's samples ahead of the step: it does not go with --balance" \
   "$mpiexec" -n 2 --oversubscribe "$nnprec" train --data "$tmp/gz.h5" --stream --balance 5 --steps 1
 for v in -1 65 x; do expect 2 "--prefetch" "$nnprec" train --data "$tmp/gz.h5" --stream --prefetch "$v" --steps 1; done

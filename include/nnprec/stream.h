@@ -34,10 +34,20 @@ nnp_status nnp_stream_open(const char *path, size_t limit, nnp_stream **out, nnp
  * (uint8; float32: two) of blocks of rows: the same bits as nnp_dataset_moments on the same
  * samples held in memory. */
 nnp_status nnp_stream_moments(nnp_stream *s, double *mean, double *std);
-/* uint8 images: the histogram of the pixel values of samples [lo, hi) (the ranks' shares
+/* uint8 images: the histogram of the pixel values of file rows [lo, hi) (the ranks' shares
  * summed give nnp_moments_from_histogram the same counts as one pass). */
 int nnp_stream_is_u8(const nnp_stream *s);
 nnp_status nnp_stream_histogram(nnp_stream *s, size_t lo, size_t hi, uint64_t hist[256]);
+
+/* --val-split: hold n_val samples out of the training set, chosen by seed exactly as
+ * nnp_holdout_mask and nnp_dataset_holdout choose them, before nnp_stream_start. The header
+ * then describes the training samples (n, labels) and the reader maps them to their file
+ * rows; this rank's held-out samples, [lo, hi) of them in index order, are read into val
+ * (in memory, as nnp_dataset_holdout makes it), and val_hist (may be NULL) gets the
+ * histogram of their pixel values (uint8). nnp_stream_histogram still counts file rows:
+ * all of them minus every rank's val_hist is the training samples'. */
+nnp_status nnp_stream_holdout(nnp_stream *s, uint64_t seed, size_t n_val, size_t lo, size_t hi,
+                              nnp_dataset *val, uint64_t val_hist[256]);
 
 /* Start reading ahead. The order: steps of global batches of G samples over hdr->n samples,
  * epochs ordered by (seed, sh), rank r of p taking nnp_split_units(count, unit, p, r);

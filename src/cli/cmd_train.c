@@ -669,20 +669,9 @@ static nnp_status want_stream(nnp_comm *comm, int *stream, char *why, size_t cap
         snprintf(why, cap, "--stream; %.0f MB", mb);
         *stream = 1;
     } else if (mb > budget) {
-        if (O.val_split > 0) {
-            if (nnp_comm_rank(comm) == 0)
-                fprintf(stderr, "[warn]  the training set (%.0f MB) exceeds --data-memory-mb "
-                                "%.0f, but --val-split holds it in memory (streaming does not "
-                                "take --val-split yet)\n", mb, budget);
-            return NNP_OK;
-        }
         snprintf(why, cap, "%.0f MB > --data-memory-mb %.0f", mb, budget);
         *stream = 1;
     }
-    if (*stream && O.val_split > 0)
-        return nnp_error(NNP_ERR_ARG, "--stream does not take --val-split yet: hold the training "
-                                      "set in memory, or write the validation samples to their "
-                                      "own file");
     return NNP_OK;
 }
 
@@ -892,9 +881,17 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
     size_t chunk_rows = 0;
     int streaming = 0;
     char stream_why[160];
+    uint64_t val_hist[256] = {0}; /* --stream --val-split: this rank's held-out pixel values */
     s = nnp_comm_agree(comm, want_stream(comm, &streaming, stream_why, sizeof stream_why));
     if (s == NNP_OK && streaming) {
         s = nnp_stream_open(O.data, (size_t)O.train_limit, &stream, &shdr, &chunk_rows);
+        if (s == NNP_OK && O.val_split > 0) {
+            /* held out as hold_out() does it, this rank's share read into memory */
+            size_t lo, hi;
+            nnp_split_units((size_t)O.val_split, unit, size, rank, &lo, &hi);
+            s = nnp_stream_holdout(stream, (uint64_t)O.seed, (size_t)O.val_split, lo, hi, &val,
+                                   val_hist);
+        }
         if (s == NNP_OK) {
             train = *shdr; /* its labels stay the stream's */
             s = nnp_cli_load_test(comm, O.data, O.test_limit, unit, &test, NULL);
@@ -907,7 +904,7 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
     if (cfg.shuffle.block == (size_t)-1) /* --shuffle block: the file's chunks */
         cfg.shuffle.block = chunk_rows ? chunk_rows : 1024;
     cfg.stream = stream;
-    if (s == NNP_OK && O.val_split > 0)
+    if (s == NNP_OK && O.val_split > 0 && !stream)
         s = hold_out(comm, unit, &train, &val);
     if (s == NNP_OK && resume[0]) {
         if (O.normalize[0] && (mean != meta.norm_mean || std != meta.norm_std))
@@ -922,17 +919,21 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
          * file read once in all; float32: rank 0 sums in sample order, as in memory */
         double mv[2] = {0, 0};
         if (nnp_stream_is_u8(stream)) {
+            /* every file row in use, less the held-out samples (--val-split) */
             uint64_t hist[256];
-            double hd[256];
+            double hd[512];
             size_t lo, hi;
-            nnp_split(train.n, size, rank, &lo, &hi);
+            const size_t n_rows = train.n + (size_t)O.val_split;
+            nnp_split(n_rows, size, rank, &lo, &hi);
             s = nnp_comm_agree(comm, nnp_stream_histogram(stream, lo, hi, hist));
-            for (int v = 0; v < 256; v++)
+            for (int v = 0; v < 256; v++) {
                 hd[v] = (double)hist[v];
+                hd[256 + v] = (double)val_hist[v];
+            }
             if (s == NNP_OK)
-                s = nnp_comm_allreduce_sum_f64(comm, hd, 256);
+                s = nnp_comm_allreduce_sum_f64(comm, hd, 512);
             for (int v = 0; v < 256; v++)
-                hist[v] = (uint64_t)hd[v];
+                hist[v] = (uint64_t)hd[v] - (uint64_t)hd[256 + v];
             nnp_moments_from_histogram(hist, (double)train.n * train.c * train.h * train.w,
                                        &mv[0], &mv[1]);
         } else {

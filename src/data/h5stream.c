@@ -58,6 +58,9 @@ struct nnp_stream {
     nnp_stream_plan plan;
     /* the reader's own order */
     uint32_t *perm;
+    size_t n_rows;       /* file rows in use (the first `limit`): training + held out */
+    uint32_t *rows;      /* --val-split: the file row of each training sample (NULL: i) */
+    unsigned char *row_y;/* the label of each file row */
     int perm_epoch;
     uint64_t *keys;      /* [max_batch] (row << 32 | position), sorted */
     unsigned char *stage;/* [max_batch * row_bytes] rows in file order */
@@ -222,8 +225,10 @@ static nnp_status open_stream(nnp_stream *s, size_t limit)
     d->n_classes = sp->n_classes;
     d->mean = 0.0;
     d->std = 1.0;
-    d->y = s->sp.labels; /* N bytes; the first n are the training set's */
+    s->n_rows = n;
+    s->row_y = s->sp.labels; /* N bytes, by file row */
     s->sp.labels = NULL;
+    d->y = s->row_y; /* the training samples' labels while no samples are held out */
 
     NNP_CALL(direct_setup(s));
 
@@ -471,7 +476,7 @@ static void fill(nnp_stream *s, slot_t *sl, int64_t step)
     if ((sl->st = check_file(s, what, sl->msg, sizeof sl->msg)) != NNP_OK)
         return;
     for (int i = 0; i < B; i++)
-        s->keys[i] = (uint64_t)sl->idx[i] << 32 | (uint64_t)i;
+        s->keys[i] = (uint64_t)(s->rows ? s->rows[sl->idx[i]] : sl->idx[i]) << 32 | (uint64_t)i;
     heapsort_u64(s->keys, (size_t)B);
 
     /* the union of the runs of consecutive rows, one read */
@@ -507,11 +512,11 @@ static void fill(nnp_stream *s, slot_t *sl, int64_t step)
     for (int k = 0; k < B; k++) {
         const size_t pos = (size_t)(s->keys[k] & 0xffffffffu);
         memcpy(sl->raw + pos * R, s->stage + (size_t)k * R, R);
-        sl->y[pos] = s->hdr.y[sl->idx[pos]];
+        sl->y[pos] = s->row_y[s->keys[k] >> 32];
     }
     if (!s->sp.is_u8) {
         for (int i = 0; i < B; i++) {
-            const size_t row = sl->idx[i];
+            const size_t row = s->rows ? s->rows[sl->idx[i]] : sl->idx[i];
             sl->st = check_finite(s, (const float *)(sl->raw + (size_t)i * R), 1, NULL, row,
                                   sl->msg, sizeof sl->msg);
             if (sl->st != NNP_OK)
@@ -543,8 +548,8 @@ nnp_status nnp_stream_histogram(nnp_stream *s, size_t lo, size_t hi, uint64_t hi
     memset(hist, 0, 256 * sizeof *hist);
     if (!s->sp.is_u8)
         return nnp_error(NNP_ERR_ARG, "nnp_stream_histogram: %s holds float32 images", s->path);
-    if (hi > s->hdr.n)
-        hi = s->hdr.n;
+    if (hi > s->n_rows)
+        hi = s->n_rows;
     const size_t rows = pass_rows(s), D = s->sp.D;
     unsigned char *buf = nnp_malloc(rows * s->row_bytes);
     if (!buf)
@@ -570,9 +575,9 @@ nnp_status nnp_stream_moments(nnp_stream *s, double *mean, double *std)
     *mean = *std = 0.0;
     if (N == 0)
         return NNP_OK;
-    if (s->sp.is_u8) {
+    if (s->sp.is_u8 && !s->rows) {
         uint64_t hist[256];
-        NNP_CALL(nnp_stream_histogram(s, 0, N, hist));
+        NNP_CALL(nnp_stream_histogram(s, 0, s->n_rows, hist));
         nnp_moments_from_histogram(hist, (double)N * (double)D, mean, std);
         return NNP_OK;
     }
@@ -585,31 +590,129 @@ nnp_status nnp_stream_moments(nnp_stream *s, double *mean, double *std)
     nnp__h5_quiet q;
     nnp__h5_quiet_on(&q);
     const double total = (double)N * (double)D;
-    /* float32: two passes in sample order, as nnp_dataset_moments sums them */
+    /* float32: two passes in sample order, as nnp_dataset_moments sums them (the held-out
+     * rows skipped: the training samples are rows[0..N) in increasing order); uint8 with
+     * samples held out: one pass counting the training samples' values */
     double sum = 0.0, m = 0.0, ss = 0.0;
+    uint64_t hist[256] = {0};
+    const size_t NR = s->n_rows;
     for (int pass = 0; pass < 2 && st == NNP_OK; pass++) {
-        for (size_t r0 = 0; r0 < N && st == NNP_OK; r0 += rows) {
-            const size_t n = N - r0 < rows ? N - r0 : rows;
+        size_t j = 0; /* the next training sample */
+        for (size_t r0 = 0; r0 < NR && st == NNP_OK; r0 += rows) {
+            const size_t n = NR - r0 < rows ? NR - r0 : rows;
             st = read_rows(s, r0, n, buf, msg, sizeof msg);
-            if (st == NNP_OK && pass == 0)
+            if (st == NNP_OK && pass == 0 && !s->sp.is_u8)
                 st = check_finite(s, buf, n, NULL, r0, msg, sizeof msg);
-            const float *x = buf;
-            for (size_t k = 0; st == NNP_OK && k < n * D; k++) {
-                if (pass == 0) {
-                    sum += x[k];
-                } else {
-                    double dv = (double)x[k] - m;
-                    ss += dv * dv;
+            for (size_t i = 0; st == NNP_OK && i < n; i++) {
+                if (s->rows && (j >= N || s->rows[j] != r0 + i))
+                    continue; /* held out */
+                j++;
+                if (s->sp.is_u8) { /* held-out samples: the training samples' histogram */
+                    const unsigned char *px = (const unsigned char *)buf + i * D;
+                    for (size_t k = 0; pass == 0 && k < D; k++)
+                        hist[px[k]]++;
+                    continue;
+                }
+                const float *x = (const float *)buf + i * D;
+                for (size_t k = 0; k < D; k++) {
+                    if (pass == 0) {
+                        sum += x[k];
+                    } else {
+                        double dv = (double)x[k] - m;
+                        ss += dv * dv;
+                    }
                 }
             }
         }
         m = sum / total;
+        if (s->sp.is_u8)
+            break; /* one pass counts them */
     }
     *mean = m;
     *std = sqrt(ss / total);
+    if (s->sp.is_u8)
+        nnp_moments_from_histogram(hist, total, mean, std);
     nnp__h5_quiet_off(&q);
     free(buf);
     return st == NNP_OK ? NNP_OK : nnp_error(st, "%s", msg);
+}
+
+/* ---- --val-split ---------------------------------------------------------------------- */
+
+nnp_status nnp_stream_holdout(nnp_stream *s, uint64_t seed, size_t n_val, size_t lo, size_t hi,
+                              nnp_dataset *val, uint64_t val_hist[256])
+{
+    const size_t N = s->hdr.n;
+    memset(val, 0, sizeof *val);
+    if (n_val >= N)
+        return nnp_error(NNP_ERR_ARG, "--val-split %zu leaves no training samples (the training "
+                                      "set has %zu)", n_val, N);
+    uint32_t *perm = nnp_malloc(N * sizeof *perm);
+    unsigned char *is_val = nnp_malloc(N);
+    uint32_t *rows = nnp_malloc((N - n_val) * sizeof *rows + 1);
+    unsigned char *ty = nnp_malloc(N - n_val + 1);
+    const size_t n = hi > lo ? hi - lo : 0, R = s->row_bytes;
+    unsigned char *vx = nnp_malloc(n * R + 1), *vy = nnp_malloc(n + 1);
+    nnp_status st = perm && is_val && rows && ty && vx && vy ? NNP_OK : NNP_ERR_NOMEM;
+    if (st == NNP_OK) {
+        nnp_holdout_mask(seed, N, n_val, perm, is_val);
+        /* the training samples keep their order; this rank's held-out ones, [lo, hi) of
+         * them in index order, are read as nnp_dataset_holdout copies them */
+        size_t kept = 0, held = 0, got = 0;
+        char msg[4608];
+        nnp__h5_quiet q;
+        nnp__h5_quiet_on(&q);
+        for (size_t i = 0; i < N && st == NNP_OK; i++) {
+            if (!is_val[i]) {
+                rows[kept] = (uint32_t)i;
+                ty[kept++] = s->row_y[i];
+                continue;
+            }
+            if (held >= lo && held < hi) {
+                st = read_rows(s, i, 1, vx + got * R, msg, sizeof msg);
+                if (st == NNP_OK && !s->sp.is_u8)
+                    st = check_finite(s, (const float *)(vx + got * R), 1, NULL, i, msg,
+                                      sizeof msg);
+                vy[got++] = s->row_y[i];
+            }
+            held++;
+        }
+        nnp__h5_quiet_off(&q);
+        if (st != NNP_OK)
+            st = nnp_error(st, "%s", msg);
+    }
+    free(perm);
+    free(is_val);
+    if (st != NNP_OK) {
+        free(rows);
+        free(ty);
+        free(vx);
+        free(vy);
+        return st;
+    }
+    val->n = n;
+    val->c = s->hdr.c;
+    val->h = s->hdr.h;
+    val->w = s->hdr.w;
+    val->n_classes = s->hdr.n_classes;
+    val->n_total = s->hdr.n_total;
+    val->mean = s->hdr.mean;
+    val->std = s->hdr.std;
+    if (s->sp.is_u8)
+        val->pix = vx;
+    else
+        val->xf = (float *)vx;
+    val->y = vy;
+    if (val_hist) { /* this rank's share of the held-out pixel values */
+        memset(val_hist, 0, 256 * sizeof *val_hist);
+        if (s->sp.is_u8)
+            for (size_t k = 0; k < n * s->sp.D; k++)
+                val_hist[vx[k]]++;
+    }
+    s->rows = rows;
+    s->hdr.n = N - n_val;
+    s->hdr.y = ty;
+    return NNP_OK;
 }
 
 /* ---- the reader thread ---------------------------------------------------------------- */
@@ -800,7 +903,10 @@ void nnp_stream_close(nnp_stream *s)
     free(s->keys);
     free(s->stage);
     free(s->sp.labels);
-    free(s->hdr.y);
+    if (s->hdr.y != s->row_y)
+        free(s->hdr.y);
+    free(s->row_y);
+    free(s->rows);
     free(s->chunk_at);
     if (s->fd >= 0)
         close(s->fd);
