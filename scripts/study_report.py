@@ -182,9 +182,15 @@ class Report:
                 out.append((m, int(b), t, self.step_s(m, int(b), 2)))
         return out
 
+    def has_bench(self, m):
+        """Whether bench.json times model m (a study in progress may lack it)."""
+        return self.bench is not None and m in self.bench.get("models", {})
+
     def time_to_target(self, m, p, P):
         """Modeled seconds to the target at P ranks: the best global batch B >= P of those
         measured, steps to target(B) x step time(B, P); (seconds, B) or None."""
+        if not self.has_bench(m):
+            return None
         best = None
         for b in self.models[m]["batches"]:
             s = self.steps(m, b, p)
@@ -428,6 +434,10 @@ def model_section(R, out):
         w(f"\nMedian absolute error {100 * errs[len(errs) // 2]:.0f}%, largest "
           f"{100 * errs[-1]:.0f}%. (At 1 rank the model is the measurement itself.)\n")
     for m, M in R.models.items():
+        if not R.has_bench(m):
+            w(f"\n{m}: no step times in bench.json yet (`scripts/study.py bench` measures "
+              "them), so no modeled time to the target.\n")
+            continue
         w(f"\nModeled time to {M['target']:g}% validation accuracy, {m} (seconds; the global "
           "batch that minimizes it in brackets; –: no global batch of at least one sample per rank reaches it in every seed):\n\n")
         ps = [P for P in RANKS if P in (1, 2, 8, 64, 1024)]
@@ -550,7 +560,7 @@ def plots(R, figdir, prefix):
                                 squeeze=False)
         for ax, m in zip(axs[0], models):
             M = R.models[m]
-            for p in M["procs"]:
+            for p in M["procs"] if R.has_bench(m) else []:
                 pts = [(P, R.time_to_target(m, p, P)) for P in RANKS]
                 pts = [(P, t[0]) for P, t in pts if t]
                 if pts:
@@ -564,7 +574,7 @@ def plots(R, figdir, prefix):
         legend(axs[0][0])
         ax = axs[0][-1]
         for m in models:
-            for b in sorted(R.models[m]["batches"]):
+            for b in sorted(R.models[m]["batches"]) if R.has_bench(m) else []:
                 if not str(b) in R.bench["models"][m].get("step_s_2ranks", {}):
                     continue
                 t1 = R.step_s(m, b, 1)
