@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build and run the libFuzzer harnesses of tests/fuzz/ (docs/reliability.md, "Fuzzing"):
 #   idx      the IDX reader (src/data/idx.c): an images and a labels file, gzip'd or not
-#   h5data   the HDF5 dataset reader (src/data/h5data.c)
+#   h5data   the HDF5 dataset reader (src/data/h5data.c) and the streaming reader (h5stream.c)
 #   spec     the model-spec parser and network builder (src/nn/net.c), forward and backward
 #   options  the option parser (src/core/options.c): command lines and --config files
 #   ckpt     the checkpoint reader (src/io/ckpt_read.c): metadata, the validating read, info,
@@ -53,7 +53,7 @@ san=(-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-fram
 cflags=(-std=c11 -D_POSIX_C_SOURCE=200809L -g -O1 "${san[@]}" -Iinclude $hdf5_inc $blas_inc)
 srcs=(src/core/*.c src/nn/*.c src/train/optim.c src/train/sched.c src/train/noise.c
       src/train/precond.c src/data/idx.c src/data/dataset.c src/data/sampler.c
-      src/data/h5data.c src/io/*.c)
+      src/data/h5data.c src/data/h5stream.c src/io/*.c)
 mkdir -p "$bdir/obj"
 objs=()
 for s in "${srcs[@]}"; do
