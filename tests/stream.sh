@@ -2,10 +2,11 @@
 # --stream (docs/data.md): a generated HDF5 set (scripts/make_h5_dataset.py) read as training
 # goes gives the in-memory run's per-step losses and parameters bit for bit, at 1 and 2 ranks
 # (even split and --deterministic, read ahead and in the step, full and block shuffle, a
-# resumed run, --val-split, uint8 and float32); chosen by --data-memory-mb far below the set's size, a streaming rank's peak
-# memory stays under the in-memory rank's by most of the set and does not grow with it; a file truncated or removed
-# mid-run stops every rank with the file and sample named, after checkpointing; bad layouts
-# and options are refused before training.
+# resumed run, --val-split, uint8 and float32); streaming is chosen by --data-memory-mb far
+# below the set's size; a streaming rank's peak memory stays under the in-memory rank's by
+# most of the set and does not grow with it; a file truncated or removed mid-run stops every
+# rank with the file and sample named, after checkpointing; bad layouts and options are
+# refused before training.
 # Usage: stream.sh NNPREC MPIEXEC
 set -uo pipefail
 nnprec=$1 mpiexec=$2
