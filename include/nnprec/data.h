@@ -101,6 +101,11 @@ void nnp_epoch_order(uint64_t seed, int epoch, const nnp_shuffle *sh, uint32_t *
 int nnp_step_samples(uint64_t seed, const nnp_shuffle *sh, size_t N, size_t G, size_t unit,
                      int p, int r, int64_t step, uint32_t *perm, int *perm_epoch,
                      uint32_t *idx);
+/* The same under --balance's shares of a full global batch (share[p], summing to G):
+ * rank r's slice nnp_split_shares(count, G, share, r). */
+int nnp_step_samples_shares(uint64_t seed, const nnp_shuffle *sh, size_t N, size_t G,
+                            const size_t *share, int r, int64_t step, uint32_t *perm,
+                            int *perm_epoch, uint32_t *idx);
 
 /* ---- validation split (--val-split) ----------------------------------------------------- */
 /* The n_val samples held out of a training set of N as a validation set: is_val[i] = 1 for

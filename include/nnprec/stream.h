@@ -58,8 +58,18 @@ typedef struct {
     size_t G, unit;
     int p, r, max_batch, prefetch;
     int64_t first_step, total;
+    /* --balance: the ranks' shares of a full global batch change every balance_every steps
+     * (0: never; the split above); share[p] holds the first ones */
+    int64_t balance_every;
+    const size_t *share;
 } nnp_stream_plan;
 nnp_status nnp_stream_start(nnp_stream *s, const nnp_stream_plan *plan);
+
+/* --balance: the shares (share[p]) of the steps from `from` to the next multiple of
+ * balance_every. Until they are given, the reader stops at that multiple: it never reads a
+ * step ahead of the shares it will be taken with. Call it after every re-split, and after a
+ * step out of sequence (a rollback) with that step. */
+void nnp_stream_set_shares(nnp_stream *s, const size_t *share, int64_t from);
 
 /* The batch of step `step`: the B samples idx (which must be those the plan gives) into
  * x[B, D] normalized with hdr->mean/std, labels into y. Blocks until the reader has them;

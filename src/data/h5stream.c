@@ -70,6 +70,8 @@ struct nnp_stream {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int64_t expect, next;
+    size_t *shares, *my_shares; /* --balance: the current shares, the reader's copy */
+    int64_t shares_until;       /* the first step the current shares do not cover */
     uint64_t gen;
     int quit;
     double busy;
@@ -466,8 +468,11 @@ static void fill(nnp_stream *s, slot_t *sl, int64_t step)
     const nnp_stream_plan *p = &s->plan;
     sl->st = NNP_OK;
     sl->msg[0] = 0;
-    sl->B = nnp_step_samples(p->seed, &p->shuffle, s->hdr.n, p->G, p->unit, p->p, p->r, step,
-                             s->perm, &s->perm_epoch, sl->idx);
+    sl->B = p->balance_every > 0
+                ? nnp_step_samples_shares(p->seed, &p->shuffle, s->hdr.n, p->G, s->my_shares,
+                                          p->r, step, s->perm, &s->perm_epoch, sl->idx)
+                : nnp_step_samples(p->seed, &p->shuffle, s->hdr.n, p->G, p->unit, p->p, p->r,
+                                   step, s->perm, &s->perm_epoch, sl->idx);
     const int B = sl->B;
     if (B == 0)
         return;
@@ -723,12 +728,15 @@ static void *reader_main(void *arg)
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* errors become the slot's message */
     pthread_mutex_lock(&s->mu);
     for (;;) {
-        while (!s->quit && (s->next >= s->plan.total || s->next >= s->expect + s->K))
+        while (!s->quit && (s->next >= s->plan.total || s->next >= s->expect + s->K ||
+                            (s->plan.balance_every > 0 && s->next >= s->shares_until)))
             pthread_cond_wait(&s->cv, &s->mu);
         if (s->quit)
             break;
         const int64_t step = s->next;
         const uint64_t gen = s->gen;
+        if (s->plan.balance_every > 0) /* the shares this step is taken with */
+            memcpy(s->my_shares, s->shares, (size_t)s->plan.p * sizeof *s->shares);
         slot_t *sl = &s->slots[step % s->K];
         pthread_mutex_unlock(&s->mu);
         const double t0 = now_s();
@@ -778,6 +786,15 @@ nnp_status nnp_stream_start(nnp_stream *s, const nnp_stream_plan *plan)
     if (s->ms < 0 || s->dxpl < 0)
         return nnp_error(NNP_ERR_IO, "%s: cannot set up the streaming reads", s->path);
     s->expect = s->next = plan->first_step;
+    if (plan->balance_every > 0) {
+        s->shares = nnp_malloc((size_t)plan->p * sizeof *s->shares);
+        s->my_shares = nnp_malloc((size_t)plan->p * sizeof *s->my_shares);
+        if (!s->shares || !s->my_shares)
+            return NNP_ERR_NOMEM;
+        memcpy(s->shares, plan->share, (size_t)plan->p * sizeof *s->shares);
+        memcpy(s->my_shares, plan->share, (size_t)plan->p * sizeof *s->shares);
+        s->shares_until = (plan->first_step / plan->balance_every + 1) * plan->balance_every;
+    }
     if (s->threaded) {
         if (pthread_mutex_init(&s->mu, NULL) != 0 || pthread_cond_init(&s->cv, NULL) != 0)
             return nnp_error(NNP_ERR_IO, "cannot create the reader thread's lock");
@@ -851,6 +868,23 @@ nnp_status nnp_stream_batch(nnp_stream *s, int64_t step, const uint32_t *idx, in
     return st;
 }
 
+void nnp_stream_set_shares(nnp_stream *s, const size_t *share, int64_t from)
+{
+    if (!s->started || s->plan.balance_every <= 0)
+        return;
+    const int64_t until = (from / s->plan.balance_every + 1) * s->plan.balance_every;
+    if (!s->threaded) {
+        memcpy(s->my_shares, share, (size_t)s->plan.p * sizeof *s->my_shares);
+        s->shares_until = until;
+        return;
+    }
+    pthread_mutex_lock(&s->mu);
+    memcpy(s->shares, share, (size_t)s->plan.p * sizeof *s->shares);
+    s->shares_until = until;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
 double nnp_stream_busy_s(nnp_stream *s)
 {
     if (!s->threaded)
@@ -907,6 +941,8 @@ void nnp_stream_close(nnp_stream *s)
         free(s->hdr.y);
     free(s->row_y);
     free(s->rows);
+    free(s->shares);
+    free(s->my_shares);
     free(s->chunk_at);
     if (s->fd >= 0)
         close(s->fd);

@@ -142,8 +142,10 @@ void nnp_epoch_order(uint64_t seed, int epoch, const nnp_shuffle *sh, uint32_t *
     }
 }
 
-int nnp_step_samples(uint64_t seed, const nnp_shuffle *sh, size_t N, size_t G, size_t unit,
-                     int p, int r, int64_t step, uint32_t *perm, int *perm_epoch, uint32_t *idx)
+/* Global batch `step` of its epoch's order: its first position g0 and size gc (perm holds
+ * the epoch's order afterwards). */
+static int step_batch(uint64_t seed, const nnp_shuffle *sh, size_t N, size_t G, int64_t step,
+                      uint32_t *perm, int *perm_epoch, size_t *g0, size_t *gc)
 {
     const size_t spe = nnp_batches_per_epoch(N, G);
     if (spe == 0)
@@ -154,9 +156,31 @@ int nnp_step_samples(uint64_t seed, const nnp_shuffle *sh, size_t N, size_t G, s
         nnp_epoch_order(seed, epoch, sh, perm, N);
         *perm_epoch = epoch;
     }
-    const size_t g0 = bi * G, gc = g0 + G <= N ? G : N - g0;
-    size_t lo, hi;
+    *g0 = bi * G;
+    *gc = *g0 + G <= N ? G : N - *g0;
+    return 1;
+}
+
+int nnp_step_samples(uint64_t seed, const nnp_shuffle *sh, size_t N, size_t G, size_t unit,
+                     int p, int r, int64_t step, uint32_t *perm, int *perm_epoch, uint32_t *idx)
+{
+    size_t g0, gc, lo, hi;
+    if (!step_batch(seed, sh, N, G, step, perm, perm_epoch, &g0, &gc))
+        return 0;
     nnp_split_units(gc, unit, p, r, &lo, &hi);
+    for (size_t i = lo; i < hi; i++)
+        idx[i - lo] = perm[g0 + i];
+    return (int)(hi - lo);
+}
+
+int nnp_step_samples_shares(uint64_t seed, const nnp_shuffle *sh, size_t N, size_t G,
+                            const size_t *share, int r, int64_t step, uint32_t *perm,
+                            int *perm_epoch, uint32_t *idx)
+{
+    size_t g0, gc, lo, hi;
+    if (!step_batch(seed, sh, N, G, step, perm, perm_epoch, &g0, &gc))
+        return 0;
+    nnp_split_shares(gc, G, share, r, &lo, &hi);
     for (size_t i = lo; i < hi; i++)
         idx[i - lo] = perm[g0 + i];
     return (int)(hi - lo);

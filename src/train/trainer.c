@@ -907,10 +907,6 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     else if (det && net->n_bn > 0 && cfg->bn != NNP_BN_SYNC)
         st = nnp_error(NNP_ERR_ARG, "--deterministic takes BatchNorm's statistics over the global "
                                     "batch: it does not go with --bn local");
-    else if (cfg->stream && cfg->balance_every > 0 && size > 1)
-        st = nnp_error(NNP_ERR_ARG, "--stream reads every rank's samples ahead of the step: it "
-                                    "does not go with --balance, whose shares follow the ranks' "
-                                    "speeds");
     else if (det && size > 1 && cfg->allreduce == NNP_AR_BUCKETED)
         st = nnp_error(NNP_ERR_ARG, "--deterministic works with --allreduce fused, sharded and "
                                     "shm; not with bucketed");
@@ -1170,7 +1166,8 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     int64_t last_ckpt = first_step; /* the step of the latest checkpoint (a data error's stop) */
     if (cfg->stream) {
         const nnp_stream_plan sp = {cfg->seed, cfg->shuffle, G, det ? (size_t)S : 0, size, rank,
-                                    net->max_batch, cfg->prefetch, first_step, total};
+                                    net->max_batch, cfg->prefetch, first_step, total,
+                                    balance ? cfg->balance_every : 0, b.share};
         st = nnp_comm_agree(comm, nnp_stream_start(cfg->stream, &sp));
         if (st != NNP_OK)
             goto done;
@@ -1542,6 +1539,8 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             st = rebalance(comm, &b, bal_n, bal_t, G, (size_t)net->max_batch);
             if (st != NNP_OK)
                 goto done;
+            if (cfg->stream) /* the reader may go on: these are the next steps' shares */
+                nnp_stream_set_shares(cfg->stream, b.share, done_steps);
             bal_t = bal_n = 0;
             timers[T_BAL] += nnp_comm_wtime() - t7;
         }
@@ -1707,6 +1706,8 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
                 restored = rm.step;
                 if (at > diverged_at)
                     diverged_at = at;
+                if (cfg->stream && balance) /* the current shares, from the restored step */
+                    nnp_stream_set_shares(cfg->stream, b.share, rm.step);
                 step = rm.step - 1; /* the loop's step++ makes it the restored step */
                 continue;
             }
