@@ -271,8 +271,23 @@ def write_meta(st, status):
         cells.append(dict(model=m, batch=b, proc=p, phase=s["phase"],
                           lrs=[lr_of(p, b, k) for k in s["ks"]],
                           best_lr=s.get("lr"), note=s.get("note", "")))
-    meta = dict(models={m: dict(MODELS[m], epochs=st.epochs(m), batches=st.batches(m),
-                                procs=st.procs(m)) for m in st.models},
+    models = {m: dict(MODELS[m], epochs=st.epochs(m), batches=st.batches(m),
+                      procs=st.procs(m)) for m in st.models}
+    # a driver over some of the models (--models mlp) keeps what study.json says of the
+    # others, so that the report still sees every model that ran
+    path = os.path.join(st.results, "study.json")
+    try:
+        with open(path) as f:
+            old = json.load(f)
+        for m, v in old.get("models", {}).items():
+            if m not in models and m in MODELS:
+                models[m] = v
+        cells = [c for c in old.get("cells", []) if c.get("model") not in st.models
+                 and c.get("model") in models] + cells
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass  # none yet, or unreadable: this driver's view alone
+    models = {m: models[m] for m in MODELS if m in models}  # the study's order
+    meta = dict(models=models,
                 procedures=PROCEDURES, seeds=st.seeds, val_split=st.val_split,
                 train_limit=st.train_limit, n_train=st.n_train(), base_batch=BASE_BATCH,
                 study=STUDY, cells=cells)
