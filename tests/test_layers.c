@@ -161,11 +161,13 @@ static void test_conv_geom(void)
     ASSERT_EQ_INT(nnp_conv_geom_init(&g, 1, 5, 5, 1, 3, 1, -1), -1);
 }
 
-static void test_conv(void)
+/* Every geometry on one path (nnp_conv2d_set_path), batches 1..5 and one of 9 samples,
+ * against naive double loops. */
+static void test_conv_path(nnp_conv_path path)
 {
     /* C, H, W, K, k, s, p */
     const int geoms[][7] = {
-        {1, 28, 28, 6, 3, 1, 2}, /* LeNet conv1 */
+        {1, 28, 28, 6, 3, 1, 2}, /* LeNet conv1 (direct: thin, 9 taps) */
         {6, 15, 15, 16, 3, 1, 0}, /* LeNet conv2 */
         {3, 7, 9, 4, 3, 2, 1},    /* stride 2, rectangular */
         {2, 8, 8, 3, 5, 2, 2},    /* stride 2, padding 2 */
@@ -173,9 +175,19 @@ static void test_conv(void)
         {2, 5, 6, 3, 1, 1, 0},    /* 1x1 */
         {3, 6, 6, 2, 4, 3, 1},    /* stride 3 */
         {2, 3, 3, 2, 3, 1, 2},    /* padding larger than the image border */
+        {16, 7, 7, 16, 3, 1, 1},  /* resnet8-like 3x3 p1 (channel blocks of 4) */
+        {5, 9, 11, 7, 3, 1, 1},   /* odd sizes and channel counts: blocks of 4 + tail 3 */
+        {3, 6, 5, 12, 3, 1, 0},   /* 12 channels: blocks of 6 */
+        {2, 8, 7, 5, 5, 1, 2},    /* 5x5, p2: 50 taps, tap blocks of 3 + tail 2 */
+        {1, 6, 6, 1, 2, 1, 1},    /* even kernel, one channel each side */
+        {3, 4, 5, 2, 1, 1, 0},    /* 1x1 stride 1 (direct) */
+        {2, 6, 6, 3, 3, 1, 3},    /* p > k-1: the GEMM path on every setting */
     };
+    nnp_conv2d_set_path(path);
     for (size_t t = 0; t < sizeof geoms / sizeof geoms[0]; t++) {
-        for (int B = 1; B <= 5; B++) {
+        static const int batches[] = {1, 2, 3, 4, 5, 9};
+        for (size_t bi = 0; bi < sizeof batches / sizeof batches[0]; bi++) {
+            const int B = batches[bi];
             const int *q = geoms[t];
             nnp_conv_geom g;
             ASSERT_EQ_INT(nnp_conv_geom_init(&g, q[0], q[1], q[2], q[3], q[4], q[5], q[6]), 0);
@@ -275,20 +287,46 @@ static void test_conv(void)
             ASSERT_TRUE(memcmp(dW, dW2, sizeof(float) * nw) == 0);
             ASSERT_TRUE(memcmp(db, db2, sizeof(float) * (size_t)K) == 0);
 
-            /* The cached variant after a forward of the same batch (what net.c does) gives
-             * bit for bit the same dW, db and dx as recomputing im2col. */
-            float *dx2 = falloc(nx);
-            nnp_conv2d_forward(&g, B, x, W, b, y, ws);
-            nnp_conv2d_backward_cached(&g, B, W, dy, dx2, dW2, db2, ws);
+            /* The same call again, after a pass over other inputs in the same workspace:
+             * bit for bit the same (nothing is kept between calls; no state but the inputs). */
+            float *dx2 = falloc(nx), *y2 = falloc(ny), *x2 = falloc(nx);
+            fill(x2, nx, -2, 2);
+            nnp_conv2d_forward(&g, B, x2, W, b, y2, ws);
+            nnp_conv2d_backward(&g, B, x2, W, dy, dx2, dW2, db2, ws);
+            nnp_conv2d_forward(&g, B, x, W, b, y2, ws);
+            nnp_conv2d_backward(&g, B, x, W, dy, dx2, dW2, db2, ws);
+            ASSERT_TRUE(memcmp(y, y2, sizeof(float) * ny) == 0);
             ASSERT_TRUE(memcmp(dW, dW2, sizeof(float) * nw) == 0);
             ASSERT_TRUE(memcmp(db, db2, sizeof(float) * (size_t)K) == 0);
             ASSERT_TRUE(memcmp(dx, dx2, sizeof(float) * nx) == 0);
-            free(dx2);
+            free(dx2); free(y2); free(x2);
 
             free(x); free(W); free(b); free(y); free(dy); free(dx); free(dW); free(db);
             free(dW2); free(db2); free(ws); free(ref); free(mag);
         }
     }
+    nnp_conv2d_set_path(NNP_CONV_AUTO);
+}
+
+static void test_conv(void)
+{
+    nnp_conv_geom g;
+    ASSERT_EQ_INT(nnp_conv_geom_init(&g, 1, 28, 28, 6, 3, 1, 2), 0);
+    nnp_conv2d_set_path(NNP_CONV_GEMM);
+    ASSERT_EQ_INT(nnp_conv2d_path(&g), NNP_CONV_GEMM);
+    test_conv_path(NNP_CONV_GEMM);
+#if defined(__x86_64__)
+    /* This machine's direct kernels run whenever the CPU has AVX2 and FMA. */
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        nnp_conv2d_set_path(NNP_CONV_DIRECT);
+        ASSERT_EQ_INT(nnp_conv2d_path(&g), NNP_CONV_DIRECT);
+        fprintf(stderr, "  conv: testing the direct (AVX2/FMA) path too\n");
+    } else {
+        fprintf(stderr, "  conv: no AVX2/FMA on this CPU, the direct path is not tested\n");
+    }
+#endif
+    test_conv_path(NNP_CONV_DIRECT);
+    test_conv_path(NNP_CONV_AUTO);
 }
 
 /* ---- pooling -------------------------------------------------------------------------- */

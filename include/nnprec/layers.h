@@ -30,18 +30,23 @@ typedef struct {
 
 /* Fill OH/OW; returns 0 if the geometry is valid (OH, OW >= 1), -1 otherwise. */
 int nnp_conv_geom_init(nnp_conv_geom *g, int C, int H, int W, int K, int k, int s, int p);
-/* Floats of workspace needed for a batch of B (im2col matrix plus a transpose buffer). */
+/* Floats of workspace (scratch) for a batch of up to B samples. Nothing is kept in it from
+ * forward to backward, so passes over different samples may share one. */
 size_t nnp_conv2d_workspace(const nnp_conv_geom *g, int B);
 /* y[B,K,OH,OW] = conv(x[B,C,H,W], W[K,C,k,k]) + b[K]. ws: nnp_conv2d_workspace floats. */
 void nnp_conv2d_forward(const nnp_conv_geom *g, int B, const float *x, const float *W,
                         const float *b, float *y, float *ws);
-/* dW, db, dx (nullable) from dy[B,K,OH,OW]. Recomputes im2col of x into ws. */
+/* dW, db, dx (nullable) from dy[B,K,OH,OW] and the forward's input x. */
 void nnp_conv2d_backward(const nnp_conv_geom *g, int B, const float *x, const float *W,
                          const float *dy, float *dx, float *dW, float *db, float *ws);
-/* The same when ws still holds what nnp_conv2d_forward of the same x and B left in it (the
- * im2col matrix, its first C*k*k*B*OH*OW floats): skips recomputing it. ws is overwritten. */
-void nnp_conv2d_backward_cached(const nnp_conv_geom *g, int B, const float *W, const float *dy,
-                                float *dx, float *dW, float *db, float *ws);
+/* Which implementation a geometry runs (src/nn/conv2d.c): the direct AVX2/FMA kernels
+ * (stride 1, p <= k-1, a CPU with AVX2 and FMA) or im2col + GEMM (every geometry, portable).
+ * AUTO picks direct wherever it can run; NNPREC_CONV_PATH=auto|gemm|direct in the
+ * environment (read at the first call) or nnp_conv2d_set_path (process-wide, for tests and
+ * benchmarks; not thread-safe) forces one; DIRECT falls back to GEMM where it cannot run. */
+typedef enum { NNP_CONV_AUTO, NNP_CONV_GEMM, NNP_CONV_DIRECT } nnp_conv_path;
+void nnp_conv2d_set_path(nnp_conv_path path);
+nnp_conv_path nnp_conv2d_path(const nnp_conv_geom *g);
 
 /* ---- pooling (square window k, stride s, no padding, floor output) ------------------- */
 typedef struct {

@@ -1,21 +1,38 @@
-/* conv2d.c - 2-D convolution (cross-correlation, as PyTorch) by batched im2col + one sgemm.
+/* conv2d.c - 2-D convolution (cross-correlation, as PyTorch): geometry, path choice, and the
+ * GEMM path (im2col + sgemm over groups of samples).
  *
- * With N = B*OH*OW output positions and R = C*k*k kernel taps, the column matrix is
- *   col[R, N],  row r = (c*k + ki)*k + kj,  column j = n*OH*OW + oh*OW + ow,
+ * Two paths compute the same convolution:
+ *  - direct (conv2d_direct.c): stride 1 with p <= k - 1, AVX2/FMA micro-kernels on a padded
+ *    copy of one sample at a time, no column matrix; taken when the CPU has AVX2 and FMA;
+ *  - GEMM (here): every geometry, portable C around cblas_sgemm.
+ * nnp_conv2d_path() says which one a geometry takes; NNPREC_CONV_PATH=gemm|direct|auto in the
+ * environment (read once) or nnp_conv2d_set_path() forces one (tests run both). Neither keeps
+ * anything between forward and backward: backward recomputes what it needs from x, so the
+ * workspace is scratch, and results depend only on (shapes, B, inputs).
+ *
+ * GEMM path. The batch is cut into groups of G samples (G from the geometry: enough output
+ * positions per group for an efficient product, see group_size). With Ng = G*OH*OW output
+ * positions and R = C*k*k kernel taps, a group's column matrix is
+ *   col[R, Ng],  row r = (c*k + ki)*k + kj,  column j = n*OH*OW + oh*OW + ow,
  *   col[r, j] = x[n, c, oh*s - p + ki, ow*s - p + kj]   (0 outside the image),
- * so the whole batch is one product Y'[K, N] = W[K, R] col[R, N]. Y' is channel-major
- * ([K, B, OH*OW]) and is scattered into y[B, K, OH, OW] with the bias added.
+ * and the group's output is one product Y'[K, Ng] = W[K, R] col[R, Ng]. Y' is channel-major
+ * ([K, G, OH*OW]) and is scattered into y[G, K, OH, OW] with the bias added; with G == 1 the
+ * two orders coincide and the product writes y directly. A group's col stays in cache
+ * between im2col and the product (a whole batch's did not: 58 MB for resnet8's 16->16).
  *
- * Backward: dY' is dy gathered into the same [K, N] order, dW = dY' col^T, db = row sums
- * of dY', dcol = W^T dY' and col2im accumulates dcol into dx. Workspace layout (floats):
- *   [0, R*N)          col (forward and backward); reused for dcol once dW is formed
- *   [R*N, R*N + K*N)  Y' (forward) or dY' (backward)
- * With B == 1 the [K, N] and [K, OH, OW] orders coincide and the second buffer is unused.
+ * Backward, per group: dY' is dy gathered into the same [K, Ng] order (G == 1: dy itself),
+ * dW (+)= dY' col^T (the first group overwrites, later ones accumulate), dcol = W^T dY' over
+ * col, and col2im accumulates dcol into the group's (zeroed) dx; db is the shared per-channel
+ * sum. Workspace layout (floats), G = the group size for this batch:
+ *   [0, R*G*OHW)            col (forward and backward); reused for dcol once dW is formed
+ *   [R*G*OHW, (R+K)*G*OHW)  Y' (forward) or dY' (backward)
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include <cblas.h>
 
+#include "conv2d_impl.h"
 #include "nnprec/layers.h"
 
 int nnp_conv_geom_init(nnp_conv_geom *g, int C, int H, int W, int K, int k, int s, int p)
@@ -35,13 +52,6 @@ int nnp_conv_geom_init(nnp_conv_geom *g, int C, int H, int W, int K, int k, int 
     g->OH = (H + 2 * p - k) / s + 1;
     g->OW = (W + 2 * p - k) / s + 1;
     return 0;
-}
-
-size_t nnp_conv2d_workspace(const nnp_conv_geom *g, int B)
-{
-    size_t n = (size_t)(B > 0 ? B : 0) * (size_t)g->OH * (size_t)g->OW;
-    size_t r = (size_t)g->C * (size_t)g->k * (size_t)g->k;
-    return r * n + (size_t)g->K * n;
 }
 
 /* Output positions o in [0, O) whose input coordinate o*s - p + t lies in [0, L): the range
@@ -137,6 +147,7 @@ static void col2im(const nnp_conv_geom *g, int B, const float *dcol, float *dx)
     }
 }
 
+
 /* Sum of v[0..n) with eight independent partial sums (vectorisable, short chains). */
 static float block_sum(const float *v, size_t n)
 {
@@ -153,103 +164,163 @@ static float block_sum(const float *v, size_t n)
     return s;
 }
 
+void nnp_conv_bias_grad(int B, int K, size_t OHW, const float *dy, float *db)
+{
+    for (int o = 0; o < K; o++) {
+        double acc = 0.0;
+        for (int n = 0; n < B; n++)
+            acc += block_sum(dy + ((size_t)n * K + o) * OHW, OHW);
+        db[o] = (float)acc;
+    }
+}
+
+/* ---- path choice ------------------------------------------------------------------------ */
+
+static int forced_path = -1; /* -1: not yet read from the environment */
+
+void nnp_conv2d_set_path(nnp_conv_path path)
+{
+    forced_path = (int)path;
+}
+
+static nnp_conv_path requested_path(void)
+{
+    if (forced_path < 0) {
+        const char *e = getenv("NNPREC_CONV_PATH");
+        forced_path = NNP_CONV_AUTO;
+        if (e && strcmp(e, "gemm") == 0)
+            forced_path = NNP_CONV_GEMM;
+        else if (e && strcmp(e, "direct") == 0)
+            forced_path = NNP_CONV_DIRECT;
+    }
+    return (nnp_conv_path)forced_path;
+}
+
+nnp_conv_path nnp_conv2d_path(const nnp_conv_geom *g)
+{
+    nnp_conv_path want = requested_path();
+    if (want == NNP_CONV_GEMM || !nnp_conv_direct_available() || !nnp_conv_direct_fits(g))
+        return NNP_CONV_GEMM;
+    return NNP_CONV_DIRECT;
+}
+
+/* ---- GEMM path -------------------------------------------------------------------------- */
+
+/* Samples per group: enough that a group's product has about 1024 output positions (a
+ * sample of 49 positions alone makes a thin product), never more than the batch. */
+static int group_size(const nnp_conv_geom *g, int B)
+{
+    const size_t OHW = (size_t)g->OH * g->OW, target = 1024;
+    size_t G = (target + OHW - 1) / OHW;
+    if (G < 1)
+        G = 1;
+    return B < (int)G ? (B > 0 ? B : 1) : (int)G;
+}
+
+size_t nnp_conv2d_workspace(const nnp_conv_geom *g, int B)
+{
+    const size_t OHW = (size_t)g->OH * g->OW, R = (size_t)g->C * g->k * g->k;
+    const size_t G = (size_t)group_size(g, B);
+    size_t gemm = G * OHW * (R + (size_t)g->K), direct = nnp_conv_direct_workspace(g);
+    return gemm > direct ? gemm : direct;
+}
+
+static void gemm_forward(const nnp_conv_geom *g, int B, const float *x, const float *W,
+                         const float *b, float *y, float *ws)
+{
+    const int K = g->K, R = g->C * g->k * g->k, G = group_size(g, B);
+    const size_t OHW = (size_t)g->OH * g->OW, nx = (size_t)g->C * g->H * g->W;
+    float *col = ws, *yk = ws + (size_t)R * G * OHW; /* Y'[K, Ng] */
+    for (int n0 = 0; n0 < B; n0 += G) {
+        const int gn = B - n0 < G ? B - n0 : G;
+        const size_t Ng = (size_t)gn * OHW;
+        im2col(g, gn, x + (size_t)n0 * nx, col);
+        if (gn == 1) {
+            /* [K, OHW] is already the layout of y[n0]: write straight into y. */
+            float *yn = y + (size_t)n0 * K * OHW;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, K, (int)OHW, R, 1.0f, W, R,
+                        col, (int)OHW, 0.0f, yn, (int)OHW);
+            if (b)
+                for (int o = 0; o < K; o++) {
+                    float *yr = yn + (size_t)o * OHW;
+                    const float bo = b[o];
+                    for (size_t j = 0; j < OHW; j++)
+                        yr[j] += bo;
+                }
+            continue;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, K, (int)Ng, R, 1.0f, W, R, col,
+                    (int)Ng, 0.0f, yk, (int)Ng);
+        /* y[n0 + n, o, :] = Y'[o, n*OHW : (n+1)*OHW] + b[o] */
+        for (int n = 0; n < gn; n++) {
+            for (int o = 0; o < K; o++) {
+                const float *src = yk + (size_t)o * Ng + (size_t)n * OHW;
+                float *dst = y + ((size_t)(n0 + n) * K + o) * OHW;
+                const float bo = b ? b[o] : 0.0f;
+                for (size_t j = 0; j < OHW; j++)
+                    dst[j] = src[j] + bo;
+            }
+        }
+    }
+}
+
+static void gemm_backward(const nnp_conv_geom *g, int B, const float *x, const float *W,
+                          const float *dy, float *dx, float *dW, float *db, float *ws)
+{
+    const int K = g->K, R = g->C * g->k * g->k, G = group_size(g, B);
+    const size_t OHW = (size_t)g->OH * g->OW, nx = (size_t)g->C * g->H * g->W;
+    if (db)
+        nnp_conv_bias_grad(B, K, OHW, dy, db);
+    if (dW && B <= 0)
+        memset(dW, 0, (size_t)K * R * sizeof *dW);
+    float *col = ws, *t = ws + (size_t)R * G * OHW;
+    for (int n0 = 0; n0 < B; n0 += G) {
+        const int gn = B - n0 < G ? B - n0 : G;
+        const size_t Ng = (size_t)gn * OHW;
+        const float *dyg = dy + (size_t)n0 * K * OHW, *dyk = dyg; /* dY'[K, Ng] */
+        if (gn > 1) {
+            /* dY'[o, n*OHW : (n+1)*OHW] = dy[n0 + n, o, :] */
+            for (int n = 0; n < gn; n++)
+                for (int o = 0; o < K; o++)
+                    memcpy(t + (size_t)o * Ng + (size_t)n * OHW, dyg + ((size_t)n * K + o) * OHW,
+                           OHW * sizeof *t);
+            dyk = t;
+        }
+        if (dW) {
+            im2col(g, gn, x + (size_t)n0 * nx, col);
+            /* dW[K, R] (+)= dY'[K, Ng] col^T[Ng, R] */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, K, R, (int)Ng, 1.0f, dyk,
+                        (int)Ng, col, (int)Ng, n0 == 0 ? 0.0f : 1.0f, dW, R);
+        }
+        if (dx) {
+            /* dcol[R, Ng] = W^T[R, K] dY'[K, Ng], written over col (no longer needed). */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, (int)Ng, K, 1.0f, W, R, dyk,
+                        (int)Ng, 0.0f, col, (int)Ng);
+            float *dxg = dx + (size_t)n0 * nx;
+            memset(dxg, 0, (size_t)gn * nx * sizeof *dxg);
+            col2im(g, gn, col, dxg);
+        }
+    }
+}
+
+/* ---- entry points ----------------------------------------------------------------------- */
+
 void nnp_conv2d_forward(const nnp_conv_geom *g, int B, const float *x, const float *W,
                         const float *b, float *y, float *ws)
 {
     if (B <= 0)
         return;
-    const int K = g->K, R = g->C * g->k * g->k;
-    const size_t OHW = (size_t)g->OH * g->OW, N = (size_t)B * OHW;
-    float *col = ws;
-    im2col(g, B, x, col);
-    if (B == 1) {
-        /* [K, N] is already the layout of y[0]: write straight into y. */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, K, (int)N, R, 1.0f, W, R, col,
-                    (int)N, 0.0f, y, (int)N);
-        if (b) {
-            for (int o = 0; o < K; o++) {
-                float *yr = y + (size_t)o * OHW;
-                const float bo = b[o];
-                for (size_t j = 0; j < OHW; j++)
-                    yr[j] += bo;
-            }
-        }
-        return;
-    }
-    float *yk = ws + (size_t)R * N; /* Y'[K, N] */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, K, (int)N, R, 1.0f, W, R, col,
-                (int)N, 0.0f, yk, (int)N);
-    /* y[n, o, :] = Y'[o, n*OHW : (n+1)*OHW] + b[o] */
-    for (int n = 0; n < B; n++) {
-        for (int o = 0; o < K; o++) {
-            const float *src = yk + (size_t)o * N + (size_t)n * OHW;
-            float *dst = y + ((size_t)n * K + o) * OHW;
-            const float bo = b ? b[o] : 0.0f;
-            for (size_t j = 0; j < OHW; j++)
-                dst[j] = src[j] + bo;
-        }
-    }
-}
-
-/* Backward with col = im2col(x) either in ws already (x == NULL) or computed here. */
-static void conv2d_backward(const nnp_conv_geom *g, int B, const float *x, const float *W,
-                            const float *dy, float *dx, float *dW, float *db, float *ws)
-{
-    const int K = g->K, R = g->C * g->k * g->k;
-    if (B <= 0) {
-        if (dW)
-            memset(dW, 0, (size_t)K * R * sizeof *dW);
-        if (db)
-            memset(db, 0, (size_t)K * sizeof *db);
-        return;
-    }
-    const size_t OHW = (size_t)g->OH * g->OW, N = (size_t)B * OHW;
-    float *col = ws;
-    const float *dyk; /* dY'[K, N] */
-    if (B == 1) {
-        dyk = dy;
-    } else {
-        /* dY'[o, n*OHW : (n+1)*OHW] = dy[n, o, :] */
-        float *t = ws + (size_t)R * N;
-        for (int n = 0; n < B; n++)
-            for (int o = 0; o < K; o++)
-                memcpy(t + (size_t)o * N + (size_t)n * OHW, dy + ((size_t)n * K + o) * OHW,
-                       OHW * sizeof *t);
-        dyk = t;
-    }
-    if (db) {
-        /* db[o] = sum of dy[:, o, :, :]: float within a sample's block, double across. */
-        for (int o = 0; o < K; o++) {
-            double acc = 0.0;
-            for (int n = 0; n < B; n++)
-                acc += block_sum(dy + ((size_t)n * K + o) * OHW, OHW);
-            db[o] = (float)acc;
-        }
-    }
-    if (dW) {
-        if (x)
-            im2col(g, B, x, col);
-        /* dW[K, R] = dY'[K, N] col^T[N, R] */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, K, R, (int)N, 1.0f, dyk, (int)N,
-                    col, (int)N, 0.0f, dW, R);
-    }
-    if (dx) {
-        /* dcol[R, N] = W^T[R, K] dY'[K, N], written over col (no longer needed). */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, (int)N, K, 1.0f, W, R, dyk,
-                    (int)N, 0.0f, col, (int)N);
-        memset(dx, 0, (size_t)B * g->C * g->H * g->W * sizeof *dx);
-        col2im(g, B, col, dx);
-    }
+    if (nnp_conv2d_path(g) == NNP_CONV_DIRECT)
+        nnp_conv_direct_forward(g, B, x, W, b, y, ws);
+    else
+        gemm_forward(g, B, x, W, b, y, ws);
 }
 
 void nnp_conv2d_backward(const nnp_conv_geom *g, int B, const float *x, const float *W,
                          const float *dy, float *dx, float *dW, float *db, float *ws)
 {
-    conv2d_backward(g, B, x, W, dy, dx, dW, db, ws);
-}
-
-void nnp_conv2d_backward_cached(const nnp_conv_geom *g, int B, const float *W, const float *dy,
-                                float *dx, float *dW, float *db, float *ws)
-{
-    conv2d_backward(g, B, NULL, W, dy, dx, dW, db, ws);
+    if (nnp_conv2d_path(g) == NNP_CONV_DIRECT)
+        nnp_conv_direct_backward(g, B, x, W, dy, dx, dW, db, ws);
+    else
+        gemm_backward(g, B, x, W, dy, dx, dW, db, ws);
 }

@@ -913,8 +913,8 @@ int nnp_net_has(const nnp_net *net, nnp_layer_kind kind)
 }
 
 /* Layer i over the samples [row0, row0 + B) of the batch buffers: every activation, gradient,
- * argmax and skip buffer is read and written from that sample on; conv's im2col workspace is
- * ws. A whole-batch pass is row0 = 0 with the layer's own workspace. */
+ * argmax and skip buffer is read and written from that sample on; conv's scratch workspace
+ * is ws. A whole-batch pass is row0 = 0 with the layer's own workspace. */
 static void forward_rows(nnp_net *net, int i, int B, size_t row0, float *ws)
 {
     const nnp_layer *L = &net->layers[i];
@@ -1009,8 +1009,8 @@ static void backward_rows(nnp_net *net, int i, int B, size_t row0, float *ws, fl
     }
     case NNP_L_CONV2D: {
         const nnp_tensor *w = &net->tensors[L->tensor];
-        /* the forward pass of these samples left im2col(input) in ws */
-        nnp_conv2d_backward_cached(&L->conv, B, net->params + w->off, dy, dx, gw, gb, ws);
+        nnp_conv2d_backward(&L->conv, B, net->act[L->src] + row0 * nin, net->params + w->off,
+                            dy, dx, gw, gb, ws);
         break;
     }
     case NNP_L_MAXPOOL:
@@ -1089,14 +1089,13 @@ static int shard_rows(int c, int S, int B)
     return r < S ? r : S;
 }
 
-/* Layer i's workspace for micro-shard c: the layer's own one cut into pieces of the size a
- * micro-shard needs (it is sized for max_batch >= the local batch). */
+/* Layer i's workspace for micro-shard c: the layer's own one (conv keeps nothing in it from
+ * forward to backward, so the micro-shards, run one after another, share it). */
 static float *shard_ws(const nnp_net *net, int i, int c, int S)
 {
-    const nnp_layer *L = &net->layers[i];
-    if (!net->ws[i])
-        return NULL;
-    return net->ws[i] + (size_t)c * nnp_conv2d_workspace(&L->conv, S);
+    (void)c;
+    (void)S;
+    return net->ws[i];
 }
 
 /* BatchNorm layer i in training over n micro-shards: each one's sums, the global sums from
