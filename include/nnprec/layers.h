@@ -41,7 +41,8 @@ void nnp_conv2d_backward(const nnp_conv_geom *g, int B, const float *x, const fl
                          const float *dy, float *dx, float *dW, float *db, float *ws);
 /* Which implementation a geometry runs (src/nn/conv2d.c): the direct AVX2/FMA kernels
  * (stride 1, p <= k-1, a CPU with AVX2 and FMA) or im2col + GEMM (every geometry, portable).
- * AUTO picks direct wherever it can run; NNPREC_CONV_PATH=auto|gemm|direct in the
+ * AUTO picks direct wherever it can run (the backward of maps of <= 64 positions excepted);
+ * NNPREC_CONV_PATH=auto|gemm|direct in the
  * environment (read at the first call) or nnp_conv2d_set_path (process-wide, for tests and
  * benchmarks; not thread-safe) forces one; DIRECT falls back to GEMM where it cannot run. */
 typedef enum { NNP_CONV_AUTO, NNP_CONV_GEMM, NNP_CONV_DIRECT } nnp_conv_path;

@@ -204,6 +204,18 @@ nnp_conv_path nnp_conv2d_path(const nnp_conv_geom *g)
     return NNP_CONV_DIRECT;
 }
 
+/* The backward's path: AUTO leaves maps of 64 output positions or fewer (resnet8's 7x7) to
+ * the GEMM path, whose groups of samples beat the direct path's per-sample weight gradient
+ * there (64->64 on 7x7, batch 128: 15.2 against 17.9 ms; the forward is 7.2 against 7.9). */
+static nnp_conv_path backward_path(const nnp_conv_geom *g)
+{
+    nnp_conv_path p = nnp_conv2d_path(g);
+    if (p == NNP_CONV_DIRECT && requested_path() == NNP_CONV_AUTO &&
+        (size_t)g->OH * g->OW <= 64)
+        return NNP_CONV_GEMM;
+    return p;
+}
+
 /* ---- GEMM path -------------------------------------------------------------------------- */
 
 /* Samples per group: enough that a group's product has about 1024 output positions (a
@@ -319,7 +331,7 @@ void nnp_conv2d_forward(const nnp_conv_geom *g, int B, const float *x, const flo
 void nnp_conv2d_backward(const nnp_conv_geom *g, int B, const float *x, const float *W,
                          const float *dy, float *dx, float *dW, float *db, float *ws)
 {
-    if (nnp_conv2d_path(g) == NNP_CONV_DIRECT)
+    if (backward_path(g) == NNP_CONV_DIRECT)
         nnp_conv_direct_backward(g, B, x, W, dy, dx, dW, db, ws);
     else
         gemm_backward(g, B, x, W, dy, dx, dW, db, ws);

@@ -1,0 +1,407 @@
+/* conv2d_direct.c - direct stride-1 convolution with AVX2/FMA micro-kernels, no im2col.
+ *
+ * One sample at a time. Its input is copied into a zero-padded buffer xp[C][Hp][Wp]
+ * (Hp = H + 2p, Wp = W + 2p, the planes back to back, Cs = Hp*Wp floats apart). For stride
+ * 1, output (oh, ow) of channel o reads xp[c][oh + ki][ow + kj], i.e. the flat index
+ *   j + off(c, ki, kj),   j = oh*Wp + ow,   off = c*Cs + ki*Wp + kj,
+ * so on the padded grid (the output rows laid out Wp apart, ow in [OW, Wp) being columns
+ * that are computed and dropped) every kernel tap is the SAME contiguous strip of xp,
+ * shifted by off. The convolution is then
+ *   Yp[o][j] = sum_r W[o][r] xp[off(r) + j],   r = (c*k + ki)*k + kj,  j in [0, Ls),
+ * a GEMM whose second operand is read straight from xp, never materialized. The micro-kernel
+ * keeps 6 output channels x 16 positions or 4 x 24 (12 accumulators of 8 floats) in
+ * registers and walks the R taps: per tap 2-3 unaligned loads of xp, 6 or 4 weight
+ * broadcasts (the weights packed tap by tap), 12 FMAs.
+ *
+ * Backward, per sample:
+ *   dW[o][r] += sum_j dYp[o][j] xp[off(r) + j], dYp being dy on the same padded grid with
+ *     zeros in the dropped columns: 4 channels x 3 taps of 8-lane partial sums in registers,
+ *     reduced at the end of the sample and added into a double accumulator over the batch;
+ *   dx is the stride-1 convolution of dy zero-padded by q = k - 1 - p with the kernel
+ *     flipped and its two channel axes swapped, Wt[c][o][ki][kj] = W[o][c][k-1-ki][k-1-kj]:
+ *     the forward kernel again (this needs p <= k - 1).
+ *   db is every path's shared sum (nnp_conv_bias_grad).
+ * Every sum runs in a fixed order set by the shapes alone, so the results depend only on
+ * (shapes, B, inputs).
+ *
+ * Workspace (floats, in this order; nnp_conv_direct_workspace):
+ *   acc   2*K*R      dW accumulator (double)
+ *   wt    K*R        flipped, transposed kernel (dx)
+ *   wpk   K*R        the kernel in use, packed per channel block (pack_weights)
+ *   off   (C+K)*k*k  tap offsets into xp and into dyq (ints)
+ *   xp    C*Hp*Wp + k + 32     padded input (its tail zeroed: strips read past the last plane)
+ *   yp    K*Ls       output strip Yp or dYp, Ls = OH*Wp rounded up to whole tiles
+ *   dyq   K*Hq*Wq + k + 32     dy padded by q (dx)
+ *   dxp   C*Lq       input-gradient strip, Lq = H*Wq rounded up to whole tiles
+ * The build compiles the kernels for AVX2+FMA with a per-function target attribute; the
+ * CPU is asked (cpuid) before they are used, and conv2d.c falls back to its GEMM path.
+ */
+#include <string.h>
+
+#include "conv2d_impl.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define NNP_HAVE_DIRECT 1
+#include <immintrin.h>
+#define TARGET __attribute__((target("avx2,fma")))
+#define INLINE static inline __attribute__((always_inline))
+#else
+#define NNP_HAVE_DIRECT 0
+#endif
+
+static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
+
+/* The forward micro-kernel's tile for K output channels: blocks of 6 channels x 2 vectors
+ * where 6 divides K, else 4 channels x 3 vectors (12 accumulators either way), the last
+ * block narrower when the block does not divide K. */
+static int block_of(int K) { return K % 6 == 0 ? 6 : 4; }
+static int vecs_of(int K) { return K % 6 == 0 ? 2 : 3; }
+/* A strip of L positions rounded up to whole tiles of 8 * vecs_of(K). */
+static size_t strip_of(size_t L, int K)
+{
+    const size_t t = (size_t)8 * vecs_of(K);
+    return (L + t - 1) / t * t;
+}
+
+/* wpk: w[K][R] regrouped per channel block (block_of(K)) as [R][ko], so the micro-kernel
+ * reads one block's weights for a tap from consecutive floats. */
+static void pack_weights(int K, size_t R, const float *w, float *wpk)
+{
+    const int blk = block_of(K);
+    for (int o = 0; o < K; o += blk) {
+        const int ko = K - o < blk ? K - o : blk;
+        float *dst = wpk + (size_t)o * R;
+        for (size_t r = 0; r < R; r++)
+            for (int t = 0; t < ko; t++)
+                dst[r * ko + t] = w[(size_t)(o + t) * R + r];
+    }
+}
+
+/* off[r] = c*Cs + ki*Wp + kj for the taps r = (c*k + ki)*k + kj of C channels. */
+static void tap_offsets(int C, int k, int Wp, size_t Cs, int *off)
+{
+    size_t r = 0;
+    for (int c = 0; c < C; c++)
+        for (int ki = 0; ki < k; ki++)
+            for (int kj = 0; kj < k; kj++)
+                off[r++] = (int)((size_t)c * Cs + (size_t)ki * Wp + (size_t)kj);
+}
+
+/* The padded-grid sizes of a geometry. */
+typedef struct {
+    int Hp, Wp;       /* padded input */
+    size_t Cs, Ls;    /* padded plane, output strip */
+    int q, Hq, Wq;    /* dy padded by q = k-1-p (dx) */
+    size_t Cq, Lq;    /* its plane, dx strip */
+    size_t nxp, nyp, ndyq, ndxp, R;
+} grid;
+
+static grid grid_of(const nnp_conv_geom *g)
+{
+    grid d;
+    d.Hp = g->H + 2 * g->p;
+    d.Wp = g->W + 2 * g->p;
+    d.Cs = (size_t)d.Hp * d.Wp;
+    d.Ls = strip_of((size_t)g->OH * d.Wp, g->K);
+    d.q = g->k - 1 - g->p;
+    d.Hq = g->OH + 2 * d.q;
+    d.Wq = g->OW + 2 * d.q;
+    d.Cq = (size_t)d.Hq * d.Wq;
+    d.Lq = strip_of((size_t)g->H * d.Wq, g->C);
+    d.R = (size_t)g->C * g->k * g->k;
+    d.nxp = round16((size_t)g->C * d.Cs + (size_t)g->k + 32);
+    d.nyp = (size_t)g->K * d.Ls;
+    d.ndyq = round16((size_t)g->K * d.Cq + (size_t)g->k + 32);
+    d.ndxp = (size_t)g->C * d.Lq;
+    return d;
+}
+
+/* Floats before xp: acc (2*K*R), wt, wpk (K*R each), the tap offsets of x and of the padded
+ * dy (ints). */
+static size_t head_of(const nnp_conv_geom *g)
+{
+    const size_t kr = (size_t)g->K * g->C * g->k * g->k;
+    const size_t taps = (size_t)(g->C + g->K) * g->k * g->k;
+    return round16(4 * kr + taps);
+}
+
+int nnp_conv_direct_fits(const nnp_conv_geom *g)
+{
+    return g->s == 1 && g->p <= g->k - 1;
+}
+
+size_t nnp_conv_direct_workspace(const nnp_conv_geom *g)
+{
+    if (!nnp_conv_direct_fits(g))
+        return 0;
+    grid d = grid_of(g);
+    return head_of(g) + d.nxp + d.nyp + d.ndyq + d.ndxp;
+}
+
+/* Copy C planes of H x W into a buffer of planes Hp x Wp with the image at (p, p) and zeros
+ * around it, then zero `tail` floats after the last plane. */
+static void pad_planes(int C, int H, int W, int p, const float *x, float *xp, size_t tail)
+{
+    const int Hp = H + 2 * p, Wp = W + 2 * p;
+    for (int c = 0; c < C; c++) {
+        const float *src = x + (size_t)c * H * W;
+        float *dst = xp + (size_t)c * Hp * Wp;
+        memset(dst, 0, ((size_t)p * Wp + p) * sizeof *dst);
+        float *row = dst + (size_t)p * Wp + p;
+        for (int h = 0; h < H; h++) {
+            memcpy(row, src + (size_t)h * W, (size_t)W * sizeof *row);
+            /* the right border of this row and the left border of the next */
+            if (h + 1 < H)
+                memset(row + W, 0, (size_t)2 * p * sizeof *row);
+            row += Wp;
+        }
+        /* the last row's right border and the bottom rows */
+        float *end = dst + (size_t)Hp * Wp;
+        float *from = dst + (size_t)(p + H - 1) * Wp + p + W;
+        memset(from, 0, (size_t)(end - from) * sizeof *from);
+    }
+    memset(xp + (size_t)C * Hp * Wp, 0, tail * sizeof *xp);
+}
+
+#if NNP_HAVE_DIRECT
+
+int nnp_conv_direct_available(void)
+{
+    static int have = -1;
+    if (have < 0) {
+        __builtin_cpu_init();
+        have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    return have;
+}
+
+/* KO output channels x 8*V positions from xp: yp[o*Ls + j] = sum_r wp[r*KO + o] xp[off[r] + j]
+ * for j < 8V (wp: this channel block's weights packed tap by tap). */
+INLINE TARGET void fwd_block(int KO, int V, size_t R, const int *off, const float *xp,
+                             const float *wp, float *yp, size_t Ls)
+{
+    __m256 a[6][3], xv[3];
+    for (int o = 0; o < KO; o++)
+        for (int v = 0; v < V; v++)
+            a[o][v] = _mm256_setzero_ps();
+    for (size_t r = 0; r < R; r++, wp += KO) {
+        const float *xr = xp + off[r];
+        for (int v = 0; v < V; v++)
+            xv[v] = _mm256_loadu_ps(xr + 8 * v);
+        for (int o = 0; o < KO; o++) {
+            const __m256 wv = _mm256_broadcast_ss(wp + o);
+            for (int v = 0; v < V; v++)
+                a[o][v] = _mm256_fmadd_ps(wv, xv[v], a[o][v]);
+        }
+    }
+    for (int o = 0; o < KO; o++)
+        for (int v = 0; v < V; v++)
+            _mm256_storeu_ps(yp + (size_t)o * Ls + 8 * v, a[o][v]);
+}
+
+/* Yp[o][0 .. Ls) for every o < K: sum over the R taps of wpk (pack_weights) times the strip
+ * of xp at off[r]. Ls is a multiple of 8 * vecs_of(K). */
+static TARGET void flat_conv(int K, size_t R, const int *off, const float *xp,
+                             const float *wpk, float *yp, size_t Ls)
+{
+    const int blk = block_of(K), V = vecs_of(K);
+    for (int o = 0; o < K; o += blk) {
+        const int ko = K - o < blk ? K - o : blk;
+        const float *wp = wpk + (size_t)o * R;
+        float *yo = yp + (size_t)o * Ls;
+        for (size_t j = 0; j < Ls; j += (size_t)8 * V) {
+#define FWD(KO_, V_) fwd_block(KO_, V_, R, off, xp + j, wp, yo + j, Ls)
+            if (V == 2) {
+                switch (ko) {
+                case 6: FWD(6, 2); break;
+                case 5: FWD(5, 2); break;
+                case 4: FWD(4, 2); break;
+                case 3: FWD(3, 2); break;
+                case 2: FWD(2, 2); break;
+                default: FWD(1, 2); break;
+                }
+            } else {
+                switch (ko) {
+                case 4: FWD(4, 3); break;
+                case 3: FWD(3, 3); break;
+                case 2: FWD(2, 3); break;
+                default: FWD(1, 3); break;
+                }
+            }
+#undef FWD
+        }
+    }
+}
+
+INLINE TARGET double hsum(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return (double)_mm_cvtss_f32(s);
+}
+
+/* acc[o][t] += sum_j dyp[o*Ls + j] xp[off[t] + j] for KO channels and NR taps. */
+INLINE TARGET void dw_block(int KO, int NR, const float *dyp, size_t Ls, const float *xp,
+                            const size_t *off, double *acc, size_t R)
+{
+    __m256 a[4][3];
+    for (int o = 0; o < KO; o++)
+        for (int t = 0; t < NR; t++)
+            a[o][t] = _mm256_setzero_ps();
+    const float *x0 = xp + off[0], *x1 = xp + off[NR > 1 ? 1 : 0], *x2 = xp + off[NR > 2 ? 2 : 0];
+    for (size_t j = 0; j < Ls; j += 8) {
+        __m256 xv[3];
+        xv[0] = _mm256_loadu_ps(x0 + j);
+        if (NR > 1)
+            xv[1] = _mm256_loadu_ps(x1 + j);
+        if (NR > 2)
+            xv[2] = _mm256_loadu_ps(x2 + j);
+        for (int o = 0; o < KO; o++) {
+            const __m256 d = _mm256_loadu_ps(dyp + (size_t)o * Ls + j);
+            for (int t = 0; t < NR; t++)
+                a[o][t] = _mm256_fmadd_ps(d, xv[t], a[o][t]);
+        }
+    }
+    for (int o = 0; o < KO; o++)
+        for (int t = 0; t < NR; t++)
+            acc[(size_t)o * R + t] += hsum(a[o][t]);
+}
+
+/* acc[K][R] += the weight gradient of one sample (see the header comment). */
+static TARGET void flat_dw(int K, size_t R, const int *off, const float *xp, const float *dyp,
+                           size_t Ls, double *acc)
+{
+    for (int o = 0; o < K; o += 4) {
+        const int ko = K - o < 4 ? K - o : 4;
+        for (size_t r = 0; r < R; r += 3) {
+            const int nr = R - r < 3 ? (int)(R - r) : 3;
+            size_t o3[3] = {(size_t)off[r], (size_t)off[r], (size_t)off[r]};
+            for (int t = 1; t < nr; t++)
+                o3[t] = (size_t)off[r + (size_t)t];
+            const float *d = dyp + (size_t)o * Ls;
+            double *ac = acc + (size_t)o * R + r;
+#define DW_CASE(KO_)                                                                    \
+    case KO_:                                                                           \
+        if (nr == 3)                                                                    \
+            dw_block(KO_, 3, d, Ls, xp, o3, ac, R);                                     \
+        else if (nr == 2)                                                               \
+            dw_block(KO_, 2, d, Ls, xp, o3, ac, R);                                     \
+        else                                                                            \
+            dw_block(KO_, 1, d, Ls, xp, o3, ac, R);                                     \
+        break;
+            switch (ko) {
+                DW_CASE(4)
+                DW_CASE(3)
+                DW_CASE(2)
+                DW_CASE(1)
+            }
+#undef DW_CASE
+        }
+    }
+}
+
+#else /* no AVX2 build: conv2d.c never takes this path */
+
+int nnp_conv_direct_available(void) { return 0; }
+
+static void flat_conv(int K, size_t R, const int *off, const float *xp, const float *wpk,
+                      float *yp, size_t Ls)
+{
+    (void)K; (void)R; (void)off; (void)xp; (void)wpk; (void)yp; (void)Ls;
+}
+
+static void flat_dw(int K, size_t R, const int *off, const float *xp, const float *dyp,
+                    size_t Ls, double *acc)
+{
+    (void)K; (void)R; (void)off; (void)xp; (void)dyp; (void)Ls; (void)acc;
+}
+
+#endif
+
+void nnp_conv_direct_forward(const nnp_conv_geom *g, int B, const float *x, const float *W,
+                             const float *b, float *y, float *ws)
+{
+    const grid d = grid_of(g);
+    const int C = g->C, K = g->K, OH = g->OH, OW = g->OW;
+    const size_t kr = (size_t)K * d.R;
+    float *wpk = ws + 3 * kr, *xp = ws + head_of(g), *yp = xp + d.nxp;
+    int *off = (int *)(ws + 4 * kr);
+    const size_t nx = (size_t)C * g->H * g->W, OHW = (size_t)OH * OW;
+    pack_weights(K, d.R, W, wpk);
+    tap_offsets(C, g->k, d.Wp, d.Cs, off);
+    for (int n = 0; n < B; n++) {
+        pad_planes(C, g->H, g->W, g->p, x + (size_t)n * nx, xp, d.nxp - (size_t)C * d.Cs);
+        flat_conv(K, d.R, off, xp, wpk, yp, d.Ls);
+        for (int o = 0; o < K; o++) {
+            const float *src = yp + (size_t)o * d.Ls;
+            float *dst = y + ((size_t)n * K + o) * OHW;
+            const float bo = b ? b[o] : 0.0f;
+            for (int oh = 0; oh < OH; oh++)
+                for (int ow = 0; ow < OW; ow++)
+                    dst[(size_t)oh * OW + ow] = src[(size_t)oh * d.Wp + ow] + bo;
+        }
+    }
+}
+
+void nnp_conv_direct_backward(const nnp_conv_geom *g, int B, const float *x, const float *W,
+                              const float *dy, float *dx, float *dW, float *db, float *ws)
+{
+    const grid d = grid_of(g);
+    const int C = g->C, K = g->K, k = g->k, OH = g->OH, OW = g->OW;
+    const size_t R = d.R, kr = (size_t)K * R;
+    double *acc = (double *)ws;
+    float *wt = ws + 2 * kr, *wpk = ws + 3 * kr, *xp = ws + head_of(g), *yp = xp + d.nxp;
+    float *dyq = yp + d.nyp, *dxp = dyq + d.ndyq;
+    int *off = (int *)(ws + 4 * kr), *offq = off + R;
+    const size_t nx = (size_t)C * g->H * g->W, OHW = (size_t)OH * OW;
+    if (db)
+        nnp_conv_bias_grad(B, K, OHW, dy, db);
+    if (dW)
+        memset(acc, 0, kr * sizeof *acc);
+    if (dx) {
+        /* Wt[c][o][ki][kj] = W[o][c][k-1-ki][k-1-kj] */
+        for (int o = 0; o < K; o++)
+            for (int c = 0; c < C; c++)
+                for (int ki = 0; ki < k; ki++)
+                    for (int kj = 0; kj < k; kj++)
+                        wt[(((size_t)c * K + o) * k + ki) * k + kj] =
+                            W[(((size_t)o * C + c) * k + (k - 1 - ki)) * k + (k - 1 - kj)];
+        pack_weights(C, (size_t)K * k * k, wt, wpk);
+        tap_offsets(K, k, d.Wq, d.Cq, offq);
+    }
+    if (dW)
+        tap_offsets(C, k, d.Wp, d.Cs, off);
+    for (int n = 0; n < B; n++) {
+        const float *dyn = dy + (size_t)n * K * OHW;
+        if (dW) {
+            pad_planes(C, g->H, g->W, g->p, x + (size_t)n * nx, xp, d.nxp - (size_t)C * d.Cs);
+            /* dYp: dy on the padded grid, zero in the dropped columns and the tail */
+            for (int o = 0; o < K; o++) {
+                float *dst = yp + (size_t)o * d.Ls;
+                const float *src = dyn + (size_t)o * OHW;
+                for (int oh = 0; oh < OH; oh++) {
+                    memcpy(dst + (size_t)oh * d.Wp, src + (size_t)oh * OW, (size_t)OW * sizeof *dst);
+                    memset(dst + (size_t)oh * d.Wp + OW, 0, (size_t)(d.Wp - OW) * sizeof *dst);
+                }
+                memset(dst + (size_t)OH * d.Wp, 0, (d.Ls - (size_t)OH * d.Wp) * sizeof *dst);
+            }
+            flat_dw(K, R, off, xp, yp, d.Ls, acc);
+        }
+        if (dx) {
+            pad_planes(K, OH, OW, d.q, dyn, dyq, d.ndyq - (size_t)K * d.Cq);
+            flat_conv(C, (size_t)K * k * k, offq, dyq, wpk, dxp, d.Lq);
+            float *dxn = dx + (size_t)n * nx;
+            for (int c = 0; c < C; c++) {
+                const float *src = dxp + (size_t)c * d.Lq;
+                float *dst = dxn + (size_t)c * g->H * g->W;
+                for (int h = 0; h < g->H; h++)
+                    memcpy(dst + (size_t)h * g->W, src + (size_t)h * d.Wq,
+                           (size_t)g->W * sizeof *dst);
+            }
+        }
+    }
+    if (dW)
+        for (size_t i = 0; i < kr; i++)
+            dW[i] = (float)acc[i];
+}

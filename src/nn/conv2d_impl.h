@@ -1,0 +1,28 @@
+/* conv2d_impl.h - what conv2d.c and the direct stride-1 kernels (conv2d_direct.c) share.
+ * Internal to src/nn; the public API is in include/nnprec/layers.h. */
+#ifndef NNPREC_CONV2D_IMPL_H
+#define NNPREC_CONV2D_IMPL_H
+#include <stddef.h>
+
+#include "nnprec/layers.h"
+
+/* 1 if this build has the AVX2/FMA direct kernels and the CPU runs them (cpuid, once). */
+int nnp_conv_direct_available(void);
+/* 1 if the direct kernels handle this geometry: stride 1 and p <= k - 1 (the input gradient
+ * is a stride-1 convolution of dy padded by k - 1 - p). */
+int nnp_conv_direct_fits(const nnp_conv_geom *g);
+/* Floats of workspace the direct path needs (independent of the batch: it works one sample
+ * at a time). */
+size_t nnp_conv_direct_workspace(const nnp_conv_geom *g);
+/* The direct path's forward and backward; same contracts as nnp_conv2d_forward/backward.
+ * Only call when nnp_conv_direct_available() and nnp_conv_direct_fits(g). */
+void nnp_conv_direct_forward(const nnp_conv_geom *g, int B, const float *x, const float *W,
+                             const float *b, float *y, float *ws);
+void nnp_conv_direct_backward(const nnp_conv_geom *g, int B, const float *x, const float *W,
+                              const float *dy, float *dx, float *dW, float *db, float *ws);
+
+/* db[o] = sum of dy[:, o, :, :]: float within a sample's block, double across samples (every
+ * path uses this one, so db does not depend on the path). */
+void nnp_conv_bias_grad(int B, int K, size_t OHW, const float *dy, float *db);
+
+#endif
