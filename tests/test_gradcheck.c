@@ -150,38 +150,47 @@ static double conv_obj(void *p)
     return dot_r(c->r, c->y, (size_t)c->B * c->g.K * c->g.OH * c->g.OW);
 }
 
+/* Central differences through each convolution path (nnp_conv2d_set_path): the portable
+ * GEMM one, and the direct AVX2/FMA one where the CPU has it (stride 1; else GEMM again).
+ * Run after every other test, so that the data those draw stay what they were. */
 static void test_conv(void)
 {
-    /* B, C, H, W, K, k, s, p */
-    const int geoms[][8] = {
-        {2, 2, 6, 5, 3, 3, 1, 1},
-        {3, 3, 7, 7, 2, 3, 2, 2}, /* stride 2, padding 2 */
-        {1, 1, 5, 5, 2, 2, 2, 0},
-        {2, 2, 8, 6, 2, 5, 2, 2},
-        {1, 2, 4, 4, 3, 3, 1, 2}, /* output larger than input */
-    };
-    for (size_t t = 0; t < sizeof geoms / sizeof geoms[0]; t++) {
-        const int *q = geoms[t];
-        conv_ctx c;
-        memset(&c, 0, sizeof c);
-        c.B = q[0];
-        ASSERT_EQ_INT(nnp_conv_geom_init(&c.g, q[1], q[2], q[3], q[4], q[5], q[6], q[7]), 0);
-        const size_t nx = (size_t)c.B * c.g.C * c.g.H * c.g.W;
-        const size_t nw = (size_t)c.g.K * c.g.C * c.g.k * c.g.k;
-        const size_t ny = (size_t)c.B * c.g.K * c.g.OH * c.g.OW;
-        c.x = falloc(nx); c.W = falloc(nw); c.b = falloc(c.g.K); c.y = falloc(ny);
-        c.r = falloc(ny); c.ws = falloc(nnp_conv2d_workspace(&c.g, c.B));
-        float *dx = falloc(nx), *dW = falloc(nw), *db = falloc(c.g.K);
-        fill_normal(c.x, nx); fill_normal(c.W, nw); fill_normal(c.b, c.g.K);
-        fill_normal(c.r, ny);
-        fill_garbage(dx, nx); fill_garbage(dW, nw); fill_garbage(db, c.g.K);
-        nnp_conv2d_backward(&c.g, c.B, c.x, c.W, c.r, dx, dW, db, c.ws);
-        gradcheck("conv dW", conv_obj, &c, c.W, dW, nw);
-        gradcheck("conv db", conv_obj, &c, c.b, db, c.g.K);
-        gradcheck("conv dx", conv_obj, &c, c.x, dx, nx);
-        free(c.x); free(c.W); free(c.b); free(c.y); free(c.r); free(c.ws);
-        free(dx); free(dW); free(db);
+    for (int path = 0; path < 2; path++) {
+        nnp_conv2d_set_path(path ? NNP_CONV_DIRECT : NNP_CONV_GEMM);
+        /* B, C, H, W, K, k, s, p */
+        const int geoms[][8] = {
+            {2, 2, 6, 5, 3, 3, 1, 1},
+            {1, 1, 7, 6, 6, 3, 1, 2},  /* LeNet conv1's shape class: one channel, padding 2 */
+            {2, 5, 5, 7, 5, 3, 1, 0},  /* odd channel counts: channel blocks with tails */
+            {3, 3, 7, 7, 2, 3, 2, 2}, /* stride 2, padding 2 */
+            {1, 1, 5, 5, 2, 2, 2, 0},
+            {2, 2, 8, 6, 2, 5, 2, 2},
+            {1, 2, 4, 4, 3, 3, 1, 2}, /* output larger than input */
+        };
+        for (size_t t = 0; t < sizeof geoms / sizeof geoms[0]; t++) {
+            const int *q = geoms[t];
+            conv_ctx c;
+            memset(&c, 0, sizeof c);
+            c.B = q[0];
+            ASSERT_EQ_INT(nnp_conv_geom_init(&c.g, q[1], q[2], q[3], q[4], q[5], q[6], q[7]), 0);
+            const size_t nx = (size_t)c.B * c.g.C * c.g.H * c.g.W;
+            const size_t nw = (size_t)c.g.K * c.g.C * c.g.k * c.g.k;
+            const size_t ny = (size_t)c.B * c.g.K * c.g.OH * c.g.OW;
+            c.x = falloc(nx); c.W = falloc(nw); c.b = falloc(c.g.K); c.y = falloc(ny);
+            c.r = falloc(ny); c.ws = falloc(nnp_conv2d_workspace(&c.g, c.B));
+            float *dx = falloc(nx), *dW = falloc(nw), *db = falloc(c.g.K);
+            fill_normal(c.x, nx); fill_normal(c.W, nw); fill_normal(c.b, c.g.K);
+            fill_normal(c.r, ny);
+            fill_garbage(dx, nx); fill_garbage(dW, nw); fill_garbage(db, c.g.K);
+            nnp_conv2d_backward(&c.g, c.B, c.x, c.W, c.r, dx, dW, db, c.ws);
+            gradcheck("conv dW", conv_obj, &c, c.W, dW, nw);
+            gradcheck("conv db", conv_obj, &c, c.b, db, c.g.K);
+            gradcheck("conv dx", conv_obj, &c, c.x, dx, nx);
+            free(c.x); free(c.W); free(c.b); free(c.y); free(c.r); free(c.ws);
+            free(dx); free(dW); free(db);
+        }
     }
+    nnp_conv2d_set_path(NNP_CONV_AUTO);
 }
 
 /* ---- pooling -------------------------------------------------------------------------- */
@@ -627,12 +636,12 @@ static void test_residual(void)
 int main(void)
 {
     test_dense();
-    test_conv();
     test_pool();
     test_activations();
     test_losses();
     test_batchnorm();
     test_gap_dropout();
     test_residual();
+    test_conv();
     TEST_MAIN_END();
 }
