@@ -1,13 +1,13 @@
 #!/usr/bin/python3
 """Single-rank training speed: nnprec vs PyTorch on CPU, same model, batch and thread count.
 
-For each case (LeNet batch 64, mlp:784-1024x4-10 batch 256) it alternates nnprec and
-PyTorch runs --rounds times (the machine is shared, so interleaving keeps both under the
-same load) and reports the median samples/s of each, and their ratio. For the MLP it also
-prints the GFLOP/s nnprec achieves as a fraction of what cblas_sgemm reaches on exactly the
-same GEMM shapes in the same run (`nnprec bench`), and which OpenBLAS kernel ran. Beside
-the speeds: each process's peak resident memory (the kernel's maximum RSS of the child,
-from wait4), the largest over the rounds.
+For each case (LeNet batch 64, mlp:784-1024x4-10 batch 256, resnet8 batch 128) it
+alternates nnprec and PyTorch runs --rounds times (the machine is shared, so interleaving
+keeps both under the same load) and reports the median samples/s of each, and their ratio.
+For the MLP it also prints the GFLOP/s nnprec achieves as a fraction of what cblas_sgemm
+reaches on exactly the same GEMM shapes in the same run (`nnprec bench`), and which
+OpenBLAS kernel ran. Beside the speeds: each process's peak resident memory (the kernel's
+maximum RSS of the child, from wait4), the largest over the rounds.
 
   scripts/bench_speed.py [--nnprec build/nnprec] [--rounds 3]
 """
@@ -23,7 +23,7 @@ from clitools import ArgParser, die, why, positive_int
 
 PROG = "bench_speed.py"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CASES = [("lenet", 64, 400), ("mlp:784-1024x4-10", 256, 60)]
+CASES = [("lenet", 64, 400), ("mlp:784-1024x4-10", 256, 60), ("resnet8", 128, 40)]
 
 
 def run_rss(cmd, capture=False):

@@ -8,7 +8,9 @@
       DistributedDataParallel (gloo, one thread per process), prints the same line for the
       whole group (global samples per second)
 
-Models mirror docs/models.md: lenet (conv1 padded by 2, flatten 576) and mlp:W0-W1xN-...
+Models mirror docs/models.md: lenet (conv1 padded by 2, flatten 576), mlp:W0-W1xN-... and
+resnet8 (built by ckpt_to_torch.py from nnprec's expanded spec, RESNET8: convs with bias,
+BatchNorm, 1x1-conv + bn projections)
 """
 import argparse
 import gzip
@@ -33,6 +35,10 @@ from clitools import ArgParser, die, positive_int
 PROG = "torch_ref.py"
 DATA = "/usr/share/datasets/fashion-mnist"
 ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "leaky-relu": nn.LeakyReLU}
+# resnet8 as nnprec expands it (docs/models.md, n = 1)
+RESNET8 = ("1x28x28/conv:16:3:1:1/bn/relu/res[conv:16:3:1:1/bn/relu/conv:16:3:1:1/bn]/relu/"
+           "res[conv:32:3:2:1/bn/relu/conv:32:3:1:1/bn]/relu/"
+           "res[conv:64:3:2:1/bn/relu/conv:64:3:1:1/bn]/relu/gap/dense:10")
 
 
 def activation(s):
@@ -59,10 +65,11 @@ def mlp_widths(spec):
 
 
 def model_spec(s):
-    """argparse type: lenet or mlp:W0-W1xN-... (checked here, so that no run starts)."""
-    if s != "lenet":
+    """argparse type: lenet, resnet8 or mlp:W0-W1xN-... (checked here, so that no run starts)."""
+    if s not in ("lenet", "resnet8"):
         if not s.startswith("mlp:"):
-            raise argparse.ArgumentTypeError(f"unsupported model '{s}' (lenet or mlp:W0-W1xN-...)")
+            raise argparse.ArgumentTypeError(
+                f"unsupported model '{s}' (lenet, resnet8 or mlp:W0-W1xN-...)")
         try:
             mlp_widths(s)
         except ValueError as e:
@@ -77,6 +84,9 @@ def build(spec, act="relu"):
             nn.Conv2d(1, 6, 3, padding=2), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(6, 16, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
             nn.Linear(576, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+    if spec == "resnet8":
+        import ckpt_to_torch  # h5py with it; only this model needs it
+        return ckpt_to_torch.build(RESNET8)[0]
     if spec.startswith("mlp:"):
         widths = mlp_widths(spec)
         layers = [nn.Flatten()]
