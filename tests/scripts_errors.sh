@@ -179,6 +179,9 @@ check 2 "positive" bench_deterministic.py --nnprec "$nnprec" --rounds 0
 check 2 "positive" bench_deterministic.py --nnprec "$nnprec" --ranks 0
 check 2 ">= 0" bench_deterministic.py --nnprec "$nnprec" --micro-shard -1
 check 1 "not an executable" bench_deterministic.py --nnprec nowhere/nnprec
+check 2 "positive" bench_optim.py --nnprec "$nnprec" --rounds 0
+check 2 "invalid choice" bench_optim.py --nnprec "$nnprec" --modes ring
+check 1 "not an executable" bench_optim.py --nnprec nowhere/nnprec
 
 # --- plot_noise.py
 mkdir -p ns plain

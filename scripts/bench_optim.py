@@ -1,0 +1,92 @@
+#!/usr/bin/python3
+"""Cost of --optim lars and lamb in a training step: LeNet (batch 64 per rank) and
+mlp:784-256x12-10 (batch 256 per rank), at 2 ranks by default, with the fused and the shm
+allreduce (shm: each rank updates its half of the parameters, and LARS/LAMB sum their
+norms over shares in a small allreduce).
+
+Runs of sgd, lars, adam and lamb are interleaved (round 1 of each, round 2 of each, ...), so
+all four see the same machine. From each run's timing.csv: the optimizer phase (ms per step,
+the update and, over shares, the norms' allreduce, which also absorbs whatever skew the
+ranks have when they reach it) and the whole step (the sum of the phases). The cost of a layer-wise optimizer is its optimizer phase less its base's (LARS
+over SGD, LAMB over Adam), as a share of the base's whole step: a same-run figure, steadier
+than a throughput ratio on a shared machine. Medians over the rounds.
+
+  scripts/bench_optim.py [--rounds 5] [--ranks 2] [--modes fused shm]
+"""
+import argparse
+import csv
+import os
+import statistics
+import subprocess
+import tempfile
+
+from clitools import ArgParser, die, why, positive_int
+
+PROG = "bench_optim.py"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CASES = [("lenet", 64, 300), ("mlp:784-256x12-10", 256, 80)]
+OPTIMS = [("sgd", []), ("lars", []), ("adam", []), ("lamb", ["--weight-decay", "0.01"])]
+BASE = {"lars": "sgd", "lamb": "adam"}
+ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+           OPENBLAS_NUM_THREADS="1")
+
+
+def run(a, model, batch, steps, mode, optim, extra):
+    """(optimizer ms per step, whole step ms) over the log rows after the first"""
+    with tempfile.TemporaryDirectory() as d:
+        log_every = max(steps // 5, 1)
+        cmd = ["mpirun", "-np", str(a.ranks), "--bind-to", "core", "--oversubscribe", a.nnprec,
+               "train", "--model", model, "--batch", str(batch), "--steps", str(steps),
+               "--lr", "0.001", "--optim", optim, "--allreduce", mode,
+               "--log-every", str(log_every), "--eval-every", str(10 ** 9), "--test-limit", "100",
+               "--check-replicas", "0", "--quiet", "--out", d] + extra
+        r = subprocess.run(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True)
+        if r.returncode != 0:
+            die(f"{' '.join(cmd)} failed: {why(r.stderr)}")
+        opt = total = 0.0
+        for row in csv.DictReader(open(os.path.join(d, "timing.csv"))):
+            if int(row["step"]) > log_every:
+                s = 1e3 * float(row["mean_s"]) / (steps - log_every)
+                total += s
+                if row["phase"] == "optimizer":
+                    opt += s
+        return opt, total
+
+
+def main():
+    ap = ArgParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nnprec", default=os.path.join(ROOT, "build", "nnprec"))
+    ap.add_argument("--rounds", type=positive_int, default=5)
+    ap.add_argument("--ranks", type=positive_int, default=2)
+    ap.add_argument("--modes", nargs="+", default=["fused", "shm"],
+                    choices=["fused", "bucketed", "sharded", "shm"])
+    a = ap.parse_args()
+    if not os.access(a.nnprec, os.X_OK):
+        die(f"{a.nnprec} is not an executable (build first)")
+    print(f"{a.ranks} ranks, {a.rounds} interleaved rounds, medians; extra = optimizer phase "
+          f"less its base's (lars: sgd, lamb: adam), as a share of the base's whole step")
+    for model, batch, steps in CASES:
+        for mode in a.modes:
+            opt = {o: [] for o, _ in OPTIMS}
+            tot = {o: [] for o, _ in OPTIMS}
+            for _ in range(a.rounds):
+                for o, extra in OPTIMS:
+                    x, t = run(a, model, batch, steps, mode, o, extra)
+                    opt[o].append(x)
+                    tot[o].append(t)
+            print(f"\n{model}, batch {batch} per rank, {mode} ({steps} steps):")
+            print(f"  {'optim':<6} {'step ms':>8} {'optimizer ms':>13} {'extra ms':>9} {'extra':>7}")
+            for o, _ in OPTIMS:
+                mo, mt = statistics.median(opt[o]), statistics.median(tot[o])
+                line = f"  {o:<6} {mt:>8.2f} {mo:>13.3f}"
+                if o in BASE:
+                    b = BASE[o]
+                    # paired by round: both ran back to back
+                    d = statistics.median(x - y for x, y in zip(opt[o], opt[b]))
+                    line += f" {d:>9.3f} {100 * d / statistics.median(tot[b]):>6.2f}%"
+                print(line)
+
+
+if __name__ == "__main__":
+    main()
