@@ -12,6 +12,8 @@
 #                             dynamic preconditioner: 1 and 3 ranks (shm)
 #   noise                     lenet with --noise-scale (its columns too): 1 and 3 ranks
 #   resume                    the mlp run checkpointed on 2 ranks at step 30, resumed on 3
+#   resnet8                   synchronized BatchNorm2d, 12 steps: 1-4 ranks fused, 3 shm;
+#                             and --bn local shown to differ (not under the sanitizers)
 # 60 steps each, and lenet and the mlp (also sharded, shm and resumed) for 300 steps (not
 # under the sanitizers, where it would take minutes) over 1000 samples, so step 21 is the epoch's last, partial batch
 # of 40 samples (micro-shards of 12, 12, 12 and 4). --micro-shard 12 gives 4 micro-shards
@@ -155,6 +157,26 @@ out=$("$nnprec" "${common[@]}" "${mlp[@]}" --steps $((steps / 2 + 1)) --resume "
 run 1 "$tmp/plain1" && run 3 "$tmp/plain3" &&
   { [ "$(params_hash "$tmp/plain1/ckpt-$(printf %08d $steps).h5")" != "$(params_hash "$tmp/plain3/ckpt-$(printf %08d $steps).h5")" ] &&
       ok || fail "without --deterministic, 1 and 3 ranks ended at the same parameters"; }
+
+# resnet8 (synchronized BatchNorm2d; residual blocks, two with projection shortcuts), 12
+# steps: the same bits at 1-4 ranks fused and at 3 ranks over shm. --bn local (PyTorch DDP's
+# per-rank statistics) is another model: at 2 ranks its first step's loss already differs
+# from 1 rank's, where synchronized statistics agree to float rounding (plain mode).
+# Left out under the sanitizers (minutes there; the bn case above covers the code).
+if [ -z "${ASAN_OPTIONS:-}" ]; then
+  r8=(--model resnet8 --steps 12 --eval-every 12)
+  for np in 1 2 3 4; do run "$np" "$tmp/r8_$np" "${det[@]}" "${r8[@]}"; done
+  run 3 "$tmp/r8_shm3" "${det[@]}" "${r8[@]}" --allreduce shm
+  for d in r8_2 r8_3 r8_4 r8_shm3; do steps=12 same "resnet8, $d" "$tmp/r8_1" "$tmp/$d"; done
+  one=(--model resnet8 --steps 1 --eval-every 1)
+  run 1 "$tmp/r8_one1" "${one[@]}" && run 2 "$tmp/r8_one2" "${one[@]}" &&
+    run 2 "$tmp/r8_local2" "${one[@]}" --bn local &&
+    { read -r l1 l2 ll < <(for d in r8_one1 r8_one2 r8_local2; do sed -n 2p "$tmp/$d/train.csv" | cut -d, -f3; done | paste -sd' ')
+      echo "resnet8 step 1 loss: 1 rank $l1, 2 ranks $l2, 2 ranks --bn local $ll"
+      awk -v a="$l1" -v b="$l2" -v c="$ll" 'BEGIN { d = (a - b) / a; e = (a - c) / a
+        exit !(d < 1e-5 && d > -1e-5 && (e > 1e-4 || e < -1e-4)) }' && ok ||
+        fail "resnet8 step 1: synchronized BN should agree with 1 rank and --bn local differ"; }
+fi
 
 # errors: a global batch that is not a whole number of micro-shards, --balance, bucketed,
 # --micro-shard alone
