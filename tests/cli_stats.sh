@@ -42,7 +42,9 @@ bnm=seq:1x28x28/conv:4:3/bn/relu/gap/dropout:0.2/dense:16/bn/relu/dense:10
 "$nnprec" stats --model $bnm --batch 16 --synthetic > "$tmp/bn.out" 2>&1 &&
   [ "$(grep -c '^ *[0-9]\+  bn[12] ' "$tmp/bn.out")" = 2 ] && ok || fail "stats on bn: $(cat "$tmp/bn.out")"
 "$nnprec" bench --layers --model $bnm --batch 16 --reps 2 > "$tmp/bnb.out" 2>&1 &&
-  grep -q 'batchnorm2d 4' "$tmp/bnb.out" && grep -q 'dropout p=0.2' "$tmp/bnb.out" && ok ||
+  grep -q 'batchnorm2d 4' "$tmp/bnb.out" && grep -q 'dropout p=0.2' "$tmp/bnb.out" &&
+  grep -qE '^ *[0-9]+ batchnorm2d 4 .*% +[0-9]+\.[0-9]+$' "$tmp/bnb.out" &&
+  grep -qE '^memory bandwidth .*: [0-9.]+ GB/s; batchnorm layers at [0-9.]+-[0-9.]+ GB/s' "$tmp/bnb.out" && ok ||
   fail "bench --layers on bn: $(tail -3 "$tmp/bnb.out")"
 # bench --optim: a row for each optimizer, the layer-wise ones with their extra time
 "$nnprec" bench --optim --model $bnm --batch 16 --reps 3 > "$tmp/bo.out" 2>&1 &&

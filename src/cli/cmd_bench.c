@@ -106,6 +106,41 @@ static double layer_flop(const nnp_net *net, int i, int Bt)
     return 0;
 }
 
+/* Bytes a memory-bound layer must move at least in one forward + backward: BatchNorm reads
+ * x and writes y, then reads x and dy and writes dx (5 tensors of its size); 0 for the
+ * others. */
+static double layer_bytes(const nnp_net *net, int i, int Bt)
+{
+    const nnp_layer *L = &net->layers[i];
+    if (L->kind == NNP_L_BN)
+        return 5.0 * Bt * (double)nnp_shape_size(L->in) * sizeof(float);
+    return 0;
+}
+
+/* The machine's memory bandwidth in this run, the yardstick for the memory-bound layers:
+ * the best of 5 copies of 128 MB (the bytes read and written, GB/s). Buffers 128x a 1 MB
+ * L2 and far beyond a core's share of L3, so the copy runs from memory. */
+static double copy_bandwidth(void)
+{
+    const size_t n = (size_t)128 << 20;
+    char *a = nnp_malloc(n), *b = nnp_malloc(n);
+    double best = 0;
+    if (a && b) {
+        memset(a, 1, n);
+        memset(b, 2, n);
+        for (int r = 0; r < 5; r++) {
+            const double t0 = nnp_comm_wtime();
+            memcpy(b, a, n);
+            const double t = nnp_comm_wtime() - t0;
+            if (t > 0 && 2.0 * (double)n / t > best)
+                best = 2.0 * (double)n / t;
+        }
+    }
+    free(a);
+    free(b);
+    return 1e-9 * best;
+}
+
 /* The network of --model, --act and --batch (not yet initialized) and the PyTorch
  * initialization for it. */
 static nnp_status bench_net(nnp_net **net, nnp_init_cfg *ic)
@@ -152,26 +187,45 @@ static nnp_status bench_layers(void)
     }
     printf("%s, batch %d, %d BLAS thread(s) (core %s), median of %d\n", B.model, B.batch,
            openblas_get_num_threads(), openblas_get_corename(), reps);
-    printf("%-48s %10s %10s %7s %9s\n", "layer", "fwd_ms", "bwd_ms", "share", "GFLOP/s");
+    printf("%-48s %10s %10s %7s %9s %8s\n", "layer", "fwd_ms", "bwd_ms", "share", "GFLOP/s",
+           "GB/s");
     double sum = 0;
     for (int i = 0; i < n; i++) {
         f[i] = median(tf + (size_t)i * reps, reps);
         b[i] = median(tb + (size_t)i * reps, reps);
         sum += f[i] + b[i];
     }
+    double gbs_lo = 0, gbs_hi = 0; /* the memory-bound layers' range of GB/s */
     for (int i = 0; i < n; i++) {
-        char what[160], gf[16] = "";
+        char what[160], gf[16] = "", gb[16] = "", line[256];
         nnp_layer_describe(net, i, what, sizeof what);
         /* backward: the weight gradient, and the input gradient except for the first layer */
         double flop = layer_flop(net, i, B.batch) * (i > 0 ? 3.0 : 2.0);
+        double bytes = layer_bytes(net, i, B.batch);
         if (flop > 0)
             snprintf(gf, sizeof gf, "%9.2f", flop / (f[i] + b[i]) * 1e-9);
-        printf("%-48s %10.4f %10.4f %6.1f%% %9s\n", what, 1e3 * f[i], 1e3 * b[i],
-               sum > 0 ? 100.0 * (f[i] + b[i]) / sum : 0.0, gf);
+        if (bytes > 0 && f[i] + b[i] > 0) {
+            const double r = bytes / (f[i] + b[i]) * 1e-9;
+            snprintf(gb, sizeof gb, "%8.2f", r);
+            gbs_lo = gbs_lo > 0 && gbs_lo < r ? gbs_lo : r;
+            gbs_hi = gbs_hi > r ? gbs_hi : r;
+        }
+        int len = snprintf(line, sizeof line, "%-48s %10.4f %10.4f %6.1f%% %9s %8s", what,
+                           1e3 * f[i], 1e3 * b[i], sum > 0 ? 100.0 * (f[i] + b[i]) / sum : 0.0,
+                           gf, gb);
+        while (len > 0 && line[len - 1] == ' ') /* no trailing blanks where a column is empty */
+            line[--len] = '\0';
+        printf("%s\n", line);
     }
     printf("total: %.3f ms per forward + backward of batch %d, %.0f samples/s (layers only: "
            "no loss, data or optimizer)\n",
            1e3 * sum, B.batch, sum > 0 ? B.batch / sum : 0.0);
+    if (gbs_hi > 0) {
+        const double bw = copy_bandwidth();
+        printf("memory bandwidth (this run: best of 5 copies of 128 MB): %.2f GB/s; batchnorm "
+               "layers at %.2f-%.2f GB/s (%.0f-%.0f%% of it; bytes: x, y, dy, dx once each)\n",
+               bw, gbs_lo, gbs_hi, bw > 0 ? 100 * gbs_lo / bw : 0, bw > 0 ? 100 * gbs_hi / bw : 0);
+    }
     printf("peak resident memory: %.1f MB (this process: the network's buffers at batch %d, "
            "the libraries)\n", nnp_peak_rss_mb(), B.batch);
 out:

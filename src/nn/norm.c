@@ -5,6 +5,12 @@
  * several processes are one small sum of 2C+1 doubles, and likewise the backward's sum dy
  * and sum dy*x_hat (2C doubles). x_hat is not stored: backward recomputes it from x and the
  * forward's mean and 1/std.
+ *
+ * The sums over a plane go into LANES independent double accumulators (element s into lane
+ * s % LANES), added in a fixed order at the end: one chain of dependent double additions
+ * held the sums to a fraction of the memory bandwidth, and the fixed order keeps them a
+ * function of the plane's values alone (--deterministic). The element-wise passes are float
+ * with per-channel coefficients formed in double.
  */
 #include <math.h>
 #include <string.h>
@@ -12,19 +18,42 @@
 #include "nnprec/layers.h"
 #include "nnprec/rng.h"
 
+#define LANES 8
+
+/* sum of a[0..LANES) in a fixed order */
+static double lanes_total(const double *a)
+{
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
+/* sum p[s] and sum p[s]^2 over a plane of Sz values */
+static void plane_sums(const float *p, size_t Sz, double *s1, double *s2)
+{
+    double a[LANES] = {0}, b[LANES] = {0};
+    size_t s = 0;
+    for (; s + LANES <= Sz; s += LANES)
+        for (int l = 0; l < LANES; l++) {
+            const double v = p[s + l];
+            a[l] += v;
+            b[l] += v * v;
+        }
+    for (int l = 0; s < Sz; s++, l++) {
+        const double v = p[s];
+        a[l] += v;
+        b[l] += v * v;
+    }
+    *s1 = lanes_total(a);
+    *s2 = lanes_total(b);
+}
+
 void nnp_bn_stat_sums(int B, int C, int S, const float *x, double *sums)
 {
     const size_t Sz = (size_t)S;
     memset(sums, 0, (2 * (size_t)C + 1) * sizeof(double));
     for (int n = 0; n < B; n++)
         for (int c = 0; c < C; c++) {
-            const float *p = x + ((size_t)n * C + c) * Sz;
-            double s1 = 0.0, s2 = 0.0;
-            for (size_t s = 0; s < Sz; s++) {
-                const double v = p[s];
-                s1 += v;
-                s2 += v * v;
-            }
+            double s1, s2;
+            plane_sums(x + ((size_t)n * C + c) * Sz, Sz, &s1, &s2);
             sums[c] += s1;
             sums[C + c] += s2;
         }
@@ -99,6 +128,25 @@ void nnp_bn_forward_eval(int B, int C, int S, const float *x, const float *gamma
         }
 }
 
+/* sum d[s] and sum d[s]*(p[s] - mean)*inv over a plane of Sz values */
+static void plane_grad_sums(const float *p, const float *d, size_t Sz, double mean, double inv,
+                            double *s1, double *s2)
+{
+    double a[LANES] = {0}, b[LANES] = {0};
+    size_t s = 0;
+    for (; s + LANES <= Sz; s += LANES)
+        for (int l = 0; l < LANES; l++) {
+            a[l] += d[s + l];
+            b[l] += (double)d[s + l] * ((p[s + l] - mean) * inv);
+        }
+    for (int l = 0; s < Sz; s++, l++) {
+        a[l] += d[s];
+        b[l] += (double)d[s] * ((p[s] - mean) * inv);
+    }
+    *s1 = lanes_total(a);
+    *s2 = lanes_total(b);
+}
+
 void nnp_bn_grad_sums(int B, int C, int S, const float *x, const double *stat, const float *dy,
                       double *sums)
 {
@@ -106,14 +154,9 @@ void nnp_bn_grad_sums(int B, int C, int S, const float *x, const double *stat, c
     memset(sums, 0, 2 * (size_t)C * sizeof(double));
     for (int n = 0; n < B; n++)
         for (int c = 0; c < C; c++) {
-            const float *p = x + ((size_t)n * C + c) * Sz;
-            const float *d = dy + ((size_t)n * C + c) * Sz;
-            const double mean = stat[c], inv = stat[C + c];
-            double s1 = 0.0, s2 = 0.0;
-            for (size_t s = 0; s < Sz; s++) {
-                s1 += d[s];
-                s2 += (double)d[s] * ((p[s] - mean) * inv);
-            }
+            const size_t o = ((size_t)n * C + c) * Sz;
+            double s1, s2;
+            plane_grad_sums(x + o, dy + o, Sz, stat[c], stat[C + c], &s1, &s2);
             sums[c] += s1;
             sums[C + c] += s2;
         }
@@ -127,14 +170,19 @@ void nnp_bn_backward_apply(int B, int C, int S, const float *x, const float *gam
     if (!dx || !(N > 0))
         return;
     for (int c = 0; c < C; c++) {
+        /* dx = k*(dy - m1 - (x - mean)*inv*m2) = a*dy + b*(x - mf) + e with mf the mean in
+         * float and the coefficients formed in double (e takes mf's rounding); x - mf, not
+         * b*x + e, so a large mean does not cancel away the digits of x - mean */
         const double mean = stat[c], inv = stat[C + c];
         const double k = gamma[c] * inv, m1 = sums[c] / N, m2 = sums[C + c] / N;
+        const float mf = (float)mean, a = (float)k, b = (float)(-k * inv * m2);
+        const float e = (float)(-k * m1 - k * inv * m2 * ((double)mf - mean));
         for (int n = 0; n < B; n++) {
             const float *p = x + ((size_t)n * C + c) * Sz;
             const float *d = dy + ((size_t)n * C + c) * Sz;
             float *q = dx + ((size_t)n * C + c) * Sz;
             for (size_t s = 0; s < Sz; s++)
-                q[s] = (float)(k * (d[s] - m1 - (p[s] - mean) * inv * m2));
+                q[s] = a * d[s] + b * (p[s] - mf) + e;
         }
     }
 }
