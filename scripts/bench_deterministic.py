@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import tempfile
 
-from clitools import ArgParser, die, positive_int
+from clitools import ArgParser, add_bench_args, parse_bench_args
 
 PROG = "bench_deterministic.py"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,13 +47,9 @@ def run(a, model, batch, steps, extra):
 
 def main():
     ap = ArgParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--nnprec", default=os.path.join(ROOT, "build", "nnprec"))
-    ap.add_argument("--rounds", type=positive_int, default=3)
-    ap.add_argument("--ranks", type=positive_int, default=2)
+    add_bench_args(ap, ROOT, ranks=2, rounds=3)
     ap.add_argument("--micro-shard", type=int, nargs="+", default=[0])
-    a = ap.parse_args()
-    if not os.access(a.nnprec, os.X_OK):
-        die(f"{a.nnprec} is not an executable (build first)")
+    a = parse_bench_args(ap)
     if any(s < 0 for s in a.micro_shard):
         ap.error("--micro-shard sizes must be >= 0")
     configs = [("fused", [])] + [

@@ -20,7 +20,7 @@ import statistics
 import subprocess
 import tempfile
 
-from clitools import ArgParser, die, why, positive_int
+from clitools import ArgParser, die, add_bench_args, parse_bench_args
 
 PROG = "bench_optim.py"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,7 +43,8 @@ def run(a, model, batch, steps, mode, optim, extra):
         r = subprocess.run(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                            text=True)
         if r.returncode != 0:
-            die(f"{' '.join(cmd)} failed: {why(r.stderr)}")
+            last = r.stderr.strip().splitlines()[-1:] or ["no message"]
+            die(f"{' '.join(cmd)} failed (exit {r.returncode}): {last[0]}")
         opt = total = 0.0
         for row in csv.DictReader(open(os.path.join(d, "timing.csv"))):
             if int(row["step"]) > log_every:
@@ -56,14 +57,10 @@ def run(a, model, batch, steps, mode, optim, extra):
 
 def main():
     ap = ArgParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--nnprec", default=os.path.join(ROOT, "build", "nnprec"))
-    ap.add_argument("--rounds", type=positive_int, default=5)
-    ap.add_argument("--ranks", type=positive_int, default=2)
+    add_bench_args(ap, ROOT, ranks=2, rounds=5)
     ap.add_argument("--modes", nargs="+", default=["fused", "shm"],
                     choices=["fused", "bucketed", "sharded", "shm"])
-    a = ap.parse_args()
-    if not os.access(a.nnprec, os.X_OK):
-        die(f"{a.nnprec} is not an executable (build first)")
+    a = parse_bench_args(ap)
     print(f"{a.ranks} ranks, {a.rounds} interleaved rounds, medians; extra = optimizer phase "
           f"less its base's (lars: sgd, lamb: adam), as a share of the base's whole step")
     for model, batch, steps in CASES:

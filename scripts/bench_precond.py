@@ -18,7 +18,7 @@ import statistics
 import subprocess
 import tempfile
 
-from clitools import ArgParser, die, why, positive_int
+from clitools import ArgParser, die, why, add_bench_args, parse_bench_args
 
 PROG = "bench_precond.py"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,12 +48,8 @@ def run(a, model, batch, steps, np_, precond):
 
 def main():
     ap = ArgParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--nnprec", default=os.path.join(ROOT, "build", "nnprec"))
-    ap.add_argument("--rounds", type=positive_int, default=3)
-    ap.add_argument("--ranks", type=positive_int, nargs="+", default=[1, 2])
-    a = ap.parse_args()
-    if not os.access(a.nnprec, os.X_OK):
-        die(f"{a.nnprec} is not an executable (build first)")
+    add_bench_args(ap, ROOT, ranks=[1, 2], rounds=3)
+    a = parse_bench_args(ap)
     print(f"{'model':<20} {'ranks':>5} {'none samples/s':>15} {'dynamic samples/s':>18} "
           f"{'throughput cost':>15} {'precond phase share':>20}")
     for model, batch, steps in CASES:

@@ -53,6 +53,25 @@ def positive_int(s):
     return v
 
 
+def add_bench_args(ap, root, ranks, rounds=3):
+    """The options of every bench_*.py script: --nnprec (ROOT/build/nnprec), --rounds and
+    --ranks, whose default `ranks` is an int (one rank count) or a list (several)."""
+    ap.add_argument("--nnprec", default=os.path.join(root, "build", "nnprec"))
+    ap.add_argument("--rounds", type=positive_int, default=rounds)
+    if isinstance(ranks, list):
+        ap.add_argument("--ranks", type=positive_int, nargs="+", default=ranks)
+    else:
+        ap.add_argument("--ranks", type=positive_int, default=ranks)
+
+
+def parse_bench_args(ap):
+    """parse_args, then exit 1 unless --nnprec is an executable."""
+    a = ap.parse_args()
+    if not os.access(a.nnprec, os.X_OK):
+        die(f"{a.nnprec} is not an executable (build first)")
+    return a
+
+
 def read_numeric_csv(path, need=()):
     """A CSV of numbers (nnprec's train.csv, eval.csv) as a list of {column: float}.
     FileNotFoundError when it is missing; exit 1 when it cannot be read, a row is not all
