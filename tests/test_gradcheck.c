@@ -166,6 +166,9 @@ static void test_conv(void)
             {1, 1, 5, 5, 2, 2, 2, 0},
             {2, 2, 8, 6, 2, 5, 2, 2},
             {1, 2, 4, 4, 3, 3, 1, 2}, /* output larger than input */
+            {2, 3, 9, 8, 4, 3, 2, 1}, /* stride 2 p1 (resnet8's downsampling class) */
+            {2, 2, 7, 8, 3, 1, 2, 1}, /* 1x1 stride 2 with padding */
+            {1, 2, 8, 7, 2, 2, 3, 0}, /* stride 3, even kernel */
         };
         for (size_t t = 0; t < sizeof geoms / sizeof geoms[0]; t++) {
             const int *q = geoms[t];

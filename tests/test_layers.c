@@ -182,6 +182,12 @@ static void test_conv_path(nnp_conv_path path)
         {1, 6, 6, 1, 2, 1, 1},    /* even kernel, one channel each side */
         {3, 4, 5, 2, 1, 1, 0},    /* 1x1 stride 1 (direct) */
         {2, 6, 6, 3, 3, 1, 3},    /* p > k-1: the GEMM path on every setting */
+        {16, 12, 12, 32, 3, 2, 1}, /* resnet8's 16->32 k3 s2 p1 shape (direct under auto) */
+        {3, 11, 10, 5, 1, 2, 0},  /* 1x1 stride 2, odd sizes (phases without taps) */
+        {2, 7, 8, 3, 1, 2, 1},    /* 1x1 stride 2 with padding */
+        {3, 13, 12, 6, 3, 2, 3},  /* stride 2, p > k-1 (direct: phase split) */
+        {2, 9, 10, 4, 2, 2, 0},   /* even kernel, stride 2 */
+        {2, 12, 11, 3, 5, 3, 1},  /* 5x5 stride 3 */
     };
     nnp_conv2d_set_path(path);
     for (size_t t = 0; t < sizeof geoms / sizeof geoms[0]; t++) {

@@ -1,4 +1,4 @@
-/* conv2d_direct.c - direct stride-1 convolution with AVX2/FMA micro-kernels, no im2col.
+/* conv2d_direct.c - direct convolution with AVX2/FMA micro-kernels, no im2col.
  *
  * One sample at a time. Its input is copied into a zero-padded buffer xp[C][Hp][Wp]
  * (Hp = H + 2p, Wp = W + 2p, the planes back to back, Cs = Hp*Wp floats apart). For stride
@@ -21,6 +21,16 @@
  *     flipped and its two channel axes swapped, Wt[c][o][ki][kj] = W[o][c][k-1-ki][k-1-kj]:
  *     the forward kernel again (this needs p <= k - 1).
  *   db is every path's shared sum (nnp_conv_bias_grad).
+ * Stride s > 1 (split by stride phase). Output (oh, ow) reads xpad[c][s*oh + ki][s*ow + kj];
+ * with the padded input split into s*s phase planes per channel,
+ *   xs[(c*s + a)*s + b][u][v] = xpad[c][s*u + a][s*v + b],   Hs x Ws = (OH + k2 - 1) x
+ *   (OW + k2 - 1),  k2 = ceil(k / s),
+ * the tap (c, ki, kj) is the plane of phase (ki%s, kj%s) at (oh + ki/s, ow + kj/s): again one
+ * contiguous strip per tap on a grid of rows Ws apart, so forward and dW are the kernels above
+ * with other tap offsets (only the k*k real taps: no zero weights). dx: input pixel
+ * (s*u + a - p, s*v + b - p) receives sum_{o, ti, tj} W[o][c][s*ti + a][s*tj + b]
+ * dy[o][u - ti][v - tj], per phase (a, b) a stride-1 convolution of dy padded by k2 - 1 with
+ * that phase's taps; pixels read by no output get 0.
  * Every sum runs in a fixed order set by the shapes alone, so the results depend only on
  * (shapes, B, inputs).
  *
@@ -29,7 +39,10 @@
  *   wt    K*R        flipped, transposed kernel (dx)
  *   wpk   K*R        the kernel in use, packed per channel block (pack_weights)
  *   off   (C+K)*k*k  tap offsets into xp and into dyq (ints)
- *   xp    C*Hp*Wp + k + 32     padded input (its tail zeroed: strips read past the last plane)
+ *   xp    C*Hp*Wp + k + 32     padded input (its tail zeroed: strips read past the last plane);
+ *                              stride s > 1: s*s*C*Hs*Ws + k + 32, the phase planes
+ *   (stride s > 1: wt and wpk hold the per-phase dx kernels, off the per-phase dy taps; Hq, Wq
+ *    are dy padded by q = k2 - 1, Lq covers Hs rows)
  *   yp    K*Ls       output strip Yp or dYp, Ls = OH*Wp rounded up to whole tiles
  *   dyq   K*Hq*Wq + k + 32     dy padded by q (dx)
  *   dxp   C*Lq       input-gradient strip, Lq = H*Wq rounded up to whole tiles
@@ -77,14 +90,16 @@ static void pack_weights(int K, size_t R, const float *w, float *wpk)
     }
 }
 
-/* off[r] = c*Cs + ki*Wp + kj for the taps r = (c*k + ki)*k + kj of C channels. */
-static void tap_offsets(int C, int k, int Wp, size_t Cs, int *off)
+/* off[r] for the taps r = (c*k + ki)*k + kj of C channels: c*Cs + ki*Wp + kj on the padded
+ * planes (s == 1), ((c*s + ki%s)*s + kj%s)*Cs + (ki/s)*Wp + kj/s on the phase planes. */
+static void tap_offsets(int C, int k, int s, int Wp, size_t Cs, int *off)
 {
     size_t r = 0;
     for (int c = 0; c < C; c++)
         for (int ki = 0; ki < k; ki++)
             for (int kj = 0; kj < k; kj++)
-                off[r++] = (int)((size_t)c * Cs + (size_t)ki * Wp + (size_t)kj);
+                off[r++] = (int)((((size_t)c * s + ki % s) * s + kj % s) * Cs +
+                                 (size_t)(ki / s) * Wp + (size_t)(kj / s));
 }
 
 /* The padded-grid sizes of a geometry. */
@@ -99,17 +114,25 @@ typedef struct {
 static grid grid_of(const nnp_conv_geom *g)
 {
     grid d;
-    d.Hp = g->H + 2 * g->p;
-    d.Wp = g->W + 2 * g->p;
+    const int s = g->s, k2 = (g->k + s - 1) / s;
+    if (s == 1) {
+        d.Hp = g->H + 2 * g->p;
+        d.Wp = g->W + 2 * g->p;
+        d.q = g->k - 1 - g->p;
+    } else {
+        /* phase planes: the rows and columns the outputs read, OH + k2 - 1 of each */
+        d.Hp = g->OH + k2 - 1;
+        d.Wp = g->OW + k2 - 1;
+        d.q = k2 - 1;
+    }
     d.Cs = (size_t)d.Hp * d.Wp;
     d.Ls = strip_of((size_t)g->OH * d.Wp, g->K);
-    d.q = g->k - 1 - g->p;
     d.Hq = g->OH + 2 * d.q;
     d.Wq = g->OW + 2 * d.q;
     d.Cq = (size_t)d.Hq * d.Wq;
-    d.Lq = strip_of((size_t)g->H * d.Wq, g->C);
+    d.Lq = strip_of((size_t)(s == 1 ? g->H : d.Hp) * d.Wq, g->C);
     d.R = (size_t)g->C * g->k * g->k;
-    d.nxp = round16((size_t)g->C * d.Cs + (size_t)g->k + 32);
+    d.nxp = round16((size_t)s * s * g->C * d.Cs + (size_t)g->k + 32);
     d.nyp = (size_t)g->K * d.Ls;
     d.ndyq = round16((size_t)g->K * d.Cq + (size_t)g->k + 32);
     d.ndxp = (size_t)g->C * d.Lq;
@@ -127,7 +150,7 @@ static size_t head_of(const nnp_conv_geom *g)
 
 int nnp_conv_direct_fits(const nnp_conv_geom *g)
 {
-    return g->s == 1 && g->p <= g->k - 1;
+    return g->s > 1 || g->p <= g->k - 1;
 }
 
 size_t nnp_conv_direct_workspace(const nnp_conv_geom *g)
@@ -161,6 +184,49 @@ static void pad_planes(int C, int H, int W, int p, const float *x, float *xp, si
         memset(from, 0, (size_t)(end - from) * sizeof *from);
     }
     memset(xp + (size_t)C * Hp * Wp, 0, tail * sizeof *xp);
+}
+
+/* Stride s > 1: the C planes of H x W (padding p) split into s*s phase planes Hs x Ws per
+ * channel, plane (c*s + a)*s + b holding xpad[c][s*u + a][s*v + b] at (u, v) (zero outside
+ * the image), then `tail` zeros. */
+static void split_phases(int C, int H, int W, int p, int s, int Hs, int Ws, const float *x,
+                         float *xp, size_t tail)
+{
+    for (int c = 0; c < C; c++)
+        for (int a = 0; a < s; a++)
+            for (int b = 0; b < s; b++) {
+                float *dst = xp + (((size_t)c * s + a) * s + b) * Hs * Ws;
+                for (int u = 0; u < Hs; u++) {
+                    float *row = dst + (size_t)u * Ws;
+                    const int h = s * u + a - p;
+                    if (h < 0 || h >= H) {
+                        memset(row, 0, (size_t)Ws * sizeof *row);
+                        continue;
+                    }
+                    /* columns v in [vlo, vhi) lie in the image: w = s*v + b - p in [0, W) */
+                    const int vlo = p - b <= 0 ? 0 : (p - b + s - 1) / s;
+                    int vhi = W - 1 + p - b < 0 ? 0 : (W - 1 + p - b) / s + 1;
+                    vhi = vhi > Ws ? Ws : vhi < vlo ? vlo : vhi;
+                    const float *src = x + ((size_t)c * H + h) * W + (b - p);
+                    for (int v = 0; v < vlo && v < Ws; v++)
+                        row[v] = 0.0f;
+                    for (int v = vlo; v < vhi; v++)
+                        row[v] = src[(size_t)v * s];
+                    for (int v = vhi; v < Ws; v++)
+                        row[v] = 0.0f;
+                }
+            }
+    memset(xp + (size_t)C * s * s * Hs * Ws, 0, tail * sizeof *xp);
+}
+
+/* The input of one sample on the grid of the geometry: padded planes or phase planes. */
+static void load_input(const nnp_conv_geom *g, const grid *d, const float *x, float *xp)
+{
+    const size_t used = (size_t)g->s * g->s * g->C * d->Cs;
+    if (g->s == 1)
+        pad_planes(g->C, g->H, g->W, g->p, x, xp, d->nxp - used);
+    else
+        split_phases(g->C, g->H, g->W, g->p, g->s, d->Hp, d->Wp, x, xp, d->nxp - used);
 }
 
 #if NNP_HAVE_DIRECT
@@ -319,6 +385,43 @@ static void flat_dw(int K, size_t R, const int *off, const float *xp, const floa
 
 #endif
 
+/* Stride s > 1, one sample's input gradient: for each phase (a, b) the stride-1
+ * convolution of dyq (dy padded by q) with that phase's taps (wpk, offq as the backward
+ * packs them) gives dx at the input pixels (s*u + a - p, s*v + b - p), u < Hs, v < Ws;
+ * every other pixel of dxn (read by no output) is zero. */
+static void phase_dx(const nnp_conv_geom *g, const grid *d, const float *dyq, const float *wpk,
+                     const int *offq, float *dxp, float *dxn)
+{
+    const int C = g->C, K = g->K, k = g->k, s = g->s, H = g->H, W = g->W, p = g->p;
+    size_t wbase = 0, obase = 0;
+    memset(dxn, 0, (size_t)C * H * W * sizeof *dxn);
+    for (int a = 0; a < s; a++)
+        for (int b = 0; b < s; b++) {
+            const int na = a < k ? (k - 1 - a) / s + 1 : 0;
+            const int nb = b < k ? (k - 1 - b) / s + 1 : 0;
+            const size_t Rab = (size_t)K * na * nb;
+            if (!Rab)
+                continue;
+            flat_conv(C, Rab, offq + obase, dyq, wpk + wbase, dxp, d->Lq);
+            wbase += (size_t)C * Rab;
+            obase += Rab;
+            for (int c = 0; c < C; c++) {
+                const float *src = dxp + (size_t)c * d->Lq;
+                float *dst = dxn + (size_t)c * H * W;
+                for (int u = 0; u < d->Hp; u++) {
+                    const int h = s * u + a - p;
+                    if (h < 0 || h >= H)
+                        continue;
+                    for (int v = 0; v < d->Wp; v++) {
+                        const int w = s * v + b - p;
+                        if (w >= 0 && w < W)
+                            dst[(size_t)h * W + w] = src[(size_t)u * d->Wq + v];
+                    }
+                }
+            }
+        }
+}
+
 void nnp_conv_direct_forward(const nnp_conv_geom *g, int B, const float *x, const float *W,
                              const float *b, float *y, float *ws)
 {
@@ -329,9 +432,9 @@ void nnp_conv_direct_forward(const nnp_conv_geom *g, int B, const float *x, cons
     int *off = (int *)(ws + 4 * kr);
     const size_t nx = (size_t)C * g->H * g->W, OHW = (size_t)OH * OW;
     pack_weights(K, d.R, W, wpk);
-    tap_offsets(C, g->k, d.Wp, d.Cs, off);
+    tap_offsets(C, g->k, g->s, d.Wp, d.Cs, off);
     for (int n = 0; n < B; n++) {
-        pad_planes(C, g->H, g->W, g->p, x + (size_t)n * nx, xp, d.nxp - (size_t)C * d.Cs);
+        load_input(g, &d, x + (size_t)n * nx, xp);
         flat_conv(K, d.R, off, xp, wpk, yp, d.Ls);
         for (int o = 0; o < K; o++) {
             const float *src = yp + (size_t)o * d.Ls;
@@ -359,7 +462,36 @@ void nnp_conv_direct_backward(const nnp_conv_geom *g, int B, const float *x, con
         nnp_conv_bias_grad(B, K, OHW, dy, db);
     if (dW)
         memset(acc, 0, kr * sizeof *acc);
-    if (dx) {
+    if (dx && g->s > 1) {
+        /* per phase (a, b) of the input: its own tap list (o, ti, tj) over dy padded by q,
+         * Wt_ab[c][(o*na + ti)*nb + tj] = W[o][c][s*ti + a][s*tj + b], packed */
+        const int s = g->s;
+        size_t wbase = 0, obase = 0;
+        for (int a = 0; a < s; a++)
+            for (int b = 0; b < s; b++) {
+                const int na = a < k ? (k - 1 - a) / s + 1 : 0;
+                const int nb = b < k ? (k - 1 - b) / s + 1 : 0;
+                const size_t Rab = (size_t)K * na * nb;
+                float *w = wt + wbase;
+                int *oq = offq + obase;
+                for (int c = 0; c < C; c++)
+                    for (int o = 0; o < K; o++)
+                        for (int ti = 0; ti < na; ti++)
+                            for (int tj = 0; tj < nb; tj++)
+                                w[(size_t)c * Rab + ((size_t)o * na + ti) * nb + tj] =
+                                    W[(((size_t)o * C + c) * k + s * ti + a) * k + s * tj + b];
+                for (int o = 0; o < K; o++)
+                    for (int ti = 0; ti < na; ti++)
+                        for (int tj = 0; tj < nb; tj++)
+                            oq[((size_t)o * na + ti) * nb + tj] =
+                                (int)((size_t)o * d.Cq + (size_t)(d.q - ti) * d.Wq +
+                                      (size_t)(d.q - tj));
+                if (Rab)
+                    pack_weights(C, Rab, w, wpk + wbase);
+                wbase += (size_t)C * Rab;
+                obase += Rab;
+            }
+    } else if (dx) {
         /* Wt[c][o][ki][kj] = W[o][c][k-1-ki][k-1-kj] */
         for (int o = 0; o < K; o++)
             for (int c = 0; c < C; c++)
@@ -368,14 +500,14 @@ void nnp_conv_direct_backward(const nnp_conv_geom *g, int B, const float *x, con
                         wt[(((size_t)c * K + o) * k + ki) * k + kj] =
                             W[(((size_t)o * C + c) * k + (k - 1 - ki)) * k + (k - 1 - kj)];
         pack_weights(C, (size_t)K * k * k, wt, wpk);
-        tap_offsets(K, k, d.Wq, d.Cq, offq);
+        tap_offsets(K, k, 1, d.Wq, d.Cq, offq);
     }
     if (dW)
-        tap_offsets(C, k, d.Wp, d.Cs, off);
+        tap_offsets(C, k, g->s, d.Wp, d.Cs, off);
     for (int n = 0; n < B; n++) {
         const float *dyn = dy + (size_t)n * K * OHW;
         if (dW) {
-            pad_planes(C, g->H, g->W, g->p, x + (size_t)n * nx, xp, d.nxp - (size_t)C * d.Cs);
+            load_input(g, &d, x + (size_t)n * nx, xp);
             /* dYp: dy on the padded grid, zero in the dropped columns and the tail */
             for (int o = 0; o < K; o++) {
                 float *dst = yp + (size_t)o * d.Ls;
@@ -388,7 +520,10 @@ void nnp_conv_direct_backward(const nnp_conv_geom *g, int B, const float *x, con
             }
             flat_dw(K, R, off, xp, yp, d.Ls, acc);
         }
-        if (dx) {
+        if (dx && g->s > 1) {
+            pad_planes(K, OH, OW, d.q, dyn, dyq, d.ndyq - (size_t)K * d.Cq);
+            phase_dx(g, &d, dyq, wpk, offq, dxp, dx + (size_t)n * nx);
+        } else if (dx) {
             pad_planes(K, OH, OW, d.q, dyn, dyq, d.ndyq - (size_t)K * d.Cq);
             flat_conv(C, (size_t)K * k * k, offq, dyq, wpk, dxp, d.Lq);
             float *dxn = dx + (size_t)n * nx;
