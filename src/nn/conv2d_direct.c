@@ -272,37 +272,40 @@ INLINE TARGET void fwd_block(int KO, int V, size_t R, const int *off, const floa
             _mm256_storeu_ps(yp + (size_t)o * Ls + 8 * v, a[o][v]);
 }
 
-/* Yp[o][0 .. Ls) for every o < K: sum over the R taps of wpk (pack_weights) times the strip
- * of xp at off[r]. Ls is a multiple of 8 * vecs_of(K). */
+/* One tile of KO channels x 8*V positions, the constants dispatched (V < vecs_of(K) only for
+ * the last, partial tile of a strip). */
+INLINE TARGET void fwd_tile(int ko, int v, size_t R, const int *off, const float *xp,
+                            const float *wp, float *yp, size_t Ls)
+{
+#define FWD(KO_, V_)                                                                    \
+    case KO_ * 4 + V_:                                                                  \
+        fwd_block(KO_, V_, R, off, xp, wp, yp, Ls);                                     \
+        break;
+    switch (ko * 4 + v) {
+        FWD(6, 2) FWD(5, 2) FWD(4, 2) FWD(3, 2) FWD(2, 2) FWD(1, 2)
+        FWD(6, 1) FWD(5, 1) FWD(4, 1) FWD(3, 1) FWD(2, 1) FWD(1, 1)
+        FWD(4, 3) FWD(3, 3) FWD(2, 3) FWD(1, 3)
+    }
+#undef FWD
+}
+
+/* Yp[o][0 .. L) for every o < K (rows Ls apart; positions up to L rounded up to 8 are
+ * written): sum over the R taps of wpk (pack_weights) times the strip of xp at off[r].
+ * Whole tiles of 8 * vecs_of(K) positions, then one narrower tile for what is left. */
 static TARGET void flat_conv(int K, size_t R, const int *off, const float *xp,
-                             const float *wpk, float *yp, size_t Ls)
+                             const float *wpk, float *yp, size_t Ls, size_t L)
 {
     const int blk = block_of(K), V = vecs_of(K);
+    const size_t t = (size_t)8 * V;
     for (int o = 0; o < K; o += blk) {
         const int ko = K - o < blk ? K - o : blk;
         const float *wp = wpk + (size_t)o * R;
         float *yo = yp + (size_t)o * Ls;
-        for (size_t j = 0; j < Ls; j += (size_t)8 * V) {
-#define FWD(KO_, V_) fwd_block(KO_, V_, R, off, xp + j, wp, yo + j, Ls)
-            if (V == 2) {
-                switch (ko) {
-                case 6: FWD(6, 2); break;
-                case 5: FWD(5, 2); break;
-                case 4: FWD(4, 2); break;
-                case 3: FWD(3, 2); break;
-                case 2: FWD(2, 2); break;
-                default: FWD(1, 2); break;
-                }
-            } else {
-                switch (ko) {
-                case 4: FWD(4, 3); break;
-                case 3: FWD(3, 3); break;
-                case 2: FWD(2, 3); break;
-                default: FWD(1, 3); break;
-                }
-            }
-#undef FWD
-        }
+        size_t j = 0;
+        for (; j + t <= L; j += t)
+            fwd_tile(ko, V, R, off, xp + j, wp, yo + j, Ls);
+        if (j < L)
+            fwd_tile(ko, (int)((L - j + 7) / 8), R, off, xp + j, wp, yo + j, Ls);
     }
 }
 
@@ -314,16 +317,17 @@ INLINE TARGET double hsum(__m256 v)
     return (double)_mm_cvtss_f32(s);
 }
 
-/* acc[o][t] += sum_j dyp[o*Ls + j] xp[off[t] + j] for KO channels and NR taps. */
-INLINE TARGET void dw_block(int KO, int NR, const float *dyp, size_t Ls, const float *xp,
-                            const size_t *off, double *acc, size_t R)
+/* acc[o][t] += sum_{j < L} dyp[o*Ls + j] xp[off[t] + j] for KO channels and NR taps (L a
+ * multiple of 8). */
+INLINE TARGET void dw_block(int KO, int NR, const float *dyp, size_t Ls, size_t L,
+                            const float *xp, const size_t *off, double *acc, size_t R)
 {
     __m256 a[4][3];
     for (int o = 0; o < KO; o++)
         for (int t = 0; t < NR; t++)
             a[o][t] = _mm256_setzero_ps();
     const float *x0 = xp + off[0], *x1 = xp + off[NR > 1 ? 1 : 0], *x2 = xp + off[NR > 2 ? 2 : 0];
-    for (size_t j = 0; j < Ls; j += 8) {
+    for (size_t j = 0; j < L; j += 8) {
         __m256 xv[3];
         xv[0] = _mm256_loadu_ps(x0 + j);
         if (NR > 1)
@@ -341,10 +345,12 @@ INLINE TARGET void dw_block(int KO, int NR, const float *dyp, size_t Ls, const f
             acc[(size_t)o * R + t] += hsum(a[o][t]);
 }
 
-/* acc[K][R] += the weight gradient of one sample (see the header comment). */
+/* acc[K][R] += the weight gradient of one sample (see the header comment): dYp's rows Ls
+ * apart, zero from L on, so the sums stop at L rounded up to 8. */
 static TARGET void flat_dw(int K, size_t R, const int *off, const float *xp, const float *dyp,
-                           size_t Ls, double *acc)
+                           size_t Ls, size_t L, double *acc)
 {
+    const size_t L8 = (L + 7) & ~(size_t)7;
     for (int o = 0; o < K; o += 4) {
         const int ko = K - o < 4 ? K - o : 4;
         for (size_t r = 0; r < R; r += 3) {
@@ -357,11 +363,11 @@ static TARGET void flat_dw(int K, size_t R, const int *off, const float *xp, con
 #define DW_CASE(KO_)                                                                    \
     case KO_:                                                                           \
         if (nr == 3)                                                                    \
-            dw_block(KO_, 3, d, Ls, xp, o3, ac, R);                                     \
+            dw_block(KO_, 3, d, Ls, L8, xp, o3, ac, R);                                     \
         else if (nr == 2)                                                               \
-            dw_block(KO_, 2, d, Ls, xp, o3, ac, R);                                     \
+            dw_block(KO_, 2, d, Ls, L8, xp, o3, ac, R);                                     \
         else                                                                            \
-            dw_block(KO_, 1, d, Ls, xp, o3, ac, R);                                     \
+            dw_block(KO_, 1, d, Ls, L8, xp, o3, ac, R);                                     \
         break;
             switch (ko) {
                 DW_CASE(4)
@@ -379,15 +385,15 @@ static TARGET void flat_dw(int K, size_t R, const int *off, const float *xp, con
 int nnp_conv_direct_available(void) { return 0; }
 
 static void flat_conv(int K, size_t R, const int *off, const float *xp, const float *wpk,
-                      float *yp, size_t Ls)
+                      float *yp, size_t Ls, size_t L)
 {
-    (void)K; (void)R; (void)off; (void)xp; (void)wpk; (void)yp; (void)Ls;
+    (void)K; (void)R; (void)off; (void)xp; (void)wpk; (void)yp; (void)Ls; (void)L;
 }
 
 static void flat_dw(int K, size_t R, const int *off, const float *xp, const float *dyp,
-                    size_t Ls, double *acc)
+                    size_t Ls, size_t L, double *acc)
 {
-    (void)K; (void)R; (void)off; (void)xp; (void)dyp; (void)Ls; (void)acc;
+    (void)K; (void)R; (void)off; (void)xp; (void)dyp; (void)Ls; (void)L; (void)acc;
 }
 
 #endif
@@ -409,7 +415,7 @@ static void phase_dx(const nnp_conv_geom *g, const grid *d, const float *dyq, co
             const size_t Rab = (size_t)K * na * nb;
             if (!Rab)
                 continue;
-            flat_conv(C, Rab, offq + obase, dyq, wpk + wbase, dxp, d->Lq);
+            flat_conv(C, Rab, offq + obase, dyq, wpk + wbase, dxp, d->Lq, (size_t)d->Hp * d->Wq);
             wbase += (size_t)C * Rab;
             obase += Rab;
             for (int c = 0; c < C; c++) {
@@ -442,7 +448,7 @@ void nnp_conv_direct_forward(const nnp_conv_geom *g, int B, const float *x, cons
     tap_offsets(C, g->k, g->s, d.Wp, d.Cs, off);
     for (int n = 0; n < B; n++) {
         load_input(g, &d, x + (size_t)n * nx, xp, n == 0);
-        flat_conv(K, d.R, off, xp, wpk, yp, d.Ls);
+        flat_conv(K, d.R, off, xp, wpk, yp, d.Ls, (size_t)OH * d.Wp);
         for (int o = 0; o < K; o++) {
             const float *src = yp + (size_t)o * d.Ls;
             float *dst = y + ((size_t)n * K + o) * OHW;
@@ -525,14 +531,14 @@ void nnp_conv_direct_backward(const nnp_conv_geom *g, int B, const float *x, con
                 for (int oh = 0; oh < OH; oh++)
                     copy_row(dst + (size_t)oh * d.Wp, src + (size_t)oh * OW, OW);
             }
-            flat_dw(K, R, off, xp, yp, d.Ls, acc);
+            flat_dw(K, R, off, xp, yp, d.Ls, (size_t)OH * d.Wp, acc);
         }
         if (dx && g->s > 1) {
             pad_planes(K, OH, OW, d.q, dyn, dyq, d.ndyq - (size_t)K * d.Cq, n == 0);
             phase_dx(g, &d, dyq, wpk, offq, dxp, dx + (size_t)n * nx);
         } else if (dx) {
             pad_planes(K, OH, OW, d.q, dyn, dyq, d.ndyq - (size_t)K * d.Cq, n == 0);
-            flat_conv(C, (size_t)K * k * k, offq, dyq, wpk, dxp, d.Lq);
+            flat_conv(C, (size_t)K * k * k, offq, dyq, wpk, dxp, d.Lq, (size_t)g->H * d.Wq);
             float *dxn = dx + (size_t)n * nx;
             for (int c = 0; c < C; c++) {
                 const float *src = dxp + (size_t)c * d.Lq;
