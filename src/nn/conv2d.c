@@ -197,23 +197,23 @@ static nnp_conv_path requested_path(void)
     return (nnp_conv_path)forced_path;
 }
 
-/* AUTO leaves strided 1x1 convolutions (the phase split copies four times what the output
- * reads: resnet8's 16->32 k1 s2 at batch 128, forward + backward, 4.8 ms direct against 3.0
- * GEMM) and strided maps of 64 output positions or fewer (32->64 k3 s2 onto 7x7: forward
- * 4.16 against 3.99 ms) to the GEMM path. */
+/* AUTO leaves strided 1x1 convolutions to the GEMM path: the phase split copies four times
+ * what the output reads (resnet8's 16->32 k1 s2 at batch 128, forward + backward, 4.5 ms
+ * direct against 2.9 GEMM). */
 nnp_conv_path nnp_conv2d_path(const nnp_conv_geom *g)
 {
     nnp_conv_path want = requested_path();
     if (want == NNP_CONV_GEMM || !nnp_conv_direct_available() || !nnp_conv_direct_fits(g))
         return NNP_CONV_GEMM;
-    if (want == NNP_CONV_AUTO && g->s > 1 && (g->k == 1 || (size_t)g->OH * g->OW <= 64))
+    if (want == NNP_CONV_AUTO && g->s > 1 && g->k == 1)
         return NNP_CONV_GEMM;
     return NNP_CONV_DIRECT;
 }
 
 /* The backward's path: AUTO leaves maps of 64 output positions or fewer (resnet8's 7x7) to
  * the GEMM path, whose groups of samples beat the direct path's per-sample weight gradient
- * there (64->64 on 7x7, batch 128: 15.2 against 17.9 ms; the forward is 7.2 against 7.9). */
+ * there (batch 128: 64->64 14.2-15.0 against 15.5 ms, 32->64 k3 s2 8.0-8.2 against 9.1-9.3;
+ * their forwards are faster direct: 6.2 against 7.3-7.5, 3.8-3.9 against 4.0-4.1). */
 static nnp_conv_path backward_path(const nnp_conv_geom *g)
 {
     nnp_conv_path p = nnp_conv2d_path(g);
