@@ -474,18 +474,35 @@ def cmd_bench(st, a):
     # side by side, sharing memory bandwidth and caches (measured alone, the model was
     # 40-65% optimistic against 2-rank steps)
     copies = max(1, min(os.cpu_count() or 1, 16))
+    # a bench of some models keeps the others' step times and the allreduce table already
+    # measured (one fit for every model), as write_meta keeps the runs of other models
+    path = os.path.join(st.results, "bench.json")
     res = dict(models={}, allreduce={}, compute_copies=copies)
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                old = json.load(f)
+            res["models"] = dict(old.get("models", {}))
+            res["allreduce"] = dict(old.get("allreduce", {}))
+        except (OSError, ValueError) as e:
+            die(f"{path}: {why(e)}")
+        if res["models"] and old.get("compute_copies") != copies:
+            die(f"{path} was timed with {old.get('compute_copies')} copies per node, this machine "
+                f"has {copies} cores: time every model here (move the file away) or on that machine")
     sizes = [0.125, 0.25, 1, 4, 16]
-    out = subprocess.run(["mpirun", "-np", "2", a.nnprec, "bench", "--allreduce-mb",
-                          ",".join("%g" % x for x in sizes)], env=ENV, check=True,
-                         capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        f = line.split()
-        if len(f) >= 2 and re.fullmatch(r"[0-9.]+", f[0]) and re.fullmatch(r"[0-9.]+", f[1]):
-            res["allreduce"]["%g" % float(f[0])] = float(f[1]) / 1e3  # MiB -> seconds
-    if len(res["allreduce"]) != len(sizes):
-        die("could not read `nnprec bench --allreduce-mb`'s table: " + out[-200:])
-    print(f"[bench] allreduce at 2 ranks: {res['allreduce']}", flush=True)
+    if res["allreduce"]:
+        print(f"[bench] allreduce at 2 ranks, kept from {path}: {res['allreduce']}", flush=True)
+    else:
+        out = subprocess.run(["mpirun", "-np", "2", a.nnprec, "bench", "--allreduce-mb",
+                              ",".join("%g" % x for x in sizes)], env=ENV, check=True,
+                             capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            f = line.split()
+            if len(f) >= 2 and re.fullmatch(r"[0-9.]+", f[0]) and re.fullmatch(r"[0-9.]+", f[1]):
+                res["allreduce"]["%g" % float(f[0])] = float(f[1]) / 1e3  # MiB -> seconds
+        if len(res["allreduce"]) != len(sizes):
+            die("could not read `nnprec bench --allreduce-mb`'s table: " + out[-200:])
+        print(f"[bench] allreduce at 2 ranks: {res['allreduce']}", flush=True)
     for m in st.models:
         top = max(st.batches(m))
         locals_ = [b for b in (8, 32, 128, 512, 2048, 8192) if b <= top]
@@ -501,9 +518,9 @@ def cmd_bench(st, a):
                   f"{1e3 * r['step_s_2ranks'][str(b)]:.2f} ms/step", flush=True)
         res["models"][m] = r
     os.makedirs(st.results, exist_ok=True)
-    with open(os.path.join(st.results, "bench.json"), "w") as f:
+    with open(path, "w") as f:
         json.dump(res, f, indent=1)
-    print(f"[bench] wrote {os.path.join(st.results, 'bench.json')}")
+    print(f"[bench] wrote {path}")
 
 
 def cmd_export(st, a):

@@ -271,8 +271,17 @@ def header(R, out, figlink):
             if M.get("stats"):
                 w(f"* {m}: gradient scale per layer at the largest batch: "
                   f"![layers-{m}]({figlink}large-batch-layers-{m}.png)\n")
-            w(f"* {m}: validation accuracy against step and wall time, smallest and largest batch: "
-              f"![curves-{m}]({figlink}large-batch-curves-{m}.png)\n")
+            if has_curves(R, m):
+                w(f"* {m}: validation accuracy against step and wall time, smallest and largest "
+                  f"batch: ![curves-{m}]({figlink}large-batch-curves-{m}.png)\n")
+
+
+def has_curves(R, m):
+    """Whether model m has a finished seed run in a cell at its smallest or largest batch:
+    its curves figure would be empty otherwise (a study in progress)."""
+    bs = sorted(R.models[m]["batches"])
+    return any(r.state == "done" for b in {bs[0], bs[-1]} for p in R.models[m]["procs"]
+               for r in (R.cells.get((m, b, p)) or {}).get("seeds", []))
 
 
 def cell_acc(f):
@@ -593,6 +602,8 @@ def plots(R, figdir, prefix):
 
     # 5. validation accuracy against step and wall time, smallest and largest batch
     for m, M in R.models.items():
+        if not has_curves(R, m):
+            continue
         bs = sorted(M["batches"])
         show = [bs[0], bs[-1]] if len(bs) > 1 else bs
         fig, axs = plt.subplots(len(show), 2, figsize=(12, 4 * len(show)), squeeze=False)
