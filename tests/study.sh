@@ -4,7 +4,8 @@
 #  1. a tiny local study (LeNet and the 12-layer MLP on 1,500 samples, two procedures, two
 #     global batches, two seeds, one epoch): every cell finishes with its grid bracketed or flagged, the seeds run
 #     at the chosen rate, a second `run` starts nothing, `bench` writes the time model's
-#     measurements, the report has every table and every plot;
+#     measurements (a bench of one model keeps the other's), the report has every table and
+#     every plot;
 #  2. docs/large-batch.md is exactly what study_report.py makes of docs/study/ (every number
 #     in it comes from the committed CSVs).
 #
@@ -53,16 +54,23 @@ for c in meta["cells"]:
 PY
 timeout 120 "$py" "$root/scripts/study.py" run "${tiny[@]}" > "$tmp/rerun.log" 2>&1
 grep -q '^\[study\] 0 run(s) in' "$tmp/rerun.log" && ok || fail "a second run started runs: $(cat "$tmp/rerun.log")"
-timeout 300 "$py" "$root/scripts/study.py" bench "${tiny[@]}" > "$tmp/bench.log" 2>&1 ||
+# bench one model, then the other: the second keeps the first's step times and the
+# allreduce table (one fit for every model)
+timeout 300 "$py" "$root/scripts/study.py" bench "${tiny[@]}" --models lenet > "$tmp/bench.log" 2>&1 ||
   fail "study.py bench: $(tail -3 "$tmp/bench.log")"
+cp "$res/bench.json" "$tmp/bench1.json"
+timeout 300 "$py" "$root/scripts/study.py" bench "${tiny[@]}" --models mlp > "$tmp/bench2.log" 2>&1 ||
+  fail "study.py bench --models mlp: $(tail -3 "$tmp/bench2.log")"
 "$py" -c "
 import json, sys
-b = json.load(open(sys.argv[1]))
+b, b1 = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
 assert len(b['allreduce']) == 5 and all(v > 0 for v in b['allreduce'].values())
+assert b['allreduce'] == b1['allreduce'] and b['models']['lenet'] == b1['models']['lenet']
 m = b['models']['lenet']
 assert m['param_bytes'] == 4 * 81194, m['param_bytes']
 assert set(m['step_s']) == {'8', '32', '128'} and set(m['step_s_2ranks']) == {'32', '128'}
-" "$res/bench.json" && ok || fail "bench.json: $(cat "$res/bench.json")"
+assert set(b['models']['mlp']['step_s']) == {'8', '32', '128'}
+" "$res/bench.json" "$tmp/bench1.json" && ok || fail "bench.json: $(cat "$res/bench.json")"
 "$py" "$root/scripts/study_report.py" "$res" --out "$tmp/report.md" --figures "$tmp" > "$tmp/report.log" 2>&1 ||
   fail "study_report.py: $(tail -3 "$tmp/report.log")"
 for t in "Test accuracy (%) at the end" "Steps to 85% validation" "Learning rate chosen" \
