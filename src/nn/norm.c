@@ -20,17 +20,54 @@
 
 #define LANES 8
 
+/* The plane loops are compiled twice, for AVX2 and for the baseline, and the loader picks
+ * one by the CPU (GCC's target_clones, an ifunc). AVX2 only widens the vectors: no FMA, so
+ * both clones do the same operations in the same order and give the same bits. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#define NNP_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define NNP_CLONES
+#endif
+
 /* sum of a[0..LANES) in a fixed order */
 static double lanes_total(const double *a)
 {
     return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
 }
 
+#if defined(__GNUC__)
+/* Lanes 0-3 and 4-7 as two vectors of 4 doubles (GCC's vector extension: SSE2 pairs in the
+ * baseline clone, one AVX register in the AVX2 one); lane l still sums the elements with
+ * s % 8 == l in order, exactly as the scalar loops. */
+typedef float v4f __attribute__((vector_size(16)));
+typedef double v4d __attribute__((vector_size(32)));
+#define LOAD4(v, ptr)                                                                         \
+    v4f v##_f;                                                                                \
+    memcpy(&v##_f, (ptr), sizeof v##_f);                                                      \
+    const v4d v = __builtin_convertvector(v##_f, v4d)
+#define STORE_LANES(a, a0, a1)                                                                \
+    for (int l = 0; l < 4; l++)                                                               \
+        (a)[l] = (a0)[l], (a)[l + 4] = (a1)[l]
+#endif
+
 /* sum p[s] and sum p[s]^2 over a plane of Sz values */
-static void plane_sums(const float *p, size_t Sz, double *s1, double *s2)
+NNP_CLONES static void plane_sums(const float *p, size_t Sz, double *s1, double *s2)
 {
     double a[LANES] = {0}, b[LANES] = {0};
     size_t s = 0;
+#if defined(__GNUC__)
+    v4d a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};
+    for (; s + LANES <= Sz; s += LANES) {
+        LOAD4(x0, p + s);
+        LOAD4(x1, p + s + 4);
+        a0 += x0;
+        a1 += x1;
+        b0 += x0 * x0;
+        b1 += x1 * x1;
+    }
+    STORE_LANES(a, a0, a1);
+    STORE_LANES(b, b0, b1);
+#endif
     for (; s + LANES <= Sz; s += LANES)
         for (int l = 0; l < LANES; l++) {
             const double v = p[s + l];
@@ -87,8 +124,8 @@ void nnp_bn_forward_apply(int B, int C, int S, const float *x, const float *gamm
     nnp_bn_normalize(B, C, S, x, gamma, beta, stat, y);
 }
 
-void nnp_bn_normalize(int B, int C, int S, const float *x, const float *gamma, const float *beta,
-                      const double *stat, float *y)
+NNP_CLONES void nnp_bn_normalize(int B, int C, int S, const float *x, const float *gamma,
+                                 const float *beta, const double *stat, float *y)
 {
     const size_t Sz = (size_t)S;
     for (int n = 0; n < B; n++)
@@ -128,20 +165,37 @@ void nnp_bn_forward_eval(int B, int C, int S, const float *x, const float *gamma
         }
 }
 
-/* sum d[s] and sum d[s]*(p[s] - mean)*inv over a plane of Sz values */
-static void plane_grad_sums(const float *p, const float *d, size_t Sz, double mean, double inv,
-                            double *s1, double *s2)
+/* sum d[s] and sum d[s]*p[s] over a plane of Sz values (each product exact in double) */
+NNP_CLONES static void plane_grad_sums(const float *p, const float *d, size_t Sz, double *s1,
+                                       double *s2)
 {
     double a[LANES] = {0}, b[LANES] = {0};
     size_t s = 0;
+#if defined(__GNUC__)
+    v4d a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};
+    for (; s + LANES <= Sz; s += LANES) {
+        LOAD4(d0, d + s);
+        LOAD4(d1, d + s + 4);
+        LOAD4(x0, p + s);
+        LOAD4(x1, p + s + 4);
+        a0 += d0;
+        a1 += d1;
+        b0 += d0 * x0;
+        b1 += d1 * x1;
+    }
+    STORE_LANES(a, a0, a1);
+    STORE_LANES(b, b0, b1);
+#endif
     for (; s + LANES <= Sz; s += LANES)
         for (int l = 0; l < LANES; l++) {
-            a[l] += d[s + l];
-            b[l] += (double)d[s + l] * ((p[s + l] - mean) * inv);
+            const double v = d[s + l];
+            a[l] += v;
+            b[l] += v * (double)p[s + l];
         }
     for (int l = 0; s < Sz; s++, l++) {
-        a[l] += d[s];
-        b[l] += (double)d[s] * ((p[s] - mean) * inv);
+        const double v = d[s];
+        a[l] += v;
+        b[l] += v * (double)p[s];
     }
     *s1 = lanes_total(a);
     *s2 = lanes_total(b);
@@ -156,14 +210,18 @@ void nnp_bn_grad_sums(int B, int C, int S, const float *x, const double *stat, c
         for (int c = 0; c < C; c++) {
             const size_t o = ((size_t)n * C + c) * Sz;
             double s1, s2;
-            plane_grad_sums(x + o, dy + o, Sz, stat[c], stat[C + c], &s1, &s2);
+            plane_grad_sums(x + o, dy + o, Sz, &s1, &s2);
             sums[c] += s1;
             sums[C + c] += s2;
         }
+    /* sum dy*x_hat = inv*(sum dy*x - mean*sum dy), in double after the sums over the batch */
+    for (int c = 0; c < C; c++)
+        sums[C + c] = stat[C + c] * (sums[C + c] - stat[c] * sums[c]);
 }
 
-void nnp_bn_backward_apply(int B, int C, int S, const float *x, const float *gamma,
-                           const double *stat, const float *dy, float *dx, const double *sums)
+NNP_CLONES void nnp_bn_backward_apply(int B, int C, int S, const float *x, const float *gamma,
+                                      const double *stat, const float *dy, float *dx,
+                                      const double *sums)
 {
     const size_t Sz = (size_t)S;
     const double N = stat[2 * C];
