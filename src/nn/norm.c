@@ -50,34 +50,38 @@ typedef double v4d __attribute__((vector_size(32)));
         (a)[l] = (a0)[l], (a)[l + 4] = (a1)[l]
 #endif
 
-/* sum p[s] and sum p[s]^2 over a plane of Sz values */
-NNP_CLONES static void plane_sums(const float *p, size_t Sz, double *s1, double *s2)
+/* sum u[s] and sum u[s]*w[s] over a plane of Sz values (each product exact in double): the
+ * statistics' sum x and sum x^2 (u = w = x), and backward's sum dy and sum dy*x */
+NNP_CLONES static void plane_sums(const float *u, const float *w, size_t Sz, double *s1,
+                                  double *s2)
 {
     double a[LANES] = {0}, b[LANES] = {0};
     size_t s = 0;
 #if defined(__GNUC__)
     v4d a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};
     for (; s + LANES <= Sz; s += LANES) {
-        LOAD4(x0, p + s);
-        LOAD4(x1, p + s + 4);
-        a0 += x0;
-        a1 += x1;
-        b0 += x0 * x0;
-        b1 += x1 * x1;
+        LOAD4(u0, u + s);
+        LOAD4(u1, u + s + 4);
+        LOAD4(w0, w + s);
+        LOAD4(w1, w + s + 4);
+        a0 += u0;
+        a1 += u1;
+        b0 += u0 * w0;
+        b1 += u1 * w1;
     }
     STORE_LANES(a, a0, a1);
     STORE_LANES(b, b0, b1);
 #endif
     for (; s + LANES <= Sz; s += LANES)
         for (int l = 0; l < LANES; l++) {
-            const double v = p[s + l];
+            const double v = u[s + l];
             a[l] += v;
-            b[l] += v * v;
+            b[l] += v * (double)w[s + l];
         }
     for (int l = 0; s < Sz; s++, l++) {
-        const double v = p[s];
+        const double v = u[s];
         a[l] += v;
-        b[l] += v * v;
+        b[l] += v * (double)w[s];
     }
     *s1 = lanes_total(a);
     *s2 = lanes_total(b);
@@ -89,8 +93,9 @@ void nnp_bn_stat_sums(int B, int C, int S, const float *x, double *sums)
     memset(sums, 0, (2 * (size_t)C + 1) * sizeof(double));
     for (int n = 0; n < B; n++)
         for (int c = 0; c < C; c++) {
+            const float *p = x + ((size_t)n * C + c) * Sz;
             double s1, s2;
-            plane_sums(x + ((size_t)n * C + c) * Sz, Sz, &s1, &s2);
+            plane_sums(p, p, Sz, &s1, &s2);
             sums[c] += s1;
             sums[C + c] += s2;
         }
@@ -165,42 +170,6 @@ void nnp_bn_forward_eval(int B, int C, int S, const float *x, const float *gamma
         }
 }
 
-/* sum d[s] and sum d[s]*p[s] over a plane of Sz values (each product exact in double) */
-NNP_CLONES static void plane_grad_sums(const float *p, const float *d, size_t Sz, double *s1,
-                                       double *s2)
-{
-    double a[LANES] = {0}, b[LANES] = {0};
-    size_t s = 0;
-#if defined(__GNUC__)
-    v4d a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};
-    for (; s + LANES <= Sz; s += LANES) {
-        LOAD4(d0, d + s);
-        LOAD4(d1, d + s + 4);
-        LOAD4(x0, p + s);
-        LOAD4(x1, p + s + 4);
-        a0 += d0;
-        a1 += d1;
-        b0 += d0 * x0;
-        b1 += d1 * x1;
-    }
-    STORE_LANES(a, a0, a1);
-    STORE_LANES(b, b0, b1);
-#endif
-    for (; s + LANES <= Sz; s += LANES)
-        for (int l = 0; l < LANES; l++) {
-            const double v = d[s + l];
-            a[l] += v;
-            b[l] += v * (double)p[s + l];
-        }
-    for (int l = 0; s < Sz; s++, l++) {
-        const double v = d[s];
-        a[l] += v;
-        b[l] += v * (double)p[s];
-    }
-    *s1 = lanes_total(a);
-    *s2 = lanes_total(b);
-}
-
 void nnp_bn_grad_sums(int B, int C, int S, const float *x, const double *stat, const float *dy,
                       double *sums)
 {
@@ -210,7 +179,7 @@ void nnp_bn_grad_sums(int B, int C, int S, const float *x, const double *stat, c
         for (int c = 0; c < C; c++) {
             const size_t o = ((size_t)n * C + c) * Sz;
             double s1, s2;
-            plane_grad_sums(x + o, dy + o, Sz, &s1, &s2);
+            plane_sums(dy + o, x + o, Sz, &s1, &s2);
             sums[c] += s1;
             sums[C + c] += s2;
         }
