@@ -161,6 +161,14 @@ static int step_batch(uint64_t seed, const nnp_shuffle *sh, size_t N, size_t G, 
     return 1;
 }
 
+/* This rank's part [lo, hi) of a step's batch (the batch's order from b) into idx. */
+static int take_part(const uint32_t *b, size_t lo, size_t hi, uint32_t *idx)
+{
+    for (size_t i = lo; i < hi; i++)
+        idx[i - lo] = b[i];
+    return (int)(hi - lo);
+}
+
 int nnp_step_samples(uint64_t seed, const nnp_shuffle *sh, size_t N, size_t G, size_t unit,
                      int p, int r, int64_t step, uint32_t *perm, int *perm_epoch, uint32_t *idx)
 {
@@ -168,9 +176,7 @@ int nnp_step_samples(uint64_t seed, const nnp_shuffle *sh, size_t N, size_t G, s
     if (!step_batch(seed, sh, N, G, step, perm, perm_epoch, &g0, &gc))
         return 0;
     nnp_split_units(gc, unit, p, r, &lo, &hi);
-    for (size_t i = lo; i < hi; i++)
-        idx[i - lo] = perm[g0 + i];
-    return (int)(hi - lo);
+    return take_part(perm + g0, lo, hi, idx);
 }
 
 int nnp_step_samples_shares(uint64_t seed, const nnp_shuffle *sh, size_t N, size_t G,
@@ -181,9 +187,7 @@ int nnp_step_samples_shares(uint64_t seed, const nnp_shuffle *sh, size_t N, size
     if (!step_batch(seed, sh, N, G, step, perm, perm_epoch, &g0, &gc))
         return 0;
     nnp_split_shares(gc, G, share, r, &lo, &hi);
-    for (size_t i = lo; i < hi; i++)
-        idx[i - lo] = perm[g0 + i];
-    return (int)(hi - lo);
+    return take_part(perm + g0, lo, hi, idx);
 }
 
 void nnp_keep_range(size_t N, size_t limit, size_t lo, size_t hi, size_t *first, size_t *n)
