@@ -52,6 +52,15 @@ const char *nnp_opt_name(nnp_opt_kind k)
     return "?";
 }
 
+/* The element-wise loops are compiled twice, for AVX2 and for the baseline, and the loader
+ * picks one by the CPU (GCC's target_clones, as in norm.c). AVX2 only widens the vectors:
+ * no FMA, and the sums keep their explicit lanes, so both clones give the same bits. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#define NNP_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define NNP_CLONES
+#endif
+
 /* The finiteness check folded into every update loop: fin_bits(v) has bit 31 set exactly
  * when v is an inf or a nan (all exponent bits set: adding 1 to the exponent field carries
  * into bit 31). The loops OR it over their new parameters, which vectorizes like the update
@@ -148,7 +157,7 @@ void nnp_optim_free(nnp_optim *o)
 /* The update kernels return 1 when one of their new parameters is not finite (fin_bits). */
 
 /* p <- p - lr*(s*g + wd*p) */
-static int sgd_plain(size_t n, float *restrict p, const float *restrict g, float s, float wd,
+NNP_CLONES static int sgd_plain(size_t n, float *restrict p, const float *restrict g, float s, float wd,
                      float lr)
 {
     uint32_t bad = 0;
@@ -161,7 +170,7 @@ static int sgd_plain(size_t n, float *restrict p, const float *restrict g, float
 }
 
 /* First momentum step: buf <- d (torch clones d_p into the buffer, no dampening). */
-static int sgd_mom_first(size_t n, float *restrict p, const float *restrict g,
+NNP_CLONES static int sgd_mom_first(size_t n, float *restrict p, const float *restrict g,
                          float *restrict buf, float s, float wd, float lr, float mom,
                          int nesterov)
 {
@@ -187,7 +196,7 @@ static int sgd_mom_first(size_t n, float *restrict p, const float *restrict g,
 }
 
 /* buf <- mom*buf + (1-dampening)*d; step along buf, or d + mom*buf for Nesterov. */
-static int sgd_mom(size_t n, float *restrict p, const float *restrict g, float *restrict buf,
+NNP_CLONES static int sgd_mom(size_t n, float *restrict p, const float *restrict g, float *restrict buf,
                    float s, float wd, float lr, float mom, float one_m_damp, int nesterov)
 {
     uint32_t bad = 0;
@@ -218,7 +227,7 @@ static int sgd_mom(size_t n, float *restrict p, const float *restrict g, float *
  *   p <- p - step * m / (sqrt(v) * inv_sqrt_bc2 + eps)
  * with c1 = 1-b1, c2 = 1-b2 (formed in double), step = lr/(1-b1^t) and
  * inv_sqrt_bc2 = 1/sqrt(1-b2^t), as torch's _single_tensor_adam. */
-static int adam_update(size_t n, float *restrict p, const float *restrict g, float *restrict m,
+NNP_CLONES static int adam_update(size_t n, float *restrict p, const float *restrict g, float *restrict m,
                        float *restrict v, float s, float wd, float keep, float b1, float c1,
                        float b2, float c2, float step, float inv_sqrt_bc2, float eps)
 {
@@ -272,36 +281,78 @@ static int excluded(const nnp_optim_cfg *c, const nnp_tensor *T)
  * block adds two, so the sum is within about 1e-7 of the exact sum, relative (the
  * trust ratio takes its square root); it runs 1.5x as fast as squares formed and added in
  * double, whose eight lanes are eight chains of dependent additions. */
-static inline void block_sq(const float *x, float *f)
+#if defined(__GNUC__)
+/* GCC's vector extension (clang has it too): four floats, four doubles (SSE2 pairs in the
+ * baseline clone, one AVX register in the AVX2 one). The scalar loops below left the
+ * block's float-to-double additions to the scalar unit. */
+typedef float v4f __attribute__((vector_size(16)));
+typedef double v4d __attribute__((vector_size(32)));
+
+typedef struct {
+    v4d lo, hi; /* lanes 0-3 and 4-7 */
+} lanes8;
+
+static inline v4f ld4(const float *x)
 {
+    v4f v;
+    memcpy(&v, x, sizeof v);
+    return v;
+}
+
+/* one block of 32: f[k] = x[k]^2 + x[k+16]^2 in float, then lane k += f[k] + f[k+8] */
+static inline void block_sumsq(const float *x, lanes8 *l)
+{
+    v4f f[4];
+    for (int q = 0; q < 4; q++) {
+        const v4f a = ld4(x + 4 * q), b = ld4(x + 16 + 4 * q);
+        f[q] = a * a + b * b;
+    }
+    l->lo += __builtin_convertvector(f[0], v4d) + __builtin_convertvector(f[2], v4d);
+    l->hi += __builtin_convertvector(f[1], v4d) + __builtin_convertvector(f[3], v4d);
+}
+
+static inline double lanes8_sum(const lanes8 *l, double t)
+{
+    return ((l->lo[0] + l->lo[1]) + (l->lo[2] + l->lo[3])) +
+           ((l->hi[0] + l->hi[1]) + (l->hi[2] + l->hi[3])) + t;
+}
+#else
+typedef struct {
+    double l[8];
+} lanes8;
+
+static inline void block_sumsq(const float *x, lanes8 *l)
+{
+    float f[16];
     for (int k = 0; k < 16; k++)
         f[k] = x[k] * x[k] + x[k + 16] * x[k + 16];
-}
-
-static inline void block_add(double *l, const float *f)
-{
     for (int k = 0; k < 8; k++)
-        l[k] += (double)f[k] + (double)f[k + 8];
+        l->l[k] += (double)f[k] + (double)f[k + 8];
 }
 
-static inline double lanes_sum(const double *l, double t)
+static inline double lanes8_sum(const lanes8 *l, double t)
 {
-    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7])) + t;
+    return ((l->l[0] + l->l[1]) + (l->l[2] + l->l[3])) +
+           ((l->l[4] + l->l[5]) + (l->l[6] + l->l[7])) + t;
 }
+#endif
 
-static double sumsq(const float *x, size_t n)
+/* The sums of squares of x and of y, in one pass */
+NNP_CLONES static void sumsq2(const float *x, const float *y, size_t n, double *sx, double *sy)
 {
-    double l[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    lanes8 lx = {0}, ly = {0};
     size_t i = 0;
     for (; i + 32 <= n; i += 32) {
-        float f[16];
-        block_sq(x + i, f);
-        block_add(l, f);
+        block_sumsq(x + i, &lx);
+        block_sumsq(y + i, &ly);
     }
-    double t = 0;
-    for (; i < n; i++)
-        t += (double)x[i] * (double)x[i];
-    return lanes_sum(l, t);
+    double tx = 0, ty = 0;
+    for (; i < n; i++) {
+        tx += (double)x[i] * (double)x[i];
+        ty += (double)y[i] * (double)y[i];
+    }
+    *sx = lanes8_sum(&lx, tx);
+    *sy = lanes8_sum(&ly, ty);
 }
 
 /* The per-step constants of Adam's and LAMB's bias correction, formed in double as
@@ -349,13 +400,13 @@ static inline void lamb_elem(const float *p, const float *g, float *m, float *v,
 /* LAMB pass 1 over n elements: the moments of d = s*g, u into ub, and ||p||^2, ||u||^2
  * summed as sumsq does (blocks of 32: the element-wise part is a plain float loop over
  * each block, which vectorizes, sqrt and division included) */
-static void lamb_moments(size_t n, const float *restrict p, const float *restrict g,
+NNP_CLONES static void lamb_moments(size_t n, const float *restrict p, const float *restrict g,
                          float *restrict m, float *restrict v, float *restrict ub, float s,
                          float wd, const lamb_coef *k, double *w2, double *u2)
 {
     const float b1 = k->b1, c1 = k->c1, b2 = k->b2, c2 = k->c2, ib1 = k->inv_bc1;
     const float isb2 = k->inv_sqrt_bc2, eps = k->eps;
-    double lw[8] = {0, 0, 0, 0, 0, 0, 0, 0}, lu[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    lanes8 lw = {0}, lu = {0};
     double tw = 0, tu = 0;
     size_t i = 0;
     for (; i + 32 <= n; i += 32) {
@@ -367,26 +418,31 @@ static void lamb_moments(size_t n, const float *restrict p, const float *restric
             v[e] = vi;
             ub[e] = mi * ib1 / (sqrtf(vi) * isb2 + eps) + wd * p[e];
         }
-        float f[16];
-        block_sq(p + i, f);
-        block_add(lw, f);
-        block_sq(ub + i, f);
-        block_add(lu, f);
+        block_sumsq(p + i, &lw);
+        block_sumsq(ub + i, &lu);
     }
     for (; i < n; i++)
         lamb_elem(p, g, m, v, ub, s, wd, k, i, &tw, &tu);
-    *w2 = lanes_sum(lw, tw);
-    *u2 = lanes_sum(lu, tu);
+    *w2 = lanes8_sum(&lw, tw);
+    *u2 = lanes8_sum(&lu, tu);
 }
 
-/* LAMB pass 2: p <- p - step*u with step = lr * trust ratio */
-static int lamb_apply(size_t n, float *restrict p, const float *restrict u, float step)
+/* LAMB pass 2: p <- p - step*u with step = lr * trust ratio. It walks the tensor from its
+ * end in blocks of 1,024: pass 1 just ended there, so a tensor whose pass-1 arrays are a
+ * little over the cache finds its last blocks still in it (a forward walk would evict each
+ * block just before it is needed). Element-wise, so the order changes no result. */
+NNP_CLONES static int lamb_apply(size_t n, float *restrict p, const float *restrict u, float step)
 {
     uint32_t bad = 0;
-    for (size_t i = 0; i < n; i++) {
-        const float v = p[i] - step * u[i];
-        p[i] = v;
-        bad |= fin_bits(v);
+    size_t hi = n;
+    while (hi > 0) {
+        const size_t lo = hi > 1024 ? hi - 1024 : 0;
+        for (size_t i = lo; i < hi; i++) {
+            const float v = p[i] - step * u[i];
+            p[i] = v;
+            bad |= fin_bits(v);
+        }
+        hi = lo;
     }
     return (int)(bad >> 31);
 }
@@ -399,8 +455,7 @@ static void layer_norms(nnp_optim *o, const nnp_net *net, int j, size_t a, size_
     const float *p = net->params + a, *g = net->grads + a;
     size_t n = b - a;
     if (c->kind == NNP_OPT_LARS) {
-        *n1 = sumsq(p, n); /* two passes measured faster than one over both */
-        *n2 = sumsq(g, n);
+        sumsq2(p, g, n, n1, n2);
     } else {
         float wd = excluded(c, &net->tensors[j]) ? 0.0f : (float)c->weight_decay;
         lamb_moments(n, p, g, o->buf1 + a, o->buf2 + a, o->buf3 + a, s, wd, k, n1, n2);
