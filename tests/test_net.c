@@ -436,6 +436,77 @@ static void test_split_batches(const char *spec, nnp_shape in)
     nnp_net_free(net);
 }
 
+/* relu followed by max pooling runs as one pass (net->fuse, nnp_layer.fused): the logits,
+ * every gradient and every input gradient a later layer sees are the same bits as with each
+ * layer on its own. Inputs rounded to halves put ties in the pooling windows, the relu's zeros
+ * tie whole windows, and a NaN pixel and -0 pixels take the odd paths. want_fused: the
+ * number of layers marked (two per pair). */
+static void test_fused_relu_pool(const char *spec, nnp_shape in, int want_fused)
+{
+    enum { B = 5 };
+    nnp_net *net = NULL;
+    ASSERT_OK(nnp_net_create(spec, in, NNP_ACT_RELU, B, &net));
+    if (!net)
+        return;
+    int marked = 0;
+    for (int i = 0; i < net->n_layers; i++)
+        marked += net->layers[i].fused;
+    ASSERT_EQ_INT(marked, want_fused);
+    ASSERT_EQ_INT(net->fuse, 1);
+    nnp_init_cfg ic;
+    ASSERT_OK(nnp_init_parse("pytorch", &ic));
+    ASSERT_OK(nnp_init_net(net, &ic, 7));
+    nnp_rng r;
+    nnp_rng_seed(&r, 11, NNP_STREAM_DATA);
+    const size_t d = nnp_shape_size(net->input), L = (size_t)net->n_layers;
+    float *x = malloc((size_t)B * d * sizeof(float));
+    nnp_rng_fill_normal(&r, x, (size_t)B * d, 0, 1);
+    for (size_t k = 0; k < (size_t)B * d; k++)
+        x[k] = roundf(2.0f * x[k]) / 2.0f;
+    x[3] = -0.0f;
+    x[d + 5] = NAN; /* sample 1 only */
+    unsigned char y[B] = {1, 2, 3, 0, 1};
+    float *keep[2][3] = {{NULL}};
+    for (int fuse = 1; fuse >= 0; fuse--) {
+        net->fuse = fuse;
+        nnp_net_forward(net, B, x);
+        nnp_softmax_ce(B, net->n_classes, net->act[L], y, 1.0f / B, net->dact[L], NULL);
+        nnp_net_backward(net, B, NULL, NULL);
+        /* the logits, the gradients, and the input gradient of every layer a fused pair
+         * does not own (a fused relu's dact is its pooling's input gradient: unwritten) */
+        size_t nd = 0;
+        for (size_t i = 1; i < L; i++)
+            nd += (size_t)B * nnp_shape_size(net->layers[i].in);
+        float *lg = malloc((size_t)B * net->n_classes * sizeof(float));
+        float *g = malloc(net->n_params * sizeof(float)), *dd = calloc(nd, sizeof(float));
+        memcpy(lg, net->act[L], (size_t)B * net->n_classes * sizeof(float));
+        memcpy(g, net->grads, net->n_params * sizeof(float));
+        size_t at = 0;
+        for (size_t i = 1; i < L; i++) {
+            const size_t n = (size_t)B * nnp_shape_size(net->layers[i].in);
+            const int owned_by_pair = net->layers[i - 1].kind == NNP_L_ACT && net->layers[i - 1].fused;
+            if (!owned_by_pair)
+                memcpy(dd + at, net->dact[i], n * sizeof(float));
+            at += n;
+        }
+        keep[fuse][0] = lg;
+        keep[fuse][1] = g;
+        keep[fuse][2] = dd;
+        if (fuse == 0) {
+            ASSERT_TRUE(memcmp(keep[0][0], keep[1][0], (size_t)B * net->n_classes * sizeof(float)) == 0);
+            ASSERT_TRUE(memcmp(keep[0][1], keep[1][1], net->n_params * sizeof(float)) == 0);
+            ASSERT_TRUE(memcmp(keep[0][2], keep[1][2], nd * sizeof(float)) == 0);
+        }
+    }
+    fprintf(stderr, "  fused relu+maxpool %s: %d layers fused, same bits fused and apart\n", spec,
+            marked);
+    for (int f = 0; f < 2; f++)
+        for (int k = 0; k < 3; k++)
+            free(keep[f][k]);
+    free(x);
+    nnp_net_free(net);
+}
+
 /* A full step (forward, loss, backward, optimizer) performs no allocation. */
 static void test_step_allocates_nothing(void)
 {
@@ -491,6 +562,19 @@ int main(void)
     gradcheck_net("seq:10/dense:12/bn/sigmoid/dropout:0.5/dense:6/bn/dense:4",
                   (nnp_shape){1, 1, 1}, NNP_ACT_RELU);
     test_step_allocates_nothing();
+    test_fused_relu_pool("lenet", (nnp_shape){1, 28, 28}, 4);
+    /* overlapping windows (k3 s2 and k3 s1); a relu as the first layer (no input gradient);
+     * tanh before max pooling and relu before average pooling stay apart */
+    test_fused_relu_pool("seq:2x9x9/conv:3:3:1:1/relu/maxpool:3:2/flatten/dense:4",
+                         (nnp_shape){1, 1, 1}, 2);
+    test_fused_relu_pool("seq:3x10x10/relu/maxpool:2/conv:4:3/relu/maxpool:3:1/flatten/dense:3",
+                         (nnp_shape){1, 1, 1}, 4);
+    /* a 1x1 max pooling first passes the input's exact zeros (and -0) to the relu, whose
+     * derivative there is 0 */
+    test_fused_relu_pool("seq:3x10x10/maxpool:1/relu/maxpool:2/flatten/dense:3",
+                         (nnp_shape){1, 1, 1}, 2);
+    test_fused_relu_pool("seq:3x8x8/conv:4:3/tanh/maxpool:2/relu/avgpool:3/flatten/dense:3",
+                         (nnp_shape){1, 1, 1}, 0);
     test_split_batches("lenet", (nnp_shape){1, 28, 28});
     test_split_batches("mlp:784-32x2-10", (nnp_shape){784, 1, 1});
     TEST_MAIN_END();

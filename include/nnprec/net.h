@@ -101,6 +101,10 @@ typedef struct {
     int proj;         /* fork/add: 1 if the shortcut is a projection, 0 identity */
     int item, sub;    /* the spec item it comes from (counted from 0 after the input shape)
                        * and, inside a block, its index in the branch or shortcut (names) */
+    int fused;        /* a relu whose only reader is the max pooling right after it: 1 on
+                       * both; with net->fuse the pooling does the relu's work too (it reads
+                       * the relu's input and writes its input gradient) and the relu layer
+                       * does nothing, so act[i + 1] and dact[i + 1] of the relu go unwritten */
 } nnp_layer;
 
 typedef struct {
@@ -126,6 +130,9 @@ typedef struct {
     unsigned char *owned; /* per activation index: bit 0 act[i], bit 1 dact[i] allocated
                            * (not an alias) */
     char spec[256];       /* the model spec it was built from */
+    int fuse;             /* 1 (the default): fused layer pairs (nnp_layer.fused) run as one;
+                           * 0: every layer writes its own output and input gradient (what
+                           * per-layer statistics read) */
     /* BatchNorm buffers (not parameters: no gradient, not in the allreduce) */
     int n_bn;             /* BatchNorm layers */
     size_t n_running;     /* floats in running: 2C per BatchNorm layer */

@@ -220,6 +220,13 @@ static nnp_status bench_layers(void)
     printf("total: %.3f ms per forward + backward of batch %d, %.0f samples/s (layers only: "
            "no loss, data or optimizer)\n",
            1e3 * sum, B.batch, sum > 0 ? B.batch / sum : 0.0);
+    int nf = 0; /* relu + max pooling pairs run as one (nnp_layer.fused) */
+    for (int i = 0; i + 1 < n; i++)
+        if (net->fuse && net->layers[i].kind == NNP_L_ACT && net->layers[i].fused)
+            printf("%s %d+%d", nf++ ? "," : "relu and max pooling in one pass (the time is in the "
+                                           "pooling's row):", i, i + 1);
+    if (nf)
+        printf("\n");
     if (gbs_hi > 0) {
         const double bw = copy_bandwidth();
         printf("memory bandwidth (this run: best of 5 copies of 128 MB): %.2f GB/s; batchnorm "

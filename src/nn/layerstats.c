@@ -47,7 +47,10 @@ static double unit_variance(const float *x, int B, size_t F)
 
 void nnp_layerstats_forward(nnp_net *net, int B, const float *x, nnp_layer_stats *out)
 {
+    const int fuse = net->fuse; /* post_std reads every relu's own output */
+    net->fuse = 0;
     nnp_net_forward(net, B, x);
+    net->fuse = fuse;
     int k = 0;
     for (int i = 0; i < net->n_layers; i++) {
         const nnp_layer *L = &net->layers[i];

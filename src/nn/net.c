@@ -796,6 +796,31 @@ static nnp_status alloc_buffers(nnp_net *net)
     return NNP_OK;
 }
 
+/* Mark each relu whose output only the max pooling right after it reads (LeNet's two):
+ * that pooling then applies the relu itself (nnp_maxpool_relu_*), which saves relu's pass
+ * over the full-size activation forward and backward. */
+static void plan_fusion(nnp_net *net)
+{
+    net->fuse = 1;
+    for (int i = 0; i + 1 < net->n_layers; i++) {
+        nnp_layer *R = &net->layers[i], *P = &net->layers[i + 1];
+        if (R->kind != NNP_L_ACT || R->act != NNP_ACT_RELU || P->kind != NNP_L_MAXPOOL ||
+            P->src != i + 1 || R->res != NNP_RES_NONE || P->res != NNP_RES_NONE)
+            continue;
+        int other = 0; /* anything else that reads act[i + 1] */
+        for (int j = 0; j < net->n_layers; j++) {
+            const nnp_layer *L = &net->layers[j];
+            if (j != i + 1 && (L->src == i + 1 || ((L->kind == NNP_L_RES_FORK ||
+                                                    L->kind == NNP_L_RES_ADD) &&
+                                                   (L->fork == i + 1 || L->branch_end == i + 1 ||
+                                                    L->add + 1 == i + 1))))
+                other = 1;
+        }
+        if (!other && !net->dskip[i + 1])
+            R->fused = P->fused = 1;
+    }
+}
+
 nnp_status nnp_net_create(const char *spec, nnp_shape input, nnp_act act, int max_batch,
                           nnp_net **out)
 {
@@ -845,6 +870,8 @@ nnp_status nnp_net_create(const char *spec, nnp_shape input, nnp_act act, int ma
     }
     if (s == NNP_OK)
         s = alloc_buffers(net);
+    if (s == NNP_OK)
+        plan_fusion(net);
     if (s == NNP_OK) { /* scale 1, shift 0 (every --init leaves them so) */
         for (int j = 0; j < net->n_tensors; j++)
             if (net->tensors[j].norm && !net->tensors[j].is_bias)
@@ -934,11 +961,18 @@ static void forward_rows(nnp_net *net, int i, int B, size_t row0, float *ws)
         break;
     }
     case NNP_L_MAXPOOL:
-        nnp_maxpool_forward(&L->pool, B, in, out, net->argmax[i] + row0 * nout);
+        if (L->fused && net->fuse) /* the relu before it: read its input */
+            nnp_maxpool_relu_forward(&L->pool, B, net->act[net->layers[i - 1].src] + row0 * nin,
+                                     out, net->argmax[i] + row0 * nout);
+        else
+            nnp_maxpool_forward(&L->pool, B, in, out, net->argmax[i] + row0 * nout);
         break;
     case NNP_L_AVGPOOL: nnp_avgpool_forward(&L->pool, B, in, out); break;
     case NNP_L_FLATTEN: break; /* aliased buffers */
-    case NNP_L_ACT: nnp_act_forward(L->act, L->alpha, (size_t)B * nin, in, out); break;
+    case NNP_L_ACT:
+        if (!(L->fused && net->fuse)) /* else the max pooling after it applies it */
+            nnp_act_forward(L->act, L->alpha, (size_t)B * nin, in, out);
+        break;
     case NNP_L_BN: {
         const nnp_tensor *w = &net->tensors[L->tensor];
         const int C = L->in.c, S = L->in.h * L->in.w;
@@ -1014,7 +1048,15 @@ static void backward_rows(nnp_net *net, int i, int B, size_t row0, float *ws, fl
         break;
     }
     case NNP_L_MAXPOOL:
-        if (dx)
+        if (L->fused && net->fuse) { /* into the relu's input gradient */
+            const nnp_layer *R = &net->layers[i - 1];
+            float *dr = net->dskip[i - 1] ? net->dskip[i - 1] + row0 * nin
+                        : i > 1           ? net->dact[i - 1] + row0 * nin
+                                          : NULL;
+            if (dr)
+                nnp_maxpool_relu_backward(&L->pool, B, dy, net->argmax[i] + row0 * nout,
+                                          net->act[R->src] + row0 * nin, dr);
+        } else if (dx)
             nnp_maxpool_backward(&L->pool, B, dy, net->argmax[i] + row0 * nout, dx);
         break;
     case NNP_L_AVGPOOL:
@@ -1023,7 +1065,7 @@ static void backward_rows(nnp_net *net, int i, int B, size_t row0, float *ws, fl
         break;
     case NNP_L_FLATTEN: break;
     case NNP_L_ACT:
-        if (dx)
+        if (dx && !(L->fused && net->fuse))
             nnp_act_backward(L->act, L->alpha, (size_t)B * nin, net->act[i] + row0 * nin,
                              net->act[i + 1] + row0 * nout, dy, dx);
         break;

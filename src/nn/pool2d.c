@@ -5,6 +5,11 @@
  * The window is scanned row-major and only a strictly larger value replaces the current
  * one, so the first maximum wins on ties; a NaN is taken as the maximum (as PyTorch).
  * Backward zeroes dx and accumulates (+=), so overlapping windows (s < k) add up.
+ *
+ * relu then max pooling, fused (nnp_maxpool_relu_*): the window's max of relu(x), taken with
+ * the same compares on the same values as the two layers apart, so y and argmax are the
+ * same bits; backward sends dy to argmax where x > 0, which is relu's backward applied to
+ * max pooling's. Neither relu's output nor its gradient is written.
  */
 #include <string.h>
 #if defined(__SSE2__)
@@ -12,6 +17,15 @@
 #endif
 
 #include "nnprec/layers.h"
+
+#if defined(__GNUC__)
+#define POOL_INLINE static inline __attribute__((always_inline))
+#else
+#define POOL_INLINE static inline
+#endif
+
+/* relu as nnp_act_forward computes it: x > 0 ? x : 0 (a NaN gives 0) */
+static inline float relu1(float v) { return v > 0.0f ? v : 0.0f; }
 
 int nnp_pool_geom_init(nnp_pool_geom *g, int C, int H, int W, int k, int s)
 {
@@ -35,8 +49,8 @@ static inline int pool_take(float v, float m) { return (v > m) | ((v != v) & (m 
 /* The common 2x2, stride 2 window. Plain compares (v > m) select the first maximum and
  * compile to branch-free max/blend code; a window that holds a NaN (rare) is redone with
  * pool_take so the NaN wins, as in PyTorch. */
-static void maxpool_2x2(const nnp_pool_geom *g, size_t planes, const float *x, float *y,
-                        int *argmax)
+POOL_INLINE void maxpool_2x2_body(const nnp_pool_geom *g, size_t planes, const float *x,
+                                  float *y, int *argmax, const int relu)
 {
     const int H = g->H, W = g->W, OH = g->OH, OW = g->OW;
     for (size_t pl = 0; pl < planes; pl++) {
@@ -56,8 +70,15 @@ static void maxpool_2x2(const nnp_pool_geom *g, size_t planes, const float *x, f
                           v1 = _mm_set1_epi32(1);
             __m128 anynan = _mm_setzero_ps();
             for (; ow + 4 <= OW && 2 * ow + 8 <= W; ow += 4) {
-                const __m128 p0 = _mm_loadu_ps(r0 + 2 * ow), p1 = _mm_loadu_ps(r0 + 2 * ow + 4);
-                const __m128 q0 = _mm_loadu_ps(r1 + 2 * ow), q1 = _mm_loadu_ps(r1 + 2 * ow + 4);
+                __m128 p0 = _mm_loadu_ps(r0 + 2 * ow), p1 = _mm_loadu_ps(r0 + 2 * ow + 4);
+                __m128 q0 = _mm_loadu_ps(r1 + 2 * ow), q1 = _mm_loadu_ps(r1 + 2 * ow + 4);
+                if (relu) { /* maxps(v, 0) is v > 0 ? v : 0, relu1 exactly */
+                    const __m128 z = _mm_setzero_ps();
+                    p0 = _mm_max_ps(p0, z);
+                    p1 = _mm_max_ps(p1, z);
+                    q0 = _mm_max_ps(q0, z);
+                    q1 = _mm_max_ps(q1, z);
+                }
                 const __m128 a = _mm_shuffle_ps(p0, p1, _MM_SHUFFLE(2, 0, 2, 0));
                 const __m128 b = _mm_shuffle_ps(p0, p1, _MM_SHUFFLE(3, 1, 3, 1));
                 const __m128 c = _mm_shuffle_ps(q0, q1, _MM_SHUFFLE(2, 0, 2, 0));
@@ -88,7 +109,13 @@ static void maxpool_2x2(const nnp_pool_geom *g, size_t planes, const float *x, f
             nan = _mm_movemask_ps(anynan) != 0;
 #endif
             for (; ow < OW; ow++) {
-                const float a = r0[2 * ow], b = r0[2 * ow + 1], c = r1[2 * ow], d = r1[2 * ow + 1];
+                float a = r0[2 * ow], b = r0[2 * ow + 1], c = r1[2 * ow], d = r1[2 * ow + 1];
+                if (relu) {
+                    a = relu1(a);
+                    b = relu1(b);
+                    c = relu1(c);
+                    d = relu1(d);
+                }
                 float m = a;
                 int off = 0;
                 off = b > m ? 1 : off;
@@ -101,7 +128,7 @@ static void maxpool_2x2(const nnp_pool_geom *g, size_t planes, const float *x, f
                 ar[ow] = base + 2 * ow + off;
                 nan |= (a != a) | (b != b) | (c != c) | (d != d);
             }
-            if (!nan)
+            if (!nan || relu) /* relu leaves no NaN */
                 continue;
             for (ow = 0; ow < OW; ow++) { /* NaN present: redo the row exactly */
                 const int i0 = base + 2 * ow, idx[4] = {i0, i0 + 1, i0 + W, i0 + W + 1};
@@ -119,12 +146,25 @@ static void maxpool_2x2(const nnp_pool_geom *g, size_t planes, const float *x, f
     }
 }
 
-void nnp_maxpool_forward(const nnp_pool_geom *g, int B, const float *x, float *y, int *argmax)
+static void maxpool_2x2(const nnp_pool_geom *g, size_t planes, const float *x, float *y,
+                        int *argmax)
+{
+    maxpool_2x2_body(g, planes, x, y, argmax, 0);
+}
+
+static void maxpool_2x2_relu(const nnp_pool_geom *g, size_t planes, const float *x, float *y,
+                             int *argmax)
+{
+    maxpool_2x2_body(g, planes, x, y, argmax, 1);
+}
+
+POOL_INLINE void maxpool_body(const nnp_pool_geom *g, int B, const float *x, float *y,
+                              int *argmax, const int relu)
 {
     const int H = g->H, W = g->W, k = g->k, s = g->s, OH = g->OH, OW = g->OW;
     const size_t planes = (size_t)(B > 0 ? B : 0) * g->C;
     if (k == 2 && s == 2) {
-        maxpool_2x2(g, planes, x, y, argmax);
+        (relu ? maxpool_2x2_relu : maxpool_2x2)(g, planes, x, y, argmax);
         return;
     }
     for (size_t pl = 0; pl < planes; pl++) {
@@ -134,11 +174,11 @@ void nnp_maxpool_forward(const nnp_pool_geom *g, int B, const float *x, float *y
         for (int oh = 0; oh < OH; oh++) {
             for (int ow = 0; ow < OW; ow++) {
                 int best = oh * s * W + ow * s; /* top-left corner of the window */
-                float m = xp[best];
+                float m = relu ? relu1(xp[best]) : xp[best];
                 for (int i = 0; i < k; i++) {
                     const int row = (oh * s + i) * W + ow * s;
                     for (int j = 0; j < k; j++) {
-                        const float v = xp[row + j];
+                        const float v = relu ? relu1(xp[row + j]) : xp[row + j];
                         /* branch-free select (random data mispredicts half the branches) */
                         const int take = pool_take(v, m);
                         m = take ? v : m;
@@ -149,6 +189,33 @@ void nnp_maxpool_forward(const nnp_pool_geom *g, int B, const float *x, float *y
                 ap[oh * OW + ow] = best;
             }
         }
+    }
+}
+
+void nnp_maxpool_forward(const nnp_pool_geom *g, int B, const float *x, float *y, int *argmax)
+{
+    maxpool_body(g, B, x, y, argmax, 0);
+}
+
+void nnp_maxpool_relu_forward(const nnp_pool_geom *g, int B, const float *x, float *y,
+                              int *argmax)
+{
+    maxpool_body(g, B, x, y, argmax, 1);
+}
+
+void nnp_maxpool_relu_backward(const nnp_pool_geom *g, int B, const float *dy,
+                               const int *argmax, const float *x, float *dx)
+{
+    const size_t HW = (size_t)g->H * g->W, OHW = (size_t)g->OH * g->OW;
+    const size_t planes = (size_t)(B > 0 ? B : 0) * g->C;
+    memset(dx, 0, planes * HW * sizeof *dx);
+    for (size_t pl = 0; pl < planes; pl++) {
+        float *dxp = dx + pl * HW;
+        const float *xp = x + pl * HW, *dyp = dy + pl * OHW;
+        const int *ap = argmax + pl * OHW;
+        for (size_t j = 0; j < OHW; j++)
+            if (xp[ap[j]] > 0.0f)
+                dxp[ap[j]] += dyp[j];
     }
 }
 
