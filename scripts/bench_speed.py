@@ -9,7 +9,8 @@ reaches on exactly the same GEMM shapes in the same run (`nnprec bench`), and wh
 OpenBLAS kernel ran. Beside the speeds: each process's peak resident memory (the kernel's
 maximum RSS of the child, from wait4), the largest over the rounds.
 
-  scripts/bench_speed.py [--nnprec build/nnprec] [--rounds 3]
+  scripts/bench_speed.py [--nnprec build/nnprec] [--rounds 3] [--models lenet resnet8]
+  scripts/bench_speed.py --models lenet --also /tmp/old/nnprec   # two builds, one run
 """
 import argparse
 import csv
@@ -43,7 +44,7 @@ def nnprec_sps(nnprec, model, batch, steps, threads):
         cmd = [nnprec, "train", "--model", model, "--batch", str(batch), "--steps", str(steps),
                "--threads", str(threads), "--log-every", str(log_every), "--eval-every",
                str(10 ** 9), "--test-limit", "100", "--check-replicas", "0", "--quiet", "--out", d]
-        _, rss = run_rss(cmd)
+        _, rss = run_rss(cmd, capture=True)  # its [done] line is not this table's
         rows = list(csv.DictReader(open(os.path.join(d, "train.csv"))))
         # the first interval includes warm-up (page faults, OpenBLAS buffers)
         return statistics.median(float(r["samples_per_s"]) for r in rows[1:]), rss
@@ -64,9 +65,15 @@ def main():
     ap.add_argument("--nnprec", default=os.path.join(ROOT, "build", "nnprec"))
     ap.add_argument("--rounds", type=positive_int, default=3)
     ap.add_argument("--threads", type=positive_int, default=1)
+    ap.add_argument("--models", nargs="+", choices=[c[0].split(":")[0] for c in CASES],
+                    help="only these cases (default: all three)")
+    ap.add_argument("--also", metavar="NNPREC",
+                    help="a second nnprec build, run in the same rounds (its samples/s and its "
+                         "ratio to PyTorch on the next line): compare builds within one run")
     a = ap.parse_args()
-    if not os.access(a.nnprec, os.X_OK):
-        die(f"{a.nnprec} is not an executable (build first)")
+    for exe in [a.nnprec] + ([a.also] if a.also else []):
+        if not os.access(exe, os.X_OK):
+            die(f"{exe} is not an executable (build first)")
     env_core = os.environ.get("OPENBLAS_CORETYPE", "(unset)")
     print(f"OPENBLAS_CORETYPE={env_core}; threads per process: {a.threads}")
     gemm = subprocess.run([a.nnprec, "bench", "--model", CASES[1][0], "--batch", str(CASES[1][1]),
@@ -78,18 +85,29 @@ def main():
     gflop_step, gemm_rate = float(total.group(3)), float(total.group(4))
     print(f"{'model':<20} {'batch':>5} {'nnprec samples/s':>17} {'torch samples/s':>16} {'ratio':>6}"
           f" {'nnprec MB':>10} {'torch MB':>9}")
+    tver = ""
     for model, batch, steps in CASES:
-        ours, theirs, tver, mem_o, mem_t = [], [], "", 0.0, 0.0
+        if a.models and model.split(":")[0] not in a.models:
+            continue
+        ours, also, theirs, mem_o, mem_a, mem_t = [], [], [], 0.0, 0.0, 0.0
         for _ in range(a.rounds):
             o, r = nnprec_sps(a.nnprec, model, batch, steps, a.threads)
             ours.append(o)
             mem_o = max(mem_o, r)
+            if a.also:
+                o, r = nnprec_sps(a.also, model, batch, steps, a.threads)
+                also.append(o)
+                mem_a = max(mem_a, r)
             t, tver, r = torch_sps(model, batch, steps, a.threads)
             theirs.append(t)
             mem_t = max(mem_t, r)
         o, t = statistics.median(ours), statistics.median(theirs)
         print(f"{model:<20} {batch:>5} {o:>17.0f} {t:>16.0f} {o / t:>6.2f}x {mem_o:>10.0f} "
               f"{mem_t:>9.0f}", flush=True)
+        if a.also:
+            x = statistics.median(also)
+            print(f"  --also {a.also}: {x:.0f} samples/s, {x / t:.2f}x PyTorch, "
+                  f"{mem_a:.0f} MB", flush=True)
         if model.startswith("mlp"):
             achieved = o / batch * gflop_step
             print(f"  MLP: nnprec {achieved:.1f} GFLOP/s = {100 * achieved / gemm_rate:.0f}% of "
