@@ -10,6 +10,7 @@ describes the design; scripts/study_report.py turns the runs into that report.
 
   scripts/study.py run                    # the whole study here, 2 runs at a time
   scripts/study.py run --quick            # lenet, batches 128 and 2048, one seed, 3 epochs
+                                          # (in results/study-quick)
   scripts/study.py plan                   # what is finished, what runs next
   scripts/study.py slurm --sbatch "-t 2:00:00"   # the same study as Slurm job arrays
   scripts/study.py bench                  # step and allreduce times for the time model
@@ -17,7 +18,9 @@ describes the design; scripts/study_report.py turns the runs into that report.
 
 Runs live in RESULTS/MODEL/bBATCH/PROC/lrLR-sSEED/ (nnprec's --out). A run that finished
 (its last evaluation is at the budget's end) or diverged (diverged.txt) is never run again;
-an interrupted one resumes from its last checkpoint (--resume auto); logs are appended.
+an interrupted one resumes from its last checkpoint (--resume auto); logs are appended. A
+folder holding a run made with other options (another --epochs) stops the driver before it
+writes or starts anything: each study needs its own --results.
 Runs are independent nnprec jobs: locally each starts with `mpirun -np RANKS`; on Slurm each
 is one task of an array running slurm/train.sbatch, which checkpoints on the pre-timeout
 signal and requeues itself. The tuning is adaptive (the grid grows where the best rate is at
@@ -260,6 +263,8 @@ def plan(st):
         todo, s = cell_plan(st, m, b, p)
         status[(m, b, p)] = s
         runs += [(m, b, p, lr, seed) for lr, seed in todo]
+    for r in runs:  # before anything is written or started
+        check_same_run(st.run_dir(*r), st.argv(*r))
     return runs, status
 
 
@@ -311,6 +316,33 @@ def cmd_plan(st):
               + (f" ({s['note']})" if s.get("note") else ""))
     print(f"{n_done}/{len(status)} cells done; {len(runs)} run(s) can start now")
     return runs
+
+
+def check_same_run(d, argv):
+    """A run folder that already holds a run (its options.txt, which nnprec writes) must have
+    been started with these options: resuming it under others (another epoch budget, a
+    --quick study pointed at the full one's folder) would mix two runs in one folder."""
+    try:
+        with open(os.path.join(d, "options.txt")) as f:
+            have = dict(ln.rstrip("\n")[2:].partition(" ")[::2] for ln in f if ln.startswith("--"))
+    except FileNotFoundError:
+        return
+    i = 0
+    while i < len(argv):
+        name = argv[i][2:]
+        valued = i + 1 < len(argv) and not argv[i + 1].startswith("--")
+        want = argv[i + 1] if valued else "1"
+        i += 2 if valued else 1
+        if name in ("quiet", "out", "resume", "threads", "config") or name not in have:
+            continue
+        got = have[name].strip()
+        try:
+            same = math.isclose(float(got), float(want), rel_tol=1e-9)
+        except ValueError:
+            same = got == want
+        if not same:
+            die(f"{d} holds a run with --{name} {got}, where this study asks for {want}: "
+                f"give this study its own --results (or remove that folder)")
 
 
 def launch(st, run, ranks, nnprec):
@@ -547,8 +579,8 @@ def main():
     ap = ArgParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("action", choices=["run", "plan", "slurm", "bench", "export"])
     ap.add_argument("dest", nargs="?", help="export: the folder to copy the CSVs into")
-    ap.add_argument("--results", default=os.path.join(ROOT, "results", "study"),
-                    help="the runs' folder [results/study]")
+    ap.add_argument("--results",
+                    help="the runs' folder [results/study; with --quick, results/study-quick]")
     ap.add_argument("--nnprec", default=os.path.join(ROOT, "build", "nnprec"))
     ap.add_argument("--quick", action="store_true",
                     help="lenet, global batches 128 and 2048, seed 1, 3 epochs (about 15 min)")
@@ -567,6 +599,8 @@ def main():
     ap.add_argument("--sbatch", default="",
                     help='slurm: more sbatch options, e.g. "-t 1:00:00 -p batch" []')
     a = ap.parse_args()
+    if a.results is None:
+        a.results = os.path.join(ROOT, "results", "study-quick" if a.quick else "study")
     if (a.action == "export") != bool(a.dest):
         ap.error("export needs DEST" if a.action == "export" else f"{a.action} takes no DEST")
     a.sbatch_args = a.sbatch.split()

@@ -54,6 +54,17 @@ for c in meta["cells"]:
 PY
 timeout 120 "$py" "$root/scripts/study.py" run "${tiny[@]}" > "$tmp/rerun.log" 2>&1
 grep -q '^\[study\] 0 run(s) in' "$tmp/rerun.log" && ok || fail "a second run started runs: $(cat "$tmp/rerun.log")"
+# the same folder under another budget (a --quick study pointed at the full one's runs):
+# refused before any run starts, the finished runs left as they were
+first=$(ls -d "$res"/lenet/b32/a-default/lr*-s1 | head -1)
+cp "$first/eval.csv" "$tmp/eval-before.csv"
+cp "$res/study.json" "$tmp/study-before.json"
+timeout 120 "$py" "$root/scripts/study.py" run "${tiny[@]}" --epochs 2 > "$tmp/other.log" 2>&1
+rc=$?
+[ $rc -ne 0 ] && grep -q 'holds a run with --epochs 1, where this study asks for 2' "$tmp/other.log" &&
+  cmp -s "$first/eval.csv" "$tmp/eval-before.csv" && cmp -s "$res/study.json" "$tmp/study-before.json" &&
+  ok ||
+  fail "another epoch budget in the same folder (exit $rc): $(tail -2 "$tmp/other.log")"
 # bench one model, then the other: the second keeps the first's step times and the
 # allreduce table (one fit for every model)
 timeout 300 "$py" "$root/scripts/study.py" bench "${tiny[@]}" --models lenet > "$tmp/bench.log" 2>&1 ||
