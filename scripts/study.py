@@ -129,6 +129,11 @@ class Study:
             return self.a.batches
         return QUICK["batches"] if self.a.quick else MODELS[model]["batches"]
 
+    def stats(self, model):
+        """Per-layer statistics (layers.csv, the report's per-layer figure): the deep MLP's
+        runs, and --quick's, so that it makes every figure"""
+        return bool(MODELS[model].get("stats") or self.a.quick)
+
     def procs(self, model):
         ps = MODELS[model]["procs"]
         return [p for p in ps if p in self.a.procs] if self.a.procs else ps
@@ -166,7 +171,7 @@ class Study:
             args += ["--warmup-epochs", "%g" % (STUDY["warmup_frac"] * E)]
         if p.get("noise") and batch == min(self.batches(model)):
             args += ["--noise-scale"]
-        if mdl.get("stats"):
+        if self.stats(model):
             args += ["--stats-every", str(every)]
         return args
 
@@ -279,7 +284,7 @@ def write_meta(st, status):
                           lrs=[lr_of(p, b, k) for k in s["ks"]],
                           best_lr=s.get("lr"), note=s.get("note", "")))
     models = {m: dict(MODELS[m], epochs=st.epochs(m), batches=st.batches(m),
-                      procs=st.procs(m)) for m in st.models}
+                      procs=st.procs(m), stats=st.stats(m)) for m in st.models}
     # a driver over some of the models (--models mlp) keeps what study.json says of the
     # others, so that the report still sees every model that ran
     path = os.path.join(st.results, "study.json")
@@ -606,7 +611,8 @@ def main():
                     help="the runs' folder [results/study; with --quick, results/study-quick]")
     ap.add_argument("--nnprec", default=os.path.join(ROOT, "build", "nnprec"))
     ap.add_argument("--quick", action="store_true",
-                    help="lenet, global batches 128 and 2048, seed 1, 3 epochs (about 15 min)")
+                    help="lenet, global batches 128 and 2048, seed 1, 3 epochs, per-layer "
+                         "statistics (about 7 min here, with bench and the report)")
     ap.add_argument("--jobs", type=positive_int, default=2,
                     help="runs at once (local), array tasks at once (slurm) [2]")
     ap.add_argument("--ranks", type=positive_int, default=1, help="MPI ranks per run [1]")
