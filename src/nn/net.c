@@ -807,16 +807,11 @@ static void plan_fusion(nnp_net *net)
         if (R->kind != NNP_L_ACT || R->act != NNP_ACT_RELU || P->kind != NNP_L_MAXPOOL ||
             P->src != i + 1 || R->res != NNP_RES_NONE || P->res != NNP_RES_NONE)
             continue;
-        int other = 0; /* anything else that reads act[i + 1] */
-        for (int j = 0; j < net->n_layers; j++) {
-            const nnp_layer *L = &net->layers[j];
-            if (j != i + 1 && (L->src == i + 1 || ((L->kind == NNP_L_RES_FORK ||
-                                                    L->kind == NNP_L_RES_ADD) &&
-                                                   (L->fork == i + 1 || L->branch_end == i + 1 ||
-                                                    L->add + 1 == i + 1))))
-                other = 1;
-        }
-        if (!other && !net->dskip[i + 1])
+        int other = 0; /* another layer reading act[i + 1] (outside residual blocks, src is
+                        * the only way to read an activation) */
+        for (int j = 0; j < net->n_layers; j++)
+            other |= j != i + 1 && net->layers[j].src == i + 1;
+        if (!other)
             R->fused = P->fused = 1;
     }
 }
@@ -1050,9 +1045,7 @@ static void backward_rows(nnp_net *net, int i, int B, size_t row0, float *ws, fl
     case NNP_L_MAXPOOL:
         if (L->fused && net->fuse) { /* into the relu's input gradient */
             const nnp_layer *R = &net->layers[i - 1];
-            float *dr = net->dskip[i - 1] ? net->dskip[i - 1] + row0 * nin
-                        : i > 1           ? net->dact[i - 1] + row0 * nin
-                                          : NULL;
+            float *dr = i > 1 ? nnp_layer_dinput(net, i - 1) + row0 * nin : NULL;
             if (dr)
                 nnp_maxpool_relu_backward(&L->pool, B, dy, net->argmax[i] + row0 * nout,
                                           net->act[R->src] + row0 * nin, dr);
