@@ -14,18 +14,25 @@
 # coverage are merged into tests/fuzz/corpus/NAME (minimized), to be committed.
 #
 # usage: scripts/fuzz.sh [--build-dir DIR] [--time SECONDS] [--runs N] [--seed N] [--fresh]
-#                        [--build-only] [--merge] [NAME...]  (default: all harnesses, 60 s each)
+#                        [--jobs N] [--timeout SECONDS] [--build-only] [--merge] [NAME...]
+#                        (default: all harnesses, 60 s each, one process, 20 s per input)
+# --jobs N runs N fuzzing processes on the same work corpus (each picks up what the others
+# add); --runs is then the total, split evenly, and --seed N gives process i seed N+i.
+# --timeout is the time one input may take before it counts as a hang; raise it when the
+# processes may be stopped for a while (a stopped process's clock keeps running).
 # --fresh empties the work corpus first: a run from the seeds alone. --runs N --seed N
 # --fresh is reproducible: the same inputs every time (what CTest runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bdir=build-fuzz time=60 runs=0 seed= build_only=0 merge=0 fresh=0 names=()
+bdir=build-fuzz time=60 runs=0 seed= build_only=0 merge=0 fresh=0 jobs=1 timeout=20 names=()
 while [ $# -gt 0 ]; do
   case $1 in
     --build-dir) bdir=$2; shift 2 ;;
     --time) time=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
+    --jobs) jobs=$2; shift 2 ;;
+    --timeout) timeout=$2; shift 2 ;;
     --build-only) build_only=1; shift ;;
     --merge) merge=1; shift ;;
     --fresh) fresh=1; shift ;;
@@ -34,6 +41,10 @@ while [ $# -gt 0 ]; do
     *) names+=("$1"); shift ;;
   esac
 done
+for v in "$time" "$runs" "$jobs" "$timeout" ${seed:+"$seed"}; do
+  [[ "$v" =~ ^[0-9]+$ ]] || { echo "fuzz.sh: '$v' is not a whole number" >&2; exit 2; }
+done
+[ "$jobs" -ge 1 ] || { echo "fuzz.sh: --jobs must be at least 1" >&2; exit 2; }
 all=(idx h5data spec options ckpt)
 [ ${#names[@]} -gt 0 ] || names=("${all[@]}")
 for n in "${names[@]}"; do
@@ -91,18 +102,35 @@ for n in "${names[@]}"; do
       echo "[fuzz] $n: a regression input fails again:"; tail -20 "$bdir/$n.regress.log"; status=1; continue
     fi
   fi
-  limit=(-max_total_time="$time")
-  [ "$runs" -gt 0 ] && limit=(-runs="$runs")
-  [ -n "$seed" ] && limit+=(-seed="$seed")
-  # one process, the HDF5 library's own errors silenced by nnprec; inputs up to 64 kB
-  if "$bin" "${limit[@]}" -rss_limit_mb=2048 -max_len=65536 -timeout=20 -print_final_stats=1 \
-       -artifact_prefix="$bdir/crashes/$n-" "$work" "$seeds" > "$bdir/$n.log" 2>&1; then
-    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$bdir/$n.log")
-    secs=$(sed -n 's/.*Done \([0-9]*\) runs in \([0-9]*\) second.*/\2/p' "$bdir/$n.log")
-    echo "[fuzz] $n: ${execs:-?} executions in ${secs:-?} s, no crash ($(ls "$work" | wc -l) inputs in the work corpus)"
+  # one process per job, the HDF5 library's own errors silenced by nnprec; inputs up to 64 kB
+  pids=() logs=()
+  for ((j = 0; j < jobs; j++)); do
+    limit=(-max_total_time="$time")
+    [ "$runs" -gt 0 ] && limit=(-runs=$(( runs / jobs + (j < runs % jobs ? 1 : 0) )))
+    [ -n "$seed" ] && limit+=(-seed=$(( seed + j )))
+    log=$bdir/$n.log
+    [ "$jobs" -gt 1 ] && log=$bdir/$n.$j.log
+    "$bin" "${limit[@]}" -rss_limit_mb=2048 -max_len=65536 -timeout="$timeout" -print_final_stats=1 \
+      -artifact_prefix="$bdir/crashes/$n-" "$work" "$seeds" > "$log" 2>&1 &
+    pids+=($!) logs+=("$log")
+  done
+  failed=() execs=0 secs=0
+  for ((j = 0; j < jobs; j++)); do
+    if wait "${pids[j]}"; then
+      e=$(sed -n 's/^stat::number_of_executed_units: *//p' "${logs[j]}")
+      t=$(sed -n 's/.*Done \([0-9]*\) runs in \([0-9]*\) second.*/\2/p' "${logs[j]}")
+      execs=$(( execs + ${e:-0} )); [ "${t:-0}" -gt "$secs" ] && secs=${t:-0}
+    else
+      failed+=("${logs[j]}")
+    fi
+  done
+  if [ ${#failed[@]} -eq 0 ]; then
+    echo "[fuzz] $n: $execs executions in $secs s ($jobs process(es)), no crash ($(ls "$work" | wc -l) inputs in the work corpus)"
   else
-    echo "[fuzz] $n: FAILED; the input is in $bdir/crashes/ (the log: $bdir/$n.log):"
-    grep -m 1 -A 12 "ERROR: \|runtime error\|deadly signal" "$bdir/$n.log" || tail -20 "$bdir/$n.log"
+    for log in "${failed[@]}"; do
+      echo "[fuzz] $n: FAILED; the input is in $bdir/crashes/ (the log: $log):"
+      grep -m 1 -A 12 "ERROR: \|runtime error\|deadly signal" "$log" || tail -20 "$log"
+    done
     status=1
   fi
   if [ "$merge" = 1 ] && [ "$status" = 0 ]; then
