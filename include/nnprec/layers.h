@@ -42,7 +42,7 @@ void nnp_conv2d_backward(const nnp_conv_geom *g, int B, const float *x, const fl
 /* Which implementation a geometry runs (src/nn/conv2d.c): the direct AVX2/FMA kernels
  * (stride 1 with p <= k-1, or stride > 1 on the input split by stride phase; a CPU with AVX2
  * and FMA) or im2col + GEMM (every geometry, portable). AUTO picks direct wherever it can
- * run, except stride > 1 with k == 1, and the backward of maps of <= 64 output positions;
+ * run, except stride > 1 with k == 1;
  * NNPREC_CONV_PATH=auto|gemm|direct in the
  * environment (read at the first call) or nnp_conv2d_set_path (process-wide, for tests and
  * benchmarks; not thread-safe) forces one; DIRECT falls back to GEMM where it cannot run. */

@@ -210,19 +210,6 @@ nnp_conv_path nnp_conv2d_path(const nnp_conv_geom *g)
     return NNP_CONV_DIRECT;
 }
 
-/* The backward's path: AUTO leaves maps of 64 output positions or fewer (resnet8's 7x7) to
- * the GEMM path, whose groups of samples beat the direct path's per-sample weight gradient
- * there (batch 128: 64->64 14.2-15.0 against 15.5 ms, 32->64 k3 s2 8.0-8.2 against 9.1-9.3;
- * their forwards are faster direct: 6.2 against 7.3-7.5, 3.8-3.9 against 4.0-4.1). */
-static nnp_conv_path backward_path(const nnp_conv_geom *g)
-{
-    nnp_conv_path p = nnp_conv2d_path(g);
-    if (p == NNP_CONV_DIRECT && requested_path() == NNP_CONV_AUTO &&
-        (size_t)g->OH * g->OW <= 64)
-        return NNP_CONV_GEMM;
-    return p;
-}
-
 /* ---- GEMM path -------------------------------------------------------------------------- */
 
 /* Samples per group: enough that a group's product has about 1024 output positions (a
@@ -338,7 +325,7 @@ void nnp_conv2d_forward(const nnp_conv_geom *g, int B, const float *x, const flo
 void nnp_conv2d_backward(const nnp_conv_geom *g, int B, const float *x, const float *W,
                          const float *dy, float *dx, float *dW, float *db, float *ws)
 {
-    if (backward_path(g) == NNP_CONV_DIRECT)
+    if (nnp_conv2d_path(g) == NNP_CONV_DIRECT)
         nnp_conv_direct_backward(g, B, x, W, dy, dx, dW, db, ws);
     else
         gemm_backward(g, B, x, W, dy, dx, dW, db, ws);

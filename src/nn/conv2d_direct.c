@@ -102,6 +102,10 @@ static void tap_offsets(int C, int k, int s, int Wp, size_t Cs, int *off)
                                  (size_t)(ki / s) * Wp + (size_t)(kj / s));
 }
 
+/* the weight gradient's sample groups: about DW_SPAN output positions, at most DW_GMAX samples */
+#define DW_SPAN 512
+#define DW_GMAX 16
+
 /* The padded-grid sizes of a geometry. */
 typedef struct {
     int Hp, Wp;       /* padded input */
@@ -109,6 +113,7 @@ typedef struct {
     int q, Hq, Wq;    /* dy padded by q = k-1-p (dx) */
     size_t Cq, Lq;    /* its plane, dx strip */
     size_t nxp, nyp, ndyq, ndxp, R;
+    int G;            /* samples per weight-gradient group (dw_group) */
 } grid;
 
 static grid grid_of(const nnp_conv_geom *g)
@@ -136,6 +141,13 @@ static grid grid_of(const nnp_conv_geom *g)
     d.nyp = (size_t)g->K * d.Ls;
     d.ndyq = round16((size_t)g->K * d.Cq + (size_t)g->k + 32);
     d.ndxp = (size_t)g->C * d.Lq;
+    /* The weight gradient's register partial sums run over G samples before they are added
+     * into the double accumulator: about DW_SPAN positions (8-lane float sums of about
+     * DW_SPAN/8 products each), so that small maps (7x7: 56 positions a sample) do not pay a
+     * horizontal sum per sample and tap block. */
+    const size_t L8 = ((size_t)g->OH * d.Wp + 7) & ~(size_t)7;
+    d.G = (int)((DW_SPAN + L8 - 1) / L8);
+    d.G = d.G < 1 ? 1 : d.G > DW_GMAX ? DW_GMAX : d.G;
     return d;
 }
 
@@ -158,7 +170,7 @@ size_t nnp_conv_direct_workspace(const nnp_conv_geom *g)
     if (!nnp_conv_direct_fits(g))
         return 0;
     grid d = grid_of(g);
-    return head_of(g) + d.nxp + d.nyp + d.ndyq + d.ndxp;
+    return head_of(g) + (size_t)d.G * (d.nxp + d.nyp) + d.ndyq + d.ndxp;
 }
 
 /* d[0 .. n) = s[0 .. n): the rows here are 7-30 floats, too short for a memcpy call's
@@ -194,35 +206,65 @@ static void pad_planes(int C, int H, int W, int p, const float *x, float *xp, si
 
 /* Stride s > 1: the C planes of H x W (padding p) split into s*s phase planes Hs x Ws per
  * channel, plane (c*s + a)*s + b holding xpad[c][s*u + a][s*v + b] at (u, v) (zero outside
- * the image), then `tail` zeros. */
+ * the image), then `tail` zeros. As in pad_planes, the zeros are written only when `fresh`;
+ * later samples of the call overwrite the image's pixels alone. Input row h feeds row
+ * u = (h + p) / s of the planes of phase a = (h + p) % s: for phase b its columns
+ * v in [vlo, vhi) take x[h][w0 + s*t], w0 = s*vlo + b - p. For s = 2 the two phases b of a
+ * row are its even and odd pixels, split four at a time with SSE shuffles. */
 static void split_phases(int C, int H, int W, int p, int s, int Hs, int Ws, const float *x,
-                         float *xp, size_t tail)
+                         float *xp, size_t tail, int fresh)
 {
+    if (fresh)
+        memset(xp, 0, ((size_t)C * s * s * Hs * Ws + tail) * sizeof *xp);
+    int vlo[8], n[8], w0[8]; /* per phase b (s <= 8 here; larger s take the general loop) */
+    for (int b = 0; b < s && b < 8; b++) {
+        vlo[b] = p - b <= 0 ? 0 : (p - b + s - 1) / s;
+        int vhi = W - 1 + p - b < 0 ? 0 : (W - 1 + p - b) / s + 1;
+        vhi = vhi > Ws ? Ws : vhi < vlo[b] ? vlo[b] : vhi;
+        n[b] = vhi > vlo[b] ? vhi - vlo[b] : 0;
+        w0[b] = s * vlo[b] + b - p;
+    }
     for (int c = 0; c < C; c++)
-        for (int a = 0; a < s; a++)
+        for (int h = 0; h < H; h++) {
+            const int a = (h + p) % s, u = (h + p) / s;
+            if (u >= Hs)
+                continue;
+            const float *src = x + ((size_t)c * H + h) * W;
+            float *plane0 = xp + ((size_t)c * s + a) * s * Hs * Ws + (size_t)u * Ws;
+            if (s == 2) {
+                /* the phase b whose first pixel is even, and the other one */
+                const int be = w0[0] == 0 ? 0 : 1, bo = 1 - be;
+                float *de = plane0 + (size_t)be * Hs * Ws + vlo[be];
+                float *dd = plane0 + (size_t)bo * Hs * Ws + vlo[bo];
+                const int ne = n[be], no = n[bo];
+                int t = 0;
+#if NNP_HAVE_DIRECT && defined(__SSE2__)
+                for (; 2 * t + 8 <= W && t + 4 <= ne && t + 4 <= no; t += 4) {
+                    const __m128 lo = _mm_loadu_ps(src + 2 * t), hi = _mm_loadu_ps(src + 2 * t + 4);
+                    _mm_storeu_ps(de + t, _mm_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0)));
+                    _mm_storeu_ps(dd + t, _mm_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1)));
+                }
+#endif
+                for (int e = t; e < ne; e++)
+                    de[e] = src[2 * e];
+                for (int e = t; e < no; e++)
+                    dd[e] = src[2 * e + 1];
+                continue;
+            }
             for (int b = 0; b < s; b++) {
-                float *dst = xp + (((size_t)c * s + a) * s + b) * Hs * Ws;
-                for (int u = 0; u < Hs; u++) {
-                    float *row = dst + (size_t)u * Ws;
-                    const int h = s * u + a - p;
-                    if (h < 0 || h >= H) {
-                        memset(row, 0, (size_t)Ws * sizeof *row);
-                        continue;
-                    }
-                    /* columns v in [vlo, vhi) lie in the image: w = s*v + b - p in [0, W) */
-                    const int vlo = p - b <= 0 ? 0 : (p - b + s - 1) / s;
-                    int vhi = W - 1 + p - b < 0 ? 0 : (W - 1 + p - b) / s + 1;
-                    vhi = vhi > Ws ? Ws : vhi < vlo ? vlo : vhi;
-                    const float *src = x + ((size_t)c * H + h) * W + (b - p);
-                    for (int v = 0; v < vlo && v < Ws; v++)
-                        row[v] = 0.0f;
-                    for (int v = vlo; v < vhi; v++)
-                        row[v] = src[(size_t)v * s];
-                    for (int v = vhi; v < Ws; v++)
-                        row[v] = 0.0f;
+                float *row = plane0 + (size_t)b * Hs * Ws;
+                if (b < 8) {
+                    for (int e = 0; e < n[b]; e++)
+                        row[vlo[b] + e] = src[w0[b] + (size_t)e * s];
+                    continue;
+                }
+                for (int v = 0; v < Ws; v++) {
+                    const int w = s * v + b - p;
+                    if (w >= 0 && w < W)
+                        row[v] = src[w];
                 }
             }
-    memset(xp + (size_t)C * s * s * Hs * Ws, 0, tail * sizeof *xp);
+        }
 }
 
 /* The input of one sample on the grid of the geometry: padded planes or phase planes. */
@@ -233,7 +275,7 @@ static void load_input(const nnp_conv_geom *g, const grid *d, const float *x, fl
     if (g->s == 1)
         pad_planes(g->C, g->H, g->W, g->p, x, xp, d->nxp - used, fresh);
     else
-        split_phases(g->C, g->H, g->W, g->p, g->s, d->Hp, d->Wp, x, xp, d->nxp - used);
+        split_phases(g->C, g->H, g->W, g->p, g->s, d->Hp, d->Wp, x, xp, d->nxp - used, fresh);
 }
 
 #if NNP_HAVE_DIRECT
@@ -317,27 +359,32 @@ INLINE TARGET double hsum(__m256 v)
     return (double)_mm_cvtss_f32(s);
 }
 
-/* acc[o][t] += sum_{j < L} dyp[o*Ls + j] xp[off[t] + j] for KO channels and NR taps (L a
- * multiple of 8). */
-INLINE TARGET void dw_block(int KO, int NR, const float *dyp, size_t Ls, size_t L,
-                            const float *xp, const size_t *off, double *acc, size_t R)
+/* acc[o][t] += sum over the gn samples i of sum_{j < L} dyp_i[o*Ls + j] xp_i[off[t] + j] for
+ * KO channels and NR taps (L a multiple of 8; sample i's buffers sx and sy floats after the
+ * first): one set of register partial sums for the whole group, summed horizontally once. */
+INLINE TARGET void dw_block(int KO, int NR, const float *dyp, size_t sy, size_t Ls, size_t L,
+                            const float *xp, size_t sx, int gn, const size_t *off, double *acc,
+                            size_t R)
 {
     __m256 a[4][3];
     for (int o = 0; o < KO; o++)
         for (int t = 0; t < NR; t++)
             a[o][t] = _mm256_setzero_ps();
-    const float *x0 = xp + off[0], *x1 = xp + off[NR > 1 ? 1 : 0], *x2 = xp + off[NR > 2 ? 2 : 0];
-    for (size_t j = 0; j < L; j += 8) {
-        __m256 xv[3];
-        xv[0] = _mm256_loadu_ps(x0 + j);
-        if (NR > 1)
-            xv[1] = _mm256_loadu_ps(x1 + j);
-        if (NR > 2)
-            xv[2] = _mm256_loadu_ps(x2 + j);
-        for (int o = 0; o < KO; o++) {
-            const __m256 d = _mm256_loadu_ps(dyp + (size_t)o * Ls + j);
-            for (int t = 0; t < NR; t++)
-                a[o][t] = _mm256_fmadd_ps(d, xv[t], a[o][t]);
+    for (int i = 0; i < gn; i++, xp += sx, dyp += sy) {
+        const float *x0 = xp + off[0], *x1 = xp + off[NR > 1 ? 1 : 0];
+        const float *x2 = xp + off[NR > 2 ? 2 : 0];
+        for (size_t j = 0; j < L; j += 8) {
+            __m256 xv[3];
+            xv[0] = _mm256_loadu_ps(x0 + j);
+            if (NR > 1)
+                xv[1] = _mm256_loadu_ps(x1 + j);
+            if (NR > 2)
+                xv[2] = _mm256_loadu_ps(x2 + j);
+            for (int o = 0; o < KO; o++) {
+                const __m256 d = _mm256_loadu_ps(dyp + (size_t)o * Ls + j);
+                for (int t = 0; t < NR; t++)
+                    a[o][t] = _mm256_fmadd_ps(d, xv[t], a[o][t]);
+            }
         }
     }
     for (int o = 0; o < KO; o++)
@@ -345,10 +392,11 @@ INLINE TARGET void dw_block(int KO, int NR, const float *dyp, size_t Ls, size_t 
             acc[(size_t)o * R + t] += hsum(a[o][t]);
 }
 
-/* acc[K][R] += the weight gradient of one sample (see the header comment): dYp's rows Ls
- * apart, zero from L on, so the sums stop at L rounded up to 8. */
-static TARGET void flat_dw(int K, size_t R, const int *off, const float *xp, const float *dyp,
-                           size_t Ls, size_t L, double *acc)
+/* acc[K][R] += the weight gradient of a group of gn samples (see the header comment), their
+ * padded inputs sx floats apart and their dYp sy apart: dYp's rows Ls apart, zero from L on,
+ * so the sums stop at L rounded up to 8. */
+static TARGET void flat_dw(int K, size_t R, const int *off, const float *xp, size_t sx,
+                           const float *dyp, size_t sy, int gn, size_t Ls, size_t L, double *acc)
 {
     const size_t L8 = (L + 7) & ~(size_t)7;
     for (int o = 0; o < K; o += 4) {
@@ -363,11 +411,11 @@ static TARGET void flat_dw(int K, size_t R, const int *off, const float *xp, con
 #define DW_CASE(KO_)                                                                    \
     case KO_:                                                                           \
         if (nr == 3)                                                                    \
-            dw_block(KO_, 3, d, Ls, L8, xp, o3, ac, R);                                     \
+            dw_block(KO_, 3, d, sy, Ls, L8, xp, sx, gn, o3, ac, R);                     \
         else if (nr == 2)                                                               \
-            dw_block(KO_, 2, d, Ls, L8, xp, o3, ac, R);                                     \
+            dw_block(KO_, 2, d, sy, Ls, L8, xp, sx, gn, o3, ac, R);                     \
         else                                                                            \
-            dw_block(KO_, 1, d, Ls, L8, xp, o3, ac, R);                                     \
+            dw_block(KO_, 1, d, sy, Ls, L8, xp, sx, gn, o3, ac, R);                     \
         break;
             switch (ko) {
                 DW_CASE(4)
@@ -390,10 +438,11 @@ static void flat_conv(int K, size_t R, const int *off, const float *xp, const fl
     (void)K; (void)R; (void)off; (void)xp; (void)wpk; (void)yp; (void)Ls; (void)L;
 }
 
-static void flat_dw(int K, size_t R, const int *off, const float *xp, const float *dyp,
-                    size_t Ls, size_t L, double *acc)
+static void flat_dw(int K, size_t R, const int *off, const float *xp, size_t sx,
+                    const float *dyp, size_t sy, int gn, size_t Ls, size_t L, double *acc)
 {
-    (void)K; (void)R; (void)off; (void)xp; (void)dyp; (void)Ls; (void)L; (void)acc;
+    (void)K; (void)R; (void)off; (void)xp; (void)sx; (void)dyp; (void)sy; (void)gn; (void)Ls;
+    (void)L; (void)acc;
 }
 
 #endif
@@ -418,18 +467,21 @@ static void phase_dx(const nnp_conv_geom *g, const grid *d, const float *dyq, co
             flat_conv(C, Rab, offq + obase, dyq, wpk + wbase, dxp, d->Lq, (size_t)d->Hp * d->Wq);
             wbase += (size_t)C * Rab;
             obase += Rab;
+            /* the rows u and columns v of this phase that land in the image */
+            const int ulo = p - a <= 0 ? 0 : (p - a + s - 1) / s;
+            int uhi = H - 1 + p - a < 0 ? 0 : (H - 1 + p - a) / s + 1;
+            uhi = uhi > d->Hp ? d->Hp : uhi;
+            const int vlo = p - b <= 0 ? 0 : (p - b + s - 1) / s;
+            int vhi = W - 1 + p - b < 0 ? 0 : (W - 1 + p - b) / s + 1;
+            vhi = vhi > d->Wp ? d->Wp : vhi;
             for (int c = 0; c < C; c++) {
                 const float *src = dxp + (size_t)c * d->Lq;
                 float *dst = dxn + (size_t)c * H * W;
-                for (int u = 0; u < d->Hp; u++) {
-                    const int h = s * u + a - p;
-                    if (h < 0 || h >= H)
-                        continue;
-                    for (int v = 0; v < d->Wp; v++) {
-                        const int w = s * v + b - p;
-                        if (w >= 0 && w < W)
-                            dst[(size_t)h * W + w] = src[(size_t)u * d->Wq + v];
-                    }
+                for (int u = ulo; u < uhi; u++) {
+                    const float *sr = src + (size_t)u * d->Wq;
+                    float *dr = dst + (size_t)(s * u + a - p) * W;
+                    for (int v = vlo; v < vhi; v++)
+                        dr[s * v + b - p] = sr[v];
                 }
             }
         }
@@ -467,8 +519,9 @@ void nnp_conv_direct_backward(const nnp_conv_geom *g, int B, const float *x, con
     const int C = g->C, K = g->K, k = g->k, OH = g->OH, OW = g->OW;
     const size_t R = d.R, kr = (size_t)K * R;
     double *acc = (double *)ws;
-    float *wt = ws + 2 * kr, *wpk = ws + 3 * kr, *xp = ws + head_of(g), *yp = xp + d.nxp;
-    float *dyq = yp + d.nyp, *dxp = dyq + d.ndyq;
+    float *wt = ws + 2 * kr, *wpk = ws + 3 * kr, *xp = ws + head_of(g);
+    float *yp = xp + (size_t)d.G * d.nxp; /* G samples' xp, then G samples' dYp */
+    float *dyq = yp + (size_t)d.G * d.nyp, *dxp = dyq + d.ndyq;
     int *off = (int *)(ws + 4 * kr), *offq = off + R;
     const size_t nx = (size_t)C * g->H * g->W, OHW = (size_t)OH * OW;
     if (db)
@@ -517,27 +570,33 @@ void nnp_conv_direct_backward(const nnp_conv_geom *g, int B, const float *x, con
     }
     if (dW)
         tap_offsets(C, k, g->s, d.Wp, d.Cs, off);
-    for (int n = 0; n < B; n++) {
-        const float *dyn = dy + (size_t)n * K * OHW;
+    for (int n0 = 0; n0 < B; n0 += d.G) {
+        const int gn = B - n0 < d.G ? B - n0 : d.G;
         if (dW) {
-            load_input(g, &d, x + (size_t)n * nx, xp, n == 0);
-            /* dYp: dy on the padded grid, zero in the dropped columns and the tail (zeroed
-             * for the first sample, never written after) */
-            if (n == 0)
-                memset(yp, 0, d.nyp * sizeof *yp);
-            for (int o = 0; o < K; o++) {
-                float *dst = yp + (size_t)o * d.Ls;
-                const float *src = dyn + (size_t)o * OHW;
-                for (int oh = 0; oh < OH; oh++)
-                    copy_row(dst + (size_t)oh * d.Wp, src + (size_t)oh * OW, OW);
+            /* G samples' padded inputs and dYp (dy on the padded grid, zero in the dropped
+             * columns and the tail: each slot zeroed at its first use, never written after) */
+            for (int i = 0; i < gn; i++) {
+                const int n = n0 + i;
+                float *xpi = xp + (size_t)i * d.nxp, *ypi = yp + (size_t)i * d.nyp;
+                load_input(g, &d, x + (size_t)n * nx, xpi, n0 == 0);
+                if (n0 == 0)
+                    memset(ypi, 0, d.nyp * sizeof *ypi);
+                for (int o = 0; o < K; o++) {
+                    float *dst = ypi + (size_t)o * d.Ls;
+                    const float *src = dy + ((size_t)n * K + o) * OHW;
+                    for (int oh = 0; oh < OH; oh++)
+                        copy_row(dst + (size_t)oh * d.Wp, src + (size_t)oh * OW, OW);
+                }
             }
-            flat_dw(K, R, off, xp, yp, d.Ls, (size_t)OH * d.Wp, acc);
+            flat_dw(K, R, off, xp, d.nxp, yp, d.nyp, gn, d.Ls, (size_t)OH * d.Wp, acc);
         }
-        if (dx && g->s > 1) {
+        for (int n = n0; n < n0 + gn && dx; n++) {
+            const float *dyn = dy + (size_t)n * K * OHW;
             pad_planes(K, OH, OW, d.q, dyn, dyq, d.ndyq - (size_t)K * d.Cq, n == 0);
-            phase_dx(g, &d, dyq, wpk, offq, dxp, dx + (size_t)n * nx);
-        } else if (dx) {
-            pad_planes(K, OH, OW, d.q, dyn, dyq, d.ndyq - (size_t)K * d.Cq, n == 0);
+            if (g->s > 1) {
+                phase_dx(g, &d, dyq, wpk, offq, dxp, dx + (size_t)n * nx);
+                continue;
+            }
             flat_conv(C, (size_t)K * k * k, offq, dyq, wpk, dxp, d.Lq, (size_t)g->H * d.Wq);
             float *dxn = dx + (size_t)n * nx;
             for (int c = 0; c < C; c++) {
