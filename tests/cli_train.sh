@@ -248,14 +248,16 @@ for c in reduce-scatter allgather shm shm1; do
 done
 [ "$(grep -cE '^ +(0\.250|1\.000) +[0-9.]+ +[0-9.]+ +[0-9.]+$' "$tmp/arbench.log")" = 2 ] && ok ||
   fail "bench --allreduce-mb rows: $(cat "$tmp/arbench.log")"
-# nnprec bench --layers: one row per layer of the network (LeNet: 12), GFLOP/s on the 5 with
-# weights, then the total
+# nnprec bench --layers: one row per layer of the network (LeNet: 12), GFLOP/s and the share
+# of cblas_sgemm's rate on the layer's own product on the 5 with weights, then the total
 "$nnprec" bench --layers --model lenet --batch 4 --reps 3 > "$tmp/lbench.log" 2>&1 ||
   fail "bench --layers failed: $(tail -3 "$tmp/lbench.log")"
 rows='^ ?[0-9]+ [a-z].* -> [0-9x]+ +[0-9.]+ +[0-9.]+ +[0-9.]+%'
 [ "$(grep -cE "$rows" "$tmp/lbench.log")" = 12 ] && ok || fail "bench --layers rows: $(cat "$tmp/lbench.log")"
-[ "$(grep -E "$rows" "$tmp/lbench.log" | grep -cE '(conv|dense) .*% +[0-9]+\.[0-9]+$')" = 5 ] && ok ||
-  fail "bench --layers GFLOP/s column: $(cat "$tmp/lbench.log")"
+[ "$(grep -E "$rows" "$tmp/lbench.log" | grep -cE '(conv|dense) .*% +[0-9]+\.[0-9]+ +[0-9]+%$')" = 5 ] && ok ||
+  fail "bench --layers GFLOP/s and sgemm columns: $(cat "$tmp/lbench.log")"
+grep -qE '^cblas_sgemm on 1024x1024x1024 in this run: [0-9.]+ GFLOP/s; convolutions at [0-9]+-[0-9]+% of it$' \
+  "$tmp/lbench.log" && ok || fail "bench --layers: no sgemm yardstick line: $(cat "$tmp/lbench.log")"
 grep -q '^total: .* ms per forward + backward of batch 4' "$tmp/lbench.log" && ok || fail "bench --layers total"
 grep -qE '^peak resident memory: [1-9][0-9]*\.[0-9] MB' "$tmp/lbench.log" && ok || fail "bench --layers: no peak memory line"
 expect 2 "--reps in 1..1000" "$nnprec" bench --layers --reps 0

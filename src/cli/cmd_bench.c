@@ -106,6 +106,24 @@ static double layer_flop(const nnp_net *net, int i, int Bt)
     return 0;
 }
 
+/* The product a dense or conv layer's forward is, as one sgemm C[M,N] = A[M,Kd] B[Kd,N]
+ * (dense: the batch times the weights; conv: the kernel times the im2col matrix of up to
+ * 8,192 output positions, enough for the BLAS's full rate). 0 for the other layers. */
+static int layer_gemm(const nnp_net *net, int i, int Bt, int *M, int *N, int *Kd)
+{
+    const nnp_layer *L = &net->layers[i];
+    if (L->kind == NNP_L_DENSE) {
+        *M = Bt, *N = L->out.c, *Kd = (int)nnp_shape_size(L->in);
+        return 1;
+    }
+    if (L->kind == NNP_L_CONV2D) {
+        const size_t pos = (size_t)Bt * L->out.h * L->out.w;
+        *M = L->conv.K, *N = pos < 8192 ? (int)pos : 8192, *Kd = L->conv.C * L->k * L->k;
+        return 1;
+    }
+    return 0;
+}
+
 /* Bytes a memory-bound layer must move at least in one forward + backward: BatchNorm reads
  * x and writes y, then reads x and dy and writes dx (5 tensors of its size); 0 for the
  * others. */
@@ -185,34 +203,81 @@ static nnp_status bench_layers(void)
                 tb[(size_t)i * reps + r] = nnp_comm_wtime() - t0;
         }
     }
-    printf("%s, batch %d, %d BLAS thread(s) (core %s), median of %d\n", B.model, B.batch,
-           openblas_get_num_threads(), openblas_get_corename(), reps);
-    printf("%-48s %10s %10s %7s %9s %8s\n", "layer", "fwd_ms", "bwd_ms", "share", "GFLOP/s",
-           "GB/s");
     double sum = 0;
     for (int i = 0; i < n; i++) {
         f[i] = median(tf + (size_t)i * reps, reps);
         b[i] = median(tb + (size_t)i * reps, reps);
         sum += f[i] + b[i];
     }
+    const double rss = nnp_peak_rss_mb(); /* before the sgemm yardsticks' buffers */
+    /* the same-run cblas_sgemm rate on each dense and conv layer's own product shape */
+    double *ref = nnp_malloc((size_t)n * sizeof(double));
+    size_t na = 0, nb = 0, nc = 0;
+    for (int i = 0; i < n; i++) {
+        int M, N, Kd;
+        if (layer_gemm(net, i, B.batch, &M, &N, &Kd)) {
+            na = na > (size_t)M * Kd ? na : (size_t)M * Kd;
+            nb = nb > (size_t)Kd * N ? nb : (size_t)Kd * N;
+            nc = nc > (size_t)M * N ? nc : (size_t)M * N;
+        }
+    }
+    float *ga = nnp_malloc((na + 1) * sizeof(float)), *gm = nnp_malloc((nb + 1) * sizeof(float));
+    float *gc = nnp_malloc((nc + 1) * sizeof(float));
+    if (!ref || !ga || !gm || !gc) {
+        st = NNP_ERR_NOMEM;
+        free(ref), free(ga), free(gm), free(gc);
+        goto out;
+    }
+    for (size_t k = 0; k < na; k++)
+        ga[k] = (float)(k % 13) * 0.01f;
+    for (size_t k = 0; k < nb; k++)
+        gm[k] = (float)(k % 7) * 0.01f;
+    for (int i = 0; i < n; i++) {
+        int M, N, Kd;
+        ref[i] = 0;
+        if (layer_gemm(net, i, B.batch, &M, &N, &Kd)) {
+            const double t = time_gemm(M, N, Kd, 0, 0, ga, gm, gc, reps);
+            ref[i] = t > 0 ? 2.0 * M * N * Kd / t * 1e-9 : 0;
+        }
+    }
+    free(ga), free(gm), free(gc);
+    /* and on a large square product, the BLAS's headline rate */
+    const int sq = 1024;
+    double sq_rate = 0;
+    ga = nnp_malloc((size_t)sq * sq * sizeof(float));
+    gm = nnp_malloc((size_t)sq * sq * sizeof(float));
+    gc = nnp_malloc((size_t)sq * sq * sizeof(float));
+    if (ga && gm && gc) {
+        for (size_t k = 0; k < (size_t)sq * sq; k++)
+            ga[k] = gm[k] = (float)(k % 11) * 0.01f;
+        const double t = time_gemm(sq, sq, sq, 0, 0, ga, gm, gc, reps < 10 ? reps : 10);
+        sq_rate = t > 0 ? 2.0 * sq * sq * sq / t * 1e-9 : 0;
+    }
+    free(ga), free(gm), free(gc);
+    printf("%s, batch %d, %d BLAS thread(s) (core %s), median of %d\n", B.model, B.batch,
+           openblas_get_num_threads(), openblas_get_corename(), reps);
+    printf("%-48s %10s %10s %7s %9s %8s %8s\n", "layer", "fwd_ms", "bwd_ms", "share", "GFLOP/s",
+           "sgemm", "GB/s");
     double gbs_lo = 0, gbs_hi = 0; /* the memory-bound layers' range of GB/s */
     for (int i = 0; i < n; i++) {
-        char what[160], gf[16] = "", gb[16] = "", line[256];
+        char what[160], gf[16] = "", gb[16] = "", gr[16] = "", line[256];
         nnp_layer_describe(net, i, what, sizeof what);
         /* backward: the weight gradient, and the input gradient except for the first layer */
         double flop = layer_flop(net, i, B.batch) * (i > 0 ? 3.0 : 2.0);
         double bytes = layer_bytes(net, i, B.batch);
         if (flop > 0)
             snprintf(gf, sizeof gf, "%9.2f", flop / (f[i] + b[i]) * 1e-9);
+        if (flop > 0 && ref[i] > 0)
+            snprintf(gr, sizeof gr, "%7.0f%%", 100.0 * flop / (f[i] + b[i]) * 1e-9 / ref[i]);
         if (bytes > 0 && f[i] + b[i] > 0) {
             const double r = bytes / (f[i] + b[i]) * 1e-9;
             snprintf(gb, sizeof gb, "%8.2f", r);
             gbs_lo = gbs_lo > 0 && gbs_lo < r ? gbs_lo : r;
             gbs_hi = gbs_hi > r ? gbs_hi : r;
         }
-        int len = snprintf(line, sizeof line, "%-48s %10.4f %10.4f %6.1f%% %9s %8s", what,
+        int len = snprintf(line, sizeof line, "%-48s %10.4f %10.4f %6.1f%% %9s %8s %8s", what,
                            1e3 * f[i], 1e3 * b[i], sum > 0 ? 100.0 * (f[i] + b[i]) / sum : 0.0,
-                           gf, gb);
+                           gf, gr, gb);
         while (len > 0 && line[len - 1] == ' ') /* no trailing blanks where a column is empty */
             line[--len] = '\0';
         printf("%s\n", line);
@@ -233,8 +298,26 @@ static nnp_status bench_layers(void)
                "layers at %.2f-%.2f GB/s (%.0f-%.0f%% of it; bytes: x, y, dy, dx once each)\n",
                bw, gbs_lo, gbs_hi, bw > 0 ? 100 * gbs_lo / bw : 0, bw > 0 ? 100 * gbs_hi / bw : 0);
     }
+    printf("sgemm: the layer's GFLOP/s as a share of cblas_sgemm's on the layer's own "
+           "product in this run (dense: batch x in x out; conv: K x C*k*k x up to 8,192 "
+           "output positions)\n");
+    if (sq_rate > 0) {
+        double lo = 0, hi = 0; /* the convolutions' GFLOP/s */
+        for (int i = 0; i < n; i++)
+            if (net->layers[i].kind == NNP_L_CONV2D && f[i] + b[i] > 0) {
+                const double r = layer_flop(net, i, B.batch) * (i > 0 ? 3.0 : 2.0) /
+                                 (f[i] + b[i]) * 1e-9;
+                lo = lo > 0 && lo < r ? lo : r;
+                hi = hi > r ? hi : r;
+            }
+        printf("cblas_sgemm on %dx%dx%d in this run: %.2f GFLOP/s", sq, sq, sq, sq_rate);
+        if (hi > 0)
+            printf("; convolutions at %.0f-%.0f%% of it", 100 * lo / sq_rate, 100 * hi / sq_rate);
+        printf("\n");
+    }
+    free(ref);
     printf("peak resident memory: %.1f MB (this process: the network's buffers at batch %d, "
-           "the libraries)\n", nnp_peak_rss_mb(), B.batch);
+           "the libraries)\n", rss, B.batch);
 out:
     free(tf);
     free(tb);
