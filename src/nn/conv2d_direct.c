@@ -16,7 +16,9 @@
  * Backward, per sample:
  *   dW[o][r] += sum_j dYp[o][j] xp[off(r) + j], dYp being dy on the same padded grid with
  *     zeros in the dropped columns: 4 channels x 3 taps of 8-lane partial sums in registers,
- *     reduced at the end of the sample and added into a double accumulator over the batch;
+ *     kept over a group of G samples (about DW_SPAN output positions in all; G from the
+ *     shapes alone), reduced at the end of the group and added into a double accumulator
+ *     over the batch;
  *   dx is the stride-1 convolution of dy zero-padded by q = k - 1 - p with the kernel
  *     flipped and its two channel axes swapped, Wt[c][o][ki][kj] = W[o][c][k-1-ki][k-1-kj]:
  *     the forward kernel again (this needs p <= k - 1).
@@ -46,6 +48,8 @@
  *   yp    K*Ls       output strip Yp or dYp, Ls = OH*Wp rounded up to whole tiles
  *   dyq   K*Hq*Wq + k + 32     dy padded by q (dx)
  *   dxp   C*Lq       input-gradient strip, Lq = H*Wq rounded up to whole tiles
+ * xp and yp are G times that size: the backward's weight gradient holds a group of G samples
+ * (xp's G copies, then yp's); the forward and the input gradient use the first of each.
  * The build compiles the kernels for AVX2+FMA with a per-function target attribute; the
  * CPU is asked (cpuid) before they are used, and conv2d.c falls back to its GEMM path.
  */

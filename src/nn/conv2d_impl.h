@@ -11,8 +11,8 @@ int nnp_conv_direct_available(void);
 /* 1 if the direct kernels handle this geometry: stride 1 and p <= k - 1 (the input gradient
  * is a stride-1 convolution of dy padded by k - 1 - p). */
 int nnp_conv_direct_fits(const nnp_conv_geom *g);
-/* Floats of workspace the direct path needs (independent of the batch: it works one sample
- * at a time). */
+/* Floats of workspace the direct path needs (independent of the batch: it works on one
+ * sample at a time, and its weight gradient on groups of a size set by the shapes). */
 size_t nnp_conv_direct_workspace(const nnp_conv_geom *g);
 /* The direct path's forward and backward; same contracts as nnp_conv2d_forward/backward.
  * Only call when nnp_conv_direct_available() and nnp_conv_direct_fits(g). */
