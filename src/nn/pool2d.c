@@ -4,7 +4,8 @@
  * ih*W + iw of the chosen input WITHIN ITS OWN (n, c) PLANE, as PyTorch's return_indices.
  * The window is scanned row-major and only a strictly larger value replaces the current
  * one, so the first maximum wins on ties; a NaN is taken as the maximum (as PyTorch).
- * Backward zeroes dx and accumulates (+=), so overlapping windows (s < k) add up.
+ * Backward zeroes dx and accumulates (+=), so overlapping windows (s < k) add up; the 2x2,
+ * stride 2 window (no overlap) writes each dx element once instead, the same values.
  *
  * relu then max pooling, fused (nnp_maxpool_relu_*): the window's max of relu(x), taken with
  * the same compares on the same values as the two layers apart, so y and argmax are the
@@ -203,11 +204,81 @@ void nnp_maxpool_relu_forward(const nnp_pool_geom *g, int B, const float *x, flo
     maxpool_body(g, B, x, y, argmax, 1);
 }
 
+/* Backward of the 2x2, stride 2 window: the windows tile the plane, so each dx element is
+ * written once, dy (+ 0, as the general path's 0 + dy, so -0 becomes +0) at the argmax and 0
+ * at the window's other three, with no zeroing pass and no read-modify-write; a row or
+ * column that no window covers (odd H or W) gets 0. relu: dy only where x at the argmax
+ * is > 0. The same values as zeroing dx and adding dy at the argmax. */
+POOL_INLINE void maxpool_2x2_backward_body(const nnp_pool_geom *g, size_t planes,
+                                           const float *dy, const int *argmax, const float *x,
+                                           float *dx, const int relu)
+{
+    const int H = g->H, W = g->W, OH = g->OH, OW = g->OW;
+    for (size_t pl = 0; pl < planes; pl++) {
+        float *dxp = dx + pl * H * W;
+        const float *xp = relu ? x + pl * H * W : NULL;
+        const float *dyp = dy + pl * OH * OW;
+        const int *ap = argmax + pl * OH * OW;
+        for (int oh = 0; oh < OH; oh++) {
+            float *r0 = dxp + 2 * oh * W, *r1 = r0 + W;
+            const float *dr = dyp + oh * OW;
+            const int *ar = ap + oh * OW;
+            const int base = 2 * oh * W;
+            int ow = 0;
+#if defined(__SSE2__)
+            const __m128i vW = _mm_set1_epi32(W), vW1 = _mm_set1_epi32(W + 1),
+                          v1 = _mm_set1_epi32(1);
+            for (; ow + 4 <= OW; ow += 4) {
+                __m128 v = _mm_add_ps(_mm_loadu_ps(dr + ow), _mm_setzero_ps());
+                const __m128i a = _mm_loadu_si128((const __m128i *)(ar + ow));
+                if (relu) {
+                    const __m128 xa = _mm_set_ps(xp[ar[ow + 3]], xp[ar[ow + 2]], xp[ar[ow + 1]],
+                                                 xp[ar[ow]]);
+                    v = _mm_and_ps(v, _mm_cmpgt_ps(xa, _mm_setzero_ps()));
+                }
+                /* the argmax's offset in its window: 0, 1, W or W + 1 */
+                const __m128i off = _mm_sub_epi32(
+                    a, _mm_set_epi32(base + 2 * ow + 6, base + 2 * ow + 4, base + 2 * ow + 2,
+                                     base + 2 * ow));
+                const __m128 e0 = _mm_and_ps(v, _mm_castsi128_ps(_mm_cmpeq_epi32(off, _mm_setzero_si128())));
+                const __m128 o0 = _mm_and_ps(v, _mm_castsi128_ps(_mm_cmpeq_epi32(off, v1)));
+                const __m128 e1 = _mm_and_ps(v, _mm_castsi128_ps(_mm_cmpeq_epi32(off, vW)));
+                const __m128 o1 = _mm_and_ps(v, _mm_castsi128_ps(_mm_cmpeq_epi32(off, vW1)));
+                _mm_storeu_ps(r0 + 2 * ow, _mm_unpacklo_ps(e0, o0));
+                _mm_storeu_ps(r0 + 2 * ow + 4, _mm_unpackhi_ps(e0, o0));
+                _mm_storeu_ps(r1 + 2 * ow, _mm_unpacklo_ps(e1, o1));
+                _mm_storeu_ps(r1 + 2 * ow + 4, _mm_unpackhi_ps(e1, o1));
+            }
+#endif
+            for (; ow < OW; ow++) {
+                const int off = ar[ow] - (base + 2 * ow);
+                float v = dr[ow] + 0.0f;
+                if (relu && !(xp[ar[ow]] > 0.0f))
+                    v = 0.0f;
+                r0[2 * ow] = off == 0 ? v : 0.0f;
+                r0[2 * ow + 1] = off == 1 ? v : 0.0f;
+                r1[2 * ow] = off == W ? v : 0.0f;
+                r1[2 * ow + 1] = off == W + 1 ? v : 0.0f;
+            }
+            if (W > 2 * OW) { /* the column no window covers */
+                r0[W - 1] = 0.0f;
+                r1[W - 1] = 0.0f;
+            }
+        }
+        if (H > 2 * OH) /* the row no window covers */
+            memset(dxp + (size_t)(H - 1) * W, 0, (size_t)W * sizeof *dxp);
+    }
+}
+
 void nnp_maxpool_relu_backward(const nnp_pool_geom *g, int B, const float *dy,
                                const int *argmax, const float *x, float *dx)
 {
     const size_t HW = (size_t)g->H * g->W, OHW = (size_t)g->OH * g->OW;
     const size_t planes = (size_t)(B > 0 ? B : 0) * g->C;
+    if (g->k == 2 && g->s == 2) {
+        maxpool_2x2_backward_body(g, planes, dy, argmax, x, dx, 1);
+        return;
+    }
     memset(dx, 0, planes * HW * sizeof *dx);
     for (size_t pl = 0; pl < planes; pl++) {
         float *dxp = dx + pl * HW;
@@ -224,6 +295,10 @@ void nnp_maxpool_backward(const nnp_pool_geom *g, int B, const float *dy, const 
 {
     const size_t HW = (size_t)g->H * g->W, OHW = (size_t)g->OH * g->OW;
     const size_t planes = (size_t)(B > 0 ? B : 0) * g->C;
+    if (g->k == 2 && g->s == 2) {
+        maxpool_2x2_backward_body(g, planes, dy, argmax, NULL, dx, 0);
+        return;
+    }
     memset(dx, 0, planes * HW * sizeof *dx);
     for (size_t pl = 0; pl < planes; pl++) {
         float *dxp = dx + pl * HW;
