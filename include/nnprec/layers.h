@@ -65,11 +65,12 @@ void nnp_maxpool_backward(const nnp_pool_geom *g, int B, const float *dy, const 
                           float *dx);
 /* relu followed by max pooling in one pass (y and argmax are what the two layers give
  * apart, bit for bit): forward reads relu's input x; backward writes relu's input
- * gradient dx (dy sent to argmax where x > 0, dx zeroed elsewhere). */
+ * gradient dx from the forward's y and argmax (dy sent to argmax where y > 0, that is
+ * where x > 0; dx zeroed elsewhere). */
 void nnp_maxpool_relu_forward(const nnp_pool_geom *g, int B, const float *x, float *y,
                               int *argmax);
 void nnp_maxpool_relu_backward(const nnp_pool_geom *g, int B, const float *dy,
-                               const int *argmax, const float *x, float *dx);
+                               const int *argmax, const float *y, float *dx);
 void nnp_avgpool_forward(const nnp_pool_geom *g, int B, const float *x, float *y);
 void nnp_avgpool_backward(const nnp_pool_geom *g, int B, const float *dy, float *dx);
 

@@ -1044,11 +1044,10 @@ static void backward_rows(nnp_net *net, int i, int B, size_t row0, float *ws, fl
     }
     case NNP_L_MAXPOOL:
         if (L->fused && net->fuse) { /* into the relu's input gradient */
-            const nnp_layer *R = &net->layers[i - 1];
             float *dr = i > 1 ? nnp_layer_dinput(net, i - 1) + row0 * nin : NULL;
             if (dr)
                 nnp_maxpool_relu_backward(&L->pool, B, dy, net->argmax[i] + row0 * nout,
-                                          net->act[R->src] + row0 * nin, dr);
+                                          net->act[i + 1] + row0 * nout, dr);
         } else if (dx)
             nnp_maxpool_backward(&L->pool, B, dy, net->argmax[i] + row0 * nout, dx);
         break;

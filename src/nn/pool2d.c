@@ -10,7 +10,8 @@
  * relu then max pooling, fused (nnp_maxpool_relu_*): the window's max of relu(x), taken with
  * the same compares on the same values as the two layers apart, so y and argmax are the
  * same bits; backward sends dy to argmax where x > 0, which is relu's backward applied to
- * max pooling's. Neither relu's output nor its gradient is written.
+ * max pooling's; it reads that from the pooled output (relu of x at the argmax: > 0 exactly
+ * when x there is), so it needs neither x nor relu's output, and neither is written.
  */
 #include <string.h>
 #if defined(__SSE2__)
@@ -207,16 +208,17 @@ void nnp_maxpool_relu_forward(const nnp_pool_geom *g, int B, const float *x, flo
 /* Backward of the 2x2, stride 2 window: the windows tile the plane, so each dx element is
  * written once, dy (+ 0, as the general path's 0 + dy, so -0 becomes +0) at the argmax and 0
  * at the window's other three, with no zeroing pass and no read-modify-write; a row or
- * column that no window covers (odd H or W) gets 0. relu: dy only where x at the argmax
- * is > 0. The same values as zeroing dx and adding dy at the argmax. */
+ * column that no window covers (odd H or W) gets 0. relu: dy only where the pooled output
+ * y (relu of x at the argmax) is > 0. The same values as zeroing dx and adding dy at the
+ * argmax. */
 POOL_INLINE void maxpool_2x2_backward_body(const nnp_pool_geom *g, size_t planes,
-                                           const float *dy, const int *argmax, const float *x,
+                                           const float *dy, const int *argmax, const float *y,
                                            float *dx, const int relu)
 {
     const int H = g->H, W = g->W, OH = g->OH, OW = g->OW;
     for (size_t pl = 0; pl < planes; pl++) {
         float *dxp = dx + pl * H * W;
-        const float *xp = relu ? x + pl * H * W : NULL;
+        const float *yp = relu ? y + pl * OH * OW : NULL;
         const float *dyp = dy + pl * OH * OW;
         const int *ap = argmax + pl * OH * OW;
         for (int oh = 0; oh < OH; oh++) {
@@ -231,11 +233,8 @@ POOL_INLINE void maxpool_2x2_backward_body(const nnp_pool_geom *g, size_t planes
             for (; ow + 4 <= OW; ow += 4) {
                 __m128 v = _mm_add_ps(_mm_loadu_ps(dr + ow), _mm_setzero_ps());
                 const __m128i a = _mm_loadu_si128((const __m128i *)(ar + ow));
-                if (relu) {
-                    const __m128 xa = _mm_set_ps(xp[ar[ow + 3]], xp[ar[ow + 2]], xp[ar[ow + 1]],
-                                                 xp[ar[ow]]);
-                    v = _mm_and_ps(v, _mm_cmpgt_ps(xa, _mm_setzero_ps()));
-                }
+                if (relu)
+                    v = _mm_and_ps(v, _mm_cmpgt_ps(_mm_loadu_ps(yp + oh * OW + ow), _mm_setzero_ps()));
                 /* the argmax's offset in its window: 0, 1, W or W + 1 */
                 const __m128i off = _mm_sub_epi32(
                     a, _mm_set_epi32(base + 2 * ow + 6, base + 2 * ow + 4, base + 2 * ow + 2,
@@ -253,7 +252,7 @@ POOL_INLINE void maxpool_2x2_backward_body(const nnp_pool_geom *g, size_t planes
             for (; ow < OW; ow++) {
                 const int off = ar[ow] - (base + 2 * ow);
                 float v = dr[ow] + 0.0f;
-                if (relu && !(xp[ar[ow]] > 0.0f))
+                if (relu && !(yp[oh * OW + ow] > 0.0f))
                     v = 0.0f;
                 r0[2 * ow] = off == 0 ? v : 0.0f;
                 r0[2 * ow + 1] = off == 1 ? v : 0.0f;
@@ -271,21 +270,21 @@ POOL_INLINE void maxpool_2x2_backward_body(const nnp_pool_geom *g, size_t planes
 }
 
 void nnp_maxpool_relu_backward(const nnp_pool_geom *g, int B, const float *dy,
-                               const int *argmax, const float *x, float *dx)
+                               const int *argmax, const float *y, float *dx)
 {
     const size_t HW = (size_t)g->H * g->W, OHW = (size_t)g->OH * g->OW;
     const size_t planes = (size_t)(B > 0 ? B : 0) * g->C;
     if (g->k == 2 && g->s == 2) {
-        maxpool_2x2_backward_body(g, planes, dy, argmax, x, dx, 1);
+        maxpool_2x2_backward_body(g, planes, dy, argmax, y, dx, 1);
         return;
     }
     memset(dx, 0, planes * HW * sizeof *dx);
     for (size_t pl = 0; pl < planes; pl++) {
         float *dxp = dx + pl * HW;
-        const float *xp = x + pl * HW, *dyp = dy + pl * OHW;
+        const float *yp = y + pl * OHW, *dyp = dy + pl * OHW;
         const int *ap = argmax + pl * OHW;
         for (size_t j = 0; j < OHW; j++)
-            if (xp[ap[j]] > 0.0f)
+            if (yp[j] > 0.0f) /* relu(x) at the argmax, so x there > 0 */
                 dxp[ap[j]] += dyp[j];
     }
 }
