@@ -259,6 +259,8 @@ rows='^ ?[0-9]+ [a-z].* -> [0-9x]+ +[0-9.]+ +[0-9.]+ +[0-9.]+%'
 grep -qE '^cblas_sgemm on 1024x1024x1024 in this run: [0-9.]+ GFLOP/s; convolutions at [0-9]+-[0-9]+% of it$' \
   "$tmp/lbench.log" && ok || fail "bench --layers: no sgemm yardstick line: $(cat "$tmp/lbench.log")"
 grep -q '^total: .* ms per forward + backward of batch 4' "$tmp/lbench.log" && ok || fail "bench --layers total"
+grep -qE '^layers run as one .*: 0\+1\+2, 3\+4\+5$' "$tmp/lbench.log" && ok ||
+  fail "bench --layers: LeNet's fused conv + relu + pooling not listed: $(cat "$tmp/lbench.log")"
 grep -qE '^peak resident memory: [1-9][0-9]*\.[0-9] MB' "$tmp/lbench.log" && ok || fail "bench --layers: no peak memory line"
 expect 2 "--reps in 1..1000" "$nnprec" bench --layers --reps 0
 expect 2 "give one of --layers, --optim and --allreduce-mb" "$nnprec" bench --layers --allreduce-mb 1

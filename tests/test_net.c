@@ -436,22 +436,27 @@ static void test_split_batches(const char *spec, nnp_shape in)
     nnp_net_free(net);
 }
 
-/* relu followed by max pooling runs as one pass (net->fuse, nnp_layer.fused): the logits,
- * every gradient and every input gradient a later layer sees are the same bits as with each
- * layer on its own. Inputs rounded to halves put ties in the pooling windows, the relu's zeros
- * tie whole windows, and a NaN pixel and -0 pixels take the odd paths. want_fused: the
- * number of layers marked (two per pair). */
-static void test_fused_relu_pool(const char *spec, nnp_shape in, int want_fused)
+/* relu followed by max pooling runs as one pass (net->fuse, nnp_layer.fused), and a
+ * convolution before such a pair pools its own output (nnp_layer.fused_conv): the logits,
+ * every pooling's argmax, every gradient and every input gradient a later layer sees are the
+ * same bits as with each layer on its own. Inputs rounded to halves put ties in the pooling
+ * windows, the relu's zeros tie whole windows, and a NaN pixel and -0 pixels take the odd
+ * paths. want_fused: the number of layers marked (two per pair); want_conv: the
+ * convolutions marked. */
+static void test_fused_relu_pool(const char *spec, nnp_shape in, int want_fused, int want_conv)
 {
     enum { B = 5 };
     nnp_net *net = NULL;
     ASSERT_OK(nnp_net_create(spec, in, NNP_ACT_RELU, B, &net));
     if (!net)
         return;
-    int marked = 0;
-    for (int i = 0; i < net->n_layers; i++)
+    int marked = 0, convs = 0;
+    for (int i = 0; i < net->n_layers; i++) {
         marked += net->layers[i].fused;
+        convs += net->layers[i].fused_conv;
+    }
     ASSERT_EQ_INT(marked, want_fused);
+    ASSERT_EQ_INT(convs, want_conv);
     ASSERT_EQ_INT(net->fuse, 1);
     nnp_init_cfg ic;
     ASSERT_OK(nnp_init_parse("pytorch", &ic));
@@ -467,6 +472,11 @@ static void test_fused_relu_pool(const char *spec, nnp_shape in, int want_fused)
     x[d + 5] = NAN; /* sample 1 only */
     unsigned char y[B] = {1, 2, 3, 0, 1};
     float *keep[2][3] = {{NULL}};
+    size_t na = 0; /* every max pooling's argmax, both runs */
+    for (size_t i = 0; i < L; i++)
+        if (net->argmax[i])
+            na += (size_t)B * nnp_shape_size(net->layers[i].out);
+    int *am[2] = {calloc(na + 1, sizeof(int)), calloc(na + 1, sizeof(int))};
     for (int fuse = 1; fuse >= 0; fuse--) {
         net->fuse = fuse;
         nnp_net_forward(net, B, x);
@@ -489,6 +499,12 @@ static void test_fused_relu_pool(const char *spec, nnp_shape in, int want_fused)
                 memcpy(dd + at, net->dact[i], n * sizeof(float));
             at += n;
         }
+        for (size_t i = 0, a = 0; i < L; i++)
+            if (net->argmax[i]) {
+                const size_t n = (size_t)B * nnp_shape_size(net->layers[i].out);
+                memcpy(am[fuse] + a, net->argmax[i], n * sizeof(int));
+                a += n;
+            }
         keep[fuse][0] = lg;
         keep[fuse][1] = g;
         keep[fuse][2] = dd;
@@ -496,10 +512,13 @@ static void test_fused_relu_pool(const char *spec, nnp_shape in, int want_fused)
             ASSERT_TRUE(memcmp(keep[0][0], keep[1][0], (size_t)B * net->n_classes * sizeof(float)) == 0);
             ASSERT_TRUE(memcmp(keep[0][1], keep[1][1], net->n_params * sizeof(float)) == 0);
             ASSERT_TRUE(memcmp(keep[0][2], keep[1][2], nd * sizeof(float)) == 0);
+            ASSERT_TRUE(memcmp(am[0], am[1], na * sizeof(int)) == 0);
         }
     }
-    fprintf(stderr, "  fused relu+maxpool %s: %d layers fused, same bits fused and apart\n", spec,
-            marked);
+    fprintf(stderr, "  fused relu+maxpool %s: %d layers fused (%d convolutions), same bits fused "
+            "and apart\n", spec, marked, convs);
+    free(am[0]);
+    free(am[1]);
     for (int f = 0; f < 2; f++)
         for (int k = 0; k < 3; k++)
             free(keep[f][k]);
@@ -562,19 +581,32 @@ int main(void)
     gradcheck_net("seq:10/dense:12/bn/sigmoid/dropout:0.5/dense:6/bn/dense:4",
                   (nnp_shape){1, 1, 1}, NNP_ACT_RELU);
     test_step_allocates_nothing();
-    test_fused_relu_pool("lenet", (nnp_shape){1, 28, 28}, 4);
-    /* overlapping windows (k3 s2 and k3 s1); a relu as the first layer (no input gradient);
-     * tanh before max pooling and relu before average pooling stay apart */
+    test_fused_relu_pool("lenet", (nnp_shape){1, 28, 28}, 4, 2);
+    /* overlapping windows (k3 s2 and k3 s1: the conv writes its output, then pools it); a
+     * relu as the first layer (no input gradient); tanh before max pooling and relu before
+     * average pooling stay apart */
     test_fused_relu_pool("seq:2x9x9/conv:3:3:1:1/relu/maxpool:3:2/flatten/dense:4",
-                         (nnp_shape){1, 1, 1}, 2);
+                         (nnp_shape){1, 1, 1}, 2, 1);
     test_fused_relu_pool("seq:3x10x10/relu/maxpool:2/conv:4:3/relu/maxpool:3:1/flatten/dense:3",
-                         (nnp_shape){1, 1, 1}, 4);
+                         (nnp_shape){1, 1, 1}, 4, 1);
     /* a 1x1 max pooling first passes the input's exact zeros (and -0) to the relu, whose
      * derivative there is 0 */
     test_fused_relu_pool("seq:3x10x10/maxpool:1/relu/maxpool:2/flatten/dense:3",
-                         (nnp_shape){1, 1, 1}, 2);
+                         (nnp_shape){1, 1, 1}, 2, 0);
     test_fused_relu_pool("seq:3x8x8/conv:4:3/tanh/maxpool:2/relu/avgpool:3/flatten/dense:3",
-                         (nnp_shape){1, 1, 1}, 0);
+                         (nnp_shape){1, 1, 1}, 0, 0);
+    /* the conv pooling in place: odd output sizes (13x11: four windows at a time, the last
+     * four overlapping, and a dropped row and column; 5x5: fewer than four windows a row), a
+     * stride-2 conv (9x9), and a conv on the GEMM path (padding 3 > k - 1) that writes its
+     * output and pools it */
+    test_fused_relu_pool("seq:2x7x7/conv:3:3/relu/maxpool:2/flatten/dense:3",
+                         (nnp_shape){1, 1, 1}, 2, 1);
+    test_fused_relu_pool("seq:2x13x11/conv:5:3:1:1/relu/maxpool:2/flatten/dense:3",
+                         (nnp_shape){1, 1, 1}, 2, 1);
+    test_fused_relu_pool("seq:2x17x17/conv:4:3:2:1/relu/maxpool:2/flatten/dense:3",
+                         (nnp_shape){1, 1, 1}, 2, 1);
+    test_fused_relu_pool("seq:2x8x8/conv:3:3:1:3/relu/maxpool:2/flatten/dense:3",
+                         (nnp_shape){1, 1, 1}, 2, 1);
     test_split_batches("lenet", (nnp_shape){1, 28, 28});
     test_split_batches("mlp:784-32x2-10", (nnp_shape){784, 1, 1});
     TEST_MAIN_END();

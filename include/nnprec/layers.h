@@ -71,6 +71,14 @@ void nnp_maxpool_relu_forward(const nnp_pool_geom *g, int B, const float *x, flo
                               int *argmax);
 void nnp_maxpool_relu_backward(const nnp_pool_geom *g, int B, const float *dy,
                                const int *argmax, const float *y, float *dx);
+/* A convolution's forward (nnp_conv2d_forward), then relu, then max pooling pg over its
+ * output (pg: C = K, H x W = OH x OW): yq and argmax as nnp_maxpool_relu_forward gives them
+ * from y, bit for bit. On the direct
+ * path with 2x2 windows of stride 2 the pooling runs on each sample's output while it is in
+ * cache and y is not written; otherwise y is written and pooled. */
+void nnp_conv2d_forward_relu_pool(const nnp_conv_geom *g, const nnp_pool_geom *pg, int B,
+                                  const float *x, const float *W, const float *b, float *y,
+                                  float *yq, int *argmax, float *ws);
 void nnp_avgpool_forward(const nnp_pool_geom *g, int B, const float *x, float *y);
 void nnp_avgpool_backward(const nnp_pool_geom *g, int B, const float *dy, float *dx);
 

@@ -105,6 +105,11 @@ typedef struct {
                        * both; with net->fuse the pooling does the relu's work too (it reads
                        * the relu's input and writes its input gradient) and the relu layer
                        * does nothing, so act[i + 1] and dact[i + 1] of the relu go unwritten */
+    int fused_conv;   /* a convolution whose output only such a fused relu + max pooling
+                       * reads: with net->fuse the convolution's forward writes the pooling's
+                       * output and argmax itself (nnp_conv2d_forward_relu_pool), the pooling
+                       * layer's forward does nothing, and the conv's act[i + 1] goes
+                       * unwritten where the direct path pools in place */
 } nnp_layer;
 
 typedef struct {

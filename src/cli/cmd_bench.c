@@ -285,11 +285,17 @@ static nnp_status bench_layers(void)
     printf("total: %.3f ms per forward + backward of batch %d, %.0f samples/s (layers only: "
            "no loss, data or optimizer)\n",
            1e3 * sum, B.batch, sum > 0 ? B.batch / sum : 0.0);
-    int nf = 0; /* relu + max pooling pairs run as one (nnp_layer.fused) */
+    int nf = 0; /* relu + max pooling pairs run as one (nnp_layer.fused), and a convolution
+                 * before such a pair pools its own output (nnp_layer.fused_conv) */
     for (int i = 0; i + 1 < n; i++)
-        if (net->fuse && net->layers[i].kind == NNP_L_ACT && net->layers[i].fused)
-            printf("%s %d+%d", nf++ ? "," : "relu and max pooling in one pass (the time is in the "
-                                           "pooling's row):", i, i + 1);
+        if (net->fuse && net->layers[i].kind == NNP_L_ACT && net->layers[i].fused) {
+            printf("%s ", nf++ ? "," : "layers run as one (a fused convolution's row holds the "
+                                       "forward of its relu and pooling, a pooling's row its "
+                                       "relu's backward):");
+            if (i > 0 && net->layers[i - 1].fused_conv)
+                printf("%d+", i - 1);
+            printf("%d+%d", i, i + 1);
+        }
     if (nf)
         printf("\n");
     if (gbs_hi > 0) {

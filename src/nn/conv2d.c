@@ -322,6 +322,21 @@ void nnp_conv2d_forward(const nnp_conv_geom *g, int B, const float *x, const flo
         gemm_forward(g, B, x, W, b, y, ws);
 }
 
+void nnp_conv2d_forward_relu_pool(const nnp_conv_geom *g, const nnp_pool_geom *pg, int B,
+                                  const float *x, const float *W, const float *b, float *y,
+                                  float *yq, int *argmax, float *ws)
+{
+    if (B <= 0)
+        return;
+    if (nnp_conv2d_path(g) == NNP_CONV_DIRECT && pg->k == 2 && pg->s == 2 && pg->C == g->K &&
+        pg->H == g->OH && pg->W == g->OW) {
+        nnp_conv_direct_forward_pool(g, B, x, W, b, yq, argmax, ws);
+        return;
+    }
+    nnp_conv2d_forward(g, B, x, W, b, y, ws);
+    nnp_maxpool_relu_forward(pg, B, y, yq, argmax);
+}
+
 void nnp_conv2d_backward(const nnp_conv_geom *g, int B, const float *x, const float *W,
                          const float *dy, float *dx, float *dW, float *db, float *ws)
 {

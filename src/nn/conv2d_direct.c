@@ -516,6 +516,101 @@ void nnp_conv_direct_forward(const nnp_conv_geom *g, int B, const float *x, cons
     }
 }
 
+/* One sample's output strip (K channels, rows Wp apart) plus the bias, through relu and 2x2
+ * max pooling of stride 2: yq[o][ph][pw] and its argmax, the index oh*OW + ow in the conv's
+ * OH x OW plane. The values and compares are those of the copy loop above followed by
+ * nnp_maxpool_relu_forward (y = strip + bias in float, relu as maxps(y, 0), the first
+ * maximum of the window in row-major order), so the bits are the same. */
+static void pool_strip(int K, int OH, int OW, int Wp, size_t Ls, const float *yp, const float *b,
+                       float *yq, int *am)
+{
+    const int PH = OH / 2, PW = OW / 2;
+    for (int o = 0; o < K; o++) {
+        const float bo = b ? b[o] : 0.0f;
+        const float *src = yp + (size_t)o * Ls;
+        float *yo = yq + (size_t)o * PH * PW;
+        int *ao = am + (size_t)o * PH * PW;
+        for (int ph = 0; ph < PH; ph++) {
+            const float *r0 = src + (size_t)2 * ph * Wp, *r1 = r0 + Wp;
+            float *yr = yo + (size_t)ph * PW;
+            int *ar = ao + (size_t)ph * PW;
+            const int base = 2 * ph * OW;
+            int pw = 0;
+#if NNP_HAVE_DIRECT && defined(__SSE2__)
+            const __m128 vb = _mm_set1_ps(bo), z = _mm_setzero_ps();
+            const __m128i vW = _mm_set1_epi32(OW), vW1 = _mm_set1_epi32(OW + 1),
+                          v1 = _mm_set1_epi32(1);
+            /* four windows at a time; a row whose count is not a multiple of 4 ends with
+             * the last four windows, recomputing some with the same values */
+            for (int last = 0; PW >= 4 && !last; pw = pw + 4 <= PW - 4 ? pw + 4 : PW - 4) {
+                last = pw == PW - 4;
+                const __m128 p0 = _mm_max_ps(_mm_add_ps(_mm_loadu_ps(r0 + 2 * pw), vb), z);
+                const __m128 p1 = _mm_max_ps(_mm_add_ps(_mm_loadu_ps(r0 + 2 * pw + 4), vb), z);
+                const __m128 q0 = _mm_max_ps(_mm_add_ps(_mm_loadu_ps(r1 + 2 * pw), vb), z);
+                const __m128 q1 = _mm_max_ps(_mm_add_ps(_mm_loadu_ps(r1 + 2 * pw + 4), vb), z);
+                const __m128 e0 = _mm_shuffle_ps(p0, p1, _MM_SHUFFLE(2, 0, 2, 0));
+                const __m128 d0 = _mm_shuffle_ps(p0, p1, _MM_SHUFFLE(3, 1, 3, 1));
+                const __m128 e1 = _mm_shuffle_ps(q0, q1, _MM_SHUFFLE(2, 0, 2, 0));
+                const __m128 d1 = _mm_shuffle_ps(q0, q1, _MM_SHUFFLE(3, 1, 3, 1));
+                __m128 m = e0;
+                __m128i off = _mm_setzero_si128();
+                __m128 t = _mm_cmpgt_ps(d0, m);
+                m = _mm_or_ps(_mm_and_ps(t, d0), _mm_andnot_ps(t, m));
+                off = _mm_or_si128(_mm_and_si128(_mm_castps_si128(t), v1),
+                                   _mm_andnot_si128(_mm_castps_si128(t), off));
+                t = _mm_cmpgt_ps(e1, m);
+                m = _mm_or_ps(_mm_and_ps(t, e1), _mm_andnot_ps(t, m));
+                off = _mm_or_si128(_mm_and_si128(_mm_castps_si128(t), vW),
+                                   _mm_andnot_si128(_mm_castps_si128(t), off));
+                t = _mm_cmpgt_ps(d1, m);
+                m = _mm_or_ps(_mm_and_ps(t, d1), _mm_andnot_ps(t, m));
+                off = _mm_or_si128(_mm_and_si128(_mm_castps_si128(t), vW1),
+                                   _mm_andnot_si128(_mm_castps_si128(t), off));
+                _mm_storeu_ps(yr + pw, m);
+                _mm_storeu_si128((__m128i *)(ar + pw),
+                                 _mm_add_epi32(_mm_set_epi32(base + 2 * pw + 6, base + 2 * pw + 4,
+                                                             base + 2 * pw + 2, base + 2 * pw),
+                                               off));
+            }
+            if (PW >= 4)
+                continue;
+#endif
+            for (; pw < PW; pw++) {
+                float v[4] = {r0[2 * pw] + bo, r0[2 * pw + 1] + bo, r1[2 * pw] + bo,
+                              r1[2 * pw + 1] + bo};
+                const int offs[4] = {0, 1, OW, OW + 1};
+                float m = v[0] > 0.0f ? v[0] : 0.0f;
+                int off = 0;
+                for (int q = 1; q < 4; q++) {
+                    const float r = v[q] > 0.0f ? v[q] : 0.0f;
+                    off = r > m ? offs[q] : off;
+                    m = r > m ? r : m;
+                }
+                yr[pw] = m;
+                ar[pw] = base + 2 * pw + off;
+            }
+        }
+    }
+}
+
+void nnp_conv_direct_forward_pool(const nnp_conv_geom *g, int B, const float *x, const float *W,
+                                  const float *b, float *yq, int *argmax, float *ws)
+{
+    const grid d = grid_of(g);
+    const int C = g->C, K = g->K, OH = g->OH, OW = g->OW;
+    const size_t kr = (size_t)K * d.R, nq = (size_t)K * (OH / 2) * (OW / 2);
+    float *wpk = ws + 3 * kr, *xp = ws + head_of(g), *yp = xp + d.nxp;
+    int *off = (int *)(ws + 4 * kr);
+    const size_t nx = (size_t)C * g->H * g->W;
+    pack_weights(K, d.R, W, wpk);
+    tap_offsets(C, g->k, g->s, d.Wp, d.Cs, off);
+    for (int n = 0; n < B; n++) {
+        load_input(g, &d, x + (size_t)n * nx, xp, n == 0);
+        flat_conv(K, d.R, off, xp, wpk, yp, d.Ls, (size_t)OH * d.Wp);
+        pool_strip(K, OH, OW, d.Wp, d.Ls, yp, b, yq + (size_t)n * nq, argmax + (size_t)n * nq);
+    }
+}
+
 void nnp_conv_direct_backward(const nnp_conv_geom *g, int B, const float *x, const float *W,
                               const float *dy, float *dx, float *dW, float *db, float *ws)
 {

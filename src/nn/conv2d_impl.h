@@ -18,6 +18,11 @@ size_t nnp_conv_direct_workspace(const nnp_conv_geom *g);
  * Only call when nnp_conv_direct_available() and nnp_conv_direct_fits(g). */
 void nnp_conv_direct_forward(const nnp_conv_geom *g, int B, const float *x, const float *W,
                              const float *b, float *y, float *ws);
+/* The forward followed by relu and 2x2 max pooling of stride 2 (OH/2 x OW/2 outputs), the
+ * conv's output never written: yq[B, K, OH/2, OW/2] and argmax as nnp_maxpool_relu_forward
+ * gives them from the conv's output, the same bits. */
+void nnp_conv_direct_forward_pool(const nnp_conv_geom *g, int B, const float *x, const float *W,
+                                  const float *b, float *yq, int *argmax, float *ws);
 void nnp_conv_direct_backward(const nnp_conv_geom *g, int B, const float *x, const float *W,
                               const float *dy, float *dx, float *dW, float *db, float *ws);
 

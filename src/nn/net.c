@@ -798,7 +798,8 @@ static nnp_status alloc_buffers(nnp_net *net)
 
 /* Mark each relu whose output only the max pooling right after it reads (LeNet's two):
  * that pooling then applies the relu itself (nnp_maxpool_relu_*), which saves relu's pass
- * over the full-size activation forward and backward. */
+ * over the full-size activation forward and backward. Then each convolution whose output
+ * only such a relu reads (LeNet's two again): it pools its own output as it computes it. */
 static void plan_fusion(nnp_net *net)
 {
     net->fuse = 1;
@@ -813,6 +814,17 @@ static void plan_fusion(nnp_net *net)
             other |= j != i + 1 && net->layers[j].src == i + 1;
         if (!other)
             R->fused = P->fused = 1;
+    }
+    /* a convolution whose output only such a relu reads pools its own output */
+    for (int i = 0; i + 2 < net->n_layers; i++) {
+        nnp_layer *C = &net->layers[i], *R = &net->layers[i + 1];
+        if (C->kind != NNP_L_CONV2D || C->res != NNP_RES_NONE || R->kind != NNP_L_ACT ||
+            !R->fused || R->src != i + 1)
+            continue;
+        int other = 0;
+        for (int j = 0; j < net->n_layers; j++)
+            other |= j != i + 1 && net->layers[j].src == i + 1;
+        C->fused_conv = !other;
     }
 }
 
@@ -952,10 +964,21 @@ static void forward_rows(nnp_net *net, int i, int B, size_t row0, float *ws)
     }
     case NNP_L_CONV2D: {
         const nnp_tensor *w = &net->tensors[L->tensor];
-        nnp_conv2d_forward(&L->conv, B, in, net->params + w->off, net->params + w[1].off, out, ws);
+        if (L->fused_conv && net->fuse) { /* through the relu into the pooling's output */
+            const nnp_layer *P = &net->layers[i + 2];
+            const size_t nq = nnp_shape_size(P->out);
+            nnp_conv2d_forward_relu_pool(&L->conv, &P->pool, B, in, net->params + w->off,
+                                         net->params + w[1].off, out,
+                                         net->act[i + 3] + row0 * nq,
+                                         net->argmax[i + 2] + row0 * nq, ws);
+        } else
+            nnp_conv2d_forward(&L->conv, B, in, net->params + w->off, net->params + w[1].off,
+                               out, ws);
         break;
     }
     case NNP_L_MAXPOOL:
+        if (L->fused && net->fuse && i >= 2 && net->layers[i - 2].fused_conv)
+            break; /* the convolution before the relu wrote this layer's output */
         if (L->fused && net->fuse) /* the relu before it: read its input */
             nnp_maxpool_relu_forward(&L->pool, B, net->act[net->layers[i - 1].src] + row0 * nin,
                                      out, net->argmax[i] + row0 * nout);

@@ -230,7 +230,10 @@ POOL_INLINE void maxpool_2x2_backward_body(const nnp_pool_geom *g, size_t planes
 #if defined(__SSE2__)
             const __m128i vW = _mm_set1_epi32(W), vW1 = _mm_set1_epi32(W + 1),
                           v1 = _mm_set1_epi32(1);
-            for (; ow + 4 <= OW; ow += 4) {
+            /* four windows at a time; a row whose count is not a multiple of 4 ends with
+             * the last four windows, writing some elements again with the same values */
+            for (int last = 0; OW >= 4 && !last; ow = ow + 4 <= OW - 4 ? ow + 4 : OW - 4) {
+                last = ow == OW - 4;
                 __m128 v = _mm_add_ps(_mm_loadu_ps(dr + ow), _mm_setzero_ps());
                 const __m128i a = _mm_loadu_si128((const __m128i *)(ar + ow));
                 if (relu)
@@ -248,6 +251,8 @@ POOL_INLINE void maxpool_2x2_backward_body(const nnp_pool_geom *g, size_t planes
                 _mm_storeu_ps(r1 + 2 * ow, _mm_unpacklo_ps(e1, o1));
                 _mm_storeu_ps(r1 + 2 * ow + 4, _mm_unpackhi_ps(e1, o1));
             }
+            if (OW >= 4)
+                ow = OW;
 #endif
             for (; ow < OW; ow++) {
                 const int off = ar[ow] - (base + 2 * ow);
