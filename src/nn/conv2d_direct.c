@@ -56,6 +56,7 @@
 #include <string.h>
 
 #include "conv2d_impl.h"
+#include "pool_impl.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define NNP_HAVE_DIRECT 1
@@ -538,8 +539,6 @@ static void pool_strip(int K, int OH, int OW, int Wp, size_t Ls, const float *yp
             int pw = 0;
 #if NNP_HAVE_DIRECT && defined(__SSE2__)
             const __m128 vb = _mm_set1_ps(bo), z = _mm_setzero_ps();
-            const __m128i vW = _mm_set1_epi32(OW), vW1 = _mm_set1_epi32(OW + 1),
-                          v1 = _mm_set1_epi32(1);
             /* four windows at a time; a row whose count is not a multiple of 4 ends with
              * the last four windows, recomputing some with the same values */
             for (int last = 0; PW >= 4 && !last; pw = pw + 4 <= PW - 4 ? pw + 4 : PW - 4) {
@@ -548,29 +547,9 @@ static void pool_strip(int K, int OH, int OW, int Wp, size_t Ls, const float *yp
                 const __m128 p1 = _mm_max_ps(_mm_add_ps(_mm_loadu_ps(r0 + 2 * pw + 4), vb), z);
                 const __m128 q0 = _mm_max_ps(_mm_add_ps(_mm_loadu_ps(r1 + 2 * pw), vb), z);
                 const __m128 q1 = _mm_max_ps(_mm_add_ps(_mm_loadu_ps(r1 + 2 * pw + 4), vb), z);
-                const __m128 e0 = _mm_shuffle_ps(p0, p1, _MM_SHUFFLE(2, 0, 2, 0));
-                const __m128 d0 = _mm_shuffle_ps(p0, p1, _MM_SHUFFLE(3, 1, 3, 1));
-                const __m128 e1 = _mm_shuffle_ps(q0, q1, _MM_SHUFFLE(2, 0, 2, 0));
-                const __m128 d1 = _mm_shuffle_ps(q0, q1, _MM_SHUFFLE(3, 1, 3, 1));
-                __m128 m = e0;
-                __m128i off = _mm_setzero_si128();
-                __m128 t = _mm_cmpgt_ps(d0, m);
-                m = _mm_or_ps(_mm_and_ps(t, d0), _mm_andnot_ps(t, m));
-                off = _mm_or_si128(_mm_and_si128(_mm_castps_si128(t), v1),
-                                   _mm_andnot_si128(_mm_castps_si128(t), off));
-                t = _mm_cmpgt_ps(e1, m);
-                m = _mm_or_ps(_mm_and_ps(t, e1), _mm_andnot_ps(t, m));
-                off = _mm_or_si128(_mm_and_si128(_mm_castps_si128(t), vW),
-                                   _mm_andnot_si128(_mm_castps_si128(t), off));
-                t = _mm_cmpgt_ps(d1, m);
-                m = _mm_or_ps(_mm_and_ps(t, d1), _mm_andnot_ps(t, m));
-                off = _mm_or_si128(_mm_and_si128(_mm_castps_si128(t), vW1),
-                                   _mm_andnot_si128(_mm_castps_si128(t), off));
-                _mm_storeu_ps(yr + pw, m);
-                _mm_storeu_si128((__m128i *)(ar + pw),
-                                 _mm_add_epi32(_mm_set_epi32(base + 2 * pw + 6, base + 2 * pw + 4,
-                                                             base + 2 * pw + 2, base + 2 * pw),
-                                               off));
+                __m128i idx;
+                _mm_storeu_ps(yr + pw, nnp_pool2x2_max4(p0, p1, q0, q1, OW, base + 2 * pw, &idx));
+                _mm_storeu_si128((__m128i *)(ar + pw), idx);
             }
             if (PW >= 4)
                 continue;

@@ -19,6 +19,7 @@
 #endif
 
 #include "nnprec/layers.h"
+#include "pool_impl.h"
 
 #if defined(__GNUC__)
 #define POOL_INLINE static inline __attribute__((always_inline))
@@ -68,8 +69,6 @@ POOL_INLINE void maxpool_2x2_body(const nnp_pool_geom *g, size_t planes, const f
 #if defined(__SSE2__)
             /* four windows at a time: deinterleave the even and odd columns of each row,
              * then the same compare-and-select as the scalar loop, in lanes */
-            const __m128i vW = _mm_set1_epi32(W), vW1 = _mm_set1_epi32(W + 1),
-                          v1 = _mm_set1_epi32(1);
             __m128 anynan = _mm_setzero_ps();
             for (; ow + 4 <= OW && 2 * ow + 8 <= W; ow += 4) {
                 __m128 p0 = _mm_loadu_ps(r0 + 2 * ow), p1 = _mm_loadu_ps(r0 + 2 * ow + 4);
@@ -81,32 +80,10 @@ POOL_INLINE void maxpool_2x2_body(const nnp_pool_geom *g, size_t planes, const f
                     q0 = _mm_max_ps(q0, z);
                     q1 = _mm_max_ps(q1, z);
                 }
-                const __m128 a = _mm_shuffle_ps(p0, p1, _MM_SHUFFLE(2, 0, 2, 0));
-                const __m128 b = _mm_shuffle_ps(p0, p1, _MM_SHUFFLE(3, 1, 3, 1));
-                const __m128 c = _mm_shuffle_ps(q0, q1, _MM_SHUFFLE(2, 0, 2, 0));
-                const __m128 d = _mm_shuffle_ps(q0, q1, _MM_SHUFFLE(3, 1, 3, 1));
-                __m128 m = a;
-                __m128i off = _mm_setzero_si128();
-                __m128 t = _mm_cmpgt_ps(b, m);
-                m = _mm_or_ps(_mm_and_ps(t, b), _mm_andnot_ps(t, m));
-                off = _mm_or_si128(_mm_and_si128(_mm_castps_si128(t), v1),
-                                   _mm_andnot_si128(_mm_castps_si128(t), off));
-                t = _mm_cmpgt_ps(c, m);
-                m = _mm_or_ps(_mm_and_ps(t, c), _mm_andnot_ps(t, m));
-                off = _mm_or_si128(_mm_and_si128(_mm_castps_si128(t), vW),
-                                   _mm_andnot_si128(_mm_castps_si128(t), off));
-                t = _mm_cmpgt_ps(d, m);
-                m = _mm_or_ps(_mm_and_ps(t, d), _mm_andnot_ps(t, m));
-                off = _mm_or_si128(_mm_and_si128(_mm_castps_si128(t), vW1),
-                                   _mm_andnot_si128(_mm_castps_si128(t), off));
-                _mm_storeu_ps(yr + ow, m);
-                /* flat index: base + 2*ow + {0, 2, 4, 6} + off */
-                const __m128i idx = _mm_add_epi32(
-                    _mm_set_epi32(base + 2 * ow + 6, base + 2 * ow + 4, base + 2 * ow + 2,
-                                  base + 2 * ow),
-                    off);
+                __m128i idx;
+                _mm_storeu_ps(yr + ow, nnp_pool2x2_max4(p0, p1, q0, q1, W, base + 2 * ow, &idx));
                 _mm_storeu_si128((__m128i *)(ar + ow), idx);
-                anynan = _mm_or_ps(anynan, _mm_or_ps(_mm_cmpunord_ps(a, b), _mm_cmpunord_ps(c, d)));
+                anynan = _mm_or_ps(anynan, _mm_or_ps(_mm_cmpunord_ps(p0, p1), _mm_cmpunord_ps(q0, q1)));
             }
             nan = _mm_movemask_ps(anynan) != 0;
 #endif
