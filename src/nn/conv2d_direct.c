@@ -215,9 +215,26 @@ static void pad_planes(int C, int H, int W, int p, const float *x, float *xp, si
  * later samples of the call overwrite the image's pixels alone. Input row h feeds row
  * u = (h + p) / s of the planes of phase a = (h + p) % s: for phase b its columns
  * v in [vlo, vhi) take x[h][w0 + s*t], w0 = s*vlo + b - p. For s = 2 the two phases b of a
- * row are its even and odd pixels, split four at a time with SSE shuffles. */
-static void split_phases(int C, int H, int W, int p, int s, int Hs, int Ws, const float *x,
-                         float *xp, size_t tail, int fresh)
+ * row are its even and odd pixels, split four at a time with SSE shuffles. Phases a or b
+ * >= k hold no tap (a 1x1 kernel of stride 2 reads phase (0, 0) alone): they stay zero. */
+/* dst[e] = src[2e] for e < n, src having `avail` floats to read (SSE four at a time) */
+static void take_even(const float *src, int avail, int n, float *dst)
+{
+    int t = 0;
+#if NNP_HAVE_DIRECT && defined(__SSE2__)
+    for (; t + 4 <= n && 2 * t + 8 <= avail; t += 4)
+        _mm_storeu_ps(dst + t, _mm_shuffle_ps(_mm_loadu_ps(src + 2 * t),
+                                              _mm_loadu_ps(src + 2 * t + 4),
+                                              _MM_SHUFFLE(2, 0, 2, 0)));
+#else
+    (void)avail;
+#endif
+    for (; t < n; t++)
+        dst[t] = src[2 * t];
+}
+
+static void split_phases(int C, int H, int W, int p, int s, int k, int Hs, int Ws,
+                         const float *x, float *xp, size_t tail, int fresh)
 {
     if (fresh)
         memset(xp, 0, ((size_t)C * s * s * Hs * Ws + tail) * sizeof *xp);
@@ -232,10 +249,14 @@ static void split_phases(int C, int H, int W, int p, int s, int Hs, int Ws, cons
     for (int c = 0; c < C; c++)
         for (int h = 0; h < H; h++) {
             const int a = (h + p) % s, u = (h + p) / s;
-            if (u >= Hs)
+            if (u >= Hs || a >= k) /* a row no output reads (a >= k: no tap in that phase) */
                 continue;
             const float *src = x + ((size_t)c * H + h) * W;
             float *plane0 = xp + ((size_t)c * s + a) * s * Hs * Ws + (size_t)u * Ws;
+            if (s == 2 && k == 1) { /* phase (a, 0) alone: every other pixel */
+                take_even(src + w0[0], W - w0[0], n[0], plane0 + vlo[0]);
+                continue;
+            }
             if (s == 2) {
                 /* the phase b whose first pixel is even, and the other one */
                 const int be = w0[0] == 0 ? 0 : 1, bo = 1 - be;
@@ -256,7 +277,7 @@ static void split_phases(int C, int H, int W, int p, int s, int Hs, int Ws, cons
                     dd[e] = src[2 * e + 1];
                 continue;
             }
-            for (int b = 0; b < s; b++) {
+            for (int b = 0; b < s && b < k; b++) {
                 float *row = plane0 + (size_t)b * Hs * Ws;
                 if (b < 8) {
                     for (int e = 0; e < n[b]; e++)
@@ -280,7 +301,8 @@ static void load_input(const nnp_conv_geom *g, const grid *d, const float *x, fl
     if (g->s == 1)
         pad_planes(g->C, g->H, g->W, g->p, x, xp, d->nxp - used, fresh);
     else
-        split_phases(g->C, g->H, g->W, g->p, g->s, d->Hp, d->Wp, x, xp, d->nxp - used, fresh);
+        split_phases(g->C, g->H, g->W, g->p, g->s, g->k, d->Hp, d->Wp, x, xp, d->nxp - used,
+                     fresh);
 }
 
 #if NNP_HAVE_DIRECT
