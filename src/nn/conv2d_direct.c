@@ -514,34 +514,9 @@ static void phase_dx(const nnp_conv_geom *g, const grid *d, const float *dyq, co
         }
 }
 
-void nnp_conv_direct_forward(const nnp_conv_geom *g, int B, const float *x, const float *W,
-                             const float *b, float *y, float *ws)
-{
-    const grid d = grid_of(g);
-    const int C = g->C, K = g->K, OH = g->OH, OW = g->OW;
-    const size_t kr = (size_t)K * d.R;
-    float *wpk = ws + 3 * kr, *xp = ws + head_of(g), *yp = xp + d.nxp;
-    int *off = (int *)(ws + 4 * kr);
-    const size_t nx = (size_t)C * g->H * g->W, OHW = (size_t)OH * OW;
-    pack_weights(K, d.R, W, wpk);
-    tap_offsets(C, g->k, g->s, d.Wp, d.Cs, off);
-    for (int n = 0; n < B; n++) {
-        load_input(g, &d, x + (size_t)n * nx, xp, n == 0);
-        flat_conv(K, d.R, off, xp, wpk, yp, d.Ls, (size_t)OH * d.Wp);
-        for (int o = 0; o < K; o++) {
-            const float *src = yp + (size_t)o * d.Ls;
-            float *dst = y + ((size_t)n * K + o) * OHW;
-            const float bo = b ? b[o] : 0.0f;
-            for (int oh = 0; oh < OH; oh++)
-                for (int ow = 0; ow < OW; ow++)
-                    dst[(size_t)oh * OW + ow] = src[(size_t)oh * d.Wp + ow] + bo;
-        }
-    }
-}
-
 /* One sample's output strip (K channels, rows Wp apart) plus the bias, through relu and 2x2
  * max pooling of stride 2: yq[o][ph][pw] and its argmax, the index oh*OW + ow in the conv's
- * OH x OW plane. The values and compares are those of the copy loop above followed by
+ * OH x OW plane. The values and compares are those of direct_forward's copy loop followed by
  * nnp_maxpool_relu_forward (y = strip + bias in float, relu as maxps(y, 0), the first
  * maximum of the window in row-major order), so the bits are the same. */
 static void pool_strip(int K, int OH, int OW, int Wp, size_t Ls, const float *yp, const float *b,
@@ -594,22 +569,47 @@ static void pool_strip(int K, int OH, int OW, int Wp, size_t Ls, const float *yp
     }
 }
 
-void nnp_conv_direct_forward_pool(const nnp_conv_geom *g, int B, const float *x, const float *W,
-                                  const float *b, float *yq, int *argmax, float *ws)
+/* The forward, each sample's output strip then either copied into y with the bias (yq
+ * NULL) or pooled into yq and argmax (pool_strip). */
+static void direct_forward(const nnp_conv_geom *g, int B, const float *x, const float *W,
+                           const float *b, float *y, float *yq, int *argmax, float *ws)
 {
     const grid d = grid_of(g);
     const int C = g->C, K = g->K, OH = g->OH, OW = g->OW;
     const size_t kr = (size_t)K * d.R, nq = (size_t)K * (OH / 2) * (OW / 2);
     float *wpk = ws + 3 * kr, *xp = ws + head_of(g), *yp = xp + d.nxp;
     int *off = (int *)(ws + 4 * kr);
-    const size_t nx = (size_t)C * g->H * g->W;
+    const size_t nx = (size_t)C * g->H * g->W, OHW = (size_t)OH * OW;
     pack_weights(K, d.R, W, wpk);
     tap_offsets(C, g->k, g->s, d.Wp, d.Cs, off);
     for (int n = 0; n < B; n++) {
         load_input(g, &d, x + (size_t)n * nx, xp, n == 0);
         flat_conv(K, d.R, off, xp, wpk, yp, d.Ls, (size_t)OH * d.Wp);
-        pool_strip(K, OH, OW, d.Wp, d.Ls, yp, b, yq + (size_t)n * nq, argmax + (size_t)n * nq);
+        if (yq) {
+            pool_strip(K, OH, OW, d.Wp, d.Ls, yp, b, yq + (size_t)n * nq, argmax + (size_t)n * nq);
+            continue;
+        }
+        for (int o = 0; o < K; o++) {
+            const float *src = yp + (size_t)o * d.Ls;
+            float *dst = y + ((size_t)n * K + o) * OHW;
+            const float bo = b ? b[o] : 0.0f;
+            for (int oh = 0; oh < OH; oh++)
+                for (int ow = 0; ow < OW; ow++)
+                    dst[(size_t)oh * OW + ow] = src[(size_t)oh * d.Wp + ow] + bo;
+        }
     }
+}
+
+void nnp_conv_direct_forward(const nnp_conv_geom *g, int B, const float *x, const float *W,
+                             const float *b, float *y, float *ws)
+{
+    direct_forward(g, B, x, W, b, y, NULL, NULL, ws);
+}
+
+void nnp_conv_direct_forward_pool(const nnp_conv_geom *g, int B, const float *x, const float *W,
+                                  const float *b, float *yq, int *argmax, float *ws)
+{
+    direct_forward(g, B, x, W, b, NULL, yq, argmax, ws);
 }
 
 void nnp_conv_direct_backward(const nnp_conv_geom *g, int B, const float *x, const float *W,
