@@ -151,12 +151,14 @@ static double conv_obj(void *p)
 }
 
 /* Central differences through each convolution path (nnp_conv2d_set_path): the portable
- * GEMM one, and the direct AVX2/FMA one where the CPU has it (stride 1; else GEMM again).
- * Run after every other test, so that the data those draw stay what they were. */
+ * GEMM one, the direct AVX2/FMA one and Winograd (3x3 stride 1) where the CPU has AVX2 and
+ * FMA (else GEMM again). Run after every other test, so that the data those draw stay what
+ * they were. */
 static void test_conv(void)
 {
-    for (int path = 0; path < 2; path++) {
-        nnp_conv2d_set_path(path ? NNP_CONV_DIRECT : NNP_CONV_GEMM);
+    const nnp_conv_path paths[] = {NNP_CONV_GEMM, NNP_CONV_DIRECT, NNP_CONV_WINOGRAD};
+    for (int path = 0; path < 3; path++) {
+        nnp_conv2d_set_path(paths[path]);
         /* B, C, H, W, K, k, s, p */
         const int geoms[][8] = {
             {2, 2, 6, 5, 3, 3, 1, 1},

@@ -39,14 +39,15 @@ void nnp_conv2d_forward(const nnp_conv_geom *g, int B, const float *x, const flo
 /* dW, db, dx (nullable) from dy[B,K,OH,OW] and the forward's input x. */
 void nnp_conv2d_backward(const nnp_conv_geom *g, int B, const float *x, const float *W,
                          const float *dy, float *dx, float *dW, float *db, float *ws);
-/* Which implementation a geometry runs (src/nn/conv2d.c): the direct AVX2/FMA kernels
- * (stride 1 with p <= k-1, or stride > 1 on the input split by stride phase; a CPU with AVX2
- * and FMA) or im2col + GEMM (every geometry, portable). AUTO picks direct wherever it can
- * run, except stride > 1 with k == 1;
- * NNPREC_CONV_PATH=auto|gemm|direct in the
- * environment (read at the first call) or nnp_conv2d_set_path (process-wide, for tests and
- * benchmarks; not thread-safe) forces one; DIRECT falls back to GEMM where it cannot run. */
-typedef enum { NNP_CONV_AUTO, NNP_CONV_GEMM, NNP_CONV_DIRECT } nnp_conv_path;
+/* Which implementation a geometry runs (src/nn/conv2d.c): Winograd F(2x2, 3x3) (3x3 kernels
+ * of stride 1, padding <= 2), the direct AVX2/FMA kernels (stride 1 with p <= k-1, or
+ * stride > 1 on the input split by stride phase) - both on a CPU with AVX2 and FMA - or
+ * im2col + GEMM (every geometry, portable). AUTO picks Winograd where it can run, else
+ * direct, except stride > 1 with k == 1 (GEMM); NNPREC_CONV_PATH=auto|gemm|direct|winograd in
+ * the environment (read at the first call) or nnp_conv2d_set_path (process-wide, for tests
+ * and benchmarks; not thread-safe) forces one; WINOGRAD falls back to direct and DIRECT to
+ * GEMM where they cannot run. */
+typedef enum { NNP_CONV_AUTO, NNP_CONV_GEMM, NNP_CONV_DIRECT, NNP_CONV_WINOGRAD } nnp_conv_path;
 void nnp_conv2d_set_path(nnp_conv_path path);
 nnp_conv_path nnp_conv2d_path(const nnp_conv_geom *g);
 

@@ -193,9 +193,17 @@ static nnp_conv_path requested_path(void)
             forced_path = NNP_CONV_GEMM;
         else if (e && strcmp(e, "direct") == 0)
             forced_path = NNP_CONV_DIRECT;
+        else if (e && strcmp(e, "winograd") == 0)
+            forced_path = NNP_CONV_WINOGRAD;
     }
     return (nnp_conv_path)forced_path;
 }
+
+/* AUTO takes Winograd for 3x3 stride-1 layers of at least this many channels on both sides:
+ * its products have the input channels (forward) or the output channels (dx) as their inner
+ * dimension, too short below that for the micro-kernel (LeNet's 6->16 and resnet8's 1->16
+ * ran 1.4-2x slower than direct; resnet8's 16->16 ... 64->64 faster: docs/results.md §4). */
+#define WINO_MIN_CHANNELS 16
 
 /* AUTO leaves strided 1x1 convolutions to the GEMM path. Once the phase split copied four
  * times what the output reads (resnet8's 16->32 k1 s2 at batch 128, forward + backward, 4.5
@@ -207,7 +215,14 @@ static nnp_conv_path requested_path(void)
 nnp_conv_path nnp_conv2d_path(const nnp_conv_geom *g)
 {
     nnp_conv_path want = requested_path();
-    if (want == NNP_CONV_GEMM || !nnp_conv_direct_available() || !nnp_conv_direct_fits(g))
+    if (want == NNP_CONV_GEMM || !nnp_conv_direct_available())
+        return NNP_CONV_GEMM;
+    if (want == NNP_CONV_WINOGRAD && nnp_conv_wino_fits(g))
+        return NNP_CONV_WINOGRAD;
+    if (want == NNP_CONV_AUTO && nnp_conv_wino_fits(g) && g->C >= WINO_MIN_CHANNELS &&
+        g->K >= WINO_MIN_CHANNELS)
+        return NNP_CONV_WINOGRAD;
+    if (!nnp_conv_direct_fits(g))
         return NNP_CONV_GEMM;
     if (want == NNP_CONV_AUTO && g->s > 1 && g->k == 1)
         return NNP_CONV_GEMM;
@@ -232,7 +247,8 @@ size_t nnp_conv2d_workspace(const nnp_conv_geom *g, int B)
     const size_t OHW = (size_t)g->OH * g->OW, R = (size_t)g->C * g->k * g->k;
     const size_t G = (size_t)group_size(g, B);
     size_t gemm = G * OHW * (R + (size_t)g->K), direct = nnp_conv_direct_workspace(g);
-    return gemm > direct ? gemm : direct;
+    size_t wino = nnp_conv_wino_workspace(g), m = gemm > direct ? gemm : direct;
+    return m > wino ? m : wino;
 }
 
 static void gemm_forward(const nnp_conv_geom *g, int B, const float *x, const float *W,
@@ -320,7 +336,10 @@ void nnp_conv2d_forward(const nnp_conv_geom *g, int B, const float *x, const flo
 {
     if (B <= 0)
         return;
-    if (nnp_conv2d_path(g) == NNP_CONV_DIRECT)
+    const nnp_conv_path path = nnp_conv2d_path(g);
+    if (path == NNP_CONV_WINOGRAD)
+        nnp_conv_wino_forward(g, B, x, W, b, y, ws);
+    else if (path == NNP_CONV_DIRECT)
         nnp_conv_direct_forward(g, B, x, W, b, y, ws);
     else
         gemm_forward(g, B, x, W, b, y, ws);
@@ -344,7 +363,10 @@ void nnp_conv2d_forward_relu_pool(const nnp_conv_geom *g, const nnp_pool_geom *p
 void nnp_conv2d_backward(const nnp_conv_geom *g, int B, const float *x, const float *W,
                          const float *dy, float *dx, float *dW, float *db, float *ws)
 {
-    if (nnp_conv2d_path(g) == NNP_CONV_DIRECT)
+    const nnp_conv_path path = nnp_conv2d_path(g);
+    if (path == NNP_CONV_WINOGRAD)
+        nnp_conv_wino_backward(g, B, x, W, dy, dx, dW, db, ws);
+    else if (path == NNP_CONV_DIRECT)
         nnp_conv_direct_backward(g, B, x, W, dy, dx, dW, db, ws);
     else
         gemm_backward(g, B, x, W, dy, dx, dW, db, ws);

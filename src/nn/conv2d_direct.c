@@ -711,3 +711,22 @@ void nnp_conv_direct_backward(const nnp_conv_geom *g, int B, const float *x, con
         for (size_t i = 0; i < kr; i++)
             dW[i] = (float)acc[i];
 }
+
+/* ---- the micro-kernels for the Winograd path (conv2d_winograd.c) ------------------------ */
+
+void nnp_conv_pack_weights(int K, size_t R, const float *w, float *wpk)
+{
+    pack_weights(K, R, w, wpk);
+}
+
+void nnp_conv_flat_gemm(int K, size_t R, const int *off, const float *xp, const float *wpk,
+                        float *yp, size_t Ls, size_t L)
+{
+    flat_conv(K, R, off, xp, wpk, yp, Ls, L);
+}
+
+void nnp_conv_flat_dw(int K, size_t R, const int *off, const float *xp, size_t sx,
+                      const float *dyp, size_t sy, int gn, size_t Ls, size_t L, double *acc)
+{
+    flat_dw(K, R, off, xp, sx, dyp, sy, gn, Ls, L, acc);
+}

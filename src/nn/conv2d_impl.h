@@ -26,6 +26,26 @@ void nnp_conv_direct_forward_pool(const nnp_conv_geom *g, int B, const float *x,
 void nnp_conv_direct_backward(const nnp_conv_geom *g, int B, const float *x, const float *W,
                               const float *dy, float *dx, float *dW, float *db, float *ws);
 
+/* The direct path's products, for the Winograd path: pack_weights (w[K][R] regrouped per
+ * block of output channels), Yp[o][0 .. L) = sum_r w[o][r] xp[off[r] + j] (rows Ls apart, L
+ * rounded up to 8 written; Ls a multiple of the kernel's strip), and acc[o][r] += sum over gn
+ * samples of sum_{j < L} dyp[o*Ls + j] xp[off[r] + j] (dyp zero from L to L rounded up to
+ * 8). AVX2/FMA: only when nnp_conv_direct_available(). */
+void nnp_conv_pack_weights(int K, size_t R, const float *w, float *wpk);
+void nnp_conv_flat_gemm(int K, size_t R, const int *off, const float *xp, const float *wpk,
+                        float *yp, size_t Ls, size_t L);
+void nnp_conv_flat_dw(int K, size_t R, const int *off, const float *xp, size_t sx,
+                      const float *dyp, size_t sy, int gn, size_t Ls, size_t L, double *acc);
+
+/* Winograd F(2x2, 3x3) (conv2d_winograd.c): 3x3 kernels of stride 1, padding <= 2; the same
+ * contracts as the direct path's, on the same CPUs. */
+int nnp_conv_wino_fits(const nnp_conv_geom *g);
+size_t nnp_conv_wino_workspace(const nnp_conv_geom *g);
+void nnp_conv_wino_forward(const nnp_conv_geom *g, int B, const float *x, const float *W,
+                           const float *b, float *y, float *ws);
+void nnp_conv_wino_backward(const nnp_conv_geom *g, int B, const float *x, const float *W,
+                            const float *dy, float *dx, float *dW, float *db, float *ws);
+
 /* db[o] = sum of dy[:, o, :, :]: float within a sample's block, double across samples (every
  * path uses this one, so db does not depend on the path). */
 void nnp_conv_bias_grad(int B, int K, size_t OHW, const float *dy, float *db);
