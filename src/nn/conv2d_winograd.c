@@ -52,6 +52,7 @@ typedef struct {
     int Ci, Hi, Wi, p, Ko;
     int OH, OW, TH, TW, TWr; /* outputs, tiles (TWr: TW rounded up to 8) */
     int Hb, Wb;              /* the padded plane */
+    int pair;                /* TW == 4: a vector holds the tiles of two tile rows */
     int G;                   /* samples per group */
     size_t T, Ts;            /* tiles per sample, row stride of V, M and Z */
 } wgeom;
@@ -66,7 +67,8 @@ static wgeom wgeom_of(int Ci, int Hi, int Wi, int p, int Ko)
     w.TW = (w.OW + 1) / 2;
     w.TWr = (w.TW + 7) & ~7;
     /* tile (th, tw) reads rows 2th .. 2th+3; the transforms read columns up to 2*TWr + 1 */
-    w.Hb = 2 * w.TH + 2;
+    w.pair = w.TW == 4;
+    w.Hb = 2 * w.TH + (w.pair ? 4 : 2); /* pairs: the last odd tile row's partner reads zeros */
     w.Wb = 2 * w.TWr + 24;
     w.T = (size_t)w.TH * w.TW;
     size_t G = (WINO_SPAN + w.T - 1) / w.T;
@@ -209,14 +211,23 @@ static TARGET void in_transform(const wgeom *w, const float *x, float *plane, fl
     for (int c = 0; c < w->Ci; c++) {
         split_channel(w, x + (size_t)c * w->Hi * w->Wi, E, O, We);
         float *Vc = V + (size_t)c * w->Ts + base;
-        for (int th = 0; th < w->TH; th++) {
+        for (int th = 0; th < w->TH; th += 1 + w->pair) {
             float *vt = Vc + (size_t)th * w->TW;
-            for (int tw = 0; tw < w->TWr; tw += 8) {
+            for (int tw = 0; tw < (w->pair ? 1 : w->TWr); tw += 8) {
                 __m256 d[4][4]; /* d[row][col] after the column transform */
                 for (int r = 0; r < 4; r++) {
                     const size_t o = (size_t)(2 * th + r) * We + (size_t)tw;
-                    const __m256 e0 = _mm256_loadu_ps(E + o), o0 = _mm256_loadu_ps(O + o);
-                    const __m256 e1 = _mm256_loadu_ps(E + o + 1), o1 = _mm256_loadu_ps(O + o + 1);
+                    __m256 e0, o0, e1, o1;
+                    if (w->pair) { /* tiles 0-3 of tile rows th and th + 1 */
+                        const size_t o2 = o + (size_t)2 * We;
+                        e0 = _mm256_set_m128(_mm_loadu_ps(E + o2), _mm_loadu_ps(E + o));
+                        o0 = _mm256_set_m128(_mm_loadu_ps(O + o2), _mm_loadu_ps(O + o));
+                        e1 = _mm256_set_m128(_mm_loadu_ps(E + o2 + 1), _mm_loadu_ps(E + o + 1));
+                        o1 = _mm256_set_m128(_mm_loadu_ps(O + o2 + 1), _mm_loadu_ps(O + o + 1));
+                    } else {
+                        e0 = _mm256_loadu_ps(E + o), o0 = _mm256_loadu_ps(O + o);
+                        e1 = _mm256_loadu_ps(E + o + 1), o1 = _mm256_loadu_ps(O + o + 1);
+                    }
                     d[r][0] = _mm256_sub_ps(e0, e1);
                     d[r][1] = _mm256_add_ps(o0, e1);
                     d[r][2] = _mm256_sub_ps(e1, o0);
@@ -235,7 +246,7 @@ static TARGET void in_transform(const wgeom *w, const float *x, float *plane, fl
 }
 
 /* Z[xi][o][base + tile] = (A dy A^T)[xi] of one sample's 2x2 blocks of dy (Ko planes of
- * OH x OW; blocks past the edge read zeros). drow: 2 rows of width Wb, zero past OW. */
+ * OH x OW; blocks past the edge read zeros). drow: 4 rows of width Wb, zero past OW. */
 static TARGET void dy_transform(const wgeom *w, const float *dy, float *drow, float *rows,
                                 float *Z, size_t base)
 {
@@ -245,8 +256,8 @@ static TARGET void dy_transform(const wgeom *w, const float *dy, float *drow, fl
     for (int o = 0; o < w->Ko; o++) {
         const float *dyo = dy + (size_t)o * w->OH * OW;
         float *Zo = Z + (size_t)o * w->Ts + base;
-        for (int th = 0; th < w->TH; th++) {
-            for (int r = 0; r < 2; r++) {
+        for (int th = 0; th < w->TH; th += 1 + w->pair) {
+            for (int r = 0; r < 2 + 2 * w->pair; r++) {
                 const int h = 2 * th + r;
                 float *dr = drow + (size_t)r * Wb;
                 if (h < w->OH) {
@@ -261,10 +272,15 @@ static TARGET void dy_transform(const wgeom *w, const float *dy, float *drow, fl
                 }
             }
             float *zt = Zo + (size_t)th * w->TW;
-            for (int tw = 0; tw < w->TWr; tw += 8) {
+            for (int tw = 0; tw < (w->pair ? 1 : w->TWr); tw += 8) {
                 __m256 e0, o0, e1, o1;
-                split16(drow + 2 * tw, &e0, &o0);
-                split16(drow + Wb + 2 * tw, &e1, &o1);
+                if (w->pair) { /* columns 0-7 of dy rows 2th, 2th+2 (e0, o0), 2th+1, 2th+3 */
+                    split2x8(_mm256_loadu_ps(drow), _mm256_loadu_ps(drow + 2 * Wb), &e0, &o0);
+                    split2x8(_mm256_loadu_ps(drow + Wb), _mm256_loadu_ps(drow + 3 * Wb), &e1, &o1);
+                } else {
+                    split16(drow + 2 * tw, &e0, &o0);
+                    split16(drow + Wb + 2 * tw, &e1, &o1);
+                }
                 /* columns: (e, e + o, e - o, -o); rows the same */
                 const __m256 c0[4] = {e0, _mm256_add_ps(e0, o0), _mm256_sub_ps(e0, o0),
                                       _mm256_sub_ps(_mm256_setzero_ps(), o0)};
@@ -279,6 +295,39 @@ static TARGET void dy_transform(const wgeom *w, const float *dy, float *drow, fl
                 }
             }
         }
+    }
+}
+
+/* Pair mode (TW == 4): the 8 tiles of s are tiles 0-3 of tile rows th and th + 1, i.e.
+ * output rows h0 .. h0+3 (those < OH), 8 columns each, stored in row order (a row's 8th
+ * float, past OW = 7, lands on the next row's first, stored next); the sample's last floats
+ * masked. */
+INLINE TARGET void pair_rows(const wgeom *w, __m256 s[4][2], __m256 bo, float *y, int h0,
+                             const float *yend)
+{
+    const int OW = w->OW;
+    __m256 v[2][2]; /* [tile row][output row within it] */
+    for (int r = 0; r < 2; r++) {
+        __m256 y0, y1;
+        if (r == 0) {
+            y0 = _mm256_add_ps(_mm256_add_ps(s[0][0], s[1][0]), s[2][0]);
+            y1 = _mm256_add_ps(_mm256_add_ps(s[0][1], s[1][1]), s[2][1]);
+        } else {
+            y0 = _mm256_sub_ps(_mm256_sub_ps(s[1][0], s[2][0]), s[3][0]);
+            y1 = _mm256_sub_ps(_mm256_sub_ps(s[1][1], s[2][1]), s[3][1]);
+        }
+        const __m256 lo = _mm256_unpacklo_ps(y0, y1), hi = _mm256_unpackhi_ps(y0, y1);
+        v[0][r] = _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x20), bo);
+        v[1][r] = _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x31), bo);
+    }
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(OW), lane);
+    for (int i = 0; i < 4 && h0 + i < w->OH; i++) {
+        float *yr = y + (size_t)i * OW;
+        if (yr + 8 <= yend)
+            _mm256_storeu_ps(yr, v[i / 2][i % 2]);
+        else
+            _mm256_maskstore_ps(yr, mask, v[i / 2][i % 2]);
     }
 }
 
@@ -297,11 +346,11 @@ static TARGET void out_transform(const wgeom *w, const float *M, size_t base, co
         /* a row's last vectors may run past OW into rows (channels, samples) written later;
          * only the sample's last floats are stored masked */
         const float *yend = y + (size_t)w->Ko * w->OH * OW;
-        for (int th = 0; th < w->TH; th++) {
+        for (int th = 0; th < w->TH; th += 1 + w->pair) {
             const float *mt = Mo + (size_t)th * w->TW;
             /* the row's last vectors first: what they spill into the next row's first
              * columns, those columns' own stores (a later tw of this loop) overwrite */
-            for (int tw = w->TWr - 8; tw >= 0; tw -= 8) {
+            for (int tw = w->pair ? 0 : w->TWr - 8; tw >= 0; tw -= 8) {
                 __m256 s[4][2];
                 for (int a = 0; a < 4; a++) {
                     const float *m = mt + (size_t)(4 * a) * ms + tw;
@@ -311,6 +360,10 @@ static TARGET void out_transform(const wgeom *w, const float *M, size_t base, co
                     s[a][1] = _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3);
                 }
                 const int col = 2 * tw, left = OW - col; /* columns of this row still to write */
+                if (w->pair) {
+                    pair_rows(w, s, bo, yo + (size_t)2 * th * OW, 2 * th, yend);
+                    continue;
+                }
                 for (int r = 0; r < 2 && 2 * th + r < w->OH; r++) {
                     __m256 y0, y1;
                     if (r == 0) {
@@ -472,7 +525,7 @@ void nnp_conv_wino_backward(const nnp_conv_geom *g, int B, const float *x, const
             for (int i = 0; i < gn; i++) {
                 in_transform(&w, x + (size_t)(n0 + i) * nx, q.plane, q.rows, q.V,
                              (size_t)i * w.T);
-                dy_transform(&w, dy + (size_t)(n0 + i) * K * OHW, q.stage, q.rows, q.M,
+                dy_transform(&w, dy + (size_t)(n0 + i) * K * OHW, q.rows, q.rows, q.M,
                              (size_t)i * w.T);
             }
             zero_tail(q.V, C, w.Ts, L);
