@@ -47,7 +47,8 @@
  *    are dy padded by q = k2 - 1, Lq covers Hs rows)
  *   yp    K*Ls       output strip Yp or dYp, Ls = OH*Wp rounded up to whole tiles
  *   dyq   K*Hq*Wq + k + 32     dy padded by q (dx)
- *   dxp   C*Lq       input-gradient strip, Lq = H*Wq rounded up to whole tiles
+ *   dxp   C*Lq       input-gradient strip, Lq = H*Wq rounded up to whole tiles (stride 2:
+ *                    4*C*Lq, one strip per phase)
  * xp and yp are G times that size: the backward's weight gradient holds a group of G samples
  * (xp's G copies, then yp's); the forward and the input gradient use the first of each.
  * The build compiles the kernels for AVX2+FMA with a per-function target attribute; the
@@ -145,7 +146,8 @@ static grid grid_of(const nnp_conv_geom *g)
     d.nxp = round16((size_t)s * s * g->C * d.Cs + (size_t)g->k + 32);
     d.nyp = (size_t)g->K * d.Ls;
     d.ndyq = round16((size_t)g->K * d.Cq + (size_t)g->k + 32);
-    d.ndxp = (size_t)g->C * d.Lq;
+    /* stride 2: the four phases' strips at once (phase_dx interleaves them) */
+    d.ndxp = (size_t)(s == 2 ? 4 : 1) * g->C * d.Lq;
     /* The weight gradient's register partial sums run over G samples before they are added
      * into the double accumulator: about DW_SPAN positions (8-lane float sums of about
      * DW_SPAN/8 products each), so that small maps (7x7: 56 positions a sample) do not pay a
@@ -474,16 +476,56 @@ static void flat_dw(int K, size_t R, const int *off, const float *xp, size_t sx,
 
 #endif
 
+/* The rows u (or columns) of a phase a of stride s that land in an image of n pixels
+ * padded by p: u in [lo, hi), hi at most cap (the phase grid's size). */
+static void phase_range(int n, int p, int a, int s, int cap, int *lo, int *hi)
+{
+    *lo = p - a <= 0 ? 0 : (p - a + s - 1) / s;
+    *hi = n - 1 + p - a < 0 ? 0 : (n - 1 + p - a) / s + 1;
+    *hi = *hi > cap ? cap : *hi;
+}
+
+/* dst[2j] = E[j], dst[2j + 1] = O[j] for the W floats of a row */
+static void interleave_row(const float *E, const float *O, int W, float *dst)
+{
+    int j = 0;
+#if NNP_HAVE_DIRECT && defined(__SSE2__)
+    for (; 2 * j + 8 <= W; j += 4) {
+        const __m128 e = _mm_loadu_ps(E + j), o = _mm_loadu_ps(O + j);
+        _mm_storeu_ps(dst + 2 * j, _mm_unpacklo_ps(e, o));
+        _mm_storeu_ps(dst + 2 * j + 4, _mm_unpackhi_ps(e, o));
+    }
+#endif
+    for (; 2 * j < W; j++) {
+        dst[2 * j] = E[j];
+        if (2 * j + 1 < W)
+            dst[2 * j + 1] = O[j];
+    }
+}
+
 /* Stride s > 1, one sample's input gradient: for each phase (a, b) the stride-1
  * convolution of dyq (dy padded by q) with that phase's taps (wpk, offq as the backward
  * packs them) gives dx at the input pixels (s*u + a - p, s*v + b - p), u < Hs, v < Ws;
- * every other pixel of dxn (read by no output) is zero. */
+ * every other pixel of dxn (read by no output) is zero. Stride 2 with every pixel read (all
+ * four phases have taps and reach the image's edges: resnet8's 3x3 stride-2 layers): the
+ * four strips first, then each row of dx interleaved from two of them (its even and odd
+ * pixels), no zeroing; the same values as the general scatter. */
 static void phase_dx(const nnp_conv_geom *g, const grid *d, const float *dyq, const float *wpk,
                      const int *offq, float *dxp, float *dxn)
 {
     const int C = g->C, K = g->K, k = g->k, s = g->s, H = g->H, W = g->W, p = g->p;
+    int rows = 0, cols = 0;
+    for (int a = 0; a < s && a < k; a++) {
+        int lo, hi;
+        phase_range(H, p, a, s, d->Hp, &lo, &hi);
+        rows += hi > lo ? hi - lo : 0;
+        phase_range(W, p, a, s, d->Wp, &lo, &hi);
+        cols += hi > lo ? hi - lo : 0;
+    }
+    const int all4 = s == 2 && k >= 2 && rows == H && cols == W;
     size_t wbase = 0, obase = 0;
-    memset(dxn, 0, (size_t)C * H * W * sizeof *dxn);
+    if (!all4)
+        memset(dxn, 0, (size_t)C * H * W * sizeof *dxn);
     for (int a = 0; a < s; a++)
         for (int b = 0; b < s; b++) {
             const int na = a < k ? (k - 1 - a) / s + 1 : 0;
@@ -491,16 +533,16 @@ static void phase_dx(const nnp_conv_geom *g, const grid *d, const float *dyq, co
             const size_t Rab = (size_t)K * na * nb;
             if (!Rab)
                 continue;
-            flat_conv(C, Rab, offq + obase, dyq, wpk + wbase, dxp, d->Lq, (size_t)d->Hp * d->Wq);
+            float *strip = all4 ? dxp + (size_t)(a * 2 + b) * C * d->Lq : dxp;
+            flat_conv(C, Rab, offq + obase, dyq, wpk + wbase, strip, d->Lq,
+                      (size_t)d->Hp * d->Wq);
             wbase += (size_t)C * Rab;
             obase += Rab;
-            /* the rows u and columns v of this phase that land in the image */
-            const int ulo = p - a <= 0 ? 0 : (p - a + s - 1) / s;
-            int uhi = H - 1 + p - a < 0 ? 0 : (H - 1 + p - a) / s + 1;
-            uhi = uhi > d->Hp ? d->Hp : uhi;
-            const int vlo = p - b <= 0 ? 0 : (p - b + s - 1) / s;
-            int vhi = W - 1 + p - b < 0 ? 0 : (W - 1 + p - b) / s + 1;
-            vhi = vhi > d->Wp ? d->Wp : vhi;
+            if (all4)
+                continue;
+            int ulo, uhi, vlo, vhi;
+            phase_range(H, p, a, s, d->Hp, &ulo, &uhi);
+            phase_range(W, p, b, s, d->Wp, &vlo, &vhi);
             for (int c = 0; c < C; c++) {
                 const float *src = dxp + (size_t)c * d->Lq;
                 float *dst = dxn + (size_t)c * H * W;
@@ -511,6 +553,20 @@ static void phase_dx(const nnp_conv_geom *g, const grid *d, const float *dyq, co
                         dr[s * v + b - p] = sr[v];
                 }
             }
+        }
+    if (!all4)
+        return;
+    /* pixel (h, w): phase (a, b) = ((h + p) % 2, (w + p) % 2) at (u, v) = ((h + p) / 2,
+     * (w + p) / 2); the even pixels w = 2j of a row come from phase b = p % 2 at v = j + p/2,
+     * the odd ones from the other phase at v = j + (p + 1 - b) / 2 */
+    const int be = p & 1, bo = be ^ 1, ve = p >> 1, vo = (1 + p - bo) >> 1;
+    for (int c = 0; c < C; c++)
+        for (int h = 0; h < H; h++) {
+            const int a = (h + p) & 1;
+            const size_t row = (size_t)c * d->Lq + (size_t)((h + p) >> 1) * d->Wq;
+            interleave_row(dxp + (size_t)(2 * a + be) * C * d->Lq + row + ve,
+                           dxp + (size_t)(2 * a + bo) * C * d->Lq + row + vo, W,
+                           dxn + ((size_t)c * H + h) * W);
         }
 }
 
