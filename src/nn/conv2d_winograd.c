@@ -44,7 +44,9 @@
 #endif
 
 /* tiles per group of samples: enough for the micro-kernel's strips (a 28x28 map has 196) */
+#ifndef WINO_SPAN
 #define WINO_SPAN 384
+#endif
 #define WINO_GMAX 64
 
 /* One Winograd pass: Ci channels of Hi x Wi padded by p in, Ko channels of OH x OW out. */
@@ -302,11 +304,11 @@ static TARGET void dy_transform(const wgeom *w, const float *dy, float *drow, fl
  * output rows h0 .. h0+3 (those < OH), 8 columns each, stored in row order (a row's 8th
  * float, past OW = 7, lands on the next row's first, stored next); the sample's last floats
  * masked. */
-INLINE TARGET void pair_rows(const wgeom *w, __m256 s[4][2], __m256 bo, float *y, int h0,
-                             const float *yend)
+/* The output transform's last step for 8 tiles: from s[a][j] (row a of M A, column j) the
+ * two output rows r of the tiles, each as columns 2t, 2t + 1 interleaved, plus the bias:
+ * v[r][0] holds tiles 0-3, v[r][1] tiles 4-7. */
+INLINE TARGET void out_rows(__m256 s[4][2], __m256 bo, __m256 v[2][2])
 {
-    const int OW = w->OW;
-    __m256 v[2][2]; /* [tile row][output row within it] */
     for (int r = 0; r < 2; r++) {
         __m256 y0, y1;
         if (r == 0) {
@@ -317,17 +319,25 @@ INLINE TARGET void pair_rows(const wgeom *w, __m256 s[4][2], __m256 bo, float *y
             y1 = _mm256_sub_ps(_mm256_sub_ps(s[1][1], s[2][1]), s[3][1]);
         }
         const __m256 lo = _mm256_unpacklo_ps(y0, y1), hi = _mm256_unpackhi_ps(y0, y1);
-        v[0][r] = _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x20), bo);
-        v[1][r] = _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x31), bo);
+        v[r][0] = _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x20), bo);
+        v[r][1] = _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x31), bo);
     }
+}
+
+INLINE TARGET void pair_rows(const wgeom *w, __m256 s[4][2], __m256 bo, float *y, int h0,
+                             const float *yend)
+{
+    const int OW = w->OW;
+    __m256 v[2][2]; /* [output row within a tile row][tile row] */
+    out_rows(s, bo, v);
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(OW), lane);
     for (int i = 0; i < 4 && h0 + i < w->OH; i++) {
         float *yr = y + (size_t)i * OW;
         if (yr + 8 <= yend)
-            _mm256_storeu_ps(yr, v[i / 2][i % 2]);
+            _mm256_storeu_ps(yr, v[i % 2][i / 2]);
         else
-            _mm256_maskstore_ps(yr, mask, v[i / 2][i % 2]);
+            _mm256_maskstore_ps(yr, mask, v[i % 2][i / 2]);
     }
 }
 
@@ -364,18 +374,10 @@ static TARGET void out_transform(const wgeom *w, const float *M, size_t base, co
                     pair_rows(w, s, bo, yo + (size_t)2 * th * OW, 2 * th, yend);
                     continue;
                 }
+                __m256 v[2][2];
+                out_rows(s, bo, v);
                 for (int r = 0; r < 2 && 2 * th + r < w->OH; r++) {
-                    __m256 y0, y1;
-                    if (r == 0) {
-                        y0 = _mm256_add_ps(_mm256_add_ps(s[0][0], s[1][0]), s[2][0]);
-                        y1 = _mm256_add_ps(_mm256_add_ps(s[0][1], s[1][1]), s[2][1]);
-                    } else {
-                        y0 = _mm256_sub_ps(_mm256_sub_ps(s[1][0], s[2][0]), s[3][0]);
-                        y1 = _mm256_sub_ps(_mm256_sub_ps(s[1][1], s[2][1]), s[3][1]);
-                    }
-                    const __m256 lo = _mm256_unpacklo_ps(y0, y1), hi = _mm256_unpackhi_ps(y0, y1);
-                    const __m256 v0 = _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x20), bo);
-                    const __m256 v1 = _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x31), bo);
+                    const __m256 v0 = v[r][0], v1 = v[r][1];
                     float *yr = yo + (size_t)(2 * th + r) * OW + col;
                     if (left >= 16 || yr + 16 <= yend) {
                         _mm256_storeu_ps(yr, v0);
