@@ -26,6 +26,9 @@ is one task of an array running slurm/train.sbatch, which checkpoints on the pre
 signal and requeues itself. The tuning is adaptive (the grid grows where the best rate is at
 an edge, the seeds wait for the chosen rate), so the study advances in waves: `plan` lists
 the runs whose settings are known now; `run` and `slurm` repeat waves until none is left.
+Each line `run` prints for a finished run also says how many runs are left at least (the
+grids may still grow) and about how long they take at --jobs at a time, from the run times
+per model this driver has seen (resumed runs not counted).
 """
 import argparse
 import json
@@ -275,6 +278,40 @@ def plan(st):
     return runs, status
 
 
+def resumed(d):
+    """True if the run in folder d was started more than once (resumed from a checkpoint):
+    its time in this driver is not a whole run's."""
+    try:
+        with open(os.path.join(d, "log.txt"), errors="replace") as f:
+            return sum(ln.startswith("[study ") for ln in f) > 1
+    except FileNotFoundError:
+        return False
+
+
+def runs_left(st, runs, status):
+    """{model: runs still to go}, at least: those that can start now plus, for a cell still
+    tuning, its other seeds (more if its grid has to grow)."""
+    left = {m: 0 for m in st.models}
+    for r in runs:
+        left[r[0]] += 1
+    for (m, _, _), s in status.items():
+        if s["phase"] == "tune":
+            left[m] += len(st.seeds) - 1
+    return left
+
+
+def eta_text(left, took, jobs):
+    """'N runs left, about T min' from this driver's run times per model (took: {model:
+    [seconds]}); models not timed yet are named."""
+    n = sum(left.values())
+    if not n:
+        return "none left"
+    untimed = [m for m, k in left.items() if k and not took.get(m)]
+    secs = sum(k * sum(took[m]) / len(took[m]) for m, k in left.items() if k and took.get(m))
+    txt = f"at least {n} run(s) left, about {secs / 60 / jobs:.0f} min at {jobs} at a time"
+    return txt + (f" plus {', '.join(untimed)} (not timed yet)" if untimed else "")
+
+
 def write_meta(st, status):
     """RESULTS/study.json: the study's settings and every cell's grid and chosen rate, for
     the report."""
@@ -391,13 +428,14 @@ def cmd_run(st, a):
         die("mpirun is not on PATH (install Open MPI: scripts/install-deps.sh)")
     t0 = time.time()
     n_started = n_done = 0
-    running = {}  # Popen -> (run, dir)
+    running = {}  # Popen -> (run, dir, start time)
+    took = {}  # model -> wall seconds of the runs this driver saw start and finish
     stop = False
     while True:
         if not stop:
             runs, status = plan(st)
             write_meta(st, status)
-            busy = {r for r, _ in running.values()}
+            busy = {r for r, _, _ in running.values()}
             runs = [r for r in runs if r not in busy]
             if a.max_runs is not None:
                 runs = runs[:max(0, a.max_runs - n_started)]
@@ -406,13 +444,13 @@ def cmd_run(st, a):
         while runs and len(running) < a.jobs:
             r = runs.pop(0)
             d, proc = launch(st, r, a.ranks, a.nnprec)
-            running[proc] = (r, d)
+            running[proc] = (r, d, time.time())
             n_started += 1
         if not running:
             break
         time.sleep(0.5)
         for proc in [p for p in running if p.poll() is not None]:
-            (m, b, p, lr, seed), d = running.pop(proc)
+            (m, b, p, lr, seed), d, t_run = running.pop(proc)
             n_done += 1
             el = time.time() - t0
             state, acc = score(st, d, st.epochs(m))
@@ -424,8 +462,12 @@ def cmd_run(st, a):
                     other.wait()
                 die(f"{m} b{b} {p} lr {fmt_lr(lr)} seed {seed} failed (exit {proc.returncode}), "
                     f"see {d}/log.txt")
+            if state == "done" and not resumed(d):
+                took.setdefault(m, []).append(time.time() - t_run)
+            runs, status = plan(st)
             print(f"[study] {n_done} {m} b{b} {p} lr {fmt_lr(lr)} s{seed}: {what} "
-                  f"({el / 60:.1f} min elapsed)", flush=True)
+                  f"({el / 60:.1f} min elapsed; "
+                  f"{eta_text(runs_left(st, runs, status), took, a.jobs)})", flush=True)
     runs, status = plan(st)
     write_meta(st, status)
     left = sum(1 for s in status.values() if s["phase"] != "done")

@@ -23,6 +23,11 @@ tiny=(--results "$res" --nnprec "$nnprec" --models lenet mlp --procs a-default e
 timeout 600 "$py" "$root/scripts/study.py" run "${tiny[@]}" > "$tmp/run.log" 2>&1 ||
   fail "study.py run: $(tail -3 "$tmp/run.log")"
 grep -q '8/8 cells done' "$tmp/run.log" && ok || fail "not every cell finished: $(tail -3 "$tmp/run.log")"
+# progress: each finished run says how many are left at least and, once both models have a
+# timed run, about how long they take; the last one says none are left
+grep -q 'at least [0-9]* run(s) left, about [0-9]* min at 2 at a time)$' "$tmp/run.log" &&
+  grep 'min elapsed; ' "$tmp/run.log" | tail -1 | grep -q '; none left)$' && ok ||
+  fail "no time estimate in the progress lines: $(grep '^\[study\]' "$tmp/run.log" | tail -3)"
 "$py" "$root/scripts/study.py" plan "${tiny[@]}" > "$tmp/plan.log" 2>&1
 grep -q '8/8 cells done; 0 run(s) can start now' "$tmp/plan.log" && ok || fail "plan: $(cat "$tmp/plan.log")"
 # the plan's grids: four rates x3 apart at least, grown while the best was at an edge
