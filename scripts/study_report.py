@@ -2,12 +2,17 @@
 """docs/large-batch.md from the large-batch study's runs (scripts/study.py).
 
   scripts/study_report.py RESULTS [--out REPORT.md] [--figures DIR] [--no-plots]
+                          [--against OTHER]
 
 RESULTS is the study's folder (results/study) or an export of it (docs/study): study.json,
 bench.json and MODEL/bBATCH/PROC/lrLR-sSEED/{eval,train,layers}.csv. Every number of the
 report is computed here from those files; nothing is typed in. Accuracy is a percentage;
 ± is the sample standard deviation over seeds; "k/n" counts the seeds that finished or
 reached the target. The modeled times come from bench.json (see the report's section 4).
+--against OTHER adds a section comparing every finished cell with the same cell of another
+run of the study (another results folder or export: e.g. the study run again from scratch
+with another build): the chosen rates, the final test accuracies and whether they differ by
+more than the two seed spreads, and whether each (model, batch) has the same best procedure.
 """
 import argparse
 import json
@@ -417,6 +422,76 @@ def verdict(R, out):
         w(f"* {m}: " + ("; ".join(hits) if hits else "no preconditioned procedure meets it") + ".\n")
 
 
+def best_proc(R, m, b):
+    """The procedure with the highest mean final test accuracy at (m, b), None until every
+    procedure's cell has finished."""
+    fs = {p: R.final(m, b, p) for p in R.models[m]["procs"]}
+    if any(f is None for f in fs.values()):
+        return None
+    ok = {p: f[0] for p, f in fs.items() if f[0] is not None}
+    return max(ok, key=ok.get) if ok else None
+
+
+def reproduction(R, O, other, out):
+    """Every cell finished in both R and O: chosen rates, final accuracies and their
+    difference against the two seed spreads summed; then the best procedure per (model,
+    batch) in each."""
+    w = out.write
+    w(f"Each cell against the same cell of `{other}` (another run of this study; this one "
+      "first). A difference is flagged (**) when it exceeds the two seed standard deviations "
+      "summed.\n")
+    n = same_lr = within = 0
+    worst = None
+    for m, M in R.models.items():
+        if m not in O.models:
+            continue
+        rows = []
+        for p in M["procs"]:
+            for b in sorted(M["batches"]):
+                f, g = R.final(m, b, p), O.final(m, b, p)
+                if f is None or g is None or (m, b, p) not in O.cells:
+                    continue
+                lr1, lr2 = R.cells[(m, b, p)]["best_lr"], O.cells[(m, b, p)]["best_lr"]
+                n += 1
+                same_lr += lr1 == lr2
+                if f[0] is None or g[0] is None:
+                    rows.append(f"| {p} | {b} | {fmt_lr(lr1) if lr1 else '–'} / "
+                                f"{fmt_lr(lr2) if lr2 else '–'} | {cell_acc(f)} | {cell_acc(g)} | – |")
+                    within += f[0] is None and g[0] is None
+                    continue
+                d, spread = f[0] - g[0], f[1] + g[1]
+                flag = abs(d) > spread
+                within += not flag
+                if worst is None or abs(d) > abs(worst[0]):
+                    worst = (d, m, b, p)
+                rows.append(f"| {p} | {b} | {fmt_lr(lr1)} / {fmt_lr(lr2)} | {cell_acc(f)} | "
+                            f"{cell_acc(g)} | {d:+.2f} ({spread:.2f}){' **' if flag else ''} |")
+        if rows:
+            w(f"\n{m}:\n\n| procedure | batch | chosen lr (this / other) | test % (this) | "
+              "test % (other) | difference (spreads) |\n|---|---|---|---|---|---|\n")
+            w("\n".join(rows) + "\n")
+    if not n:
+        w("\nNo cell has finished in both.\n")
+        return
+    w(f"\nIn {n} cells finished in both: the same chosen rate in {same_lr}, the final test "
+      f"accuracies within the two seed spreads in {within}")
+    if worst:
+        w(f"; the largest difference {worst[0]:+.2f} points ({worst[1]}, batch {worst[2]}, "
+          f"{worst[3]})")
+    w(".\n")
+    agree = []
+    for m, M in R.models.items():
+        if m not in O.models:
+            continue
+        for b in sorted(M["batches"]):
+            p1, p2 = best_proc(R, m, b), best_proc(O, m, b)
+            if p1 and p2:
+                agree.append(f"{m} batch {b}: {p1}" + ("" if p1 == p2 else f" (other: {p2})"))
+    if agree:
+        w("\nBest procedure per (model, batch), where both have finished every cell: "
+          + "; ".join(agree) + ".\n")
+
+
 def model_section(R, out):
     w = out.write
     if R.bench is None:
@@ -639,6 +714,8 @@ def main():
     ap.add_argument("--figures", help="folder for the PNGs [RESULTS]")
     ap.add_argument("--prefix", default="large-batch-", help="PNG name prefix [large-batch-]")
     ap.add_argument("--no-plots", action="store_true", help="tables only")
+    ap.add_argument("--against", metavar="OTHER",
+                    help="compare every cell with another run of the study (its folder)")
     ap.add_argument("--figure-link", help="the figures' path as the report links them "
                     "[--figures relative to --out's folder]")
     a = ap.parse_args()
@@ -648,6 +725,9 @@ def main():
     if not a.no_plots and not os.path.isdir(figdir):
         die(f"--figures {figdir} is not a directory")
     R = Report(a.results)
+    if a.against and not os.path.isdir(a.against):
+        die(f"--against {a.against} is not a directory")
+    O = Report(a.against) if a.against else None
     out = open(a.out, "w") if a.out else sys.stdout
     from io import StringIO
     body = StringIO()
@@ -664,6 +744,9 @@ def main():
     verdict(R, body)
     body.write("\n## 4. Time to target at scale: a model\n")
     model_section(R, body)
+    if O is not None:
+        body.write("\n## Reproduction: this study against another run of it\n\n")
+        reproduction(R, O, a.against, body)
     notes = os.path.join(a.results, "notes.md")
     if os.path.exists(notes):
         with open(notes) as f:

@@ -108,6 +108,32 @@ rm -rf "$res/lenet/b32/a-default/lr9-s1"
 "$py" "$root/scripts/study_report.py" "$tmp/exp" --no-plots > "$tmp/exp.md" 2>/dev/null
 "$py" "$root/scripts/study_report.py" "$res" --no-plots > "$tmp/res.md" 2>/dev/null
 cmp -s "$tmp/exp.md" "$tmp/res.md" && ok || fail "the export's report differs: $(diff "$tmp/exp.md" "$tmp/res.md" | head -5)"
+# --against: the export against the runs it came from agrees in every cell; with one cell's
+# final test accuracies moved far in a copy, that cell (and only it) is flagged
+"$py" "$root/scripts/study_report.py" "$tmp/exp" --no-plots --against "$res" > "$tmp/same.md" 2>&1
+grep -q 'In 8 cells finished in both: the same chosen rate in 8, the final test accuracies within the two seed spreads in 8' "$tmp/same.md" &&
+  ! grep -q ' \*\* |' "$tmp/same.md" && ok || fail "--against itself: $(grep -A2 'In [0-9]* cells' "$tmp/same.md")"
+cp -r "$tmp/exp" "$tmp/moved"
+"$py" - "$tmp/moved" <<'PY' || fail "could not move the copy's accuracies"
+import csv, json, os, sys
+# every seed of lenet b128 a-default at its chosen rate: the final test accuracy set far
+# from the original mean (1% or 99%, 0.1 apart): the cell's mean moves, its spread does not
+c = [c for c in json.load(open(os.path.join(sys.argv[1], "study.json")))["cells"]
+     if c["model"] == "lenet" and c["batch"] == 128 and c["proc"] == "a-default"][0]
+paths = [os.path.join(sys.argv[1], "lenet/b128/a-default/lr%s-s%d/eval.csv" % ("%.4g" % c["best_lr"], s))
+         for s in (1, 2)]
+tables = [list(csv.DictReader(open(p))) for p in paths]
+far = 0.01 if sum(float(t[-1]["test_acc"]) for t in tables) / 2 > 0.5 else 0.99
+for i, (p, rows) in enumerate(zip(paths, tables)):
+    rows[-1]["test_acc"] = "%.6f" % (far + 0.001 * i)
+    w = csv.DictWriter(open(p, "w", newline=""), fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+PY
+"$py" "$root/scripts/study_report.py" "$tmp/moved" --no-plots --against "$res" > "$tmp/moved.md" 2>&1
+[ "$(grep -c ' \*\* |' "$tmp/moved.md")" = 1 ] && grep -q '^| a-default | 128 | .* \*\* |' "$tmp/moved.md" &&
+  grep -q 'within the two seed spreads in 7; the largest difference [+-]' "$tmp/moved.md" && ok ||
+  fail "--against a moved copy: $(grep -e '\*\*' -e 'In [0-9]* cells' "$tmp/moved.md")"
 
 # bad input: one line, non-zero exit
 expect 2 "--models: no model vgg" "$py" "$root/scripts/study.py" plan --models vgg --results "$tmp/x"
@@ -115,6 +141,7 @@ expect 2 "export needs DEST" "$py" "$root/scripts/study.py" export
 EXPECT_PREFIX=study_report.py
 expect 1 "is not a directory" "$py" "$root/scripts/study_report.py" "$tmp/nothing"
 expect 1 "study.json is missing" "$py" "$root/scripts/study_report.py" "$tmp"
+expect 1 "--against $tmp/nothing is not a directory" "$py" "$root/scripts/study_report.py" "$res" --against "$tmp/nothing"
 
 # 2. the committed report is what its committed CSVs give
 if [ -s "$root/docs/study/study.json" ]; then
