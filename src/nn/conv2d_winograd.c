@@ -27,8 +27,8 @@
  * products; tests/test_conv bounds the difference (docs/layers.md).
  *
  * Layout (floats): V[16][Ci][Ts] (tile t of sample i at i*T + th*TW + tw), M or Z[16][Ko][Ts],
- * the packed U[16] of pack_weights, a zero-padded plane of one channel (Hb x Wb) and four
- * rows of width Wb for the transforms.
+ * U[16] unpacked and packed (pack_weights), and the even and odd columns of one zero-padded
+ * input channel (two planes of Hb x (TWr + 16)).
  */
 #include <string.h>
 
@@ -53,7 +53,7 @@
 typedef struct {
     int Ci, Hi, Wi, p, Ko;
     int OH, OW, TH, TW, TWr; /* outputs, tiles (TWr: TW rounded up to 8) */
-    int Hb, Wb;              /* the padded plane */
+    int Hb;                  /* rows of the padded planes */
     int pair;                /* TW == 4: a vector holds the tiles of two tile rows */
     int G;                   /* samples per group */
     size_t T, Ts;            /* tiles per sample, row stride of V, M and Z */
@@ -68,10 +68,9 @@ static wgeom wgeom_of(int Ci, int Hi, int Wi, int p, int Ko)
     w.TH = (w.OH + 1) / 2;
     w.TW = (w.OW + 1) / 2;
     w.TWr = (w.TW + 7) & ~7;
-    /* tile (th, tw) reads rows 2th .. 2th+3; the transforms read columns up to 2*TWr + 1 */
+    /* tile (th, tw) reads rows 2th .. 2th+3 */
     w.pair = w.TW == 4;
     w.Hb = 2 * w.TH + (w.pair ? 4 : 2); /* pairs: the last odd tile row's partner reads zeros */
-    w.Wb = 2 * w.TWr + 24;
     w.T = (size_t)w.TH * w.TW;
     size_t G = (WINO_SPAN + w.T - 1) / w.T;
     w.G = G < 1 ? 1 : G > WINO_GMAX ? WINO_GMAX : (int)G;
@@ -82,12 +81,11 @@ static wgeom wgeom_of(int Ci, int Hi, int Wi, int p, int Ko)
 
 static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
 
-/* floats for one pass: U packed and unpacked, tap offsets, plane, 4 rows and 2 staging
- * rows, V, M */
+/* floats for one pass: U packed and unpacked, tap offsets, the even/odd planes, V, M */
 static size_t pass_floats(const wgeom *w)
 {
     return 2 * round16((size_t)16 * w->Ko * w->Ci) + round16((size_t)w->Ci) +
-           round16((size_t)2 * w->Hb * (w->TWr + 16)) + (size_t)6 * w->Wb + (size_t)16 * w->Ci * w->Ts +
+           round16((size_t)2 * w->Hb * (w->TWr + 16)) + (size_t)16 * w->Ci * w->Ts +
            (size_t)16 * w->Ko * w->Ts;
 }
 
@@ -203,10 +201,9 @@ static TARGET void split_channel(const wgeom *w, const float *xc, float *E, floa
  * even/odd planes, then per tile row 8 tiles at a time, columns then rows, straight from 16
  * loads. A tile row's last vector may write up to 7 tiles past its end, which the next row
  * (or sample) overwrites. */
-static TARGET void in_transform(const wgeom *w, const float *x, float *plane, float *rows,
-                                float *V, size_t base)
+static TARGET void in_transform(const wgeom *w, const float *x, float *plane, float *V,
+                                size_t base)
 {
-    (void)rows;
     const int We = w->TWr + 16;
     float *E = plane, *O = plane + (size_t)w->Hb * We;
     const size_t xs = (size_t)w->Ci * w->Ts;
@@ -247,41 +244,40 @@ static TARGET void in_transform(const wgeom *w, const float *x, float *plane, fl
     }
 }
 
-/* Z[xi][o][base + tile] = (A dy A^T)[xi] of one sample's 2x2 blocks of dy (Ko planes of
- * OH x OW; blocks past the edge read zeros). drow: 4 rows of width Wb, zero past OW. */
-static TARGET void dy_transform(const wgeom *w, const float *dy, float *drow, float *rows,
-                                float *Z, size_t base)
+/* 8 floats of a row from column c, those at or past column n (or all, row NULL) read as 0 */
+INLINE TARGET __m256 load8(const float *row, int c, int n)
 {
-    (void)rows;
-    const int Wb = w->Wb, OW = w->OW;
+    if (!row || c >= n)
+        return _mm256_setzero_ps();
+    if (c + 8 <= n)
+        return _mm256_loadu_ps(row + c);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_maskload_ps(row + c, _mm256_cmpgt_epi32(_mm256_set1_epi32(n - c), lane));
+}
+
+/* Z[xi][o][base + tile] = (A dy A^T)[xi] of one sample's 2x2 blocks of dy (Ko planes of
+ * OH x OW; blocks past the edge read zeros), the rows' even and odd columns split as they
+ * are loaded. */
+static TARGET void dy_transform(const wgeom *w, const float *dy, float *Z, size_t base)
+{
+    const int OW = w->OW;
     const size_t zs = (size_t)w->Ko * w->Ts;
     for (int o = 0; o < w->Ko; o++) {
         const float *dyo = dy + (size_t)o * w->OH * OW;
         float *Zo = Z + (size_t)o * w->Ts + base;
         for (int th = 0; th < w->TH; th += 1 + w->pair) {
-            for (int r = 0; r < 2 + 2 * w->pair; r++) {
-                const int h = 2 * th + r;
-                float *dr = drow + (size_t)r * Wb;
-                if (h < w->OH) {
-                    const float *src = dyo + (size_t)h * OW;
-                    int j = 0;
-                    for (; j + 8 <= OW; j += 8)
-                        _mm256_storeu_ps(dr + j, _mm256_loadu_ps(src + j));
-                    for (; j < OW; j++)
-                        dr[j] = src[j];
-                } else {
-                    memset(dr, 0, (size_t)OW * sizeof *dr);
-                }
-            }
+            const float *r[4];
+            for (int i = 0; i < 4; i++)
+                r[i] = 2 * th + i < w->OH ? dyo + (size_t)(2 * th + i) * OW : NULL;
             float *zt = Zo + (size_t)th * w->TW;
             for (int tw = 0; tw < (w->pair ? 1 : w->TWr); tw += 8) {
                 __m256 e0, o0, e1, o1;
                 if (w->pair) { /* columns 0-7 of dy rows 2th, 2th+2 (e0, o0), 2th+1, 2th+3 */
-                    split2x8(_mm256_loadu_ps(drow), _mm256_loadu_ps(drow + 2 * Wb), &e0, &o0);
-                    split2x8(_mm256_loadu_ps(drow + Wb), _mm256_loadu_ps(drow + 3 * Wb), &e1, &o1);
+                    split2x8(load8(r[0], 0, OW), load8(r[2], 0, OW), &e0, &o0);
+                    split2x8(load8(r[1], 0, OW), load8(r[3], 0, OW), &e1, &o1);
                 } else {
-                    split16(drow + 2 * tw, &e0, &o0);
-                    split16(drow + Wb + 2 * tw, &e1, &o1);
+                    split2x8(load8(r[0], 2 * tw, OW), load8(r[0], 2 * tw + 8, OW), &e0, &o0);
+                    split2x8(load8(r[1], 2 * tw, OW), load8(r[1], 2 * tw + 8, OW), &e1, &o1);
                 }
                 /* columns: (e, e + o, e - o, -o); rows the same */
                 const __m256 c0[4] = {e0, _mm256_add_ps(e0, o0), _mm256_sub_ps(e0, o0),
@@ -300,10 +296,6 @@ static TARGET void dy_transform(const wgeom *w, const float *dy, float *drow, fl
     }
 }
 
-/* Pair mode (TW == 4): the 8 tiles of s are tiles 0-3 of tile rows th and th + 1, i.e.
- * output rows h0 .. h0+3 (those < OH), 8 columns each, stored in row order (a row's 8th
- * float, past OW = 7, lands on the next row's first, stored next); the sample's last floats
- * masked. */
 /* The output transform's last step for 8 tiles: from s[a][j] (row a of M A, column j) the
  * two output rows r of the tiles, each as columns 2t, 2t + 1 interleaved, plus the bias:
  * v[r][0] holds tiles 0-3, v[r][1] tiles 4-7. */
@@ -324,6 +316,10 @@ INLINE TARGET void out_rows(__m256 s[4][2], __m256 bo, __m256 v[2][2])
     }
 }
 
+/* Pair mode (TW == 4): the 8 tiles of s are tiles 0-3 of tile rows th and th + 1, i.e.
+ * output rows h0 .. h0+3 (those < OH), 8 columns each, stored in row order (a row's 8th
+ * float, past OW = 7, lands on the next row's first, stored next); the sample's last floats
+ * masked. */
 INLINE TARGET void pair_rows(const wgeom *w, __m256 s[4][2], __m256 bo, float *y, int h0,
                              const float *yend)
 {
@@ -344,9 +340,8 @@ INLINE TARGET void pair_rows(const wgeom *w, __m256 s[4][2], __m256 bo, float *y
 /* y[o] (OH x OW) = A^T M[.][o] A of one sample's tiles, plus b[o], 8 tiles (16 columns of
  * two rows) at a time. */
 static TARGET void out_transform(const wgeom *w, const float *M, size_t base, const float *b,
-                                 float *y, float *stage)
+                                 float *y)
 {
-    (void)stage;
     const size_t ms = (size_t)w->Ko * w->Ts;
     const int OW = w->OW;
     for (int o = 0; o < w->Ko; o++) {
@@ -397,27 +392,25 @@ static TARGET void out_transform(const wgeom *w, const float *M, size_t base, co
 
 #else /* no AVX2 build: conv2d.c never takes this path */
 
-static void in_transform(const wgeom *w, const float *x, float *plane, float *rows, float *V,
-                         size_t base)
+static void in_transform(const wgeom *w, const float *x, float *plane, float *V, size_t base)
 {
-    (void)w; (void)x; (void)plane; (void)rows; (void)V; (void)base;
+    (void)w; (void)x; (void)plane; (void)V; (void)base;
 }
-static void dy_transform(const wgeom *w, const float *dy, float *drow, float *rows, float *Z,
-                         size_t base)
+static void dy_transform(const wgeom *w, const float *dy, float *Z, size_t base)
 {
-    (void)w; (void)dy; (void)drow; (void)rows; (void)Z; (void)base;
+    (void)w; (void)dy; (void)Z; (void)base;
 }
 static void out_transform(const wgeom *w, const float *M, size_t base, const float *b,
-                          float *y, float *stage)
+                          float *y)
 {
-    (void)w; (void)M; (void)base; (void)b; (void)y; (void)stage;
+    (void)w; (void)M; (void)base; (void)b; (void)y;
 }
 
 #endif
 
 /* The pass's buffers in a workspace of pass_floats(w) floats. */
 typedef struct {
-    float *upk, *u, *plane, *rows, *stage, *V, *M;
+    float *upk, *u, *plane, *V, *M;
     int *off;
 } wbufs;
 
@@ -432,9 +425,6 @@ static wbufs carve(const wgeom *w, float *ws)
     ws += round16((size_t)w->Ci);
     q.plane = ws;
     ws += round16((size_t)2 * w->Hb * (w->TWr + 16));
-    q.rows = ws;
-    q.stage = ws + (size_t)4 * w->Wb;
-    ws += (size_t)6 * w->Wb;
     q.V = ws;
     q.M = ws + (size_t)16 * w->Ci * w->Ts;
     return q;
@@ -459,19 +449,18 @@ static void run_pass(const wgeom *w, const wbufs *q, int B, const float *x, cons
     for (int c = 0; c < w->Ci; c++)
         q->off[c] = (int)((size_t)c * w->Ts);
     memset(q->plane, 0, (size_t)2 * w->Hb * (w->TWr + 16) * sizeof *q->plane);
-    memset(q->rows, 0, (size_t)6 * w->Wb * sizeof *q->rows);
     for (int n0 = 0; n0 < B; n0 += w->G) {
         const int gn = B - n0 < w->G ? B - n0 : w->G;
         const size_t L = (size_t)gn * w->T;
         for (int i = 0; i < gn; i++)
-            in_transform(w, x + (size_t)(n0 + i) * nx, q->plane, q->rows, q->V, (size_t)i * w->T);
+            in_transform(w, x + (size_t)(n0 + i) * nx, q->plane, q->V, (size_t)i * w->T);
         zero_tail(q->V, w->Ci, w->Ts, L);
         for (int xi = 0; xi < 16; xi++)
             nnp_conv_flat_gemm(w->Ko, (size_t)w->Ci, q->off, q->V + (size_t)xi * w->Ci * w->Ts,
                                q->upk + (size_t)xi * w->Ko * w->Ci,
                                q->M + (size_t)xi * w->Ko * w->Ts, w->Ts, L);
         for (int i = 0; i < gn; i++)
-            out_transform(w, q->M, (size_t)i * w->T, b, y + (size_t)(n0 + i) * ny, q->stage);
+            out_transform(w, q->M, (size_t)i * w->T, b, y + (size_t)(n0 + i) * ny);
     }
 }
 
@@ -520,15 +509,12 @@ void nnp_conv_wino_backward(const nnp_conv_geom *g, int B, const float *x, const
         for (int c = 0; c < C; c++)
             q.off[c] = (int)((size_t)c * w.Ts);
         memset(q.plane, 0, (size_t)2 * w.Hb * (w.TWr + 16) * sizeof *q.plane);
-        memset(q.rows, 0, (size_t)6 * w.Wb * sizeof *q.rows);
         for (int n0 = 0; n0 < B; n0 += w.G) {
             const int gn = B - n0 < w.G ? B - n0 : w.G;
             const size_t L = (size_t)gn * w.T;
             for (int i = 0; i < gn; i++) {
-                in_transform(&w, x + (size_t)(n0 + i) * nx, q.plane, q.rows, q.V,
-                             (size_t)i * w.T);
-                dy_transform(&w, dy + (size_t)(n0 + i) * K * OHW, q.rows, q.rows, q.M,
-                             (size_t)i * w.T);
+                in_transform(&w, x + (size_t)(n0 + i) * nx, q.plane, q.V, (size_t)i * w.T);
+                dy_transform(&w, dy + (size_t)(n0 + i) * K * OHW, q.M, (size_t)i * w.T);
             }
             zero_tail(q.V, C, w.Ts, L);
             zero_tail(q.M, K, w.Ts, L);
