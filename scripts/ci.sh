@@ -31,10 +31,10 @@ echo "== multi-rank and command-line tests under AddressSanitizer + UBSan"
 # Also left out: ckpt_resume (the checkpoint code runs here in cli_ckpt, ckpt_integrity,
 # rollback and stream's resume), watchdog (sleeps and timeouts around a few hundred lines),
 # torch_step and make_h5 (PyTorch and Python around one nnprec step, and none).
-# The convolutions take the GEMM path here (NNPREC_CONV_PATH=gemm): the direct kernels are
-# nnprec's own code and run instrumented, several times slower than OpenBLAS, which is not;
-# they run under the sanitizers above, in test_layers and test_gradcheck (every geometry,
-# every path).
+# The convolutions take the GEMM path here (NNPREC_CONV_PATH=gemm): the direct and Winograd
+# kernels are nnprec's own code and run instrumented, several times slower than OpenBLAS,
+# which is not; they run under the sanitizers above, in test_layers and test_gradcheck
+# (every geometry, every path).
 NNPREC_CONV_PATH=gemm ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:allocator_may_return_null=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan --output-on-failure -j 2 -LE 'unit|fuzz' \
