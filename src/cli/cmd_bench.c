@@ -298,6 +298,16 @@ static nnp_status bench_layers(void)
         }
     if (nf)
         printf("\n");
+    int nconv = 0; /* the kernels each convolution runs (NNPREC_CONV_PATH, the CPU, the shape) */
+    for (int i = 0; i < n; i++)
+        if (net->layers[i].kind == NNP_L_CONV2D) {
+            const nnp_conv_path p = nnp_conv2d_path(&net->layers[i].conv);
+            printf("%s%d %s", nconv++ ? ", " : "convolution kernels: ", i,
+                   p == NNP_CONV_WINOGRAD ? "winograd" : p == NNP_CONV_DIRECT ? "direct" : "gemm");
+        }
+    if (nconv)
+        printf(" (GFLOP/s counts a direct convolution's multiplications: Winograd makes up to 2.25x "
+               "fewer)\n");
     if (gbs_hi > 0) {
         const double bw = copy_bandwidth();
         printf("memory bandwidth (this run: best of 5 copies of 128 MB): %.2f GB/s; batchnorm "
