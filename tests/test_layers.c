@@ -178,6 +178,8 @@ static void test_conv_path(nnp_conv_path path)
         {16, 7, 7, 16, 3, 1, 1},  /* resnet8-like 3x3 p1 (channel blocks of 4) */
         {3, 8, 8, 5, 3, 1, 1},    /* Winograd: 4x4 tiles, two tile rows a vector */
         {4, 7, 9, 6, 3, 1, 0},    /* the same with an odd count of tile rows (5x7 out) */
+        {2, 3, 3, 3, 3, 1, 0},    /* one output pixel (one tile, three quarters padding) */
+        {3, 1, 5, 2, 3, 1, 1},    /* a one-row image */
         {5, 9, 11, 7, 3, 1, 1},   /* odd sizes and channel counts: blocks of 4 + tail 3 */
         {3, 6, 5, 12, 3, 1, 0},   /* 12 channels: blocks of 6 */
         {2, 8, 7, 5, 5, 1, 2},    /* 5x5, p2: 50 taps, tap blocks of 3 + tail 2 */
