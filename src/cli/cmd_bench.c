@@ -39,7 +39,8 @@ static nnp_option bench_opts[] = {
     {"reps", NNP_OPTT_INT, &B.reps, "20", "timed repetitions of each product", 0},
     {"threads", NNP_OPTT_INT, &B.threads, "1", "BLAS threads (0: leave OpenBLAS's setting)", 0},
     {"layers", NNP_OPTT_FLAG, &B.layers, "0",
-     "instead: time each layer's forward and backward in the network itself", 0},
+     "instead: time each layer's forward and backward in the network itself (the kernels "
+     "each convolution runs are named; NNPREC_CONV_PATH=gemm|direct|winograd forces one)", 0},
     {"optim", NNP_OPTT_FLAG, &B.optim, "0",
      "instead: time one step of each optimizer (sgd, lars, adam, lamb) over the model's "
      "parameters, interleaved, against the layers' forward + backward of --batch", 0},
