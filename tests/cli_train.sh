@@ -264,8 +264,12 @@ grep -qE '^layers run as one .*: 0\+1\+2, 3\+4\+5$' "$tmp/lbench.log" && ok ||
 # each convolution's kernels: direct (or GEMM without AVX2) for LeNet's two; forced GEMM says so
 grep -qE '^convolution kernels: 0 (direct|gemm), 3 (direct|gemm) \(' "$tmp/lbench.log" && ok ||
   fail "bench --layers: no kernel line: $(cat "$tmp/lbench.log")"
-NNPREC_CONV_PATH=gemm "$nnprec" bench --layers --model lenet --batch 4 --reps 1 2>&1 |
-  grep -qE '^convolution kernels: 0 gemm, 3 gemm \(' && ok || fail "bench --layers: forced GEMM not named"
+NNPREC_CONV_PATH=gemm "$nnprec" bench --layers --model lenet --batch 4 --reps 1 > "$tmp/gemmpath.log" 2>&1
+grep -qE '^convolution kernels: 0 gemm, 3 gemm \(' "$tmp/gemmpath.log" && ok ||
+  fail "bench --layers: forced GEMM not named: $(grep kernels "$tmp/gemmpath.log")"
+NNPREC_CONV_PATH=winogard "$nnprec" bench --layers --model lenet --batch 4 --reps 1 > "$tmp/badpath.log" 2>&1
+grep -q '^\[warn\]  NNPREC_CONV_PATH=winogard is not auto, gemm, direct or winograd: ignored (auto)$' \
+  "$tmp/badpath.log" && ok || fail "an unknown NNPREC_CONV_PATH is not named: $(head -3 "$tmp/badpath.log")"
 grep -qE '^peak resident memory: [1-9][0-9]*\.[0-9] MB' "$tmp/lbench.log" && ok || fail "bench --layers: no peak memory line"
 expect 2 "--reps in 1..1000" "$nnprec" bench --layers --reps 0
 expect 2 "give one of --layers, --optim and --allreduce-mb" "$nnprec" bench --layers --allreduce-mb 1

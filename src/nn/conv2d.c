@@ -28,6 +28,7 @@
  *   [0, R*G*OHW)            col (forward and backward); reused for dcol once dW is formed
  *   [R*G*OHW, (R+K)*G*OHW)  Y' (forward) or dY' (backward)
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -195,6 +196,9 @@ static nnp_conv_path requested_path(void)
             forced_path = NNP_CONV_DIRECT;
         else if (e && strcmp(e, "winograd") == 0)
             forced_path = NNP_CONV_WINOGRAD;
+        else if (e && e[0] && strcmp(e, "auto") != 0)
+            fprintf(stderr, "[warn]  NNPREC_CONV_PATH=%s is not auto, gemm, direct or winograd: "
+                            "ignored (auto)\n", e);
     }
     return (nnp_conv_path)forced_path;
 }
