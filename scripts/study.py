@@ -95,7 +95,7 @@ MODELS = {
                     procs=["a-default", "i-default-dynamic"]),
 }
 STUDY = dict(val_split=5000, seeds=[1, 2, 3], tune_seed=1, grid=[-2, -1, 0, 1], max_points=7,
-             warmup_frac=0.05, evals_per_epoch=4)
+             max_rates=10, warmup_frac=0.05, evals_per_epoch=4)
 QUICK = dict(models=["lenet"], batches=[128, 2048], seeds=[1], epochs=3)
 CHANCE = 0.15  # a final validation accuracy at or below this did not train
 
@@ -222,11 +222,27 @@ def score(st, d, epochs):
     return "todo", None
 
 
+def grow_grid(ks, accs):
+    """The tuning grid's next rate, or None when it is settled. ks: the grid's exponents k
+    (rate = centre * 3^k), ascending; accs: {k: final validation accuracy}, 0 for a
+    diverged run. While no rate trains (all at or below CHANCE), one rate lower, up to
+    max_points rates; while the best rate (ties: the one nearer the centre) is at an edge,
+    one rate on its side, up to max_rates rates: a best rate at the grid's edge is left
+    only when max_rates is reached, and the report flags it."""
+    best = max(ks, key=lambda k: (accs[k], -abs(k)))
+    if accs[best] <= CHANCE:
+        return ks[0] - 1 if len(ks) < STUDY["max_points"] else None
+    if len(ks) < STUDY["max_rates"] and best == ks[0]:
+        return ks[0] - 1
+    if len(ks) < STUDY["max_rates"] and best == ks[-1]:
+        return ks[-1] + 1
+    return None
+
+
 def cell_plan(st, model, batch, proc):
     """What a cell needs now: (runs to start [(lr, seed)], status dict). The tuning grid
-    starts at STUDY['grid'] and grows by one rate on the side of the best one while the best
-    is at an edge, or downwards while no rate trains (at most max_points rates); once
-    bracketed, the other seeds run at it."""
+    starts at STUDY['grid'] and grows as grow_grid says; once settled, the other seeds run
+    at the best rate."""
     E = st.epochs(model)
     ks = list(STUDY["grid"])
     seed = STUDY["tune_seed"]
@@ -242,19 +258,13 @@ def cell_plan(st, model, batch, proc):
                 accs[k] = acc
         if todo:
             return todo, dict(phase="tune", ks=ks)
-        best = max(ks, key=lambda k: (accs[k], -abs(k)))  # ties: the rate nearer the centre
-        if accs[best] <= CHANCE and len(ks) < STUDY["max_points"]:
-            ks.insert(0, ks[0] - 1)  # nothing trained: the rates are too large, go lower
-            continue
-        if accs[best] <= CHANCE:
-            return [], dict(phase="done", ks=ks, best=None, accs=accs, note="no rate trained")
-        if len(ks) < STUDY["max_points"] and best == ks[0]:
-            ks.insert(0, ks[0] - 1)
-            continue
-        if len(ks) < STUDY["max_points"] and best == ks[-1]:
-            ks.append(ks[-1] + 1)
-            continue
-        break
+        k = grow_grid(ks, accs)
+        if k is None:
+            break
+        ks = sorted(ks + [k])
+    best = max(ks, key=lambda k: (accs[k], -abs(k)))
+    if accs[best] <= CHANCE:
+        return [], dict(phase="done", ks=ks, best=None, accs=accs, note="no rate trained")
     lr = lr_of(proc, batch, best)
     note = "" if ks[0] < best < ks[-1] else "best rate at the grid's edge"
     todo = []

@@ -234,8 +234,9 @@ def header(R, out, figlink):
     w(f"* Learning rates: each (model, batch, procedure) cell tries a log grid c·3^k, k = "
       f"{st['grid'][0]} … {st['grid'][-1]}, around a centre c that follows the procedure's "
       f"scaling rule from global batch {meta['base_batch']}, with seed {st['tune_seed']}; the "
-      f"grid grows by one rate on the side of the best while the best is at an edge, and "
-      f"downwards while no rate trains (at most {st['max_points']} rates); the best final "
+      f"grid grows by one rate on the side of the best while the best is at an edge (up to "
+      f"{st.get('max_rates', st['max_points'])} rates), and downwards while no rate trains "
+      f"(up to {st['max_points']} rates); the best final "
       f"validation accuracy wins; then seeds "
       f"{', '.join(map(str, meta['seeds']))} run at that rate (the tuning run is seed "
       f"{st['tune_seed']}'s).\n")
