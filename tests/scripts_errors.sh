@@ -224,4 +224,31 @@ check 1 "no such file" bench_stream.py --nnprec "$nnprec" --file nowhere.h5
 check 1 "no such folder" bench_stream.py --nnprec "$nnprec" --file t.json --out nowhere
 check 1 "not found" bench_stream.py --nnprec "$nnprec" --mpiexec no-such-mpiexec
 
+# --- rep_rank.py: a known answer (fc2 made rank one with no bias: fc3's input lies on one
+# line, participation ratio 1), then bad input
+"$nnprec" train --model mlp:784-16x3-10 --steps 1 --train-limit 64 --test-limit 64 --quiet \
+  --out rr > rr.log 2>&1 || fail "$nnprec train for rep_rank.py: $(tail -2 rr.log)"
+"$py" - rr/"$(cat rr/latest)" <<'EOF' || fail "making the rank-one checkpoint"
+import sys, h5py, numpy as np
+with h5py.File(sys.argv[1], "r+") as h:
+    r = np.random.default_rng(1)
+    h["fc2/weight"][...] = np.outer(r.uniform(0.5, 1, 16), r.normal(size=16)).astype("float32")
+    h["fc2/bias"][...] = 0
+EOF
+timeout 60 "$py" "$S/rep_rank.py" rr --images 200 --csv rr.csv > rr.out 2>&1 && ok \
+  || fail "rep_rank.py on an mlp checkpoint: $(tail -2 rr.out)"
+"$py" - <<'EOF' && ok || fail "rep_rank.py: fc3's input is not on one line: $(cat rr.csv)"
+import csv
+rows = {int(r["layer"]): float(r["pr"]) for r in csv.DictReader(open("rr.csv"))}
+assert sorted(rows) == [2, 3, 4], rows
+assert abs(rows[3] - 1) < 1e-6 and rows[2] > 1.5, rows
+EOF
+check 1 "not a dense network" rep_rank.py ck
+check 1 "no checkpoints" rep_rank.py adir
+check 2 "given 2 times for 1 runs" rep_rank.py rr --label a --label b --out p.png
+check 2 "image format" rep_rank.py rr --out p.xyz
+check 2 "positive" rep_rank.py rr --images 0
+mkdir -p rrbad && cp text.h5 rrbad/ckpt-00000001.h5
+check 1 "cannot read" rep_rank.py rrbad
+
 finish
