@@ -83,15 +83,18 @@ PROCEDURES = {
                               center=0.03, scaling="linear", warmup=True,
                               label="(i) default recipe + dynamic preconditioner"),
 }
+# target: the validation accuracy whose steps the report counts, set where the best
+# procedure at the largest batch reaches it in every seed within the budget (the study
+# asks for that), so that the steps-to-target curves reach the largest batch
 MODELS = {
-    "lenet": dict(spec="lenet", epochs=8, batches=[128, 512, 2048, 8192], target=85.0,
+    "lenet": dict(spec="lenet", epochs=8, batches=[128, 512, 2048, 8192], target=84.0,
                   procs=list(PROCEDURES)),
     "mlp": dict(spec="mlp:784-256x12-10", epochs=8, batches=[128, 512, 2048, 8192],
-                target=80.0, procs=list(PROCEDURES), stats=True),
+                target=75.0, procs=list(PROCEDURES), stats=True),
     # about 25x the cost of a LeNet step here: a reduced matrix (stated in the report), the
     # default recipe and the dynamic preconditioner on it; add "f-lars", "g-lamb" ... here to
     # run more of the procedures on it
-    "resnet8": dict(spec="resnet8", epochs=3, batches=[128, 2048], target=85.0,
+    "resnet8": dict(spec="resnet8", epochs=3, batches=[128, 2048], target=80.0,
                     procs=["a-default", "i-default-dynamic"]),
 }
 STUDY = dict(val_split=5000, seeds=[1, 2, 3], tune_seed=1, grid=[-2, -1, 0, 1], max_points=7,
