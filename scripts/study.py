@@ -21,6 +21,9 @@ Runs live in RESULTS/MODEL/bBATCH/PROC/lrLR-sSEED/ (nnprec's --out). A run that 
 an interrupted one resumes from its last checkpoint (--resume auto); logs are appended. A
 folder holding a run made with other options (another --epochs) stops the driver before it
 writes or starts anything: each study needs its own --results.
+SIGTERM, SIGINT (Ctrl-C) or SIGHUP to `run` stops it cleanly: it starts nothing more, sends
+each of its runs one SIGTERM (nnprec checkpoints and exits), waits for them and exits 75;
+the next `run` resumes them.
 Runs are independent nnprec jobs: locally each starts with `mpirun -np RANKS`; on Slurm each
 is one task of an array running slurm/train.sbatch, which checkpoints on the pre-timeout
 signal and requeues itself. The tuning is adaptive (the grid grows where the best rate is at
@@ -36,6 +39,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -431,7 +435,10 @@ def launch(st, run, ranks, nnprec):
     log = open(os.path.join(d, "log.txt"), "a")
     log.write(f"[study {time.strftime('%F %T')}] {' '.join(argv)}\n")
     log.flush()
-    return d, subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=ENV)
+    # a session of its own: a terminal's Ctrl-C reaches the driver alone, which stops each
+    # run with one SIGTERM (on_signal in cmd_run)
+    return d, subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=ENV,
+                               start_new_session=True)
 
 
 def cmd_run(st, a):
@@ -444,6 +451,20 @@ def cmd_run(st, a):
     running = {}  # Popen -> (run, dir, start time)
     took = {}  # model -> wall seconds of the runs this driver saw start and finish
     stop = False
+    signalled = set()
+
+    def on_signal(signum, frame):
+        """SIGTERM, SIGINT, SIGHUP: start nothing more, stop the runs (mpirun passes SIGTERM
+        to its ranks, which checkpoint and exit) and wait for them, so that no run is left
+        behind to collide with the next driver; a later `run` resumes them."""
+        nonlocal stop
+        if not stop:
+            print(f"[study] {signal.Signals(signum).name}: stopping {len(running)} run(s) "
+                  "(they checkpoint and resume at the next `run`)", flush=True)
+        stop = True  # the loop below signals the runs
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     while True:
         if not stop:
             runs, status = plan(st)
@@ -454,11 +475,16 @@ def cmd_run(st, a):
                 runs = runs[:max(0, a.max_runs - n_started)]
         else:
             runs = []
-        while runs and len(running) < a.jobs:
+        while runs and not stop and len(running) < a.jobs:
             r = runs.pop(0)
             d, proc = launch(st, r, a.ranks, a.nnprec)
             running[proc] = (r, d, time.time())
             n_started += 1
+        if stop:  # each run once: a second SIGTERM would make mpirun kill it unsaved
+            for proc in running:
+                if proc not in signalled and proc.poll() is None:
+                    proc.terminate()
+                    signalled.add(proc)
         if not running:
             break
         time.sleep(0.5)
@@ -469,6 +495,10 @@ def cmd_run(st, a):
             state, acc = score(st, d, st.epochs(m))
             what = (f"val {100 * acc:.2f}%" if state == "done" else
                     f"diverged at step {diverged_at(d)}" if state == "diverged" else None)
+            if what is None and stop:
+                print(f"[study] {m} b{b} {p} lr {fmt_lr(lr)} s{seed}: stopped (exit "
+                      f"{proc.returncode}), resumes at the next `run`", flush=True)
+                continue
             if what is None:
                 for other in running:  # nnprec checkpoints on SIGTERM: they resume later
                     other.terminate()
@@ -487,6 +517,8 @@ def cmd_run(st, a):
     print(f"[study] {n_done} run(s) in {(time.time() - t0) / 60:.1f} min; "
           f"{len(status) - left}/{len(status)} cells done"
           + (f", {len(runs)} run(s) still to start" if runs else ""))
+    if stop:
+        sys.exit(75)  # stopped by a signal: the study resumes at the next `run`
 
 
 def cmd_slurm(st, a):
