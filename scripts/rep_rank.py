@@ -83,7 +83,6 @@ def main():
         ap.error(f"--label given {len(a.label)} times for {len(a.runs)} runs")
     if a.out is not None:
         image_path(ap, "--out", a.out)
-    out = a.out
     try:
         import h5py
         import numpy as np
@@ -107,8 +106,8 @@ def main():
                 die(f"{ck}: no {why(e)} attribute: not an nnprec checkpoint")
             except OSError as e:
                 die(f"cannot read {ck}: {why(e)}")
-            for li, (sh, pr) in enumerate(rows):
-                table.append((run, step, li + 2, sh, pr))
+            for li, (betw, pr) in enumerate(rows):
+                table.append((run, step, li + 2, betw, pr))
             print(f"{step:6d}  between " + " ".join(f"{s:.2f}" for s, _ in rows)
                   + "  PR " + " ".join(f"{p:.1f}" for _, p in rows))
     if a.csv:
@@ -116,16 +115,16 @@ def main():
             f.write("run,step,layer,between,pr\n")
             for r in table:
                 f.write("%s,%d,%d,%.6g,%.6g\n" % r)
-    if out:
+    if a.out:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         fig, axes = plt.subplots(1, len(a.runs), figsize=(4.2 * len(a.runs), 3.4),
                                  sharey=True, squeeze=False)
+        cmap = plt.get_cmap("viridis")
         for i, (ax, run) in enumerate(zip(axes[0], a.runs)):
             mine = [r for r in table if r[0] == run]
             nl = max(r[2] for r in mine)
-            cmap = plt.get_cmap("viridis")
             for li in range(2, nl + 1):
                 pts = sorted((r[1], r[4]) for r in mine if r[2] == li)
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], color=cmap((li - 2) / max(1, nl - 2)),
@@ -138,7 +137,7 @@ def main():
         axes[0][0].set_ylabel("participation ratio of the layer's input")
         axes[0][0].legend(fontsize=7)
         fig.tight_layout()
-        save_figure(fig, out, 110)
+        save_figure(fig, a.out, 110)
 
 
 if __name__ == "__main__":

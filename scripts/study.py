@@ -229,14 +229,20 @@ def score(st, d, epochs):
     return "todo", None
 
 
+def best_k(ks, accs):
+    """The grid point with the best final validation accuracy; ties: the one nearer the
+    centre (k = 0)."""
+    return max(ks, key=lambda k: (accs[k], -abs(k)))
+
+
 def grow_grid(ks, accs):
     """The tuning grid's next rate, or None when it is settled. ks: the grid's exponents k
     (rate = centre * 3^k), ascending; accs: {k: final validation accuracy}, 0 for a
     diverged run. While no rate trains (all at or below CHANCE), one rate lower, up to
-    max_points rates; while the best rate (ties: the one nearer the centre) is at an edge,
+    max_points rates; while the best rate (best_k) is at an edge,
     one rate on its side, up to max_rates rates: a best rate at the grid's edge is left
     only when max_rates is reached, and the report flags it."""
-    best = max(ks, key=lambda k: (accs[k], -abs(k)))
+    best = best_k(ks, accs)
     if accs[best] <= CHANCE:
         return ks[0] - 1 if len(ks) < STUDY["max_points"] else None
     if len(ks) < STUDY["max_rates"] and best == ks[0]:
@@ -269,7 +275,7 @@ def cell_plan(st, model, batch, proc):
         if k is None:
             break
         ks = sorted(ks + [k])
-    best = max(ks, key=lambda k: (accs[k], -abs(k)))
+    best = best_k(ks, accs)
     if accs[best] <= CHANCE:
         return [], dict(phase="done", ks=ks, best=None, accs=accs, note="no rate trained")
     lr = lr_of(proc, batch, best)
