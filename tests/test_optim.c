@@ -12,6 +12,8 @@
  * terms, not an error relative to its own small size.
  */
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include "nnprec/alloc.h"
 #include "nnprec/net.h"
@@ -723,8 +725,10 @@ static void check_layerwise_reference(const char *what, nnp_net *net, const nnp_
                                       const double *scale, double lr)
 {
     size_t n = net->n_params;
-    double p[64], m[64] = {0}, v[64] = {0};
-    ASSERT_TRUE(n <= 64);
+    double *p = calloc(4 * n, sizeof(double)), *m = p + n, *v = p + 2 * n, *u = p + 3 * n;
+    ASSERT_TRUE(p != NULL);
+    if (!p)
+        return;
     for (size_t i = 0; i < n; i++) {
         net->params[i] = (float)(0.5 * cos(0.9 * (double)i) + 0.1);
         p[i] = net->params[i];
@@ -756,7 +760,6 @@ static void check_layerwise_reference(const char *what, nnp_net *net, const nnp_
                     w[k] -= mj[k];
                 }
             } else {
-                double u[64];
                 double bc1 = 1 - pow(c->beta1, t), bc2 = 1 - pow(c->beta2, t);
                 for (size_t k = 0; k < T->n; k++) {
                     double g = s * net->grads[T->off + k];
@@ -780,6 +783,7 @@ static void check_layerwise_reference(const char *what, nnp_net *net, const nnp_
         nnp_test_checks++;
     }
     nnp_optim_free(&o);
+    free(p);
 }
 
 static void test_layerwise_reference(void)
@@ -816,6 +820,82 @@ static void test_layerwise_reference(void)
             check_layerwise_reference(what, mlp, &cases[k].cfg, sc ? scale4 : NULL, cases[k].lr);
         }
     nnp_net_free(mlp);
+
+    /* tensors of many 32-element blocks with tails (the sums' vector blocks), through the
+     * AVX2 sums where the CPU has them and through the portable ones */
+    nnp_net *big = NULL;
+    ASSERT_OK(nnp_net_create("mlp:37-45-9", (nnp_shape){37, 1, 1}, NNP_ACT_RELU, 1, &big));
+    if (!big)
+        return;
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++)
+        for (int base = 0; base < 2; base++) {
+            nnp_optim_force_baseline(base);
+            snprintf(what, sizeof what, "%s on mlp:37-45-9 (%s sums)", cases[k].name,
+                     base ? "portable" : "CPU's");
+            check_layerwise_reference(what, big, &cases[k].cfg, scale4, cases[k].lr);
+        }
+    nnp_optim_force_baseline(0);
+    nnp_net_free(big);
+}
+
+/* The sums of squares' AVX2 variant and the portable one give the same bits: the same
+ * parameters and state after steps of LARS and LAMB, whole and over ranges (pass 1 and 2). */
+static void test_sum_paths_same_bits(void)
+{
+    if (!__builtin_cpu_supports("avx2"))
+        fprintf(stderr, "  optim: no AVX2 on this CPU, both runs take the portable sums\n");
+    nnp_net *net = NULL;
+    ASSERT_OK(nnp_net_create("mlp:61-33-7", (nnp_shape){61, 1, 1}, NNP_ACT_RELU, 1, &net));
+    if (!net)
+        return;
+    const size_t n = net->n_params;
+    const double scale[4] = {0.5, 2.0, 1.25, 3.0};
+    const nnp_optim_cfg cases[] = {lars_cfg(0.9, 1e-3, 0.02, 1), lars_cfg(0, 0.01, 0.01, 0),
+                                   lamb_cfg(0.9, 0.999, 1e-6, 0.01, 10, 1),
+                                   lamb_cfg(0.8, 0.99, 1e-4, 0.1, 0.5, 0)};
+    float *keep = calloc(3 * n, sizeof(float));
+    double norms[8], keep_norms[2][8]; /* each path's pass-1 norms of the last step */
+    ASSERT_TRUE(keep != NULL && net->n_tensors == 4);
+    for (size_t k = 0; keep && k < sizeof cases / sizeof cases[0]; k++) {
+        for (int base = 0; base < 2; base++) {
+            nnp_optim_force_baseline(base);
+            nnp_optim o;
+            ASSERT_OK(nnp_optim_init(&o, &cases[k], n));
+            for (size_t i = 0; i < n; i++)
+                net->params[i] = (float)(0.3 * sin(1.7 * (double)i) - 0.05);
+            for (int t = 1; t <= 4; t++) {
+                for (size_t i = 0; i < n; i++)
+                    net->grads[i] = grad_at(i, t);
+                if (t % 2) {
+                    nnp_optim_step(&o, net, 0.05, scale);
+                } else {
+                    nnp_optim_norms_range(&o, net, scale, 0, n, norms);
+                    memcpy(keep_norms[base], norms, sizeof norms);
+                    nnp_optim_apply_range(&o, net, 0.05, scale, 0, n, norms);
+                }
+            }
+            if (base == 0) {
+                memcpy(keep, net->params, n * sizeof(float));
+                if (o.buf1)
+                    memcpy(keep + n, o.buf1, n * sizeof(float));
+                if (o.buf2)
+                    memcpy(keep + 2 * n, o.buf2, n * sizeof(float));
+            } else {
+                int same = memcmp(keep, net->params, n * sizeof(float)) == 0 &&
+                           (!o.buf1 || memcmp(keep + n, o.buf1, n * sizeof(float)) == 0) &&
+                           (!o.buf2 || memcmp(keep + 2 * n, o.buf2, n * sizeof(float)) == 0) &&
+                           memcmp(keep_norms[0], keep_norms[1], sizeof norms) == 0;
+                if (!same)
+                    TEST_FAIL_("%s case %zu: the AVX2 and portable sums give different bits",
+                               nnp_opt_name(cases[k].kind), k);
+                nnp_test_checks++;
+            }
+            nnp_optim_free(&o);
+        }
+    }
+    nnp_optim_force_baseline(0);
+    free(keep);
+    nnp_net_free(net);
 }
 
 /* --allreduce sharded/shm for LARS and LAMB: P "ranks" each run pass 1 over their share
@@ -961,6 +1041,7 @@ int main(void)
     test_lamb_hand_worked();
     test_layerwise_reference();
     test_layerwise_ranges();
+    test_sum_paths_same_bits();
     test_state_buffers();
     test_bad_configs();
     test_schedules();

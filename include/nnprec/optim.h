@@ -65,6 +65,10 @@ nnp_status nnp_optim_init(nnp_optim *o, const nnp_optim_cfg *cfg, size_t n);
 void nnp_optim_free(nnp_optim *o);
 /* Ask the next step to produce per-tensor parameter sums over [lo, hi) (see nnp_optim). */
 void nnp_optim_want_sums(nnp_optim *o, double *sums, size_t lo, size_t hi);
+
+/* For tests: on (1), LARS's and LAMB's sums of squares take their portable code on any CPU
+ * instead of the AVX2 variant the CPU allows; both give the same bits. */
+void nnp_optim_force_baseline(int on);
 /* One step with learning rate lr over every tensor of net: params -= update(scale[j]*grad). */
 void nnp_optim_step(nnp_optim *o, nnp_net *net, double lr, const double *scale);
 /* The same step for the parameters in [lo, hi) only (the optimizer state outside the range

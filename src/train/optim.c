@@ -61,6 +61,16 @@ const char *nnp_opt_name(nnp_opt_kind k)
 #define NNP_CLONES
 #endif
 
+/* The sums of squares of LARS and LAMB have an AVX2 variant in intrinsics beside the
+ * portable one, picked per call by the CPU (and forced to the portable one by
+ * nnp_optim_force_baseline, for the tests that hold both to the same bits). */
+#if defined(__GNUC__) && defined(__x86_64__)
+#define NNP_SUMS_AVX2 1
+#include <immintrin.h>
+#else
+#define NNP_SUMS_AVX2 0
+#endif
+
 /* The finiteness check folded into every update loop: fin_bits(v) has bit 31 set exactly
  * when v is an inf or a nan (all exponent bits set: adding 1 to the exponent field carries
  * into bit 31). The loops OR it over their new parameters, which vectorizes like the update
@@ -337,14 +347,53 @@ static inline double lanes8_sum(const lanes8 *l, double t)
 }
 #endif
 
+#if NNP_SUMS_AVX2
+/* The same block in AVX2 intrinsics, the same operations in the same order (no FMA), so the
+ * same bits as block_sumsq. From GCC's generic vectors the AVX2 clone made each 4-float to
+ * 4-double conversion two 2-lane ones and an insert, with spills, and the two sums of
+ * squares were most of LAMB's extra time over Adam. */
+__attribute__((target("avx2"))) static inline void block_sumsq_avx2(const float *x, lanes8 *l)
+{
+    const __m256 a0 = _mm256_loadu_ps(x), a1 = _mm256_loadu_ps(x + 8);
+    const __m256 b0 = _mm256_loadu_ps(x + 16), b1 = _mm256_loadu_ps(x + 24);
+    const __m256 f0 = _mm256_add_ps(_mm256_mul_ps(a0, a0), _mm256_mul_ps(b0, b0)); /* f[0..7] */
+    const __m256 f1 = _mm256_add_ps(_mm256_mul_ps(a1, a1), _mm256_mul_ps(b1, b1)); /* f[8..15] */
+    const __m256d lo = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(f0)),
+                                     _mm256_cvtps_pd(_mm256_castps256_ps128(f1)));
+    const __m256d hi = _mm256_add_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(f0, 1)),
+                                     _mm256_cvtps_pd(_mm256_extractf128_ps(f1, 1)));
+    l->lo = _mm256_add_pd(l->lo, lo);
+    l->hi = _mm256_add_pd(l->hi, hi);
+}
+#endif
+
+static int force_baseline;
+
+void nnp_optim_force_baseline(int on) { force_baseline = on != 0; }
+
+/* whether the sums take their AVX2 variants (the CPU has AVX2, and no test forced the
+ * baseline) */
+static int sums_avx2(void)
+{
+#if NNP_SUMS_AVX2
+    return !force_baseline && __builtin_cpu_supports("avx2");
+#else
+    return 0;
+#endif
+}
+
+typedef void (*block_fn)(const float *x, lanes8 *l);
+
 /* The sums of squares of x and of y, in one pass */
-NNP_CLONES static void sumsq2(const float *x, const float *y, size_t n, double *sx, double *sy)
+static inline __attribute__((always_inline)) void sumsq2_body(const float *x, const float *y,
+                                                              size_t n, double *sx, double *sy,
+                                                              block_fn block)
 {
     lanes8 lx = {0}, ly = {0};
     size_t i = 0;
     for (; i + 32 <= n; i += 32) {
-        block_sumsq(x + i, &lx);
-        block_sumsq(y + i, &ly);
+        block(x + i, &lx);
+        block(y + i, &ly);
     }
     double tx = 0, ty = 0;
     for (; i < n; i++) {
@@ -353,6 +402,30 @@ NNP_CLONES static void sumsq2(const float *x, const float *y, size_t n, double *
     }
     *sx = lanes8_sum(&lx, tx);
     *sy = lanes8_sum(&ly, ty);
+}
+
+#if NNP_SUMS_AVX2
+__attribute__((target("avx2"))) static void sumsq2_avx2(const float *x, const float *y,
+                                                        size_t n, double *sx, double *sy)
+{
+    sumsq2_body(x, y, n, sx, sy, block_sumsq_avx2);
+}
+#endif
+
+static void sumsq2_base(const float *x, const float *y, size_t n, double *sx, double *sy)
+{
+    sumsq2_body(x, y, n, sx, sy, block_sumsq);
+}
+
+static void sumsq2(const float *x, const float *y, size_t n, double *sx, double *sy)
+{
+#if NNP_SUMS_AVX2
+    if (sums_avx2()) {
+        sumsq2_avx2(x, y, n, sx, sy);
+        return;
+    }
+#endif
+    sumsq2_base(x, y, n, sx, sy);
 }
 
 /* The per-step constants of Adam's and LAMB's bias correction, formed in double as
@@ -400,9 +473,10 @@ static inline void lamb_elem(const float *p, const float *g, float *m, float *v,
 /* LAMB pass 1 over n elements: the moments of d = s*g, u into ub, and ||p||^2, ||u||^2
  * summed as sumsq does (blocks of 32: the element-wise part is a plain float loop over
  * each block, which vectorizes, sqrt and division included) */
-NNP_CLONES static void lamb_moments(size_t n, const float *restrict p, const float *restrict g,
-                         float *restrict m, float *restrict v, float *restrict ub, float s,
-                         float wd, const lamb_coef *k, double *w2, double *u2)
+static inline __attribute__((always_inline)) void
+lamb_moments_body(size_t n, const float *restrict p, const float *restrict g, float *restrict m,
+                  float *restrict v, float *restrict ub, float s, float wd, const lamb_coef *k,
+                  double *w2, double *u2, block_fn block)
 {
     const float b1 = k->b1, c1 = k->c1, b2 = k->b2, c2 = k->c2, ib1 = k->inv_bc1;
     const float isb2 = k->inv_sqrt_bc2, eps = k->eps;
@@ -418,8 +492,8 @@ NNP_CLONES static void lamb_moments(size_t n, const float *restrict p, const flo
             v[e] = vi;
             ub[e] = mi * ib1 / (sqrtf(vi) * isb2 + eps) + wd * p[e];
         }
-        block_sumsq(p + i, &lw);
-        block_sumsq(ub + i, &lu);
+        block(p + i, &lw);
+        block(ub + i, &lu);
     }
     for (; i < n; i++)
         lamb_elem(p, g, m, v, ub, s, wd, k, i, &tw, &tu);
@@ -427,22 +501,44 @@ NNP_CLONES static void lamb_moments(size_t n, const float *restrict p, const flo
     *u2 = lanes8_sum(&lu, tu);
 }
 
-/* LAMB pass 2: p <- p - step*u with step = lr * trust ratio. It walks the tensor from its
- * end in blocks of 1,024: pass 1 just ended there, so a tensor whose pass-1 arrays are a
- * little over the cache finds its last blocks still in it (a forward walk would evict each
- * block just before it is needed). Element-wise, so the order changes no result. */
+#if NNP_SUMS_AVX2
+__attribute__((target("avx2"))) static void
+lamb_moments_avx2(size_t n, const float *restrict p, const float *restrict g, float *restrict m,
+                  float *restrict v, float *restrict ub, float s, float wd, const lamb_coef *k,
+                  double *w2, double *u2)
+{
+    lamb_moments_body(n, p, g, m, v, ub, s, wd, k, w2, u2, block_sumsq_avx2);
+}
+#endif
+
+static void lamb_moments_base(size_t n, const float *restrict p, const float *restrict g,
+                              float *restrict m, float *restrict v, float *restrict ub, float s,
+                              float wd, const lamb_coef *k, double *w2, double *u2)
+{
+    lamb_moments_body(n, p, g, m, v, ub, s, wd, k, w2, u2, block_sumsq);
+}
+
+static void lamb_moments(size_t n, const float *restrict p, const float *restrict g,
+                         float *restrict m, float *restrict v, float *restrict ub, float s,
+                         float wd, const lamb_coef *k, double *w2, double *u2)
+{
+#if NNP_SUMS_AVX2
+    if (sums_avx2()) {
+        lamb_moments_avx2(n, p, g, m, v, ub, s, wd, k, w2, u2);
+        return;
+    }
+#endif
+    lamb_moments_base(n, p, g, m, v, ub, s, wd, k, w2, u2);
+}
+
+/* LAMB pass 2: p <- p - step*u with step = lr * trust ratio */
 NNP_CLONES static int lamb_apply(size_t n, float *restrict p, const float *restrict u, float step)
 {
     uint32_t bad = 0;
-    size_t hi = n;
-    while (hi > 0) {
-        const size_t lo = hi > 1024 ? hi - 1024 : 0;
-        for (size_t i = lo; i < hi; i++) {
-            const float v = p[i] - step * u[i];
-            p[i] = v;
-            bad |= fin_bits(v);
-        }
-        hi = lo;
+    for (size_t i = 0; i < n; i++) {
+        const float v = p[i] - step * u[i];
+        p[i] = v;
+        bad |= fin_bits(v);
     }
     return (int)(bad >> 31);
 }
