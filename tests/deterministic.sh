@@ -125,6 +125,15 @@ run 1 "$tmp/bn1" "${det[@]}" --model "$bnm" --lr 0.003 --precond dynamic &&
   run 3 "$tmp/bn3" "${det[@]}" --model "$bnm" --lr 0.003 --precond dynamic --allreduce shm &&
   same "bn at 3 ranks" "$tmp/bn1" "$tmp/bn3"
 
+# LARS and LAMB: their per-tensor norms over pieces (LARS's ||w||^2 kept from the update
+# pass when it does not go over shares, summed again for the pieces otherwise)
+for o in "lars --lr 1" "lamb --lr 0.005 --weight-decay 0.01"; do
+  set -- $o
+  run 1 "$tmp/${1}1" "${det[@]}" --optim "$@" &&
+    run 3 "$tmp/${1}3" "${det[@]}" --optim "$@" --allreduce shm &&
+    same "lenet --optim $1, shm at 3 ranks" "$tmp/${1}1" "$tmp/${1}3"
+done
+
 # --noise-scale: its small batches are the micro-shards, so its columns agree too
 run 1 "$tmp/noise1" "${det[@]}" --noise-scale &&
   run 3 "$tmp/noise3" "${det[@]}" --noise-scale --allreduce sharded &&

@@ -838,6 +838,114 @@ static void test_layerwise_reference(void)
     nnp_net_free(big);
 }
 
+/* Runs 6 steps of cfg on net from fixed parameters over P ranges ("ranks", each with its
+ * own optimizer, as --allreduce sharded) and returns the parameters, the state and every
+ * pass-1 norm in out (3n floats, then 2T*6*P doubles after them, as bytes). keep: the
+ * optimizers keep ||w||^2 from their update passes; touch: before step 4 the parameters are
+ * scaled by 1.5 outside the optimizer, which then hears of it. */
+static void kept_run(const nnp_optim_cfg *cfg, nnp_net *net, int P, int keep, int touch,
+                     unsigned char *out)
+{
+    const size_t n = net->n_params, T = (size_t)net->n_tensors;
+    const double scale[4] = {0.5, 2.0, 1.25, 3.0};
+    nnp_optim o[3];
+    ASSERT_TRUE(P <= 3 && T == 4);
+    for (int r = 0; r < P; r++) {
+        ASSERT_OK(nnp_optim_init(&o[r], cfg, n));
+        if (keep)
+            ASSERT_OK(nnp_optim_keep_norms(&o[r], net->n_tensors));
+    }
+    for (size_t i = 0; i < n; i++)
+        net->params[i] = (float)(0.3 * sin(1.7 * (double)i) - 0.05);
+    double *nrm = (double *)(void *)(out + 3 * n * sizeof(float));
+    for (int t = 1; t <= 6; t++) {
+        for (size_t i = 0; i < n; i++)
+            net->grads[i] = grad_at(i, t);
+        if (touch && t == 4) {
+            for (size_t i = 0; i < n; i++)
+                net->params[i] *= 1.5f;
+            for (int r = 0; r < P; r++)
+                nnp_optim_params_changed(&o[r]);
+        }
+        for (int r = 0; r < P; r++) {
+            /* shares cut through tensors: [r*n/P, (r+1)*n/P) */
+            const size_t lo = (size_t)r * n / (size_t)P, hi = (size_t)(r + 1) * n / (size_t)P;
+            double *part = nrm + ((size_t)(t - 1) * (size_t)P + (size_t)r) * 2 * T;
+            if (P == 1 && t % 2) { /* the one-call step; its norms are not returned */
+                nnp_optim_step(&o[r], net, 0.05, scale);
+                memset(part, 0, 2 * T * sizeof(double));
+            } else {
+                nnp_optim_norms_range(&o[r], net, scale, lo, hi, part);
+                nnp_optim_apply_range(&o[r], net, 0.05, scale, lo, hi, part);
+            }
+        }
+    }
+    memcpy(out, net->params, n * sizeof(float));
+    memset(out + n * sizeof(float), 0, 2 * n * sizeof(float));
+    for (int r = 0; r < P; r++) {
+        const size_t lo = (size_t)r * n / (size_t)P, hi = (size_t)(r + 1) * n / (size_t)P;
+        if (o[r].buf1)
+            memcpy(out + (n + lo) * sizeof(float), o[r].buf1 + lo, (hi - lo) * sizeof(float));
+        if (o[r].buf2)
+            memcpy(out + (2 * n + lo) * sizeof(float), o[r].buf2 + lo,
+                   (hi - lo) * sizeof(float));
+        nnp_optim_free(&o[r]);
+    }
+}
+
+/* nnp_optim_keep_norms: the norms kept from the update pass give the same bits as norms
+ * summed again - the parameters, the state and the pass-1 norms of every step - over one
+ * range and over shares that cut tensors, and after the parameters change outside the
+ * optimizer (nnp_optim_params_changed) */
+static void test_kept_norms(void)
+{
+    nnp_net *net = NULL;
+    /* tensors of 61*33 = 2013 (one chunk of pass 2 and a bit: W2_CHUNK is 2048), 33, 231, 7 */
+    ASSERT_OK(nnp_net_create("mlp:61-33-7", (nnp_shape){61, 1, 1}, NNP_ACT_RELU, 1, &net));
+    if (!net)
+        return;
+    const size_t n = net->n_params, bytes = 3 * n * sizeof(float) + 2 * 4 * 6 * 3 * sizeof(double);
+    unsigned char *a = calloc(2, bytes), *b = a ? a + bytes : NULL;
+    ASSERT_TRUE(a != NULL);
+    const nnp_optim_cfg cases[] = {lars_cfg(0.9, 1e-3, 0.02, 1), lars_cfg(0, 0.01, 0.01, 0),
+                                   lars_cfg(0.8, 0, 0.05, 1),
+                                   lamb_cfg(0.9, 0.999, 1e-6, 0.01, 10, 1),
+                                   lamb_cfg(0.8, 0.99, 1e-4, 0.1, 0.5, 0)};
+    for (size_t k = 0; a && k < sizeof cases / sizeof cases[0]; k++)
+        for (int P = 1; P <= 3; P += 2)
+            for (int touch = 0; touch < 2; touch++) {
+                memset(a, 0, 2 * bytes);
+                kept_run(&cases[k], net, P, 0, touch, a);
+                kept_run(&cases[k], net, P, 1, touch, b);
+                if (memcmp(a, b, bytes) != 0)
+                    TEST_FAIL_("%s case %zu, %d range(s)%s: kept norms give other bits than "
+                               "norms summed again",
+                               nnp_opt_name(cases[k].kind), k, P,
+                               touch ? ", parameters changed before step 4" : "");
+                nnp_test_checks++;
+            }
+    /* a bigger tensor than one chunk: mlp:700-5-3 has a 3,500-element weight */
+    nnp_net *wide = NULL;
+    ASSERT_OK(nnp_net_create("mlp:700-5-3", (nnp_shape){700, 1, 1}, NNP_ACT_RELU, 1, &wide));
+    free(a);
+    if (wide) {
+        const size_t bw = 3 * wide->n_params * sizeof(float) + 2 * 4 * 6 * 3 * sizeof(double);
+        unsigned char *c = calloc(2, bw);
+        ASSERT_TRUE(c != NULL);
+        for (size_t k = 0; c && k < sizeof cases / sizeof cases[0]; k++) {
+            kept_run(&cases[k], wide, 1, 0, 1, c);
+            kept_run(&cases[k], wide, 1, 1, 1, c + bw);
+            if (memcmp(c, c + bw, bw) != 0)
+                TEST_FAIL_("%s case %zu on mlp:700-5-3: kept norms give other bits",
+                           nnp_opt_name(cases[k].kind), k);
+            nnp_test_checks++;
+        }
+        free(c);
+        nnp_net_free(wide);
+    }
+    nnp_net_free(net);
+}
+
 /* The sums of squares' AVX2 variant and the portable one give the same bits: the same
  * parameters and state after steps of LARS and LAMB, whole and over ranges (pass 1 and 2). */
 static void test_sum_paths_same_bits(void)
@@ -1042,6 +1150,7 @@ int main(void)
     test_layerwise_reference();
     test_layerwise_ranges();
     test_sum_paths_same_bits();
+    test_kept_norms();
     test_state_buffers();
     test_bad_configs();
     test_schedules();

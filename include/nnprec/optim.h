@@ -56,6 +56,15 @@ typedef struct {
      * tensor with an updated parameter (in the step's range) that is an inf or a nan, or -1.
      * The update loops find it as they write the parameters, with no pass of their own. */
     int nonfinite;
+    /* nnp_optim_keep_norms (LARS): per tensor j, ||w||^2 of its part in [w2_lo, w2_hi)
+     * of w2_params, summed by the update pass of step w2_t as it wrote them, exactly as the
+     * next step's first pass would sum them (the same blocks and lanes, so the same bits);
+     * that pass takes them instead of reading the parameters again while o->t == w2_t and
+     * the step's buffer and range are the same. w2_t = -1: none. */
+    double *w2;
+    const float *w2_params;
+    size_t w2_lo, w2_hi;
+    int64_t w2_t;
 } nnp_optim;
 
 nnp_status nnp_opt_parse(const char *name, nnp_opt_kind *out); /* sgd|adam|adamw|lars|lamb */
@@ -65,6 +74,15 @@ nnp_status nnp_optim_init(nnp_optim *o, const nnp_optim_cfg *cfg, size_t n);
 void nnp_optim_free(nnp_optim *o);
 /* Ask the next step to produce per-tensor parameter sums over [lo, hi) (see nnp_optim). */
 void nnp_optim_want_sums(nnp_optim *o, double *sums, size_t lo, size_t hi);
+
+/* LARS: keep each tensor's ||w||^2 from the update pass for the next step's trust ratios,
+ * so that its first pass reads only the gradient (n_tensors of the net it steps; allocates
+ * once, here; nothing for the other optimizers). Whoever writes the parameters other than
+ * through this optimizer between two steps must then call nnp_optim_params_changed
+ * (nnp_ckpt_read does). NNP_ERR_ARG, NNP_ERR_NOMEM. */
+nnp_status nnp_optim_keep_norms(nnp_optim *o, int n_tensors);
+/* the parameters changed outside the optimizer: the kept norms are stale */
+void nnp_optim_params_changed(nnp_optim *o);
 
 /* For tests: on (1), LARS's and LAMB's sums of squares take their portable code on any CPU
  * instead of the AVX2 variant the CPU allows; both give the same bits. */

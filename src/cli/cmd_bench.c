@@ -367,6 +367,10 @@ static nnp_status bench_optim(void)
     for (int k = 0; k < K && st == NNP_OK; k++) {
         nnp_optim_cfg c = {opts[k].kind, 0.9, 0, opts[k].wd, 0, 0.9, 0.999, 1e-8, 0.001, 10, 1};
         st = nnp_optim_init(&o[k], &c, net->n_params);
+        /* LARS and LAMB keep ||w||^2 from their update pass, as in training (the other
+         * optimizers' steps of 1e-9 in between leave them a little stale: no matter here) */
+        if (st == NNP_OK && nnp_optim_layerwise(c.kind))
+            st = nnp_optim_keep_norms(&o[k], net->n_tensors);
     }
     if (st != NNP_OK)
         goto out;

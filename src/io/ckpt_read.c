@@ -672,6 +672,8 @@ nnp_status nnp_ckpt_read(const char *path, nnp_net *net, nnp_optim *opt, nnp_pre
                                           "(nan or inf)", path, name);
         }
     }
+    if (s == NNP_OK && opt) /* new parameters: LARS's and LAMB's kept norms are stale */
+        nnp_optim_params_changed(opt);
     for (size_t i = 0, at = 0; s == NNP_OK && i < (size_t)n_rd; at += PAD8(bytes[i]), i++)
         if (bytes[i])
             memcpy(rd[i].dst, scratch + at, bytes[i]);

@@ -6,9 +6,11 @@
  * raw gradient before anything else, fused into the same pass:
  *   d = s_j*grad + wd*p                        (SGD, Adam)
  * LARS reuses SGD's loops: its local rate lambda_j multiplies d = s_j*g + wd*p, which is the
- * same as running them with scale lambda_j*s_j and decay lambda_j*wd. LAMB is two passes over
- * a tensor: the first updates the moments, keeps u in a scratch buffer and sums ||w||^2 and
- * ||u||^2, the second steps along the kept u.
+ * same as running them with scale lambda_j*s_j and decay lambda_j*wd; with kept norms
+ * (nnp_optim_keep_norms, as the trainer runs it) the update pass also sums the squares of
+ * the new parameters, so the next step's first pass reads only the gradient. LAMB is two
+ * passes over a tensor: the first updates the moments, keeps u in a scratch buffer and sums
+ * ||w||^2 and ||u||^2, the second steps along the kept u.
  * Every inner loop is a straight pass over one tensor with loop-invariant float
  * coefficients, so the compiler can vectorize it; the step allocates nothing. The update
  * loops also OR the exponent bits of the new parameters (fin_bits), so every step knows,
@@ -124,6 +126,7 @@ nnp_status nnp_optim_init(nnp_optim *o, const nnp_optim_cfg *cfg, size_t n)
         return nnp_error(NNP_ERR_ARG, "nnp_optim_init: NULL argument");
     memset(o, 0, sizeof *o);
     o->nonfinite = -1;
+    o->w2_t = -1;
     if ((unsigned)cfg->kind > (unsigned)NNP_OPT_LAMB)
         return nnp_error(NNP_ERR_ARG, "unknown optimizer kind %d", (int)cfg->kind);
     NNP_CALL(validate(cfg));
@@ -160,8 +163,30 @@ void nnp_optim_free(nnp_optim *o)
     NNP_FREE(o->buf1);
     NNP_FREE(o->buf2);
     NNP_FREE(o->buf3);
+    NNP_FREE(o->w2);
     o->n = 0;
     o->t = 0;
+    o->w2_t = -1;
+}
+
+nnp_status nnp_optim_keep_norms(nnp_optim *o, int n_tensors)
+{
+    if (!o || n_tensors <= 0)
+        return nnp_error(NNP_ERR_ARG, "nnp_optim_keep_norms: no optimizer or no tensors");
+    /* LAMB's first pass reads the parameters anyway (for wd*p and its update), so summing
+     * them there costs no memory traffic; kept, they measured no faster (docs/optimizers.md) */
+    if (o->cfg.kind != NNP_OPT_LARS)
+        return NNP_OK;
+    NNP_FREE(o->w2);
+    o->w2 = nnp_calloc((size_t)n_tensors, sizeof(double));
+    o->w2_t = -1;
+    return o->w2 ? NNP_OK : NNP_ERR_NOMEM;
+}
+
+void nnp_optim_params_changed(nnp_optim *o)
+{
+    if (o)
+        o->w2_t = -1;
 }
 
 /* The update kernels return 1 when one of their new parameters is not finite (fin_bits). */
@@ -428,6 +453,56 @@ static void sumsq2(const float *x, const float *y, size_t n, double *sx, double 
     sumsq2_base(x, y, n, sx, sy);
 }
 
+/* Adds the nblk blocks of 32 of x into l: the blocks of a longer sum, taken in pieces */
+static inline __attribute__((always_inline)) void blocks_body(const float *x, size_t nblk,
+                                                              lanes8 *l, block_fn block)
+{
+    lanes8 a = *l;
+    for (size_t b = 0; b < nblk; b++)
+        block(x + 32 * b, &a);
+    *l = a;
+}
+
+#if NNP_SUMS_AVX2
+__attribute__((target("avx2"))) static void blocks_avx2(const float *x, size_t nblk, lanes8 *l)
+{
+    blocks_body(x, nblk, l, block_sumsq_avx2);
+}
+#endif
+
+static void blocks_base(const float *x, size_t nblk, lanes8 *l)
+{
+    blocks_body(x, nblk, l, block_sumsq);
+}
+
+static void sumsq_blocks(const float *x, size_t nblk, lanes8 *l)
+{
+#if NNP_SUMS_AVX2
+    if (sums_avx2()) {
+        blocks_avx2(x, nblk, l);
+        return;
+    }
+#endif
+    blocks_base(x, nblk, l);
+}
+
+/* what sumsq2 gives for x: the full blocks in l, then the tail x[32*(n/32), n) in double */
+static double sumsq_finish(const float *x, size_t n, const lanes8 *l)
+{
+    double t = 0;
+    for (size_t i = n / 32 * 32; i < n; i++)
+        t += (double)x[i] * (double)x[i];
+    return lanes8_sum(l, t);
+}
+
+/* the sum of squares of x, as sumsq2 gives it */
+static double sumsq1(const float *x, size_t n)
+{
+    lanes8 l = {0};
+    sumsq_blocks(x, n / 32, &l);
+    return sumsq_finish(x, n, &l);
+}
+
 /* The per-step constants of Adam's and LAMB's bias correction, formed in double as
  * adam_update's: step = lr/(1-b1^t), inv_sqrt_bc2 = 1/sqrt(1-b2^t). */
 typedef struct {
@@ -543,26 +618,64 @@ NNP_CLONES static int lamb_apply(size_t n, float *restrict p, const float *restr
     return (int)(bad >> 31);
 }
 
-/* Pass 1 for the part [a, b) of tensor j: its two partial squared norms. */
+/* Pass 1 for the part [a, b) of tensor j: its two partial squared norms. kept (LARS):
+ * ||w||^2 of the part as the last update pass summed it (nnp_optim_keep_norms), or NULL. */
 static void layer_norms(nnp_optim *o, const nnp_net *net, int j, size_t a, size_t b, float s,
-                        const lamb_coef *k, double *n1, double *n2)
+                        const lamb_coef *k, const double *kept, double *n1, double *n2)
 {
     const nnp_optim_cfg *c = &o->cfg;
     const float *p = net->params + a, *g = net->grads + a;
     size_t n = b - a;
     if (c->kind == NNP_OPT_LARS) {
-        sumsq2(p, g, n, n1, n2);
+        if (kept) {
+            *n1 = *kept;
+            *n2 = sumsq1(g, n);
+        } else
+            sumsq2(p, g, n, n1, n2);
     } else {
         float wd = excluded(c, &net->tensors[j]) ? 0.0f : (float)c->weight_decay;
         lamb_moments(n, p, g, o->buf1 + a, o->buf2 + a, o->buf3 + a, s, wd, k, n1, n2);
     }
 }
 
+/* LAMB's step lr * phi(||w||)/||u|| with phi(||w||) = min(||w||, clip); ratio 1 when either
+ * norm is 0 or the tensor is excluded */
+static float lamb_step(const nnp_optim_cfg *c, int ex, double w2, double u2, double lr)
+{
+    const double wn = sqrt(w2), un = sqrt(u2);
+    const double ratio =
+        ex || !(wn > 0 && un > 0) ? 1.0 : (wn < c->lamb_clip ? wn : c->lamb_clip) / un;
+    return (float)(lr * ratio);
+}
+
+/* One pass-2 kernel over n elements from offset e of the part (a chunk of it) */
+static int apply_chunk(nnp_optim *o, float *p, const float *g, size_t a, size_t e, size_t n,
+                       float s, float wdl, float step)
+{
+    const nnp_optim_cfg *c = &o->cfg;
+    if (c->kind == NNP_OPT_LAMB)
+        return lamb_apply(n, p + e, o->buf3 + a + e, step);
+    const float mom = (float)c->momentum, one_m_damp = (float)(1.0 - c->dampening);
+    if (!o->buf1)
+        return sgd_plain(n, p + e, g + e, s, wdl, step);
+    if (o->t == 1)
+        return sgd_mom_first(n, p + e, g + e, o->buf1 + a + e, s, wdl, step, mom, c->nesterov);
+    return sgd_mom(n, p + e, g + e, o->buf1 + a + e, s, wdl, step, mom, one_m_damp,
+                   c->nesterov);
+}
+
+/* With kept norms, pass 2 runs in chunks of this many elements (a multiple of 32) and sums
+ * the squares of each chunk's new parameters right after writing them: the chunk's 8 KB of
+ * each array it touches (three for LARS with momentum) are still in L1. */
+#define W2_CHUNK 2048
+
 /* Pass 2 for the part [a, b) of tensor j with its global squared norms n1, n2; sd is
- * scale[j] in double. Returns 1 when a new parameter is not finite. */
+ * scale[j] in double. Returns 1 when a new parameter is not finite. With kept norms, it
+ * also leaves ||w||^2 of the new parameters of the part in o->w2[j]. */
 static int layer_apply(nnp_optim *o, nnp_net *net, int j, size_t a, size_t b, double lr,
                         double sd, const lamb_coef *k, double n1, double n2)
 {
+    (void)k;
     const nnp_optim_cfg *c = &o->cfg;
     const int ex = excluded(c, &net->tensors[j]);
     const double wd = ex ? 0.0 : c->weight_decay;
@@ -570,29 +683,59 @@ static int layer_apply(nnp_optim *o, nnp_net *net, int j, size_t a, size_t b, do
     float *p = net->params + a;
     const float *g = net->grads + a;
     size_t n = b - a;
+    float s = 0.0f, wdl = 0.0f, step;
     if (c->kind == NNP_OPT_LARS) {
         /* the local rate multiplies d = s*g + wd*p before the momentum buffer (Algorithm 1:
          * v <- m*v + gamma*lambda*(g + beta*w)); ||s*g|| = |s|*||g|| */
         const double gn = fabs(sd) * sqrt(n2);
         const double lam = ex || !(wn > 0 && gn > 0) ? 1.0 : c->lars_eta * wn / (gn + wd * wn);
-        const float s = (float)(lam * sd), wdl = (float)(lam * wd), flr = (float)lr;
-        const float mom = (float)c->momentum, one_m_damp = (float)(1.0 - c->dampening);
-        if (!o->buf1)
-            return sgd_plain(n, p, g, s, wdl, flr);
-        if (o->t == 1)
-            return sgd_mom_first(n, p, g, o->buf1 + a, s, wdl, flr, mom, c->nesterov);
-        return sgd_mom(n, p, g, o->buf1 + a, s, wdl, flr, mom, one_m_damp, c->nesterov);
+        s = (float)(lam * sd);
+        wdl = (float)(lam * wd);
+        step = (float)lr;
+    } else
+        step = lamb_step(c, ex, n1, n2, lr);
+    if (!o->w2)
+        return apply_chunk(o, p, g, a, 0, n, s, wdl, step);
+    int bad = 0;
+    lanes8 l = {0};
+    for (size_t e = 0; e < n; e += W2_CHUNK) {
+        const size_t m = n - e < W2_CHUNK ? n - e : W2_CHUNK;
+        bad |= apply_chunk(o, p, g, a, e, m, s, wdl, step);
+        sumsq_blocks(p + e, m / 32, &l);
     }
-    /* phi(||w||) = min(||w||, clip) over ||u||; 1 when either norm is 0 */
-    const double un = sqrt(n2);
-    const double ratio =
-        ex || !(wn > 0 && un > 0) ? 1.0 : (wn < c->lamb_clip ? wn : c->lamb_clip) / un;
-    return lamb_apply(n, p, o->buf3 + a, (float)(lr * ratio));
+    o->w2[j] = sumsq_finish(p, n, &l);
+    return bad;
+}
+
+/* whether the kept norms are those of the parameters the step in [lo, hi) starts from:
+ * asked before the step counter advances */
+static int kept_valid(const nnp_optim *o, const nnp_net *net, size_t lo, size_t hi)
+{
+    return o->w2 && o->w2_t >= 0 && o->w2_t == o->t && o->w2_params == net->params &&
+           o->w2_lo == lo && o->w2_hi == hi;
+}
+
+/* after a pass 2 over [lo, hi): the kept norms are those of this step's parameters (zero
+ * for the tensors outside the range, as their partial norms are) */
+static void kept_stamp(nnp_optim *o, const nnp_net *net, size_t lo, size_t hi)
+{
+    if (!o->w2)
+        return;
+    for (int j = 0; j < net->n_tensors; j++) {
+        const nnp_tensor *T = &net->tensors[j];
+        if (!(T->off + T->n > lo && T->off < hi))
+            o->w2[j] = 0.0;
+    }
+    o->w2_t = o->t;
+    o->w2_params = net->params;
+    o->w2_lo = lo;
+    o->w2_hi = hi;
 }
 
 void nnp_optim_norms_range(nnp_optim *o, const nnp_net *net, const double *scale, size_t lo,
                            size_t hi, double *part)
 {
+    const int kept = kept_valid(o, net, lo, hi);
     int64_t t = ++o->t;
     lamb_coef k = lamb_coefs(&o->cfg, t);
     for (int j = 0; j < net->n_tensors; j++) {
@@ -600,8 +743,8 @@ void nnp_optim_norms_range(nnp_optim *o, const nnp_net *net, const double *scale
         size_t a = T->off > lo ? T->off : lo, b = T->off + T->n < hi ? T->off + T->n : hi;
         part[2 * j] = part[2 * j + 1] = 0.0;
         if (a < b)
-            layer_norms(o, net, j, a, b, scale ? (float)scale[j] : 1.0f, &k, &part[2 * j],
-                        &part[2 * j + 1]);
+            layer_norms(o, net, j, a, b, scale ? (float)scale[j] : 1.0f, &k,
+                        kept ? &o->w2[j] : NULL, &part[2 * j], &part[2 * j + 1]);
     }
 }
 
@@ -621,6 +764,7 @@ void nnp_optim_apply_range(nnp_optim *o, nnp_net *net, double lr, const double *
             tensor_sums(o, net, j);
     }
     o->sums = NULL;
+    kept_stamp(o, net, lo, hi);
 }
 
 /* LARS/LAMB on [lo, hi) with each tensor's norms over its part in the range: both passes
@@ -628,6 +772,7 @@ void nnp_optim_apply_range(nnp_optim *o, nnp_net *net, double lr, const double *
 static void layerwise_step_range(nnp_optim *o, nnp_net *net, double lr, const double *scale,
                                  size_t lo, size_t hi)
 {
+    const int kept = kept_valid(o, net, lo, hi);
     int64_t t = ++o->t;
     lamb_coef k = lamb_coefs(&o->cfg, t);
     o->nonfinite = -1;
@@ -636,7 +781,7 @@ static void layerwise_step_range(nnp_optim *o, nnp_net *net, double lr, const do
         size_t a = T->off > lo ? T->off : lo, b = T->off + T->n < hi ? T->off + T->n : hi;
         if (a < b) {
             double sd = scale ? scale[j] : 1.0, n1, n2;
-            layer_norms(o, net, j, a, b, (float)sd, &k, &n1, &n2);
+            layer_norms(o, net, j, a, b, (float)sd, &k, kept ? &o->w2[j] : NULL, &n1, &n2);
             if (layer_apply(o, net, j, a, b, lr, sd, &k, n1, n2) && o->nonfinite < 0)
                 o->nonfinite = j;
         }
@@ -644,6 +789,7 @@ static void layerwise_step_range(nnp_optim *o, nnp_net *net, double lr, const do
             tensor_sums(o, net, j);
     }
     o->sums = NULL;
+    kept_stamp(o, net, lo, hi);
 }
 
 void nnp_optim_step(nnp_optim *o, nnp_net *net, double lr, const double *scale)

@@ -925,6 +925,8 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
     }
     if (st == NNP_OK)
         st = nnp_optim_init(&opt, &cfg->optim, net->n_params);
+    if (st == NNP_OK && nnp_optim_layerwise(cfg->optim.kind)) /* ||w||^2 from the update */
+        st = nnp_optim_keep_norms(&opt, net->n_tensors);
     if (st == NNP_OK)
         st = nnp_precond_init(&pc, &cfg->precond, net);
     if (st == NNP_OK) /* the --allreduce mode's buffers (exchange.h) */
@@ -1544,8 +1546,10 @@ nnp_status nnp_train(nnp_comm *comm, const nnp_train_cfg *cfg, nnp_net *net,
             bal_t = bal_n = 0;
             timers[T_BAL] += nnp_comm_wtime() - t7;
         }
-        if (fault_step == done_steps && fault_rank == rank)
+        if (fault_step == done_steps && fault_rank == rank) {
             exchange_drift(&x); /* test hook: a replica drifts (see fault_from_env) */
+            nnp_optim_params_changed(&opt);
+        }
         if (cfg->check_replicas > 0 && done_steps % cfg->check_replicas == 0 && size > 1 &&
             stop < STOP_DIVERGED) { /* nan checksums would all differ */
             double cs[2];
