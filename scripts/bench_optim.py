@@ -11,7 +11,10 @@ ranks have when they reach it) and the whole step (the sum of the phases). The c
 over SGD, LAMB over Adam), as a share of the base's whole step: a same-run figure, steadier
 than a throughput ratio on a shared machine. Medians over the rounds.
 
-  scripts/bench_optim.py [--rounds 5] [--ranks 2] [--modes fused shm]
+  scripts/bench_optim.py [--rounds 5] [--ranks 2] [--modes fused shm] [--also NNPREC]
+
+--also runs a second build in the same rounds (each of its runs right after the same
+optimizer's run of --nnprec), so two builds are compared on the same machine state.
 """
 import argparse
 import csv
@@ -31,11 +34,11 @@ ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIR
            OPENBLAS_NUM_THREADS="1")
 
 
-def run(a, model, batch, steps, mode, optim, extra):
+def run(a, exe, model, batch, steps, mode, optim, extra):
     """(optimizer ms per step, whole step ms) over the log rows after the first"""
     with tempfile.TemporaryDirectory() as d:
         log_every = max(steps // 5, 1)
-        cmd = ["mpirun", "-np", str(a.ranks), "--bind-to", "core", "--oversubscribe", a.nnprec,
+        cmd = ["mpirun", "-np", str(a.ranks), "--bind-to", "core", "--oversubscribe", exe,
                "train", "--model", model, "--batch", str(batch), "--steps", str(steps),
                "--lr", "0.001", "--optim", optim, "--allreduce", mode,
                "--log-every", str(log_every), "--eval-every", str(10 ** 9), "--test-limit", "100",
@@ -60,29 +63,39 @@ def main():
     add_bench_args(ap, ROOT, ranks=2, rounds=5)
     ap.add_argument("--modes", nargs="+", default=["fused", "shm"],
                     choices=["fused", "bucketed", "sharded", "shm"])
+    ap.add_argument("--also", metavar="NNPREC",
+                    help="a second build, run in the same rounds (compare two builds)")
     a = parse_bench_args(ap)
+    if a.also and not os.access(a.also, os.X_OK):
+        die(f"--also {a.also} is not an executable")
+    exes = [a.nnprec] + ([a.also] if a.also else [])
     print(f"{a.ranks} ranks, {a.rounds} interleaved rounds, medians; extra = optimizer phase "
           f"less its base's (lars: sgd, lamb: adam), as a share of the base's whole step")
     for model, batch, steps in CASES:
         for mode in a.modes:
-            opt = {o: [] for o, _ in OPTIMS}
-            tot = {o: [] for o, _ in OPTIMS}
+            opt = {(e, o): [] for e in exes for o, _ in OPTIMS}
+            tot = {(e, o): [] for e in exes for o, _ in OPTIMS}
             for _ in range(a.rounds):
                 for o, extra in OPTIMS:
-                    x, t = run(a, model, batch, steps, mode, o, extra)
-                    opt[o].append(x)
-                    tot[o].append(t)
+                    for e in exes:
+                        x, t = run(a, e, model, batch, steps, mode, o, extra)
+                        opt[e, o].append(x)
+                        tot[e, o].append(t)
             print(f"\n{model}, batch {batch} per rank, {mode} ({steps} steps):")
-            print(f"  {'optim':<6} {'step ms':>8} {'optimizer ms':>13} {'extra ms':>9} {'extra':>7}")
-            for o, _ in OPTIMS:
-                mo, mt = statistics.median(opt[o]), statistics.median(tot[o])
-                line = f"  {o:<6} {mt:>8.2f} {mo:>13.3f}"
-                if o in BASE:
-                    b = BASE[o]
-                    # paired by round: both ran back to back
-                    d = statistics.median(x - y for x, y in zip(opt[o], opt[b]))
-                    line += f" {d:>9.3f} {100 * d / statistics.median(tot[b]):>6.2f}%"
-                print(line)
+            for e in exes:
+                if a.also:
+                    print(f"  {e}:")
+                print(f"  {'optim':<6} {'step ms':>8} {'optimizer ms':>13} {'extra ms':>9} "
+                      f"{'extra':>7}")
+                for o, _ in OPTIMS:
+                    mo, mt = statistics.median(opt[e, o]), statistics.median(tot[e, o])
+                    line = f"  {o:<6} {mt:>8.2f} {mo:>13.3f}"
+                    if o in BASE:
+                        b = BASE[o]
+                        # paired by round: both ran in the same round
+                        d = statistics.median(x - y for x, y in zip(opt[e, o], opt[e, b]))
+                        line += f" {d:>9.3f} {100 * d / statistics.median(tot[e, b]):>6.2f}%"
+                    print(line)
 
 
 if __name__ == "__main__":

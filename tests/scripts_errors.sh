@@ -182,6 +182,7 @@ check 1 "not an executable" bench_deterministic.py --nnprec nowhere/nnprec
 check 2 "positive" bench_optim.py --nnprec "$nnprec" --rounds 0
 check 2 "invalid choice" bench_optim.py --nnprec "$nnprec" --modes ring
 check 1 "not an executable" bench_optim.py --nnprec nowhere/nnprec
+check 1 "--also nowhere/nnprec is not an executable" bench_optim.py --nnprec "$nnprec" --also nowhere/nnprec
 
 # --- plot_noise.py
 mkdir -p ns plain

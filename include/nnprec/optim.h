@@ -84,8 +84,8 @@ nnp_status nnp_optim_keep_norms(nnp_optim *o, int n_tensors);
 /* the parameters changed outside the optimizer: the kept norms are stale */
 void nnp_optim_params_changed(nnp_optim *o);
 
-/* For tests: on (1), LARS's and LAMB's sums of squares take their portable code on any CPU
- * instead of the AVX2 variant the CPU allows; both give the same bits. */
+/* For tests: on (1), LARS's sums of squares and LAMB's first pass take their portable code
+ * on any CPU instead of the AVX2 variants the CPU allows; both give the same bits. */
 void nnp_optim_force_baseline(int on);
 /* One step with learning rate lr over every tensor of net: params -= update(scale[j]*grad). */
 void nnp_optim_step(nnp_optim *o, nnp_net *net, double lr, const double *scale);

@@ -577,12 +577,76 @@ lamb_moments_body(size_t n, const float *restrict p, const float *restrict g, fl
 }
 
 #if NNP_SUMS_AVX2
+/* the squares of one block of 32 held in registers (x0..x3: elements 0-7 .. 24-31) added
+ * into l as block_sumsq adds them from memory */
+__attribute__((target("avx2"))) static inline void regs_sumsq_avx2(__m256 x0, __m256 x1,
+                                                                   __m256 x2, __m256 x3,
+                                                                   lanes8 *l)
+{
+    const __m256 f0 = _mm256_add_ps(_mm256_mul_ps(x0, x0), _mm256_mul_ps(x2, x2));
+    const __m256 f1 = _mm256_add_ps(_mm256_mul_ps(x1, x1), _mm256_mul_ps(x3, x3));
+    const __m256d lo = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(f0)),
+                                     _mm256_cvtps_pd(_mm256_castps256_ps128(f1)));
+    const __m256d hi = _mm256_add_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(f0, 1)),
+                                     _mm256_cvtps_pd(_mm256_extractf128_ps(f1, 1)));
+    l->lo = _mm256_add_pd(l->lo, lo);
+    l->hi = _mm256_add_pd(l->hi, hi);
+}
+
+/* LAMB's pass-1 element rule on 8 elements, the operations of lamb_moments_body in its
+ * order (no FMA); returns u and leaves p in *pv */
+__attribute__((target("avx2"))) static inline __m256
+lamb8_avx2(const float *p, const float *g, float *m, float *v, float *ub, __m256 s, __m256 wd,
+           __m256 b1, __m256 c1, __m256 b2, __m256 c2, __m256 ib1, __m256 isb2, __m256 eps,
+           __m256 *pv)
+{
+    const __m256 d = _mm256_mul_ps(s, _mm256_loadu_ps(g));
+    const __m256 mi = _mm256_add_ps(_mm256_mul_ps(b1, _mm256_loadu_ps(m)), _mm256_mul_ps(c1, d));
+    const __m256 vi = _mm256_add_ps(_mm256_mul_ps(b2, _mm256_loadu_ps(v)),
+                                    _mm256_mul_ps(_mm256_mul_ps(c2, d), d));
+    _mm256_storeu_ps(m, mi);
+    _mm256_storeu_ps(v, vi);
+    const __m256 pp = _mm256_loadu_ps(p);
+    const __m256 den = _mm256_add_ps(_mm256_mul_ps(_mm256_sqrt_ps(vi), isb2), eps);
+    const __m256 u = _mm256_add_ps(_mm256_div_ps(_mm256_mul_ps(mi, ib1), den),
+                                   _mm256_mul_ps(wd, pp));
+    _mm256_storeu_ps(ub, u);
+    *pv = pp;
+    return u;
+}
+
+/* LAMB pass 1 in AVX2 intrinsics: the same bits as lamb_moments_body, with each block's
+ * weights and updates summed from the registers that computed them (no reload of u) */
 __attribute__((target("avx2"))) static void
 lamb_moments_avx2(size_t n, const float *restrict p, const float *restrict g, float *restrict m,
                   float *restrict v, float *restrict ub, float s, float wd, const lamb_coef *k,
                   double *w2, double *u2)
 {
-    lamb_moments_body(n, p, g, m, v, ub, s, wd, k, w2, u2, block_sumsq_avx2);
+    const __m256 vs = _mm256_set1_ps(s), vwd = _mm256_set1_ps(wd);
+    const __m256 b1 = _mm256_set1_ps(k->b1), c1 = _mm256_set1_ps(k->c1);
+    const __m256 b2 = _mm256_set1_ps(k->b2), c2 = _mm256_set1_ps(k->c2);
+    const __m256 ib1 = _mm256_set1_ps(k->inv_bc1), isb2 = _mm256_set1_ps(k->inv_sqrt_bc2);
+    const __m256 eps = _mm256_set1_ps(k->eps);
+    lanes8 lw = {0}, lu = {0};
+    double tw = 0, tu = 0;
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m256 p0, p1, p2, p3;
+        const __m256 u0 = lamb8_avx2(p + i, g + i, m + i, v + i, ub + i, vs, vwd, b1, c1, b2, c2,
+                                     ib1, isb2, eps, &p0);
+        const __m256 u1 = lamb8_avx2(p + i + 8, g + i + 8, m + i + 8, v + i + 8, ub + i + 8, vs,
+                                     vwd, b1, c1, b2, c2, ib1, isb2, eps, &p1);
+        const __m256 u2v = lamb8_avx2(p + i + 16, g + i + 16, m + i + 16, v + i + 16,
+                                      ub + i + 16, vs, vwd, b1, c1, b2, c2, ib1, isb2, eps, &p2);
+        const __m256 u3 = lamb8_avx2(p + i + 24, g + i + 24, m + i + 24, v + i + 24,
+                                     ub + i + 24, vs, vwd, b1, c1, b2, c2, ib1, isb2, eps, &p3);
+        regs_sumsq_avx2(p0, p1, p2, p3, &lw);
+        regs_sumsq_avx2(u0, u1, u2v, u3, &lu);
+    }
+    for (; i < n; i++)
+        lamb_elem(p, g, m, v, ub, s, wd, k, i, &tw, &tu);
+    *w2 = lanes8_sum(&lw, tw);
+    *u2 = lanes8_sum(&lu, tu);
 }
 #endif
 
