@@ -839,12 +839,13 @@ static void test_layerwise_reference(void)
 }
 
 /* Runs 6 steps of cfg on net from fixed parameters over P ranges ("ranks", each with its
- * own optimizer, as --allreduce sharded) and returns the parameters, the state and every
- * pass-1 norm in out (3n floats, then 2T*6*P doubles after them, as bytes). keep: the
- * optimizers keep ||w||^2 from their update passes; touch: before step 4 the parameters are
- * scaled by 1.5 outside the optimizer, which then hears of it. */
+ * own optimizer, as --allreduce sharded) and returns the parameters and the state in out
+ * (3n floats) and every pass-1 norm in nrm (2T*6*P doubles). keep: the optimizers keep
+ * ||w||^2 from their update passes; touch: before step 4 the parameters are scaled by 1.5
+ * outside the optimizer, which then hears of it. */
+#define KEPT_NORMS (2 * 4 * 6 * 3)
 static void kept_run(const nnp_optim_cfg *cfg, nnp_net *net, int P, int keep, int touch,
-                     unsigned char *out)
+                     float *out, double *nrm)
 {
     const size_t n = net->n_params, T = (size_t)net->n_tensors;
     const double scale[4] = {0.5, 2.0, 1.25, 3.0};
@@ -857,7 +858,6 @@ static void kept_run(const nnp_optim_cfg *cfg, nnp_net *net, int P, int keep, in
     }
     for (size_t i = 0; i < n; i++)
         net->params[i] = (float)(0.3 * sin(1.7 * (double)i) - 0.05);
-    double *nrm = (double *)(void *)(out + 3 * n * sizeof(float));
     for (int t = 1; t <= 6; t++) {
         for (size_t i = 0; i < n; i++)
             net->grads[i] = grad_at(i, t);
@@ -881,14 +881,13 @@ static void kept_run(const nnp_optim_cfg *cfg, nnp_net *net, int P, int keep, in
         }
     }
     memcpy(out, net->params, n * sizeof(float));
-    memset(out + n * sizeof(float), 0, 2 * n * sizeof(float));
+    memset(out + n, 0, 2 * n * sizeof(float));
     for (int r = 0; r < P; r++) {
         const size_t lo = (size_t)r * n / (size_t)P, hi = (size_t)(r + 1) * n / (size_t)P;
         if (o[r].buf1)
-            memcpy(out + (n + lo) * sizeof(float), o[r].buf1 + lo, (hi - lo) * sizeof(float));
+            memcpy(out + n + lo, o[r].buf1 + lo, (hi - lo) * sizeof(float));
         if (o[r].buf2)
-            memcpy(out + (2 * n + lo) * sizeof(float), o[r].buf2 + lo,
-                   (hi - lo) * sizeof(float));
+            memcpy(out + 2 * n + lo, o[r].buf2 + lo, (hi - lo) * sizeof(float));
         nnp_optim_free(&o[r]);
     }
 }
@@ -904,8 +903,9 @@ static void test_kept_norms(void)
     ASSERT_OK(nnp_net_create("mlp:61-33-7", (nnp_shape){61, 1, 1}, NNP_ACT_RELU, 1, &net));
     if (!net)
         return;
-    const size_t n = net->n_params, bytes = 3 * n * sizeof(float) + 2 * 4 * 6 * 3 * sizeof(double);
-    unsigned char *a = calloc(2, bytes), *b = a ? a + bytes : NULL;
+    const size_t n = net->n_params;
+    float *a = calloc(6 * n, sizeof(float)), *b = a ? a + 3 * n : NULL;
+    double na[KEPT_NORMS], nb[KEPT_NORMS];
     ASSERT_TRUE(a != NULL);
     const nnp_optim_cfg cases[] = {lars_cfg(0.9, 1e-3, 0.02, 1), lars_cfg(0, 0.01, 0.01, 0),
                                    lars_cfg(0.8, 0, 0.05, 1),
@@ -914,28 +914,32 @@ static void test_kept_norms(void)
     for (size_t k = 0; a && k < sizeof cases / sizeof cases[0]; k++)
         for (int P = 1; P <= 3; P += 2)
             for (int touch = 0; touch < 2; touch++) {
-                memset(a, 0, 2 * bytes);
-                kept_run(&cases[k], net, P, 0, touch, a);
-                kept_run(&cases[k], net, P, 1, touch, b);
-                if (memcmp(a, b, bytes) != 0)
+                memset(na, 0, sizeof na);
+                memset(nb, 0, sizeof nb);
+                kept_run(&cases[k], net, P, 0, touch, a, na);
+                kept_run(&cases[k], net, P, 1, touch, b, nb);
+                if (memcmp(a, b, 3 * n * sizeof(float)) != 0 || memcmp(na, nb, sizeof na) != 0)
                     TEST_FAIL_("%s case %zu, %d range(s)%s: kept norms give other bits than "
                                "norms summed again",
                                nnp_opt_name(cases[k].kind), k, P,
                                touch ? ", parameters changed before step 4" : "");
                 nnp_test_checks++;
             }
+    free(a);
     /* a bigger tensor than one chunk: mlp:700-5-3 has a 3,500-element weight */
     nnp_net *wide = NULL;
     ASSERT_OK(nnp_net_create("mlp:700-5-3", (nnp_shape){700, 1, 1}, NNP_ACT_RELU, 1, &wide));
-    free(a);
     if (wide) {
-        const size_t bw = 3 * wide->n_params * sizeof(float) + 2 * 4 * 6 * 3 * sizeof(double);
-        unsigned char *c = calloc(2, bw);
+        const size_t nw = wide->n_params;
+        float *c = calloc(6 * nw, sizeof(float));
         ASSERT_TRUE(c != NULL);
         for (size_t k = 0; c && k < sizeof cases / sizeof cases[0]; k++) {
-            kept_run(&cases[k], wide, 1, 0, 1, c);
-            kept_run(&cases[k], wide, 1, 1, 1, c + bw);
-            if (memcmp(c, c + bw, bw) != 0)
+            memset(na, 0, sizeof na);
+            memset(nb, 0, sizeof nb);
+            kept_run(&cases[k], wide, 1, 0, 1, c, na);
+            kept_run(&cases[k], wide, 1, 1, 1, c + 3 * nw, nb);
+            if (memcmp(c, c + 3 * nw, 3 * nw * sizeof(float)) != 0 ||
+                memcmp(na, nb, sizeof na) != 0)
                 TEST_FAIL_("%s case %zu on mlp:700-5-3: kept norms give other bits",
                            nnp_opt_name(cases[k].kind), k);
             nnp_test_checks++;
