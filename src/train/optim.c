@@ -373,22 +373,30 @@ static inline double lanes8_sum(const lanes8 *l, double t)
 #endif
 
 #if NNP_SUMS_AVX2
-/* The same block in AVX2 intrinsics, the same operations in the same order (no FMA), so the
- * same bits as block_sumsq. From GCC's generic vectors the AVX2 clone made each 4-float to
- * 4-double conversion two 2-lane ones and an insert, with spills, and the two sums of
- * squares were most of LAMB's extra time over Adam. */
-__attribute__((target("avx2"))) static inline void block_sumsq_avx2(const float *x, lanes8 *l)
+/* The block in AVX2 intrinsics, the same operations in the same order (no FMA), so the same
+ * bits as block_sumsq: here the block's 32 elements are in registers (x0..x3: elements 0-7
+ * .. 24-31). From GCC's generic vectors the AVX2 clone made each 4-float to 4-double
+ * conversion two 2-lane ones and an insert, with spills, and the two sums of squares were
+ * most of LAMB's extra time over Adam. */
+__attribute__((target("avx2"))) static inline void regs_sumsq_avx2(__m256 x0, __m256 x1,
+                                                                   __m256 x2, __m256 x3,
+                                                                   lanes8 *l)
 {
-    const __m256 a0 = _mm256_loadu_ps(x), a1 = _mm256_loadu_ps(x + 8);
-    const __m256 b0 = _mm256_loadu_ps(x + 16), b1 = _mm256_loadu_ps(x + 24);
-    const __m256 f0 = _mm256_add_ps(_mm256_mul_ps(a0, a0), _mm256_mul_ps(b0, b0)); /* f[0..7] */
-    const __m256 f1 = _mm256_add_ps(_mm256_mul_ps(a1, a1), _mm256_mul_ps(b1, b1)); /* f[8..15] */
+    const __m256 f0 = _mm256_add_ps(_mm256_mul_ps(x0, x0), _mm256_mul_ps(x2, x2));
+    const __m256 f1 = _mm256_add_ps(_mm256_mul_ps(x1, x1), _mm256_mul_ps(x3, x3));
     const __m256d lo = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(f0)),
                                      _mm256_cvtps_pd(_mm256_castps256_ps128(f1)));
     const __m256d hi = _mm256_add_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(f0, 1)),
                                      _mm256_cvtps_pd(_mm256_extractf128_ps(f1, 1)));
     l->lo = _mm256_add_pd(l->lo, lo);
     l->hi = _mm256_add_pd(l->hi, hi);
+}
+
+/* block_sumsq's block of 32 read from x */
+__attribute__((target("avx2"))) static inline void block_sumsq_avx2(const float *x, lanes8 *l)
+{
+    regs_sumsq_avx2(_mm256_loadu_ps(x), _mm256_loadu_ps(x + 8), _mm256_loadu_ps(x + 16),
+                    _mm256_loadu_ps(x + 24), l);
 }
 #endif
 
@@ -577,22 +585,6 @@ lamb_moments_body(size_t n, const float *restrict p, const float *restrict g, fl
 }
 
 #if NNP_SUMS_AVX2
-/* the squares of one block of 32 held in registers (x0..x3: elements 0-7 .. 24-31) added
- * into l as block_sumsq adds them from memory */
-__attribute__((target("avx2"))) static inline void regs_sumsq_avx2(__m256 x0, __m256 x1,
-                                                                   __m256 x2, __m256 x3,
-                                                                   lanes8 *l)
-{
-    const __m256 f0 = _mm256_add_ps(_mm256_mul_ps(x0, x0), _mm256_mul_ps(x2, x2));
-    const __m256 f1 = _mm256_add_ps(_mm256_mul_ps(x1, x1), _mm256_mul_ps(x3, x3));
-    const __m256d lo = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(f0)),
-                                     _mm256_cvtps_pd(_mm256_castps256_ps128(f1)));
-    const __m256d hi = _mm256_add_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(f0, 1)),
-                                     _mm256_cvtps_pd(_mm256_extractf128_ps(f1, 1)));
-    l->lo = _mm256_add_pd(l->lo, lo);
-    l->hi = _mm256_add_pd(l->hi, hi);
-}
-
 /* LAMB's pass-1 element rule on 8 elements, the operations of lamb_moments_body in its
  * order (no FMA); returns u and leaves p in *pv */
 __attribute__((target("avx2"))) static inline __m256
