@@ -729,9 +729,8 @@ static int apply_chunk(nnp_optim *o, float *p, const float *g, size_t a, size_t 
  * scale[j] in double. Returns 1 when a new parameter is not finite. With kept norms, it
  * also leaves ||w||^2 of the new parameters of the part in o->w2[j]. */
 static int layer_apply(nnp_optim *o, nnp_net *net, int j, size_t a, size_t b, double lr,
-                        double sd, const lamb_coef *k, double n1, double n2)
+                        double sd, double n1, double n2)
 {
-    (void)k;
     const nnp_optim_cfg *c = &o->cfg;
     const int ex = excluded(c, &net->tensors[j]);
     const double wd = ex ? 0.0 : c->weight_decay;
@@ -807,12 +806,11 @@ void nnp_optim_norms_range(nnp_optim *o, const nnp_net *net, const double *scale
 void nnp_optim_apply_range(nnp_optim *o, nnp_net *net, double lr, const double *scale,
                            size_t lo, size_t hi, const double *norms)
 {
-    lamb_coef k = lamb_coefs(&o->cfg, o->t);
     o->nonfinite = -1;
     for (int j = 0; j < net->n_tensors; j++) {
         const nnp_tensor *T = &net->tensors[j];
         size_t a = T->off > lo ? T->off : lo, b = T->off + T->n < hi ? T->off + T->n : hi;
-        if (a < b && layer_apply(o, net, j, a, b, lr, scale ? scale[j] : 1.0, &k, norms[2 * j],
+        if (a < b && layer_apply(o, net, j, a, b, lr, scale ? scale[j] : 1.0, norms[2 * j],
                                  norms[2 * j + 1]) &&
             o->nonfinite < 0)
             o->nonfinite = j;
@@ -838,7 +836,7 @@ static void layerwise_step_range(nnp_optim *o, nnp_net *net, double lr, const do
         if (a < b) {
             double sd = scale ? scale[j] : 1.0, n1, n2;
             layer_norms(o, net, j, a, b, (float)sd, &k, kept ? &o->w2[j] : NULL, &n1, &n2);
-            if (layer_apply(o, net, j, a, b, lr, sd, &k, n1, n2) && o->nonfinite < 0)
+            if (layer_apply(o, net, j, a, b, lr, sd, n1, n2) && o->nonfinite < 0)
                 o->nonfinite = j;
         }
         if (o->sums)
