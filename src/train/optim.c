@@ -417,50 +417,6 @@ static int sums_avx2(void)
 
 typedef void (*block_fn)(const float *x, lanes8 *l);
 
-/* The sums of squares of x and of y, in one pass */
-static inline __attribute__((always_inline)) void sumsq2_body(const float *x, const float *y,
-                                                              size_t n, double *sx, double *sy,
-                                                              block_fn block)
-{
-    lanes8 lx = {0}, ly = {0};
-    size_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        block(x + i, &lx);
-        block(y + i, &ly);
-    }
-    double tx = 0, ty = 0;
-    for (; i < n; i++) {
-        tx += (double)x[i] * (double)x[i];
-        ty += (double)y[i] * (double)y[i];
-    }
-    *sx = lanes8_sum(&lx, tx);
-    *sy = lanes8_sum(&ly, ty);
-}
-
-#if NNP_SUMS_AVX2
-__attribute__((target("avx2"))) static void sumsq2_avx2(const float *x, const float *y,
-                                                        size_t n, double *sx, double *sy)
-{
-    sumsq2_body(x, y, n, sx, sy, block_sumsq_avx2);
-}
-#endif
-
-static void sumsq2_base(const float *x, const float *y, size_t n, double *sx, double *sy)
-{
-    sumsq2_body(x, y, n, sx, sy, block_sumsq);
-}
-
-static void sumsq2(const float *x, const float *y, size_t n, double *sx, double *sy)
-{
-#if NNP_SUMS_AVX2
-    if (sums_avx2()) {
-        sumsq2_avx2(x, y, n, sx, sy);
-        return;
-    }
-#endif
-    sumsq2_base(x, y, n, sx, sy);
-}
-
 /* Adds the nblk blocks of 32 of x into l: the blocks of a longer sum, taken in pieces */
 static inline __attribute__((always_inline)) void blocks_body(const float *x, size_t nblk,
                                                               lanes8 *l, block_fn block)
@@ -494,7 +450,7 @@ static void sumsq_blocks(const float *x, size_t nblk, lanes8 *l)
     blocks_base(x, nblk, l);
 }
 
-/* what sumsq2 gives for x: the full blocks in l, then the tail x[32*(n/32), n) in double */
+/* the sum of squares of x from its full blocks in l and the tail x[32*(n/32), n) in double */
 static double sumsq_finish(const float *x, size_t n, const lanes8 *l)
 {
     double t = 0;
@@ -503,7 +459,7 @@ static double sumsq_finish(const float *x, size_t n, const lanes8 *l)
     return lanes8_sum(l, t);
 }
 
-/* the sum of squares of x, as sumsq2 gives it */
+/* the sum of squares of x: blocks of 32 into eight lanes, then the tail */
 static double sumsq1(const float *x, size_t n)
 {
     lanes8 l = {0};
@@ -554,38 +510,10 @@ static inline void lamb_elem(const float *p, const float *g, float *m, float *v,
 }
 
 /* LAMB pass 1 over n elements: the moments of d = s*g, u into ub, and ||p||^2, ||u||^2
- * summed as sumsq does (blocks of 32: the element-wise part is a plain float loop over
+ * summed as sumsq1 does (blocks of 32: the element-wise part is a plain float loop over
  * each block, which vectorizes, sqrt and division included) */
-static inline __attribute__((always_inline)) void
-lamb_moments_body(size_t n, const float *restrict p, const float *restrict g, float *restrict m,
-                  float *restrict v, float *restrict ub, float s, float wd, const lamb_coef *k,
-                  double *w2, double *u2, block_fn block)
-{
-    const float b1 = k->b1, c1 = k->c1, b2 = k->b2, c2 = k->c2, ib1 = k->inv_bc1;
-    const float isb2 = k->inv_sqrt_bc2, eps = k->eps;
-    lanes8 lw = {0}, lu = {0};
-    double tw = 0, tu = 0;
-    size_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        for (size_t e = i; e < i + 32; e++) {
-            const float d = s * g[e];
-            const float mi = b1 * m[e] + c1 * d;
-            const float vi = b2 * v[e] + c2 * d * d;
-            m[e] = mi;
-            v[e] = vi;
-            ub[e] = mi * ib1 / (sqrtf(vi) * isb2 + eps) + wd * p[e];
-        }
-        block(p + i, &lw);
-        block(ub + i, &lu);
-    }
-    for (; i < n; i++)
-        lamb_elem(p, g, m, v, ub, s, wd, k, i, &tw, &tu);
-    *w2 = lanes8_sum(&lw, tw);
-    *u2 = lanes8_sum(&lu, tu);
-}
-
 #if NNP_SUMS_AVX2
-/* LAMB's pass-1 element rule on 8 elements, the operations of lamb_moments_body in its
+/* LAMB's pass-1 element rule on 8 elements, the operations of lamb_moments_base in its
  * order (no FMA); returns u and leaves p in *pv */
 __attribute__((target("avx2"))) static inline __m256
 lamb8_avx2(const float *p, const float *g, float *m, float *v, float *ub, __m256 s, __m256 wd,
@@ -607,7 +535,7 @@ lamb8_avx2(const float *p, const float *g, float *m, float *v, float *ub, __m256
     return u;
 }
 
-/* LAMB pass 1 in AVX2 intrinsics: the same bits as lamb_moments_body, with each block's
+/* LAMB pass 1 in AVX2 intrinsics: the same bits as lamb_moments_base, with each block's
  * weights and updates summed from the registers that computed them (no reload of u) */
 __attribute__((target("avx2"))) static void
 lamb_moments_avx2(size_t n, const float *restrict p, const float *restrict g, float *restrict m,
@@ -646,7 +574,27 @@ static void lamb_moments_base(size_t n, const float *restrict p, const float *re
                               float *restrict m, float *restrict v, float *restrict ub, float s,
                               float wd, const lamb_coef *k, double *w2, double *u2)
 {
-    lamb_moments_body(n, p, g, m, v, ub, s, wd, k, w2, u2, block_sumsq);
+    const float b1 = k->b1, c1 = k->c1, b2 = k->b2, c2 = k->c2, ib1 = k->inv_bc1;
+    const float isb2 = k->inv_sqrt_bc2, eps = k->eps;
+    lanes8 lw = {0}, lu = {0};
+    double tw = 0, tu = 0;
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        for (size_t e = i; e < i + 32; e++) {
+            const float d = s * g[e];
+            const float mi = b1 * m[e] + c1 * d;
+            const float vi = b2 * v[e] + c2 * d * d;
+            m[e] = mi;
+            v[e] = vi;
+            ub[e] = mi * ib1 / (sqrtf(vi) * isb2 + eps) + wd * p[e];
+        }
+        block_sumsq(p + i, &lw);
+        block_sumsq(ub + i, &lu);
+    }
+    for (; i < n; i++)
+        lamb_elem(p, g, m, v, ub, s, wd, k, i, &tw, &tu);
+    *w2 = lanes8_sum(&lw, tw);
+    *u2 = lanes8_sum(&lu, tu);
 }
 
 static void lamb_moments(size_t n, const float *restrict p, const float *restrict g,
@@ -683,11 +631,8 @@ static void layer_norms(nnp_optim *o, const nnp_net *net, int j, size_t a, size_
     const float *p = net->params + a, *g = net->grads + a;
     size_t n = b - a;
     if (c->kind == NNP_OPT_LARS) {
-        if (kept) {
-            *n1 = *kept;
-            *n2 = sumsq1(g, n);
-        } else
-            sumsq2(p, g, n, n1, n2);
+        *n1 = kept ? *kept : sumsq1(p, n);
+        *n2 = sumsq1(g, n);
     } else {
         float wd = excluded(c, &net->tensors[j]) ? 0.0f : (float)c->weight_decay;
         lamb_moments(n, p, g, o->buf1 + a, o->buf2 + a, o->buf3 + a, s, wd, k, n1, n2);
@@ -770,17 +715,12 @@ static int kept_valid(const nnp_optim *o, const nnp_net *net, size_t lo, size_t 
            o->w2_lo == lo && o->w2_hi == hi;
 }
 
-/* after a pass 2 over [lo, hi): the kept norms are those of this step's parameters (zero
- * for the tensors outside the range, as their partial norms are) */
+/* after a pass 2 over [lo, hi): the kept norms are those of this step's parameters (only
+ * the tensors in the range have one; no other is read) */
 static void kept_stamp(nnp_optim *o, const nnp_net *net, size_t lo, size_t hi)
 {
     if (!o->w2)
         return;
-    for (int j = 0; j < net->n_tensors; j++) {
-        const nnp_tensor *T = &net->tensors[j];
-        if (!(T->off + T->n > lo && T->off < hi))
-            o->w2[j] = 0.0;
-    }
     o->w2_t = o->t;
     o->w2_params = net->params;
     o->w2_lo = lo;
