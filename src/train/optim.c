@@ -509,9 +509,6 @@ static inline void lamb_elem(const float *p, const float *g, float *m, float *v,
     *au += (double)u * (double)u;
 }
 
-/* LAMB pass 1 over n elements: the moments of d = s*g, u into ub, and ||p||^2, ||u||^2
- * summed as sumsq1 does (blocks of 32: the element-wise part is a plain float loop over
- * each block, which vectorizes, sqrt and division included) */
 #if NNP_SUMS_AVX2
 /* LAMB's pass-1 element rule on 8 elements, the operations of lamb_moments_base in its
  * order (no FMA); returns u and leaves p in *pv */
@@ -570,6 +567,9 @@ lamb_moments_avx2(size_t n, const float *restrict p, const float *restrict g, fl
 }
 #endif
 
+/* LAMB pass 1 over n elements: the moments of d = s*g, u into ub, and ||p||^2, ||u||^2
+ * summed as sumsq1 does (blocks of 32: the element-wise part is a plain float loop over
+ * each block, which vectorizes, sqrt and division included) */
 static void lamb_moments_base(size_t n, const float *restrict p, const float *restrict g,
                               float *restrict m, float *restrict v, float *restrict ub, float s,
                               float wd, const lamb_coef *k, double *w2, double *u2)
