@@ -161,44 +161,47 @@ static void test_conv_geom(void)
     ASSERT_EQ_INT(nnp_conv_geom_init(&g, 1, 5, 5, 1, 3, 1, -1), -1);
 }
 
+/* The geometries every path is tested on: C, H, W, K, k, s, p */
+static const int conv_geoms[][7] = {
+    {1, 28, 28, 6, 3, 1, 2}, /* LeNet conv1 (direct: thin, 9 taps) */
+    {6, 15, 15, 16, 3, 1, 0}, /* LeNet conv2 */
+    {3, 7, 9, 4, 3, 2, 1},    /* stride 2, rectangular */
+    {2, 8, 8, 3, 5, 2, 2},    /* stride 2, padding 2 */
+    {4, 9, 7, 5, 3, 2, 2},    /* stride 2, padding 2, odd sizes */
+    {2, 5, 6, 3, 1, 1, 0},    /* 1x1 */
+    {3, 6, 6, 2, 4, 3, 1},    /* stride 3 */
+    {2, 3, 3, 2, 3, 1, 2},    /* padding larger than the image border */
+    {16, 7, 7, 16, 3, 1, 1},  /* resnet8-like 3x3 p1 (channel blocks of 4) */
+    {3, 8, 8, 5, 3, 1, 1},    /* Winograd: 4x4 tiles, two tile rows a vector */
+    {4, 7, 9, 6, 3, 1, 0},    /* the same with an odd count of tile rows (5x7 out) */
+    {2, 3, 3, 3, 3, 1, 0},    /* one output pixel (one tile, three quarters padding) */
+    {3, 1, 5, 2, 3, 1, 1},    /* a one-row image */
+    {5, 9, 11, 7, 3, 1, 1},   /* odd sizes and channel counts: blocks of 4 + tail 3 */
+    {3, 6, 5, 12, 3, 1, 0},   /* 12 channels: blocks of 6 */
+    {2, 8, 7, 5, 5, 1, 2},    /* 5x5, p2: 50 taps, tap blocks of 3 + tail 2 */
+    {1, 6, 6, 1, 2, 1, 1},    /* even kernel, one channel each side */
+    {3, 4, 5, 2, 1, 1, 0},    /* 1x1 stride 1 (direct) */
+    {2, 6, 6, 3, 3, 1, 3},    /* p > k-1: the GEMM path on every setting */
+    {16, 12, 12, 32, 3, 2, 1}, /* resnet8's 16->32 k3 s2 p1 shape (direct under auto) */
+    {3, 11, 10, 5, 1, 2, 0},  /* 1x1 stride 2, odd sizes (phases without taps) */
+    {2, 7, 8, 3, 1, 2, 1},    /* 1x1 stride 2 with padding */
+    {3, 13, 12, 6, 3, 2, 3},  /* stride 2, p > k-1 (direct: phase split) */
+    {2, 9, 10, 4, 2, 2, 0},   /* even kernel, stride 2 */
+    {2, 12, 11, 3, 5, 3, 1},  /* 5x5 stride 3 */
+    {2, 20, 21, 12, 3, 1, 1}, /* blocks of 6 over long strips (AVX-512: 64-wide tiles, tail) */
+    {16, 9, 9, 20, 3, 1, 1},  /* Winograd with a channel tail of 4 over several tiles */
+};
+
 /* Every geometry on one path (nnp_conv2d_set_path), batches 1..5 and one of 9 samples,
  * against naive double loops. */
 static void test_conv_path(nnp_conv_path path)
 {
-    /* C, H, W, K, k, s, p */
-    const int geoms[][7] = {
-        {1, 28, 28, 6, 3, 1, 2}, /* LeNet conv1 (direct: thin, 9 taps) */
-        {6, 15, 15, 16, 3, 1, 0}, /* LeNet conv2 */
-        {3, 7, 9, 4, 3, 2, 1},    /* stride 2, rectangular */
-        {2, 8, 8, 3, 5, 2, 2},    /* stride 2, padding 2 */
-        {4, 9, 7, 5, 3, 2, 2},    /* stride 2, padding 2, odd sizes */
-        {2, 5, 6, 3, 1, 1, 0},    /* 1x1 */
-        {3, 6, 6, 2, 4, 3, 1},    /* stride 3 */
-        {2, 3, 3, 2, 3, 1, 2},    /* padding larger than the image border */
-        {16, 7, 7, 16, 3, 1, 1},  /* resnet8-like 3x3 p1 (channel blocks of 4) */
-        {3, 8, 8, 5, 3, 1, 1},    /* Winograd: 4x4 tiles, two tile rows a vector */
-        {4, 7, 9, 6, 3, 1, 0},    /* the same with an odd count of tile rows (5x7 out) */
-        {2, 3, 3, 3, 3, 1, 0},    /* one output pixel (one tile, three quarters padding) */
-        {3, 1, 5, 2, 3, 1, 1},    /* a one-row image */
-        {5, 9, 11, 7, 3, 1, 1},   /* odd sizes and channel counts: blocks of 4 + tail 3 */
-        {3, 6, 5, 12, 3, 1, 0},   /* 12 channels: blocks of 6 */
-        {2, 8, 7, 5, 5, 1, 2},    /* 5x5, p2: 50 taps, tap blocks of 3 + tail 2 */
-        {1, 6, 6, 1, 2, 1, 1},    /* even kernel, one channel each side */
-        {3, 4, 5, 2, 1, 1, 0},    /* 1x1 stride 1 (direct) */
-        {2, 6, 6, 3, 3, 1, 3},    /* p > k-1: the GEMM path on every setting */
-        {16, 12, 12, 32, 3, 2, 1}, /* resnet8's 16->32 k3 s2 p1 shape (direct under auto) */
-        {3, 11, 10, 5, 1, 2, 0},  /* 1x1 stride 2, odd sizes (phases without taps) */
-        {2, 7, 8, 3, 1, 2, 1},    /* 1x1 stride 2 with padding */
-        {3, 13, 12, 6, 3, 2, 3},  /* stride 2, p > k-1 (direct: phase split) */
-        {2, 9, 10, 4, 2, 2, 0},   /* even kernel, stride 2 */
-        {2, 12, 11, 3, 5, 3, 1},  /* 5x5 stride 3 */
-    };
     nnp_conv2d_set_path(path);
-    for (size_t t = 0; t < sizeof geoms / sizeof geoms[0]; t++) {
+    for (size_t t = 0; t < sizeof conv_geoms / sizeof conv_geoms[0]; t++) {
         static const int batches[] = {1, 2, 3, 4, 5, 9};
         for (size_t bi = 0; bi < sizeof batches / sizeof batches[0]; bi++) {
             const int B = batches[bi];
-            const int *q = geoms[t];
+            const int *q = conv_geoms[t];
             nnp_conv_geom g;
             ASSERT_EQ_INT(nnp_conv_geom_init(&g, q[0], q[1], q[2], q[3], q[4], q[5], q[6]), 0);
             const int C = g.C, K = g.K, k = g.k, s = g.s, p = g.p, OH = g.OH, OW = g.OW;
@@ -318,6 +321,70 @@ static void test_conv_path(nnp_conv_path path)
     nnp_conv2d_set_path(NNP_CONV_AUTO);
 }
 
+/* The AVX-512 products against the AVX2 ones (nnp_conv2d_set_isa): every geometry on the
+ * direct and Winograd paths, forward and backward, batches 1 and 3 — the same bits, since
+ * every output is the same chain of FMAs in the same order on both. Only where the CPU has
+ * AVX-512 (it says whether it ran). */
+static void test_conv_isa(void)
+{
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) {
+        fprintf(stderr, "  conv: no AVX2/FMA, no kernels to compare\n");
+        return;
+    }
+    nnp_conv2d_set_isa(NNP_CONV_ISA_AUTO);
+    if (!__builtin_cpu_supports("avx512f")) {
+        ASSERT_EQ_INT(nnp_conv2d_isa(), NNP_CONV_ISA_AVX2);
+        nnp_conv2d_set_isa(NNP_CONV_ISA_AVX512); /* never wider than the CPU */
+        ASSERT_EQ_INT(nnp_conv2d_isa(), NNP_CONV_ISA_AVX2);
+        nnp_conv2d_set_isa(NNP_CONV_ISA_AUTO);
+        fprintf(stderr, "  conv: no AVX-512 on this CPU, its kernels are not compared\n");
+        return;
+    }
+    ASSERT_EQ_INT(nnp_conv2d_isa(), NNP_CONV_ISA_AVX512);
+    fprintf(stderr, "  conv: AVX-512 products compared with AVX2's bit for bit\n");
+    static const nnp_conv_path paths[] = {NNP_CONV_DIRECT, NNP_CONV_WINOGRAD};
+    for (size_t pi = 0; pi < 2; pi++)
+        for (size_t t = 0; t < sizeof conv_geoms / sizeof conv_geoms[0]; t++)
+            for (int B = 1; B <= 3; B += 2) {
+                const int *q = conv_geoms[t];
+                nnp_conv_geom g;
+                ASSERT_EQ_INT(nnp_conv_geom_init(&g, q[0], q[1], q[2], q[3], q[4], q[5], q[6]), 0);
+                const size_t nx = (size_t)B * g.C * g.H * g.W, nw = (size_t)g.K * g.C * g.k * g.k;
+                const size_t ny = (size_t)B * g.K * g.OH * g.OW;
+                nnp_conv2d_set_path(paths[pi]);
+                const size_t nws = nnp_conv2d_workspace(&g, B);
+                float *x = falloc(nx), *W = falloc(nw), *b = falloc((size_t)g.K);
+                float *dy = falloc(ny), *ws = falloc(nws), *out[2][4];
+                fill(x, nx, -1, 1);
+                fill(W, nw, -1, 1);
+                fill(b, (size_t)g.K, -1, 1);
+                fill(dy, ny, -1, 1);
+                for (int i = 0; i < 2; i++) {
+                    nnp_conv2d_set_isa(i ? NNP_CONV_ISA_AVX512 : NNP_CONV_ISA_AVX2);
+                    ASSERT_EQ_INT(nnp_conv2d_isa(), i ? NNP_CONV_ISA_AVX512 : NNP_CONV_ISA_AVX2);
+                    out[i][0] = falloc(ny);
+                    out[i][1] = falloc(nx);
+                    out[i][2] = falloc(nw);
+                    out[i][3] = falloc((size_t)g.K);
+                    nnp_conv2d_forward(&g, B, x, W, b, out[i][0], ws);
+                    nnp_conv2d_backward(&g, B, x, W, dy, out[i][1], out[i][2], out[i][3], ws);
+                }
+                ASSERT_TRUE(memcmp(out[0][0], out[1][0], sizeof(float) * ny) == 0);
+                ASSERT_TRUE(memcmp(out[0][1], out[1][1], sizeof(float) * nx) == 0);
+                ASSERT_TRUE(memcmp(out[0][2], out[1][2], sizeof(float) * nw) == 0);
+                ASSERT_TRUE(memcmp(out[0][3], out[1][3], sizeof(float) * (size_t)g.K) == 0);
+                for (int i = 0; i < 2; i++)
+                    for (int j = 0; j < 4; j++)
+                        free(out[i][j]);
+                free(x); free(W); free(b); free(dy); free(ws);
+            }
+    nnp_conv2d_set_isa(NNP_CONV_ISA_AUTO);
+    nnp_conv2d_set_path(NNP_CONV_AUTO);
+#endif
+}
+
 static void test_conv(void)
 {
     nnp_conv_geom g;
@@ -336,6 +403,12 @@ static void test_conv(void)
     }
 #endif
     test_conv_path(NNP_CONV_DIRECT);
+    /* the AVX2 kernels too where the CPU would take AVX-512's (test_conv_isa compares the
+     * two) */
+    nnp_conv2d_set_isa(NNP_CONV_ISA_AVX2);
+    test_conv_path(NNP_CONV_DIRECT);
+    test_conv_path(NNP_CONV_WINOGRAD);
+    nnp_conv2d_set_isa(NNP_CONV_ISA_AUTO);
     /* Winograd F(2x2, 3x3) where it fits (3x3, stride 1, p <= 2: LeNet conv2, the resnet8
      * shape, odd sizes, padding 2), direct or GEMM elsewhere; the same bounds */
     nnp_conv2d_set_path(NNP_CONV_WINOGRAD);
@@ -734,6 +807,7 @@ int main(void)
     test_conv_geom();
     test_wino_error();
     test_conv();
+    test_conv_isa();
     test_pool();
     test_activations();
     test_softmax_ce();

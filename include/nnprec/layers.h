@@ -50,6 +50,19 @@ void nnp_conv2d_backward(const nnp_conv_geom *g, int B, const float *x, const fl
 typedef enum { NNP_CONV_AUTO, NNP_CONV_GEMM, NNP_CONV_DIRECT, NNP_CONV_WINOGRAD } nnp_conv_path;
 void nnp_conv2d_set_path(nnp_conv_path path);
 nnp_conv_path nnp_conv2d_path(const nnp_conv_geom *g);
+/* The instruction set of the direct and Winograd paths' products: AVX-512 where cpuid reports
+ * avx512f, else AVX2/FMA (NONE: neither path runs). The output and input-gradient products
+ * give the same bits on both (the same FMAs per output, in the same order).
+ * NNPREC_CONV_ISA=auto|avx2|avx512 (read at the first call) or nnp_conv2d_set_isa (tests,
+ * benchmarks; process-wide, not thread-safe) asks for one; never wider than the CPU runs. */
+typedef enum {
+    NNP_CONV_ISA_AUTO = -2,
+    NNP_CONV_ISA_NONE = 0,
+    NNP_CONV_ISA_AVX2 = 1,
+    NNP_CONV_ISA_AVX512 = 2
+} nnp_conv_isa;
+void nnp_conv2d_set_isa(nnp_conv_isa isa);
+nnp_conv_isa nnp_conv2d_isa(void);
 
 /* ---- pooling (square window k, stride s, no padding, floor output) ------------------- */
 typedef struct {

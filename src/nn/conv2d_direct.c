@@ -54,6 +54,8 @@
  * The build compiles the kernels for AVX2+FMA with a per-function target attribute; the
  * CPU is asked (cpuid) before they are used, and conv2d.c falls back to its GEMM path.
  */
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "conv2d_impl.h"
@@ -63,6 +65,7 @@
 #define NNP_HAVE_DIRECT 1
 #include <immintrin.h>
 #define TARGET __attribute__((target("avx2,fma")))
+#define TARGET512 __attribute__((target("avx512f,avx2,fma")))
 #define INLINE static inline __attribute__((always_inline))
 #else
 #define NNP_HAVE_DIRECT 0
@@ -319,6 +322,46 @@ int nnp_conv_direct_available(void)
     return have;
 }
 
+/* The widest kernels the CPU runs: AVX-512 when cpuid reports avx512f (with AVX2 and FMA). */
+static nnp_conv_isa cpu_isa(void)
+{
+    static int isa = -1;
+    if (isa < 0) {
+        __builtin_cpu_init();
+        isa = !nnp_conv_direct_available()            ? NNP_CONV_ISA_NONE
+              : __builtin_cpu_supports("avx512f") ? NNP_CONV_ISA_AVX512
+                                                  : NNP_CONV_ISA_AVX2;
+    }
+    return (nnp_conv_isa)isa;
+}
+
+/* -1: not yet read from NNPREC_CONV_ISA */
+static int forced_isa = -1;
+
+void nnp_conv2d_set_isa(nnp_conv_isa isa) { forced_isa = (int)isa; }
+
+/* The kernels in use: the CPU's widest, or narrower when asked (NNPREC_CONV_ISA=avx2, or
+ * nnp_conv2d_set_isa); never wider than the CPU runs. */
+static nnp_conv_isa conv_isa(void)
+{
+    if (forced_isa < 0) {
+        const char *e = getenv("NNPREC_CONV_ISA");
+        forced_isa = NNP_CONV_ISA_AUTO;
+        if (e && strcmp(e, "avx2") == 0)
+            forced_isa = NNP_CONV_ISA_AVX2;
+        else if (e && strcmp(e, "avx512") == 0)
+            forced_isa = NNP_CONV_ISA_AVX512;
+        else if (e && *e && strcmp(e, "auto") != 0)
+            fprintf(stderr, "[warn]  NNPREC_CONV_ISA=%s is not auto, avx2 or avx512: using auto\n",
+                    e);
+    }
+    const nnp_conv_isa cpu = cpu_isa();
+    return forced_isa == NNP_CONV_ISA_AUTO || (nnp_conv_isa)forced_isa > cpu ? cpu
+                                                                            : (nnp_conv_isa)forced_isa;
+}
+
+nnp_conv_isa nnp_conv2d_isa(void) { return conv_isa(); }
+
 /* KO output channels x 8*V positions from xp: yp[o*Ls + j] = sum_r wp[r*KO + o] xp[off[r] + j]
  * for j < 8V (wp: this channel block's weights packed tap by tap). */
 INLINE TARGET void fwd_block(int KO, int V, size_t R, const int *off, const float *xp,
@@ -360,12 +403,86 @@ INLINE TARGET void fwd_tile(int ko, int v, size_t R, const int *off, const float
 #undef FWD
 }
 
+/* The same products with AVX-512 (16 floats a vector, 32 registers): KO channels x 16*V
+ * positions, V up to 4 (up to 24 accumulators). Every output is the same chain of FMAs in
+ * the same tap order as fwd_block's, so the bits are the same; only the width of the tile
+ * differs. The last vector of a tile loads and stores under the mask `last`, so a strip's
+ * end reads and writes exactly what the AVX2 kernel does (positions up to L rounded up to 8):
+ * no change to the buffers' sizes or tails. */
+INLINE TARGET512 void fwd_block512(int KO, int V, size_t R, const int *off, const float *xp,
+                                   const float *wp, float *yp, size_t Ls, __mmask16 last)
+{
+    __m512 a[6][4], xv[4];
+    for (int o = 0; o < KO; o++)
+        for (int v = 0; v < V; v++)
+            a[o][v] = _mm512_setzero_ps();
+    for (size_t r = 0; r < R; r++, wp += KO) {
+        const float *xr = xp + off[r];
+        for (int v = 0; v < V - 1; v++)
+            xv[v] = _mm512_loadu_ps(xr + 16 * v);
+        xv[V - 1] = _mm512_maskz_loadu_ps(last, xr + 16 * (V - 1));
+        for (int o = 0; o < KO; o++) {
+            const __m512 wv = _mm512_set1_ps(wp[o]);
+            for (int v = 0; v < V; v++)
+                a[o][v] = _mm512_fmadd_ps(wv, xv[v], a[o][v]);
+        }
+    }
+    for (int o = 0; o < KO; o++) {
+        for (int v = 0; v < V - 1; v++)
+            _mm512_storeu_ps(yp + (size_t)o * Ls + 16 * v, a[o][v]);
+        _mm512_mask_storeu_ps(yp + (size_t)o * Ls + 16 * (V - 1), last, a[o][V - 1]);
+    }
+}
+
+INLINE TARGET512 void fwd_tile512(int ko, int v, size_t R, const int *off, const float *xp,
+                                  const float *wp, float *yp, size_t Ls, __mmask16 last)
+{
+#define FWD(KO_, V_)                                                                    \
+    case KO_ * 8 + V_:                                                                  \
+        fwd_block512(KO_, V_, R, off, xp, wp, yp, Ls, last);                            \
+        break;
+    switch (ko * 8 + v) {
+        FWD(6, 4) FWD(6, 3) FWD(6, 2) FWD(6, 1)
+        FWD(4, 4) FWD(4, 3) FWD(4, 2) FWD(4, 1) FWD(3, 4) FWD(3, 3) FWD(3, 2) FWD(3, 1)
+        FWD(2, 4) FWD(2, 3) FWD(2, 2) FWD(2, 1) FWD(1, 4) FWD(1, 3) FWD(1, 2) FWD(1, 1)
+    }
+#undef FWD
+}
+
+/* flat_conv on AVX-512: whole tiles of 64 positions, then one narrower tile (whole vectors
+ * and a masked last one) up to L rounded up to 8. A channel block is 6 (K % 6 == 0) or 4
+ * wide, as pack_weights packs it; a 6-block is never partial (6 divides K). */
+static TARGET512 void flat_conv512(int K, size_t R, const int *off, const float *xp,
+                                   const float *wpk, float *yp, size_t Ls, size_t L)
+{
+    const int blk = block_of(K);
+    const size_t L8 = (L + 7) & ~(size_t)7;
+    for (int o = 0; o < K; o += blk) {
+        const int ko = K - o < blk ? K - o : blk;
+        const float *wp = wpk + (size_t)o * R;
+        float *yo = yp + (size_t)o * Ls;
+        size_t j = 0;
+        for (; j + 64 <= L8; j += 64)
+            fwd_tile512(ko, 4, R, off, xp + j, wp, yo + j, Ls, (__mmask16)0xFFFF);
+        if (j < L8) {
+            const size_t rem = L8 - j, v = (rem + 15) / 16, tail = rem - 16 * (v - 1);
+            fwd_tile512(ko, (int)v, R, off, xp + j, wp, yo + j, Ls,
+                        (__mmask16)((1u << tail) - 1u));
+        }
+    }
+}
+
 /* Yp[o][0 .. L) for every o < K (rows Ls apart; positions up to L rounded up to 8 are
  * written): sum over the R taps of wpk (pack_weights) times the strip of xp at off[r].
- * Whole tiles of 8 * vecs_of(K) positions, then one narrower tile for what is left. */
+ * Whole tiles of 8 * vecs_of(K) positions, then one narrower tile for what is left. With
+ * AVX-512 (conv_isa()), flat_conv512: the same bits. */
 static TARGET void flat_conv(int K, size_t R, const int *off, const float *xp,
                              const float *wpk, float *yp, size_t Ls, size_t L)
 {
+    if (conv_isa() >= NNP_CONV_ISA_AVX512) {
+        flat_conv512(K, R, off, xp, wpk, yp, Ls, L);
+        return;
+    }
     const int blk = block_of(K), V = vecs_of(K);
     const size_t t = (size_t)8 * V;
     for (int o = 0; o < K; o += blk) {
@@ -460,6 +577,8 @@ static TARGET void flat_dw(int K, size_t R, const int *off, const float *xp, siz
 #else /* no AVX2 build: conv2d.c never takes this path */
 
 int nnp_conv_direct_available(void) { return 0; }
+void nnp_conv2d_set_isa(nnp_conv_isa isa) { (void)isa; }
+nnp_conv_isa nnp_conv2d_isa(void) { return NNP_CONV_ISA_NONE; }
 
 static void flat_conv(int K, size_t R, const int *off, const float *xp, const float *wpk,
                       float *yp, size_t Ls, size_t L)
