@@ -538,16 +538,85 @@ INLINE TARGET void dw_block(int KO, int NR, const float *dyp, size_t sy, size_t 
             acc[(size_t)o * R + t] += hsum(a[o][t]);
 }
 
+/* dw_block on AVX-512 for KO channels and six taps: each register holds two taps' 8-lane
+ * partial sums (tap 2p in the low half, 2p + 1 in the high), so every lane does the same
+ * FMAs in the same order as dw_block's and the halves' horizontal sums are hsum's: the same
+ * bits, with half the FMA instructions. */
+INLINE TARGET512 void dw_block512(int KO, const float *dyp, size_t sy, size_t Ls, size_t L,
+                                  const float *xp, size_t sx, int gn, const size_t *off,
+                                  double *acc, size_t R)
+{
+    __m512 a[4][3];
+    for (int o = 0; o < KO; o++)
+        for (int t = 0; t < 3; t++)
+            a[o][t] = _mm512_setzero_ps();
+    for (int i = 0; i < gn; i++, xp += sx, dyp += sy) {
+        const float *x[6];
+        for (int t = 0; t < 6; t++)
+            x[t] = xp + off[t];
+        for (size_t j = 0; j < L; j += 8) {
+            __m512 xv[3];
+            for (int t = 0; t < 3; t++)
+                xv[t] = _mm512_castpd_ps(_mm512_insertf64x4(
+                    _mm512_castps_pd(_mm512_castps256_ps512(_mm256_loadu_ps(x[2 * t] + j))),
+                    _mm256_castps_pd(_mm256_loadu_ps(x[2 * t + 1] + j)), 1));
+            for (int o = 0; o < KO; o++) {
+                const __m512 d = _mm512_castpd_ps(
+                    _mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(dyp + (size_t)o * Ls + j))));
+                for (int t = 0; t < 3; t++)
+                    a[o][t] = _mm512_fmadd_ps(d, xv[t], a[o][t]);
+            }
+        }
+    }
+    for (int o = 0; o < KO; o++)
+        for (int t = 0; t < 3; t++) {
+            acc[(size_t)o * R + 2 * t] += hsum(_mm512_castps512_ps256(a[o][t]));
+            acc[(size_t)o * R + 2 * t + 1] +=
+                hsum(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a[o][t]), 1)));
+        }
+}
+
+/* The taps [0, R6) of every channel on dw_block512, R6 = R rounded down to a multiple of 6;
+ * returns R6 (flat_dw does the rest). */
+static TARGET512 size_t flat_dw512(int K, size_t R, const int *off, const float *xp, size_t sx,
+                                   const float *dyp, size_t sy, int gn, size_t Ls, size_t L8,
+                                   double *acc)
+{
+    const size_t R6 = R / 6 * 6;
+    for (int o = 0; o < K; o += 4) {
+        const int ko = K - o < 4 ? K - o : 4;
+        const float *d = dyp + (size_t)o * Ls;
+        for (size_t r = 0; r < R6; r += 6) {
+            size_t o6[6];
+            for (int t = 0; t < 6; t++)
+                o6[t] = (size_t)off[r + (size_t)t];
+            double *ac = acc + (size_t)o * R + r;
+            switch (ko) {
+            case 4: dw_block512(4, d, sy, Ls, L8, xp, sx, gn, o6, ac, R); break;
+            case 3: dw_block512(3, d, sy, Ls, L8, xp, sx, gn, o6, ac, R); break;
+            case 2: dw_block512(2, d, sy, Ls, L8, xp, sx, gn, o6, ac, R); break;
+            default: dw_block512(1, d, sy, Ls, L8, xp, sx, gn, o6, ac, R); break;
+            }
+        }
+    }
+    return R6;
+}
+
 /* acc[K][R] += the weight gradient of a group of gn samples (see the header comment), their
  * padded inputs sx floats apart and their dYp sy apart: dYp's rows Ls apart, zero from L on,
- * so the sums stop at L rounded up to 8. */
+ * so the sums stop at L rounded up to 8. With AVX-512 (conv_isa()), flat_dw512 takes the
+ * taps in sixes first and dw_block the rest: the same bits. */
 static TARGET void flat_dw(int K, size_t R, const int *off, const float *xp, size_t sx,
                            const float *dyp, size_t sy, int gn, size_t Ls, size_t L, double *acc)
 {
     const size_t L8 = (L + 7) & ~(size_t)7;
+    const size_t r0 = conv_isa() >= NNP_CONV_ISA_AVX512
+                          ? flat_dw512(K, R, off, xp, sx, dyp, sy, gn, Ls, L8, acc)
+                          : 0;
     for (int o = 0; o < K; o += 4) {
         const int ko = K - o < 4 ? K - o : 4;
-        for (size_t r = 0; r < R; r += 3) {
+        size_t r = r0;
+        for (; r < R; r += 3) {
             const int nr = R - r < 3 ? (int)(R - r) : 3;
             size_t o3[3] = {(size_t)off[r], (size_t)off[r], (size_t)off[r]};
             for (int t = 1; t < nr; t++)
