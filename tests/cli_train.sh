@@ -264,6 +264,17 @@ grep -qE '^layers run as one .*: 0\+1\+2, 3\+4\+5$' "$tmp/lbench.log" && ok ||
 # each convolution's kernels: direct (or GEMM without AVX2) for LeNet's two; forced GEMM says so
 grep -qE '^convolution kernels: 0 (direct|gemm), 3 (direct|gemm) \(' "$tmp/lbench.log" && ok ||
   fail "bench --layers: no kernel line: $(cat "$tmp/lbench.log")"
+# ... and the instruction set of their products: the CPU's widest unless NNPREC_CONV_ISA asks
+if grep -q avx512f /proc/cpuinfo && grep -qw fma /proc/cpuinfo; then want=AVX-512; elif grep -qw avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo; then want=AVX2; else want=none; fi
+grep -qE "^convolution kernels: .*\(direct and winograd products in $want;" "$tmp/lbench.log" && ok ||
+  fail "bench --layers: the products' ISA is not $want: $(grep kernels "$tmp/lbench.log")"
+[ "$want" = none ] || want=AVX2
+NNPREC_CONV_ISA=avx2 "$nnprec" bench --layers --model lenet --batch 4 --reps 1 > "$tmp/isa.log" 2>&1
+grep -qE "^convolution kernels: .*\(direct and winograd products in $want;" "$tmp/isa.log" && ok ||
+  fail "bench --layers: NNPREC_CONV_ISA=avx2 not followed: $(grep kernels "$tmp/isa.log")"
+NNPREC_CONV_ISA=avx1024 "$nnprec" bench --layers --model lenet --batch 4 --reps 1 > "$tmp/badisa.log" 2>&1
+grep -q '^\[warn\]  NNPREC_CONV_ISA=avx1024 is not auto, avx2 or avx512: ignored (auto)$' \
+  "$tmp/badisa.log" && ok || fail "an unknown NNPREC_CONV_ISA is not named: $(head -3 "$tmp/badisa.log")"
 NNPREC_CONV_PATH=gemm "$nnprec" bench --layers --model lenet --batch 4 --reps 1 > "$tmp/gemmpath.log" 2>&1
 grep -qE '^convolution kernels: 0 gemm, 3 gemm \(' "$tmp/gemmpath.log" && ok ||
   fail "bench --layers: forced GEMM not named: $(grep kernels "$tmp/gemmpath.log")"

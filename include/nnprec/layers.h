@@ -41,7 +41,8 @@ void nnp_conv2d_backward(const nnp_conv_geom *g, int B, const float *x, const fl
                          const float *dy, float *dx, float *dW, float *db, float *ws);
 /* Which implementation a geometry runs (src/nn/conv2d.c): Winograd F(2x2, 3x3) (3x3 kernels
  * of stride 1, padding <= 2), the direct AVX2/FMA kernels (stride 1 with p <= k-1, or
- * stride > 1 on the input split by stride phase) - both on a CPU with AVX2 and FMA - or
+ * stride > 1 on the input split by stride phase) - both on a CPU with AVX2 and FMA, their
+ * products in AVX-512 where it has that (nnp_conv2d_isa) - or
  * im2col + GEMM (every geometry, portable). AUTO picks Winograd where it can run, else
  * direct, except stride > 1 with k == 1 (GEMM); NNPREC_CONV_PATH=auto|gemm|direct|winograd in
  * the environment (read at the first call) or nnp_conv2d_set_path (process-wide, for tests

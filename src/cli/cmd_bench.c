@@ -306,9 +306,13 @@ static nnp_status bench_layers(void)
             printf("%s%d %s", nconv++ ? ", " : "convolution kernels: ", i,
                    p == NNP_CONV_WINOGRAD ? "winograd" : p == NNP_CONV_DIRECT ? "direct" : "gemm");
         }
-    if (nconv)
-        printf(" (GFLOP/s counts a direct convolution's multiplications: Winograd makes up to 2.25x "
-               "fewer)\n");
+    if (nconv) {
+        const nnp_conv_isa isa = nnp_conv2d_isa();
+        printf(" (direct and winograd products in %s; NNPREC_CONV_ISA=avx2 asks for AVX2)",
+               isa == NNP_CONV_ISA_AVX512 ? "AVX-512" : isa == NNP_CONV_ISA_AVX2 ? "AVX2" : "none");
+        printf(" (GFLOP/s counts a direct convolution's multiplications: Winograd makes up to "
+               "2.25x fewer)\n");
+    }
     if (gbs_hi > 0) {
         const double bw = copy_bandwidth();
         printf("memory bandwidth (this run: best of 5 copies of 128 MB): %.2f GB/s; batchnorm "

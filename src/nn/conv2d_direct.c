@@ -53,6 +53,11 @@
  * (xp's G copies, then yp's); the forward and the input gradient use the first of each.
  * The build compiles the kernels for AVX2+FMA with a per-function target attribute; the
  * CPU is asked (cpuid) before they are used, and conv2d.c falls back to its GEMM path.
+ * Where cpuid also reports AVX-512 (avx512f), the output/input-gradient products run 16 floats
+ * a vector (fwd_block512) and the weight gradient two taps' 8-lane sums a register
+ * (dw_block512): each output and each lane does the same FMAs in the same order as on AVX2,
+ * so the results are the same bits (test_layers compares them); NNPREC_CONV_ISA=avx2 or
+ * nnp_conv2d_set_isa asks for AVX2.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -352,12 +357,11 @@ static nnp_conv_isa conv_isa(void)
         else if (e && strcmp(e, "avx512") == 0)
             forced_isa = NNP_CONV_ISA_AVX512;
         else if (e && *e && strcmp(e, "auto") != 0)
-            fprintf(stderr, "[warn]  NNPREC_CONV_ISA=%s is not auto, avx2 or avx512: using auto\n",
+            fprintf(stderr, "[warn]  NNPREC_CONV_ISA=%s is not auto, avx2 or avx512: ignored (auto)\n",
                     e);
     }
-    const nnp_conv_isa cpu = cpu_isa();
-    return forced_isa == NNP_CONV_ISA_AUTO || (nnp_conv_isa)forced_isa > cpu ? cpu
-                                                                            : (nnp_conv_isa)forced_isa;
+    const nnp_conv_isa cpu = cpu_isa(), want = (nnp_conv_isa)forced_isa;
+    return want == NNP_CONV_ISA_AUTO || want > cpu ? cpu : want;
 }
 
 nnp_conv_isa nnp_conv2d_isa(void) { return conv_isa(); }
@@ -561,8 +565,8 @@ INLINE TARGET512 void dw_block512(int KO, const float *dyp, size_t sy, size_t Ls
                     _mm512_castps_pd(_mm512_castps256_ps512(_mm256_loadu_ps(x[2 * t] + j))),
                     _mm256_castps_pd(_mm256_loadu_ps(x[2 * t + 1] + j)), 1));
             for (int o = 0; o < KO; o++) {
-                const __m512 d = _mm512_castpd_ps(
-                    _mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(dyp + (size_t)o * Ls + j))));
+                const __m256 d8 = _mm256_loadu_ps(dyp + (size_t)o * Ls + j);
+                const __m512 d = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(d8)));
                 for (int t = 0; t < 3; t++)
                     a[o][t] = _mm512_fmadd_ps(d, xv[t], a[o][t]);
             }
