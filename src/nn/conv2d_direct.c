@@ -82,6 +82,8 @@ static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
  * where 6 divides K, else 4 channels x 3 vectors (12 accumulators either way), the last
  * block narrower when the block does not divide K. */
 static int block_of(int K) { return K % 6 == 0 ? 6 : 4; }
+/* The AVX-512 kernel's: 8 channels x 3 vectors where 8 divides K, else block_of's. */
+static int block512_of(int K) { return K % 8 == 0 ? 8 : block_of(K); }
 static int vecs_of(int K) { return K % 6 == 0 ? 2 : 3; }
 /* A strip of L positions rounded up to whole tiles of 8 * vecs_of(K). */
 static size_t strip_of(size_t L, int K)
@@ -90,11 +92,12 @@ static size_t strip_of(size_t L, int K)
     return (L + t - 1) / t * t;
 }
 
-/* wpk: w[K][R] regrouped per channel block (block_of(K)) as [R][ko], so the micro-kernel
- * reads one block's weights for a tap from consecutive floats. */
+/* wpk: w[K][R] regrouped per channel block (block_of(K), or block512_of(K) for the AVX-512
+ * kernels) as [R][ko], so the micro-kernel reads one block's weights for a tap from
+ * consecutive floats. */
 static void pack_weights(int K, size_t R, const float *w, float *wpk)
 {
-    const int blk = block_of(K);
+    const int blk = nnp_conv2d_isa() >= NNP_CONV_ISA_AVX512 ? block512_of(K) : block_of(K);
     for (int o = 0; o < K; o += blk) {
         const int ko = K - o < blk ? K - o : blk;
         float *dst = wpk + (size_t)o * R;
@@ -416,7 +419,7 @@ INLINE TARGET void fwd_tile(int ko, int v, size_t R, const int *off, const float
 INLINE TARGET512 void fwd_block512(int KO, int V, size_t R, const int *off, const float *xp,
                                    const float *wp, float *yp, size_t Ls, __mmask16 last)
 {
-    __m512 a[6][4], xv[4];
+    __m512 a[8][4], xv[4];
     for (int o = 0; o < KO; o++)
         for (int v = 0; v < V; v++)
             a[o][v] = _mm512_setzero_ps();
@@ -446,28 +449,29 @@ INLINE TARGET512 void fwd_tile512(int ko, int v, size_t R, const int *off, const
         fwd_block512(KO_, V_, R, off, xp, wp, yp, Ls, last);                            \
         break;
     switch (ko * 8 + v) {
-        FWD(6, 4) FWD(6, 3) FWD(6, 2) FWD(6, 1)
+        FWD(8, 3) FWD(8, 2) FWD(8, 1) FWD(6, 4) FWD(6, 3) FWD(6, 2) FWD(6, 1)
         FWD(4, 4) FWD(4, 3) FWD(4, 2) FWD(4, 1) FWD(3, 4) FWD(3, 3) FWD(3, 2) FWD(3, 1)
         FWD(2, 4) FWD(2, 3) FWD(2, 2) FWD(2, 1) FWD(1, 4) FWD(1, 3) FWD(1, 2) FWD(1, 1)
     }
 #undef FWD
 }
 
-/* flat_conv on AVX-512: whole tiles of 64 positions, then one narrower tile (whole vectors
- * and a masked last one) up to L rounded up to 8. A channel block is 6 (K % 6 == 0) or 4
- * wide, as pack_weights packs it; a 6-block is never partial (6 divides K). */
+/* flat_conv on AVX-512: whole tiles (8 channels x 48 positions, else 6 or 4 x 64), then one
+ * narrower tile (whole vectors and a masked last one) up to L rounded up to 8. A channel
+ * block is block512_of(K) wide, as pack_weights packs it; an 8- or 6-block is never partial
+ * (8 or 6 divides K). */
 static TARGET512 void flat_conv512(int K, size_t R, const int *off, const float *xp,
                                    const float *wpk, float *yp, size_t Ls, size_t L)
 {
-    const int blk = block_of(K);
-    const size_t L8 = (L + 7) & ~(size_t)7;
+    const int blk = block512_of(K), V = blk == 8 ? 3 : 4;
+    const size_t L8 = (L + 7) & ~(size_t)7, t = (size_t)16 * V;
     for (int o = 0; o < K; o += blk) {
         const int ko = K - o < blk ? K - o : blk;
         const float *wp = wpk + (size_t)o * R;
         float *yo = yp + (size_t)o * Ls;
         size_t j = 0;
-        for (; j + 64 <= L8; j += 64)
-            fwd_tile512(ko, 4, R, off, xp + j, wp, yo + j, Ls, (__mmask16)0xFFFF);
+        for (; j + t <= L8; j += t)
+            fwd_tile512(ko, V, R, off, xp + j, wp, yo + j, Ls, (__mmask16)0xFFFF);
         if (j < L8) {
             const size_t rem = L8 - j, v = (rem + 15) / 16, tail = rem - 16 * (v - 1);
             fwd_tile512(ko, (int)v, R, off, xp + j, wp, yo + j, Ls,
