@@ -190,6 +190,7 @@ static const int conv_geoms[][7] = {
     {2, 12, 11, 3, 5, 3, 1},  /* 5x5 stride 3 */
     {2, 20, 21, 12, 3, 1, 1}, /* blocks of 6 over long strips (AVX-512: 64-wide tiles, tail) */
     {16, 9, 9, 20, 3, 1, 1},  /* Winograd with a channel tail of 4 over several tiles */
+    {2, 12, 40, 3, 3, 1, 1},  /* Winograd: 20 tiles a row (AVX-512: 16, then 8 masked) */
 };
 
 /* Every geometry on one path (nnp_conv2d_set_path), batches 1..5 and one of 9 samples,

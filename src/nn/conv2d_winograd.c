@@ -200,6 +200,39 @@ static TARGET void split_channel(const wgeom *w, const float *xc, float *E, floa
     }
 }
 
+#define TARGET512 __attribute__((target("avx512f,avx2,fma")))
+
+/* in_transform's tile rows outside pair mode on AVX-512: 16 tiles a vector, a row's last 8
+ * (when TWr is not a multiple of 16) under a mask, so it writes what the AVX2 loop writes;
+ * the same adds and subtracts per value, so the same bits. */
+static TARGET512 void in_rows512(const wgeom *w, const float *E, const float *O, int We,
+                                 float *Vc, size_t xs)
+{
+    for (int th = 0; th < w->TH; th++) {
+        float *vt = Vc + (size_t)th * w->TW;
+        for (int tw = 0; tw < w->TWr; tw += 16) {
+            const __mmask16 m = w->TWr - tw >= 16 ? (__mmask16)0xFFFF : (__mmask16)0x00FF;
+            __m512 d[4][4];
+            for (int r = 0; r < 4; r++) {
+                const size_t o = (size_t)(2 * th + r) * We + (size_t)tw;
+                const __m512 e0 = _mm512_loadu_ps(E + o), o0 = _mm512_loadu_ps(O + o);
+                const __m512 e1 = _mm512_loadu_ps(E + o + 1), o1 = _mm512_loadu_ps(O + o + 1);
+                d[r][0] = _mm512_sub_ps(e0, e1);
+                d[r][1] = _mm512_add_ps(o0, e1);
+                d[r][2] = _mm512_sub_ps(e1, o0);
+                d[r][3] = _mm512_sub_ps(o0, o1);
+            }
+            for (int j = 0; j < 4; j++) {
+                float *v = vt + (size_t)j * xs + tw;
+                _mm512_mask_storeu_ps(v, m, _mm512_sub_ps(d[0][j], d[2][j]));
+                _mm512_mask_storeu_ps(v + 4 * xs, m, _mm512_add_ps(d[1][j], d[2][j]));
+                _mm512_mask_storeu_ps(v + 8 * xs, m, _mm512_sub_ps(d[2][j], d[1][j]));
+                _mm512_mask_storeu_ps(v + 12 * xs, m, _mm512_sub_ps(d[1][j], d[3][j]));
+            }
+        }
+    }
+}
+
 /* V[xi][c][base + th*TW + tw] = (B^T d B)[xi] of the tiles of one sample: per channel the
  * even/odd planes, then per tile row 8 tiles at a time, columns then rows, straight from 16
  * loads. A tile row's last vector may write up to 7 tiles past its end, which the next row
@@ -210,9 +243,14 @@ static TARGET void in_transform(const wgeom *w, const float *x, float *plane, fl
     const int We = w->TWr + 16;
     float *E = plane, *O = plane + (size_t)w->Hb * We;
     const size_t xs = (size_t)w->Ci * w->Ts;
+    const int wide = !w->pair && w->TWr >= 16 && nnp_conv2d_isa() >= NNP_CONV_ISA_AVX512;
     for (int c = 0; c < w->Ci; c++) {
         split_channel(w, x + (size_t)c * w->Hi * w->Wi, E, O, We);
         float *Vc = V + (size_t)c * w->Ts + base;
+        if (wide) {
+            in_rows512(w, E, O, We, Vc, xs);
+            continue;
+        }
         for (int th = 0; th < w->TH; th += 1 + w->pair) {
             float *vt = Vc + (size_t)th * w->TW;
             for (int tw = 0; tw < (w->pair ? 1 : w->TWr); tw += 8) {
