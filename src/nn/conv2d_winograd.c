@@ -378,11 +378,76 @@ INLINE TARGET void pair_rows(const wgeom *w, __m256 s[4][2], __m256 bo, float *y
     }
 }
 
+/* mask of the first n (0..16) lanes */
+static inline __mmask16 first_lanes(int n)
+{
+    return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
+}
+
+/* out_transform outside pair mode with TWr a multiple of 16, on AVX-512: 16 tiles (32
+ * columns of two rows) a vector, in the AVX2 loop's order (a row's last vectors first), its
+ * stores and masks covering the same floats; the same adds per value, so the same bits. */
+static TARGET512 void out_rows512(const wgeom *w, const float *M, size_t base, const float *b,
+                                  float *y)
+{
+    const size_t ms = (size_t)w->Ko * w->Ts;
+    const int OW = w->OW;
+    const float *yend = y + (size_t)w->Ko * w->OH * OW;
+    /* the 128-bit blocks of unpacklo/hi(y0, y1) in column order */
+    const __m512i i0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+    const __m512i i1 =
+        _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+    for (int o = 0; o < w->Ko; o++) {
+        const float *Mo = M + (size_t)o * w->Ts + base;
+        const __m512 bo = _mm512_set1_ps(b ? b[o] : 0.0f);
+        float *yo = y + (size_t)o * w->OH * OW;
+        for (int th = 0; th < w->TH; th++) {
+            const float *mt = Mo + (size_t)th * w->TW;
+            for (int tw = w->TWr - 16; tw >= 0; tw -= 16) {
+                __m512 s[4][2];
+                for (int a = 0; a < 4; a++) {
+                    const float *m = mt + (size_t)(4 * a) * ms + tw;
+                    const __m512 m0 = _mm512_loadu_ps(m), m1 = _mm512_loadu_ps(m + ms);
+                    const __m512 m2 = _mm512_loadu_ps(m + 2 * ms), m3 = _mm512_loadu_ps(m + 3 * ms);
+                    s[a][0] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+                    s[a][1] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+                }
+                const int col = 2 * tw, left = OW - col;
+                for (int r = 0; r < 2 && 2 * th + r < w->OH; r++) {
+                    __m512 y0, y1;
+                    if (r == 0) {
+                        y0 = _mm512_add_ps(_mm512_add_ps(s[0][0], s[1][0]), s[2][0]);
+                        y1 = _mm512_add_ps(_mm512_add_ps(s[0][1], s[1][1]), s[2][1]);
+                    } else {
+                        y0 = _mm512_sub_ps(_mm512_sub_ps(s[1][0], s[2][0]), s[3][0]);
+                        y1 = _mm512_sub_ps(_mm512_sub_ps(s[1][1], s[2][1]), s[3][1]);
+                    }
+                    const __m512 lo = _mm512_unpacklo_ps(y0, y1), hi = _mm512_unpackhi_ps(y0, y1);
+                    const __m512 v0 = _mm512_add_ps(_mm512_permutex2var_ps(lo, i0, hi), bo);
+                    const __m512 v1 = _mm512_add_ps(_mm512_permutex2var_ps(lo, i1, hi), bo);
+                    float *yr = yo + (size_t)(2 * th + r) * OW + col;
+                    if (left >= 32 || yr + 32 <= yend) {
+                        _mm512_storeu_ps(yr, v0);
+                        _mm512_storeu_ps(yr + 16, v1);
+                    } else {
+                        _mm512_mask_storeu_ps(yr, first_lanes(left), v0);
+                        _mm512_mask_storeu_ps(yr + 16, first_lanes(left - 16), v1);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /* y[o] (OH x OW) = A^T M[.][o] A of one sample's tiles, plus b[o], 8 tiles (16 columns of
- * two rows) at a time. */
+ * two rows) at a time (out_rows512 on AVX-512 where it applies). */
 static TARGET void out_transform(const wgeom *w, const float *M, size_t base, const float *b,
                                  float *y)
 {
+    if (!w->pair && w->TWr % 16 == 0 && nnp_conv2d_isa() >= NNP_CONV_ISA_AVX512) {
+        out_rows512(w, M, base, b, y);
+        return;
+    }
     const size_t ms = (size_t)w->Ko * w->Ts;
     const int OW = w->OW;
     for (int o = 0; o < w->Ko; o++) {
