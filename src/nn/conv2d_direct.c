@@ -343,16 +343,21 @@ static nnp_conv_isa cpu_isa(void)
     return (nnp_conv_isa)isa;
 }
 
-/* -1: not yet read from NNPREC_CONV_ISA */
-static int forced_isa = -1;
+/* what NNPREC_CONV_ISA or nnp_conv2d_set_isa asked for; the environment is read once */
+static int forced_isa = NNP_CONV_ISA_AUTO, isa_read = 0;
 
-void nnp_conv2d_set_isa(nnp_conv_isa isa) { forced_isa = (int)isa; }
+void nnp_conv2d_set_isa(nnp_conv_isa isa)
+{
+    forced_isa = (int)isa;
+    isa_read = 1;
+}
 
 /* The kernels in use: the CPU's widest, or narrower when asked (NNPREC_CONV_ISA=avx2, or
  * nnp_conv2d_set_isa); never wider than the CPU runs. */
 static nnp_conv_isa conv_isa(void)
 {
-    if (forced_isa < 0) {
+    if (!isa_read) {
+        isa_read = 1;
         const char *e = getenv("NNPREC_CONV_ISA");
         forced_isa = NNP_CONV_ISA_AUTO;
         if (e && strcmp(e, "avx2") == 0)
