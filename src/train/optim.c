@@ -623,9 +623,11 @@ NNP_CLONES static int lamb_apply(size_t n, float *restrict p, const float *restr
 }
 
 /* Pass 1 for the part [a, b) of tensor j: its two partial squared norms. kept (LARS):
- * ||w||^2 of the part as the last update pass summed it (nnp_optim_keep_norms), or NULL. */
+ * ||w||^2 of the part as the last update pass summed it (nnp_optim_keep_norms), or NULL.
+ * LAMB writes the part's update u at buf3 + ua. */
 static void layer_norms(nnp_optim *o, const nnp_net *net, int j, size_t a, size_t b, float s,
-                        const lamb_coef *k, const double *kept, double *n1, double *n2)
+                        const lamb_coef *k, const double *kept, size_t ua, double *n1,
+                        double *n2)
 {
     const nnp_optim_cfg *c = &o->cfg;
     const float *p = net->params + a, *g = net->grads + a;
@@ -635,7 +637,7 @@ static void layer_norms(nnp_optim *o, const nnp_net *net, int j, size_t a, size_
         *n2 = sumsq1(g, n);
     } else {
         float wd = excluded(c, &net->tensors[j]) ? 0.0f : (float)c->weight_decay;
-        lamb_moments(n, p, g, o->buf1 + a, o->buf2 + a, o->buf3 + a, s, wd, k, n1, n2);
+        lamb_moments(n, p, g, o->buf1 + a, o->buf2 + a, o->buf3 + ua, s, wd, k, n1, n2);
     }
 }
 
@@ -649,13 +651,14 @@ static float lamb_step(const nnp_optim_cfg *c, int ex, double w2, double u2, dou
     return (float)(lr * ratio);
 }
 
-/* One pass-2 kernel over n elements from offset e of the part (a chunk of it) */
-static int apply_chunk(nnp_optim *o, float *p, const float *g, size_t a, size_t e, size_t n,
-                       float s, float wdl, float step)
+/* One pass-2 kernel over n elements from offset e of the part (a chunk of it); LAMB's u of
+ * the part at buf3 + ua */
+static int apply_chunk(nnp_optim *o, float *p, const float *g, size_t a, size_t ua, size_t e,
+                       size_t n, float s, float wdl, float step)
 {
     const nnp_optim_cfg *c = &o->cfg;
     if (c->kind == NNP_OPT_LAMB)
-        return lamb_apply(n, p + e, o->buf3 + a + e, step);
+        return lamb_apply(n, p + e, o->buf3 + ua + e, step);
     const float mom = (float)c->momentum, one_m_damp = (float)(1.0 - c->dampening);
     if (!o->buf1)
         return sgd_plain(n, p + e, g + e, s, wdl, step);
@@ -673,8 +676,8 @@ static int apply_chunk(nnp_optim *o, float *p, const float *g, size_t a, size_t 
 /* Pass 2 for the part [a, b) of tensor j with its global squared norms n1, n2; sd is
  * scale[j] in double. Returns 1 when a new parameter is not finite. With kept norms, it
  * also leaves ||w||^2 of the new parameters of the part in o->w2[j]. */
-static int layer_apply(nnp_optim *o, nnp_net *net, int j, size_t a, size_t b, double lr,
-                        double sd, double n1, double n2)
+static int layer_apply(nnp_optim *o, nnp_net *net, int j, size_t a, size_t b, size_t ua,
+                       double lr, double sd, double n1, double n2)
 {
     const nnp_optim_cfg *c = &o->cfg;
     const int ex = excluded(c, &net->tensors[j]);
@@ -695,12 +698,12 @@ static int layer_apply(nnp_optim *o, nnp_net *net, int j, size_t a, size_t b, do
     } else
         step = lamb_step(c, ex, n1, n2, lr);
     if (!o->w2)
-        return apply_chunk(o, p, g, a, 0, n, s, wdl, step);
+        return apply_chunk(o, p, g, a, ua, 0, n, s, wdl, step);
     int bad = 0;
     lanes8 l = {0};
     for (size_t e = 0; e < n; e += W2_CHUNK) {
         const size_t m = n - e < W2_CHUNK ? n - e : W2_CHUNK;
-        bad |= apply_chunk(o, p, g, a, e, m, s, wdl, step);
+        bad |= apply_chunk(o, p, g, a, ua, e, m, s, wdl, step);
         sumsq_blocks(p + e, m / 32, &l);
     }
     o->w2[j] = sumsq_finish(p, n, &l);
@@ -739,7 +742,7 @@ void nnp_optim_norms_range(nnp_optim *o, const nnp_net *net, const double *scale
         part[2 * j] = part[2 * j + 1] = 0.0;
         if (a < b)
             layer_norms(o, net, j, a, b, scale ? (float)scale[j] : 1.0f, &k,
-                        kept ? &o->w2[j] : NULL, &part[2 * j], &part[2 * j + 1]);
+                        kept ? &o->w2[j] : NULL, a, &part[2 * j], &part[2 * j + 1]);
     }
 }
 
@@ -750,7 +753,7 @@ void nnp_optim_apply_range(nnp_optim *o, nnp_net *net, double lr, const double *
     for (int j = 0; j < net->n_tensors; j++) {
         const nnp_tensor *T = &net->tensors[j];
         size_t a = T->off > lo ? T->off : lo, b = T->off + T->n < hi ? T->off + T->n : hi;
-        if (a < b && layer_apply(o, net, j, a, b, lr, scale ? scale[j] : 1.0, norms[2 * j],
+        if (a < b && layer_apply(o, net, j, a, b, a, lr, scale ? scale[j] : 1.0, norms[2 * j],
                                  norms[2 * j + 1]) &&
             o->nonfinite < 0)
             o->nonfinite = j;
@@ -762,7 +765,10 @@ void nnp_optim_apply_range(nnp_optim *o, nnp_net *net, double lr, const double *
 }
 
 /* LARS/LAMB on [lo, hi) with each tensor's norms over its part in the range: both passes
- * over one tensor before the next, while it is in cache. */
+ * over one tensor before the next, while it is in cache. LAMB's u lives only from one pass
+ * to the next, so every tensor's goes to the start of buf3: the u of one tensor (at most
+ * 800 KB on the MLPs here) stays hot in cache between the passes instead of a whole model's
+ * worth going to memory and back. */
 static void layerwise_step_range(nnp_optim *o, nnp_net *net, double lr, const double *scale,
                                  size_t lo, size_t hi)
 {
@@ -775,8 +781,8 @@ static void layerwise_step_range(nnp_optim *o, nnp_net *net, double lr, const do
         size_t a = T->off > lo ? T->off : lo, b = T->off + T->n < hi ? T->off + T->n : hi;
         if (a < b) {
             double sd = scale ? scale[j] : 1.0, n1, n2;
-            layer_norms(o, net, j, a, b, (float)sd, &k, kept ? &o->w2[j] : NULL, &n1, &n2);
-            if (layer_apply(o, net, j, a, b, lr, sd, n1, n2) && o->nonfinite < 0)
+            layer_norms(o, net, j, a, b, (float)sd, &k, kept ? &o->w2[j] : NULL, 0, &n1, &n2);
+            if (layer_apply(o, net, j, a, b, 0, lr, sd, n1, n2) && o->nonfinite < 0)
                 o->nonfinite = j;
         }
         if (o->sums)
