@@ -44,7 +44,8 @@ typedef struct {
     size_t n;
     float *buf1;   /* momentum buffer or Adam m (NULL for plain SGD) */
     float *buf2;   /* Adam v */
-    float *buf3;   /* LAMB: this step's update u, from pass 1 to pass 2 (not state) */
+    float *buf3;   /* LAMB: this step's update u, from pass 1 to pass 2 (not state); the
+                    * one-range step puts every tensor's at its start */
     int64_t t;     /* steps taken */
     /* when sums != NULL, the next nnp_optim_step also adds, per tensor j, the sum and the
      * sum of squares of its UPDATED parameters that lie in [sums_lo, sums_hi) into
