@@ -185,20 +185,28 @@ void nnp_conv2d_set_path(nnp_conv_path path)
     forced_path = (int)path;
 }
 
+int nnp_conv_env_choice(const char *var, const char *const *names, int n)
+{
+    const char *e = getenv(var);
+    if (!e || !e[0])
+        return 0;
+    for (int i = 0; i < n; i++)
+        if (strcmp(e, names[i]) == 0)
+            return i;
+    char list[256] = "";
+    for (int i = 0; i < n; i++)
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s",
+                 i == 0 ? "" : i == n - 1 ? " or " : ", ", names[i]);
+    fprintf(stderr, "[warn]  %s=%s is not %s: ignored (%s)\n", var, e, list, names[0]);
+    return 0;
+}
+
 static nnp_conv_path requested_path(void)
 {
     if (forced_path < 0) {
-        const char *e = getenv("NNPREC_CONV_PATH");
-        forced_path = NNP_CONV_AUTO;
-        if (e && strcmp(e, "gemm") == 0)
-            forced_path = NNP_CONV_GEMM;
-        else if (e && strcmp(e, "direct") == 0)
-            forced_path = NNP_CONV_DIRECT;
-        else if (e && strcmp(e, "winograd") == 0)
-            forced_path = NNP_CONV_WINOGRAD;
-        else if (e && e[0] && strcmp(e, "auto") != 0)
-            fprintf(stderr, "[warn]  NNPREC_CONV_PATH=%s is not auto, gemm, direct or winograd: "
-                            "ignored (auto)\n", e);
+        /* in the order of nnp_conv_path */
+        static const char *const names[] = {"auto", "gemm", "direct", "winograd"};
+        forced_path = nnp_conv_env_choice("NNPREC_CONV_PATH", names, 4);
     }
     return (nnp_conv_path)forced_path;
 }

@@ -59,8 +59,6 @@
  * so the results are the same bits (test_layers compares them); NNPREC_CONV_ISA=avx2 or
  * nnp_conv2d_set_isa asks for AVX2.
  */
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "conv2d_impl.h"
@@ -357,16 +355,11 @@ void nnp_conv2d_set_isa(nnp_conv_isa isa)
 static nnp_conv_isa conv_isa(void)
 {
     if (!isa_read) {
+        static const char *const names[] = {"auto", "avx2", "avx512"};
+        static const nnp_conv_isa isas[] = {NNP_CONV_ISA_AUTO, NNP_CONV_ISA_AVX2,
+                                            NNP_CONV_ISA_AVX512};
         isa_read = 1;
-        const char *e = getenv("NNPREC_CONV_ISA");
-        forced_isa = NNP_CONV_ISA_AUTO;
-        if (e && strcmp(e, "avx2") == 0)
-            forced_isa = NNP_CONV_ISA_AVX2;
-        else if (e && strcmp(e, "avx512") == 0)
-            forced_isa = NNP_CONV_ISA_AVX512;
-        else if (e && *e && strcmp(e, "auto") != 0)
-            fprintf(stderr, "[warn]  NNPREC_CONV_ISA=%s is not auto, avx2 or avx512: ignored (auto)\n",
-                    e);
+        forced_isa = isas[nnp_conv_env_choice("NNPREC_CONV_ISA", names, 3)];
     }
     const nnp_conv_isa cpu = cpu_isa(), want = (nnp_conv_isa)forced_isa;
     return want == NNP_CONV_ISA_AUTO || want > cpu ? cpu : want;

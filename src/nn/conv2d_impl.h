@@ -6,6 +6,10 @@
 
 #include "nnprec/layers.h"
 
+/* The index in names[0 .. n) of the environment variable var's value: 0 (names[0], the
+ * default) when it is unset or empty, and, with a one-line warning, when it names none. */
+int nnp_conv_env_choice(const char *var, const char *const *names, int n);
+
 /* 1 if this build has the AVX2/FMA direct kernels and the CPU runs them (cpuid, once). */
 int nnp_conv_direct_available(void);
 /* 1 if the direct kernels handle this geometry: stride 1 and p <= k - 1 (the input gradient
