@@ -829,12 +829,12 @@ static void test_layerwise_reference(void)
         return;
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++)
         for (int base = 0; base < 2; base++) {
-            nnp_optim_force_baseline(base);
+            nnp_optim_set_sums_isa(base ? NNP_OPT_SUMS_PORTABLE : NNP_OPT_SUMS_AUTO);
             snprintf(what, sizeof what, "%s on mlp:37-45-9 (%s sums)", cases[k].name,
                      base ? "portable" : "CPU's");
             check_layerwise_reference(what, big, &cases[k].cfg, scale4, cases[k].lr);
         }
-    nnp_optim_force_baseline(0);
+    nnp_optim_set_sums_isa(NNP_OPT_SUMS_AUTO);
     nnp_net_free(big);
 }
 
@@ -950,14 +950,21 @@ static void test_kept_norms(void)
     nnp_net_free(net);
 }
 
-/* The sums of squares' AVX2 variant and the portable one give the same bits: the same
- * parameters and state after steps of LARS and LAMB, whole and over ranges (pass 1 and 2). */
+/* The sums of squares' AVX-512, AVX2 and portable variants give the same bits: the same
+ * parameters, state and pass-1 norms after steps of LARS and LAMB, whole and over ranges
+ * (pass 1 and 2), with LARS's ||w||^2 summed again or kept from the update pass (whose
+ * 2048-element chunks cut the first weight, 61*40 elements, once). */
 static void test_sum_paths_same_bits(void)
 {
-    if (!__builtin_cpu_supports("avx2"))
-        fprintf(stderr, "  optim: no AVX2 on this CPU, both runs take the portable sums\n");
+    static const nnp_opt_sums_isa isas[] = {NNP_OPT_SUMS_PORTABLE, NNP_OPT_SUMS_AVX2,
+                                            NNP_OPT_SUMS_AVX512};
+    static const char *const names[] = {"auto", "portable", "AVX2", "AVX-512"};
+    const nnp_opt_sums_isa widest = nnp_optim_set_sums_isa(NNP_OPT_SUMS_AUTO);
+    if (widest < NNP_OPT_SUMS_AVX512)
+        fprintf(stderr, "  optim: this CPU runs the sums up to %s; the wider ones are not run\n",
+                names[widest]);
     nnp_net *net = NULL;
-    ASSERT_OK(nnp_net_create("mlp:61-33-7", (nnp_shape){61, 1, 1}, NNP_ACT_RELU, 1, &net));
+    ASSERT_OK(nnp_net_create("mlp:61-40-7", (nnp_shape){61, 1, 1}, NNP_ACT_RELU, 1, &net));
     if (!net)
         return;
     const size_t n = net->n_params;
@@ -966,46 +973,55 @@ static void test_sum_paths_same_bits(void)
                                    lamb_cfg(0.9, 0.999, 1e-6, 0.01, 10, 1),
                                    lamb_cfg(0.8, 0.99, 1e-4, 0.1, 0.5, 0)};
     float *keep = calloc(3 * n, sizeof(float));
-    double norms[8], keep_norms[2][8]; /* each path's pass-1 norms of the last step */
+    double norms[8], keep_norms[8]; /* the pass-1 norms of the last step */
     ASSERT_TRUE(keep != NULL && net->n_tensors == 4);
-    for (size_t k = 0; keep && k < sizeof cases / sizeof cases[0]; k++) {
-        for (int base = 0; base < 2; base++) {
-            nnp_optim_force_baseline(base);
-            nnp_optim o;
-            ASSERT_OK(nnp_optim_init(&o, &cases[k], n));
-            for (size_t i = 0; i < n; i++)
-                net->params[i] = (float)(0.3 * sin(1.7 * (double)i) - 0.05);
-            for (int t = 1; t <= 4; t++) {
+    for (size_t k = 0; keep && k < sizeof cases / sizeof cases[0]; k++)
+        for (int kept = 0; kept < 2; kept++)
+            for (int v = 0; v < 3 && isas[v] <= widest; v++) {
+                nnp_optim_set_sums_isa(isas[v]);
+                nnp_optim o;
+                ASSERT_OK(nnp_optim_init(&o, &cases[k], n));
+                if (kept)
+                    ASSERT_OK(nnp_optim_keep_norms(&o, net->n_tensors));
+                /* one large element in 1000 and the rest about 1e-8 of it (their squares
+                 * near the large sums' last bit): the double additions round, and an order
+                 * other than the portable one shows in the sum (on values of one scale they
+                 * are exact whatever the order) */
                 for (size_t i = 0; i < n; i++)
-                    net->grads[i] = grad_at(i, t);
-                if (t % 2) {
-                    nnp_optim_step(&o, net, 0.05, scale);
-                } else {
-                    nnp_optim_norms_range(&o, net, scale, 0, n, norms);
-                    memcpy(keep_norms[base], norms, sizeof norms);
-                    nnp_optim_apply_range(&o, net, 0.05, scale, 0, n, norms);
+                    net->params[i] = (float)(i % 1000 == 3 ? 1e4 : 1e-4 * (1 + 0.5 * sin(1.7 * (double)i)));
+                for (int t = 1; t <= 4; t++) {
+                    for (size_t i = 0; i < n; i++)
+                        net->grads[i] = (float)(i % 1000 == 7 ? 1e2 : 1e-6 * grad_at(i, t));
+                    if (t % 2) {
+                        nnp_optim_step(&o, net, 0.05, scale);
+                    } else {
+                        nnp_optim_norms_range(&o, net, scale, 0, n, norms);
+                        nnp_optim_apply_range(&o, net, 0.05, scale, 0, n, norms);
+                    }
                 }
+                if (v == 0) {
+                    memcpy(keep, net->params, n * sizeof(float));
+                    if (o.buf1)
+                        memcpy(keep + n, o.buf1, n * sizeof(float));
+                    if (o.buf2)
+                        memcpy(keep + 2 * n, o.buf2, n * sizeof(float));
+                    memcpy(keep_norms, norms, sizeof norms);
+                } else {
+                    int same =
+                        memcmp(keep, net->params, n * sizeof(float)) == 0 &&
+                        (!o.buf1 || memcmp(keep + n, o.buf1, n * sizeof(float)) == 0) &&
+                        (!o.buf2 || memcmp(keep + 2 * n, o.buf2, n * sizeof(float)) == 0) &&
+                        memcmp(keep_norms, norms, sizeof norms) == 0;
+                    if (!same)
+                        TEST_FAIL_("%s case %zu%s: the %s and portable sums give different "
+                                   "bits",
+                                   nnp_opt_name(cases[k].kind), k, kept ? " (kept norms)" : "",
+                                   names[isas[v]]);
+                    nnp_test_checks++;
+                }
+                nnp_optim_free(&o);
             }
-            if (base == 0) {
-                memcpy(keep, net->params, n * sizeof(float));
-                if (o.buf1)
-                    memcpy(keep + n, o.buf1, n * sizeof(float));
-                if (o.buf2)
-                    memcpy(keep + 2 * n, o.buf2, n * sizeof(float));
-            } else {
-                int same = memcmp(keep, net->params, n * sizeof(float)) == 0 &&
-                           (!o.buf1 || memcmp(keep + n, o.buf1, n * sizeof(float)) == 0) &&
-                           (!o.buf2 || memcmp(keep + 2 * n, o.buf2, n * sizeof(float)) == 0) &&
-                           memcmp(keep_norms[0], keep_norms[1], sizeof norms) == 0;
-                if (!same)
-                    TEST_FAIL_("%s case %zu: the AVX2 and portable sums give different bits",
-                               nnp_opt_name(cases[k].kind), k);
-                nnp_test_checks++;
-            }
-            nnp_optim_free(&o);
-        }
-    }
-    nnp_optim_force_baseline(0);
+    nnp_optim_set_sums_isa(NNP_OPT_SUMS_AUTO);
     free(keep);
     nnp_net_free(net);
 }

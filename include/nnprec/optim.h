@@ -85,9 +85,16 @@ nnp_status nnp_optim_keep_norms(nnp_optim *o, int n_tensors);
 /* the parameters changed outside the optimizer: the kept norms are stale */
 void nnp_optim_params_changed(nnp_optim *o);
 
-/* For tests: on (1), LARS's sums of squares and LAMB's first pass take their portable code
- * on any CPU instead of the AVX2 variants the CPU allows; both give the same bits. */
-void nnp_optim_force_baseline(int on);
+/* The instruction set of LARS's sums of squares and LAMB's first pass: by default (AUTO)
+ * the widest the CPU runs; for tests, at most the one asked (never wider than the CPU runs).
+ * Every variant gives the same bits. Returns the one now in effect. */
+typedef enum {
+    NNP_OPT_SUMS_AUTO,
+    NNP_OPT_SUMS_PORTABLE,
+    NNP_OPT_SUMS_AVX2,
+    NNP_OPT_SUMS_AVX512
+} nnp_opt_sums_isa;
+nnp_opt_sums_isa nnp_optim_set_sums_isa(nnp_opt_sums_isa want);
 /* One step with learning rate lr over every tensor of net: params -= update(scale[j]*grad). */
 void nnp_optim_step(nnp_optim *o, nnp_net *net, double lr, const double *scale);
 /* The same step for the parameters in [lo, hi) only (the optimizer state outside the range

@@ -63,9 +63,9 @@ const char *nnp_opt_name(nnp_opt_kind k)
 #define NNP_CLONES
 #endif
 
-/* The sums of squares of LARS and LAMB have an AVX2 variant in intrinsics beside the
- * portable one, picked per call by the CPU (and forced to the portable one by
- * nnp_optim_force_baseline, for the tests that hold both to the same bits). */
+/* The sums of squares of LARS and LAMB have AVX2 and AVX-512 variants in intrinsics beside
+ * the portable one, picked per call by the CPU (or narrower by nnp_optim_set_sums_isa, for
+ * the tests that hold them all to the same bits). */
 #if defined(__GNUC__) && defined(__x86_64__)
 #define NNP_SUMS_AVX2 1
 #include <immintrin.h>
@@ -400,19 +400,67 @@ __attribute__((target("avx2"))) static inline void block_sumsq_avx2(const float 
 }
 #endif
 
-static int force_baseline;
+#if NNP_SUMS_AVX2
+/* The block in AVX-512: x0, x1 are elements 0-15 and 16-31, f[k] = x[k]^2 + x[k+16]^2 as in
+ * block_sumsq, and its two halves converted to eight doubles each are added lane by lane:
+ * lane k gets f[k] + f[k+8], which is lanes8's lo (k < 4) and hi (k >= 4) in order. So the
+ * same operations in the same order as the other variants, the same bits (the C standard
+ * mode compiles with -ffp-contract=off, so nothing is fused into an FMA), with half the
+ * conversions: the float-to-double conversions, four per block in AVX2, were what bounded
+ * the AVX2 sums (about 5.5 floats a cycle on a Zen 5 core). */
+__attribute__((target("avx512f"))) static inline __m512d sumsq512(__m512 x0, __m512 x1,
+                                                                  __m512d acc)
+{
+    const __m512 f = _mm512_add_ps(_mm512_mul_ps(x0, x0), _mm512_mul_ps(x1, x1));
+    const __m512d a = _mm512_cvtps_pd(_mm512_castps512_ps256(f));
+    const __m512d b =
+        _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)));
+    return _mm512_add_pd(acc, _mm512_add_pd(a, b));
+}
 
-void nnp_optim_force_baseline(int on) { force_baseline = on != 0; }
+/* lanes8 to and from one register of eight doubles (lo in lanes 0-3, hi in 4-7) */
+__attribute__((target("avx512f"))) static inline __m512d lanes8_get(const lanes8 *l)
+{
+    double d[8];
+    memcpy(d, l, sizeof d);
+    return _mm512_loadu_pd(d);
+}
 
-/* whether the sums take their AVX2 variants (the CPU has AVX2, and no test forced the
- * baseline) */
-static int sums_avx2(void)
+__attribute__((target("avx512f"))) static inline void lanes8_put(lanes8 *l, __m512d v)
+{
+    double d[8];
+    _mm512_storeu_pd(d, v);
+    memcpy(l, d, sizeof d);
+}
+#endif
+
+/* the sums' instruction set: what the CPU runs, at most what nnp_optim_set_sums_isa asked */
+static nnp_opt_sums_isa sums_want = NNP_OPT_SUMS_AUTO;
+
+static nnp_opt_sums_isa sums_cpu(void)
 {
 #if NNP_SUMS_AVX2
-    return !force_baseline && __builtin_cpu_supports("avx2");
+    static int isa = -1;
+    if (isa < 0)
+        isa = __builtin_cpu_supports("avx512f") ? NNP_OPT_SUMS_AVX512
+              : __builtin_cpu_supports("avx2")  ? NNP_OPT_SUMS_AVX2
+                                                : NNP_OPT_SUMS_PORTABLE;
+    return (nnp_opt_sums_isa)isa;
 #else
-    return 0;
+    return NNP_OPT_SUMS_PORTABLE;
 #endif
+}
+
+static nnp_opt_sums_isa sums_isa(void)
+{
+    const nnp_opt_sums_isa cpu = sums_cpu();
+    return sums_want == NNP_OPT_SUMS_AUTO || sums_want > cpu ? cpu : sums_want;
+}
+
+nnp_opt_sums_isa nnp_optim_set_sums_isa(nnp_opt_sums_isa want)
+{
+    sums_want = (unsigned)want <= NNP_OPT_SUMS_AVX512 ? want : NNP_OPT_SUMS_AUTO;
+    return sums_isa();
 }
 
 typedef void (*block_fn)(const float *x, lanes8 *l);
@@ -432,6 +480,15 @@ __attribute__((target("avx2"))) static void blocks_avx2(const float *x, size_t n
 {
     blocks_body(x, nblk, l, block_sumsq_avx2);
 }
+
+__attribute__((target("avx512f"))) static void blocks_avx512(const float *x, size_t nblk,
+                                                             lanes8 *l)
+{
+    __m512d a = lanes8_get(l);
+    for (size_t b = 0; b < nblk; b++)
+        a = sumsq512(_mm512_loadu_ps(x + 32 * b), _mm512_loadu_ps(x + 32 * b + 16), a);
+    lanes8_put(l, a);
+}
 #endif
 
 static void blocks_base(const float *x, size_t nblk, lanes8 *l)
@@ -442,7 +499,12 @@ static void blocks_base(const float *x, size_t nblk, lanes8 *l)
 static void sumsq_blocks(const float *x, size_t nblk, lanes8 *l)
 {
 #if NNP_SUMS_AVX2
-    if (sums_avx2()) {
+    const nnp_opt_sums_isa isa = sums_isa();
+    if (isa == NNP_OPT_SUMS_AVX512) {
+        blocks_avx512(x, nblk, l);
+        return;
+    }
+    if (isa == NNP_OPT_SUMS_AVX2) {
         blocks_avx2(x, nblk, l);
         return;
     }
@@ -567,6 +629,64 @@ lamb_moments_avx2(size_t n, const float *restrict p, const float *restrict g, fl
 }
 #endif
 
+#if NNP_SUMS_AVX2
+/* LAMB's pass-1 element rule on 16 elements in AVX-512: lamb8_avx2's operations, each
+ * correctly rounded lane by lane (sqrt and division included), so the same bits */
+__attribute__((target("avx512f"))) static inline __m512
+lamb16_avx512(const float *p, const float *g, float *m, float *v, float *ub, __m512 s,
+              __m512 wd, __m512 b1, __m512 c1, __m512 b2, __m512 c2, __m512 ib1, __m512 isb2,
+              __m512 eps, __m512 *pv)
+{
+    const __m512 d = _mm512_mul_ps(s, _mm512_loadu_ps(g));
+    const __m512 mi = _mm512_add_ps(_mm512_mul_ps(b1, _mm512_loadu_ps(m)), _mm512_mul_ps(c1, d));
+    const __m512 vi = _mm512_add_ps(_mm512_mul_ps(b2, _mm512_loadu_ps(v)),
+                                    _mm512_mul_ps(_mm512_mul_ps(c2, d), d));
+    _mm512_storeu_ps(m, mi);
+    _mm512_storeu_ps(v, vi);
+    const __m512 pp = _mm512_loadu_ps(p);
+    const __m512 den = _mm512_add_ps(_mm512_mul_ps(_mm512_sqrt_ps(vi), isb2), eps);
+    const __m512 u = _mm512_add_ps(_mm512_div_ps(_mm512_mul_ps(mi, ib1), den),
+                                   _mm512_mul_ps(wd, pp));
+    _mm512_storeu_ps(ub, u);
+    *pv = pp;
+    return u;
+}
+
+/* LAMB pass 1 in AVX-512: lamb_moments_avx2 with 16 elements a vector and the blocks' sums
+ * of squares as blocks_avx512 takes them */
+__attribute__((target("avx512f"))) static void
+lamb_moments_avx512(size_t n, const float *restrict p, const float *restrict g,
+                    float *restrict m, float *restrict v, float *restrict ub, float s, float wd,
+                    const lamb_coef *k, double *w2, double *u2)
+{
+    const __m512 vs = _mm512_set1_ps(s), vwd = _mm512_set1_ps(wd);
+    const __m512 b1 = _mm512_set1_ps(k->b1), c1 = _mm512_set1_ps(k->c1);
+    const __m512 b2 = _mm512_set1_ps(k->b2), c2 = _mm512_set1_ps(k->c2);
+    const __m512 ib1 = _mm512_set1_ps(k->inv_bc1), isb2 = _mm512_set1_ps(k->inv_sqrt_bc2);
+    const __m512 eps = _mm512_set1_ps(k->eps);
+    __m512d lw = _mm512_setzero_pd(), lu = _mm512_setzero_pd();
+    double tw = 0, tu = 0;
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m512 p0, p1;
+        const __m512 u0 = lamb16_avx512(p + i, g + i, m + i, v + i, ub + i, vs, vwd, b1, c1, b2,
+                                        c2, ib1, isb2, eps, &p0);
+        const __m512 u1 = lamb16_avx512(p + i + 16, g + i + 16, m + i + 16, v + i + 16,
+                                        ub + i + 16, vs, vwd, b1, c1, b2, c2, ib1, isb2, eps,
+                                        &p1);
+        lw = sumsq512(p0, p1, lw);
+        lu = sumsq512(u0, u1, lu);
+    }
+    for (; i < n; i++)
+        lamb_elem(p, g, m, v, ub, s, wd, k, i, &tw, &tu);
+    lanes8 a, b;
+    lanes8_put(&a, lw);
+    lanes8_put(&b, lu);
+    *w2 = lanes8_sum(&a, tw);
+    *u2 = lanes8_sum(&b, tu);
+}
+#endif
+
 /* LAMB pass 1 over n elements: the moments of d = s*g, u into ub, and ||p||^2, ||u||^2
  * summed as sumsq1 does (blocks of 32: the element-wise part is a plain float loop over
  * each block, which vectorizes, sqrt and division included) */
@@ -602,7 +722,12 @@ static void lamb_moments(size_t n, const float *restrict p, const float *restric
                          float wd, const lamb_coef *k, double *w2, double *u2)
 {
 #if NNP_SUMS_AVX2
-    if (sums_avx2()) {
+    const nnp_opt_sums_isa isa = sums_isa();
+    if (isa == NNP_OPT_SUMS_AVX512) {
+        lamb_moments_avx512(n, p, g, m, v, ub, s, wd, k, w2, u2);
+        return;
+    }
+    if (isa == NNP_OPT_SUMS_AVX2) {
         lamb_moments_avx2(n, p, g, m, v, ub, s, wd, k, w2, u2);
         return;
     }
