@@ -8,8 +8,9 @@ Runs of sgd, lars, adam and lamb are interleaved (round 1 of each, round 2 of ea
 all four see the same machine. From each run's timing.csv: the optimizer phase (ms per step,
 the update and, over shares, the norms' allreduce, which also absorbs whatever skew the
 ranks have when they reach it) and the whole step (the sum of the phases). The cost of a layer-wise optimizer is its optimizer phase less its base's (LARS
-over SGD, LAMB over Adam), as a share of the base's whole step: a same-run figure, steadier
-than a throughput ratio on a shared machine. Medians over the rounds.
+over SGD, LAMB over Adam), as a share of the base's whole step, both from the same round: a
+same-run figure, steadier than a throughput ratio on a shared machine. The median over the
+rounds (of the extra in ms, and of the share), and the quartiles of the rounds' shares.
 
   scripts/bench_optim.py [--rounds 5] [--ranks 2] [--modes fused shm] [--also NNPREC]
 
@@ -86,7 +87,7 @@ def main():
                 if a.also:
                     print(f"  {e}:")
                 print(f"  {'optim':<6} {'step ms':>8} {'optimizer ms':>13} {'extra ms':>9} "
-                      f"{'extra':>7}")
+                      f"{'extra':>7} {'rounds q1-q3':>14}")
                 for o, _ in OPTIMS:
                     mo, mt = statistics.median(opt[e, o]), statistics.median(tot[e, o])
                     line = f"  {o:<6} {mt:>8.2f} {mo:>13.3f}"
@@ -94,7 +95,13 @@ def main():
                         b = BASE[o]
                         # paired by round: both ran in the same round
                         d = statistics.median(x - y for x, y in zip(opt[e, o], opt[e, b]))
-                        line += f" {d:>9.3f} {100 * d / statistics.median(tot[e, b]):>6.2f}%"
+                        # each round's extra over its base's whole step: the median, and
+                        # the quartiles for the spread
+                        r = [100 * (x - y) / t for x, y, t in zip(opt[e, o], opt[e, b], tot[e, b])]
+                        line += f" {d:>9.3f} {statistics.median(r):>6.2f}%"
+                        if len(r) >= 4:
+                            q = statistics.quantiles(r, n=4)
+                            line += f" {q[0]:>6.2f}-{q[2]:.2f}%"
                     print(line)
 
 
