@@ -8,7 +8,12 @@ norm passes timed inside the run, stable), and the throughput ratio of interleav
 without and with --noise-scale (noisy on a shared machine). At 1 rank the share includes
 the extra pass over half of each batch.
 
-  scripts/bench_noise.py [--rounds 3] [--ranks 2]
+--deterministic: the runs with --noise-scale also take --deterministic --micro-shard G/2 (the
+plain runs stay as they are): two micro-shards, the same small batches as one rank's halves
+or two ranks' shares, and at 1 rank no extra pass. The throughput column is then the whole
+price of the noise scale taken that way.
+
+  scripts/bench_noise.py [--rounds 3] [--ranks 2] [--deterministic]
 """
 import argparse
 import csv
@@ -35,7 +40,9 @@ def run(a, model, batch, steps, np_, noise):
         cmd = ["mpirun", "-np", str(np_), "--bind-to", "core", "--oversubscribe", a.nnprec, "train",
                "--model", model, "--batch", str(batch), "--steps", str(steps), "--lr", "0.001",
                "--log-every", str(log_every), "--eval-every", str(10 ** 9), "--test-limit", "100",
-               "--check-replicas", "0", "--out", d] + (["--noise-scale"] if noise else [])
+               "--check-replicas", "0", "--out", d] + (["--noise-scale"] if noise else []) + \
+              (["--deterministic", "--micro-shard", str(batch * np_ // 2)]
+               if noise and a.deterministic else [])
         r = subprocess.run(cmd, check=True, env=ENV, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
         with open(os.path.join(d, "train.csv")) as f:
@@ -50,6 +57,8 @@ def run(a, model, batch, steps, np_, noise):
 def main():
     ap = ArgParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_bench_args(ap, ROOT, ranks=[2], rounds=3)
+    ap.add_argument("--deterministic", action="store_true",
+                    help="the --noise-scale runs also take --deterministic")
     a = parse_bench_args(ap)
     print(f"{'model':<20} {'ranks':>5} {'plain samples/s':>16} {'noise samples/s':>16} "
           f"{'throughput cost':>15} {'same-run share':>15}")

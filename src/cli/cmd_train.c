@@ -1012,6 +1012,12 @@ nnp_status nnp_cmd_train(nnp_comm *comm, int argc, char **argv)
             printf("[setup] --deterministic: micro-shards of %d samples, %d per global batch "
                    "(docs/determinism.md)\n",
                    cfg.micro_shard, cfg.global_batch / cfg.micro_shard);
+        if (cfg.noise_scale && size == 1 && !cfg.deterministic && cfg.global_batch % 2 == 0)
+            printf("[note]  --noise-scale on one rank runs an extra forward and backward over "
+                   "half of each batch (about half a step more; the training stays as without "
+                   "it); --deterministic --micro-shard %d takes the same two halves from its "
+                   "micro-shards for much less (docs/noise-scale-and-validation.md)\n",
+                   cfg.global_batch / 2);
         if (O.val_split > 0)
             printf("[setup] validation set: %lld samples held out of the training set (chosen "
                    "by --seed; %zu on rank 0)\n",
