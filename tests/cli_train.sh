@@ -374,10 +374,14 @@ for np in 1 2; do
 done
 head -1 "$tmp/ns-noise2/train.csv" | grep -q '^step,epoch,train_loss,train_acc,lr,samples_per_s,wall_s,g2,trsigma,noise_scale$' &&
   ok || fail "train.csv header with --noise-scale: $(head -1 "$tmp/ns-noise2/train.csv")"
-paste -d, "$tmp/ns-noise1/train.csv" "$tmp/ns-noise2/train.csv" | awk -F, '
-  NR > 1 { n++; for (c = 8; c <= 10; c++) { d = $c - $(c + 10); if (d < 0) d = -d
-           if (!($c > 0) || d > 1e-3 * ($c < 0 ? -$c : $c)) bad = 1 } }
-  END { exit !(n == 3 && !bad) }' && ok ||
+# the noise-scale columns (g2, trsigma, noise_scale) of two train.csv agree to 1e-3, 3 rows
+ns_agree() {
+  paste -d, "$1" "$2" | awk -F, '
+    NR > 1 { n++; for (c = 8; c <= 10; c++) { d = $c - $(c + 10); if (d < 0) d = -d
+             if (!($c > 0) || d > 1e-3 * ($c < 0 ? -$c : $c)) bad = 1 } }
+    END { exit !(n == 3 && !bad) }'
+}
+ns_agree "$tmp/ns-noise1/train.csv" "$tmp/ns-noise2/train.csv" && ok ||
   fail "noise scale at 1 rank (halves) and 2 ranks differ: $(cat "$tmp/ns-noise1/train.csv" "$tmp/ns-noise2/train.csv")"
 # one rank's extra half-batch pass is named, with the cheaper way to the same halves: two
 # micro-shards of --deterministic, whose estimates agree with the halves' (not named at 2
@@ -388,10 +392,7 @@ grep -q 'noise-scale on one rank' "$tmp/ns-noise2.log" && fail "the one-rank not
 timeout 120 "$nnprec" "${ns_args[@]}" --noise-scale --noise-ema 0.1 --deterministic --micro-shard 32 \
   --out "$tmp/ns-det1" > "$tmp/ns-det1.log" 2>&1 || fail "--deterministic --noise-scale: $(tail -3 "$tmp/ns-det1.log")"
 grep -q 'noise-scale on one rank' "$tmp/ns-det1.log" && fail "the one-rank note with --deterministic" || ok
-paste -d, "$tmp/ns-noise1/train.csv" "$tmp/ns-det1/train.csv" | awk -F, '
-  NR > 1 { n++; for (c = 8; c <= 10; c++) { d = $c - $(c + 10); if (d < 0) d = -d
-           if (!($c > 0) || d > 1e-3 * ($c < 0 ? -$c : $c)) bad = 1 } }
-  END { exit !(n == 3 && !bad) }' && ok ||
+ns_agree "$tmp/ns-noise1/train.csv" "$tmp/ns-det1/train.csv" && ok ||
   fail "noise scale at 1 rank: halves and two micro-shards differ: $(cat "$tmp/ns-noise1/train.csv" "$tmp/ns-det1/train.csv")"
 grep -q '^\[train\] .* samples/s noise scale [0-9.e+]* ETA' "$tmp/ns-noise2.log" && ok ||
   fail "no noise scale in the progress lines"
