@@ -407,7 +407,9 @@ __attribute__((target("avx2"))) static inline void block_sumsq_avx2(const float 
  * same operations in the same order as the other variants, the same bits (the C standard
  * mode compiles with -ffp-contract=off, so nothing is fused into an FMA), with half the
  * conversions: the float-to-double conversions, four per block in AVX2, were what bounded
- * the AVX2 sums (about 5.5 floats a cycle on a Zen 5 core). */
+ * the AVX2 sums (more independent chains of additions did not help; docs/optimizers.md).
+ * lamb_moments_avx512 below is lamb_moments_avx2 at this width, kept apart as the
+ * convolutions' ISA variants are: one shape, two register types. */
 __attribute__((target("avx512f"))) static inline __m512d sumsq512(__m512 x0, __m512 x1,
                                                                   __m512d acc)
 {
